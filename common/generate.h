@@ -1,0 +1,47 @@
+/*
+ * generate.h - the decoding loops on top of model_forward: prompt prefill,
+ * plain decoding, and (spec.h) self-speculative decoding. Every loop hands
+ * tokens to the caller through a callback as soon as they are final.
+ */
+#ifndef SELFSPEC_GENERATE_H
+#define SELFSPEC_GENERATE_H
+
+#include <stdint.h>
+
+#include "model.h"
+#include "sampler.h"
+
+/* Called once per final token, in order. Return nonzero to stop generation
+ * (e.g. a stop string was completed). */
+typedef int (*gen_emit_fn)(void *ctx, int32_t token);
+
+typedef struct {
+    int32_t max_tokens;        /* new tokens at most */
+    sampler_params sampling;
+    int ignore_eos;            /* keep going past end-of-generation tokens */
+    int (*is_eog)(const void *ctx, int32_t token);  /* NULL: never */
+    const void *eog_ctx;
+} gen_params;
+
+typedef struct {
+    int32_t prompt_tokens;
+    int32_t generated_tokens;
+    double prefill_seconds;
+    double decode_seconds;
+} gen_stats;
+
+/* Run the prompt through the full model, filling kv from position 0.
+ * Leaves the logits of the last prompt position in last_logits (vocab).
+ * Chunks the prompt by s->max_tokens. */
+int gen_prefill(const model *m, fwd_state *s, kv_cache *kv, const int32_t *prompt, int32_t n,
+                float *last_logits, char *err, size_t errlen);
+
+/* Plain decoding: prefill, then one full forward pass per token. */
+int gen_plain(const model *m, fwd_state *s, kv_cache *kv, const int32_t *prompt, int32_t n_prompt,
+              const gen_params *gp, gen_emit_fn emit, void *ctx, gen_stats *st,
+              char *err, size_t errlen);
+
+/* Whether generation must stop after `token` (EOG unless ignored). */
+int gen_is_stop(const gen_params *gp, int32_t token);
+
+#endif

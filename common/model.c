@@ -1,0 +1,716 @@
+/*
+ * model.c - loading a Llama-architecture GGUF into the weight arena, KV
+ * caches, and the forward pass.
+ *
+ * Arena layout: every array (norm vectors, and the q/d/m arrays of every
+ * Q8A matrix, see qmat.h) is placed at a 64-byte aligned offset inside one
+ * region. The region is an anonymous mapping, or a POSIX shared-memory
+ * object another process can map read-only (model_attach). Layouts are
+ * computed by a deterministic walk (arena_plan), so the attaching process
+ * finds every array at the same offset without any table being sent.
+ *
+ * Forward-pass buffers (fwd_state) are row-major, one row per token of the
+ * batch: x (T, dim) is the residual stream. The KV cache holds
+ * (layer, position, kv_dim) floats.
+ */
+#include "model.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <omp.h>
+
+#include "f16.h"
+#include "util.h"
+
+#define ARENA_ALIGN 64
+#define ARENA_MAP_ALIGN (2u << 20)
+
+/* ------------------------------------------------------------------------ */
+/* Configuration from GGUF metadata                                          */
+
+static int cfg_u32(const gguf_file *g, const char *arch, const char *suffix, int required,
+                   uint32_t dflt, int32_t *out, char *err, size_t errlen)
+{
+    char key[160];
+    snprintf(key, sizeof key, "%s.%s", arch, suffix);
+    uint32_t v;
+    if (gguf_get_u32(g, key, &v) != 0) {
+        if (required)
+            return util_err(err, errlen, "model metadata lacks '%s'", key);
+        v = dflt;
+    }
+    if (v == 0 || v > (1u << 24))
+        return util_err(err, errlen, "model metadata '%s' = %u is out of range", key, v);
+    *out = (int32_t)v;
+    return 0;
+}
+
+static int config_read(model_config *c, const gguf_file *g, char *err, size_t errlen)
+{
+    memset(c, 0, sizeof *c);
+    gguf_str s;
+    if (gguf_get_str(g, "general.architecture", &s) != 0)
+        return util_err(err, errlen, "model metadata lacks general.architecture");
+    if (s.len >= sizeof c->arch)
+        return util_err(err, errlen, "general.architecture too long");
+    memcpy(c->arch, s.ptr, s.len);
+    if (strcmp(c->arch, "llama") != 0)
+        return util_err(err, errlen, "unsupported architecture '%s' (selfspec runs 'llama')", c->arch);
+    if (gguf_get_str(g, "general.name", &s) == 0) {
+        size_t n = s.len < sizeof c->name - 1 ? s.len : sizeof c->name - 1;
+        memcpy(c->name, s.ptr, n);
+    }
+    const char *a = c->arch;
+    if (cfg_u32(g, a, "block_count", 1, 0, &c->n_layers, err, errlen) ||
+        cfg_u32(g, a, "embedding_length", 1, 0, &c->dim, err, errlen) ||
+        cfg_u32(g, a, "feed_forward_length", 1, 0, &c->hidden_dim, err, errlen) ||
+        cfg_u32(g, a, "attention.head_count", 1, 0, &c->n_heads, err, errlen) ||
+        cfg_u32(g, a, "attention.head_count_kv", 0, (uint32_t)c->n_heads, &c->n_kv_heads, err, errlen) ||
+        cfg_u32(g, a, "context_length", 0, 2048, &c->ctx_train, err, errlen))
+        return -1;
+    char key[160];
+    snprintf(key, sizeof key, "%s.rope.freq_base", a);
+    if (gguf_get_f32(g, key, &c->rope_base) != 0)
+        c->rope_base = 10000.0f;
+    snprintf(key, sizeof key, "%s.attention.layer_norm_rms_epsilon", a);
+    if (gguf_get_f32(g, key, &c->norm_eps) != 0)
+        c->norm_eps = 1e-5f;
+    if (!(c->rope_base > 0.0f) || !(c->norm_eps > 0.0f) || c->norm_eps > 1.0f)
+        return util_err(err, errlen, "invalid rope.freq_base or rms epsilon");
+    if (c->dim % c->n_heads != 0 || c->n_heads % c->n_kv_heads != 0)
+        return util_err(err, errlen, "head counts (%d, %d) do not divide dim %d",
+                        c->n_heads, c->n_kv_heads, c->dim);
+    c->head_dim = c->dim / c->n_heads;
+    c->kv_dim = c->n_kv_heads * c->head_dim;
+    if (c->head_dim % 16 != 0 || c->dim % QMAT_BLOCK != 0 || c->hidden_dim % QMAT_BLOCK != 0)
+        return util_err(err, errlen, "dim %d / hidden %d / head_dim %d not supported (need multiples of 32, head_dim a multiple of 16)",
+                        c->dim, c->hidden_dim, c->head_dim);
+    const gguf_tensor *emb = gguf_find_tensor(g, "token_embd.weight");
+    if (!emb)
+        return util_err(err, errlen, "model lacks tensor 'token_embd.weight'");
+    if (emb->ne[1] == 0 || emb->ne[1] > (1u << 24))
+        return util_err(err, errlen, "token_embd.weight has a bad vocabulary size");
+    c->vocab_size = (int32_t)emb->ne[1];
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Arena planning: one walk assigns offsets; used to size, fill and attach.  */
+
+typedef struct {
+    size_t off;            /* running offset */
+    uint8_t *base;         /* NULL while sizing */
+} arena_cursor;
+
+static void *arena_take(arena_cursor *ac, size_t bytes)
+{
+    ac->off = (ac->off + ARENA_ALIGN - 1) & ~(size_t)(ARENA_ALIGN - 1);
+    void *p = ac->base ? ac->base + ac->off : NULL;
+    ac->off += bytes;
+    return p;
+}
+
+static void plan_qmat(arena_cursor *ac, qmat *W, int32_t rows, int32_t cols)
+{
+    W->rows = rows;
+    W->cols = cols;
+    W->q = arena_take(ac, qmat_q_bytes(rows, cols));
+    W->d = arena_take(ac, qmat_dm_bytes(rows, cols));
+    W->m = arena_take(ac, qmat_dm_bytes(rows, cols));
+}
+
+/* Walk every weight in a fixed order; the vocabulary is padded to a
+ * multiple of 16 rows (padding rows are zero and never read as tokens). */
+static void arena_plan(arena_cursor *ac, model *m, const gguf_file *g)
+{
+    const model_config *c = &m->config;
+    model_weights *w = &m->w;
+    int32_t vrows = (c->vocab_size + QMAT_ROWS - 1) / QMAT_ROWS * QMAT_ROWS;
+    plan_qmat(ac, &w->tok_embd, vrows, c->dim);
+    w->out_norm = arena_take(ac, (size_t)c->dim * sizeof(float));
+    if (gguf_find_tensor(g, "output.weight"))
+        plan_qmat(ac, &w->output, vrows, c->dim);
+    else
+        w->output = w->tok_embd;
+    for (int32_t l = 0; l < c->n_layers; l++) {
+        layer_weights *L = &w->layers[l];
+        L->attn_norm = arena_take(ac, (size_t)c->dim * sizeof(float));
+        L->ffn_norm = arena_take(ac, (size_t)c->dim * sizeof(float));
+        plan_qmat(ac, &L->wqkv, c->dim + 2 * c->kv_dim, c->dim);
+        plan_qmat(ac, &L->wo, c->dim, c->dim);
+        plan_qmat(ac, &L->w_gate_up, 2 * c->hidden_dim, c->dim);
+        plan_qmat(ac, &L->w_down, c->dim, c->hidden_dim);
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Filling the arena from GGUF tensors                                       */
+
+static const gguf_tensor *find_shaped(const gguf_file *g, const char *name, int64_t ne0,
+                                      int64_t ne1, char *err, size_t errlen)
+{
+    const gguf_tensor *t = gguf_find_tensor(g, name);
+    if (!t) {
+        util_err(err, errlen, "model lacks tensor '%s'", name);
+        return NULL;
+    }
+    if ((int64_t)t->ne[0] != ne0 || (int64_t)t->ne[1] != ne1 || t->ne[2] != 1 || t->ne[3] != 1) {
+        util_err(err, errlen, "tensor '%s' has shape [%llu, %llu, %llu, %llu], expected [%lld, %lld]",
+                 name, (unsigned long long)t->ne[0], (unsigned long long)t->ne[1],
+                 (unsigned long long)t->ne[2], (unsigned long long)t->ne[3],
+                 (long long)ne0, (long long)ne1);
+        return NULL;
+    }
+    uint32_t be, bb;
+    if (gguf_type_block(t->type, &be, &bb) != 0) {
+        util_err(err, errlen, "tensor '%s' has unsupported type %u", name, t->type);
+        return NULL;
+    }
+    return t;
+}
+
+/* Q8_0 row to levels exactly: 34-byte blocks of f16 scale + 32 int8;
+ * level = q + 128, m = -128 d. */
+static void row_from_q8_0(const uint8_t *src, int32_t cols, uint8_t *lv, float *d, float *m)
+{
+    for (int32_t b = 0; b < cols / QMAT_BLOCK; b++) {
+        const uint8_t *blk = src + (size_t)b * 34;
+        uint16_t h;
+        memcpy(&h, blk, 2);
+        d[b] = gguf_f16_to_f32(h);
+        m[b] = -128.0f * d[b];
+        for (int i = 0; i < QMAT_BLOCK; i++)
+            lv[b * QMAT_BLOCK + i] = (uint8_t)((int)(int8_t)blk[2 + i] + 128);
+    }
+}
+
+/* Q4_0 / Q4_1 row to levels exactly: the nibble is the level, with
+ * m = -8d (Q4_0) or the block's own min (Q4_1). */
+static void row_from_q4(const uint8_t *src, int32_t cols, int has_min, uint8_t *lv, float *d, float *m)
+{
+    size_t bsz = has_min ? 20 : 18;
+    for (int32_t b = 0; b < cols / QMAT_BLOCK; b++) {
+        const uint8_t *blk = src + (size_t)b * bsz;
+        uint16_t hd, hm = 0;
+        memcpy(&hd, blk, 2);
+        if (has_min)
+            memcpy(&hm, blk + 2, 2);
+        const uint8_t *qs = blk + (has_min ? 4 : 2);
+        d[b] = gguf_f16_to_f32(hd);
+        m[b] = has_min ? gguf_f16_to_f32(hm) : -8.0f * d[b];
+        for (int j = 0; j < 16; j++) {
+            lv[b * QMAT_BLOCK + j] = qs[j] & 0xF;
+            lv[b * QMAT_BLOCK + j + 16] = qs[j] >> 4;
+        }
+    }
+}
+
+/* Convert the rows of GGUF tensor t into rows row0.. of W. */
+static void fill_qmat(const gguf_tensor *t, qmat *W, int32_t row0)
+{
+    uint32_t be, bb;
+    gguf_type_block(t->type, &be, &bb);
+    int32_t cols = W->cols, nb = cols / QMAT_BLOCK;
+    size_t row_bytes = (size_t)cols / be * bb;
+    int32_t rows = (int32_t)t->ne[1];
+    #pragma omp parallel
+    {
+        float *tmp = mallocCheck((size_t)cols * sizeof(float));
+        uint8_t *lv = mallocCheck((size_t)cols);
+        float *d = mallocCheck((size_t)nb * sizeof(float)), *m = mallocCheck((size_t)nb * sizeof(float));
+        #pragma omp for schedule(static)
+        for (int32_t r = 0; r < rows; r++) {
+            const uint8_t *src = (const uint8_t *)t->data + (size_t)r * row_bytes;
+            if (t->type == GGUF_TT_Q8_0) {
+                row_from_q8_0(src, cols, lv, d, m);
+            } else if (t->type == GGUF_TT_Q4_0 || t->type == GGUF_TT_Q4_1) {
+                row_from_q4(src, cols, t->type == GGUF_TT_Q4_1, lv, d, m);
+            } else {
+                gguf_dequantize(t->type, src, tmp, (uint64_t)cols);
+                qmat_quantize_row(tmp, cols, lv, d, m);
+            }
+            qmat_set_row(W, row0 + r, lv, d, m);
+        }
+        free(tmp);
+        free(lv);
+        free(d);
+        free(m);
+    }
+}
+
+static int fill_vec(const gguf_file *g, const char *name, int32_t n, const float *dst,
+                    char *err, size_t errlen)
+{
+    const gguf_tensor *t = find_shaped(g, name, n, 1, err, errlen);
+    if (!t)
+        return -1;
+    if (gguf_dequantize(t->type, t->data, (float *)dst, (uint64_t)n) != 0)
+        return util_err(err, errlen, "tensor '%s': cannot convert type %s", name, gguf_type_name(t->type));
+    for (int32_t i = 0; i < n; i++)
+        if (!isfinite(dst[i]))
+            return util_err(err, errlen, "tensor '%s' holds a non-finite value", name);
+    return 0;
+}
+
+static int fill_mat(const gguf_file *g, const char *name, qmat *W, int32_t row0, int32_t rows,
+                    char *err, size_t errlen)
+{
+    const gguf_tensor *t = find_shaped(g, name, W->cols, rows, err, errlen);
+    if (!t)
+        return -1;
+    uint32_t be, bb;
+    gguf_type_block(t->type, &be, &bb);
+    if (W->cols % (int32_t)be != 0)
+        return util_err(err, errlen, "tensor '%s': row length %d is not a multiple of its block size %u",
+                        name, W->cols, be);
+    fill_qmat(t, W, row0);
+    return 0;
+}
+
+static int fill_layer(const gguf_file *g, const model_config *c, layer_weights *L, int32_t l,
+                      char *err, size_t errlen)
+{
+    char n[96];
+#define NAME(s) (snprintf(n, sizeof n, "blk.%d." s, l), n)
+    if (fill_vec(g, NAME("attn_norm.weight"), c->dim, L->attn_norm, err, errlen) ||
+        fill_vec(g, NAME("ffn_norm.weight"), c->dim, L->ffn_norm, err, errlen) ||
+        fill_mat(g, NAME("attn_q.weight"), &L->wqkv, 0, c->dim, err, errlen) ||
+        fill_mat(g, NAME("attn_k.weight"), &L->wqkv, c->dim, c->kv_dim, err, errlen) ||
+        fill_mat(g, NAME("attn_v.weight"), &L->wqkv, c->dim + c->kv_dim, c->kv_dim, err, errlen) ||
+        fill_mat(g, NAME("attn_output.weight"), &L->wo, 0, c->dim, err, errlen) ||
+        fill_mat(g, NAME("ffn_gate.weight"), &L->w_gate_up, 0, c->hidden_dim, err, errlen) ||
+        fill_mat(g, NAME("ffn_up.weight"), &L->w_gate_up, c->hidden_dim, c->hidden_dim, err, errlen) ||
+        fill_mat(g, NAME("ffn_down.weight"), &L->w_down, 0, c->dim, err, errlen))
+        return -1;
+#undef NAME
+    return 0;
+}
+
+static int arena_fill(model *m, const gguf_file *g, char *err, size_t errlen)
+{
+    const model_config *c = &m->config;
+    model_weights *w = &m->w;
+    if (fill_mat(g, "token_embd.weight", &w->tok_embd, 0, c->vocab_size, err, errlen) ||
+        fill_vec(g, "output_norm.weight", c->dim, w->out_norm, err, errlen))
+        return -1;
+    if (gguf_find_tensor(g, "output.weight") &&
+        fill_mat(g, "output.weight", &w->output, 0, c->vocab_size, err, errlen))
+        return -1;
+    for (int32_t l = 0; l < c->n_layers; l++)
+        if (fill_layer(g, c, &w->layers[l], l, err, errlen))
+            return -1;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Arena memory: anonymous or POSIX shared memory                            */
+
+static int arena_map(weight_arena *a, size_t size, const char *shm_name, int create,
+                     char *err, size_t errlen)
+{
+    memset(a, 0, sizeof *a);
+    a->shm_fd = -1;
+    size_t mapped = (size + ARENA_MAP_ALIGN - 1) & ~(size_t)(ARENA_MAP_ALIGN - 1);
+    int prot = create ? PROT_READ | PROT_WRITE : PROT_READ;
+    int fd = -1;
+    if (shm_name) {
+        if (strlen(shm_name) >= sizeof a->shm_name || shm_name[0] != '/')
+            return util_err(err, errlen, "bad shared-memory name '%s'", shm_name);
+        fd = create ? shm_open(shm_name, O_RDWR | O_CREAT | O_EXCL, 0600)
+                    : shm_open(shm_name, O_RDONLY, 0);
+        if (fd < 0)
+            return util_err(err, errlen, "shm_open('%s'): %s", shm_name, strerror(errno));
+        if (create && ftruncate(fd, (off_t)mapped) != 0) {
+            int e = errno;
+            close(fd);
+            shm_unlink(shm_name);
+            return util_err(err, errlen, "sizing shared memory '%s' to %zu bytes: %s",
+                            shm_name, mapped, strerror(e));
+        }
+        struct stat st;
+        if (!create && (fstat(fd, &st) != 0 || (size_t)st.st_size < size)) {
+            close(fd);
+            return util_err(err, errlen, "shared memory '%s' is smaller than the model's arena", shm_name);
+        }
+    }
+    void *p = shm_name ? mmap(NULL, mapped, prot, MAP_SHARED, fd, 0)
+                       : mmap(NULL, mapped, prot, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+        int e = errno;
+        if (fd >= 0) {
+            close(fd);
+            if (create)
+                shm_unlink(shm_name);
+        }
+        return util_err(err, errlen, "mapping a %zu-byte weight arena: %s", mapped, strerror(e));
+    }
+    a->base = p;
+    a->size = mapped;
+    a->shm_fd = fd;
+    a->owner = create;
+    if (shm_name)
+        snprintf(a->shm_name, sizeof a->shm_name, "%s", shm_name);
+    return 0;
+}
+
+static void arena_unmap(weight_arena *a)
+{
+    if (a->base)
+        munmap(a->base, a->size);
+    if (a->shm_fd >= 0)
+        close(a->shm_fd);
+    if (a->owner && a->shm_name[0])
+        shm_unlink(a->shm_name);
+    memset(a, 0, sizeof *a);
+    a->shm_fd = -1;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Load / attach / free                                                      */
+
+static int model_setup(model *m, const char *path, const char *shm_name, int create,
+                       char *err, size_t errlen)
+{
+    memset(m, 0, sizeof *m);
+    m->arena.shm_fd = -1;
+    gguf_file *g = NULL;
+    if (gguf_open(path, &g, err, errlen) != 0)
+        return -1;
+    if (config_read(&m->config, g, err, errlen) != 0)
+        goto fail_gguf;
+    m->w.layers = callocCheck((size_t)m->config.n_layers, sizeof(layer_weights));
+    arena_cursor sizing = {0, NULL};
+    arena_plan(&sizing, m, g);
+    if (arena_map(&m->arena, sizing.off, shm_name, create, err, errlen) != 0)
+        goto fail_layers;
+    arena_cursor placing = {0, m->arena.base};
+    arena_plan(&placing, m, g);
+    assert(placing.off == sizing.off);
+    if (create && arena_fill(m, g, err, errlen) != 0)
+        goto fail_arena;
+    if (create)
+        mprotect(m->arena.base, m->arena.size, PROT_READ);
+    gguf_close(g);
+    return 0;
+
+fail_arena:
+    arena_unmap(&m->arena);
+fail_layers:
+    free(m->w.layers);
+    m->w.layers = NULL;
+fail_gguf:
+    gguf_close(g);
+    return -1;
+}
+
+int model_load(model *m, const char *path, const char *shm_name, char *err, size_t errlen)
+{
+    return model_setup(m, path, shm_name, 1, err, errlen);
+}
+
+int model_attach(model *m, const char *path, const char *shm_name, char *err, size_t errlen)
+{
+    if (!shm_name)
+        return util_err(err, errlen, "model_attach needs a shared-memory name");
+    return model_setup(m, path, shm_name, 0, err, errlen);
+}
+
+void model_free(model *m)
+{
+    if (!m)
+        return;
+    arena_unmap(&m->arena);
+    free(m->w.layers);
+    memset(m, 0, sizeof *m);
+}
+
+/* ------------------------------------------------------------------------ */
+/* KV cache and forward state                                                */
+
+int kv_init(kv_cache *kv, const model_config *c, int32_t cap, char *err, size_t errlen)
+{
+    memset(kv, 0, sizeof *kv);
+    if (cap <= 0)
+        return util_err(err, errlen, "KV cache capacity must be positive");
+    size_t n = (size_t)c->n_layers * (size_t)cap * (size_t)c->kv_dim;
+    kv->k = calloc(n, sizeof(kv_elem));
+    kv->v = calloc(n, sizeof(kv_elem));
+    if (!kv->k || !kv->v) {
+        kv_free(kv);
+        return util_err(err, errlen, "out of memory for a %d-position KV cache (%zu MB)",
+                        cap, 2 * n * sizeof(kv_elem) >> 20);
+    }
+    kv->cap = cap;
+    kv->n_layers = c->n_layers;
+    kv->kv_dim = c->kv_dim;
+    return 0;
+}
+
+void kv_free(kv_cache *kv)
+{
+    free(kv->k);
+    free(kv->v);
+    memset(kv, 0, sizeof *kv);
+}
+
+void kv_truncate(kv_cache *kv, int32_t len)
+{
+    assert(len >= 0 && len <= kv->len);
+    kv->len = len;
+}
+
+int fwd_state_init(fwd_state *s, const model_config *c, int32_t max_tokens, int32_t ctx)
+{
+    memset(s, 0, sizeof *s);
+    size_t T = (size_t)max_tokens;
+    s->max_tokens = max_tokens;
+    s->x = alignedCheck(T * c->dim * sizeof(float));
+    s->xb = alignedCheck(T * c->dim * sizeof(float));
+    s->qkv = alignedCheck(T * (c->dim + 2 * c->kv_dim) * sizeof(float));
+    s->att = alignedCheck(T * c->dim * sizeof(float));
+    s->hb = alignedCheck(T * 2 * c->hidden_dim * sizeof(float));
+    s->score_cap = ctx;
+    s->scores = alignedCheck((size_t)omp_get_max_threads() * ctx * sizeof(float));
+    int32_t half = c->head_dim / 2;
+    s->rope_cap = ctx;
+    int32_t maxc = c->hidden_dim > c->dim ? c->hidden_dim : c->dim;
+    s->qscratch = alignedCheck(qmat_scratch_bytes(maxc, max_tokens < QMAT_BLAS_MIN_T ? max_tokens : QMAT_BLAS_MIN_T));
+    s->head_row = alignedCheck(((size_t)c->vocab_size + QMAT_ROWS) * sizeof(float));
+    s->tok_seq = mallocCheck(T * sizeof(int32_t));
+    s->tok_pos = mallocCheck(T * sizeof(int32_t));
+    s->rope_cos = alignedCheck((size_t)ctx * half * sizeof(float));
+    s->rope_sin = alignedCheck((size_t)ctx * half * sizeof(float));
+    for (int32_t p = 0; p < ctx; p++)
+        for (int32_t i = 0; i < half; i++) {
+            double freq = pow((double)c->rope_base, -2.0 * i / c->head_dim);
+            double ang = p * freq;
+            s->rope_cos[(size_t)p * half + i] = (float)cos(ang);
+            s->rope_sin[(size_t)p * half + i] = (float)sin(ang);
+        }
+    return 0;
+}
+
+void fwd_state_free(fwd_state *s)
+{
+    free(s->x);
+    free(s->xb);
+    free(s->qkv);
+    free(s->att);
+    free(s->hb);
+    free(s->scores);
+    free(s->rope_cos);
+    free(s->rope_sin);
+    free(s->tok_seq);
+    free(s->tok_pos);
+    free(s->qscratch);
+    free(s->head_row);
+    memset(s, 0, sizeof *s);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Forward pass                                                              */
+
+/* out = x / rms(x) * w, for T rows of dim. */
+static void rmsnorm(float *out, const float *x, const float *w, int32_t T, int32_t dim, float eps)
+{
+    for (int32_t t = 0; t < T; t++) {
+        const float *xt = x + (size_t)t * dim;
+        float *ot = out + (size_t)t * dim;
+        float ss = 0.0f;
+        for (int32_t i = 0; i < dim; i++)
+            ss += xt[i] * xt[i];
+        float inv = 1.0f / sqrtf(ss / dim + eps);
+        for (int32_t i = 0; i < dim; i++)
+            ot[i] = xt[i] * inv * w[i];
+    }
+}
+
+/* Rotate adjacent pairs (GGUF "normal" RoPE, as llama.cpp uses for llama). */
+static void rope(float *v, int32_t n_heads, int32_t head_dim, const float *cs, const float *sn)
+{
+    int32_t half = head_dim / 2;
+    for (int32_t h = 0; h < n_heads; h++) {
+        float *x = v + (size_t)h * head_dim;
+        for (int32_t i = 0; i < half; i++) {
+            float a = x[2 * i], b = x[2 * i + 1];
+            x[2 * i] = a * cs[i] - b * sn[i];
+            x[2 * i + 1] = a * sn[i] + b * cs[i];
+        }
+    }
+}
+
+/* Where position p of layer l lives for sequence sq: in its cache, or in its
+ * draft scratch for positions >= scratch_base. */
+static kv_elem *kv_row(const fwd_seq *sq, kv_elem *(*pick)(kv_cache *), int32_t l, int32_t p)
+{
+    kv_cache *kv = sq->kv;
+    int32_t idx = p;
+    if (sq->scratch && p >= sq->scratch_base) {
+        kv = sq->scratch;
+        idx = p - sq->scratch_base;
+    }
+    return pick(kv) + ((size_t)l * kv->cap + idx) * kv->kv_dim;
+}
+
+static kv_elem *pick_k(kv_cache *kv) { return kv->k; }
+static kv_elem *pick_v(kv_cache *kv) { return kv->v; }
+
+/* Attention for every (token, head) of the batch. qkv rows are (q | k | v);
+ * K/V of this block were already written to the caches. */
+static void attention(const model *m, fwd_state *s, const fwd_seq *seqs, int32_t T, int32_t l)
+{
+    const model_config *c = &m->config;
+    int32_t hd = c->head_dim, group = c->n_heads / c->n_kv_heads;
+    int32_t qkv_w = c->dim + 2 * c->kv_dim;
+    float scale = 1.0f / sqrtf((float)hd);
+    #pragma omp parallel for schedule(dynamic, 1)
+    for (int32_t th = 0; th < T * c->n_heads; th++) {
+        int32_t t = th / c->n_heads, h = th % c->n_heads;
+        const fwd_seq *sq = &seqs[s->tok_seq[t]];
+        int32_t p = s->tok_pos[t], kvh = h / group;
+        const float *q = s->qkv + (size_t)t * qkv_w + (size_t)h * hd;
+        float *sc = s->scores + (size_t)omp_get_thread_num() * s->score_cap;
+        float mx = -INFINITY;
+        for (int32_t i = 0; i <= p; i++) {
+            const kv_elem *k = kv_row(sq, pick_k, l, i) + (size_t)kvh * hd;
+            float dot = f16_dot(q, k, hd);
+            sc[i] = dot * scale;
+            mx = fmaxf(mx, sc[i]);
+        }
+        float sum = 0.0f;
+        for (int32_t i = 0; i <= p; i++) {
+            sc[i] = expf(sc[i] - mx);
+            sum += sc[i];
+        }
+        float *out = s->att + (size_t)t * c->dim + (size_t)h * hd;
+        memset(out, 0, (size_t)hd * sizeof(float));
+        for (int32_t i = 0; i <= p; i++) {
+            const kv_elem *v = kv_row(sq, pick_v, l, i) + (size_t)kvh * hd;
+            f16_axpy(out, sc[i] / sum, v, hd);
+        }
+    }
+}
+
+static void attn_sublayer(const model *m, fwd_state *s, const fwd_seq *seqs, int32_t T,
+                          int32_t l)
+{
+    const model_config *c = &m->config;
+    const layer_weights *L = &m->w.layers[l];
+    int32_t qkv_w = c->dim + 2 * c->kv_dim, half = c->head_dim / 2;
+    rmsnorm(s->xb, s->x, L->attn_norm, T, c->dim, c->norm_eps);
+    qmat_matmul(&L->wqkv, s->xb, c->dim, T, s->qkv, qkv_w, s->qscratch);
+    for (int32_t t = 0; t < T; t++) {
+        float *q = s->qkv + (size_t)t * qkv_w;
+        const float *cs = s->rope_cos + (size_t)s->tok_pos[t] * half;
+        const float *sn = s->rope_sin + (size_t)s->tok_pos[t] * half;
+        rope(q, c->n_heads, c->head_dim, cs, sn);
+        rope(q + c->dim, c->n_kv_heads, c->head_dim, cs, sn);
+        const fwd_seq *sq = &seqs[s->tok_seq[t]];
+        kv_elem *kd = kv_row(sq, pick_k, l, s->tok_pos[t]), *vd = kv_row(sq, pick_v, l, s->tok_pos[t]);
+        for (int32_t i = 0; i < c->kv_dim; i++) {
+            kd[i] = f16_from_f32(q[c->dim + i]);
+            vd[i] = f16_from_f32(q[c->dim + c->kv_dim + i]);
+        }
+    }
+    attention(m, s, seqs, T, l);
+    qmat_matmul(&L->wo, s->att, c->dim, T, s->xb, c->dim, s->qscratch);
+    for (size_t i = 0; i < (size_t)T * c->dim; i++)
+        s->x[i] += s->xb[i];
+}
+
+static void mlp_sublayer(const model *m, fwd_state *s, int32_t T, int32_t l)
+{
+    const model_config *c = &m->config;
+    const layer_weights *L = &m->w.layers[l];
+    int32_t H = c->hidden_dim;
+    rmsnorm(s->xb, s->x, L->ffn_norm, T, c->dim, c->norm_eps);
+    qmat_matmul(&L->w_gate_up, s->xb, c->dim, T, s->hb, 2 * H, s->qscratch);
+    for (int32_t t = 0; t < T; t++) {
+        float *g = s->hb + (size_t)t * 2 * H, *u = g + H;
+        for (int32_t i = 0; i < H; i++)
+            g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+    }
+    qmat_matmul(&L->w_down, s->hb, 2 * H, T, s->xb, c->dim, s->qscratch);
+    for (size_t i = 0; i < (size_t)T * c->dim; i++)
+        s->x[i] += s->xb[i];
+}
+
+/* logits (n_out, width) = xb (n_out, dim) . head^T, dropping the padding
+ * rows of the vocabulary (head->rows >= width). */
+static void logits_project(const qmat *head, fwd_state *s, int32_t n_out, int32_t dim, int32_t width,
+                           float *logits)
+{
+    if (head->rows == width) {
+        qmat_matmul(head, s->xb, dim, n_out, logits, width, s->qscratch);
+        return;
+    }
+    for (int32_t t = 0; t < n_out; t++) {   /* padded vocabulary: via a full-width row */
+        qmat_matmul(head, s->xb + (size_t)t * dim, dim, 1, s->head_row, head->rows, s->qscratch);
+        memcpy(logits + (size_t)t * width, s->head_row, (size_t)width * sizeof(float));
+    }
+}
+
+/* Validate the batch and flatten it into per-token (seq, pos). */
+static int batch_check(const model *m, fwd_state *s, const fwd_seq *seqs, int n_seqs,
+                       int32_t *T_out, char *err, size_t errlen)
+{
+    int32_t T = 0;
+    for (int i = 0; i < n_seqs; i++) {
+        const fwd_seq *sq = &seqs[i];
+        if (sq->n_tokens <= 0 || sq->pos < 0 || sq->logits_from < 0 || sq->logits_from > sq->n_tokens)
+            return util_err(err, errlen, "batch entry %d: bad block (n=%d pos=%d)", i, sq->n_tokens, sq->pos);
+        int32_t end = sq->pos + sq->n_tokens;
+        int32_t cap = sq->scratch ? sq->scratch_base + sq->scratch->cap : sq->kv->cap;
+        if (sq->scratch && sq->scratch_base > sq->kv->cap)
+            return util_err(err, errlen, "batch entry %d: scratch base past the cache", i);
+        if (end > cap || end > s->rope_cap)
+            return util_err(err, errlen, "context full: positions up to %d requested, the cache holds %d",
+                            end, cap < s->rope_cap ? cap : s->rope_cap);
+        if (T + sq->n_tokens > s->max_tokens)
+            return util_err(err, errlen, "batch of more than %d tokens", s->max_tokens);
+        for (int32_t j = 0; j < sq->n_tokens; j++) {
+            if (sq->tokens[j] < 0 || sq->tokens[j] >= m->config.vocab_size)
+                return util_err(err, errlen, "token id %d out of range", sq->tokens[j]);
+            s->tok_seq[T + j] = i;
+            s->tok_pos[T + j] = sq->pos + j;
+        }
+        T += sq->n_tokens;
+    }
+    *T_out = T;
+    return 0;
+}
+
+int model_forward(const model *m, fwd_state *s, fwd_seq *seqs, int n_seqs,
+                  const layer_mask *mask, const qmat *head, float *logits, char *err, size_t errlen)
+{
+    const model_config *c = &m->config;
+    int32_t T = 0;
+    if (batch_check(m, s, seqs, n_seqs, &T, err, errlen) != 0)
+        return -1;
+    for (int32_t t = 0; t < T; t++) {
+        const fwd_seq *sq = &seqs[s->tok_seq[t]];
+        qmat_dequant_row(&m->w.tok_embd, sq->tokens[s->tok_pos[t] - sq->pos], s->x + (size_t)t * c->dim);
+    }
+    for (int32_t l = 0; l < c->n_layers; l++) {
+        if (!mask || mask->attn[l])
+            attn_sublayer(m, s, seqs, T, l);
+        if (!mask || mask->mlp[l])
+            mlp_sublayer(m, s, T, l);
+    }
+    /* Gather the rows that want logits, normalize, project. */
+    int32_t n_out = 0;
+    for (int i = 0, t0 = 0; i < n_seqs; t0 += seqs[i].n_tokens, i++)
+        for (int32_t j = seqs[i].logits_from; j < seqs[i].n_tokens; j++, n_out++)
+            rmsnorm(s->xb + (size_t)n_out * c->dim, s->x + (size_t)(t0 + j) * c->dim,
+                    m->w.out_norm, 1, c->dim, c->norm_eps);
+    if (!head)
+        head = &m->w.output;
+    logits_project(head, s, n_out, c->dim, head == &m->w.output ? c->vocab_size : head->rows, logits);
+    return 0;
+}

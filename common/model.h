@@ -1,0 +1,162 @@
+/*
+ * model.h - a Llama-architecture transformer: configuration, weights in one
+ * contiguous arena, KV caches, and the forward pass with a sublayer mask.
+ *
+ * The forward pass takes a *batch*: blocks of tokens from one or more
+ * sequences, each block at its own positions against its own KV cache, and
+ * returns logits for the positions asked for. Prefill (T = prompt length),
+ * plain decoding (T = 1), drafting (T = 1 with sublayers skipped) and the
+ * verification pass of self-speculative decoding (T = k + 1) are all this
+ * one function.
+ *
+ * The sublayer mask says, per layer, whether the attention sublayer and the
+ * MLP sublayer are computed; a skipped sublayer is the identity on the
+ * residual stream and writes no KV.
+ */
+#ifndef SELFSPEC_MODEL_H
+#define SELFSPEC_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "gguf.h"
+#include "qmat.h"
+
+typedef struct {
+    int32_t dim;          /* residual stream width (576 for SmolLM2-135M) */
+    int32_t hidden_dim;   /* MLP inner width */
+    int32_t n_layers;
+    int32_t n_heads;
+    int32_t n_kv_heads;
+    int32_t head_dim;     /* dim / n_heads */
+    int32_t kv_dim;       /* n_kv_heads * head_dim */
+    int32_t vocab_size;
+    int32_t ctx_train;    /* llama.context_length */
+    float rope_base;
+    float norm_eps;
+    char name[128];       /* general.name */
+    char arch[32];        /* general.architecture */
+} model_config;
+
+typedef struct {
+    const float *attn_norm;   /* (dim) */
+    qmat wqkv;                /* (dim + 2*kv_dim, dim): q, k, v rows stacked */
+    qmat wo;                  /* (dim, dim) */
+    const float *ffn_norm;    /* (dim) */
+    qmat w_gate_up;           /* (2*hidden_dim, dim): gate rows, then up rows */
+    qmat w_down;              /* (dim, hidden_dim) */
+} layer_weights;
+
+typedef struct {
+    qmat tok_embd;            /* (vocab rounded up to 16, dim) */
+    layer_weights *layers;    /* (n_layers) */
+    const float *out_norm;    /* (dim) */
+    qmat output;              /* (vocab rounded up to 16, dim); tok_embd when tied */
+} model_weights;
+
+/* The weight arena: one contiguous, 2 MiB-aligned region holding every
+ * weight. A second process can map the same bytes (POSIX shared memory). */
+typedef struct {
+    uint8_t *base;
+    size_t size;
+    int shm_fd;               /* -1 for a private (anonymous) arena */
+    char shm_name[64];        /* "" unless in shared memory */
+    int owner;                /* unlink the shm name on free */
+} weight_arena;
+
+typedef struct {
+    model_config config;
+    model_weights w;
+    weight_arena arena;
+} model;
+
+/* Which sublayers to compute: attn[l], mlp[l] nonzero = compute. A NULL
+ * mask pointer means "compute everything" (the full model). */
+typedef struct {
+    uint8_t *attn;            /* (n_layers) */
+    uint8_t *mlp;             /* (n_layers) */
+} layer_mask;
+
+/* KV entries are stored in IEEE half precision (as llama.cpp does by
+ * default): half the memory and bandwidth of float. See f16.h. */
+typedef uint16_t kv_elem;
+
+/* A KV cache for one sequence: keys and values of every processed position.
+ * len: positions 0..len-1 hold the full model's keys/values (the verified
+ * prefix). Writing happens only through model_forward. */
+typedef struct {
+    kv_elem *k;               /* (n_layers, cap, kv_dim) */
+    kv_elem *v;               /* (n_layers, cap, kv_dim) */
+    int32_t cap;              /* positions it can hold */
+    int32_t len;              /* verified length */
+    int32_t n_layers, kv_dim;
+} kv_cache;
+
+/* One sequence's part of a batch. */
+typedef struct {
+    const int32_t *tokens;    /* (n_tokens) */
+    int32_t n_tokens;
+    int32_t pos;              /* position of tokens[0] */
+    kv_cache *kv;             /* cache read for positions < pos; written for
+                                 pos..pos+n-1 unless scratch is given */
+    kv_cache *scratch;        /* optional: positions >= scratch_base are read
+                                 from and written to this cache instead, at
+                                 index pos - scratch_base (draft scratch) */
+    int32_t scratch_base;
+    int32_t logits_from;      /* logits for tokens[logits_from..n-1] */
+} fwd_seq;
+
+/* Per-call activation buffers, sized for up to max_tokens tokens in a batch.
+ * One fwd_state per thread of control; model_forward is reentrant given
+ * distinct states. */
+typedef struct {
+    int32_t max_tokens;
+    float *x;       /* (T, dim) residual stream */
+    float *xb;      /* (T, dim) normed input */
+    float *qkv;     /* (T, dim + 2*kv_dim) */
+    float *att;     /* (T, dim) attention output (heads concatenated) */
+    float *hb;      /* (T, 2*hidden_dim) gate|up, then SwiGLU result */
+    float *scores;  /* (T * n_heads, ctx) attention scores */
+    int32_t score_cap;
+    float *rope_cos, *rope_sin; /* (ctx, head_dim/2) */
+    int32_t rope_cap;
+    int32_t *tok_seq;   /* (T) batch entry of each token */
+    int32_t *tok_pos;   /* (T) position of each token */
+    void *qscratch;     /* activation quantization scratch (qmat.h) */
+    float *head_row;    /* (vocab rounded up to 16) one padded logits row */
+} fwd_state;
+
+/* Load a GGUF model: read the config from metadata, convert every weight into
+ * the arena (see qmat.h for the format). shm_name: NULL for private memory,
+ * else create a POSIX shared-memory object of that name (unlinked by
+ * model_free). Returns 0 or -1 + err. */
+int model_load(model *m, const char *path, const char *shm_name, char *err, size_t errlen);
+void model_free(model *m);
+
+/* Map an arena created by another process's model_load (read-only), given
+ * the path of the same GGUF (for the config) and the shm name. */
+int model_attach(model *m, const char *path, const char *shm_name, char *err, size_t errlen);
+
+int kv_init(kv_cache *kv, const model_config *c, int32_t cap, char *err, size_t errlen);
+void kv_free(kv_cache *kv);
+/* Drop every position >= len (len <= kv->len). */
+void kv_truncate(kv_cache *kv, int32_t len);
+
+int fwd_state_init(fwd_state *s, const model_config *c, int32_t max_tokens, int32_t ctx);
+void fwd_state_free(fwd_state *s);
+
+/*
+ * Run the model over a batch of n_seqs sequence blocks.
+ *   mask:   NULL for the full model, else which sublayers to compute.
+ *   head:   NULL for the model's output head (logits over the vocabulary),
+ *           else another head matrix (the pruned draft head: its rows are a
+ *           subset of the vocabulary, in an order the caller knows).
+ *   logits: (sum over seqs of n_tokens - logits_from, vocab_size or head->rows)
+ * For the full model the KV entries written are the verified values and the
+ * caller advances kv->len; with a mask the caller must give a scratch cache.
+ * Returns 0, or -1 + err when a block does not fit (positions past the cache).
+ */
+int model_forward(const model *m, fwd_state *s, fwd_seq *seqs, int n_seqs,
+                  const layer_mask *mask, const qmat *head, float *logits, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,69 @@
+/*
+ * qmat.h - the engine's weight-matrix format ("U8A": 8-bit affine blocks in
+ * 16-row interleaved panels) and the matrix products over it.
+ *
+ * A matrix W of shape (rows, cols) -- rows = output features, a multiple of
+ * 16; cols = input features, a multiple of 32 -- holds
+ *   W[r][c] = q[r][c] * d[r][c/32] + m[r][c/32],   q an unsigned byte.
+ * Every 4-bit affine GGUF format (Q4_0, Q4_1, Q4_K) maps onto this exactly
+ * (the nibble is the byte), Q8_0 maps exactly (q + 128, m = -128 d), and
+ * F32/F16/BF16/Q6_K are re-quantized to 256 levels per block of 32.
+ *
+ * Layout, chosen for the VNNI dot-product instruction (one 512-bit register
+ * holds 4 consecutive columns of 16 consecutive rows):
+ *   q: uint8 (rows/16, cols/32, 8, 16, 4)  [group][block][col quad][row][col]
+ *   d: float (rows/16, cols/32, 16)        [group][block][row]
+ *   m: float (rows/16, cols/32, 16)
+ *
+ * Products, Y(T, rows) = X(T, cols) . W^T:
+ *  - few tokens (T < QMAT_BLAS_MIN_T): activations are quantized per block of
+ *    32 to int8 (as llama.cpp does), and a hand-written kernel streams each
+ *    weight panel once and applies it to all T tokens with integer dot
+ *    products. Per-token arithmetic does not depend on T or on the other
+ *    tokens, so logits are bit-identical whether a token is decoded alone
+ *    or inside a verification block: this is what makes self-speculative
+ *    output exactly plain greedy output.
+ *  - long blocks (prefill): panels are dequantized to float and multiplied
+ *    with BLAS sgemm.
+ * Threads: qmat_matmul parallelizes over 16-row groups with OpenMP.
+ */
+#ifndef SELFSPEC_QMAT_H
+#define SELFSPEC_QMAT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define QMAT_BLOCK 32
+#define QMAT_ROWS 16
+/* Blocks of at least this many tokens go through BLAS. */
+#define QMAT_BLAS_MIN_T 32
+
+typedef struct {
+    int32_t rows, cols;
+    const uint8_t *q;
+    const float *d;
+    const float *m;
+} qmat;
+
+/* Bytes of the q array, and of each of the d and m arrays. */
+size_t qmat_q_bytes(int32_t rows, int32_t cols);
+size_t qmat_dm_bytes(int32_t rows, int32_t cols);
+
+/* Store row r of W (writable arrays) from 8-bit levels and per-block d, m:
+ * levels (cols), d and m (cols/32). */
+void qmat_set_row(const qmat *W, int32_t r, const uint8_t *levels, const float *d, const float *m);
+
+/* Quantize cols floats to levels + d + m (affine, 256 levels per block). */
+void qmat_quantize_row(const float *x, int32_t cols, uint8_t *levels, float *d, float *m);
+
+/* Dequantize row r of W into out (cols floats). */
+void qmat_dequant_row(const qmat *W, int32_t r, float *out);
+
+/* Scratch bytes qmat_matmul needs for T tokens of up to cols inputs. */
+size_t qmat_scratch_bytes(int32_t cols, int T);
+
+/* Y = X . W^T. X: (T, cols) row stride ldx; Y: (T, rows) row stride ldy;
+ * scratch: qmat_scratch_bytes(W->cols, T) bytes, 64-byte aligned. */
+void qmat_matmul(const qmat *W, const float *X, int ldx, int T, float *Y, int ldy, void *scratch);
+
+#endif

@@ -1,0 +1,37 @@
+/*
+ * util.h - small helpers shared by every module: checked allocation macros
+ * that carry __FILE__/__LINE__ (in the spirit of llm.c's mallocCheck), a
+ * monotonic clock, and bounded error-string formatting.
+ *
+ * Convention used across selfspec: functions that can fail take
+ * (char *err, size_t errlen), return 0 on success and -1 on failure after
+ * writing a one-line reason into err.
+ */
+#ifndef SELFSPEC_UTIL_H
+#define SELFSPEC_UTIL_H
+
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <stdarg.h>
+
+void *util_malloc_check(size_t size, const char *file, int line);
+void *util_calloc_check(size_t n, size_t size, const char *file, int line);
+/* 64-byte aligned allocation; free with free(). */
+void *util_aligned_check(size_t size, const char *file, int line);
+
+#define mallocCheck(size) util_malloc_check((size), __FILE__, __LINE__)
+#define callocCheck(n, size) util_calloc_check((n), (size), __FILE__, __LINE__)
+#define alignedCheck(size) util_aligned_check((size), __FILE__, __LINE__)
+
+/* Seconds from a monotonic clock. */
+double util_now(void);
+
+/* snprintf into err (if non-NULL) and return -1, for `return util_err(...)`. */
+int util_err(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Read a whole file into a malloc'd NUL-terminated buffer. */
+char *util_read_file(const char *path, size_t *len, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,463 @@
+/*
+ * selfspec.c - the command-line entry point, bin/selfspec.
+ *
+ *   selfspec generate [options]   generate a continuation of a prompt
+ *
+ * The generate subcommand loads the model (the weight arena), tokenizes the
+ * prompt (optionally through the model's chat template), runs one of the
+ * decoding loops and streams the result: text, or token ids with --ids.
+ * All per-run state lives in a gen_run struct; nothing global.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <cblas.h>
+#include <omp.h>
+
+#include "generate.h"
+#include "model.h"
+#include "sampler.h"
+#include "tokenizer.h"
+#include "util.h"
+
+#define DEFAULT_MODEL_REL "models/SmolLM2-135M-Instruct.Q4_1.gguf"
+#define MAX_STOPS 8
+
+typedef struct {
+    const char *model_path;
+    const char *prompt;
+    const char *prompt_file;
+    const char *system;
+    const char *mode;
+    int chat;
+    int ids;
+    int stats;
+    int threads;
+    int32_t ctx;
+    int ignore_eos;
+    gen_params gp;
+    const char *stops[MAX_STOPS];
+    int n_stops;
+} gen_opts;
+
+/* Output state shared with the emit callback. */
+typedef struct {
+    const tokenizer *tok;
+    const gen_opts *o;
+    utf8_stream us;
+    char *text;          /* complete UTF-8 generated so far */
+    size_t len, cap;
+    size_t printed;      /* bytes of text already written to stdout */
+    int n_ids;
+    int stopped;         /* a stop string was found */
+} gen_out;
+
+static void usage_generate(FILE *f)
+{
+    fprintf(f,
+"usage: selfspec generate [options]\n"
+"\n"
+"Generate a continuation of a prompt and stream it to stdout.\n"
+"\n"
+"  -m, --model FILE       GGUF model (default: $SELFSPEC_MODEL, else\n"
+"                         " DEFAULT_MODEL_REL " next to bin/)\n"
+"  -p, --prompt TEXT      the prompt\n"
+"  -f, --prompt-file FILE read the prompt from FILE ('-' = stdin)\n"
+"      --chat             wrap the prompt in the model's chat template\n"
+"      --system TEXT      system message for --chat (default: the template's)\n"
+"  -n, --max-tokens N     new tokens at most (default 256)\n"
+"      --temperature T    0 = greedy (default 0)\n"
+"      --top-k K          keep the K most likely tokens (0 = off, default)\n"
+"      --top-p P          nucleus sampling mass in (0, 1] (default 1 = off)\n"
+"      --seed S           random seed for sampling (default 0)\n"
+"      --stop STR         stop when STR is generated (repeatable, up to %d)\n"
+"      --ignore-eos       do not stop at end-of-generation tokens\n"
+"      --ids              print generated token ids (space-separated), not text\n"
+"      --stats            print one JSON line of statistics on stderr\n"
+"      --mode MODE        plain (default for now)\n"
+"  -t, --threads N        worker threads (default: all cores)\n"
+"  -c, --ctx N            context length in tokens (default min(model's, 4096))\n"
+"  -h, --help             this help\n", MAX_STOPS);
+}
+
+static void usage_main(FILE *f)
+{
+    fprintf(f,
+"usage: selfspec <command> [options]\n"
+"\n"
+"commands:\n"
+"  generate   generate text from a prompt (selfspec generate --help)\n");
+}
+
+static int parse_int(const char *s, const char *what, long lo, long hi, long *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || *end || end == s || v < lo || v > hi) {
+        fprintf(stderr, "selfspec: %s must be an integer in [%ld, %ld], got '%s'\n", what, lo, hi, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static int parse_float(const char *s, const char *what, float *out)
+{
+    char *end;
+    errno = 0;
+    float v = strtof(s, &end);
+    if (errno || *end || end == s) {
+        fprintf(stderr, "selfspec: %s must be a number, got '%s'\n", what, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* The default model: $SELFSPEC_MODEL, else ../models/... relative to the
+ * executable, else relative to the working directory. */
+static const char *default_model(char *buf, size_t n)
+{
+    const char *env = getenv("SELFSPEC_MODEL");
+    if (env && *env)
+        return env;
+    char exe[PATH_MAX];
+    ssize_t k = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (k > 0) {
+        exe[k] = '\0';
+        char *slash = strrchr(exe, '/');
+        if (slash) {
+            *slash = '\0';
+            snprintf(buf, n, "%s/../%s", exe, DEFAULT_MODEL_REL);
+            if (access(buf, R_OK) == 0)
+                return buf;
+        }
+    }
+    return DEFAULT_MODEL_REL;
+}
+
+enum { OPT_CHAT = 256, OPT_SYSTEM, OPT_TEMP, OPT_TOPK, OPT_TOPP, OPT_SEED, OPT_STOP,
+       OPT_IGNORE_EOS, OPT_IDS, OPT_STATS, OPT_MODE };
+
+static int parse_generate(int argc, char **argv, gen_opts *o)
+{
+    static const struct option longopts[] = {
+        {"model", required_argument, 0, 'm'}, {"prompt", required_argument, 0, 'p'},
+        {"prompt-file", required_argument, 0, 'f'}, {"chat", no_argument, 0, OPT_CHAT},
+        {"system", required_argument, 0, OPT_SYSTEM}, {"max-tokens", required_argument, 0, 'n'},
+        {"temperature", required_argument, 0, OPT_TEMP}, {"top-k", required_argument, 0, OPT_TOPK},
+        {"top-p", required_argument, 0, OPT_TOPP}, {"seed", required_argument, 0, OPT_SEED},
+        {"stop", required_argument, 0, OPT_STOP}, {"ignore-eos", no_argument, 0, OPT_IGNORE_EOS},
+        {"ids", no_argument, 0, OPT_IDS}, {"stats", no_argument, 0, OPT_STATS},
+        {"mode", required_argument, 0, OPT_MODE}, {"threads", required_argument, 0, 't'},
+        {"ctx", required_argument, 0, 'c'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+    long v;
+    int c;
+    o->gp.max_tokens = 256;
+    o->gp.sampling = (sampler_params){.temperature = 0.0f, .top_k = 0, .top_p = 1.0f, .seed = 0};
+    o->mode = "plain";
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "m:p:f:n:t:c:h", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'm': o->model_path = optarg; break;
+        case 'p': o->prompt = optarg; break;
+        case 'f': o->prompt_file = optarg; break;
+        case OPT_CHAT: o->chat = 1; break;
+        case OPT_SYSTEM: o->system = optarg; break;
+        case 'n':
+            if (parse_int(optarg, "--max-tokens", 1, 1 << 24, &v)) return -1;
+            o->gp.max_tokens = (int32_t)v;
+            break;
+        case OPT_TEMP: if (parse_float(optarg, "--temperature", &o->gp.sampling.temperature)) return -1; break;
+        case OPT_TOPK:
+            if (parse_int(optarg, "--top-k", 0, INT32_MAX, &v)) return -1;
+            o->gp.sampling.top_k = (int32_t)v;
+            break;
+        case OPT_TOPP: if (parse_float(optarg, "--top-p", &o->gp.sampling.top_p)) return -1; break;
+        case OPT_SEED:
+            if (parse_int(optarg, "--seed", 0, LONG_MAX, &v)) return -1;
+            o->gp.sampling.seed = (uint64_t)v;
+            break;
+        case OPT_STOP:
+            if (o->n_stops == MAX_STOPS || !*optarg) {
+                fprintf(stderr, "selfspec: --stop takes a non-empty string, at most %d times\n", MAX_STOPS);
+                return -1;
+            }
+            o->stops[o->n_stops++] = optarg;
+            break;
+        case OPT_IGNORE_EOS: o->ignore_eos = 1; break;
+        case OPT_IDS: o->ids = 1; break;
+        case OPT_STATS: o->stats = 1; break;
+        case OPT_MODE: o->mode = optarg; break;
+        case 't':
+            if (parse_int(optarg, "--threads", 1, 1024, &v)) return -1;
+            o->threads = (int)v;
+            break;
+        case 'c':
+            if (parse_int(optarg, "--ctx", 16, 1 << 20, &v)) return -1;
+            o->ctx = (int32_t)v;
+            break;
+        case 'h': usage_generate(stdout); exit(0);
+        default: usage_generate(stderr); return -1;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "selfspec: unexpected argument '%s'\n", argv[optind]);
+        return -1;
+    }
+    if (!o->prompt == !o->prompt_file) {
+        fprintf(stderr, "selfspec: give exactly one of -p/--prompt and -f/--prompt-file\n");
+        return -1;
+    }
+    if (strcmp(o->mode, "plain") != 0) {
+        fprintf(stderr, "selfspec: unknown --mode '%s' (available: plain)\n", o->mode);
+        return -1;
+    }
+    char err[256];
+    if (sampler_params_check(&o->gp.sampling, err, sizeof err) != 0) {
+        fprintf(stderr, "selfspec: %s\n", err);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- output: streaming text with stop strings ---- */
+
+static void out_append(gen_out *g, const char *s, size_t n)
+{
+    if (g->len + n + 1 > g->cap) {
+        g->cap = (g->len + n + 1) * 2;
+        char *nt = realloc(g->text, g->cap);
+        if (!nt) {
+            fprintf(stderr, "selfspec: out of memory\n");
+            exit(1);
+        }
+        g->text = nt;
+    }
+    memcpy(g->text + g->len, s, n);
+    g->len += n;
+    g->text[g->len] = '\0';
+}
+
+/* Print text up to `upto` (not past a possible stop-string prefix). */
+static void out_print(gen_out *g, size_t upto)
+{
+    if (!g->o->ids && upto > g->printed) {
+        fwrite(g->text + g->printed, 1, upto - g->printed, stdout);
+        fflush(stdout);
+    }
+    if (upto > g->printed)
+        g->printed = upto;
+}
+
+/* Look for a stop string in the new text; print what is safe to print. */
+static void out_check_stops(gen_out *g, int final)
+{
+    size_t maxlen = 0, start = 0;
+    for (int i = 0; i < g->o->n_stops; i++) {
+        size_t sl = strlen(g->o->stops[i]);
+        maxlen = sl > maxlen ? sl : maxlen;
+    }
+    start = g->printed > maxlen ? g->printed - maxlen : 0;
+    for (int i = 0; i < g->o->n_stops; i++) {
+        const char *hit = strstr(g->text + start, g->o->stops[i]);
+        if (hit) {
+            g->stopped = 1;
+            out_print(g, (size_t)(hit - g->text));
+            return;
+        }
+    }
+    size_t hold = final || maxlen == 0 ? 0 : maxlen - 1;
+    size_t safe = g->len > hold ? g->len - hold : 0;
+    while (safe > g->printed && safe < g->len && ((unsigned char)g->text[safe] & 0xC0) == 0x80)
+        safe--;   /* never split a UTF-8 character */
+    out_print(g, safe);
+}
+
+static int emit_token(void *ctx, int32_t token)
+{
+    gen_out *g = ctx;
+    char buf[64];
+    size_t n = utf8_stream_push(&g->us, g->tok, token, buf, sizeof buf);
+    out_append(g, buf, n);
+    if (g->o->ids) {
+        printf(g->n_ids++ ? " %d" : "%d", token);
+        fflush(stdout);
+    }
+    out_check_stops(g, 0);
+    return g->stopped;
+}
+
+static int is_eog_cb(const void *ctx, int32_t token)
+{
+    return tokenizer_is_eog((const tokenizer *)ctx, token);
+}
+
+/* ---- prompt ---- */
+
+static char *load_prompt(const gen_opts *o, const tokenizer *tok, size_t *len)
+{
+    char err[256];
+    char *raw;
+    if (o->prompt) {
+        raw = strdup(o->prompt);
+        *len = strlen(raw);
+    } else {
+        raw = util_read_file(strcmp(o->prompt_file, "-") ? o->prompt_file : "/dev/stdin", len, err, sizeof err);
+        if (!raw) {
+            fprintf(stderr, "selfspec: %s\n", err);
+            return NULL;
+        }
+    }
+    size_t bad = utf8_validate(raw, *len);
+    if (bad != *len) {
+        fprintf(stderr, "selfspec: the prompt is not valid UTF-8 (first bad byte at offset %zu)\n", bad);
+        free(raw);
+        return NULL;
+    }
+    if (!o->chat)
+        return raw;
+    if (o->system && utf8_validate(o->system, strlen(o->system)) != strlen(o->system)) {
+        fprintf(stderr, "selfspec: the system message is not valid UTF-8\n");
+        free(raw);
+        return NULL;
+    }
+    char *chat = tokenizer_chat_prompt(tok, o->system, raw, err, sizeof err);
+    free(raw);
+    if (!chat) {
+        fprintf(stderr, "selfspec: %s\n", err);
+        return NULL;
+    }
+    *len = strlen(chat);
+    return chat;
+}
+
+static void print_stats(const gen_opts *o, const gen_stats *st)
+{
+    double total = st->prefill_seconds + st->decode_seconds;
+    int32_t decoded = st->generated_tokens > 1 ? st->generated_tokens - 1 : 0;
+    fprintf(stderr,
+            "{\"mode\": \"%s\", \"threads\": %d, \"prompt_tokens\": %d, \"generated_tokens\": %d, "
+            "\"seconds\": %.4f, \"tokens_per_s\": %.2f, \"prefill_seconds\": %.4f, "
+            "\"prefill_tokens_per_s\": %.2f, \"decode_seconds\": %.4f, \"decode_tokens_per_s\": %.2f}\n",
+            o->mode, omp_get_max_threads(), st->prompt_tokens, st->generated_tokens, total,
+            total > 0 ? st->generated_tokens / total : 0.0, st->prefill_seconds,
+            st->prefill_seconds > 0 ? st->prompt_tokens / st->prefill_seconds : 0.0,
+            st->decode_seconds, st->decode_seconds > 0 ? decoded / st->decode_seconds : 0.0);
+}
+
+/* ---- generate ---- */
+
+static int run_generate(gen_opts *o)
+{
+    char err[512], mbuf[PATH_MAX + 64];
+    int rc = 1;
+    model m;
+    tokenizer *tok = NULL;
+    kv_cache kv = {0};
+    fwd_state fs = {0};
+    int32_t *ids = NULL;
+    size_t n_ids = 0, plen = 0;
+    char *prompt = NULL;
+    gen_out out = {0};
+
+    if (o->threads)
+        omp_set_num_threads(o->threads);
+    openblas_set_num_threads(1);   /* we parallelize around BLAS ourselves */
+    if (!o->model_path)
+        o->model_path = default_model(mbuf, sizeof mbuf);
+    if (model_load(&m, o->model_path, NULL, err, sizeof err) != 0) {
+        fprintf(stderr, "selfspec: cannot load model '%s': %s\n", o->model_path, err);
+        return 1;
+    }
+    gguf_file *g = NULL;
+    if (gguf_open(o->model_path, &g, err, sizeof err) != 0 ||
+        tokenizer_build(&tok, g, err, sizeof err) != 0) {
+        fprintf(stderr, "selfspec: tokenizer of '%s': %s\n", o->model_path, err);
+        gguf_close(g);
+        goto free_model;
+    }
+    gguf_close(g);
+    if (!(prompt = load_prompt(o, tok, &plen)))
+        goto free_tok;
+    if (tokenizer_encode(tok, prompt, plen, tokenizer_add_bos(tok), o->chat, &ids, &n_ids, err, sizeof err) != 0) {
+        fprintf(stderr, "selfspec: cannot tokenize the prompt: %s\n", err);
+        goto free_prompt;
+    }
+    if (n_ids == 0) {
+        fprintf(stderr, "selfspec: the prompt is empty\n");
+        goto free_ids;
+    }
+    int32_t ctx = o->ctx ? o->ctx : (m.config.ctx_train < 4096 ? m.config.ctx_train : 4096);
+    if ((int64_t)n_ids + o->gp.max_tokens > ctx) {
+        fprintf(stderr, "selfspec: prompt (%zu tokens) + max tokens (%d) exceed the context of %d tokens; "
+                "shorten the prompt, lower -n or raise --ctx\n", n_ids, o->gp.max_tokens, ctx);
+        goto free_ids;
+    }
+    if (kv_init(&kv, &m.config, ctx, err, sizeof err) != 0) {
+        fprintf(stderr, "selfspec: %s\n", err);
+        goto free_ids;
+    }
+    fwd_state_init(&fs, &m.config, 256, ctx);
+    o->gp.ignore_eos = o->ignore_eos;
+    o->gp.is_eog = is_eog_cb;
+    o->gp.eog_ctx = tok;
+    out.tok = tok;
+    out.o = o;
+    utf8_stream_init(&out.us);
+    gen_stats st;
+    if (gen_plain(&m, &fs, &kv, ids, (int32_t)n_ids, &o->gp, emit_token, &out, &st, err, sizeof err) != 0) {
+        fprintf(stderr, "\nselfspec: generation failed: %s\n", err);
+        goto free_all;
+    }
+    if (!out.stopped) {
+        char tail[64];
+        size_t n = utf8_stream_flush(&out.us, tail, sizeof tail);
+        out_append(&out, tail, n);
+        out_check_stops(&out, 1);
+    }
+    printf("\n");
+    fflush(stdout);
+    if (o->stats)
+        print_stats(o, &st);
+    rc = 0;
+free_all:
+    free(out.text);
+    fwd_state_free(&fs);
+    kv_free(&kv);
+free_ids:
+    free(ids);
+free_prompt:
+    free(prompt);
+free_tok:
+    tokenizer_free(tok);
+free_model:
+    model_free(&m);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage_main(stderr);
+        return 2;
+    }
+    if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
+        usage_main(stdout);
+        return 0;
+    }
+    if (!strcmp(argv[1], "generate")) {
+        gen_opts o = {0};
+        if (parse_generate(argc - 1, argv + 1, &o) != 0)
+            return 2;
+        return run_generate(&o);
+    }
+    fprintf(stderr, "selfspec: unknown command '%s'\n", argv[1]);
+    usage_main(stderr);
+    return 2;
+}
