@@ -7,7 +7,7 @@
 CC      ?= gcc
 ARCH    ?= -march=native
 OPT     ?= -O3
-WARN    := -Wall -Wextra -Werror -Wno-unused-parameter
+WARN    := -Wall -Wextra -Werror -Wno-unused-parameter -Wno-format-truncation
 DEFS    := -D_GNU_SOURCE
 INC     := -Icommon -Ibuild/proto
 CFLAGS_BASE := -std=c11 -ffp-contract=fast $(WARN) $(DEFS) $(INC) -fopenmp -pthread
@@ -21,8 +21,21 @@ PROTO_SRC  := $(wildcard proto/*.proto)
 PROTO_C    := $(patsubst proto/%.proto,build/proto/%.pb-c.c,$(PROTO_SRC))
 PROTO_H    := $(PROTO_C:.c=.h)
 LIB_SRC    := $(COMMON_SRC) $(PROTO_C)
-REL_OBJ    := $(patsubst %.c,build/rel/%.o,$(LIB_SRC))
-TST_OBJ    := $(patsubst %.c,build/tst/%.o,$(LIB_SRC))
+# CUDA backend (common/*.cu): built with nvcc when it is found (PATH, else
+# /usr/local/cuda), else common/cuda_stub.c stands in. `make NVCC=` forces the
+# stub. The CUDA objects are not sanitized and go into both libraries.
+NVCC ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+ifneq ($(strip $(NVCC)),)
+CUDA_HOME   ?= $(patsubst %/bin/nvcc,%,$(realpath $(NVCC)))
+CUDA_LIBDIR ?= $(firstword $(wildcard $(CUDA_HOME)/lib64 $(CUDA_HOME)/targets/x86_64-linux/lib))
+CUDA_ARCH   ?= -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90
+NVFLAGS     := -O3 -std=c++17 $(CUDA_ARCH) $(DEFS) -Icommon -Xcompiler -Wall,-Wextra,-Wno-unused-parameter,-Werror
+LIB_SRC     := $(filter-out common/cuda_stub.c,$(LIB_SRC))
+CUDA_OBJ    := $(patsubst %.cu,build/cuda/%.o,$(wildcard common/*.cu))
+LIBS        += -L$(CUDA_LIBDIR) -Wl,-rpath,$(CUDA_LIBDIR) -lcublas -lcudart -lstdc++
+endif
+REL_OBJ    := $(patsubst %.c,build/rel/%.o,$(LIB_SRC)) $(CUDA_OBJ)
+TST_OBJ    := $(patsubst %.c,build/tst/%.o,$(LIB_SRC)) $(CUDA_OBJ)
 VERIFIER_SRC := $(wildcard verifier/*.c)
 DRAFTER_SRC  := $(wildcard drafter/*.c)
 TEST_SRC   := $(wildcard tests/test_*.c)
@@ -49,6 +62,10 @@ build/rel/%.o: %.c $(PROTO_H) $(wildcard common/*.h)
 build/tst/%.o: %.c $(PROTO_H) $(wildcard common/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(TCFLAGS) -c $< -o $@
+
+build/cuda/%.o: %.cu $(wildcard common/*.h common/*.cuh)
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVFLAGS) -c $< -o $@
 
 build/libselfspec.a: $(REL_OBJ)
 	@rm -f $@; ar rcs $@ $^

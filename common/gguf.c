@@ -360,6 +360,7 @@ static int gguf__parse_kv(gguf__cur *c, gguf_kv *kv, uint64_t index)
 
 /* --------------------------------------------------------------- sorting */
 
+/* Order a key against b[0..blen) bytewise, shorter first on a tie (memcmp order). */
 static int gguf__key_cmp(const gguf_str *a, const char *b, size_t blen)
 {
     size_t n = a->len < blen ? (size_t)a->len : blen;
@@ -369,6 +370,7 @@ static int gguf__key_cmp(const gguf_str *a, const char *b, size_t blen)
     return a->len < blen ? -1 : a->len > blen ? 1 : 0;
 }
 
+/* qsort_r comparators over index arrays; arg is the gguf_file. */
 static int gguf__kv_idx_cmp(const void *pa, const void *pb, void *arg)
 {
     const gguf_file *f = arg;
@@ -535,6 +537,7 @@ static int gguf__parse_tensor_type(gguf__cur *c, gguf_tensor *t)
     return gguf__u64(c, &t->offset, "tensor offset");
 }
 
+/* Parse all tensor infos (name, dims, type, offset); errors name the tensor. */
 static int gguf__parse_tensor_infos(gguf__cur *c, gguf_file *f)
 {
     f->tensors = calloc(f->n_tensors ? (size_t)f->n_tensors : 1, sizeof *f->tensors);
@@ -702,6 +705,7 @@ int gguf_open(const char *path, gguf_file **out, char *err, size_t errlen)
     return 0;
 }
 
+/* Free everything; unmap when the file owns a mapping. NULL is a no-op. */
 void gguf_close(gguf_file *f)
 {
     if (!f)
@@ -790,6 +794,7 @@ static bool gguf__is_signed(uint32_t t)
     return t == GGUF_VT_I8 || t == GGUF_VT_I16 || t == GGUF_VT_I32 || t == GGUF_VT_I64;
 }
 
+/* Getters: see gguf.h for the conversion rules. */
 int gguf_get_u64(const gguf_file *f, const char *key, uint64_t *out)
 {
     const gguf_kv *kv = gguf_find_kv(f, key);
@@ -900,6 +905,7 @@ const char *gguf_type_name(uint32_t type)
 
 /* ------------------------------------------------------ float conversion */
 
+/* Exact IEEE half -> single, including subnormals, inf and NaN. */
 float gguf_f16_to_f32(uint16_t h)
 {
     uint32_t sign = (uint32_t)(h & 0x8000) << 16;
@@ -955,6 +961,7 @@ static float gguf__f16_at(const uint8_t *p)
     return gguf_f16_to_f32(gguf__le16(p));
 }
 
+/* Block dequantizers: b is one block, y receives its weights (ggml layouts). */
 static void gguf__deq_q4_0(const uint8_t *b, float *y)
 {
     float d = gguf__f16_at(b);
@@ -1049,6 +1056,7 @@ static void gguf__deq_plain(uint32_t type, const uint8_t *s, float *dst, uint64_
     }
 }
 
+/* Dispatch on type; n must be a whole number of blocks. */
 int gguf_dequantize(uint32_t type, const void *src, float *dst, uint64_t n)
 {
     uint32_t be, bb;

@@ -61,6 +61,49 @@ void qmat_set_row(const qmat *W, int32_t r, const uint8_t *levels, const float *
     }
 }
 
+void qmat_get_row(const qmat *W, int32_t r, uint8_t *levels, float *d, float *m)
+{
+    int32_t nb = W->cols / QMAT_BLOCK;
+    for (int32_t c = 0; c < W->cols; c++)
+        levels[c] = W->q[q_index(nb, r, c)];
+    for (int32_t b = 0; b < nb; b++) {
+        d[b] = W->d[dm_index(nb, r, b)];
+        m[b] = W->m[dm_index(nb, r, b)];
+    }
+}
+
+int qmat_gather(const qmat *src, const int32_t *rows, int32_t n, qmat *dst)
+{
+    if (n <= 0 || n % QMAT_ROWS != 0)
+        return -1;
+    int32_t nb = src->cols / QMAT_BLOCK;
+    dst->rows = n;
+    dst->cols = src->cols;
+    dst->q = alignedCheck(qmat_q_bytes(n, src->cols));
+    dst->d = alignedCheck(qmat_dm_bytes(n, src->cols));
+    dst->m = alignedCheck(qmat_dm_bytes(n, src->cols));
+    uint8_t *lv = mallocCheck((size_t)src->cols);
+    float *d = mallocCheck((size_t)nb * sizeof(float)), *m = mallocCheck((size_t)nb * sizeof(float));
+    for (int32_t j = 0; j < n; j++) {
+        assert(rows[j] >= 0 && rows[j] < src->rows);
+        qmat_get_row(src, rows[j], lv, d, m);
+        qmat_set_row(dst, j, lv, d, m);
+    }
+    free(lv);
+    free(d);
+    free(m);
+    return 0;
+}
+
+void qmat_free_owned(qmat *W)
+{
+    free((void *)W->q);
+    free((void *)W->d);
+    free((void *)W->m);
+    W->q = NULL;
+    W->d = W->m = NULL;
+}
+
 void qmat_quantize_row(const float *x, int32_t cols, uint8_t *levels, float *d, float *m)
 {
     assert(cols % QMAT_BLOCK == 0);

@@ -53,6 +53,14 @@ size_t qmat_dm_bytes(int32_t rows, int32_t cols);
  * levels (cols), d and m (cols/32). */
 void qmat_set_row(const qmat *W, int32_t r, const uint8_t *levels, const float *d, const float *m);
 
+/* Read row r of W back as levels + d + m (the inverse of qmat_set_row). */
+void qmat_get_row(const qmat *W, int32_t r, uint8_t *levels, float *d, float *m);
+
+/* A new matrix holding rows rows[0..n-1] of src (n a multiple of 16), in
+ * malloc'd arrays released with qmat_free_owned. Exact copy of the bytes. */
+int qmat_gather(const qmat *src, const int32_t *rows, int32_t n, qmat *dst);
+void qmat_free_owned(qmat *W);
+
 /* Quantize cols floats to levels + d + m (affine, 256 levels per block). */
 void qmat_quantize_row(const float *x, int32_t cols, uint8_t *levels, float *d, float *m);
 

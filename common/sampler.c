@@ -96,7 +96,7 @@ static int32_t keep_set(sampler *s, const float *probs, int32_t n)
                 c[nc++] = (scored){probs[i], i};
                 mass += probs[i];
             }
-        if (thresh > 0.0f && nc < k && mass < s->p.top_p)
+        if (thresh > 0.0f && nc < k && !(s->p.top_p < 1.0f && mass >= s->p.top_p))
             continue;               /* the candidates might not suffice */
         qsort(c, (size_t)nc, sizeof *c, scored_desc);
         double cum = 0.0;

@@ -120,10 +120,21 @@ static int str_eq(gguf_str s, const char *c)
     return s.len == strlen(c) && memcmp(s.ptr, c, s.len) == 0;
 }
 
-/* A small valid file: metadata of every type plus three tensors. */
-static tgguf *make_small(uint32_t version)
+/* A small valid file: metadata of every type plus three tensors. With
+ * pad > 0, a first string pair of pad bytes makes the file long enough that
+ * the header's kv-count bound does not catch truncations of the later pairs
+ * (so that the cursor's own checks are exercised). */
+static tgguf *make_small_padded(uint32_t version, size_t pad)
 {
     tgguf *g = tgguf_new();
+    if (pad) {
+        char *s = malloc(pad + 1);
+        assert_non_null(s);
+        memset(s, 'p', pad);
+        s[pad] = '\0';
+        tgguf_kv_str(g, "pad", s);
+        free(s);
+    }
     const char *strs[] = { "a", "", "hello" };
     int32_t i32s[] = { -1, 0, 7 };
     float f32s[] = { 0.5f, -1.25f };
@@ -160,6 +171,11 @@ static tgguf *make_small(uint32_t version)
     tgguf_tensor_f32(g, "blk.0.w", GGUF_TT_Q8_0, 2, ne2, v);
     tgguf_tensor_f32(g, "blk.0.v", GGUF_TT_Q4_1, 3, ne3, v);
     return g;
+}
+
+static tgguf *make_small(uint32_t version)
+{
+    return make_small_padded(version, 0);
 }
 
 /* --------------------------------------------------------- valid files */
@@ -420,7 +436,12 @@ static void test_getter_ranges(void **state)
     assert_int_equal(gguf_get_u32(f, "u32max", &u32), 0);
     assert_true(u32 == UINT32_MAX);
     assert_int_equal(gguf_get_u32(f, "i64max", &u32), -1);
+    assert_int_equal(gguf_get_i64(f, "u32max", &i64), 0);
+    assert_true(i64 == UINT32_MAX);
+    assert_null(gguf_find_kv(f, NULL));
+    assert_null(gguf_find_tensor(f, NULL));
     gguf_close(f);
+    gguf_close(NULL);
     free(copy);
     tgguf_free(g);
 }
@@ -488,10 +509,10 @@ static void test_open_file(void **state)
 
 /* ----------------------------------------------------------- hostile files */
 
-static void test_truncated_every_offset(void **state)
+static void check_truncations(size_t pad)
 {
     size_t size;
-    tgguf *g = make_small(3);
+    tgguf *g = make_small_padded(3, pad);
     uint8_t *img = tgguf_image(g, &size);
     tgguf_free(g);
     for (size_t len = 0; len < size; len++) {
@@ -515,6 +536,12 @@ static void test_truncated_every_offset(void **state)
     gguf_close(f);
     free(copy);
     free(img);
+}
+
+static void test_truncated_every_offset(void **state)
+{
+    check_truncations(0);
+    check_truncations(600);
 }
 
 static void test_bad_magic_and_version(void **state)

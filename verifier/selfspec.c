@@ -18,13 +18,17 @@
 #include <cblas.h>
 #include <omp.h>
 
+#include "cli.h"
+#include "cuda_backend.h"
+#include "gen_cuda.h"
 #include "generate.h"
 #include "model.h"
 #include "sampler.h"
+#include "skipset.h"
+#include "spec.h"
 #include "tokenizer.h"
 #include "util.h"
 
-#define DEFAULT_MODEL_REL "models/SmolLM2-135M-Instruct.Q4_1.gguf"
 #define MAX_STOPS 8
 
 typedef struct {
@@ -33,12 +37,15 @@ typedef struct {
     const char *prompt_file;
     const char *system;
     const char *mode;
+    const char *skip;          /* --skip FILE|none; NULL = the model's config */
+    spec_params sp;
     int chat;
     int ids;
     int stats;
     int threads;
     int32_t ctx;
     int ignore_eos;
+    int device;                /* --device: -1 cpu, else the CUDA device */
     gen_params gp;
     const char *stops[MAX_STOPS];
     int n_stops;
@@ -55,6 +62,8 @@ typedef struct {
     int n_ids;
     int stopped;         /* a stop string was found */
 } gen_out;
+
+int cmd_search(int argc, char **argv);   /* search_cmd.c */
 
 static void usage_generate(FILE *f)
 {
@@ -78,10 +87,23 @@ static void usage_generate(FILE *f)
 "      --ignore-eos       do not stop at end-of-generation tokens\n"
 "      --ids              print generated token ids (space-separated), not text\n"
 "      --stats            print one JSON line of statistics on stderr\n"
-"      --mode MODE        plain (default for now)\n"
+"      --mode MODE        self-spec (default) or plain\n"
+"      --skip FILE|none   skip-set config for self-spec (default: the config in\n"
+"                         configs/ matching the model; 'none' drafts with the\n"
+"                         full model); without a config, plain decoding is used\n"
+"      --draft-max K      most tokens per draft (default 12, at most %d)\n"
+"      --gamma G          initial draft-exit threshold on the draft's top-1\n"
+"                         probability (default 0.6; adapted while decoding)\n"
+"      --ar-target A      acceptance-rate target of the adaptive exit (0.9)\n"
+"      --gamma-step S     adaptive exit step (0.01)\n"
+"      --device DEV       cpu (default) or cuda[:N]: greedy decoding on a GPU\n"
 "  -t, --threads N        worker threads (default: all cores)\n"
 "  -c, --ctx N            context length in tokens (default min(model's, 4096))\n"
-"  -h, --help             this help\n", MAX_STOPS);
+"  -h, --help             this help\n"
+"\n"
+"Output is exactly the full model's: self-spec only changes speed. --stats adds\n"
+"drafted/accepted counts, acceptance by draft position and the final threshold.\n",
+            MAX_STOPS, SPEC_MAX_DRAFT);
 }
 
 static void usage_main(FILE *f)
@@ -90,59 +112,13 @@ static void usage_main(FILE *f)
 "usage: selfspec <command> [options]\n"
 "\n"
 "commands:\n"
-"  generate   generate text from a prompt (selfspec generate --help)\n");
-}
-
-static int parse_int(const char *s, const char *what, long lo, long hi, long *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || *end || end == s || v < lo || v > hi) {
-        fprintf(stderr, "selfspec: %s must be an integer in [%ld, %ld], got '%s'\n", what, lo, hi, s);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
-static int parse_float(const char *s, const char *what, float *out)
-{
-    char *end;
-    errno = 0;
-    float v = strtof(s, &end);
-    if (errno || *end || end == s) {
-        fprintf(stderr, "selfspec: %s must be a number, got '%s'\n", what, s);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
-/* The default model: $SELFSPEC_MODEL, else ../models/... relative to the
- * executable, else relative to the working directory. */
-static const char *default_model(char *buf, size_t n)
-{
-    const char *env = getenv("SELFSPEC_MODEL");
-    if (env && *env)
-        return env;
-    char exe[PATH_MAX];
-    ssize_t k = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (k > 0) {
-        exe[k] = '\0';
-        char *slash = strrchr(exe, '/');
-        if (slash) {
-            *slash = '\0';
-            snprintf(buf, n, "%s/../%s", exe, DEFAULT_MODEL_REL);
-            if (access(buf, R_OK) == 0)
-                return buf;
-        }
-    }
-    return DEFAULT_MODEL_REL;
+"  generate   generate text from a prompt (selfspec generate --help)\n"
+"  search     find the sublayers the draft skips (selfspec search --help)\n");
 }
 
 enum { OPT_CHAT = 256, OPT_SYSTEM, OPT_TEMP, OPT_TOPK, OPT_TOPP, OPT_SEED, OPT_STOP,
-       OPT_IGNORE_EOS, OPT_IDS, OPT_STATS, OPT_MODE };
+       OPT_IGNORE_EOS, OPT_IDS, OPT_STATS, OPT_MODE, OPT_SKIP, OPT_DRAFT_MAX, OPT_GAMMA,
+       OPT_AR_TARGET, OPT_GAMMA_STEP, OPT_DEVICE };
 
 static int parse_generate(int argc, char **argv, gen_opts *o)
 {
@@ -155,12 +131,18 @@ static int parse_generate(int argc, char **argv, gen_opts *o)
         {"stop", required_argument, 0, OPT_STOP}, {"ignore-eos", no_argument, 0, OPT_IGNORE_EOS},
         {"ids", no_argument, 0, OPT_IDS}, {"stats", no_argument, 0, OPT_STATS},
         {"mode", required_argument, 0, OPT_MODE}, {"threads", required_argument, 0, 't'},
-        {"ctx", required_argument, 0, 'c'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+        {"ctx", required_argument, 0, 'c'}, {"help", no_argument, 0, 'h'},
+        {"skip", required_argument, 0, OPT_SKIP}, {"draft-max", required_argument, 0, OPT_DRAFT_MAX},
+        {"gamma", required_argument, 0, OPT_GAMMA}, {"ar-target", required_argument, 0, OPT_AR_TARGET},
+        {"gamma-step", required_argument, 0, OPT_GAMMA_STEP}, {"device", required_argument, 0, OPT_DEVICE},
+        {0, 0, 0, 0}};
     long v;
     int c;
     o->gp.max_tokens = 256;
     o->gp.sampling = (sampler_params){.temperature = 0.0f, .top_k = 0, .top_p = 1.0f, .seed = 0};
-    o->mode = "plain";
+    o->mode = "self-spec";
+    o->device = -1;
+    spec_params_default(&o->sp);
     optind = 1;
     while ((c = getopt_long(argc, argv, "m:p:f:n:t:c:h", longopts, NULL)) != -1) {
         switch (c) {
@@ -170,17 +152,17 @@ static int parse_generate(int argc, char **argv, gen_opts *o)
         case OPT_CHAT: o->chat = 1; break;
         case OPT_SYSTEM: o->system = optarg; break;
         case 'n':
-            if (parse_int(optarg, "--max-tokens", 1, 1 << 24, &v)) return -1;
+            if (cli_parse_int(optarg, "--max-tokens", 1, 1 << 24, &v)) return -1;
             o->gp.max_tokens = (int32_t)v;
             break;
-        case OPT_TEMP: if (parse_float(optarg, "--temperature", &o->gp.sampling.temperature)) return -1; break;
+        case OPT_TEMP: if (cli_parse_float(optarg, "--temperature", &o->gp.sampling.temperature)) return -1; break;
         case OPT_TOPK:
-            if (parse_int(optarg, "--top-k", 0, INT32_MAX, &v)) return -1;
+            if (cli_parse_int(optarg, "--top-k", 0, INT32_MAX, &v)) return -1;
             o->gp.sampling.top_k = (int32_t)v;
             break;
-        case OPT_TOPP: if (parse_float(optarg, "--top-p", &o->gp.sampling.top_p)) return -1; break;
+        case OPT_TOPP: if (cli_parse_float(optarg, "--top-p", &o->gp.sampling.top_p)) return -1; break;
         case OPT_SEED:
-            if (parse_int(optarg, "--seed", 0, LONG_MAX, &v)) return -1;
+            if (cli_parse_int(optarg, "--seed", 0, LONG_MAX, &v)) return -1;
             o->gp.sampling.seed = (uint64_t)v;
             break;
         case OPT_STOP:
@@ -194,12 +176,26 @@ static int parse_generate(int argc, char **argv, gen_opts *o)
         case OPT_IDS: o->ids = 1; break;
         case OPT_STATS: o->stats = 1; break;
         case OPT_MODE: o->mode = optarg; break;
+        case OPT_SKIP: o->skip = optarg; break;
+        case OPT_DRAFT_MAX:
+            if (cli_parse_int(optarg, "--draft-max", 1, SPEC_MAX_DRAFT, &v)) return -1;
+            o->sp.max_draft = (int32_t)v;
+            break;
+        case OPT_GAMMA: if (cli_parse_float(optarg, "--gamma", &o->sp.gamma_init)) return -1; break;
+        case OPT_AR_TARGET: if (cli_parse_float(optarg, "--ar-target", &o->sp.ar_target)) return -1; break;
+        case OPT_GAMMA_STEP: if (cli_parse_float(optarg, "--gamma-step", &o->sp.gamma_step)) return -1; break;
+        case OPT_DEVICE:
+            if (cuda_parse_device(optarg, &o->device)) {
+                fprintf(stderr, "selfspec: --device must be cpu, cuda or cuda:N, got '%s'\n", optarg);
+                return -1;
+            }
+            break;
         case 't':
-            if (parse_int(optarg, "--threads", 1, 1024, &v)) return -1;
+            if (cli_parse_int(optarg, "--threads", 1, 1024, &v)) return -1;
             o->threads = (int)v;
             break;
         case 'c':
-            if (parse_int(optarg, "--ctx", 16, 1 << 20, &v)) return -1;
+            if (cli_parse_int(optarg, "--ctx", 16, 1 << 20, &v)) return -1;
             o->ctx = (int32_t)v;
             break;
         case 'h': usage_generate(stdout); exit(0);
@@ -214,12 +210,13 @@ static int parse_generate(int argc, char **argv, gen_opts *o)
         fprintf(stderr, "selfspec: give exactly one of -p/--prompt and -f/--prompt-file\n");
         return -1;
     }
-    if (strcmp(o->mode, "plain") != 0) {
-        fprintf(stderr, "selfspec: unknown --mode '%s' (available: plain)\n", o->mode);
+    if (strcmp(o->mode, "plain") != 0 && strcmp(o->mode, "self-spec") != 0) {
+        fprintf(stderr, "selfspec: unknown --mode '%s' (available: self-spec, plain)\n", o->mode);
         return -1;
     }
     char err[256];
-    if (sampler_params_check(&o->gp.sampling, err, sizeof err) != 0) {
+    if (sampler_params_check(&o->gp.sampling, err, sizeof err) != 0 ||
+        spec_params_check(&o->sp, err, sizeof err) != 0) {
         fprintf(stderr, "selfspec: %s\n", err);
         return -1;
     }
@@ -337,18 +334,58 @@ static char *load_prompt(const gen_opts *o, const tokenizer *tok, size_t *len)
     return chat;
 }
 
-static void print_stats(const gen_opts *o, const gen_stats *st)
+static void print_stats(const gen_opts *o, const gen_stats *st, const spec_stats *sp, const char *skip_src)
 {
     double total = st->prefill_seconds + st->decode_seconds;
     int32_t decoded = st->generated_tokens > 1 ? st->generated_tokens - 1 : 0;
     fprintf(stderr,
             "{\"mode\": \"%s\", \"threads\": %d, \"prompt_tokens\": %d, \"generated_tokens\": %d, "
             "\"seconds\": %.4f, \"tokens_per_s\": %.2f, \"prefill_seconds\": %.4f, "
-            "\"prefill_tokens_per_s\": %.2f, \"decode_seconds\": %.4f, \"decode_tokens_per_s\": %.2f}\n",
+            "\"prefill_tokens_per_s\": %.2f, \"decode_seconds\": %.4f, \"decode_tokens_per_s\": %.2f",
             o->mode, omp_get_max_threads(), st->prompt_tokens, st->generated_tokens, total,
             total > 0 ? st->generated_tokens / total : 0.0, st->prefill_seconds,
             st->prefill_seconds > 0 ? st->prompt_tokens / st->prefill_seconds : 0.0,
             st->decode_seconds, st->decode_seconds > 0 ? decoded / st->decode_seconds : 0.0);
+    if (sp) {
+        fprintf(stderr,
+                ", \"skip_config\": \"%s\", \"drafted\": %lld, \"accepted\": %lld, \"verifications\": %lld, "
+                "\"acceptance_rate\": %.4f, \"mean_accepted_per_verify\": %.3f, \"final_gamma\": %.4f, "
+                "\"draft_seconds\": %.4f, \"verify_seconds\": %.4f, \"acceptance_by_position\": [",
+                skip_src, (long long)sp->drafted, (long long)sp->accepted, (long long)sp->verifications,
+                sp->drafted ? (double)sp->accepted / sp->drafted : 0.0,
+                sp->verifications ? (double)sp->accepted / sp->verifications : 0.0, sp->final_gamma,
+                sp->draft_seconds, sp->verify_seconds);
+        for (int i = 0; i < SPEC_MAX_DRAFT && sp->drafted_at[i]; i++)
+            fprintf(stderr, "%s%.4f", i ? ", " : "", (double)sp->accepted_at[i] / sp->drafted_at[i]);
+        fprintf(stderr, "]");
+    }
+    fprintf(stderr, "}\n");
+}
+
+/* The skip set for self-spec: --skip FILE|none, else the model's config.
+ * Returns 0 and fills ss, 1 when there is no config (use plain), -1 on error. */
+static int choose_skipset(const gen_opts *o, const model *m, skip_set *ss)
+{
+    char err[512], dir[PATH_MAX], path[PATH_MAX + 300];
+    if (o->skip && !strcmp(o->skip, "none")) {
+        skipset_init(ss, m->config.n_layers);
+        return 0;
+    }
+    if (o->skip) {
+        snprintf(path, sizeof path, "%s", o->skip);
+    } else {
+        cli_configs_dir(dir, sizeof dir);
+        if (skipset_find(dir, &m->config, path, sizeof path) != 0) {
+            fprintf(stderr, "selfspec: no skip-set config for model '%s' in %s; using plain decoding "
+                    "(make one with 'selfspec search', or pass --skip)\n", m->config.name, dir);
+            return 1;
+        }
+    }
+    if (skipset_load(ss, path, &m->config, err, sizeof err) != 0) {
+        fprintf(stderr, "selfspec: bad skip set: %s\n", err);
+        return -1;
+    }
+    return 0;
 }
 
 /* ---- generate ---- */
@@ -369,20 +406,18 @@ static int run_generate(gen_opts *o)
     if (o->threads)
         omp_set_num_threads(o->threads);
     openblas_set_num_threads(1);   /* we parallelize around BLAS ourselves */
+    if (o->device >= 0 && gen_cuda_check_device(o->device, err, sizeof err) != 0) {
+        fprintf(stderr, "selfspec: %s\n", err);
+        return 1;
+    }
     if (!o->model_path)
-        o->model_path = default_model(mbuf, sizeof mbuf);
+        o->model_path = cli_default_model(mbuf, sizeof mbuf);
     if (model_load(&m, o->model_path, NULL, err, sizeof err) != 0) {
         fprintf(stderr, "selfspec: cannot load model '%s': %s\n", o->model_path, err);
         return 1;
     }
-    gguf_file *g = NULL;
-    if (gguf_open(o->model_path, &g, err, sizeof err) != 0 ||
-        tokenizer_build(&tok, g, err, sizeof err) != 0) {
-        fprintf(stderr, "selfspec: tokenizer of '%s': %s\n", o->model_path, err);
-        gguf_close(g);
+    if (!(tok = cli_load_tokenizer(o->model_path)))
         goto free_model;
-    }
-    gguf_close(g);
     if (!(prompt = load_prompt(o, tok, &plen)))
         goto free_tok;
     if (tokenizer_encode(tok, prompt, plen, tokenizer_add_bos(tok), o->chat, &ids, &n_ids, err, sizeof err) != 0) {
@@ -411,8 +446,27 @@ static int run_generate(gen_opts *o)
     out.o = o;
     utf8_stream_init(&out.us);
     gen_stats st;
-    if (gen_plain(&m, &fs, &kv, ids, (int32_t)n_ids, &o->gp, emit_token, &out, &st, err, sizeof err) != 0) {
+    spec_stats sps;
+    skip_set ss = {0};
+    int use_spec = !strcmp(o->mode, "self-spec");
+    if (use_spec) {
+        int c = choose_skipset(o, &m, &ss);
+        if (c < 0)
+            goto free_all;
+        if (c > 0)
+            use_spec = 0, o->mode = "plain";
+    }
+    int grc = o->device >= 0
+        ? gen_cuda(&m, o->device, ctx, use_spec ? &ss : NULL, o->sp.max_draft, ids, (int32_t)n_ids, &o->gp,
+                   emit_token, &out, &st, use_spec ? &sps : NULL, err, sizeof err)
+        : use_spec
+        ? gen_selfspec(&m, &fs, &kv, &ss, &o->sp, ids, (int32_t)n_ids, &o->gp, emit_token, &out, &st, &sps,
+                       err, sizeof err)
+        : gen_plain(&m, &fs, &kv, ids, (int32_t)n_ids, &o->gp, emit_token, &out, &st, err, sizeof err);
+    if (grc != 0) {
         fprintf(stderr, "\nselfspec: generation failed: %s\n", err);
+        if (use_spec)
+            skipset_free(&ss);
         goto free_all;
     }
     if (!out.stopped) {
@@ -424,7 +478,9 @@ static int run_generate(gen_opts *o)
     printf("\n");
     fflush(stdout);
     if (o->stats)
-        print_stats(o, &st);
+        print_stats(o, &st, use_spec ? &sps : NULL, use_spec ? ss.source : "");
+    if (use_spec)
+        skipset_free(&ss);
     rc = 0;
 free_all:
     free(out.text);
@@ -451,6 +507,8 @@ int main(int argc, char **argv)
         usage_main(stdout);
         return 0;
     }
+    if (!strcmp(argv[1], "search"))
+        return cmd_search(argc - 1, argv + 1);
     if (!strcmp(argv[1], "generate")) {
         gen_opts o = {0};
         if (parse_generate(argc - 1, argv + 1, &o) != 0)

@@ -1,0 +1,1211 @@
+/*
+ * cuda_backend.cu - the CUDA backend (see cuda_backend.h): device weights in
+ * one allocation, KV caches, the forward pass (kernels in cuda_kernels.cu,
+ * projections with cuBLAS), CUDA-graph decode loops and CUDA IPC.
+ *
+ * Weight allocation layout (weights_plan): a deterministic walk over the
+ * model config, 256-byte aligned pieces, total rounded up to 2 MiB:
+ *   tok_embd (vrows, dim) wt | output (vrows, dim) wt unless tied |
+ *   out_norm (dim) f32 | per layer: attn_norm, ffn_norm (dim) f32,
+ *   wqkv (dim + 2 kv_dim, dim), wo (dim, dim), w_gate_up (2 hidden, dim),
+ *   w_down (dim, hidden) wt
+ * with vrows the vocabulary rounded up to 16 (padding rows zero). All
+ * matrices are row-major (rows = output features), as qmat_dequant_row
+ * produces them. An importing process recomputes the same offsets from the
+ * config in the IPC blob.
+ *
+ * Matrix products (gemm_xwt): Y (T, rows) = X (T, cols) . W^T with W
+ * row-major (rows, cols), X row-major (T, cols) in wt, Y row-major fp32.
+ * cuBLAS is column-major: a row-major (a, b) array with leading dimension b
+ * is the column-major (b, a) array, its transpose. So Y^T (rows x T, col-
+ * major, ld rows) = W (rows x cols) . X^T (cols x T): A = W's memory seen as
+ * col-major (cols x rows), ld cols, used with OP_T -> (rows x cols); B = X's
+ * memory seen as col-major (cols x T), ld cols, OP_N; m = rows, n = T,
+ * k = cols. beta = 1 accumulates into Y: that is how the residual adds of
+ * the attention output and MLP down projections are fused.
+ */
+#include "cuda_internal.cuh"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+extern "C" {
+#include "cuda_backend.h"
+#include "qmat.h"
+}
+
+#define ALIGN_PIECE 256
+#define ALIGN_ALLOC ((size_t)2 << 20)
+#define PLAIN_CHUNK 16          /* graph steps between token copies */
+#define MAX_DRAFT 32
+
+struct dev_layer {
+    float *attn_norm, *ffn_norm;
+    wt *wqkv, *wo, *wgu, *wdown;
+};
+
+struct cuda_model {
+    model_config c;
+    int device;
+    int tied;
+    int32_t vrows;                /* vocabulary rounded up to 16 */
+    void *base;                   /* the weight allocation */
+    size_t bytes;
+    int imported;                 /* base came from cudaIpcOpenMemHandle */
+    wt *tok_embd, *output;
+    float *out_norm;
+    dev_layer *layers;
+    cudaStream_t stream;
+    cublasHandle_t blas;
+    void *blas_ws;
+    cudaEvent_t ipc_event;        /* interprocess event (export or import) */
+    int has_ipc_event;
+    void *ipc_kv_base;            /* importer: opened KV allocation */
+};
+
+struct cuda_kv {
+    cuda_model *cm;
+    void *base;                   /* K (n_layers, cap, kv_dim) then V */
+    size_t bytes;
+    kvt *k, *v;
+    int32_t cap, len;
+    int imported;                 /* aliases another process's cache */
+};
+
+/* Per-batch metadata, laid out identically in pinned host and device memory:
+ * tok, pos, seq (max_tokens each), outrow (max_tokens), seqs (max_tokens). */
+struct graph_slot {
+    cudaGraphExec_t exec;
+    int valid;
+    int kind;                     /* 1 plain step, 2 draft step, 3 timing */
+    int32_t T;
+    uint8_t *mask;                /* copy of the mask (2 n_layers), NULL = full */
+};
+
+struct cuda_state {
+    cuda_model *cm;
+    int32_t max_tokens, ctx;
+    float *x, *qkv, *hb, *logits;
+    wt *xb, *att, *hs;
+    float2 *rope;
+    void *meta_d, *meta_h;        /* metadata block (device / pinned host) */
+    size_t meta_bytes;
+    int32_t *tok, *pos, *seq, *outrow;   /* device views into meta_d */
+    dev_seq *seqs;
+    int32_t *am;                  /* device argmax per output row */
+    int32_t *ctl;                 /* device: [0] count, [1..] outputs; drafts */
+    int32_t *ctl_h;               /* pinned host copy */
+    graph_slot g_plain, g_draft, g_time;
+};
+
+/* ------------------------------------------------------------------------ */
+
+extern "C" int cuda_available(void)
+{
+    return 1;
+}
+
+extern "C" int cuda_device_count(void)
+{
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        cudaGetLastError();        /* clear the sticky "no driver" error */
+        return 0;
+    }
+    return n;
+}
+
+extern "C" int cuda_parse_device(const char *s, int *device)
+{
+    if (!s)
+        return -1;
+    if (!strcmp(s, "cpu")) {
+        *device = -1;
+        return 0;
+    }
+    if (!strcmp(s, "cuda")) {
+        *device = 0;
+        return 0;
+    }
+    if (!strncmp(s, "cuda:", 5) && s[5]) {
+        char *end;
+        long v = strtol(s + 5, &end, 10);
+        if (*end || v < 0 || v > 1024)
+            return -1;
+        *device = (int)v;
+        return 0;
+    }
+    return -1;
+}
+
+static int check_device(int device, char *err, size_t errlen)
+{
+    int n = cuda_device_count();
+    if (n == 0)
+        return util_err(err, errlen, "no CUDA device available");
+    if (device < 0 || device >= n)
+        return util_err(err, errlen, "CUDA device %d does not exist (%d visible)", device, n);
+    cudaCheck(cudaSetDevice(device));
+    return 0;
+}
+
+extern "C" int cuda_get_device_info(int device, cuda_device_info *info, char *err, size_t errlen)
+{
+    memset(info, 0, sizeof *info);
+    if (check_device(device, err, errlen) != 0)
+        return -1;
+    cudaDeviceProp p;
+    cudaCheck(cudaGetDeviceProperties(&p, device));
+    snprintf(info->name, sizeof info->name, "%.127s", p.name);
+    info->total_mem = p.totalGlobalMem;
+    info->sm_major = p.major;
+    info->sm_minor = p.minor;
+    info->multiprocessors = p.multiProcessorCount;
+    int clk_khz = 0, bus_bits = 0;
+    if (cudaDeviceGetAttribute(&clk_khz, cudaDevAttrMemoryClockRate, device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&bus_bits, cudaDevAttrGlobalMemoryBusWidth, device) != cudaSuccess) {
+        cudaGetLastError();
+        clk_khz = bus_bits = 0;
+    }
+    /* bytes/s = 2 (double data rate) * clock (Hz) * bus width (bytes) */
+    info->peak_bw_gbs = 2.0 * clk_khz * 1e3 * (bus_bits / 8.0) / 1e9;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Weights                                                                   */
+
+static size_t take(size_t *off, size_t bytes)
+{
+    size_t o = (*off + ALIGN_PIECE - 1) & ~(size_t)(ALIGN_PIECE - 1);
+    *off = o + bytes;
+    return o;
+}
+
+/* Assign every pointer of cm from base (NULL while sizing); returns bytes. */
+static size_t weights_plan(cuda_model *cm, uint8_t *base)
+{
+    const model_config *c = &cm->c;
+    size_t off = 0, D = (size_t)c->dim, H = (size_t)c->hidden_dim, KV = (size_t)c->kv_dim;
+#define AT(type, bytes) ((type *)(base ? base + take(&off, (bytes)) : (take(&off, (bytes)), (uint8_t *)NULL)))
+    cm->tok_embd = AT(wt, (size_t)cm->vrows * D * sizeof(wt));
+    cm->output = cm->tied ? cm->tok_embd : AT(wt, (size_t)cm->vrows * D * sizeof(wt));
+    cm->out_norm = AT(float, D * sizeof(float));
+    for (int l = 0; l < c->n_layers; l++) {
+        dev_layer *L = &cm->layers[l];
+        L->attn_norm = AT(float, D * sizeof(float));
+        L->ffn_norm = AT(float, D * sizeof(float));
+        L->wqkv = AT(wt, (D + 2 * KV) * D * sizeof(wt));
+        L->wo = AT(wt, D * D * sizeof(wt));
+        L->wgu = AT(wt, 2 * H * D * sizeof(wt));
+        L->wdown = AT(wt, D * H * sizeof(wt));
+    }
+#undef AT
+    return (off + ALIGN_ALLOC - 1) & ~(ALIGN_ALLOC - 1);
+}
+
+static int config_ok(const model_config *c, char *err, size_t errlen)
+{
+    if (c->dim <= 0 || c->n_heads <= 0 || c->n_kv_heads <= 0 || c->n_layers <= 0 || c->vocab_size <= 0 ||
+        c->hidden_dim <= 0 || c->n_heads % c->n_kv_heads != 0 || c->head_dim * c->n_heads != c->dim ||
+        c->kv_dim != c->n_kv_heads * c->head_dim || c->head_dim % 2 != 0)
+        return util_err(err, errlen, "inconsistent model shape");
+    if (c->head_dim > ATT_MAX_HD)
+        return util_err(err, errlen, "head_dim %d exceeds the CUDA attention kernel's limit %d",
+                        c->head_dim, ATT_MAX_HD);
+    return 0;
+}
+
+/* Stream, cuBLAS handle with an explicit workspace (needed for capturing
+ * cuBLAS calls in CUDA graphs without allocations), layer table. */
+static int model_common_init(cuda_model *cm, char *err, size_t errlen)
+{
+    cudaCheck(cudaStreamCreateWithFlags(&cm->stream, cudaStreamNonBlocking));
+    cublasCheck(cublasCreate(&cm->blas));
+    cublasCheck(cublasSetStream(cm->blas, cm->stream));
+    size_t ws = (size_t)32 << 20;
+    cudaCheck(cudaMalloc(&cm->blas_ws, ws));
+    cublasCheck(cublasSetWorkspace(cm->blas, cm->blas_ws, ws));
+    cublasCheck(cublasSetMathMode(cm->blas, CUBLAS_DEFAULT_MATH));
+    cm->layers = (dev_layer *)calloc((size_t)cm->c.n_layers, sizeof(dev_layer));
+    if (!cm->layers)
+        return util_err(err, errlen, "out of memory");
+    return 0;
+}
+
+static cuda_model *model_new(const model_config *c, int tied, int device, char *err, size_t errlen)
+{
+    if (config_ok(c, err, errlen) != 0 || check_device(device, err, errlen) != 0)
+        return NULL;
+    cuda_model *cm = (cuda_model *)calloc(1, sizeof *cm);
+    if (!cm) {
+        util_err(err, errlen, "out of memory");
+        return NULL;
+    }
+    cm->c = *c;
+    cm->device = device;
+    cm->tied = tied;
+    cm->vrows = (c->vocab_size + QMAT_ROWS - 1) / QMAT_ROWS * QMAT_ROWS;
+    if (model_common_init(cm, err, errlen) != 0) {
+        cuda_model_free(cm);
+        return NULL;
+    }
+    return cm;
+}
+
+static int alloc_weights(cuda_model *cm, char *err, size_t errlen)
+{
+    cm->bytes = weights_plan(cm, NULL);
+    cudaError_t e = cudaMalloc(&cm->base, cm->bytes);
+    if (e != cudaSuccess) {
+        cm->base = NULL;
+        return util_err(err, errlen, "cudaMalloc of %zu MB of weights: %s", cm->bytes >> 20, cudaGetErrorString(e));
+    }
+    weights_plan(cm, (uint8_t *)cm->base);
+    cudaCheck(cudaMemsetAsync(cm->base, 0, cm->bytes, cm->stream));
+    return 0;
+}
+
+/* Dequantize a U8A matrix row by row on the host (the CPU reference), to wt,
+ * through a pinned staging buffer, in slabs. */
+static int upload_qmat(cuda_model *cm, const qmat *W, int32_t rows, wt *dst, wt *stage, size_t stage_elems,
+                       float *rowbuf, char *err, size_t errlen)
+{
+    int32_t cols = W->cols;
+    int32_t slab = (int32_t)(stage_elems / (size_t)cols);
+    for (int32_t r0 = 0; r0 < rows; r0 += slab) {
+        int32_t n = rows - r0 < slab ? rows - r0 : slab;
+        cudaCheck(cudaStreamSynchronize(cm->stream));   /* stage is free again */
+        for (int32_t r = 0; r < n; r++) {
+            qmat_dequant_row(W, r0 + r, rowbuf);
+            wt *o = stage + (size_t)r * cols;
+            for (int32_t i = 0; i < cols; i++)
+                o[i] = to_wt(rowbuf[i]);
+        }
+        cudaCheck(cudaMemcpyAsync(dst + (size_t)r0 * cols, stage, (size_t)n * cols * sizeof(wt),
+                                  cudaMemcpyHostToDevice, cm->stream));
+    }
+    return 0;
+}
+
+static int upload_vec(cuda_model *cm, const float *src, float *dst, int32_t n, char *err, size_t errlen)
+{
+    cudaCheck(cudaMemcpyAsync(dst, src, (size_t)n * sizeof(float), cudaMemcpyHostToDevice, cm->stream));
+    cudaCheck(cudaStreamSynchronize(cm->stream));   /* src is pageable: keep it simple */
+    return 0;
+}
+
+static int load_weights(cuda_model *cm, const model *m, char *err, size_t errlen)
+{
+    const model_config *c = &cm->c;
+    const model_weights *w = &m->w;
+    int32_t maxc = c->hidden_dim > c->dim ? c->hidden_dim : c->dim;
+    size_t stage_elems = (size_t)8 << 20;
+    if (stage_elems < (size_t)maxc * 16)
+        stage_elems = (size_t)maxc * 16;
+    wt *stage = NULL;
+    float *rowbuf = (float *)malloc((size_t)maxc * sizeof(float));
+    int rc = -1;
+    if (!rowbuf || cudaMallocHost((void **)&stage, stage_elems * sizeof(wt)) != cudaSuccess) {
+        cudaGetLastError();
+        util_err(err, errlen, "out of pinned host memory for weight staging");
+        goto out;
+    }
+    if (upload_qmat(cm, &w->tok_embd, c->vocab_size, cm->tok_embd, stage, stage_elems, rowbuf, err, errlen) ||
+        (!cm->tied && upload_qmat(cm, &w->output, c->vocab_size, cm->output, stage, stage_elems, rowbuf, err, errlen)) ||
+        upload_vec(cm, w->out_norm, cm->out_norm, c->dim, err, errlen))
+        goto out;
+    for (int32_t l = 0; l < c->n_layers; l++) {
+        const layer_weights *L = &w->layers[l];
+        dev_layer *D = &cm->layers[l];
+        if (upload_vec(cm, L->attn_norm, D->attn_norm, c->dim, err, errlen) ||
+            upload_vec(cm, L->ffn_norm, D->ffn_norm, c->dim, err, errlen) ||
+            upload_qmat(cm, &L->wqkv, L->wqkv.rows, D->wqkv, stage, stage_elems, rowbuf, err, errlen) ||
+            upload_qmat(cm, &L->wo, L->wo.rows, D->wo, stage, stage_elems, rowbuf, err, errlen) ||
+            upload_qmat(cm, &L->w_gate_up, L->w_gate_up.rows, D->wgu, stage, stage_elems, rowbuf, err, errlen) ||
+            upload_qmat(cm, &L->w_down, L->w_down.rows, D->wdown, stage, stage_elems, rowbuf, err, errlen))
+            goto out;
+    }
+    if (cudaStreamSynchronize(cm->stream) != cudaSuccess) {
+        util_err(err, errlen, "uploading weights: %s", cudaGetErrorString(cudaGetLastError()));
+        goto out;
+    }
+    rc = 0;
+out:
+    if (stage)
+        cudaFreeHost(stage);
+    free(rowbuf);
+    return rc;
+}
+
+extern "C" cuda_model *cuda_model_load(const model *m, int device, char *err, size_t errlen)
+{
+    const model_config *c = &m->config;
+    int tied = m->w.output.q == m->w.tok_embd.q;
+    const layer_weights *L0 = &m->w.layers[0];
+    if (L0->wqkv.rows != c->dim + 2 * c->kv_dim || L0->wqkv.cols != c->dim ||
+        L0->w_gate_up.rows != 2 * c->hidden_dim || L0->w_down.cols != c->hidden_dim) {
+        util_err(err, errlen, "unexpected weight shapes in the CPU model");
+        return NULL;
+    }
+    cuda_model *cm = model_new(c, tied, device, err, errlen);
+    if (!cm)
+        return NULL;
+    if (alloc_weights(cm, err, errlen) != 0 || load_weights(cm, m, err, errlen) != 0) {
+        cuda_model_free(cm);
+        return NULL;
+    }
+    return cm;
+}
+
+extern "C" cuda_model *cuda_synthetic_model(const model_config *c, int tied, uint64_t seed, int device,
+                                            char *err, size_t errlen)
+{
+    cuda_model *cm = model_new(c, tied, device, err, errlen);
+    if (!cm)
+        return NULL;
+    if (alloc_weights(cm, err, errlen) != 0)
+        goto fail;
+    {
+        /* uniform(-a, a) with a = sqrt(3 / cols): unit-variance outputs for
+         * unit-variance inputs; embeddings of order 1; norms 1. */
+        size_t D = (size_t)c->dim, H = (size_t)c->hidden_dim, KV = (size_t)c->kv_dim;
+        uint64_t s = seed * 1000003ull;
+        cudaStream_t st = cm->stream;
+        launch_fill_uniform(st, cm->tok_embd, (size_t)c->vocab_size * D, s++, 1.0f);
+        if (!tied)
+            launch_fill_uniform(st, cm->output, (size_t)c->vocab_size * D, s++, sqrtf(3.0f / c->dim));
+        launch_fill_f32(st, cm->out_norm, D, 1.0f);
+        float ad = sqrtf(3.0f / c->dim), ah = sqrtf(3.0f / c->hidden_dim);
+        for (int l = 0; l < c->n_layers; l++) {
+            dev_layer *L = &cm->layers[l];
+            launch_fill_f32(st, L->attn_norm, D, 1.0f);
+            launch_fill_f32(st, L->ffn_norm, D, 1.0f);
+            launch_fill_uniform(st, L->wqkv, (D + 2 * KV) * D, s++, ad);
+            launch_fill_uniform(st, L->wo, D * D, s++, ad);
+            launch_fill_uniform(st, L->wgu, 2 * H * D, s++, ad);
+            launch_fill_uniform(st, L->wdown, D * H, s++, ah);
+        }
+        cudaError_t e = cudaGetLastError();
+        if (e == cudaSuccess)
+            e = cudaStreamSynchronize(st);
+        if (e != cudaSuccess) {
+            util_err(err, errlen, "generating synthetic weights: %s", cudaGetErrorString(e));
+            goto fail;
+        }
+    }
+    return cm;
+fail:
+    cuda_model_free(cm);
+    return NULL;
+}
+
+extern "C" void cuda_model_free(cuda_model *cm)
+{
+    if (!cm)
+        return;
+    cudaSetDevice(cm->device);
+    if (cm->stream)
+        cudaStreamSynchronize(cm->stream);
+    if (cm->has_ipc_event)
+        cudaEventDestroy(cm->ipc_event);
+    if (cm->base) {
+        if (cm->imported)
+            cudaIpcCloseMemHandle(cm->base);
+        else
+            cudaFree(cm->base);
+    }
+    if (cm->ipc_kv_base)
+        cudaIpcCloseMemHandle(cm->ipc_kv_base);
+    if (cm->blas)
+        cublasDestroy(cm->blas);
+    if (cm->blas_ws)
+        cudaFree(cm->blas_ws);
+    if (cm->stream)
+        cudaStreamDestroy(cm->stream);
+    cudaGetLastError();
+    free(cm->layers);
+    free(cm);
+}
+
+extern "C" const model_config *cuda_model_get_config(const cuda_model *cm)
+{
+    return &cm->c;
+}
+
+extern "C" size_t cuda_model_weight_bytes(const cuda_model *cm)
+{
+    return cm->bytes;
+}
+
+extern "C" size_t cuda_model_step_bytes(const cuda_model *cm, const layer_mask *mask)
+{
+    const model_config *c = &cm->c;
+    size_t D = (size_t)c->dim, H = (size_t)c->hidden_dim, KV = (size_t)c->kv_dim, b = 0;
+    for (int l = 0; l < c->n_layers; l++) {
+        if (!mask || mask->attn[l])
+            b += ((D + 2 * KV) * D + D * D) * sizeof(wt) + D * sizeof(float);
+        if (!mask || mask->mlp[l])
+            b += 3 * H * D * sizeof(wt) + D * sizeof(float);
+    }
+    return b + (size_t)cm->vrows * D * sizeof(wt) + D * sizeof(float);
+}
+
+/* ------------------------------------------------------------------------ */
+/* KV caches                                                                 */
+
+extern "C" cuda_kv *cuda_kv_init(cuda_model *cm, int32_t cap, char *err, size_t errlen)
+{
+    if (cap <= 0) {
+        util_err(err, errlen, "KV cache capacity must be positive");
+        return NULL;
+    }
+    cuda_kv *kv = (cuda_kv *)calloc(1, sizeof *kv);
+    if (!kv) {
+        util_err(err, errlen, "out of memory");
+        return NULL;
+    }
+    size_t n = (size_t)cm->c.n_layers * cap * cm->c.kv_dim;
+    kv->cm = cm;
+    kv->cap = cap;
+    kv->bytes = (2 * n * sizeof(kvt) + ALIGN_ALLOC - 1) & ~(ALIGN_ALLOC - 1);
+    cudaError_t e = cudaSetDevice(cm->device);
+    if (e == cudaSuccess)
+        e = cudaMalloc(&kv->base, kv->bytes);
+    if (e == cudaSuccess)
+        e = cudaMemset(kv->base, 0, kv->bytes);
+    if (e == cudaSuccess)   /* cudaMemset runs on the legacy stream, which does
+                               not order with our non-blocking stream */
+        e = cudaDeviceSynchronize();
+    if (e != cudaSuccess) {
+        util_err(err, errlen, "allocating a %d-position KV cache (%zu MB): %s", cap, kv->bytes >> 20,
+                 cudaGetErrorString(e));
+        cudaGetLastError();
+        if (kv->base)
+            cudaFree(kv->base);
+        free(kv);
+        return NULL;
+    }
+    kv->k = (kvt *)kv->base;
+    kv->v = kv->k + n;
+    return kv;
+}
+
+extern "C" void cuda_kv_free(cuda_kv *kv)
+{
+    if (!kv)
+        return;
+    if (!kv->imported && kv->base) {
+        cudaSetDevice(kv->cm->device);
+        cudaStreamSynchronize(kv->cm->stream);
+        cudaFree(kv->base);
+    }
+    free(kv);
+}
+
+extern "C" int32_t cuda_kv_len(const cuda_kv *kv) { return kv->len; }
+extern "C" int32_t cuda_kv_cap(const cuda_kv *kv) { return kv->cap; }
+
+extern "C" void cuda_kv_set_len(cuda_kv *kv, int32_t len)
+{
+    if (len < 0)
+        len = 0;
+    if (len > kv->cap)
+        len = kv->cap;
+    kv->len = len;
+}
+
+extern "C" int cuda_kv_download(const cuda_kv *kv, kv_cache *dst, int32_t n, char *err, size_t errlen)
+{
+    const model_config *c = &kv->cm->c;
+    if (n > kv->cap || n > dst->cap || dst->kv_dim != c->kv_dim || dst->n_layers != c->n_layers)
+        return util_err(err, errlen, "KV download: shapes differ");
+    cudaCheck(cudaSetDevice(kv->cm->device));
+    cudaCheck(cudaStreamSynchronize(kv->cm->stream));
+    size_t row = (size_t)c->kv_dim * sizeof(kvt);
+    for (int l = 0; l < c->n_layers; l++) {
+        cudaCheck(cudaMemcpy(dst->k + (size_t)l * dst->cap * c->kv_dim, kv->k + (size_t)l * kv->cap * c->kv_dim,
+                             (size_t)n * row, cudaMemcpyDeviceToHost));
+        cudaCheck(cudaMemcpy(dst->v + (size_t)l * dst->cap * c->kv_dim, kv->v + (size_t)l * kv->cap * c->kv_dim,
+                             (size_t)n * row, cudaMemcpyDeviceToHost));
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* State                                                                     */
+
+static void graph_reset(graph_slot *g)
+{
+    if (g->valid)
+        cudaGraphExecDestroy(g->exec);
+    free(g->mask);
+    memset(g, 0, sizeof *g);
+}
+
+static size_t meta_layout(int32_t M, size_t *o_pos, size_t *o_seq, size_t *o_out, size_t *o_seqs)
+{
+    size_t off = 0;
+    off += (size_t)M * 4;                  /* tok */
+    *o_pos = off; off += (size_t)M * 4;
+    *o_seq = off; off += (size_t)M * 4;
+    *o_out = off; off += (size_t)M * 4;
+    off = (off + 15) & ~(size_t)15;
+    *o_seqs = off; off += (size_t)M * sizeof(dev_seq);
+    return off;
+}
+
+static int state_alloc(cuda_state *s, char *err, size_t errlen)
+{
+    const model_config *c = &s->cm->c;
+    size_t T = (size_t)s->max_tokens, D = (size_t)c->dim, H = (size_t)c->hidden_dim;
+    size_t V = (size_t)s->cm->vrows;
+    cudaCheck(cudaSetDevice(s->cm->device));
+    cudaCheck(cudaMalloc((void **)&s->x, T * D * sizeof(float)));
+    cudaCheck(cudaMalloc((void **)&s->qkv, T * (D + 2 * (size_t)c->kv_dim) * sizeof(float)));
+    cudaCheck(cudaMalloc((void **)&s->hb, T * 2 * H * sizeof(float)));
+    cudaCheck(cudaMalloc((void **)&s->logits, T * V * sizeof(float)));
+    cudaCheck(cudaMalloc((void **)&s->xb, T * D * sizeof(wt)));
+    cudaCheck(cudaMalloc((void **)&s->att, T * D * sizeof(wt)));
+    cudaCheck(cudaMalloc((void **)&s->hs, T * H * sizeof(wt)));
+    cudaCheck(cudaMalloc((void **)&s->am, T * sizeof(int32_t)));
+    cudaCheck(cudaMalloc((void **)&s->ctl, (2 + 2 * (PLAIN_CHUNK + MAX_DRAFT)) * sizeof(int32_t)));
+    cudaCheck(cudaMallocHost((void **)&s->ctl_h, (2 + 2 * (PLAIN_CHUNK + MAX_DRAFT)) * sizeof(int32_t)));
+    size_t o_pos, o_seq, o_out, o_seqs;
+    s->meta_bytes = meta_layout(s->max_tokens, &o_pos, &o_seq, &o_out, &o_seqs);
+    cudaCheck(cudaMalloc(&s->meta_d, s->meta_bytes));
+    cudaCheck(cudaMallocHost(&s->meta_h, s->meta_bytes));
+    cudaCheck(cudaMemset(s->meta_d, 0, s->meta_bytes));
+    uint8_t *b = (uint8_t *)s->meta_d;
+    s->tok = (int32_t *)b;
+    s->pos = (int32_t *)(b + o_pos);
+    s->seq = (int32_t *)(b + o_seq);
+    s->outrow = (int32_t *)(b + o_out);
+    s->seqs = (dev_seq *)(b + o_seqs);
+    /* RoPE table exactly as fwd_state_init computes it. */
+    int32_t half = c->head_dim / 2;
+    float2 *tab = (float2 *)malloc((size_t)s->ctx * half * sizeof(float2));
+    if (!tab)
+        return util_err(err, errlen, "out of memory");
+    for (int32_t p = 0; p < s->ctx; p++)
+        for (int32_t i = 0; i < half; i++) {
+            double freq = pow((double)c->rope_base, -2.0 * i / c->head_dim);
+            double ang = p * freq;
+            tab[(size_t)p * half + i] = make_float2((float)cos(ang), (float)sin(ang));
+        }
+    cudaError_t e = cudaMalloc((void **)&s->rope, (size_t)s->ctx * half * sizeof(float2));
+    if (e == cudaSuccess)
+        e = cudaMemcpy(s->rope, tab, (size_t)s->ctx * half * sizeof(float2), cudaMemcpyHostToDevice);
+    free(tab);
+    cudaCheck(e);
+    /* the memset and copy above ran on the legacy stream: finish them before
+     * the model's non-blocking stream uses these buffers */
+    cudaCheck(cudaDeviceSynchronize());
+    return 0;
+}
+
+extern "C" cuda_state *cuda_state_init(cuda_model *cm, int32_t max_tokens, int32_t ctx, char *err, size_t errlen)
+{
+    if (max_tokens <= 0 || ctx <= 0) {
+        util_err(err, errlen, "cuda_state_init: bad sizes");
+        return NULL;
+    }
+    cuda_state *s = (cuda_state *)calloc(1, sizeof *s);
+    if (!s) {
+        util_err(err, errlen, "out of memory");
+        return NULL;
+    }
+    s->cm = cm;
+    s->max_tokens = max_tokens;
+    s->ctx = ctx;
+    if (state_alloc(s, err, errlen) != 0) {
+        cudaGetLastError();
+        cuda_state_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+extern "C" void cuda_state_free(cuda_state *s)
+{
+    if (!s)
+        return;
+    cudaSetDevice(s->cm->device);
+    cudaStreamSynchronize(s->cm->stream);
+    graph_reset(&s->g_plain);
+    graph_reset(&s->g_draft);
+    graph_reset(&s->g_time);
+    void *dev[] = {s->x, s->qkv, s->hb, s->logits, s->xb, s->att, s->hs, s->am, s->ctl, s->meta_d, s->rope};
+    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
+        if (dev[i])
+            cudaFree(dev[i]);
+    if (s->meta_h)
+        cudaFreeHost(s->meta_h);
+    if (s->ctl_h)
+        cudaFreeHost(s->ctl_h);
+    cudaGetLastError();
+    free(s);
+}
+
+extern "C" const float *cuda_state_logits(const cuda_state *s, int32_t *ld)
+{
+    if (ld)
+        *ld = s->cm->vrows;
+    return s->logits;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Forward pass                                                              */
+
+/* Y (T, rows) fp32 = X (T, cols) wt . W^T (+ Y when accumulate). See the
+ * top comment for the column-major reasoning. */
+static int gemm_xwt(cuda_model *cm, const wt *W, int rows, int cols, const wt *X, int T, float *Y,
+                    int accumulate, char *err, size_t errlen)
+{
+    const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+    /* m = rows, n = T, k = cols; A = W (col-major cols x rows, ld cols, OP_T),
+     * B = X (col-major cols x T, ld cols, OP_N), C = Y (col-major rows x T,
+     * ld rows) = row-major Y (T, rows). fp32 accumulation and output. */
+    cublasCheck(cublasGemmEx(cm->blas, CUBLAS_OP_T, CUBLAS_OP_N, rows, T, cols, &alpha,
+                             W, WT_CUDA_R, cols, X, WT_CUDA_R, cols, &beta,
+                             Y, CUDA_R_32F, rows, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    return 0;
+}
+
+/* The whole forward pass for T tokens whose metadata is already in the
+ * state's device buffers, n_out output rows (outrow), logits into s->logits
+ * and argmax ids into s->am. Launch configuration depends only on (T, n_out,
+ * mask): capturable. */
+static int forward_core(cuda_state *s, int32_t T, int32_t n_out, const layer_mask *mask, char *err, size_t errlen)
+{
+    cuda_model *cm = s->cm;
+    const model_config *c = &cm->c;
+    cudaStream_t st = cm->stream;
+    int D = c->dim, H = c->hidden_dim, KV = c->kv_dim;
+    launch_embed(st, cm->tok_embd, D, s->tok, s->x, T);
+    launchCheck();
+    for (int l = 0; l < c->n_layers; l++) {
+        const dev_layer *L = &cm->layers[l];
+        if (!mask || mask->attn[l]) {
+            launch_rmsnorm(st, s->x, NULL, L->attn_norm, s->xb, T, D, c->norm_eps);
+            launchCheck();
+            /* qkv (T, D + 2 KV) = xb . wqkv^T */
+            if (gemm_xwt(cm, L->wqkv, D + 2 * KV, D, s->xb, T, s->qkv, 0, err, errlen))
+                return -1;
+            launch_rope_kv(st, s->qkv, T, s->pos, s->seq, s->seqs, s->rope, l, c->n_heads, c->n_kv_heads,
+                           c->head_dim, D, KV);
+            launchCheck();
+            launch_attention(st, s->qkv, s->att, T, s->pos, s->seq, s->seqs, l, c->n_heads, c->n_kv_heads,
+                             c->head_dim, D, KV);
+            launchCheck();
+            /* x += att . wo^T */
+            if (gemm_xwt(cm, L->wo, D, D, s->att, T, s->x, 1, err, errlen))
+                return -1;
+        }
+        if (!mask || mask->mlp[l]) {
+            launch_rmsnorm(st, s->x, NULL, L->ffn_norm, s->xb, T, D, c->norm_eps);
+            launchCheck();
+            /* hb (T, 2H) = xb . w_gate_up^T */
+            if (gemm_xwt(cm, L->wgu, 2 * H, D, s->xb, T, s->hb, 0, err, errlen))
+                return -1;
+            launch_swiglu(st, s->hb, s->hs, T, H);
+            launchCheck();
+            /* x += hs . w_down^T */
+            if (gemm_xwt(cm, L->wdown, D, H, s->hs, T, s->x, 1, err, errlen))
+                return -1;
+        }
+    }
+    launch_rmsnorm(st, s->x, s->outrow, cm->out_norm, s->xb, n_out, D, c->norm_eps);
+    launchCheck();
+    /* logits (n_out, vrows) = xb . output^T; padding rows are zero */
+    if (gemm_xwt(cm, cm->output, cm->vrows, D, s->xb, n_out, s->logits, 0, err, errlen))
+        return -1;
+    launch_argmax(st, s->logits, cm->vrows, c->vocab_size, n_out, s->am);
+    launchCheck();
+    return 0;
+}
+
+static dev_seq seq_desc(const cuda_kv *kv, const cuda_kv *scratch, int32_t scratch_base)
+{
+    dev_seq d;
+    memset(&d, 0, sizeof d);
+    d.k = kv->k;
+    d.v = kv->v;
+    d.cap = kv->cap;
+    if (scratch) {
+        d.sk = scratch->k;
+        d.sv = scratch->v;
+        d.scap = scratch->cap;
+        d.scratch_base = scratch_base;
+    }
+    return d;
+}
+
+/* Validate a batch and write its metadata into the pinned block; returns
+ * T and n_out. */
+static int pack_batch(cuda_state *s, const cuda_seq *seqs, int n_seqs, int32_t *T_out, int32_t *n_out,
+                      char *err, size_t errlen)
+{
+    size_t o_pos, o_seq, o_out, o_seqs;
+    meta_layout(s->max_tokens, &o_pos, &o_seq, &o_out, &o_seqs);
+    uint8_t *b = (uint8_t *)s->meta_h;
+    int32_t *tok = (int32_t *)b, *pos = (int32_t *)(b + o_pos), *seq = (int32_t *)(b + o_seq);
+    int32_t *outrow = (int32_t *)(b + o_out);
+    dev_seq *ds = (dev_seq *)(b + o_seqs);
+    int32_t T = 0, no = 0;
+    if (n_seqs <= 0 || n_seqs > s->max_tokens)
+        return util_err(err, errlen, "bad batch of %d sequences", n_seqs);
+    for (int i = 0; i < n_seqs; i++) {
+        const cuda_seq *sq = &seqs[i];
+        if (!sq->kv || sq->kv->cm->device != s->cm->device || sq->n_tokens <= 0 || sq->pos < 0 ||
+            sq->logits_from < 0 || sq->logits_from > sq->n_tokens)
+            return util_err(err, errlen, "batch entry %d: bad block (n=%d pos=%d)", i, sq->n_tokens, sq->pos);
+        int32_t end = sq->pos + sq->n_tokens;
+        int32_t cap = sq->scratch ? sq->scratch_base + sq->scratch->cap : sq->kv->cap;
+        if (sq->scratch && sq->scratch_base > sq->kv->cap)
+            return util_err(err, errlen, "batch entry %d: scratch base past the cache", i);
+        if (end > cap || end > s->ctx)
+            return util_err(err, errlen, "context full: positions up to %d requested, the cache holds %d",
+                            end, cap < s->ctx ? cap : s->ctx);
+        if (T + sq->n_tokens > s->max_tokens)
+            return util_err(err, errlen, "batch of more than %d tokens", s->max_tokens);
+        ds[i] = seq_desc(sq->kv, sq->scratch, sq->scratch_base);
+        for (int32_t j = 0; j < sq->n_tokens; j++) {
+            if (sq->tokens[j] < 0 || sq->tokens[j] >= s->cm->c.vocab_size)
+                return util_err(err, errlen, "token id %d out of range", sq->tokens[j]);
+            tok[T + j] = sq->tokens[j];
+            pos[T + j] = sq->pos + j;
+            seq[T + j] = i;
+            if (j >= sq->logits_from)
+                outrow[no++] = T + j;
+        }
+        T += sq->n_tokens;
+    }
+    *T_out = T;
+    *n_out = no;
+    return 0;
+}
+
+static int upload_meta(cuda_state *s, char *err, size_t errlen)
+{
+    cudaCheck(cudaMemcpyAsync(s->meta_d, s->meta_h, s->meta_bytes, cudaMemcpyHostToDevice, s->cm->stream));
+    return 0;
+}
+
+extern "C" int cuda_forward(cuda_model *cm, cuda_state *s, const cuda_seq *seqs, int n_seqs,
+                            const layer_mask *mask, float *logits, int32_t *argmax, char *err, size_t errlen)
+{
+    int32_t T = 0, n_out = 0;
+    if (s->cm != cm)
+        return util_err(err, errlen, "cuda_forward: state of another model");
+    cudaCheck(cudaSetDevice(cm->device));
+    cudaCheck(cudaStreamSynchronize(cm->stream));    /* meta_h is free */
+    if (pack_batch(s, seqs, n_seqs, &T, &n_out, err, errlen) != 0)
+        return -1;
+    if (upload_meta(s, err, errlen) != 0 || forward_core(s, T, n_out, mask, err, errlen) != 0)
+        return -1;
+    if (logits && n_out > 0)
+        /* only for tests / checks: the decode loops never copy logits */
+        cudaCheck(cudaMemcpy2DAsync(logits, (size_t)cm->c.vocab_size * sizeof(float), s->logits,
+                                    (size_t)cm->vrows * sizeof(float), (size_t)cm->c.vocab_size * sizeof(float),
+                                    (size_t)n_out, cudaMemcpyDeviceToHost, cm->stream));
+    if (argmax && n_out > 0)
+        cudaCheck(cudaMemcpyAsync(argmax, s->am, (size_t)n_out * sizeof(int32_t), cudaMemcpyDeviceToHost,
+                                  cm->stream));
+    cudaCheck(cudaStreamSynchronize(cm->stream));
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* CUDA graphs                                                               */
+
+static int mask_equal(const graph_slot *g, const layer_mask *mask, int n_layers)
+{
+    if (!mask || !g->mask)
+        return !mask && !g->mask;
+    return !memcmp(g->mask, mask->attn, (size_t)n_layers) && !memcmp(g->mask + n_layers, mask->mlp, (size_t)n_layers);
+}
+
+/* Capture forward_core(T, n_out = T) [+ advance] into g unless g already
+ * holds that graph. advance: append am[0] to ctl and feed it back. */
+static int graph_get(cuda_state *s, graph_slot *g, int kind, int32_t T, const layer_mask *mask, int advance,
+                     char *err, size_t errlen)
+{
+    cuda_model *cm = s->cm;
+    int n_layers = cm->c.n_layers;
+    if (g->valid && g->kind == kind && g->T == T && mask_equal(g, mask, n_layers))
+        return 0;
+    graph_reset(g);
+    /* Warm-up run outside the capture, so cuBLAS selects and loads its
+     * kernels for these shapes first. Idempotent: it writes the same KV
+     * entries the step itself will write, and no advance. */
+    if (forward_core(s, T, T, mask, err, errlen) != 0)
+        return -1;
+    cudaCheck(cudaStreamSynchronize(cm->stream));
+    cudaGraph_t graph;
+    cudaCheck(cudaStreamBeginCapture(cm->stream, cudaStreamCaptureModeThreadLocal));
+    int rc = forward_core(s, T, T, mask, err, errlen);
+    if (rc == 0 && advance)
+        launch_advance(cm->stream, s->am, s->tok, s->pos, s->ctl + 1, s->ctl);
+    cudaError_t e = cudaStreamEndCapture(cm->stream, &graph);
+    if (rc != 0)
+        return -1;
+    cudaCheck(e);
+    e = cudaGraphInstantiate(&g->exec, graph, 0);
+    cudaGraphDestroy(graph);
+    cudaCheck(e);
+    g->valid = 1;
+    g->kind = kind;
+    g->T = T;
+    if (mask) {
+        g->mask = (uint8_t *)malloc(2 * (size_t)n_layers);
+        if (!g->mask)
+            return util_err(err, errlen, "out of memory");
+        memcpy(g->mask, mask->attn, (size_t)n_layers);
+        memcpy(g->mask + n_layers, mask->mlp, (size_t)n_layers);
+    }
+    return 0;
+}
+
+/* Metadata for one T = 1 decode block of sequence 0 at pos (token on the
+ * device already, or tok >= 0 to set it). */
+static void pack_step(cuda_state *s, int32_t tok, int32_t pos, const cuda_kv *kv, const cuda_kv *scratch,
+                      int32_t scratch_base, int32_t T)
+{
+    size_t o_pos, o_seq, o_out, o_seqs;
+    meta_layout(s->max_tokens, &o_pos, &o_seq, &o_out, &o_seqs);
+    uint8_t *b = (uint8_t *)s->meta_h;
+    for (int32_t j = 0; j < T; j++) {
+        ((int32_t *)b)[j] = tok >= 0 ? tok : 0;
+        ((int32_t *)(b + o_pos))[j] = pos + j;
+        ((int32_t *)(b + o_seq))[j] = 0;
+        ((int32_t *)(b + o_out))[j] = j;
+    }
+    ((dev_seq *)(b + o_seqs))[0] = seq_desc(kv, scratch, scratch_base);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Decoding loops                                                            */
+
+/* Prefill prompt[0..n) in chunks; leaves the argmax of the last prompt
+ * position in *first. */
+static int prefill(cuda_model *cm, cuda_state *s, cuda_kv *kv, const int32_t *prompt, int32_t n,
+                   int32_t *first, char *err, size_t errlen)
+{
+    if (n <= 0)
+        return util_err(err, errlen, "empty prompt");
+    if (n >= kv->cap)
+        return util_err(err, errlen, "prompt of %d tokens does not fit the context of %d tokens", n, kv->cap);
+    kv->len = 0;
+    for (int32_t done = 0; done < n;) {
+        int32_t chunk = n - done < s->max_tokens ? n - done : s->max_tokens;
+        cuda_seq sq = {prompt + done, chunk, done, kv, NULL, 0, chunk - 1};
+        if (cuda_forward(cm, s, &sq, 1, NULL, NULL, first, err, errlen) != 0)
+            return -1;
+        done += chunk;
+        kv->len = done;
+    }
+    return 0;
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+extern "C" int cuda_generate_plain(cuda_model *cm, cuda_state *s, cuda_kv *kv, const int32_t *prompt,
+                                   int32_t n_prompt, int32_t max_new, int use_graph,
+                                   cuda_stop_fn is_stop, const void *stop_ctx, cuda_emit_fn emit, void *emit_ctx,
+                                   cuda_gen_stats *st, char *err, size_t errlen)
+{
+    memset(st, 0, sizeof *st);
+    if (max_new <= 0)
+        return 0;
+    if ((int64_t)n_prompt + max_new > kv->cap || n_prompt + max_new > s->ctx)
+        return util_err(err, errlen, "prompt (%d) + new tokens (%d) exceed the context of %d", n_prompt, max_new,
+                        kv->cap < s->ctx ? kv->cap : s->ctx);
+    double t0 = now_s();
+    int32_t tok;
+    if (prefill(cm, s, kv, prompt, n_prompt, &tok, err, errlen) != 0)
+        return -1;
+    st->prompt_tokens = n_prompt;
+    double t1 = now_s();
+    st->prefill_seconds = t1 - t0;
+    st->generated_tokens = 1;
+    int stop = emit(emit_ctx, tok) || (is_stop && is_stop(stop_ctx, tok));
+    /* The device now carries the loop: tok/pos of the next step live in
+     * s->tok[0], s->pos[0]; each step appends its argmax to ctl. */
+    cudaCheck(cudaStreamSynchronize(cm->stream));
+    pack_step(s, tok, kv->len, kv, NULL, 0, 1);
+    if (upload_meta(s, err, errlen) != 0)
+        return -1;
+    if (use_graph && graph_get(s, &s->g_plain, 1, 1, NULL, 1, err, errlen) != 0)
+        return -1;
+    while (!stop && st->generated_tokens < max_new) {
+        int32_t chunk = max_new - st->generated_tokens;
+        if (chunk > PLAIN_CHUNK)
+            chunk = PLAIN_CHUNK;
+        cudaCheck(cudaMemsetAsync(s->ctl, 0, sizeof(int32_t), cm->stream));
+        for (int32_t i = 0; i < chunk; i++) {
+            if (use_graph) {
+                cudaCheck(cudaGraphLaunch(s->g_plain.exec, cm->stream));
+            } else {
+                if (forward_core(s, 1, 1, NULL, err, errlen) != 0)
+                    return -1;
+                launch_advance(cm->stream, s->am, s->tok, s->pos, s->ctl + 1, s->ctl);
+                launchCheck();
+            }
+        }
+        cudaCheck(cudaMemcpyAsync(s->ctl_h, s->ctl, (size_t)(1 + chunk) * sizeof(int32_t), cudaMemcpyDeviceToHost,
+                                  cm->stream));
+        cudaCheck(cudaStreamSynchronize(cm->stream));
+        /* the step that produced token i consumed the previous token, whose
+         * KV is now verified */
+        for (int32_t i = 0; i < chunk && !stop; i++) {
+            kv->len++;
+            int32_t t = s->ctl_h[1 + i];
+            st->generated_tokens++;
+            stop = emit(emit_ctx, t) || (is_stop && is_stop(stop_ctx, t));
+        }
+    }
+    st->decode_seconds = now_s() - t1;
+    return 0;
+}
+
+extern "C" int cuda_generate_selfspec(cuda_model *cm, cuda_state *s, cuda_kv *kv, cuda_kv *scratch,
+                                      const layer_mask *mask, int32_t k, const int32_t *prompt,
+                                      int32_t n_prompt, int32_t max_new, int use_graph,
+                                      cuda_stop_fn is_stop, const void *stop_ctx, cuda_emit_fn emit, void *emit_ctx,
+                                      cuda_gen_stats *st, char *err, size_t errlen)
+{
+    memset(st, 0, sizeof *st);
+    if (k < 1 || k > MAX_DRAFT || k + 1 > s->max_tokens || !scratch || scratch->cap < k || !mask)
+        return util_err(err, errlen, "self-spec: need 1 <= k <= %d, k + 1 <= max_tokens, a mask and a "
+                        "scratch cache of k positions", MAX_DRAFT);
+    if (max_new <= 0)
+        return 0;
+    if ((int64_t)n_prompt + max_new + k + 1 > kv->cap || n_prompt + max_new + k + 1 > s->ctx)
+        return util_err(err, errlen, "prompt (%d) + new tokens (%d) + draft (%d) exceed the context", n_prompt,
+                        max_new, k + 1);
+    double t0 = now_s();
+    int32_t cur;
+    if (prefill(cm, s, kv, prompt, n_prompt, &cur, err, errlen) != 0)
+        return -1;
+    st->prompt_tokens = n_prompt;
+    double t1 = now_s();
+    st->prefill_seconds = t1 - t0;
+    st->generated_tokens = 1;
+    int stop = emit(emit_ctx, cur) || (is_stop && is_stop(stop_ctx, cur));
+    int32_t *drafts = s->ctl + 1;             /* draft ids, written by advance */
+    int32_t *res = s->ctl + 2 + MAX_DRAFT;    /* acceptance result */
+    while (!stop && st->generated_tokens < max_new) {
+        int32_t L = kv->len;
+        int32_t left = max_new - st->generated_tokens;   /* tokens still wanted */
+        int32_t kk = k < left - 1 ? k : left - 1;         /* drafting beyond is waste */
+        int32_t n_acc = 0;
+        cudaCheck(cudaStreamSynchronize(cm->stream));
+        if (kk >= 1) {
+            /* draft: kk masked T = 1 steps from cur at position L, scratch KV
+             * for positions >= L */
+            pack_step(s, cur, L, kv, scratch, L, 1);
+            if (upload_meta(s, err, errlen) != 0)
+                return -1;
+            cudaCheck(cudaMemsetAsync(s->ctl, 0, sizeof(int32_t), cm->stream));
+            if (use_graph && graph_get(s, &s->g_draft, 2, 1, mask, 1, err, errlen) != 0)
+                return -1;
+            for (int32_t j = 0; j < kk; j++) {
+                if (use_graph) {
+                    cudaCheck(cudaGraphLaunch(s->g_draft.exec, cm->stream));
+                } else {
+                    if (forward_core(s, 1, 1, mask, err, errlen) != 0)
+                        return -1;
+                    launch_advance(cm->stream, s->am, s->tok, s->pos, drafts, s->ctl);
+                    launchCheck();
+                }
+            }
+            /* verify: [cur, d1..dkk] at L..L+kk with the full model. The
+             * upload must wait for the drafts to be done with meta_d: it is
+             * stream-ordered, and meta_h is rewritten only after a sync. */
+            cudaCheck(cudaStreamSynchronize(cm->stream));
+        }
+        pack_step(s, cur, L, kv, NULL, 0, kk + 1);
+        if (upload_meta(s, err, errlen) != 0)
+            return -1;
+        if (kk >= 1)
+            cudaCheck(cudaMemcpyAsync(s->tok + 1, drafts, (size_t)kk * sizeof(int32_t), cudaMemcpyDeviceToDevice,
+                                      cm->stream));
+        if (forward_core(s, kk + 1, kk + 1, NULL, err, errlen) != 0)
+            return -1;
+        launch_accept(cm->stream, drafts, s->am, kk, res);
+        launchCheck();
+        cudaCheck(cudaMemcpyAsync(s->ctl_h, res, (size_t)(kk + 2) * sizeof(int32_t), cudaMemcpyDeviceToHost,
+                                  cm->stream));
+        cudaCheck(cudaStreamSynchronize(cm->stream));
+        n_acc = s->ctl_h[0];
+        st->rounds++;
+        st->drafted += kk;
+        st->accepted += n_acc;
+        /* positions L..L+n_acc (cur, d1..dn) hold verified KV now */
+        kv->len = L + n_acc + 1;
+        for (int32_t i = 0; i <= n_acc && !stop; i++) {
+            int32_t t = s->ctl_h[1 + i];
+            st->generated_tokens++;
+            stop = emit(emit_ctx, t) || (is_stop && is_stop(stop_ctx, t)) || st->generated_tokens >= max_new;
+        }
+        cur = s->ctl_h[1 + n_acc];
+    }
+    st->decode_seconds = now_s() - t1;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Timing                                                                    */
+
+extern "C" int cuda_time_step(cuda_model *cm, cuda_state *s, cuda_kv *kv, cuda_kv *scratch,
+                              const layer_mask *mask, int32_t T, int32_t pos, int iters,
+                              double *ms, char *err, size_t errlen)
+{
+    if (T <= 0 || T > s->max_tokens || pos < 0 || pos + T > kv->cap || pos + T > s->ctx || iters <= 0 ||
+        (mask && (!scratch || scratch->cap < T)))
+        return util_err(err, errlen, "cuda_time_step: bad arguments");
+    cudaCheck(cudaSetDevice(cm->device));
+    cudaCheck(cudaStreamSynchronize(cm->stream));
+    pack_step(s, 1, pos, kv, mask ? scratch : NULL, pos, T);
+    if (upload_meta(s, err, errlen) != 0)
+        return -1;
+    graph_reset(&s->g_time);
+    if (graph_get(s, &s->g_time, 3, T, mask, 0, err, errlen) != 0)
+        return -1;
+    cudaEvent_t a, b;
+    cudaCheck(cudaEventCreate(&a));
+    cudaCheck(cudaEventCreate(&b));
+    for (int i = 0; i < 3; i++)
+        cudaCheck(cudaGraphLaunch(s->g_time.exec, cm->stream));
+    cudaCheck(cudaEventRecord(a, cm->stream));
+    for (int i = 0; i < iters; i++)
+        cudaCheck(cudaGraphLaunch(s->g_time.exec, cm->stream));
+    cudaCheck(cudaEventRecord(b, cm->stream));
+    cudaCheck(cudaEventSynchronize(b));
+    float t = 0.0f;
+    cudaCheck(cudaEventElapsedTime(&t, a, b));
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+    *ms = (double)t / iters;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* CUDA IPC                                                                  */
+
+#define IPC_MAGIC 0x53534950u   /* "SSIP" */
+
+struct ipc_blob {
+    uint32_t magic, version;
+    model_config c;
+    int32_t tied, kv_cap;
+    uint64_t weight_bytes, kv_bytes;
+    cudaIpcMemHandle_t weights, kv;
+    cudaIpcEventHandle_t event;
+};
+static_assert(sizeof(ipc_blob) <= CUDA_IPC_BLOB_BYTES, "IPC blob too large");
+
+extern "C" int cuda_ipc_export(cuda_model *cm, cuda_kv *kv, void *blob, char *err, size_t errlen)
+{
+    if (cm->imported || kv->imported || kv->cm != cm)
+        return util_err(err, errlen, "cuda_ipc_export: only the owner of the allocations can export them");
+    cudaCheck(cudaSetDevice(cm->device));
+    ipc_blob b;
+    memset(&b, 0, sizeof b);
+    b.magic = IPC_MAGIC;
+    b.version = 1;
+    b.c = cm->c;
+    b.tied = cm->tied;
+    b.kv_cap = kv->cap;
+    b.weight_bytes = cm->bytes;
+    b.kv_bytes = kv->bytes;
+    /* both are bases of cudaMalloc allocations of 2 MiB multiples */
+    cudaCheck(cudaIpcGetMemHandle(&b.weights, cm->base));
+    cudaCheck(cudaIpcGetMemHandle(&b.kv, kv->base));
+    if (!cm->has_ipc_event) {
+        cudaCheck(cudaEventCreateWithFlags(&cm->ipc_event, cudaEventInterprocess | cudaEventDisableTiming));
+        cm->has_ipc_event = 1;
+        /* record once so a wait before the first signal is well-defined */
+        cudaCheck(cudaEventRecord(cm->ipc_event, cm->stream));
+    }
+    cudaCheck(cudaIpcGetEventHandle(&b.event, cm->ipc_event));
+    memset(blob, 0, CUDA_IPC_BLOB_BYTES);
+    memcpy(blob, &b, sizeof b);
+    cudaCheck(cudaStreamSynchronize(cm->stream));
+    return 0;
+}
+
+extern "C" int cuda_ipc_signal(cuda_model *cm, char *err, size_t errlen)
+{
+    if (!cm->has_ipc_event)
+        return util_err(err, errlen, "cuda_ipc_signal: no event (export or import first)");
+    cudaCheck(cudaEventRecord(cm->ipc_event, cm->stream));
+    return 0;
+}
+
+extern "C" int cuda_ipc_wait(cuda_model *cm, char *err, size_t errlen)
+{
+    if (!cm->has_ipc_event)
+        return util_err(err, errlen, "cuda_ipc_wait: no event (export or import first)");
+    cudaCheck(cudaStreamWaitEvent(cm->stream, cm->ipc_event, 0));
+    return 0;
+}
+
+static int ipc_open(cuda_model *cm, const ipc_blob *b, cuda_kv *kv, char *err, size_t errlen)
+{
+    /* only in another process: opening in the exporter fails */
+    cudaCheck(cudaIpcOpenMemHandle(&cm->base, b->weights, cudaIpcMemLazyEnablePeerAccess));
+    cm->imported = 1;
+    size_t need = weights_plan(cm, NULL);
+    if (need != b->weight_bytes)
+        return util_err(err, errlen, "IPC: weight layout differs (%zu vs %llu bytes)", need,
+                        (unsigned long long)b->weight_bytes);
+    cm->bytes = need;
+    weights_plan(cm, (uint8_t *)cm->base);
+    cudaCheck(cudaIpcOpenMemHandle(&cm->ipc_kv_base, b->kv, cudaIpcMemLazyEnablePeerAccess));
+    size_t n = (size_t)cm->c.n_layers * b->kv_cap * cm->c.kv_dim;
+    kv->cm = cm;
+    kv->base = cm->ipc_kv_base;
+    kv->bytes = b->kv_bytes;
+    kv->cap = b->kv_cap;
+    kv->k = (kvt *)kv->base;
+    kv->v = kv->k + n;
+    kv->imported = 1;
+    cudaCheck(cudaIpcOpenEventHandle(&cm->ipc_event, b->event));
+    cm->has_ipc_event = 1;
+    return 0;
+}
+
+extern "C" cuda_model *cuda_ipc_import(const void *blob, int device, cuda_kv **kv_out, char *err, size_t errlen)
+{
+    ipc_blob b;
+    memcpy(&b, blob, sizeof b);
+    *kv_out = NULL;
+    if (b.magic != IPC_MAGIC || b.version != 1 || b.kv_cap <= 0) {
+        util_err(err, errlen, "IPC: not a selfspec CUDA IPC blob");
+        return NULL;
+    }
+    cuda_model *cm = model_new(&b.c, b.tied, device, err, errlen);
+    if (!cm)
+        return NULL;
+    cuda_kv *kv = (cuda_kv *)calloc(1, sizeof *kv);
+    if (!kv || ipc_open(cm, &b, kv, err, errlen) != 0) {
+        if (!kv)
+            util_err(err, errlen, "out of memory");
+        cudaGetLastError();
+        free(kv);
+        cuda_model_free(cm);
+        return NULL;
+    }
+    *kv_out = kv;
+    return cm;
+}

@@ -1,0 +1,226 @@
+/*
+ * cuda_backend.h - the CUDA backend: the same forward pass as model.h on an
+ * NVIDIA GPU, behind a plain C API (no CUDA types here; usable from C11).
+ *
+ * Implementation: common/cuda_backend.cu (weights, KV, forward, decoding
+ * loops, IPC) and common/cuda_kernels.cu (the kernels). When the library is
+ * built without nvcc, common/cuda_stub.c provides every function below:
+ * cuda_available() and cuda_device_count() return 0 and the others fail
+ * with "built without CUDA".
+ *
+ * Numerics (see cuda_backend.cu for the details):
+ *  - weights: the U8A matrices of the CPU arena are dequantized once at load
+ *    (qmat_dequant_row, the CPU reference) to half precision (fp16; a
+ *    one-line switch in cuda_backend.cu selects bf16) in ONE 2 MiB-aligned
+ *    cudaMalloc allocation, together with the fp32 norm vectors;
+ *  - every projection and the output head is a cuBLAS GEMM with half inputs
+ *    and fp32 accumulation and output; the residual stream is fp32;
+ *  - the KV cache is IEEE half, (layer, position, kv_dim), as on the CPU.
+ * The CPU backend quantizes activations to int8 for short blocks and the GPU
+ * does not, so logits agree to a tolerance, not bit for bit.
+ *
+ * Positions, tokens and cache locations of a batch live in device buffers of
+ * the state, so a decode step can be captured once in a CUDA graph and
+ * replayed (cuda_generate_plain / cuda_generate_selfspec): the argmax kernel
+ * feeds the next step's token on the device and only token ids come back.
+ *
+ * Conventions: functions that can fail take (char *err, size_t errlen) and
+ * return 0 / a non-NULL pointer, or -1 / NULL with a one-line reason.
+ * Every object belongs to the device it was created on; one thread at a time
+ * per cuda_state.
+ */
+#ifndef SELFSPEC_CUDA_BACKEND_H
+#define SELFSPEC_CUDA_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "model.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct cuda_model cuda_model;   /* weights on one device + cuBLAS */
+typedef struct cuda_kv cuda_kv;         /* a KV cache in device memory */
+typedef struct cuda_state cuda_state;   /* activations, metadata, graphs */
+
+/* 1 if the library was built with nvcc, else 0. */
+int cuda_available(void);
+
+/* Visible CUDA devices; 0 (never an abort) without a driver or a GPU. */
+int cuda_device_count(void);
+
+typedef struct {
+    char name[128];
+    size_t total_mem;
+    int sm_major, sm_minor;
+    int multiprocessors;
+    double peak_bw_gbs;      /* memory bus width x clock x 2 (DDR), GB/s;
+                                0 when the runtime does not report it */
+} cuda_device_info;
+
+int cuda_get_device_info(int device, cuda_device_info *info, char *err, size_t errlen);
+
+/* Parse "cpu", "cuda" or "cuda:N". *device = -1 for cpu, else N (0 for
+ * "cuda"). Returns 0, or -1 for anything else. */
+int cuda_parse_device(const char *s, int *device);
+
+/* ---- weights ---- */
+
+/* Copy a loaded CPU model to the device: dequantize every U8A matrix into
+ * half precision (one allocation, 2 MiB aligned). The CPU model may be freed
+ * afterwards. */
+cuda_model *cuda_model_load(const model *cpu_model, int device, char *err, size_t errlen);
+
+/* Random weights of the given shapes generated on the device (timing only;
+ * no CPU copy exists). c must have dim, hidden_dim, n_layers, n_heads,
+ * n_kv_heads, head_dim, kv_dim, vocab_size, rope_base, norm_eps set.
+ * tied: share the embedding and the output head. */
+cuda_model *cuda_synthetic_model(const model_config *c, int tied, uint64_t seed, int device,
+                                 char *err, size_t errlen);
+
+void cuda_model_free(cuda_model *cm);
+const model_config *cuda_model_get_config(const cuda_model *cm);
+/* Bytes of the weight allocation (what a full forward pass streams, apart
+ * from the embedding table, of which it reads T rows). */
+size_t cuda_model_weight_bytes(const cuda_model *cm);
+/* Bytes one full decode step must read from the weights: every projection,
+ * the norms and the output head (not the embedding table unless tied). */
+size_t cuda_model_step_bytes(const cuda_model *cm, const layer_mask *mask);
+
+/* ---- KV caches ---- */
+
+/* A cache of cap positions, zero-filled, in one 2 MiB-aligned allocation
+ * (K then V). */
+cuda_kv *cuda_kv_init(cuda_model *cm, int32_t cap, char *err, size_t errlen);
+void cuda_kv_free(cuda_kv *kv);
+int32_t cuda_kv_len(const cuda_kv *kv);
+int32_t cuda_kv_cap(const cuda_kv *kv);
+/* Set the verified length (truncation, or after a forward pass that wrote
+ * positions len..new_len-1). 0 <= len <= cap. */
+void cuda_kv_set_len(cuda_kv *kv, int32_t len);
+/* Copy positions [0, n) of every layer into a CPU cache (tests). */
+int cuda_kv_download(const cuda_kv *kv, kv_cache *dst, int32_t n, char *err, size_t errlen);
+
+/* ---- forward pass ---- */
+
+/* Activation buffers for batches of up to max_tokens tokens over positions
+ * < ctx. */
+cuda_state *cuda_state_init(cuda_model *cm, int32_t max_tokens, int32_t ctx, char *err, size_t errlen);
+void cuda_state_free(cuda_state *s);
+
+/* One sequence's part of a batch: fwd_seq of model.h with device caches. */
+typedef struct {
+    const int32_t *tokens;   /* host (n_tokens) */
+    int32_t n_tokens;
+    int32_t pos;             /* position of tokens[0] */
+    cuda_kv *kv;             /* read for positions < pos, written pos.. */
+    cuda_kv *scratch;        /* optional: positions >= scratch_base go here */
+    int32_t scratch_base;
+    int32_t logits_from;     /* logits for tokens[logits_from..n-1] */
+} cuda_seq;
+
+/*
+ * Run the model over a batch, as model_forward (same rules: the caller
+ * advances kv->len; with a mask give a scratch cache). Output rows:
+ * sum of n_tokens - logits_from.
+ *   logits: host (rows, vocab_size) floats, or NULL to leave them on the
+ *           device (cuda_state_logits) -- tests and the GPU check use it;
+ *   argmax: host (rows) token ids (greedy, ties to the smaller id), or NULL.
+ * The head is always the model's full output head.
+ */
+int cuda_forward(cuda_model *cm, cuda_state *s, const cuda_seq *seqs, int n_seqs,
+                 const layer_mask *mask, float *logits, int32_t *argmax, char *err, size_t errlen);
+
+/* Device pointer to the logits of the last cuda_forward: (rows, ld) fp32
+ * with ld = the vocabulary rounded up to 16 (returned in *ld). */
+const float *cuda_state_logits(const cuda_state *s, int32_t *ld);
+
+/* ---- decoding loops on the device (greedy) ---- */
+
+typedef struct {
+    int32_t prompt_tokens;
+    int32_t generated_tokens;
+    double prefill_seconds;
+    double decode_seconds;
+    /* self-speculative only */
+    int64_t drafted;         /* draft tokens proposed */
+    int64_t accepted;        /* of them accepted */
+    int64_t rounds;          /* verification passes */
+} cuda_gen_stats;
+
+/* Called per final token in order; nonzero stops generation. */
+typedef int (*cuda_emit_fn)(void *ctx, int32_t token);
+/* End-of-generation test; NULL = never stop on a token. */
+typedef int (*cuda_stop_fn)(const void *ctx, int32_t token);
+
+/*
+ * Greedy plain decoding: prefill (in chunks of the state's max_tokens), then
+ * one full step per token replayed from a CUDA graph (use_graph) or launched
+ * directly. Only token ids cross to the host, in chunks of a few steps.
+ * max_new: new tokens at most; kv is reset.
+ */
+int cuda_generate_plain(cuda_model *cm, cuda_state *s, cuda_kv *kv, const int32_t *prompt,
+                        int32_t n_prompt, int32_t max_new, int use_graph,
+                        cuda_stop_fn is_stop, const void *stop_ctx, cuda_emit_fn emit, void *emit_ctx,
+                        cuda_gen_stats *st, char *err, size_t errlen);
+
+/*
+ * Greedy self-speculative decoding: up to k draft steps (T = 1 with mask,
+ * scratch KV; the draft step is a CUDA graph when use_graph), then one
+ * verification pass over k + 1 tokens with the full model; acceptance by
+ * comparing argmax ids on the device. Output equals plain greedy output
+ * whenever the full model's argmax does not depend on the block size.
+ * s->max_tokens must be >= k + 1; scratch must hold k positions.
+ */
+int cuda_generate_selfspec(cuda_model *cm, cuda_state *s, cuda_kv *kv, cuda_kv *scratch,
+                           const layer_mask *mask, int32_t k, const int32_t *prompt,
+                           int32_t n_prompt, int32_t max_new, int use_graph,
+                           cuda_stop_fn is_stop, const void *stop_ctx, cuda_emit_fn emit, void *emit_ctx,
+                           cuda_gen_stats *st, char *err, size_t errlen);
+
+/* ---- timing ---- */
+
+/* Mean milliseconds of one decode step (T tokens at position pos, logits
+ * and argmax on the device, nothing copied back) over iters replays of a
+ * CUDA graph, after warm-up. mask NULL = full model. */
+int cuda_time_step(cuda_model *cm, cuda_state *s, cuda_kv *kv, cuda_kv *scratch,
+                   const layer_mask *mask, int32_t T, int32_t pos, int iters,
+                   double *ms, char *err, size_t errlen);
+
+/* ---- CUDA IPC (verifier <-> drafter) ---- */
+
+/* Size of the opaque blobs below: cudaIpcMemHandle_t of the weight
+ * allocation and of the KV allocation, an interprocess event handle, the
+ * model shape and the layout offsets. */
+#define CUDA_IPC_BLOB_BYTES 1024
+
+/*
+ * In the exporting process (the verifier): fill blob (CUDA_IPC_BLOB_BYTES)
+ * with handles to cm's weight allocation and kv's allocation, and an
+ * interprocess event the exporter records after each KV update
+ * (cuda_ipc_signal). Send the blob in the hello message.
+ */
+int cuda_ipc_export(cuda_model *cm, cuda_kv *kv, void *blob, char *err, size_t errlen);
+/* Record the export's interprocess event on the model's stream: call after
+ * the verified KV changed, before telling the peer (then send the message). */
+int cuda_ipc_signal(cuda_model *cm, char *err, size_t errlen);
+
+/*
+ * In another process (the drafter), once for its lifetime: open the handles
+ * (cudaIpcOpenMemHandle cannot open in the exporting process). Returns a
+ * model whose weights alias the exporter's (read-only by convention) and in
+ * *kv a cache aliasing the exporter's verified KV (read it; write only
+ * through a scratch cache). Free both before the exporter frees its own.
+ */
+cuda_model *cuda_ipc_import(const void *blob, int device, cuda_kv **kv, char *err, size_t errlen);
+/* Make the importer's stream wait for the exporter's last cuda_ipc_signal
+ * (call on receiving the message that followed it). */
+int cuda_ipc_wait(cuda_model *cm, char *err, size_t errlen);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

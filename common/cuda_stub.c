@@ -1,0 +1,142 @@
+/*
+ * cuda_stub.c - the CUDA backend's API (cuda_backend.h) for builds without
+ * nvcc: cuda_available() and cuda_device_count() return 0, everything else
+ * fails with "built without CUDA". The Makefile compiles this file instead
+ * of cuda_backend.cu / cuda_kernels.cu when nvcc is not found.
+ */
+#include "cuda_backend.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "util.h"
+
+#define NO_CUDA "selfspec was built without CUDA (nvcc not found at build time)"
+
+int cuda_available(void) { return 0; }
+int cuda_device_count(void) { return 0; }
+
+int cuda_get_device_info(int device, cuda_device_info *info, char *err, size_t errlen)
+{
+    memset(info, 0, sizeof *info);
+    return util_err(err, errlen, NO_CUDA);
+}
+
+int cuda_parse_device(const char *s, int *device)
+{
+    if (!s)
+        return -1;
+    if (!strcmp(s, "cpu")) {
+        *device = -1;
+        return 0;
+    }
+    if (!strcmp(s, "cuda")) {
+        *device = 0;
+        return 0;
+    }
+    if (!strncmp(s, "cuda:", 5) && s[5]) {
+        char *end;
+        long v = strtol(s + 5, &end, 10);
+        if (*end || v < 0 || v > 1024)
+            return -1;
+        *device = (int)v;
+        return 0;
+    }
+    return -1;
+}
+
+cuda_model *cuda_model_load(const model *cpu_model, int device, char *err, size_t errlen)
+{
+    util_err(err, errlen, NO_CUDA);
+    return NULL;
+}
+
+cuda_model *cuda_synthetic_model(const model_config *c, int tied, uint64_t seed, int device,
+                                 char *err, size_t errlen)
+{
+    util_err(err, errlen, NO_CUDA);
+    return NULL;
+}
+
+void cuda_model_free(cuda_model *cm) { (void)cm; }
+const model_config *cuda_model_get_config(const cuda_model *cm) { return NULL; }
+size_t cuda_model_weight_bytes(const cuda_model *cm) { return 0; }
+size_t cuda_model_step_bytes(const cuda_model *cm, const layer_mask *mask) { return 0; }
+
+cuda_kv *cuda_kv_init(cuda_model *cm, int32_t cap, char *err, size_t errlen)
+{
+    util_err(err, errlen, NO_CUDA);
+    return NULL;
+}
+
+void cuda_kv_free(cuda_kv *kv) { (void)kv; }
+int32_t cuda_kv_len(const cuda_kv *kv) { return 0; }
+int32_t cuda_kv_cap(const cuda_kv *kv) { return 0; }
+void cuda_kv_set_len(cuda_kv *kv, int32_t len) { (void)kv; }
+
+int cuda_kv_download(const cuda_kv *kv, kv_cache *dst, int32_t n, char *err, size_t errlen)
+{
+    return util_err(err, errlen, NO_CUDA);
+}
+
+cuda_state *cuda_state_init(cuda_model *cm, int32_t max_tokens, int32_t ctx, char *err, size_t errlen)
+{
+    util_err(err, errlen, NO_CUDA);
+    return NULL;
+}
+
+void cuda_state_free(cuda_state *s) { (void)s; }
+
+int cuda_forward(cuda_model *cm, cuda_state *s, const cuda_seq *seqs, int n_seqs,
+                 const layer_mask *mask, float *logits, int32_t *argmax, char *err, size_t errlen)
+{
+    return util_err(err, errlen, NO_CUDA);
+}
+
+const float *cuda_state_logits(const cuda_state *s, int32_t *ld)
+{
+    if (ld)
+        *ld = 0;
+    return NULL;
+}
+
+int cuda_generate_plain(cuda_model *cm, cuda_state *s, cuda_kv *kv, const int32_t *prompt,
+                        int32_t n_prompt, int32_t max_new, int use_graph,
+                        cuda_stop_fn is_stop, const void *stop_ctx, cuda_emit_fn emit, void *emit_ctx,
+                        cuda_gen_stats *st, char *err, size_t errlen)
+{
+    memset(st, 0, sizeof *st);
+    return util_err(err, errlen, NO_CUDA);
+}
+
+int cuda_generate_selfspec(cuda_model *cm, cuda_state *s, cuda_kv *kv, cuda_kv *scratch,
+                           const layer_mask *mask, int32_t k, const int32_t *prompt,
+                           int32_t n_prompt, int32_t max_new, int use_graph,
+                           cuda_stop_fn is_stop, const void *stop_ctx, cuda_emit_fn emit, void *emit_ctx,
+                           cuda_gen_stats *st, char *err, size_t errlen)
+{
+    memset(st, 0, sizeof *st);
+    return util_err(err, errlen, NO_CUDA);
+}
+
+int cuda_time_step(cuda_model *cm, cuda_state *s, cuda_kv *kv, cuda_kv *scratch,
+                   const layer_mask *mask, int32_t T, int32_t pos, int iters,
+                   double *ms, char *err, size_t errlen)
+{
+    return util_err(err, errlen, NO_CUDA);
+}
+
+int cuda_ipc_export(cuda_model *cm, cuda_kv *kv, void *blob, char *err, size_t errlen)
+{
+    return util_err(err, errlen, NO_CUDA);
+}
+
+int cuda_ipc_signal(cuda_model *cm, char *err, size_t errlen) { return util_err(err, errlen, NO_CUDA); }
+int cuda_ipc_wait(cuda_model *cm, char *err, size_t errlen) { return util_err(err, errlen, NO_CUDA); }
+
+cuda_model *cuda_ipc_import(const void *blob, int device, cuda_kv **kv, char *err, size_t errlen)
+{
+    *kv = NULL;
+    util_err(err, errlen, NO_CUDA);
+    return NULL;
+}

@@ -1,0 +1,89 @@
+/*
+ * search.h - finding skip sets: a cheap objective and the search over it.
+ *
+ * Objective. Calibration text is the full model's own greedy continuation
+ * of a few prompts, with its verified KV cache kept. For a candidate skip
+ * set, one batched pass drafts every position of that text from the full
+ * model's KV of the prefix (each position its own one-token "sequence"),
+ * giving whether the draft's top-1 matches the full model's and the draft's
+ * confidence there. Replaying the adaptive draft exit over those runs of
+ * matches gives drafted/accepted counts per verification; dividing the
+ * tokens produced by the time a measured per-sublayer cost model assigns
+ * them gives estimated tokens/s. No decoding is timed per candidate.
+ */
+#ifndef SELFSPEC_SEARCH_H
+#define SELFSPEC_SEARCH_H
+
+#include <stdint.h>
+
+#include "model.h"
+#include "skipset.h"
+#include "spec.h"
+
+typedef struct {
+    int32_t n_seqs;
+    int32_t *len;          /* (n_seqs) tokens in each sequence */
+    int32_t *start;        /* (n_seqs) first position drafted (prompt length - 1) */
+    int32_t **tokens;      /* (n_seqs, len) */
+    int32_t **full_top1;   /* (n_seqs, len) full model's argmax after each position */
+    kv_cache *kv;          /* (n_seqs) full KV of every position */
+    int32_t n_positions;   /* positions drafted in total */
+} calib_set;
+
+/* Per-sublayer cost model, seconds, measured on this machine. */
+typedef struct {
+    double base;           /* a draft step with every sublayer skipped (embed + full head) */
+    double base_pruned;    /* the same with the pruned head (if any) */
+    double attn;           /* one attention sublayer */
+    double mlp;            /* one MLP sublayer */
+    double verify[SPEC_MAX_DRAFT + 2];   /* full pass over k + 1 tokens, k = 0..max */
+    int32_t max_k;
+} cost_model;
+
+typedef struct {
+    double tokens_per_s;   /* estimated */
+    double speedup;        /* over plain decoding (1 / verify[0]) */
+    double match_rate;     /* draft top-1 == full top-1, over all positions */
+    double accept_rate;    /* accepted / drafted in the replay */
+    double mean_accepted;  /* accepted per verification */
+} search_score;
+
+/* Generate n_new greedy tokens after each prompt and keep the full KV. */
+int calib_build(calib_set *cs, const model *m, fwd_state *fs, int32_t **prompts, const int32_t *prompt_len,
+                int32_t n_prompts, int32_t n_new, char *err, size_t errlen);
+void calib_free(calib_set *cs);
+
+/* Measure the cost model (median of reps timings). */
+int cost_measure(cost_model *cm, const model *m, const qmat *pruned_head, int32_t max_k, int reps,
+                 char *err, size_t errlen);
+
+/* Score a skip set. head: NULL or the pruned draft head with head_tokens. */
+int search_score_set(const calib_set *cs, const model *m, fwd_state *fs, const skip_set *ss,
+                     const qmat *head, const int32_t *head_tokens, const cost_model *cm,
+                     const spec_params *sp, search_score *out, char *err, size_t errlen);
+
+typedef struct {
+    const char *out_path;      /* config written at the end (and resumed from) */
+    const char *state_path;    /* checkpoint of evaluated sets, for resuming */
+    double budget_seconds;     /* wall-clock budget of the search */
+    int32_t head_size;         /* pruned draft head size (0 = full head) */
+    uint64_t seed;
+    const skip_set *seed_set;  /* NULL, or a transferred set to start from */
+    int quiet;
+} search_opts;
+
+/* Token frequency ranking over the calibration set (ties by id); fills
+ * ss->head_tokens with the first n. */
+void search_head_tokens(const calib_set *cs, const model *m, int32_t n, skip_set *ss);
+
+/* Run the search; best set into best (allocated), its score into score.
+ * report_json: malloc'd JSON text with per-sublayer sensitivities and
+ * frequency in the best sets (caller frees), or NULL. */
+int search_run(const calib_set *cs, const model *m, fwd_state *fs, const cost_model *cm,
+               const spec_params *sp, const search_opts *o, skip_set *best, search_score *score,
+               char **report_json, char *err, size_t errlen);
+
+/* Map a set to a model of n_layers by normalized depth l / (L - 1). */
+void skipset_transfer(const skip_set *src, int32_t n_layers, skip_set *dst);
+
+#endif

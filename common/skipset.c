@@ -1,0 +1,238 @@
+/*
+ * skipset.c - skip-set configs (see skipset.h). JSON through cJSON.
+ */
+#include "skipset.h"
+
+#include <dirent.h>
+#include <string.h>
+#include <cjson/cJSON.h>
+
+#include "util.h"
+
+void skipset_init(skip_set *s, int32_t n_layers)
+{
+    memset(s, 0, sizeof *s);
+    s->n_layers = n_layers;
+    s->attn_skip = callocCheck((size_t)n_layers, 1);
+    s->mlp_skip = callocCheck((size_t)n_layers, 1);
+    snprintf(s->source, sizeof s->source, "none");
+}
+
+void skipset_free(skip_set *s)
+{
+    free(s->attn_skip);
+    free(s->mlp_skip);
+    free(s->head_tokens);
+    memset(s, 0, sizeof *s);
+}
+
+int32_t skipset_count(const skip_set *s)
+{
+    int32_t n = 0;
+    for (int32_t l = 0; l < s->n_layers; l++)
+        n += s->attn_skip[l] + s->mlp_skip[l];
+    return n;
+}
+
+/* Read an array of layer indices into flags; reject bad entries. */
+static int read_layers(const cJSON *root, const char *key, int32_t n_layers, uint8_t *flags,
+                       const char *path, char *err, size_t errlen)
+{
+    const cJSON *arr = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (!arr)
+        return 0;   /* absent = skip none */
+    if (!cJSON_IsArray(arr))
+        return util_err(err, errlen, "%s: \"%s\" must be an array of layer indices", path, key);
+    const cJSON *it;
+    cJSON_ArrayForEach(it, arr) {
+        if (!cJSON_IsNumber(it) || it->valuedouble != (double)(int)it->valuedouble)
+            return util_err(err, errlen, "%s: \"%s\" holds a non-integer entry", path, key);
+        int v = (int)it->valuedouble;
+        if (v < 0 || v >= n_layers)
+            return util_err(err, errlen, "%s: \"%s\" names layer %d, but the model has layers 0..%d",
+                            path, key, v, n_layers - 1);
+        if (flags[v])
+            return util_err(err, errlen, "%s: \"%s\" lists layer %d twice", path, key, v);
+        flags[v] = 1;
+    }
+    return 0;
+}
+
+static int read_head(const cJSON *root, skip_set *s, const model_config *c, const char *path,
+                     char *err, size_t errlen)
+{
+    const cJSON *arr = cJSON_GetObjectItemCaseSensitive(root, "draft_head");
+    if (!arr)
+        return 0;
+    if (!cJSON_IsArray(arr))
+        return util_err(err, errlen, "%s: \"draft_head\" must be an array of token ids", path);
+    int32_t n = cJSON_GetArraySize(arr);
+    const cJSON *size = cJSON_GetObjectItemCaseSensitive(root, "draft_head_size");
+    if (size && cJSON_IsNumber(size) && size->valueint > 0 && size->valueint < n)
+        n = size->valueint;
+    n -= n % QMAT_ROWS;   /* the head is packed in 16-row groups */
+    if (n <= 0)
+        return 0;
+    s->head_tokens = mallocCheck((size_t)n * sizeof(int32_t));
+    uint8_t *seen = callocCheck((size_t)c->vocab_size, 1);
+    int rc = 0;
+    for (int32_t i = 0; i < n && rc == 0; i++) {
+        const cJSON *it = cJSON_GetArrayItem(arr, i);
+        int v = cJSON_IsNumber(it) ? it->valueint : -1;
+        if (v < 0 || v >= c->vocab_size || seen[v])
+            rc = util_err(err, errlen, "%s: draft_head entry %d (%d) is not a new token id < %d",
+                          path, i, v, c->vocab_size);
+        else
+            seen[v] = 1, s->head_tokens[i] = v;
+    }
+    free(seen);
+    s->n_head_tokens = rc == 0 ? n : 0;
+    return rc;
+}
+
+static int check_model(const cJSON *root, const model_config *c, const char *path, char *err, size_t errlen)
+{
+    const cJSON *m = cJSON_GetObjectItemCaseSensitive(root, "model");
+    const cJSON *nl = m ? cJSON_GetObjectItemCaseSensitive(m, "n_layers") : NULL;
+    if (nl && (!cJSON_IsNumber(nl) || nl->valueint != c->n_layers))
+        return util_err(err, errlen, "%s: made for a %d-layer model, this model has %d layers",
+                        path, nl && cJSON_IsNumber(nl) ? nl->valueint : -1, c->n_layers);
+    return 0;
+}
+
+int skipset_load(skip_set *s, const char *path, const model_config *c, char *err, size_t errlen)
+{
+    skipset_init(s, c->n_layers);
+    size_t len;
+    char *text = util_read_file(path, &len, err, errlen);
+    if (!text)
+        goto fail;
+    cJSON *root = cJSON_ParseWithLength(text, len);
+    free(text);
+    if (!root || !cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        util_err(err, errlen, "%s: not a JSON object", path);
+        goto fail;
+    }
+    int rc = check_model(root, c, path, err, errlen);
+    if (rc == 0)
+        rc = read_layers(root, "attn_skip", c->n_layers, s->attn_skip, path, err, errlen);
+    if (rc == 0)
+        rc = read_layers(root, "mlp_skip", c->n_layers, s->mlp_skip, path, err, errlen);
+    if (rc == 0)
+        rc = read_head(root, s, c, path, err, errlen);
+    cJSON_Delete(root);
+    if (rc != 0)
+        goto fail;
+    snprintf(s->source, sizeof s->source, "%s", path);
+    return 0;
+fail:
+    skipset_free(s);
+    return -1;
+}
+
+/* Does the config's "model" entry describe c? */
+static int config_matches(const char *path, const model_config *c)
+{
+    size_t len;
+    char err[8];
+    char *text = util_read_file(path, &len, err, sizeof err);
+    if (!text)
+        return 0;
+    cJSON *root = cJSON_ParseWithLength(text, len);
+    free(text);
+    const cJSON *m = root ? cJSON_GetObjectItemCaseSensitive(root, "model") : NULL;
+    const cJSON *name = m ? cJSON_GetObjectItemCaseSensitive(m, "name") : NULL;
+    const cJSON *nl = m ? cJSON_GetObjectItemCaseSensitive(m, "n_layers") : NULL;
+    const cJSON *dim = m ? cJSON_GetObjectItemCaseSensitive(m, "dim") : NULL;
+    const cJSON *voc = m ? cJSON_GetObjectItemCaseSensitive(m, "vocab_size") : NULL;
+    int ok = cJSON_IsString(name) && !strcmp(name->valuestring, c->name) &&
+             cJSON_IsNumber(nl) && nl->valueint == c->n_layers &&
+             cJSON_IsNumber(dim) && dim->valueint == c->dim &&
+             cJSON_IsNumber(voc) && voc->valueint == c->vocab_size;
+    cJSON_Delete(root);
+    return ok;
+}
+
+int skipset_find(const char *dir, const model_config *c, char *out, size_t outlen)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return -1;
+    int found = -1;
+    struct dirent *e;
+    while (found != 0 && (e = readdir(d)) != NULL) {
+        size_t n = strlen(e->d_name);
+        if (n < 6 || strcmp(e->d_name + n - 5, ".json") != 0)
+            continue;
+        snprintf(out, outlen, "%s/%s", dir, e->d_name);
+        if (config_matches(out, c))
+            found = 0;
+    }
+    closedir(d);
+    return found;
+}
+
+static cJSON *layer_array(const uint8_t *flags, int32_t n)
+{
+    cJSON *a = cJSON_CreateArray();
+    for (int32_t l = 0; l < n; l++)
+        if (flags[l])
+            cJSON_AddItemToArray(a, cJSON_CreateNumber(l));
+    return a;
+}
+
+int skipset_save(const skip_set *s, const char *path, const model_config *c, int32_t head_size,
+                 const char *extra_json, char *err, size_t errlen)
+{
+    cJSON *root = cJSON_CreateObject();
+    cJSON *m = cJSON_AddObjectToObject(root, "model");
+    cJSON_AddStringToObject(m, "name", c->name);
+    cJSON_AddNumberToObject(m, "n_layers", c->n_layers);
+    cJSON_AddNumberToObject(m, "dim", c->dim);
+    cJSON_AddNumberToObject(m, "vocab_size", c->vocab_size);
+    cJSON_AddItemToObject(root, "attn_skip", layer_array(s->attn_skip, s->n_layers));
+    cJSON_AddItemToObject(root, "mlp_skip", layer_array(s->mlp_skip, s->n_layers));
+    if (s->head_tokens) {
+        cJSON_AddNumberToObject(root, "draft_head_size", head_size > 0 ? head_size : s->n_head_tokens);
+        cJSON_AddItemToObject(root, "draft_head", cJSON_CreateIntArray(s->head_tokens, s->n_head_tokens));
+    }
+    if (extra_json) {
+        cJSON *extra = cJSON_Parse(extra_json);
+        cJSON *it = extra ? extra->child : NULL;
+        while (it) {
+            cJSON *next = it->next;
+            cJSON_AddItemToObject(root, it->string, cJSON_Duplicate(it, 1));
+            it = next;
+        }
+        cJSON_Delete(extra);
+    }
+    char *text = cJSON_Print(root);
+    cJSON_Delete(root);
+    FILE *f = fopen(path, "w");
+    if (!f) {
+        free(text);
+        return util_err(err, errlen, "cannot write '%s'", path);
+    }
+    int bad = fputs(text, f) < 0 || fputc('\n', f) == EOF;
+    bad |= fclose(f) != 0;
+    free(text);
+    return bad ? util_err(err, errlen, "error writing '%s'", path) : 0;
+}
+
+void skipset_mask(const skip_set *s, layer_mask *mask)
+{
+    mask->attn = mallocCheck((size_t)s->n_layers);
+    mask->mlp = mallocCheck((size_t)s->n_layers);
+    for (int32_t l = 0; l < s->n_layers; l++) {
+        mask->attn[l] = !s->attn_skip[l];
+        mask->mlp[l] = !s->mlp_skip[l];
+    }
+}
+
+void skipset_mask_free(layer_mask *mask)
+{
+    free(mask->attn);
+    free(mask->mlp);
+    mask->attn = mask->mlp = NULL;
+}

@@ -1,0 +1,58 @@
+/*
+ * skipset.h - skip sets: which attention and MLP sublayers the draft skips,
+ * and the optional pruned draft head, read from / written to the JSON
+ * configs in configs/.
+ *
+ * Config format (configs/<model>.json):
+ *   {
+ *     "model": {"name": "...", "n_layers": 30, "dim": 576, "vocab_size": 49152},
+ *     "attn_skip": [layer, ...],          indices in [0, n_layers)
+ *     "mlp_skip": [layer, ...],
+ *     "draft_head": [token id, ...],      optional: most frequent tokens first
+ *     "draft_head_size": 8192,            optional: how many of them to use
+ *     ... free-form provenance: "calibration", "search", "measured"
+ *   }
+ */
+#ifndef SELFSPEC_SKIPSET_H
+#define SELFSPEC_SKIPSET_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "model.h"
+
+typedef struct {
+    int32_t n_layers;
+    uint8_t *attn_skip;     /* (n_layers) 1 = skipped by the draft */
+    uint8_t *mlp_skip;      /* (n_layers) */
+    int32_t *head_tokens;   /* (n_head_tokens) draft-head vocabulary, or NULL */
+    int32_t n_head_tokens;
+    char source[512];       /* file it came from, or "none" */
+} skip_set;
+
+/* An empty set (skip nothing) for a model of n_layers. */
+void skipset_init(skip_set *s, int32_t n_layers);
+void skipset_free(skip_set *s);
+
+/* Parse a config file and check it against the model (layer count, indices
+ * in range, no duplicates, token ids in the vocabulary). */
+int skipset_load(skip_set *s, const char *path, const model_config *c, char *err, size_t errlen);
+
+/* Find the config in dir whose "model" entry matches c (name, layers, dim,
+ * vocabulary). Writes its path into out. Returns 0 if found, -1 if none. */
+int skipset_find(const char *dir, const model_config *c, char *out, size_t outlen);
+
+/* Write a config. extra_json: NULL or the text of a JSON object whose
+ * members are added (provenance: calibration, search, measured). */
+int skipset_save(const skip_set *s, const char *path, const model_config *c, int32_t head_size,
+                 const char *extra_json, char *err, size_t errlen);
+
+/* The layer mask the draft computes (the complement of the skip set).
+ * mask arrays are allocated; free with skipset_mask_free. */
+void skipset_mask(const skip_set *s, layer_mask *mask);
+void skipset_mask_free(layer_mask *mask);
+
+/* Number of skipped sublayers. */
+int32_t skipset_count(const skip_set *s);
+
+#endif

@@ -1,0 +1,109 @@
+/*
+ * spec.h - self-speculative decoding (Draft & Verify): the model drafts a
+ * few tokens with some of its own sublayers skipped, then the full model
+ * verifies the whole draft in one forward pass.
+ *
+ * The pieces are separate so the two-process pipeline reuses them:
+ *   spec_draft   - draft up to K tokens from the verified cache, writing only
+ *                  the drafter's scratch KV (never the verified cache);
+ *   spec_verify  - one full-model pass over [cur, d1..dk], writing the
+ *                  verified KV; greedy or speculative-sampling acceptance;
+ *   spec_exit_update - the adaptive draft-exit threshold.
+ * gen_selfspec strings them together in one process.
+ *
+ * Exactness: under greedy decoding the emitted tokens are the full model's
+ * argmax at every position, because the verification pass computes the same
+ * logits, bit for bit, that plain decoding computes one token at a time (see
+ * qmat.h), and the draft only proposes. Under sampling, acceptance with
+ * probability min(1, p/q) and resampling from norm(max(0, p - q)) make every
+ * emitted token distributed exactly as the full model's.
+ */
+#ifndef SELFSPEC_SPEC_H
+#define SELFSPEC_SPEC_H
+
+#include <stdint.h>
+
+#include "generate.h"
+#include "model.h"
+#include "sampler.h"
+#include "skipset.h"
+
+#define SPEC_MAX_DRAFT 32
+
+typedef struct {
+    float gamma_init;     /* starting exit threshold γ (0.6) */
+    int32_t max_draft;    /* K, most tokens per draft (12) */
+    float ar_target;      /* acceptance-rate target (0.9) */
+    float gamma_step;     /* γ' = γ ± step (0.01) */
+    float gamma_ema;      /* γ ← ema·γ + (1 − ema)·γ' (0.9) */
+    float ar_decay;       /* AR ← decay·AR + (1 − decay)·accepted/drafted (0.5) */
+    float ar_init;        /* starting AR (0.9) */
+} spec_params;
+
+void spec_params_default(spec_params *p);
+int spec_params_check(const spec_params *p, char *err, size_t errlen);
+
+typedef struct {
+    float gamma;
+    float ar;
+} spec_exit;
+
+/* After a verification that accepted `accepted` of `drafted` tokens. */
+void spec_exit_update(spec_exit *e, const spec_params *p, int32_t drafted, int32_t accepted);
+
+typedef struct {
+    int64_t drafted, accepted, verifications;
+    int64_t drafted_at[SPEC_MAX_DRAFT];    /* blocks that drafted position i */
+    int64_t accepted_at[SPEC_MAX_DRAFT];   /* ... in which it was accepted */
+    double draft_seconds, verify_seconds;
+    float final_gamma;
+} spec_stats;
+
+/* The drafter's state: its mask, optional pruned head, and scratch KV. */
+typedef struct {
+    const model *m;
+    layer_mask mask;
+    qmat head;                 /* pruned head; head.rows == 0: the full head */
+    const int32_t *head_tokens;/* (head.rows) token id of each pruned-head row */
+    kv_cache scratch;          /* (max_draft + 1) positions of draft KV */
+    int32_t width;             /* logits per draft step: head.rows or vocab */
+    float *logits;             /* (width) */
+    float *q;                  /* (max_draft, width) warped draft distributions */
+} spec_drafter;
+
+typedef struct {
+    int32_t n;
+    int32_t tokens[SPEC_MAX_DRAFT];
+    int32_t q_index[SPEC_MAX_DRAFT];   /* index of each token in the q rows */
+} spec_block;
+
+int spec_drafter_init(spec_drafter *d, const model *m, const skip_set *ss, int32_t max_draft,
+                      char *err, size_t errlen);
+void spec_drafter_free(spec_drafter *d);
+
+/*
+ * Draft after the verified prefix kv[0..L) with `cur` (at position L) the
+ * last accepted token. Stops after k_max tokens, or after a token whose
+ * draft top-1 probability is below gamma. With a sampling sampler, tokens
+ * are drawn from the warped draft distribution and kept in d->q.
+ */
+int spec_draft(spec_drafter *d, fwd_state *fs, kv_cache *kv, int32_t L, int32_t cur, int32_t k_max,
+               float gamma, sampler *smp, spec_block *out, char *err, size_t errlen);
+
+/*
+ * Verify: one full pass over [cur, d1..dk] at positions L..L+k, writing the
+ * verified KV. Sets *accepted (0..k) and *next (the full model's own token
+ * after the accepted prefix); kv->len becomes L + accepted + 1.
+ * logits: (SPEC_MAX_DRAFT + 1, vocab) scratch. d: the drafter (for q and
+ * the pruned-head mapping under sampling); may be NULL under greedy.
+ */
+int spec_verify(const model *m, fwd_state *fs, kv_cache *kv, int32_t cur, const spec_block *b,
+                const spec_drafter *d, sampler *smp, float *logits, int32_t *accepted, int32_t *next,
+                char *err, size_t errlen);
+
+/* Self-speculative generation in one process; same contract as gen_plain. */
+int gen_selfspec(const model *m, fwd_state *fs, kv_cache *kv, const skip_set *ss, const spec_params *sp,
+                 const int32_t *prompt, int32_t n_prompt, const gen_params *gp, gen_emit_fn emit,
+                 void *ctx, gen_stats *st, spec_stats *ss_out, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,444 @@
+/*
+ * test_cuda.c - the CUDA backend (cuda_backend.h) against the CPU forward
+ * pass (model_forward) on tiny random Llama models (testutil_model.h).
+ *
+ * Without a CUDA device (or in a build without nvcc) only the "graceful"
+ * test runs: device counting, parsing and every constructor must fail with
+ * a message, never crash. The GPU tests then print why and are skipped.
+ *
+ * Tolerances: the CPU quantizes activations to int8 for short blocks and the
+ * GPU runs fp16 weights/activations with fp32 accumulation, so logits are
+ * compared with |gpu - cpu| <= LOGIT_TOL * max(1, max|cpu|), and top-1 ids
+ * must agree wherever the CPU's top-2 margin exceeds twice that bound.
+ *
+ * ASan: CUDA's runtime needs the shadow gap unprotected and leaks driver
+ * state at exit, hence the default options below (this binary only).
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "cuda_backend.h"
+#include "generate.h"
+#include "model.h"
+#include "testutil_model.h"
+
+#define LOGIT_TOL 0.03f
+
+const char *__asan_default_options(void);
+const char *__asan_default_options(void)
+{
+    return "protect_shadow_gap=0:detect_leaks=0";
+}
+
+static int have_gpu(void)
+{
+    static int printed;
+    int n = cuda_device_count();
+    if (n == 0 && !printed) {
+        printed = 1;
+        printf("test_cuda: %s; GPU tests skipped\n",
+               cuda_available() ? "no CUDA device available" : "built without CUDA (no nvcc)");
+    }
+    return n > 0;
+}
+
+/* ---- helpers ---- */
+
+typedef struct {
+    char path[128];
+    model m;
+    fwd_state s;
+    cuda_model *cm;
+    cuda_state *cs;
+} fixture;
+
+static void fixture_open(fixture *f, const tmodel_spec *sp, int32_t max_tokens, int32_t ctx)
+{
+    char err[512];
+    memset(f, 0, sizeof *f);
+    assert_int_equal(tmodel_write_temp(sp, f->path, sizeof f->path), 0);
+    if (model_load(&f->m, f->path, NULL, err, sizeof err) != 0)
+        fail_msg("model_load: %s", err);
+    assert_int_equal(fwd_state_init(&f->s, &f->m.config, max_tokens, ctx), 0);
+    f->cm = cuda_model_load(&f->m, 0, err, sizeof err);
+    if (!f->cm)
+        fail_msg("cuda_model_load: %s", err);
+    f->cs = cuda_state_init(f->cm, max_tokens, ctx, err, sizeof err);
+    if (!f->cs)
+        fail_msg("cuda_state_init: %s", err);
+}
+
+static void fixture_close(fixture *f)
+{
+    cuda_state_free(f->cs);
+    cuda_model_free(f->cm);
+    fwd_state_free(&f->s);
+    model_free(&f->m);
+    unlink(f->path);
+}
+
+static int32_t argmax_row(const float *x, int32_t n)
+{
+    int32_t b = 0;
+    for (int32_t i = 1; i < n; i++)
+        if (x[i] > x[b])
+            b = i;
+    return b;
+}
+
+static float margin_row(const float *x, int32_t n)
+{
+    int32_t b = argmax_row(x, n);
+    float second = -INFINITY;
+    for (int32_t i = 0; i < n; i++)
+        if (i != b && x[i] > second)
+            second = x[i];
+    return x[b] - second;
+}
+
+/* Compare rows of logits; returns the max abs difference. */
+static float compare_logits(const float *cpu, const float *gpu, const int32_t *gpu_am, int32_t rows, int32_t V,
+                            const char *what)
+{
+    float maxd = 0.0f, maxabs = 1.0f;
+    for (size_t i = 0; i < (size_t)rows * V; i++) {
+        maxabs = fmaxf(maxabs, fabsf(cpu[i]));
+        assert_true(isfinite(gpu[i]));
+    }
+    float tol = LOGIT_TOL * maxabs;
+    for (int32_t r = 0; r < rows; r++) {
+        const float *c = cpu + (size_t)r * V, *g = gpu + (size_t)r * V;
+        for (int32_t i = 0; i < V; i++)
+            maxd = fmaxf(maxd, fabsf(c[i] - g[i]));
+        if (margin_row(c, V) > 2 * tol) {
+            if (argmax_row(g, V) != argmax_row(c, V))
+                fail_msg("%s: row %d top-1 differs (cpu %d, gpu %d)", what, r, argmax_row(c, V), argmax_row(g, V));
+            if (gpu_am && gpu_am[r] != argmax_row(c, V))
+                fail_msg("%s: row %d device argmax %d, cpu %d", what, r, gpu_am[r], argmax_row(c, V));
+        }
+    }
+    if (maxd > tol)
+        fail_msg("%s: max |logit diff| %g exceeds %g", what, maxd, tol);
+    return maxd;
+}
+
+static void make_tokens(int32_t *t, int32_t n, int32_t vocab, uint64_t seed)
+{
+    uint64_t st = seed;
+    for (int32_t i = 0; i < n; i++)
+        t[i] = (int32_t)(tmodel_rng(&st) % (uint64_t)vocab);
+}
+
+/* ---- tests ---- */
+
+static void test_graceful(void **state)
+{
+    (void)state;
+    char err[256] = "";
+    int dev = 7;
+    assert_int_equal(cuda_parse_device("cpu", &dev), 0);
+    assert_int_equal(dev, -1);
+    assert_int_equal(cuda_parse_device("cuda", &dev), 0);
+    assert_int_equal(dev, 0);
+    assert_int_equal(cuda_parse_device("cuda:3", &dev), 0);
+    assert_int_equal(dev, 3);
+    assert_int_equal(cuda_parse_device("cuda:", &dev), -1);
+    assert_int_equal(cuda_parse_device("cuda:x", &dev), -1);
+    assert_int_equal(cuda_parse_device("gpu", &dev), -1);
+    int n = cuda_device_count();
+    assert_true(n >= 0);
+    if (!cuda_available())
+        assert_int_equal(n, 0);
+    if (n > 0)
+        return;
+    model_config c = {.dim = 64, .hidden_dim = 128, .n_layers = 2, .n_heads = 4, .n_kv_heads = 2,
+                      .head_dim = 16, .kv_dim = 32, .vocab_size = 256, .rope_base = 10000.0f, .norm_eps = 1e-5f};
+    assert_null(cuda_synthetic_model(&c, 0, 1, 0, err, sizeof err));
+    assert_true(strlen(err) > 0);
+    cuda_device_info info;
+    assert_int_equal(cuda_get_device_info(0, &info, err, sizeof err), -1);
+    assert_true(strlen(err) > 0);
+}
+
+/* Prefill-sized and short blocks, logits at every position. */
+static void check_forward(const tmodel_spec *sp, int32_t n)
+{
+    char err[512];
+    fixture f;
+    fixture_open(&f, sp, 64, 128);
+    int32_t V = f.m.config.vocab_size;
+    int32_t *toks = malloc((size_t)n * sizeof *toks);
+    make_tokens(toks, n, V, 42);
+    float *lc = malloc((size_t)n * V * sizeof(float)), *lg = malloc((size_t)n * V * sizeof(float));
+    int32_t *am = malloc((size_t)n * sizeof(int32_t));
+    kv_cache kv;
+    assert_int_equal(kv_init(&kv, &f.m.config, 128, err, sizeof err), 0);
+    cuda_kv *gkv = cuda_kv_init(f.cm, 128, err, sizeof err);
+    assert_non_null(gkv);
+    fwd_seq sq = {.tokens = toks, .n_tokens = n, .pos = 0, .kv = &kv, .logits_from = 0};
+    assert_int_equal(model_forward(&f.m, &f.s, &sq, 1, NULL, NULL, lc, err, sizeof err), 0);
+    cuda_seq gq = {toks, n, 0, gkv, NULL, 0, 0};
+    if (cuda_forward(f.cm, f.cs, &gq, 1, NULL, lg, am, err, sizeof err) != 0)
+        fail_msg("cuda_forward: %s", err);
+    float d = compare_logits(lc, lg, am, n, V, "block");
+    printf("  block of %d: max |logit diff| %.4g\n", n, d);
+
+    /* the KV written matches the CPU's (half precision both) */
+    kv_cache back;
+    assert_int_equal(kv_init(&back, &f.m.config, 128, err, sizeof err), 0);
+    if (cuda_kv_download(gkv, &back, n, err, sizeof err) != 0)
+        fail_msg("cuda_kv_download: %s", err);
+    float kd = 0.0f, kmax = 1.0f;
+    for (int32_t l = 0; l < f.m.config.n_layers; l++)
+        for (size_t i = 0; i < (size_t)n * f.m.config.kv_dim; i++) {
+            size_t o = (size_t)l * 128 * f.m.config.kv_dim + i;
+            float a = gguf_f16_to_f32(kv.k[o]), b = gguf_f16_to_f32(back.k[o]);
+            kd = fmaxf(kd, fabsf(a - b));
+            kmax = fmaxf(kmax, fabsf(a));
+        }
+    if (kd > LOGIT_TOL * kmax)
+        fail_msg("KV differs by %g (scale %g)", kd, kmax);
+    kv_free(&back);
+
+    /* incremental T = 1 continuation of 4 tokens */
+    kv.len = n;
+    cuda_kv_set_len(gkv, n);
+    for (int32_t j = 0; j < 4; j++) {
+        int32_t t = (toks[j] * 7 + 3) % V;
+        fwd_seq s1 = {.tokens = &t, .n_tokens = 1, .pos = n + j, .kv = &kv, .logits_from = 0};
+        assert_int_equal(model_forward(&f.m, &f.s, &s1, 1, NULL, NULL, lc, err, sizeof err), 0);
+        cuda_seq g1 = {&t, 1, n + j, gkv, NULL, 0, 0};
+        if (cuda_forward(f.cm, f.cs, &g1, 1, NULL, lg, am, err, sizeof err) != 0)
+            fail_msg("cuda_forward T=1: %s", err);
+        compare_logits(lc, lg, am, 1, V, "step");
+    }
+    cuda_kv_free(gkv);
+    kv_free(&kv);
+    free(lc);
+    free(lg);
+    free(am);
+    free(toks);
+    fixture_close(&f);
+}
+
+static void test_forward_q8(void **state)
+{
+    (void)state;
+    if (!have_gpu())
+        skip();
+    tmodel_spec sp = tmodel_default(GGUF_TT_Q8_0);
+    check_forward(&sp, 40);      /* >= 32: the CPU's BLAS path */
+    check_forward(&sp, 5);       /* the CPU's integer kernel */
+}
+
+static void test_forward_tied_padded_mha(void **state)
+{
+    (void)state;
+    if (!have_gpu())
+        skip();
+    tmodel_spec sp = tmodel_default(GGUF_TT_Q4_1);
+    sp.vocab = 250;               /* padded to 256 rows on both backends */
+    sp.tied = 1;
+    sp.n_kv_heads = sp.n_heads;   /* plain multi-head attention */
+    check_forward(&sp, 17);
+}
+
+/* Masked draft steps with a scratch cache, several sequences in one batch. */
+static void test_mask_scratch_batch(void **state)
+{
+    (void)state;
+    if (!have_gpu())
+        skip();
+    char err[512];
+    tmodel_spec sp = tmodel_default(GGUF_TT_Q8_0);
+    sp.n_layers = 3;
+    fixture f;
+    fixture_open(&f, &sp, 64, 128);
+    const model_config *c = &f.m.config;
+    int32_t V = c->vocab_size, n = 12;
+    int32_t toks[2][12];
+    make_tokens(toks[0], n, V, 1);
+    make_tokens(toks[1], n, V, 2);
+    kv_cache kv[2], scr[2];
+    cuda_kv *gkv[2], *gscr[2];
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(kv_init(&kv[i], c, 64, err, sizeof err), 0);
+        assert_int_equal(kv_init(&scr[i], c, 8, err, sizeof err), 0);
+        gkv[i] = cuda_kv_init(f.cm, 64, err, sizeof err);
+        gscr[i] = cuda_kv_init(f.cm, 8, err, sizeof err);
+        assert_non_null(gkv[i]);
+        assert_non_null(gscr[i]);
+    }
+    float *lc = malloc((size_t)4 * V * sizeof(float)), *lg = malloc((size_t)4 * V * sizeof(float));
+    int32_t am[4];
+    /* full-model prefill of both sequences in one batch, logits of the last 2 */
+    fwd_seq cs[2];
+    cuda_seq gs[2];
+    for (int i = 0; i < 2; i++) {
+        cs[i] = (fwd_seq){.tokens = toks[i], .n_tokens = n, .pos = 0, .kv = &kv[i], .logits_from = n - 2};
+        gs[i] = (cuda_seq){toks[i], n, 0, gkv[i], NULL, 0, n - 2};
+    }
+    assert_int_equal(model_forward(&f.m, &f.s, cs, 2, NULL, NULL, lc, err, sizeof err), 0);
+    if (cuda_forward(f.cm, f.cs, gs, 2, NULL, lg, am, err, sizeof err) != 0)
+        fail_msg("cuda_forward batch: %s", err);
+    compare_logits(lc, lg, am, 4, V, "batch of 2");
+    /* draft: skip attention of layer 1 and the MLP of layer 2 */
+    uint8_t attn[3] = {1, 0, 1}, mlp[3] = {1, 1, 0};
+    layer_mask mask = {attn, mlp};
+    int32_t d[2] = {toks[0][0], toks[1][1]};
+    for (int j = 0; j < 3; j++) {
+        for (int i = 0; i < 2; i++) {
+            cs[i] = (fwd_seq){.tokens = &d[i], .n_tokens = 1, .pos = n + j, .kv = &kv[i], .scratch = &scr[i],
+                              .scratch_base = n, .logits_from = 0};
+            gs[i] = (cuda_seq){&d[i], 1, n + j, gkv[i], gscr[i], n, 0};
+        }
+        assert_int_equal(model_forward(&f.m, &f.s, cs, 2, &mask, NULL, lc, err, sizeof err), 0);
+        if (cuda_forward(f.cm, f.cs, gs, 2, &mask, lg, am, err, sizeof err) != 0)
+            fail_msg("cuda_forward draft: %s", err);
+        compare_logits(lc, lg, am, 2, V, "draft step");
+        d[0] = argmax_row(lc, V);
+        d[1] = argmax_row(lc + V, V);
+    }
+    /* errors: past the cache, bad token */
+    int32_t bad = V;
+    cuda_seq e1 = {&bad, 1, 0, gkv[0], NULL, 0, 0};
+    assert_int_equal(cuda_forward(f.cm, f.cs, &e1, 1, NULL, NULL, NULL, err, sizeof err), -1);
+    int32_t ok = 1;
+    cuda_seq e2 = {&ok, 1, 64, gkv[0], NULL, 0, 0};
+    assert_int_equal(cuda_forward(f.cm, f.cs, &e2, 1, NULL, NULL, NULL, err, sizeof err), -1);
+    for (int i = 0; i < 2; i++) {
+        cuda_kv_free(gkv[i]);
+        cuda_kv_free(gscr[i]);
+        kv_free(&kv[i]);
+        kv_free(&scr[i]);
+    }
+    free(lc);
+    free(lg);
+    fixture_close(&f);
+}
+
+typedef struct {
+    int32_t ids[256];
+    int n;
+} collect;
+
+static int collect_emit(void *ctx, int32_t t)
+{
+    collect *c = ctx;
+    if (c->n < 256)
+        c->ids[c->n++] = t;
+    return 0;
+}
+
+/* Greedy decoding: graph replay = direct launches = self-spec on the
+ * device; and the CPU's greedy tokens wherever its margins are clear. */
+static void test_generate(void **state)
+{
+    (void)state;
+    if (!have_gpu())
+        skip();
+    char err[512];
+    tmodel_spec sp = tmodel_default(GGUF_TT_Q8_0);
+    sp.n_layers = 4;
+    fixture f;
+    fixture_open(&f, &sp, 64, 128);
+    int32_t prompt[9];
+    make_tokens(prompt, 9, f.m.config.vocab_size, 5);
+    cuda_kv *kv = cuda_kv_init(f.cm, 128, err, sizeof err), *scr = cuda_kv_init(f.cm, 8, err, sizeof err);
+    assert_non_null(kv);
+    assert_non_null(scr);
+    collect a = {0}, b = {0}, c = {0};
+    cuda_gen_stats st;
+    if (cuda_generate_plain(f.cm, f.cs, kv, prompt, 9, 40, 1, NULL, NULL, collect_emit, &a, &st, err, sizeof err))
+        fail_msg("plain (graph): %s", err);
+    assert_int_equal(a.n, 40);
+    assert_int_equal(cuda_kv_len(kv), 9 + 39);
+    if (cuda_generate_plain(f.cm, f.cs, kv, prompt, 9, 40, 0, NULL, NULL, collect_emit, &b, &st, err, sizeof err))
+        fail_msg("plain (no graph): %s", err);
+    assert_memory_equal(a.ids, b.ids, 40 * sizeof(int32_t));
+    uint8_t attn[4] = {1, 0, 1, 1}, mlp[4] = {1, 1, 0, 1};
+    layer_mask mask = {attn, mlp};
+    for (int g = 0; g < 2; g++) {
+        memset(&c, 0, sizeof c);
+        if (cuda_generate_selfspec(f.cm, f.cs, kv, scr, &mask, 4, prompt, 9, 40, g, NULL, NULL, collect_emit, &c,
+                                   &st, err, sizeof err))
+            fail_msg("self-spec: %s", err);
+        assert_int_equal(c.n, 40);
+        assert_memory_equal(a.ids, c.ids, 40 * sizeof(int32_t));
+        printf("  self-spec (graph %d): %lld drafted, %lld accepted in %lld rounds\n", g, (long long)st.drafted,
+               (long long)st.accepted, (long long)st.rounds);
+    }
+    /* CPU greedy, compared while the CPU's top-2 margin is clear */
+    kv_cache ckv;
+    assert_int_equal(kv_init(&ckv, &f.m.config, 128, err, sizeof err), 0);
+    float *lg = malloc((size_t)f.m.config.vocab_size * sizeof(float));
+    assert_int_equal(gen_prefill(&f.m, &f.s, &ckv, prompt, 9, lg, err, sizeof err), 0);
+    for (int i = 0; i < 40; i++) {
+        int32_t t = argmax_row(lg, f.m.config.vocab_size);
+        if (margin_row(lg, f.m.config.vocab_size) < 0.1f) {
+            printf("  CPU/GPU greedy compared for %d tokens (near tie next)\n", i);
+            break;
+        }
+        assert_int_equal(t, a.ids[i]);
+        fwd_seq s1 = {.tokens = &t, .n_tokens = 1, .pos = ckv.len, .kv = &ckv, .logits_from = 0};
+        assert_int_equal(model_forward(&f.m, &f.s, &s1, 1, NULL, NULL, lg, err, sizeof err), 0);
+        ckv.len++;
+    }
+    free(lg);
+    kv_free(&ckv);
+    cuda_kv_free(kv);
+    cuda_kv_free(scr);
+    fixture_close(&f);
+}
+
+static void test_synthetic_timing(void **state)
+{
+    (void)state;
+    if (!have_gpu())
+        skip();
+    char err[512];
+    model_config c = {.dim = 256, .hidden_dim = 512, .n_layers = 4, .n_heads = 4, .n_kv_heads = 2,
+                      .head_dim = 64, .kv_dim = 128, .vocab_size = 1000, .rope_base = 10000.0f, .norm_eps = 1e-5f};
+    cuda_model *cm = cuda_synthetic_model(&c, 0, 3, 0, err, sizeof err);
+    if (!cm)
+        fail_msg("synthetic: %s", err);
+    assert_true(cuda_model_weight_bytes(cm) % (2u << 20) == 0);
+    cuda_state *s = cuda_state_init(cm, 8, 256, err, sizeof err);
+    cuda_kv *kv = cuda_kv_init(cm, 256, err, sizeof err), *scr = cuda_kv_init(cm, 8, err, sizeof err);
+    assert_non_null(s);
+    assert_non_null(kv);
+    assert_non_null(scr);
+    double ms = 0;
+    if (cuda_time_step(cm, s, kv, NULL, NULL, 1, 100, 10, &ms, err, sizeof err) != 0)
+        fail_msg("time full: %s", err);
+    assert_true(ms > 0);
+    uint8_t attn[4] = {1, 0, 0, 1}, mlp[4] = {1, 1, 0, 1};
+    layer_mask mask = {attn, mlp};
+    if (cuda_time_step(cm, s, kv, scr, &mask, 1, 100, 10, &ms, err, sizeof err) != 0)
+        fail_msg("time draft: %s", err);
+    cuda_kv_free(scr);
+    cuda_kv_free(kv);
+    cuda_state_free(s);
+    cuda_model_free(cm);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_graceful),
+        cmocka_unit_test(test_forward_q8),
+        cmocka_unit_test(test_forward_tied_padded_mha),
+        cmocka_unit_test(test_mask_scratch_batch),
+        cmocka_unit_test(test_generate),
+        cmocka_unit_test(test_synthetic_timing),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,871 @@
+/*
+ * test_model.c - unit tests for common/model.c (and the qmat kernels under
+ * it), on tiny random Llama models written by testutil_model.
+ *
+ *  - every supported tensor type loads, and the engine's logits match a
+ *    naive double-precision reference (testutil_model.c) within a tolerance
+ *    relative to the logits' scale;
+ *  - bit-exactness: a block of T tokens gives the same bytes as T single-token
+ *    calls, alone or batched with another sequence (self-speculative decoding
+ *    relies on this);
+ *  - sublayer masks, the draft scratch cache, kv_truncate;
+ *  - argument errors and hostile model files fail with a message;
+ *  - the shared-memory arena (model_load with a name, model_attach).
+ * Run from the repository root.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "gguf.h"
+#include "model.h"
+#include "qmat.h"
+#include "testutil_gguf.h"
+#include "testutil_model.h"
+
+/*
+ * Tolerance against the reference, relative to the logits' scale:
+ *   max |engine - reference| <= REF_TOL * max |reference|
+ * over every position and vocabulary entry. The engine quantizes each
+ * activation vector to int8 per block of 32 for blocks of < 32 tokens
+ * (relative error ~0.5% per product; f16-rounded scales), stores F32/F16/
+ * BF16/Q6_K weights re-quantized to 8-bit affine blocks (~0.4% per
+ * product), and keeps the KV cache in f16. Measured on these 2-3 layer
+ * random models (printed by the tests): 1.0-3.5% through the int8 path,
+ * 0.8-1.7% through BLAS for the re-quantized types. REF_TOL = 6% leaves
+ * headroom; a real mistake (wrong RoPE pairing, a missing norm weight, a
+ * transposed or misplaced matrix) gives errors of the order of the logits.
+ *
+ * Types that map exactly onto the engine's format (Q8_0, Q4_0, Q4_1, Q4_K)
+ * through the float (BLAS, T >= 32) path only see f16 KV rounding and
+ * float summation order: measured <= 0.4%, bound REF_TOL_EXACT = 1%.
+ */
+#define REF_TOL 0.06f
+#define REF_TOL_EXACT 0.01f
+
+/* ---------------------------------------------------------------- helpers */
+
+typedef struct {
+    char path[128];
+    model m;
+    tref_model r;
+    fwd_state s;
+} tiny;
+
+static void tiny_open(tiny *t, const tmodel_spec *sp, int max_tokens, int ctx)
+{
+    char err[512] = "";
+    memset(t, 0, sizeof *t);
+    assert_int_equal(tmodel_write_temp(sp, t->path, sizeof t->path), 0);
+    int rc = model_load(&t->m, t->path, NULL, err, sizeof err);
+    if (rc != 0)
+        fail_msg("model_load(%s, type %s): %s", t->path, gguf_type_name(sp->wtype), err);
+    rc = tref_load(&t->r, t->path, err, sizeof err);
+    if (rc != 0)
+        fail_msg("tref_load: %s", err);
+    assert_int_equal(fwd_state_init(&t->s, &t->m.config, max_tokens, ctx), 0);
+}
+
+static void tiny_close(tiny *t)
+{
+    fwd_state_free(&t->s);
+    tref_free(&t->r);
+    model_free(&t->m);
+    unlink(t->path);
+}
+
+static void kv_open(kv_cache *kv, const model *m, int cap)
+{
+    char err[256] = "";
+    if (kv_init(kv, &m->config, cap, err, sizeof err) != 0)
+        fail_msg("kv_init: %s", err);
+}
+
+/* One sequence block; logits for every token. Advances nothing. */
+static void fwd1(tiny *t, kv_cache *kv, const int32_t *toks, int n, int pos, const layer_mask *mask,
+                 float *logits)
+{
+    char err[256] = "";
+    fwd_seq sq = {.tokens = toks, .n_tokens = n, .pos = pos, .kv = kv, .logits_from = 0};
+    int rc = model_forward(&t->m, &t->s, &sq, 1, mask, NULL, logits, err, sizeof err);
+    if (rc != 0)
+        fail_msg("model_forward(n=%d pos=%d): %s", n, pos, err);
+}
+
+/* Run toks as one block at kv->len and advance kv->len. */
+static void feed(tiny *t, kv_cache *kv, const int32_t *toks, int n, float *logits)
+{
+    fwd1(t, kv, toks, n, kv->len, NULL, logits);
+    kv->len += n;
+}
+
+static void random_tokens(uint64_t *rng, int32_t *toks, int n, int vocab)
+{
+    for (int i = 0; i < n; i++)
+        toks[i] = (int32_t)(tmodel_rng(rng) % (uint64_t)vocab);
+}
+
+static float max_abs(const float *v, size_t n)
+{
+    float mx = 0.0f;
+    for (size_t i = 0; i < n; i++)
+        mx = fmaxf(mx, fabsf(v[i]));
+    return mx;
+}
+
+static float max_abs_diff(const float *a, const float *b, size_t n)
+{
+    float mx = 0.0f;
+    for (size_t i = 0; i < n; i++) {
+        float d = fabsf(a[i] - b[i]);
+        if (!(d <= mx))
+            mx = isnan(d) ? INFINITY : d;
+    }
+    return mx;
+}
+
+static size_t kv_bytes(const kv_cache *kv)
+{
+    return (size_t)kv->n_layers * kv->cap * kv->kv_dim * sizeof(kv_elem);
+}
+
+/* ------------------------------------------- types against the reference */
+
+static const uint32_t all_types[] = {
+    GGUF_TT_F32, GGUF_TT_F16, GGUF_TT_BF16, GGUF_TT_Q8_0,
+    GGUF_TT_Q4_0, GGUF_TT_Q4_1, GGUF_TT_Q4_K, GGUF_TT_Q6_K,
+};
+#define N_TYPES (sizeof all_types / sizeof all_types[0])
+
+/* Compare a prompt of n tokens (one block: the few-token kernel for n < 32,
+ * BLAS for n >= 32) against the reference. Returns err / scale. */
+static float compare_to_reference(tiny *t, int n, uint64_t seed, const uint8_t *am, const uint8_t *mm)
+{
+    int32_t V = t->m.config.vocab_size;
+    int32_t *toks = malloc((size_t)n * sizeof *toks);
+    float *got = malloc((size_t)n * V * sizeof(float)), *want = malloc((size_t)n * V * sizeof(float));
+    uint64_t rng = seed;
+    random_tokens(&rng, toks, n, V);
+    kv_cache kv;
+    kv_open(&kv, &t->m, n + 4);
+    layer_mask mask = {(uint8_t *)am, (uint8_t *)mm};
+    fwd1(t, &kv, toks, n, 0, am ? &mask : NULL, got);
+    tref_forward(&t->r, toks, n, am, mm, want);
+    float scale = max_abs(want, (size_t)n * V), e = max_abs_diff(got, want, (size_t)n * V);
+    assert_true(scale > 1.0f);   /* the test means something */
+    kv_free(&kv);
+    free(toks);
+    free(got);
+    free(want);
+    return e / scale;
+}
+
+static void test_types_vs_reference(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < N_TYPES; i++) {
+        for (int tied = 0; tied <= 1; tied++) {
+            tmodel_spec sp = tmodel_default(all_types[i]);
+            sp.tied = tied;
+            sp.seed = 1000 + i * 2 + (uint64_t)tied;
+            tiny t;
+            tiny_open(&t, &sp, 48, 64);
+            assert_int_equal(t.m.config.dim, sp.dim);
+            assert_int_equal(t.m.config.hidden_dim, sp.hidden);
+            assert_int_equal(t.m.config.n_layers, sp.n_layers);
+            assert_int_equal(t.m.config.n_heads, sp.n_heads);
+            assert_int_equal(t.m.config.n_kv_heads, sp.n_kv_heads);
+            assert_int_equal(t.m.config.head_dim, sp.dim / sp.n_heads);
+            assert_int_equal(t.m.config.vocab_size, sp.vocab);
+            float e_small = compare_to_reference(&t, 12, 77 + i, NULL, NULL);
+            float e_blas = compare_to_reference(&t, 40, 99 + i, NULL, NULL);
+            printf("  %-5s %s: max |err| / max |logit| = %.4f (T=12), %.4f (T=40, BLAS)\n",
+                   gguf_type_name(all_types[i]), tied ? "tied    " : "separate", e_small, e_blas);
+            if (!(e_small <= REF_TOL) || !(e_blas <= REF_TOL))
+                fail_msg("type %s (tied=%d): relative error %.4f / %.4f above %.3f",
+                         gguf_type_name(all_types[i]), tied, e_small, e_blas, REF_TOL);
+            int exact = all_types[i] == GGUF_TT_Q8_0 || all_types[i] == GGUF_TT_Q4_0 ||
+                        all_types[i] == GGUF_TT_Q4_1 || all_types[i] == GGUF_TT_Q4_K;
+            if (exact && !(e_blas <= REF_TOL_EXACT))
+                fail_msg("type %s (tied=%d): float-path error %.4f above %.3f for an exactly mapped type",
+                         gguf_type_name(all_types[i]), tied, e_blas, REF_TOL_EXACT);
+            tiny_close(&t);
+        }
+    }
+}
+
+/* A vocabulary that is not a multiple of 16 (padded head rows) and a
+ * different head layout (MHA: n_kv_heads = n_heads). */
+static void test_padded_vocab_and_mha(void **state)
+{
+    (void)state;
+    tmodel_spec sp = tmodel_default(GGUF_TT_Q8_0);
+    sp.vocab = 250;
+    sp.n_kv_heads = 4;
+    tiny t;
+    tiny_open(&t, &sp, 48, 64);
+    assert_int_equal(t.m.config.vocab_size, 250);
+    float e1 = compare_to_reference(&t, 9, 5, NULL, NULL);
+    float e2 = compare_to_reference(&t, 33, 6, NULL, NULL);
+    printf("  vocab 250, MHA: %.4f (T=9), %.4f (T=33)\n", e1, e2);
+    assert_true(e1 <= REF_TOL);
+    assert_true(e2 <= REF_TOL);
+    tiny_close(&t);
+}
+
+/* ------------------------------------------------------- bit-exactness */
+
+static void check_block_vs_steps(tiny *t, int prefix, int T, uint64_t seed)
+{
+    int32_t V = t->m.config.vocab_size;
+    int32_t toks[64], other[64];
+    uint64_t rng = seed;
+    random_tokens(&rng, toks, prefix + T, V);
+    random_tokens(&rng, other, 64, V);
+    float *lp = malloc((size_t)64 * V * sizeof(float));
+    float *block = malloc((size_t)T * V * sizeof(float));
+    float *steps = malloc((size_t)T * V * sizeof(float));
+    float *batched = malloc((size_t)64 * V * sizeof(float));
+    float *other_steps = malloc((size_t)64 * V * sizeof(float));
+    kv_cache a, b, c, d, e;
+    int cap = prefix + T + 8;
+    kv_open(&a, &t->m, cap);
+    kv_open(&b, &t->m, cap);
+    kv_open(&c, &t->m, cap);
+    kv_open(&d, &t->m, cap);
+    kv_open(&e, &t->m, cap);
+    /* the same prefix in every cache, each as one block */
+    feed(t, &a, toks, prefix, lp);
+    feed(t, &b, toks, prefix, lp);
+    feed(t, &c, toks, prefix, lp);
+    /* a: the block at once */
+    fwd1(t, &a, toks + prefix, T, prefix, NULL, block);
+    /* b: one token at a time */
+    for (int j = 0; j < T; j++)
+        fwd1(t, &b, toks + prefix + j, 1, prefix + j, NULL, steps + (size_t)j * V);
+    if (memcmp(block, steps, (size_t)T * V * sizeof(float)) != 0)
+        fail_msg("prefix %d, T=%d: block logits differ from single steps (max diff %g)", prefix, T,
+                 max_abs_diff(block, steps, (size_t)T * V));
+    /* the KV entries written are the same bytes too */
+    assert_memory_equal(a.k, b.k, kv_bytes(&a));
+    assert_memory_equal(a.v, b.v, kv_bytes(&a));
+
+    /* c: the block batched with another sequence (its own cache d, at its
+     * own positions, with a short prefix of 2 tokens, logits for all) */
+    int n_other = 3 + (T % 4);
+    if (T + n_other >= QMAT_BLAS_MIN_T)
+        n_other = QMAT_BLAS_MIN_T - 1 - T;
+    feed(t, &d, other, 2, lp);
+    feed(t, &e, other, 2, lp);
+    for (int j = 0; j < n_other; j++)
+        fwd1(t, &e, other + 2 + j, 1, 2 + j, NULL, other_steps + (size_t)j * V);
+    for (int order = 0; order < 2; order++) {
+        char err[256] = "";
+        fwd_seq sq[2];
+        fwd_seq blk = {.tokens = toks + prefix, .n_tokens = T, .pos = prefix, .kv = &c, .logits_from = 0};
+        fwd_seq oth = {.tokens = other + 2, .n_tokens = n_other, .pos = 2, .kv = &d, .logits_from = 0};
+        sq[order] = blk;
+        sq[1 - order] = oth;
+        int rc = model_forward(&t->m, &t->s, sq, 2, NULL, NULL, batched, err, sizeof err);
+        if (rc != 0)
+            fail_msg("batched forward: %s", err);
+        const float *mine = batched + (order == 0 ? 0 : (size_t)n_other * V);
+        const float *theirs = batched + (order == 0 ? (size_t)T * V : 0);
+        if (memcmp(mine, steps, (size_t)T * V * sizeof(float)) != 0)
+            fail_msg("prefix %d, T=%d, order %d: batched block logits differ from single steps (max diff %g)",
+                     prefix, T, order, max_abs_diff(mine, steps, (size_t)T * V));
+        if (memcmp(theirs, other_steps, (size_t)n_other * V * sizeof(float)) != 0)
+            fail_msg("T=%d: the other sequence's batched logits differ from its single steps", T);
+    }
+    assert_memory_equal(c.k, b.k, kv_bytes(&b));
+    assert_memory_equal(c.v, b.v, kv_bytes(&b));
+    assert_memory_equal(d.k, e.k, kv_bytes(&d));
+
+    /* logits_from: only the last rows, same bytes */
+    {
+        char err[256] = "";
+        fwd_seq sq = {.tokens = toks + prefix, .n_tokens = T, .pos = prefix, .kv = &c,
+                      .logits_from = T - 1};
+        assert_int_equal(model_forward(&t->m, &t->s, &sq, 1, NULL, NULL, lp, err, sizeof err), 0);
+        assert_memory_equal(lp, steps + (size_t)(T - 1) * V, (size_t)V * sizeof(float));
+    }
+    kv_free(&a);
+    kv_free(&b);
+    kv_free(&c);
+    kv_free(&d);
+    kv_free(&e);
+    free(lp);
+    free(block);
+    free(steps);
+    free(batched);
+    free(other_steps);
+}
+
+static void test_block_bit_exact(void **state)
+{
+    (void)state;
+    const uint32_t types[] = {GGUF_TT_Q4_1, GGUF_TT_F16, GGUF_TT_Q6_K};
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
+        tmodel_spec sp = tmodel_default(types[i]);
+        sp.seed = 500 + i;
+        tiny t;
+        tiny_open(&t, &sp, 31, 96);
+        for (int T = 1; T <= 13; T++)
+            check_block_vs_steps(&t, 1 + (T * 7) % 17, T, 31 * T + i);
+        tiny_close(&t);
+    }
+    /* padded vocabulary: the head goes row by row */
+    tmodel_spec sp = tmodel_default(GGUF_TT_Q8_0);
+    sp.vocab = 250;
+    tiny t;
+    tiny_open(&t, &sp, 31, 96);
+    for (int T = 1; T <= 13; T += 4)
+        check_block_vs_steps(&t, 3, T, 7 * T);
+    tiny_close(&t);
+}
+
+/* ------------------------------------------------------------ skip mask */
+
+static void test_mask(void **state)
+{
+    (void)state;
+    tmodel_spec sp = tmodel_default(GGUF_TT_Q4_0);
+    sp.n_layers = 3;
+    tiny t;
+    tiny_open(&t, &sp, 16, 64);
+    int32_t V = t.m.config.vocab_size, L = t.m.config.n_layers, D = t.m.config.dim;
+    int32_t toks[10];
+    uint64_t rng = 4242;
+    random_tokens(&rng, toks, 10, V);
+    float *a = malloc((size_t)10 * V * sizeof(float)), *b = malloc((size_t)10 * V * sizeof(float));
+    float *ref = malloc((size_t)10 * V * sizeof(float));
+    uint8_t ones[8], zeros[8];
+    memset(ones, 1, sizeof ones);
+    memset(zeros, 0, sizeof zeros);
+    kv_cache kv1, kv2;
+    kv_open(&kv1, &t.m, 16);
+    kv_open(&kv2, &t.m, 16);
+
+    /* 1. all-ones mask == NULL, bit for bit (logits and KV) */
+    layer_mask all = {ones, ones};
+    fwd1(&t, &kv1, toks, 10, 0, NULL, a);
+    fwd1(&t, &kv2, toks, 10, 0, &all, b);
+    assert_memory_equal(a, b, (size_t)10 * V * sizeof(float));
+    assert_memory_equal(kv1.k, kv2.k, kv_bytes(&kv1));
+    assert_memory_equal(kv1.v, kv2.v, kv_bytes(&kv1));
+
+    /* 2. everything skipped: logits = head(norm(embedding)), at any position */
+    layer_mask none = {zeros, zeros};
+    memset(kv2.k, 0x5A, kv_bytes(&kv2));
+    memset(kv2.v, 0x5A, kv_bytes(&kv2));
+    fwd1(&t, &kv2, toks, 10, 0, &none, b);
+    for (size_t i = 0; i < kv_bytes(&kv2); i++)
+        assert_true(((uint8_t *)kv2.k)[i] == 0x5A && ((uint8_t *)kv2.v)[i] == 0x5A);
+    {
+        float *x = malloc((size_t)D * sizeof(float)), *xn = malloc((size_t)D * sizeof(float));
+        float *row = malloc((size_t)(t.m.w.output.rows) * sizeof(float));
+        void *scr = NULL;
+        assert_int_equal(posix_memalign(&scr, 64, qmat_scratch_bytes(D, 1) + 64), 0);
+        for (int j = 0; j < 10; j++) {
+            /* engine-side recomputation: dequantized embedding row, RMSNorm,
+             * the head through qmat_matmul */
+            qmat_dequant_row(&t.m.w.tok_embd, toks[j], x);
+            float ss = 0.0f;
+            for (int32_t i = 0; i < D; i++)
+                ss += x[i] * x[i];
+            float inv = 1.0f / sqrtf(ss / D + t.m.config.norm_eps);
+            for (int32_t i = 0; i < D; i++)
+                xn[i] = x[i] * inv * t.m.w.out_norm[i];
+            qmat_matmul(&t.m.w.output, xn, D, 1, row, t.m.w.output.rows, scr);
+            float sc = max_abs(row, (size_t)V);
+            float e = max_abs_diff(row, b + (size_t)j * V, (size_t)V);
+            if (!(e <= 1e-3f * sc))
+                fail_msg("all-skipped logits of token %d differ from head(norm(emb)) by %g", j, e);
+            /* and the float reference of the same thing */
+            tref_head_of_embedding(&t.r, toks[j], ref);
+            e = max_abs_diff(ref, b + (size_t)j * V, (size_t)V);
+            if (!(e <= REF_TOL * max_abs(ref, (size_t)V)))
+                fail_msg("all-skipped logits of token %d differ from the reference by %g", j, e);
+        }
+        /* position-independent: the same token at position 7 gives the same bytes */
+        fwd1(&t, &kv2, toks, 1, 7, &none, a);
+        assert_memory_equal(a, b, (size_t)V * sizeof(float));
+        free(scr);
+        free(x);
+        free(xn);
+        free(row);
+    }
+
+    /* 3. skipped attention writes no KV for that layer; computed ones do */
+    uint8_t am[3] = {1, 0, 1}, mm[3] = {0, 1, 1};
+    layer_mask some = {am, mm};
+    memset(kv2.k, 0x5A, kv_bytes(&kv2));
+    memset(kv2.v, 0x5A, kv_bytes(&kv2));
+    fwd1(&t, &kv2, toks, 10, 0, &some, b);
+    size_t layer_elems = (size_t)kv2.cap * kv2.kv_dim;
+    for (int32_t l = 0; l < L; l++) {
+        const uint8_t *k = (const uint8_t *)(kv2.k + l * layer_elems);
+        const uint8_t *v = (const uint8_t *)(kv2.v + l * layer_elems);
+        size_t written = (size_t)10 * kv2.kv_dim * sizeof(kv_elem);
+        size_t untouched = 0, total = layer_elems * sizeof(kv_elem);
+        for (size_t i = 0; i < total; i++)
+            untouched += (k[i] == 0x5A) + (v[i] == 0x5A);
+        if (!am[l]) {
+            assert_true(untouched == 2 * total);
+        } else {
+            /* rows 0..9 written (almost no byte can stay 0x5A), the rest untouched */
+            for (size_t i = written; i < total; i++)
+                assert_true(k[i] == 0x5A && v[i] == 0x5A);
+            assert_true(untouched - 2 * (total - written) < written / 8);
+        }
+    }
+    /* 4. the reference with the same mask agrees */
+    float e = compare_to_reference(&t, 10, 4242, am, mm);
+    printf("  mask {attn 1,0,1; mlp 0,1,1}: relative error %.4f\n", e);
+    assert_true(e <= REF_TOL);
+    uint8_t am2[3] = {0, 0, 1}, mm2[3] = {1, 0, 0};
+    e = compare_to_reference(&t, 7, 17, am2, mm2);
+    assert_true(e <= REF_TOL);
+    /* and the masked model really is a different function */
+    tref_forward(&t.r, toks, 10, NULL, NULL, ref);
+    assert_true(max_abs_diff(ref, b, (size_t)10 * V) > 0.1f * max_abs(ref, (size_t)10 * V));
+
+    kv_free(&kv1);
+    kv_free(&kv2);
+    free(a);
+    free(b);
+    free(ref);
+    tiny_close(&t);
+}
+
+/* ------------------------------------------------------- draft scratch */
+
+static void test_draft_scratch(void **state)
+{
+    (void)state;
+    tmodel_spec sp = tmodel_default(GGUF_TT_Q8_0);
+    tiny t;
+    tiny_open(&t, &sp, 16, 64);
+    int32_t V = t.m.config.vocab_size;
+    int32_t toks[20];
+    uint64_t rng = 99;
+    random_tokens(&rng, toks, 20, V);
+    float *lp = malloc((size_t)16 * V * sizeof(float)), *x = malloc((size_t)16 * V * sizeof(float));
+    float *y = malloc((size_t)16 * V * sizeof(float));
+    kv_cache kv, copy, scr;
+    kv_open(&kv, &t.m, 32);
+    kv_open(&copy, &t.m, 32);
+    kv_open(&scr, &t.m, 8);
+    feed(&t, &kv, toks, 9, lp);
+    feed(&t, &copy, toks, 9, lp);
+    size_t nb = kv_bytes(&kv);
+    uint8_t *snap_k = malloc(nb), *snap_v = malloc(nb);
+    memcpy(snap_k, kv.k, nb);
+    memcpy(snap_v, kv.v, nb);
+    char err[256] = "";
+
+    /* full model through the scratch: same bytes as writing kv itself */
+    fwd_seq sq = {.tokens = toks + 9, .n_tokens = 4, .pos = 9, .kv = &kv, .scratch = &scr,
+                  .scratch_base = kv.len, .logits_from = 0};
+    assert_int_equal(model_forward(&t.m, &t.s, &sq, 1, NULL, NULL, x, err, sizeof err), 0);
+    assert_memory_equal(kv.k, snap_k, nb);
+    assert_memory_equal(kv.v, snap_v, nb);
+    fwd1(&t, &copy, toks + 9, 4, 9, NULL, y);
+    assert_memory_equal(x, y, (size_t)4 * V * sizeof(float));
+    /* the scratch got what the copy's rows 9..12 got */
+    for (int32_t l = 0; l < t.m.config.n_layers; l++) {
+        size_t row = (size_t)kv.kv_dim;
+        assert_memory_equal(scr.k + (size_t)l * scr.cap * row, copy.k + ((size_t)l * copy.cap + 9) * row,
+                            4 * row * sizeof(kv_elem));
+        assert_memory_equal(scr.v + (size_t)l * scr.cap * row, copy.v + ((size_t)l * copy.cap + 9) * row,
+                            4 * row * sizeof(kv_elem));
+    }
+
+    /* drafting: T=1 steps with a mask, continuing in the scratch (positions
+     * 9, 10, 11 -> scratch rows 0, 1, 2; reads of 0..8 come from kv) */
+    uint8_t am[2] = {1, 0}, mm[2] = {0, 1};
+    layer_mask mask = {am, mm};
+    kv_cache copy2;
+    kv_open(&copy2, &t.m, 32);
+    feed(&t, &copy2, toks, 9, lp);
+    for (int j = 0; j < 3; j++) {
+        fwd_seq d = {.tokens = toks + 9 + j, .n_tokens = 1, .pos = 9 + j, .kv = &kv, .scratch = &scr,
+                     .scratch_base = 9, .logits_from = 0};
+        assert_int_equal(model_forward(&t.m, &t.s, &d, 1, &mask, NULL, x + (size_t)j * V, err, sizeof err), 0);
+        fwd1(&t, &copy2, toks + 9 + j, 1, 9 + j, &mask, y + (size_t)j * V);
+    }
+    assert_memory_equal(x, y, (size_t)3 * V * sizeof(float));
+    assert_memory_equal(kv.k, snap_k, nb);
+    assert_memory_equal(kv.v, snap_v, nb);
+
+    /* reads below scratch_base really come from kv: disturb kv row 3 of
+     * layer 0 and the drafted logits change (and kv stays as we left it) */
+    kv.k[3 * kv.kv_dim] ^= 0x4000;
+    kv.k[3 * kv.kv_dim + 1] ^= 0x4000;
+    memcpy(snap_k, kv.k, nb);
+    fwd_seq d = {.tokens = toks + 9, .n_tokens = 1, .pos = 9, .kv = &kv, .scratch = &scr,
+                 .scratch_base = 9, .logits_from = 0};
+    assert_int_equal(model_forward(&t.m, &t.s, &d, 1, &mask, NULL, lp, err, sizeof err), 0);
+    assert_true(memcmp(lp, y, (size_t)V * sizeof(float)) != 0);
+    assert_memory_equal(kv.k, snap_k, nb);
+    assert_memory_equal(kv.v, snap_v, nb);
+
+    kv_free(&kv);
+    kv_free(&copy);
+    kv_free(&copy2);
+    kv_free(&scr);
+    free(snap_k);
+    free(snap_v);
+    free(lp);
+    free(x);
+    free(y);
+    tiny_close(&t);
+}
+
+/* --------------------------------------------------------- kv_truncate */
+
+static void test_kv_truncate(void **state)
+{
+    (void)state;
+    tmodel_spec sp = tmodel_default(GGUF_TT_Q4_1);
+    tiny t;
+    tiny_open(&t, &sp, 16, 64);
+    int32_t V = t.m.config.vocab_size;
+    int32_t toks[12], alt[12];
+    uint64_t rng = 3;
+    random_tokens(&rng, toks, 12, V);
+    random_tokens(&rng, alt, 12, V);
+    float *first = malloc((size_t)6 * V * sizeof(float)), *again = malloc((size_t)6 * V * sizeof(float));
+    float *lp = malloc((size_t)16 * V * sizeof(float));
+    kv_cache kv;
+    kv_open(&kv, &t.m, 24);
+    feed(&t, &kv, toks, 6, lp);
+    feed(&t, &kv, toks + 6, 6, first);
+    assert_int_equal(kv.len, 12);
+    for (int round = 0; round < 3; round++) {
+        kv_truncate(&kv, 6);
+        assert_int_equal(kv.len, 6);
+        feed(&t, &kv, alt, 5, lp);          /* overwrite rows 6..10 */
+        kv_truncate(&kv, 6);
+        if (round == 2) {                   /* also in single steps */
+            for (int j = 0; j < 6; j++)
+                feed(&t, &kv, toks + 6 + j, 1, again + (size_t)j * V);
+        } else {
+            feed(&t, &kv, toks + 6, 6, again);
+        }
+        assert_memory_equal(first, again, (size_t)6 * V * sizeof(float));
+    }
+    kv_truncate(&kv, 0);
+    assert_int_equal(kv.len, 0);
+    kv_free(&kv);
+    free(first);
+    free(again);
+    free(lp);
+    tiny_close(&t);
+}
+
+/* -------------------------------------------------------------- errors */
+
+static void expect_forward_fail(tiny *t, fwd_seq *sq, int n, const char *needle)
+{
+    char err[256] = "";
+    float *lp = malloc((size_t)64 * t->m.config.vocab_size * sizeof(float));
+    int rc = model_forward(&t->m, &t->s, sq, n, NULL, NULL, lp, err, sizeof err);
+    free(lp);
+    if (rc != -1)
+        fail_msg("model_forward accepted a bad batch (expected '%s')", needle);
+    if (!strstr(err, needle))
+        fail_msg("error '%s' does not mention '%s'", err, needle);
+}
+
+static void test_forward_errors(void **state)
+{
+    (void)state;
+    tmodel_spec sp = tmodel_default(GGUF_TT_Q8_0);
+    tiny t;
+    tiny_open(&t, &sp, 8, 40);
+    kv_cache kv, kv2, scr;
+    kv_open(&kv, &t.m, 16);
+    kv_open(&kv2, &t.m, 64);
+    kv_open(&scr, &t.m, 4);
+    int32_t toks[16] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16};
+    /* past the cache: 14 + 3 > 16 */
+    fwd_seq a = {.tokens = toks, .n_tokens = 3, .pos = 14, .kv = &kv};
+    expect_forward_fail(&t, &a, 1, "context full");
+    /* the last position that fits is fine */
+    a.pos = 13;
+    {
+        char err[256] = "";
+        float *lp = malloc((size_t)8 * t.m.config.vocab_size * sizeof(float));
+        assert_int_equal(model_forward(&t.m, &t.s, &a, 1, NULL, NULL, lp, err, sizeof err), 0);
+        free(lp);
+    }
+    /* past the fwd_state's RoPE table (ctx 40) though the cache holds 64 */
+    fwd_seq r = {.tokens = toks, .n_tokens = 2, .pos = 39, .kv = &kv2};
+    expect_forward_fail(&t, &r, 1, "context full");
+    /* past the draft scratch: 10 + 5 > 10 + 4 */
+    fwd_seq s = {.tokens = toks, .n_tokens = 5, .pos = 10, .kv = &kv, .scratch = &scr, .scratch_base = 10};
+    expect_forward_fail(&t, &s, 1, "context full");
+    s.scratch_base = 17;   /* base past the cache */
+    s.pos = 17;
+    s.n_tokens = 1;
+    expect_forward_fail(&t, &s, 1, "scratch");
+    /* token ids */
+    int32_t bad[2] = {3, 256};
+    fwd_seq b = {.tokens = bad, .n_tokens = 2, .pos = 0, .kv = &kv};
+    expect_forward_fail(&t, &b, 1, "out of range");
+    bad[1] = -1;
+    expect_forward_fail(&t, &b, 1, "out of range");
+    /* batch bigger than max_tokens (8), alone and as two entries */
+    fwd_seq c = {.tokens = toks, .n_tokens = 9, .pos = 0, .kv = &kv};
+    expect_forward_fail(&t, &c, 1, "batch of more than 8");
+    fwd_seq two[2] = {{.tokens = toks, .n_tokens = 5, .pos = 0, .kv = &kv},
+                      {.tokens = toks, .n_tokens = 4, .pos = 0, .kv = &kv2}};
+    expect_forward_fail(&t, two, 2, "batch of more than 8");
+    /* empty block, negative position, bad logits_from */
+    fwd_seq e = {.tokens = toks, .n_tokens = 0, .pos = 0, .kv = &kv};
+    expect_forward_fail(&t, &e, 1, "bad block");
+    e.n_tokens = 1;
+    e.pos = -1;
+    expect_forward_fail(&t, &e, 1, "bad block");
+    e.pos = 0;
+    e.logits_from = 2;
+    expect_forward_fail(&t, &e, 1, "bad block");
+    /* kv_init */
+    char err[256] = "";
+    kv_cache z;
+    assert_int_equal(kv_init(&z, &t.m.config, 0, err, sizeof err), -1);
+    assert_true(strlen(err) > 0);
+    kv_free(&kv);
+    kv_free(&kv2);
+    kv_free(&scr);
+    tiny_close(&t);
+}
+
+/* ---------------------------------------------------- hostile model files */
+
+static void expect_load_fail(const tmodel_spec *sp, const char *needle, const char *needle2)
+{
+    char path[128], err[512] = "";
+    assert_int_equal(tmodel_write_temp(sp, path, sizeof path), 0);
+    model m;
+    int rc = model_load(&m, path, NULL, err, sizeof err);
+    unlink(path);
+    if (rc == 0) {
+        model_free(&m);
+        fail_msg("model_load accepted a bad file (expected an error naming '%s')", needle);
+    }
+    assert_int_equal(rc, -1);
+    if (!strstr(err, needle) || (needle2 && !strstr(err, needle2)))
+        fail_msg("error '%s' does not name '%s'%s%s", err, needle, needle2 ? " / " : "",
+                 needle2 ? needle2 : "");
+}
+
+static void test_hostile_models(void **state)
+{
+    (void)state;
+    tmodel_spec sp;
+    /* missing tensors */
+    const char *missing[] = {"token_embd.weight", "output_norm.weight", "blk.0.attn_q.weight",
+                             "blk.1.attn_norm.weight", "blk.1.ffn_down.weight", "blk.0.attn_v.weight"};
+    for (size_t i = 0; i < sizeof missing / sizeof *missing; i++) {
+        sp = tmodel_default(GGUF_TT_Q8_0);
+        sp.omit = missing[i];
+        expect_load_fail(&sp, missing[i], NULL);
+    }
+    /* wrong shapes */
+    const char *reshaped[] = {"blk.0.attn_k.weight", "blk.1.ffn_up.weight", "blk.0.ffn_norm.weight",
+                              "output.weight", "output_norm.weight"};
+    for (size_t i = 0; i < sizeof reshaped / sizeof *reshaped; i++) {
+        sp = tmodel_default(GGUF_TT_Q4_0);
+        sp.reshape = reshaped[i];
+        expect_load_fail(&sp, reshaped[i], "shape");
+    }
+    /* unsupported architecture */
+    sp = tmodel_default(GGUF_TT_Q8_0);
+    sp.arch = "gpt2";
+    expect_load_fail(&sp, "gpt2", "architecture");
+    sp = tmodel_default(GGUF_TT_Q8_0);
+    sp.omit_key = "general.architecture";
+    expect_load_fail(&sp, "general.architecture", NULL);
+    /* missing metadata */
+    sp = tmodel_default(GGUF_TT_Q8_0);
+    sp.omit_key = "llama.block_count";
+    expect_load_fail(&sp, "llama.block_count", NULL);
+    sp = tmodel_default(GGUF_TT_Q8_0);
+    sp.omit_key = "llama.attention.head_count";
+    expect_load_fail(&sp, "llama.attention.head_count", NULL);
+    /* zero / huge / non-dividing head counts */
+    sp = tmodel_default(GGUF_TT_Q8_0);
+    sp.meta_heads_set = 1;
+    sp.meta_heads = 0;
+    expect_load_fail(&sp, "head_count", NULL);
+    sp.meta_heads = 0xFFFFFFFFll;
+    expect_load_fail(&sp, "head_count", NULL);
+    sp.meta_heads = 1 << 24;
+    expect_load_fail(&sp, "head counts", NULL);
+    sp.meta_heads = 3;
+    expect_load_fail(&sp, "head counts", NULL);
+    sp = tmodel_default(GGUF_TT_Q8_0);
+    sp.meta_kv_heads_set = 1;
+    sp.meta_kv_heads = 0;
+    expect_load_fail(&sp, "head_count_kv", NULL);
+    sp.meta_kv_heads = 0x80000000ll;
+    expect_load_fail(&sp, "head_count_kv", NULL);
+    sp.meta_kv_heads = 3;
+    expect_load_fail(&sp, "head counts", NULL);
+    /* head_dim 8 (8 heads of a 64-wide model): unsupported */
+    sp = tmodel_default(GGUF_TT_Q8_0);
+    sp.meta_heads_set = 1;
+    sp.meta_heads = 8;
+    expect_load_fail(&sp, "head_dim", NULL);
+    /* zero layers */
+    sp = tmodel_default(GGUF_TT_Q8_0);
+    sp.meta_layers_set = 1;
+    sp.meta_layers = 0;
+    expect_load_fail(&sp, "block_count", NULL);
+    /* more layers claimed than present */
+    sp.meta_layers = 3;
+    expect_load_fail(&sp, "blk.2.", NULL);
+    /* non-finite norm weights */
+    const char *norms[] = {"blk.0.attn_norm.weight", "blk.1.ffn_norm.weight", "output_norm.weight"};
+    for (size_t i = 0; i < 3; i++) {
+        sp = tmodel_default(GGUF_TT_Q8_0);
+        sp.nonfinite = norms[i];
+        sp.nonfinite_value = i == 1 ? INFINITY : NAN;
+        expect_load_fail(&sp, norms[i], "non-finite");
+    }
+    /* not a file */
+    model m;
+    char err[256] = "";
+    assert_int_equal(model_load(&m, "/nonexistent/selfspec.gguf", NULL, err, sizeof err), -1);
+    assert_true(strlen(err) > 0);
+}
+
+/* ------------------------------------------------------- shared memory */
+
+static int shm_exists(const char *name)
+{
+    char p[128];
+    snprintf(p, sizeof p, "/dev/shm%s", name);
+    return access(p, F_OK) == 0;
+}
+
+/* Permissions of the mapping containing addr, from /proc/self/maps. */
+static int mapping_perms(const void *addr, char perms[5])
+{
+    FILE *f = fopen("/proc/self/maps", "r");
+    if (!f)
+        return -1;
+    char line[512];
+    int found = -1;
+    while (fgets(line, sizeof line, f)) {
+        unsigned long lo, hi;
+        char p[5];
+        if (sscanf(line, "%lx-%lx %4s", &lo, &hi, p) == 3 && (unsigned long)addr >= lo &&
+            (unsigned long)addr < hi) {
+            memcpy(perms, p, 5);
+            found = 0;
+            break;
+        }
+    }
+    fclose(f);
+    return found;
+}
+
+static void test_shared_memory(void **state)
+{
+    (void)state;
+    tmodel_spec sp = tmodel_default(GGUF_TT_Q4_1);
+    char path[128], err[512] = "", name[64];
+    assert_int_equal(tmodel_write_temp(&sp, path, sizeof path), 0);
+    snprintf(name, sizeof name, "/selfspec_test_%d", (int)getpid());
+    shm_unlink(name);
+    model m, m2;
+    if (model_load(&m, path, name, err, sizeof err) != 0)
+        fail_msg("model_load with shm: %s", err);
+    assert_true(shm_exists(name));
+    assert_string_equal(m.arena.shm_name, name);
+    /* a second creator with the same name fails cleanly */
+    model m3;
+    assert_int_equal(model_load(&m3, path, name, err, sizeof err), -1);
+    assert_true(strstr(err, name) != NULL);
+    assert_true(shm_exists(name));
+    if (model_attach(&m2, path, name, err, sizeof err) != 0)
+        fail_msg("model_attach: %s", err);
+    assert_int_equal(m2.arena.size, m.arena.size);
+    assert_true(m2.arena.base != m.arena.base);
+    assert_memory_equal(m2.arena.base, m.arena.base, m.arena.size);
+    char perms[5] = "";
+    assert_int_equal(mapping_perms(m2.arena.base, perms), 0);
+    assert_true(perms[0] == 'r' && perms[1] == '-' && perms[3] == 's');
+    /* pointers of the attached model point into its own mapping, at the
+     * same offsets */
+    assert_true((const uint8_t *)m2.w.layers[1].w_down.q - m2.arena.base ==
+                (const uint8_t *)m.w.layers[1].w_down.q - m.arena.base);
+    /* the attached model computes the same logits */
+    {
+        fwd_state s;
+        kv_cache k1, k2;
+        int32_t toks[5] = {1, 50, 100, 150, 200};
+        int32_t V = m.config.vocab_size;
+        float *a = malloc((size_t)5 * V * sizeof(float)), *b = malloc((size_t)5 * V * sizeof(float));
+        assert_int_equal(fwd_state_init(&s, &m.config, 8, 16), 0);
+        assert_int_equal(kv_init(&k1, &m.config, 8, err, sizeof err), 0);
+        assert_int_equal(kv_init(&k2, &m.config, 8, err, sizeof err), 0);
+        fwd_seq q1 = {.tokens = toks, .n_tokens = 5, .kv = &k1}, q2 = {.tokens = toks, .n_tokens = 5, .kv = &k2};
+        assert_int_equal(model_forward(&m, &s, &q1, 1, NULL, NULL, a, err, sizeof err), 0);
+        assert_int_equal(model_forward(&m2, &s, &q2, 1, NULL, NULL, b, err, sizeof err), 0);
+        assert_memory_equal(a, b, (size_t)5 * V * sizeof(float));
+        kv_free(&k1);
+        kv_free(&k2);
+        fwd_state_free(&s);
+        free(a);
+        free(b);
+    }
+    /* the attacher does not own the segment */
+    model_free(&m2);
+    assert_true(shm_exists(name));
+    model_free(&m);
+    assert_false(shm_exists(name));
+    /* attaching to nothing fails */
+    assert_int_equal(model_attach(&m2, path, name, err, sizeof err), -1);
+    assert_true(strlen(err) > 0);
+    assert_int_equal(model_attach(&m2, path, NULL, err, sizeof err), -1);
+    /* a bad name */
+    assert_int_equal(model_load(&m, path, "no_slash", err, sizeof err), -1);
+    assert_true(strstr(err, "no_slash") != NULL);
+    unlink(path);
+    /* a load that fails after creating the segment removes it */
+    sp.omit = "blk.1.ffn_up.weight";
+    assert_int_equal(tmodel_write_temp(&sp, path, sizeof path), 0);
+    assert_int_equal(model_load(&m, path, name, err, sizeof err), -1);
+    assert_true(strstr(err, "blk.1.ffn_up.weight") != NULL);
+    assert_false(shm_exists(name));
+    unlink(path);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_types_vs_reference),
+        cmocka_unit_test(test_padded_vocab_and_mha),
+        cmocka_unit_test(test_block_bit_exact),
+        cmocka_unit_test(test_mask),
+        cmocka_unit_test(test_draft_scratch),
+        cmocka_unit_test(test_kv_truncate),
+        cmocka_unit_test(test_forward_errors),
+        cmocka_unit_test(test_hostile_models),
+        cmocka_unit_test(test_shared_memory),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
