@@ -136,6 +136,9 @@ void model_free(model *m);
 /* Map an arena created by another process's model_load (read-only), given
  * the path of the same GGUF (for the config) and the shm name. */
 int model_attach(model *m, const char *path, const char *shm_name, char *err, size_t errlen);
+/* The same from an open descriptor of that object (inherited across exec),
+ * so the creator may unlink the name at once; shm_name is kept as a label. */
+int model_attach_fd(model *m, const char *path, const char *shm_name, int fd, char *err, size_t errlen);
 
 int kv_init(kv_cache *kv, const model_config *c, int32_t cap, char *err, size_t errlen);
 void kv_free(kv_cache *kv);

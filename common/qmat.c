@@ -14,8 +14,10 @@
 #include <string.h>
 #include <cblas.h>
 #include <omp.h>
-#if defined(__AVX512F__) && defined(__AVX512VNNI__)
+#if defined(__AVX512F__)
 #include <immintrin.h>
+#endif
+#if defined(__AVX512F__) && defined(__AVX512VNNI__)
 #define QMAT_VNNI 1
 #endif
 
@@ -151,6 +153,38 @@ typedef struct {
     float *sxs;    /* (T, nb) block scale times the sum of the block's xq */
 } act_q;
 
+/* One block of 32 activations: q = round(x * 127 / amax), as int8. */
+static inline void quantize_block(const float *x, int8_t *q, float *sx, float *sxs)
+{
+    float amax = 0.0f;
+#if defined(__AVX512F__)
+    __m512 lo = _mm512_loadu_ps(x), hi = _mm512_loadu_ps(x + 16);
+    amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(lo), _mm512_abs_ps(hi)));
+    float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    __m512 vi = _mm512_set1_ps(inv);
+    __m512i a = _mm512_cvtps_epi32(_mm512_roundscale_ps(_mm512_mul_ps(lo, vi), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    __m512i b = _mm512_cvtps_epi32(_mm512_roundscale_ps(_mm512_mul_ps(hi, vi), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    _mm_storeu_si128((__m128i *)q, _mm512_cvtepi32_epi8(a));
+    _mm_storeu_si128((__m128i *)(q + 16), _mm512_cvtepi32_epi8(b));
+    int32_t sum = _mm512_reduce_add_epi32(_mm512_add_epi32(a, b));
+#else
+    for (int i = 0; i < QMAT_BLOCK; i++) {
+        float v = fabsf(x[i]);
+        amax = v > amax ? v : amax;
+    }
+    float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    int32_t sum = 0;
+    for (int i = 0; i < QMAT_BLOCK; i++) {
+        q[i] = (int8_t)nearbyintf(x[i] * inv);   /* ties to even, as the vector path */
+        sum += q[i];
+    }
+#endif
+    /* scales rounded to half precision, as in llama.cpp's Q8_1 */
+    float s = amax / 127.0f;
+    *sx = f16_to_f32(f16_from_f32(s));
+    *sxs = f16_to_f32(f16_from_f32(s * (float)sum));
+}
+
 static act_q quantize_acts(const float *X, int ldx, int T, int32_t cols, void *scratch)
 {
     int32_t nb = cols / QMAT_BLOCK;
@@ -158,22 +192,9 @@ static act_q quantize_acts(const float *X, int ldx, int T, int32_t cols, void *s
     act_q a = {scratch, (float *)((char *)scratch + xq_bytes), NULL};
     a.sxs = a.sx + (size_t)T * nb;
     for (int t = 0; t < T; t++)
-        for (int32_t b = 0; b < nb; b++) {
-            const float *x = X + (size_t)t * ldx + b * QMAT_BLOCK;
-            int8_t *q = a.xq + (size_t)t * cols + b * QMAT_BLOCK;
-            float amax = 0.0f;
-            for (int i = 0; i < QMAT_BLOCK; i++)
-                amax = fmaxf(amax, fabsf(x[i]));
-            /* scales rounded to half precision, as in llama.cpp's Q8_1 */
-            float s = amax / 127.0f, inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-            int32_t sum = 0;
-            for (int i = 0; i < QMAT_BLOCK; i++) {
-                q[i] = (int8_t)lrintf(x[i] * inv);
-                sum += q[i];
-            }
-            a.sx[(size_t)t * nb + b] = f16_to_f32(f16_from_f32(s));
-            a.sxs[(size_t)t * nb + b] = f16_to_f32(f16_from_f32(s * (float)sum));
-        }
+        for (int32_t b = 0; b < nb; b++)
+            quantize_block(X + (size_t)t * ldx + b * QMAT_BLOCK, a.xq + (size_t)t * cols + b * QMAT_BLOCK,
+                           &a.sx[(size_t)t * nb + b], &a.sxs[(size_t)t * nb + b]);
     return a;
 }
 
@@ -198,11 +219,10 @@ group_tile(const qmat *W, int32_t g, const act_q *a, int32_t t0, float *Y, int l
         __m512 mv = _mm512_load_ps(mg + (size_t)b * QMAT_ROWS);
         for (int j = 0; j < NT; j++) {
             size_t t = (size_t)(t0 + j);
-            int32_t x4[8];
-            memcpy(x4, a->xq + t * W->cols + (size_t)b * QMAT_BLOCK, sizeof x4);
+            const int8_t *xb = a->xq + t * W->cols + (size_t)b * QMAT_BLOCK;
             __m512i ia = _mm512_setzero_si512();
-            for (int k = 0; k < 8; k++)
-                ia = _mm512_dpbusd_epi32(ia, w[k], _mm512_set1_epi32(x4[k]));
+            for (int k = 0; k < 8; k++)   /* 4 activation bytes broadcast straight from memory */
+                ia = _mm512_dpbusd_epi32(ia, w[k], _mm512_broadcastd_epi32(_mm_loadu_si32(xb + 4 * k)));
             __m512 scale = _mm512_mul_ps(dv, _mm512_set1_ps(a->sx[t * nb + b]));
             acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia), scale, acc[j]);
             acc[j] = _mm512_fmadd_ps(mv, _mm512_set1_ps(a->sxs[t * nb + b]), acc[j]);

@@ -505,6 +505,27 @@ static int local_search(search_ctx *x, const sub_rank *rank, char *err, size_t e
     return 0;
 }
 
+/* Baseline strategy for comparisons: uniformly random sets, each with a
+ * random share (0..60%) of sublayers skipped, until the budget ends. */
+static int random_search(search_ctx *x, char *err, size_t errlen)
+{
+    int32_t n = 2 * x->L;
+    uint64_t rng = x->o->seed * 0x9E3779B97F4A7C15ull + 7;
+    char bits[2 * 256 + 1];
+    while (time_left(x)) {
+        rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+        double share = 0.6 * (double)(rng >> 11) / 9007199254740992.0;
+        for (int32_t i = 0; i < n; i++) {
+            rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+            bits[i] = (double)(rng >> 11) / 9007199254740992.0 < share ? '1' : '0';
+        }
+        bits[n] = '\0';
+        if (!evaluate(x, bits, "random", err, errlen))
+            return -1;
+    }
+    return 0;
+}
+
 static int by_score_desc(const void *a, const void *b)
 {
     const eval_entry *x = a, *y = b;
@@ -567,7 +588,8 @@ int search_run(const calib_set *cs, const model *m, fwd_state *fs, const cost_mo
         if (!evaluate(&x, bits, "seed", err, errlen))
             goto out;
     }
-    if (sensitivity_and_prefix(&x, rank, alone, err, errlen) != 0 || local_search(&x, rank, err, errlen) != 0)
+    if (o->random_only ? random_search(&x, err, errlen) != 0
+                       : sensitivity_and_prefix(&x, rank, alone, err, errlen) != 0 || local_search(&x, rank, err, errlen) != 0)
         goto out;
     if (!o->quiet)
         fprintf(stderr, "\n");

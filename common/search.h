@@ -69,6 +69,7 @@ typedef struct {
     int32_t head_size;         /* pruned draft head size (0 = full head) */
     uint64_t seed;
     const skip_set *seed_set;  /* NULL, or a transferred set to start from */
+    int random_only;           /* baseline strategy: random sets for the whole budget */
     int quiet;
 } search_opts;
 

@@ -98,13 +98,19 @@ static float top1_prob(const float *logits, int32_t n, int32_t *arg)
 int spec_draft(spec_drafter *d, fwd_state *fs, kv_cache *kv, int32_t L, int32_t cur, int32_t k_max,
                float gamma, sampler *smp, spec_block *out, char *err, size_t errlen)
 {
-    assert(k_max <= d->scratch.cap - 1 && k_max <= SPEC_MAX_DRAFT);
+    return spec_draft_from(d, fs, kv, L, L, cur, k_max, gamma, smp, out, err, errlen);
+}
+
+int spec_draft_from(spec_drafter *d, fwd_state *fs, kv_cache *kv, int32_t base, int32_t L, int32_t cur,
+                    int32_t k_max, float gamma, sampler *smp, spec_block *out, char *err, size_t errlen)
+{
+    assert(base <= L && L - base + k_max <= d->scratch.cap - 1 && k_max <= SPEC_MAX_DRAFT);
     int greedy = smp->p.temperature == 0.0f;
     int32_t tok = cur;
     out->n = 0;
     for (int32_t i = 0; i < k_max; i++) {
         fwd_seq sq = {.tokens = &tok, .n_tokens = 1, .pos = L + i, .kv = kv,
-                      .scratch = &d->scratch, .scratch_base = L, .logits_from = 0};
+                      .scratch = &d->scratch, .scratch_base = base, .logits_from = 0};
         if (model_forward(d->m, fs, &sq, 1, &d->mask, d->head.rows ? &d->head : NULL, d->logits,
                           err, errlen) != 0)
             return -1;

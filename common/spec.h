@@ -91,6 +91,15 @@ int spec_draft(spec_drafter *d, fwd_state *fs, kv_cache *kv, int32_t L, int32_t 
                float gamma, sampler *smp, spec_block *out, char *err, size_t errlen);
 
 /*
+ * The same with the scratch starting at `base` <= L: positions [base, L) are
+ * read from the drafter's scratch (draft KV of tokens it drafted earlier and
+ * that are not verified yet), positions < base from kv. The two-process
+ * pipeline drafts block n+1 this way while block n is being verified.
+ */
+int spec_draft_from(spec_drafter *d, fwd_state *fs, kv_cache *kv, int32_t base, int32_t L, int32_t cur,
+                    int32_t k_max, float gamma, sampler *smp, spec_block *out, char *err, size_t errlen);
+
+/*
  * Verify: one full pass over [cur, d1..dk] at positions L..L+k, writing the
  * verified KV. Sets *accepted (0..k) and *next (the full model's own token
  * after the accepted prefix); kv->len becomes L + accepted + 1.

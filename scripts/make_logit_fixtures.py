@@ -274,7 +274,7 @@ def main() -> int:
     ap.add_argument("-o", "--out", default=DEFAULT_OUT, help="output JSON path")
     ap.add_argument("--kv", choices=sorted(GGML_TYPE), default="f32",
                     help="llama.cpp KV-cache type for the fixture (default: %(default)s; "
-                         "see the note on KV cache type above)")
+                         "see the KV cache note below)")
     ap.add_argument("--check", action="store_true",
                     help="build twice and fail if the two runs differ (determinism check)")
     args = ap.parse_args()

@@ -42,6 +42,7 @@ typedef struct {
     int validate;
     int threads;
     int report_only;
+    int random_only;
 } search_cli;
 
 static void usage_search(FILE *f)
@@ -68,12 +69,14 @@ static void usage_search(FILE *f)
 "      --validate N         measure real decoding for N evaluated sets and\n"
 "                           report the objective's rank correlation (default 6)\n"
 "      --seed S             search seed (default 1)\n"
+"      --strategy S         search (default) or random: random sets for the same\n"
+"                           budget, the baseline the search is compared with\n"
 "      --report             print the per-sublayer table of OUT.report.json and exit\n"
 "  -t, --threads N          worker threads (default: all cores)\n"
 "  -h, --help               this help\n");
 }
 
-enum { OPT_NOCHAT = 300, OPT_BUDGET, OPT_HEAD, OPT_SEEDCFG, OPT_VALIDATE, OPT_SEED, OPT_REPORT };
+enum { OPT_NOCHAT = 300, OPT_BUDGET, OPT_HEAD, OPT_SEEDCFG, OPT_VALIDATE, OPT_SEED, OPT_REPORT, OPT_STRATEGY };
 
 static int parse_search(int argc, char **argv, search_cli *o)
 {
@@ -83,7 +86,7 @@ static int parse_search(int argc, char **argv, search_cli *o)
         {"new-tokens", required_argument, 0, 'n'}, {"budget", required_argument, 0, OPT_BUDGET},
         {"head-size", required_argument, 0, OPT_HEAD}, {"seed-config", required_argument, 0, OPT_SEEDCFG},
         {"validate", required_argument, 0, OPT_VALIDATE}, {"seed", required_argument, 0, OPT_SEED},
-        {"report", no_argument, 0, OPT_REPORT}, {"threads", required_argument, 0, 't'},
+        {"report", no_argument, 0, OPT_REPORT}, {"strategy", required_argument, 0, OPT_STRATEGY}, {"threads", required_argument, 0, 't'},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     long v;
     float f;
@@ -113,6 +116,13 @@ static int parse_search(int argc, char **argv, search_cli *o)
         case OPT_VALIDATE: if (cli_parse_int(optarg, "--validate", 0, 100, &v)) return -1; o->validate = (int)v; break;
         case OPT_SEED: if (cli_parse_int(optarg, "--seed", 0, LONG_MAX, &v)) return -1; o->seed = (uint64_t)v; break;
         case OPT_REPORT: o->report_only = 1; break;
+        case OPT_STRATEGY:
+            if (strcmp(optarg, "search") && strcmp(optarg, "random")) {
+                fprintf(stderr, "selfspec: --strategy must be 'search' or 'random'\n");
+                return -1;
+            }
+            o->random_only = !strcmp(optarg, "random");
+            break;
         case 't': if (cli_parse_int(optarg, "--threads", 1, 1024, &v)) return -1; o->threads = (int)v; break;
         case 'h': usage_search(stdout); exit(0);
         default: usage_search(stderr); return -1;
@@ -335,7 +345,8 @@ static char *provenance(const search_cli *o, const calib_set *cs, const cost_mod
     cJSON_AddNumberToObject(cal, "positions", cs->n_positions);
     cJSON_AddStringToObject(cal, "text", "the model's own greedy continuations of the prompts (chat template applied)");
     cJSON *se = cJSON_AddObjectToObject(root, "search");
-    cJSON_AddStringToObject(se, "strategy", "sensitivity + least-harm prefix + local search on the replay objective");
+    cJSON_AddStringToObject(se, "strategy", o->random_only ? "random sets on the replay objective (baseline)"
+                                           : "sensitivity + least-harm prefix + local search on the replay objective");
     cJSON_AddNumberToObject(se, "budget_seconds", o->budget);
     cJSON_AddNumberToObject(se, "head_size", o->head_size);
     cJSON_AddNumberToObject(se, "seed", (double)o->seed);
@@ -479,7 +490,8 @@ int cmd_search(int argc, char **argv)
                     m.config.n_layers, skipset_count(&seed_set), ts.tokens_per_s, ts.speedup, ts.match_rate);
     }
     search_opts so = {.out_path = o.out_path, .state_path = statebuf, .budget_seconds = o.budget,
-                      .head_size = o.head_size, .seed = o.seed, .seed_set = o.seed_config ? &seed_set : NULL};
+                      .head_size = o.head_size, .seed = o.seed, .seed_set = o.seed_config ? &seed_set : NULL,
+                      .random_only = o.random_only};
     skip_set best;
     search_score sc;
     char *report = NULL;

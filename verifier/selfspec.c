@@ -38,6 +38,7 @@ typedef struct {
     const char *system;
     const char *mode;
     const char *skip;          /* --skip FILE|none; NULL = the model's config */
+    int32_t draft_head;        /* --draft-head N: -1 = the config's, 0 = full head */
     spec_params sp;
     int chat;
     int ids;
@@ -91,6 +92,8 @@ static void usage_generate(FILE *f)
 "      --skip FILE|none   skip-set config for self-spec (default: the config in\n"
 "                         configs/ matching the model; 'none' drafts with the\n"
 "                         full model); without a config, plain decoding is used\n"
+"      --draft-head N     pruned draft head: the config's N most frequent tokens\n"
+"                         (0 = full vocabulary; default: the config's size)\n"
 "      --draft-max K      most tokens per draft (default 12, at most %d)\n"
 "      --gamma G          initial draft-exit threshold on the draft's top-1\n"
 "                         probability (default 0.6; adapted while decoding)\n"
@@ -118,7 +121,7 @@ static void usage_main(FILE *f)
 
 enum { OPT_CHAT = 256, OPT_SYSTEM, OPT_TEMP, OPT_TOPK, OPT_TOPP, OPT_SEED, OPT_STOP,
        OPT_IGNORE_EOS, OPT_IDS, OPT_STATS, OPT_MODE, OPT_SKIP, OPT_DRAFT_MAX, OPT_GAMMA,
-       OPT_AR_TARGET, OPT_GAMMA_STEP, OPT_DEVICE };
+       OPT_AR_TARGET, OPT_GAMMA_STEP, OPT_DEVICE, OPT_DRAFT_HEAD };
 
 static int parse_generate(int argc, char **argv, gen_opts *o)
 {
@@ -135,6 +138,7 @@ static int parse_generate(int argc, char **argv, gen_opts *o)
         {"skip", required_argument, 0, OPT_SKIP}, {"draft-max", required_argument, 0, OPT_DRAFT_MAX},
         {"gamma", required_argument, 0, OPT_GAMMA}, {"ar-target", required_argument, 0, OPT_AR_TARGET},
         {"gamma-step", required_argument, 0, OPT_GAMMA_STEP}, {"device", required_argument, 0, OPT_DEVICE},
+        {"draft-head", required_argument, 0, OPT_DRAFT_HEAD},
         {0, 0, 0, 0}};
     long v;
     int c;
@@ -177,6 +181,14 @@ static int parse_generate(int argc, char **argv, gen_opts *o)
         case OPT_STATS: o->stats = 1; break;
         case OPT_MODE: o->mode = optarg; break;
         case OPT_SKIP: o->skip = optarg; break;
+        case OPT_DRAFT_HEAD:
+            if (cli_parse_int(optarg, "--draft-head", 0, 1 << 24, &v)) return -1;
+            if (v % 16) {
+                fprintf(stderr, "selfspec: --draft-head must be a multiple of 16\n");
+                return -1;
+            }
+            o->draft_head = (int32_t)v;
+            break;
         case OPT_DRAFT_MAX:
             if (cli_parse_int(optarg, "--draft-max", 1, SPEC_MAX_DRAFT, &v)) return -1;
             o->sp.max_draft = (int32_t)v;
@@ -383,6 +395,16 @@ static int choose_skipset(const gen_opts *o, const model *m, skip_set *ss)
     }
     if (skipset_load(ss, path, &m->config, err, sizeof err) != 0) {
         fprintf(stderr, "selfspec: bad skip set: %s\n", err);
+        return -1;
+    }
+    if (o->draft_head == 0) {           /* full head */
+        free(ss->head_tokens);
+        ss->head_tokens = NULL;
+        ss->n_head_tokens = 0;
+    } else if (o->draft_head > 0 && o->draft_head < ss->n_head_tokens) {
+        ss->n_head_tokens = o->draft_head;
+    } else if (o->draft_head > ss->n_head_tokens) {
+        fprintf(stderr, "selfspec: --draft-head %d: the config lists %d tokens\n", o->draft_head, ss->n_head_tokens);
         return -1;
     }
     return 0;
