@@ -91,6 +91,12 @@ static int config_read(model_config *c, const gguf_file *g, char *err, size_t er
     if (c->head_dim % 16 != 0 || c->dim % QMAT_BLOCK != 0 || c->hidden_dim % QMAT_BLOCK != 0)
         return util_err(err, errlen, "dim %d / hidden %d / head_dim %d not supported (need multiples of 32, head_dim a multiple of 16)",
                         c->dim, c->hidden_dim, c->head_dim);
+    /* a huge block_count must not size anything before the tensors confirm it */
+    char last[96];
+    snprintf(last, sizeof last, "blk.%d.attn_norm.weight", c->n_layers - 1);
+    if ((uint64_t)c->n_layers * 9 > gguf_tensor_count(g) || !gguf_find_tensor(g, last))
+        return util_err(err, errlen, "%s.block_count = %d, but the file does not hold that many layers",
+                        a, c->n_layers);
     const gguf_tensor *emb = gguf_find_tensor(g, "token_embd.weight");
     if (!emb)
         return util_err(err, errlen, "model lacks tensor 'token_embd.weight'");
@@ -211,9 +217,11 @@ static void row_from_q4(const uint8_t *src, int32_t cols, int has_min, uint8_t *
     }
 }
 
-/* Convert the rows of GGUF tensor t into rows row0.. of W. */
-static void fill_qmat(const gguf_tensor *t, qmat *W, int32_t row0)
+/* Convert the rows of GGUF tensor t into rows row0.. of W. Returns -1 when
+ * a block scale or offset is not finite. */
+static int fill_qmat(const gguf_tensor *t, qmat *W, int32_t row0)
 {
+    int bad = 0;
     uint32_t be, bb;
     gguf_type_block(t->type, &be, &bb);
     int32_t cols = W->cols, nb = cols / QMAT_BLOCK;
@@ -224,7 +232,7 @@ static void fill_qmat(const gguf_tensor *t, qmat *W, int32_t row0)
         float *tmp = mallocCheck((size_t)cols * sizeof(float));
         uint8_t *lv = mallocCheck((size_t)cols);
         float *d = mallocCheck((size_t)nb * sizeof(float)), *m = mallocCheck((size_t)nb * sizeof(float));
-        #pragma omp for schedule(static)
+        #pragma omp for schedule(static) reduction(|:bad)
         for (int32_t r = 0; r < rows; r++) {
             const uint8_t *src = (const uint8_t *)t->data + (size_t)r * row_bytes;
             if (t->type == GGUF_TT_Q8_0) {
@@ -235,6 +243,9 @@ static void fill_qmat(const gguf_tensor *t, qmat *W, int32_t row0)
                 gguf_dequantize(t->type, src, tmp, (uint64_t)cols);
                 qmat_quantize_row(tmp, cols, lv, d, m);
             }
+            for (int32_t b = 0; b < nb; b++)
+                if (!isfinite(d[b]) || !isfinite(m[b]))
+                    bad = 1;
             qmat_set_row(W, row0 + r, lv, d, m);
         }
         free(tmp);
@@ -242,6 +253,7 @@ static void fill_qmat(const gguf_tensor *t, qmat *W, int32_t row0)
         free(d);
         free(m);
     }
+    return bad ? -1 : 0;
 }
 
 static int fill_vec(const gguf_file *g, const char *name, int32_t n, const float *dst,
@@ -269,7 +281,8 @@ static int fill_mat(const gguf_file *g, const char *name, qmat *W, int32_t row0,
     if (W->cols % (int32_t)be != 0)
         return util_err(err, errlen, "tensor '%s': row length %d is not a multiple of its block size %u",
                         name, W->cols, be);
-    fill_qmat(t, W, row0);
+    if (fill_qmat(t, W, row0) != 0)
+        return util_err(err, errlen, "tensor '%s' holds a non-finite scale or value", name);
     return 0;
 }
 
@@ -487,7 +500,8 @@ int fwd_state_init(fwd_state *s, const model_config *c, int32_t max_tokens, int3
     s->att = alignedCheck(T * c->dim * sizeof(float));
     s->hb = alignedCheck(T * 2 * c->hidden_dim * sizeof(float));
     s->score_cap = ctx;
-    s->scores = alignedCheck((size_t)omp_get_max_threads() * ctx * sizeof(float));
+    s->score_threads = omp_get_max_threads();
+    s->scores = alignedCheck((size_t)s->score_threads * ctx * sizeof(float));
     int32_t half = c->head_dim / 2;
     s->rope_cap = ctx;
     int32_t maxc = c->hidden_dim > c->dim ? c->hidden_dim : c->dim;
@@ -580,7 +594,7 @@ static void attention(const model *m, fwd_state *s, const fwd_seq *seqs, int32_t
     int32_t hd = c->head_dim, group = c->n_heads / c->n_kv_heads;
     int32_t qkv_w = c->dim + 2 * c->kv_dim;
     float scale = 1.0f / sqrtf((float)hd);
-    #pragma omp parallel for schedule(dynamic, 1)
+    #pragma omp parallel for schedule(dynamic, 1) num_threads(s->score_threads)
     for (int32_t th = 0; th < T * c->n_heads; th++) {
         int32_t t = th / c->n_heads, h = th % c->n_heads;
         const fwd_seq *sq = &seqs[s->tok_seq[t]];

@@ -118,6 +118,7 @@ typedef struct {
     float *hb;      /* (T, 2*hidden_dim) gate|up, then SwiGLU result */
     float *scores;  /* (T * n_heads, ctx) attention scores */
     int32_t score_cap;
+    int score_threads;  /* rows of scores: threads at init (attention uses no more) */
     float *rope_cos, *rope_sin; /* (ctx, head_dim/2) */
     int32_t rope_cap;
     int32_t *tok_seq;   /* (T) batch entry of each token */

@@ -273,7 +273,7 @@ static void group_tiles(const qmat *W, int32_t g, const act_q *a, int T, float *
     }
 }
 
-static void matmul_small(const qmat *W, const float *X, int ldx, int T, float *Y, int ldy, void *scratch)
+void qmat_matmul_small(const qmat *W, const float *X, int ldx, int T, float *Y, int ldy, void *scratch)
 {
     act_q a = quantize_acts(X, ldx, T, W->cols, scratch);
     int32_t groups = W->rows / QMAT_ROWS;
@@ -285,7 +285,7 @@ static void matmul_small(const qmat *W, const float *X, int ldx, int T, float *Y
 /* ------------------------------------------------------------------------ */
 /* Long blocks: dequantize panels of rows and let BLAS multiply.             */
 
-static void matmul_blas(const qmat *W, const float *X, int ldx, int T, float *Y, int ldy)
+void qmat_matmul_blas(const qmat *W, const float *X, int ldx, int T, float *Y, int ldy)
 {
     int32_t n_panels = (W->rows + QMAT_PANEL - 1) / QMAT_PANEL;
     #pragma omp parallel if (!omp_in_parallel())
@@ -311,7 +311,7 @@ void qmat_matmul(const qmat *W, const float *X, int ldx, int T, float *Y, int ld
     if (T <= 0)
         return;
     if (T >= QMAT_BLAS_MIN_T)
-        matmul_blas(W, X, ldx, T, Y, ldy);
+        qmat_matmul_blas(W, X, ldx, T, Y, ldy);
     else
-        matmul_small(W, X, ldx, T, Y, ldy, scratch);
+        qmat_matmul_small(W, X, ldx, T, Y, ldy, scratch);
 }

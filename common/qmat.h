@@ -74,4 +74,8 @@ size_t qmat_scratch_bytes(int32_t cols, int T);
  * scratch: qmat_scratch_bytes(W->cols, T) bytes, 64-byte aligned. */
 void qmat_matmul(const qmat *W, const float *X, int ldx, int T, float *Y, int ldy, void *scratch);
 
+/* The two paths qmat_matmul chooses between, exposed for benchmarks. */
+void qmat_matmul_small(const qmat *W, const float *X, int ldx, int T, float *Y, int ldy, void *scratch);
+void qmat_matmul_blas(const qmat *W, const float *X, int ldx, int T, float *Y, int ldy);
+
 #endif

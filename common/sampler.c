@@ -108,6 +108,10 @@ static int32_t keep_set(sampler *s, const float *probs, int32_t n)
             if (s->p.top_p < 1.0f && cum >= s->p.top_p)
                 break;
         }
+        /* all candidates used without reaching top-p or top-k: the entries
+         * below the threshold belong in the set too (rounding) */
+        if (thresh > 0.0f && kept == nc && nc < k && !(s->p.top_p < 1.0f && cum >= s->p.top_p))
+            continue;
         return kept;
     }
 }

@@ -105,32 +105,40 @@ static int cmp_double(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-/* Median time of `reps` forward passes of n tokens at position 64. */
-static double time_pass(const model *m, fwd_state *fs, kv_cache *kv, int32_t n, const layer_mask *mask,
-                        const qmat *head, float *logits, int reps)
+/* One timed forward pass of n tokens at position 64. */
+static double time_once(const model *m, fwd_state *fs, kv_cache *kv, int32_t n, const layer_mask *mask,
+                        const qmat *head, float *logits)
 {
     int32_t toks[SPEC_MAX_DRAFT + 2] = {0};
-    double t[32];
-    reps = reps > 32 ? 32 : reps;
-    for (int r = 0; r < reps; r++) {
-        fwd_seq sq = {.tokens = toks, .n_tokens = n, .pos = 64, .kv = kv, .logits_from = 0};
-        double t0 = util_now();
-        model_forward(m, fs, &sq, 1, mask, head, logits, NULL, 0);
-        t[r] = util_now() - t0;
-    }
-    qsort(t, (size_t)reps, sizeof t[0], cmp_double);
-    return t[reps / 2];
+    fwd_seq sq = {.tokens = toks, .n_tokens = n, .pos = 64, .kv = kv, .logits_from = 0};
+    double t0 = util_now();
+    model_forward(m, fs, &sq, 1, mask, head, logits, NULL, 0);
+    return util_now() - t0;
 }
 
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof v[0], cmp_double);
+    return v[n / 2];
+}
+
+/*
+ * Every configuration is timed once per round, rounds repeated `reps`
+ * times, medians taken: noise on a shared machine then hits all of them
+ * alike. Per-sublayer costs come from the attention-only and MLP-only
+ * passes and are scaled so that base + L * (attn + mlp) equals the measured
+ * full step: the model stays consistent with what it predicts.
+ */
 int cost_measure(cost_model *cm, const model *m, const qmat *pruned_head, int32_t max_k, int reps,
                  char *err, size_t errlen)
 {
+    enum { C_NONE, C_NONE_PRUNED, C_ATTN, C_MLP, C_VERIFY };
     const model_config *c = &m->config;
     kv_cache kv;
     fwd_state fs;
     memset(cm, 0, sizeof *cm);
-    if (max_k > SPEC_MAX_DRAFT)
-        max_k = SPEC_MAX_DRAFT;
+    max_k = max_k > SPEC_MAX_DRAFT ? SPEC_MAX_DRAFT : max_k;
+    reps = reps > 64 ? 64 : reps < 1 ? 1 : reps;
     if (kv_init(&kv, c, 128, err, errlen) != 0)
         return -1;
     fwd_state_init(&fs, c, SPEC_MAX_DRAFT + 2, 128);
@@ -139,14 +147,29 @@ int cost_measure(cost_model *cm, const model *m, const qmat *pruned_head, int32_
     uint8_t *on = mallocCheck((size_t)c->n_layers), *off = callocCheck((size_t)c->n_layers, 1);
     memset(on, 1, (size_t)c->n_layers);
     layer_mask none = {off, off}, attn_only = {on, off}, mlp_only = {off, on};
-    time_pass(m, &fs, &kv, 1, NULL, NULL, logits, 3);   /* warm-up */
+    int n_cfg = C_VERIFY + max_k + 1;
+    double *t = mallocCheck((size_t)n_cfg * reps * sizeof(double));
+    for (int w = 0; w < 3; w++)   /* warm-up */
+        time_once(m, &fs, &kv, 1, NULL, NULL, logits);
+    for (int r = 0; r < reps; r++) {
+        t[C_NONE * reps + r] = time_once(m, &fs, &kv, 1, &none, NULL, logits);
+        t[C_NONE_PRUNED * reps + r] = pruned_head ? time_once(m, &fs, &kv, 1, &none, pruned_head, logits) : 0;
+        t[C_ATTN * reps + r] = time_once(m, &fs, &kv, 1, &attn_only, NULL, logits);
+        t[C_MLP * reps + r] = time_once(m, &fs, &kv, 1, &mlp_only, NULL, logits);
+        for (int32_t k = 0; k <= max_k; k++)
+            t[(C_VERIFY + k) * reps + r] = time_once(m, &fs, &kv, k + 1, NULL, NULL, logits);
+    }
     for (int32_t k = 0; k <= max_k; k++)
-        cm->verify[k] = time_pass(m, &fs, &kv, k + 1, NULL, NULL, logits, reps);
+        cm->verify[k] = median(t + (C_VERIFY + k) * reps, reps);
     cm->max_k = max_k;
-    cm->base = time_pass(m, &fs, &kv, 1, &none, NULL, logits, reps);
-    cm->base_pruned = pruned_head ? time_pass(m, &fs, &kv, 1, &none, pruned_head, logits, reps) : cm->base;
-    cm->attn = fmax(0.0, (time_pass(m, &fs, &kv, 1, &attn_only, NULL, logits, reps) - cm->base) / c->n_layers);
-    cm->mlp = fmax(0.0, (time_pass(m, &fs, &kv, 1, &mlp_only, NULL, logits, reps) - cm->base) / c->n_layers);
+    cm->base = median(t + C_NONE * reps, reps);
+    cm->base_pruned = pruned_head ? median(t + C_NONE_PRUNED * reps, reps) : cm->base;
+    double a = fmax(1e-7, median(t + C_ATTN * reps, reps) - cm->base);
+    double f = fmax(1e-7, median(t + C_MLP * reps, reps) - cm->base);
+    double scale = fmax(0.0, cm->verify[0] - cm->base) / (a + f);
+    cm->attn = a * scale / c->n_layers;
+    cm->mlp = f * scale / c->n_layers;
+    free(t);
     free(on);
     free(off);
     free(logits);
