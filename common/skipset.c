@@ -45,9 +45,10 @@ static int read_layers(const cJSON *root, const char *key, int32_t n_layers, uin
         return util_err(err, errlen, "%s: \"%s\" must be an array of layer indices", path, key);
     const cJSON *it;
     cJSON_ArrayForEach(it, arr) {
-        if (!cJSON_IsNumber(it) || it->valuedouble != (double)(int)it->valuedouble)
+        /* valueint is cJSON's saturated conversion: no out-of-range cast */
+        if (!cJSON_IsNumber(it) || it->valuedouble != (double)it->valueint)
             return util_err(err, errlen, "%s: \"%s\" holds a non-integer entry", path, key);
-        int v = (int)it->valuedouble;
+        int v = it->valueint;
         if (v < 0 || v >= n_layers)
             return util_err(err, errlen, "%s: \"%s\" names layer %d, but the model has layers 0..%d",
                             path, key, v, n_layers - 1);
@@ -78,7 +79,7 @@ static int read_head(const cJSON *root, skip_set *s, const model_config *c, cons
     int rc = 0;
     for (int32_t i = 0; i < n && rc == 0; i++) {
         const cJSON *it = cJSON_GetArrayItem(arr, i);
-        int v = cJSON_IsNumber(it) ? it->valueint : -1;
+        int v = cJSON_IsNumber(it) && it->valuedouble == (double)it->valueint ? it->valueint : -1;
         if (v < 0 || v >= c->vocab_size || seen[v])
             rc = util_err(err, errlen, "%s: draft_head entry %d (%d) is not a new token id < %d",
                           path, i, v, c->vocab_size);

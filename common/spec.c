@@ -200,7 +200,6 @@ static int emit_one(const gen_params *gp, gen_emit_fn emit, void *ctx, gen_stats
 
 static void stats_block(spec_stats *ss, int32_t drafted, int32_t accepted)
 {
-    ss->verifications++;
     ss->drafted += drafted;
     ss->accepted += accepted;
     for (int32_t i = 0; i < drafted; i++)
@@ -252,6 +251,7 @@ int gen_selfspec(const model *m, fwd_state *fs, kv_cache *kv, const skip_set *ss
             goto free_all;
         ss_out->draft_seconds += tb - ta;
         ss_out->verify_seconds += util_now() - tb;
+        ss_out->verifications++;
         if (b.n > 0) {
             stats_block(ss_out, b.n, acc);
             spec_exit_update(&ex, sp, b.n, acc);
