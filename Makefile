@@ -102,6 +102,7 @@ e2e: $(E2E_BIN)
 
 test: setup all unit e2e
 	python3 tests/run_e2e.py --model $(MODEL)
+	SELFSPEC_MODEL=$(MODEL) python3 tests/test_pipeline.py
 
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 fuzz: $(patsubst tests/fuzz/%.c,build/fuzz/%,$(FUZZ_SRC))

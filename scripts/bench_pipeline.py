@@ -18,11 +18,16 @@ bin/selfspec reports in --stats (model load and prefill not counted), with
 ratios to self-spec. Every run's ids are compared with plain's: a mismatch
 is reported (it would be a bug).
 
-One sequence only: the pipeline does not batch several sequences (the
-protocol carries sequence ids; the scheduling of groups is not implemented).
+Several sequences: pipe-Nseqs decodes the prompt as N sequences at once
+(--pipeline-seqs N) and reports the aggregate decode tokens/s of all N; the
+drafter drafts one sequence while the verifier verifies another (no
+speculation). The single-process modes have no batching, so their aggregate
+over N sequences equals their one-sequence figure.
 
-OMP_WAIT_POLICY is PASSIVE for every configuration unless --spin: with two
-processes' OpenMP teams on two cores, spinning workers starve each other.
+OpenMP wait policy: libgomp's default (spin ~300k iterations before
+sleeping) is best for one process; with two processes' teams on two cores an
+idle spinning team starves the busy one. Each configuration is run with the
+policy named in its row (see `configs` below); --passive forces PASSIVE for all.
 
 Usage:
     python3 scripts/bench_pipeline.py                  # 5 rounds, 128 tokens
@@ -49,10 +54,12 @@ TEST_SKIP = {"model": {"name": "bench", "n_layers": 30, "dim": 576, "vocab_size"
              "attn_skip": [8, 10, 12, 14, 16, 18, 20, 22, 24, 26], "mlp_skip": [11, 17, 23]}
 
 
-def run(args: list[str], spin: bool, extra_env: dict) -> tuple[str, dict]:
+def run(args: list[str], passive: bool, extra_env: dict) -> tuple[str, dict]:
     env = dict(os.environ)
+    for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+        env.pop(k, None)
     env.update(extra_env)
-    if not spin:
+    if passive:
         env["OMP_WAIT_POLICY"] = "PASSIVE"
     p = subprocess.run([BIN, "generate"] + args, capture_output=True, text=True, env=env, timeout=600)
     if p.returncode != 0:
@@ -71,7 +78,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("-n", type=int, default=128)
     ap.add_argument("-t", "--threads", type=int, default=2)
-    ap.add_argument("--spin", action="store_true", help="leave OMP_WAIT_POLICY alone")
+    ap.add_argument("--passive", action="store_true", help="OMP_WAIT_POLICY=PASSIVE for every configuration")
     ap.add_argument("--chat", action="store_true")
     ap.add_argument("--prompt", action="append", help="prompt (repeatable)")
     args = ap.parse_args()
@@ -90,14 +97,25 @@ def main() -> int:
             json.dump(TEST_SKIP, f)
     prompts = args.prompt or DEFAULT_PROMPTS
     t = str(args.threads)
+    # each configuration with the OpenMP wait policy that suits it (measured):
+    # one process computing at a time: libgomp's default spinning (one
+    # process) or a short spin (two processes taking turns, so the idle
+    # team sleeps soon); two processes computing at once: passive.
+    short = {"GOMP_SPINCOUNT": "3000"}
+    passive = {"OMP_WAIT_POLICY": "PASSIVE"}
     always = {"SELFSPEC_PIPELINE_SPECULATE": "always"}
     configs = {
         "plain": (["--mode", "plain"], {}),
         "self-spec": (["--mode", "self-spec"], {}),
-        "pipe-seq": (["--mode", "pipeline", "--pipeline-sequential"], {}),
-        "pipe-overlap": (["--mode", "pipeline"], {}),
-        "pipe-overlap-always": (["--mode", "pipeline"], always),
-        "pipe-overlap-always-d1": (["--mode", "pipeline", "--drafter-threads", "1"], always),
+        "self-spec (short spin)": (["--mode", "self-spec"], short),
+        "pipe-seq": (["--mode", "pipeline", "--pipeline-sequential"], short),
+        "pipe-overlap": (["--mode", "pipeline"], short),
+        "pipe-overlap-always": (["--mode", "pipeline"], dict(short, **always)),
+        "pipe-overlap-always (passive)": (["--mode", "pipeline"], dict(passive, **always)),
+        "pipe-overlap-always-d1": (["--mode", "pipeline", "--drafter-threads", "1"], dict(short, **always)),
+        "pipe-2seqs (passive)": (["--mode", "pipeline", "--pipeline-seqs", "2"], passive),
+        "pipe-4seqs (passive)": (["--mode", "pipeline", "--pipeline-seqs", "4"], passive),
+        "pipe-2seqs (short spin)": (["--mode", "pipeline", "--pipeline-seqs", "2"], short),
     }
     res: dict = {c: {"tps": [], "acc": [], "adopted": [], "missed": [], "wait": [], "verify": [], "by_prompt": {}}
                  for c in configs}
@@ -108,7 +126,7 @@ def main() -> int:
                     "--ids", "--stats", "-t", t] + (["--chat"] if args.chat else [])
             ref = None
             for name, (extra, extra_env) in configs.items():
-                out, st = run(base + extra, args.spin, extra_env)
+                out, st = run(base + extra, args.passive, extra_env)
                 if ref is None:
                     ref = out
                 elif out != ref:
@@ -142,8 +160,8 @@ def main() -> int:
         print("| %s | %.1f | %.2fx | %s | %s | %s |" % (c, med, med / ss, per, acc, sp))
     for i, p in enumerate(prompts):
         print("prompt %d: %r" % (i, p))
-    print("\n%d runs x %d prompts, -n %d, -t %s, skip set %s, OMP_WAIT_POLICY=%s; output identical to plain in every run: %s"
-          % (args.runs, len(prompts), args.n, t, os.path.relpath(skip, ROOT), "default" if args.spin else "PASSIVE",
+    print("\n%d runs x %d prompts, -n %d, -t %s, skip set %s%s; output identical to plain in every run: %s"
+          % (args.runs, len(prompts), args.n, t, os.path.relpath(skip, ROOT), ", all PASSIVE" if args.passive else "",
              "yes" if not mismatches else "NO %s" % mismatches))
     os.makedirs(os.path.join(ROOT, "build"), exist_ok=True)
     with open(os.path.join(ROOT, "build", "bench_pipeline.json"), "w") as f:

@@ -23,6 +23,7 @@
 #include "gen_cuda.h"
 #include "generate.h"
 #include "model.h"
+#include "pipeline.h"
 #include "sampler.h"
 #include "skipset.h"
 #include "spec.h"
@@ -39,6 +40,7 @@ typedef struct {
     const char *mode;
     const char *skip;          /* --skip FILE|none; NULL = the model's config */
     int32_t draft_head;        /* --draft-head N: -1 = the config's, 0 = full head */
+    pipe_params pl;            /* --mode pipeline */
     spec_params sp;
     int chat;
     int ids;
@@ -88,7 +90,16 @@ static void usage_generate(FILE *f)
 "      --ignore-eos       do not stop at end-of-generation tokens\n"
 "      --ids              print generated token ids (space-separated), not text\n"
 "      --stats            print one JSON line of statistics on stderr\n"
-"      --mode MODE        self-spec (default) or plain\n"
+"      --mode MODE        self-spec (default), plain, or pipeline: self-spec with the\n"
+"                         draft in a second process (bin/selfspec-drafter, started\n"
+"                         here) sharing the weights; greedy only\n"
+"      --pipeline-sequential  pipeline without overlap (draft, then verify)\n"
+"      --hb-ms MS         drafter heartbeat interval (default 100)\n"
+"      --hb-timeout-ms MS drafter silence before it is killed and restarted (1000)\n"
+"      --drafter-threads N  drafter threads (default: as --threads)\n"
+"      --pipeline-seqs N  benchmark: decode the prompt as N sequences at once (the\n"
+"                         drafter drafts one while another is verified); prints\n"
+"                         sequence 0, --stats counts all\n"
 "      --skip FILE|none   skip-set config for self-spec (default: the config in\n"
 "                         configs/ matching the model; 'none' drafts with the\n"
 "                         full model); without a config, plain decoding is used\n"
@@ -121,7 +132,8 @@ static void usage_main(FILE *f)
 
 enum { OPT_CHAT = 256, OPT_SYSTEM, OPT_TEMP, OPT_TOPK, OPT_TOPP, OPT_SEED, OPT_STOP,
        OPT_IGNORE_EOS, OPT_IDS, OPT_STATS, OPT_MODE, OPT_SKIP, OPT_DRAFT_MAX, OPT_GAMMA,
-       OPT_AR_TARGET, OPT_GAMMA_STEP, OPT_DEVICE, OPT_DRAFT_HEAD };
+       OPT_AR_TARGET, OPT_GAMMA_STEP, OPT_DEVICE, OPT_DRAFT_HEAD, OPT_PIPE_SEQ, OPT_HB_MS,
+       OPT_HB_TIMEOUT, OPT_DRAFTER_THREADS, OPT_PIPE_SEQS };
 
 static int parse_generate(int argc, char **argv, gen_opts *o)
 {
@@ -139,12 +151,17 @@ static int parse_generate(int argc, char **argv, gen_opts *o)
         {"gamma", required_argument, 0, OPT_GAMMA}, {"ar-target", required_argument, 0, OPT_AR_TARGET},
         {"gamma-step", required_argument, 0, OPT_GAMMA_STEP}, {"device", required_argument, 0, OPT_DEVICE},
         {"draft-head", required_argument, 0, OPT_DRAFT_HEAD},
+        {"pipeline-sequential", no_argument, 0, OPT_PIPE_SEQ}, {"hb-ms", required_argument, 0, OPT_HB_MS},
+        {"hb-timeout-ms", required_argument, 0, OPT_HB_TIMEOUT},
+        {"drafter-threads", required_argument, 0, OPT_DRAFTER_THREADS},
+        {"pipeline-seqs", required_argument, 0, OPT_PIPE_SEQS},
         {0, 0, 0, 0}};
     long v;
     int c;
     o->gp.max_tokens = 256;
     o->gp.sampling = (sampler_params){.temperature = 0.0f, .top_k = 0, .top_p = 1.0f, .seed = 0};
     o->mode = "self-spec";
+    pipe_params_default(&o->pl);
     o->device = -1;
     spec_params_default(&o->sp);
     optind = 1;
@@ -180,6 +197,23 @@ static int parse_generate(int argc, char **argv, gen_opts *o)
         case OPT_IDS: o->ids = 1; break;
         case OPT_STATS: o->stats = 1; break;
         case OPT_MODE: o->mode = optarg; break;
+        case OPT_PIPE_SEQ: o->pl.overlap = 0; break;
+        case OPT_HB_MS:
+            if (cli_parse_int(optarg, "--hb-ms", 1, 60000, &v)) return -1;
+            o->pl.hb_ms = (int)v;
+            break;
+        case OPT_HB_TIMEOUT:
+            if (cli_parse_int(optarg, "--hb-timeout-ms", 10, 600000, &v)) return -1;
+            o->pl.hb_timeout_ms = (int)v;
+            break;
+        case OPT_PIPE_SEQS:
+            if (cli_parse_int(optarg, "--pipeline-seqs", 1, 64, &v)) return -1;
+            o->pl.n_seqs = (int)v;
+            break;
+        case OPT_DRAFTER_THREADS:
+            if (cli_parse_int(optarg, "--drafter-threads", 1, 1024, &v)) return -1;
+            o->pl.drafter_threads = (int)v;
+            break;
         case OPT_SKIP: o->skip = optarg; break;
         case OPT_DRAFT_HEAD:
             if (cli_parse_int(optarg, "--draft-head", 0, 1 << 24, &v)) return -1;
@@ -222,8 +256,8 @@ static int parse_generate(int argc, char **argv, gen_opts *o)
         fprintf(stderr, "selfspec: give exactly one of -p/--prompt and -f/--prompt-file\n");
         return -1;
     }
-    if (strcmp(o->mode, "plain") != 0 && strcmp(o->mode, "self-spec") != 0) {
-        fprintf(stderr, "selfspec: unknown --mode '%s' (available: self-spec, plain)\n", o->mode);
+    if (strcmp(o->mode, "plain") != 0 && strcmp(o->mode, "self-spec") != 0 && strcmp(o->mode, "pipeline") != 0) {
+        fprintf(stderr, "selfspec: unknown --mode '%s' (available: self-spec, plain, pipeline)\n", o->mode);
         return -1;
     }
     char err[256];
@@ -346,7 +380,8 @@ static char *load_prompt(const gen_opts *o, const tokenizer *tok, size_t *len)
     return chat;
 }
 
-static void print_stats(const gen_opts *o, const gen_stats *st, const spec_stats *sp, const char *skip_src)
+static void print_stats(const gen_opts *o, const gen_stats *st, const spec_stats *sp, const char *skip_src,
+                        const pipe_stats *pst)
 {
     double total = st->prefill_seconds + st->decode_seconds;
     int32_t decoded = st->generated_tokens > 1 ? st->generated_tokens - 1 : 0;
@@ -370,6 +405,10 @@ static void print_stats(const gen_opts *o, const gen_stats *st, const spec_stats
         for (int i = 0; i < SPEC_MAX_DRAFT && sp->drafted_at[i]; i++)
             fprintf(stderr, "%s%.4f", i ? ", " : "", (double)sp->accepted_at[i] / sp->drafted_at[i]);
         fprintf(stderr, "]");
+    }
+    if (pst) {
+        fprintf(stderr, ", ");
+        pipeline_print_stats(stderr, &o->pl, pst);
     }
     fprintf(stderr, "}\n");
 }
@@ -434,10 +473,16 @@ static int run_generate(gen_opts *o)
     }
     if (!o->model_path)
         o->model_path = cli_default_model(mbuf, sizeof mbuf);
-    if (model_load(&m, o->model_path, NULL, err, sizeof err) != 0) {
+    char shm_name[64] = "";
+    int pipeline = !strcmp(o->mode, "pipeline") && o->device < 0;
+    if (pipeline)
+        pipeline_prepare(shm_name, sizeof shm_name);
+    if (model_load(&m, o->model_path, pipeline ? shm_name : NULL, err, sizeof err) != 0) {
         fprintf(stderr, "selfspec: cannot load model '%s': %s\n", o->model_path, err);
         return 1;
     }
+    if (pipeline)
+        pipeline_loaded(shm_name);
     if (!(tok = cli_load_tokenizer(o->model_path)))
         goto free_model;
     if (!(prompt = load_prompt(o, tok, &plen)))
@@ -470,15 +515,22 @@ static int run_generate(gen_opts *o)
     gen_stats st;
     spec_stats sps;
     skip_set ss = {0};
-    int use_spec = !strcmp(o->mode, "self-spec");
+    pipe_stats pst;
+    int use_spec = !strcmp(o->mode, "self-spec") || !strcmp(o->mode, "pipeline");
     if (use_spec) {
         int c = choose_skipset(o, &m, &ss);
         if (c < 0)
             goto free_all;
         if (c > 0)
-            use_spec = 0, o->mode = "plain";
+            use_spec = 0, pipeline = 0, o->mode = "plain";
     }
-    int grc = o->device >= 0
+    o->pl.model_path = o->model_path;
+    o->pl.skip_path = ss.source;
+    o->pl.draft_head = o->draft_head;
+    int grc = pipeline && use_spec
+        ? gen_pipeline(&m, &fs, ctx, &o->sp, &o->pl, ids, (int32_t)n_ids, &o->gp, emit_token, &out, &st, &sps,
+                       &pst, err, sizeof err)
+        : o->device >= 0
         ? gen_cuda(&m, o->device, ctx, use_spec ? &ss : NULL, o->sp.max_draft, ids, (int32_t)n_ids, &o->gp,
                    emit_token, &out, &st, use_spec ? &sps : NULL, err, sizeof err)
         : use_spec
@@ -500,7 +552,7 @@ static int run_generate(gen_opts *o)
     printf("\n");
     fflush(stdout);
     if (o->stats)
-        print_stats(o, &st, use_spec ? &sps : NULL, use_spec ? ss.source : "");
+        print_stats(o, &st, use_spec ? &sps : NULL, use_spec ? ss.source : "", pipeline ? &pst : NULL);
     if (use_spec)
         skipset_free(&ss);
     rc = 0;
