@@ -94,9 +94,11 @@ static int config_read(model_config *c, const gguf_file *g, char *err, size_t er
     /* a huge block_count must not size anything before the tensors confirm it */
     char last[96];
     snprintf(last, sizeof last, "blk.%d.attn_norm.weight", c->n_layers - 1);
-    if ((uint64_t)c->n_layers * 9 > gguf_tensor_count(g) || !gguf_find_tensor(g, last))
-        return util_err(err, errlen, "%s.block_count = %d, but the file does not hold that many layers",
-                        a, c->n_layers);
+    if (!gguf_find_tensor(g, last))
+        return util_err(err, errlen, "%s.block_count = %d, but the model lacks tensor '%s'", a, c->n_layers, last);
+    if ((uint64_t)c->n_layers * 9 > gguf_tensor_count(g))
+        return util_err(err, errlen, "%s.block_count = %d, but the file holds only %llu tensors",
+                        a, c->n_layers, (unsigned long long)gguf_tensor_count(g));
     const gguf_tensor *emb = gguf_find_tensor(g, "token_embd.weight");
     if (!emb)
         return util_err(err, errlen, "model lacks tensor 'token_embd.weight'");

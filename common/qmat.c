@@ -129,11 +129,15 @@ void qmat_quantize_row(const float *x, int32_t cols, uint8_t *levels, float *d, 
 
 void qmat_dequant_row(const qmat *W, int32_t r, float *out)
 {
-    int32_t nb = W->cols / QMAT_BLOCK;
+    int32_t nb = W->cols / QMAT_BLOCK, rr = r % QMAT_ROWS;
+    const uint8_t *qg = W->q + (size_t)(r / QMAT_ROWS) * nb * GROUP_BYTES;
     for (int32_t b = 0; b < nb; b++) {
         float d = W->d[dm_index(nb, r, b)], m = W->m[dm_index(nb, r, b)];
-        for (int i = 0; i < QMAT_BLOCK; i++)
-            out[b * QMAT_BLOCK + i] = (float)W->q[q_index(nb, r, b * QMAT_BLOCK + i)] * d + m;
+        const uint8_t *qb = qg + (size_t)b * GROUP_BYTES + (size_t)rr * 4;
+        float *o = out + (size_t)b * QMAT_BLOCK;
+        for (int c4 = 0; c4 < 8; c4++)          /* 4 columns of this row per 64-byte quad */
+            for (int k = 0; k < 4; k++)
+                o[c4 * 4 + k] = (float)qb[c4 * 64 + k] * d + m;
     }
 }
 

@@ -35,8 +35,15 @@
 
 #define QMAT_BLOCK 32
 #define QMAT_ROWS 16
-/* Blocks of at least this many tokens go through BLAS. */
-#define QMAT_BLAS_MIN_T 32
+/* Blocks of at least this many tokens go through BLAS. With AVX512-VNNI the
+ * integer kernel measured 2x faster than dequantize + OpenBLAS sgemm even at
+ * 256 tokens (scripts/bench_kernels.c, README "Kernels"), so BLAS is kept
+ * for machines without it, where the portable kernel is slow. */
+#if defined(__AVX512F__) && defined(__AVX512VNNI__)
+#define QMAT_BLAS_MIN_T (1 << 20)
+#else
+#define QMAT_BLAS_MIN_T 16
+#endif
 
 typedef struct {
     int32_t rows, cols;

@@ -91,6 +91,19 @@ static int read_head(const cJSON *root, skip_set *s, const model_config *c, cons
     return rc;
 }
 
+/* The speedup the search recorded: "measured", else "estimated". */
+static float read_speedup(const cJSON *root)
+{
+    const char *keys[] = {"measured", "estimated"};
+    for (int i = 0; i < 2; i++) {
+        const cJSON *o = cJSON_GetObjectItemCaseSensitive(root, keys[i]);
+        const cJSON *v = o ? cJSON_GetObjectItemCaseSensitive(o, "speedup") : NULL;
+        if (cJSON_IsNumber(v) && v->valuedouble > 0)
+            return (float)v->valuedouble;
+    }
+    return 0.0f;
+}
+
 static int check_model(const cJSON *root, const model_config *c, const char *path, char *err, size_t errlen)
 {
     const cJSON *m = cJSON_GetObjectItemCaseSensitive(root, "model");
@@ -122,6 +135,7 @@ int skipset_load(skip_set *s, const char *path, const model_config *c, char *err
         rc = read_layers(root, "mlp_skip", c->n_layers, s->mlp_skip, path, err, errlen);
     if (rc == 0)
         rc = read_head(root, s, c, path, err, errlen);
+    s->speedup = read_speedup(root);
     cJSON_Delete(root);
     if (rc != 0)
         goto fail;

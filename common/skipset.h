@@ -27,6 +27,8 @@ typedef struct {
     uint8_t *mlp_skip;      /* (n_layers) */
     int32_t *head_tokens;   /* (n_head_tokens) draft-head vocabulary, or NULL */
     int32_t n_head_tokens;
+    float speedup;          /* speedup over plain decoding the search measured (else
+                               estimated) for this set; 0 = unknown */
     char source[512];       /* file it came from, or "none" */
 } skip_set;
 

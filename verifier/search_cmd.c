@@ -339,7 +339,8 @@ static char *provenance(const search_cli *o, const calib_set *cs, const cost_mod
 {
     cJSON *root = cJSON_CreateObject();
     cJSON *cal = cJSON_AddObjectToObject(root, "calibration");
-    cJSON_AddStringToObject(cal, "prompts", o->prompts_path);
+    const char *rel = strstr(o->prompts_path, "configs/");   /* repository-relative when possible */
+    cJSON_AddStringToObject(cal, "prompts", rel ? rel : o->prompts_path);
     cJSON_AddNumberToObject(cal, "n_prompts", cs->n_seqs);
     cJSON_AddNumberToObject(cal, "new_tokens_per_prompt", o->n_new);
     cJSON_AddNumberToObject(cal, "positions", cs->n_positions);

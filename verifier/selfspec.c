@@ -38,6 +38,7 @@ typedef struct {
     const char *prompt_file;
     const char *system;
     const char *mode;
+    int mode_given;            /* --mode on the command line */
     const char *skip;          /* --skip FILE|none; NULL = the model's config */
     int32_t draft_head;        /* --draft-head N: -1 = the config's, 0 = full head */
     pipe_params pl;            /* --mode pipeline */
@@ -196,7 +197,7 @@ static int parse_generate(int argc, char **argv, gen_opts *o)
         case OPT_IGNORE_EOS: o->ignore_eos = 1; break;
         case OPT_IDS: o->ids = 1; break;
         case OPT_STATS: o->stats = 1; break;
-        case OPT_MODE: o->mode = optarg; break;
+        case OPT_MODE: o->mode = optarg; o->mode_given = 1; break;
         case OPT_PIPE_SEQ: o->pl.overlap = 0; break;
         case OPT_HB_MS:
             if (cli_parse_int(optarg, "--hb-ms", 1, 60000, &v)) return -1;
@@ -523,6 +524,14 @@ static int run_generate(gen_opts *o)
             goto free_all;
         if (c > 0)
             use_spec = 0, pipeline = 0, o->mode = "plain";
+        if (c == 0 && !o->mode_given && !o->skip && ss.speedup > 0.0f && ss.speedup < 1.0f) {
+            /* speculation switches itself off where its own search found it costs */
+            fprintf(stderr, "selfspec: the skip set in %s measured %.2fx plain decoding for this model on the "
+                    "machine it was searched on; decoding plainly (--mode self-spec forces speculation)\n",
+                    ss.source, ss.speedup);
+            skipset_free(&ss);
+            use_spec = 0, o->mode = "plain";
+        }
     }
     o->pl.model_path = o->model_path;
     o->pl.skip_path = ss.source;
