@@ -53,6 +53,9 @@ setup:
 run: setup all
 	bin/selfspec generate --chat --stats -n 128 -p "Explain in three sentences why the sky is blue."
 
+# generated sources are kept (make would delete them as intermediates)
+.SECONDARY: $(PROTO_C) $(PROTO_H)
+
 build/proto/%.pb-c.c build/proto/%.pb-c.h: proto/%.proto
 	@mkdir -p build/proto
 	protoc-c --proto_path=proto --c_out=build/proto $<
