@@ -191,21 +191,41 @@ int spec_verify(const model *m, fwd_state *fs, kv_cache *kv, int32_t cur, const 
     return 0;
 }
 
-/* Emit one final token; returns 1 when generation must stop. */
-static int emit_one(const gen_params *gp, gen_emit_fn emit, void *ctx, gen_stats *st, int32_t tok)
+int spec_emit(const gen_params *gp, gen_emit_fn emit, void *ctx, gen_stats *st, int32_t tok)
 {
     st->generated_tokens++;
     return emit(ctx, tok) || gen_is_stop(gp, tok) || st->generated_tokens >= gp->max_tokens;
 }
 
-static void stats_block(spec_stats *ss, int32_t drafted, int32_t accepted)
+int spec_emit_block(const spec_block *b, int32_t accepted, int32_t next, const gen_params *gp,
+                    gen_emit_fn emit, void *ctx, gen_stats *st, int32_t *out, int32_t *n_out)
 {
+    int32_t n = 0;
+    int stop = 0;
+    for (int32_t i = 0; i <= accepted && !stop; i++) {
+        int32_t tok = i < accepted ? b->tokens[i] : next;
+        if (out)
+            out[n] = tok;
+        n++;
+        stop = spec_emit(gp, emit, ctx, st, tok);
+    }
+    if (n_out)
+        *n_out = n;
+    return stop;
+}
+
+void spec_record(spec_stats *ss, spec_exit *ex, const spec_params *sp, int32_t drafted, int32_t accepted)
+{
+    ss->verifications++;
+    if (drafted <= 0)
+        return;
     ss->drafted += drafted;
     ss->accepted += accepted;
     for (int32_t i = 0; i < drafted; i++)
         ss->drafted_at[i]++;
     for (int32_t i = 0; i < accepted; i++)
         ss->accepted_at[i]++;
+    spec_exit_update(ex, sp, drafted, accepted);
 }
 
 int gen_selfspec(const model *m, fwd_state *fs, kv_cache *kv, const skip_set *ss, const spec_params *sp,
@@ -231,7 +251,7 @@ int gen_selfspec(const model *m, fwd_state *fs, kv_cache *kv, const skip_set *ss
     st->prefill_seconds = t1 - t0;
     spec_exit ex = {sp->gamma_init, sp->ar_init};
     int32_t cur = sampler_sample(&smp, logits);
-    int stop = emit_one(gp, emit, ctx, st, cur);
+    int stop = spec_emit(gp, emit, ctx, st, cur);
     while (!stop) {
         int32_t L = kv->len;
         if (L + 1 >= kv->cap) {
@@ -251,15 +271,8 @@ int gen_selfspec(const model *m, fwd_state *fs, kv_cache *kv, const skip_set *ss
             goto free_all;
         ss_out->draft_seconds += tb - ta;
         ss_out->verify_seconds += util_now() - tb;
-        ss_out->verifications++;
-        if (b.n > 0) {
-            stats_block(ss_out, b.n, acc);
-            spec_exit_update(&ex, sp, b.n, acc);
-        }
-        for (int32_t i = 0; i < acc && !stop; i++)
-            stop = emit_one(gp, emit, ctx, st, b.tokens[i]);
-        if (!stop)
-            stop = emit_one(gp, emit, ctx, st, next);
+        spec_record(ss_out, &ex, sp, b.n, acc);
+        stop = spec_emit_block(&b, acc, next, gp, emit, ctx, st, NULL, NULL);
         cur = next;
     }
     st->decode_seconds = util_now() - t1;

@@ -110,6 +110,20 @@ int spec_verify(const model *m, fwd_state *fs, kv_cache *kv, int32_t cur, const 
                 const spec_drafter *d, sampler *smp, float *logits, int32_t *accepted, int32_t *next,
                 char *err, size_t errlen);
 
+/* Emit one final token; returns 1 when generation must stop (the callback
+ * asked, an end-of-generation token, or the token limit). */
+int spec_emit(const gen_params *gp, gen_emit_fn emit, void *ctx, gen_stats *st, int32_t tok);
+
+/* Emit the accepted draft tokens, then the full model's next token, stopping
+ * early when spec_emit says so. out (may be NULL) receives the emitted
+ * tokens and *n_out their count. Returns 1 when generation must stop. */
+int spec_emit_block(const spec_block *b, int32_t accepted, int32_t next, const gen_params *gp,
+                    gen_emit_fn emit, void *ctx, gen_stats *st, int32_t *out, int32_t *n_out);
+
+/* Record one verification (counts, acceptance by position) and, when
+ * something was drafted, adapt the exit threshold. */
+void spec_record(spec_stats *ss, spec_exit *ex, const spec_params *sp, int32_t drafted, int32_t accepted);
+
 /* Self-speculative generation in one process; same contract as gen_plain. */
 int gen_selfspec(const model *m, fwd_state *fs, kv_cache *kv, const skip_set *ss, const spec_params *sp,
                  const int32_t *prompt, int32_t n_prompt, const gen_params *gp, gen_emit_fn emit,

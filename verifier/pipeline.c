@@ -470,23 +470,6 @@ static int wait_mblock(vproc *V, int s)
     return r;
 }
 
-static void stats_block(spec_stats *ss, int32_t drafted, int32_t accepted)
-{
-    ss->verifications++;
-    ss->drafted += drafted;
-    ss->accepted += accepted;
-    for (int32_t i = 0; i < drafted; i++)
-        ss->drafted_at[i]++;
-    for (int32_t i = 0; i < accepted; i++)
-        ss->accepted_at[i]++;
-}
-
-static int emit_one(const gen_params *gp, gen_emit_fn emit, void *ctx, gen_stats *st, int32_t tok)
-{
-    st->generated_tokens++;
-    return emit(ctx, tok) || gen_is_stop(gp, tok) || st->generated_tokens >= gp->max_tokens;
-}
-
 static int emit_none(void *ctx, int32_t tok)
 {
     (void)ctx;
@@ -517,7 +500,7 @@ static int multi_loop(vproc *V, const model *m, fwd_state *fs, kv_cache *kvs, co
             return -1;
         cur[s] = sampler_sample(smp, logits);
         ex[s] = (spec_exit){sp->gamma_init, sp->ar_init};
-        stop[s] = emit_one(gp, s ? emit_none : emit, ectx, &gs[s], cur[s]);
+        stop[s] = spec_emit(gp, s ? emit_none : emit, ectx, &gs[s], cur[s]);
     }
     st->prompt_tokens = n_prompt * n;
     double t1 = util_now();
@@ -571,15 +554,8 @@ static int multi_loop(vproc *V, const model *m, fwd_state *fs, kv_cache *kvs, co
             return -1;
         ss_out->draft_seconds += tb - ta;
         ss_out->verify_seconds += util_now() - tb;
-        if (b.n > 0) {
-            stats_block(ss_out, b.n, acc);
-            spec_exit_update(&ex[s], sp, b.n, acc);
-        }
-        gen_emit_fn fn = s ? emit_none : emit;
-        for (int32_t i = 0; i < acc && !stop[s]; i++)
-            stop[s] = emit_one(gp, fn, ectx, &gs[s], b.tokens[i]);
-        if (!stop[s])
-            stop[s] = emit_one(gp, fn, ectx, &gs[s], next);
+        spec_record(ss_out, &ex[s], sp, b.n, acc);
+        stop[s] = spec_emit_block(&b, acc, next, gp, s ? emit_none : emit, ectx, &gs[s], NULL, NULL);
         cur[s] = next;
         int32_t L2 = kv->len, k2 = sp->max_draft < end_pos - L2 ? sp->max_draft : end_pos - L2;
         if (!stop[s] && k2 > 0 && V->state == D_READY)
@@ -718,7 +694,7 @@ int gen_pipeline(const model *m, fwd_state *fs, int32_t ctx, const spec_params *
     st->prefill_seconds = t1 - t0;
     spec_exit ex = {sp->gamma_init, sp->ar_init};
     int32_t cur = sampler_sample(&smp, logits);
-    int stop = emit_one(gp, emit, ectx, st, cur);
+    int stop = spec_emit(gp, emit, ectx, st, cur);
     /* wait for the first drafter to be ready (later restarts do not block) */
     while (!stop && !g_term && V.state != D_READY && V.state != D_FAILED && V.ps->drafter_deaths == 0) {
         pump_inbox(&V, 20);
@@ -766,19 +742,8 @@ int gen_pipeline(const model *m, fwd_state *fs, int32_t ctx, const spec_params *
             goto out;
         ss_out->draft_seconds += tb - ta;
         ss_out->verify_seconds += util_now() - tb;
-        if (b.n > 0) {
-            stats_block(ss_out, b.n, acc);
-            spec_exit_update(&ex, sp, b.n, acc);
-        }
-        n_acc_toks = 0;
-        for (int32_t i = 0; i < acc && !stop; i++) {
-            acc_toks[n_acc_toks++] = b.tokens[i];
-            stop = emit_one(gp, emit, ectx, st, b.tokens[i]);
-        }
-        if (!stop) {
-            acc_toks[n_acc_toks++] = next;
-            stop = emit_one(gp, emit, ectx, st, next);
-        }
+        spec_record(ss_out, &ex, sp, b.n, acc);
+        stop = spec_emit_block(&b, acc, next, gp, emit, ectx, st, acc_toks, &n_acc_toks);
         if (!stop && pp->overlap && b.n > 0 && V.state == D_READY) {
             /* the drafter has been drafting the block after this one */
             int32_t L2 = kv.len;
