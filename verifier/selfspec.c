@@ -65,6 +65,8 @@ typedef struct {
     size_t printed;      /* bytes of text already written to stdout */
     int n_ids;
     int stopped;         /* a stop string was found */
+    char *piece;         /* (piece_cap) one token's complete UTF-8 */
+    size_t piece_cap;
 } gen_out;
 
 int cmd_search(int argc, char **argv);   /* search_cmd.c */
@@ -326,9 +328,11 @@ static void out_check_stops(gen_out *g, int final)
 static int emit_token(void *ctx, int32_t token)
 {
     gen_out *g = ctx;
-    char buf[64];
-    size_t n = utf8_stream_push(&g->us, g->tok, token, buf, sizeof buf);
-    out_append(g, buf, n);
+    /* the end-of-generation token ends the text; its own text is not output */
+    if (g->o->ignore_eos || !tokenizer_is_eog(g->tok, token)) {
+        size_t n = utf8_stream_push(&g->us, g->tok, token, g->piece, g->piece_cap);
+        out_append(g, g->piece, n);
+    }
     if (g->o->ids) {
         printf(g->n_ids++ ? " %d" : "%d", token);
         fflush(stdout);
@@ -512,6 +516,8 @@ static int run_generate(gen_opts *o)
     o->gp.eog_ctx = tok;
     out.tok = tok;
     out.o = o;
+    out.piece_cap = 3 * (tokenizer_max_piece_len(tok) + 8);   /* enough for any piece (tokenizer.h) */
+    out.piece = mallocCheck(out.piece_cap);
     utf8_stream_init(&out.us);
     gen_stats st;
     spec_stats sps;
@@ -567,6 +573,7 @@ static int run_generate(gen_opts *o)
     rc = 0;
 free_all:
     free(out.text);
+    free(out.piece);
     fwd_state_free(&fs);
     kv_free(&kv);
 free_ids:
