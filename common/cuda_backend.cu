@@ -118,29 +118,6 @@ extern "C" int cuda_device_count(void)
     return n;
 }
 
-extern "C" int cuda_parse_device(const char *s, int *device)
-{
-    if (!s)
-        return -1;
-    if (!strcmp(s, "cpu")) {
-        *device = -1;
-        return 0;
-    }
-    if (!strcmp(s, "cuda")) {
-        *device = 0;
-        return 0;
-    }
-    if (!strncmp(s, "cuda:", 5) && s[5]) {
-        char *end;
-        long v = strtol(s + 5, &end, 10);
-        if (*end || v < 0 || v > 1024)
-            return -1;
-        *device = (int)v;
-        return 0;
-    }
-    return -1;
-}
-
 static int check_device(int device, char *err, size_t errlen)
 {
     int n = cuda_device_count();

@@ -22,29 +22,6 @@ int cuda_get_device_info(int device, cuda_device_info *info, char *err, size_t e
     return util_err(err, errlen, NO_CUDA);
 }
 
-int cuda_parse_device(const char *s, int *device)
-{
-    if (!s)
-        return -1;
-    if (!strcmp(s, "cpu")) {
-        *device = -1;
-        return 0;
-    }
-    if (!strcmp(s, "cuda")) {
-        *device = 0;
-        return 0;
-    }
-    if (!strncmp(s, "cuda:", 5) && s[5]) {
-        char *end;
-        long v = strtol(s + 5, &end, 10);
-        if (*end || v < 0 || v > 1024)
-            return -1;
-        *device = (int)v;
-        return 0;
-    }
-    return -1;
-}
-
 cuda_model *cuda_model_load(const model *cpu_model, int device, char *err, size_t errlen)
 {
     util_err(err, errlen, NO_CUDA);

@@ -214,6 +214,20 @@ int spec_emit_block(const spec_block *b, int32_t accepted, int32_t next, const g
     return stop;
 }
 
+int spec_begin(const model *m, fwd_state *fs, kv_cache *kv, sampler *smp, const int32_t *prompt,
+               int32_t n_prompt, const gen_params *gp, gen_emit_fn emit, void *ctx, gen_stats *st,
+               float *logits, int32_t *cur, double *t_decode, char *err, size_t errlen)
+{
+    double t0 = util_now();
+    if (gen_prefill(m, fs, kv, prompt, n_prompt, logits, err, errlen) != 0)
+        return -1;
+    st->prompt_tokens = n_prompt;
+    *t_decode = util_now();
+    st->prefill_seconds = *t_decode - t0;
+    *cur = sampler_sample(smp, logits);
+    return spec_emit(gp, emit, ctx, st, *cur);
+}
+
 void spec_record(spec_stats *ss, spec_exit *ex, const spec_params *sp, int32_t drafted, int32_t accepted)
 {
     ss->verifications++;
@@ -243,15 +257,12 @@ int gen_selfspec(const model *m, fwd_state *fs, kv_cache *kv, const skip_set *ss
     if (spec_drafter_init(&d, m, ss, sp->max_draft, err, errlen) != 0)
         goto free_sampler;
     float *logits = mallocCheck((size_t)(SPEC_MAX_DRAFT + 1) * m->config.vocab_size * sizeof(float));
-    double t0 = util_now();
-    if (gen_prefill(m, fs, kv, prompt, n_prompt, logits, err, errlen) != 0)
+    double t1;
+    int32_t cur;
+    int stop = spec_begin(m, fs, kv, &smp, prompt, n_prompt, gp, emit, ctx, st, logits, &cur, &t1, err, errlen);
+    if (stop < 0)
         goto free_all;
-    st->prompt_tokens = n_prompt;
-    double t1 = util_now();
-    st->prefill_seconds = t1 - t0;
     spec_exit ex = {sp->gamma_init, sp->ar_init};
-    int32_t cur = sampler_sample(&smp, logits);
-    int stop = spec_emit(gp, emit, ctx, st, cur);
     while (!stop) {
         int32_t L = kv->len;
         if (L + 1 >= kv->cap) {

@@ -120,6 +120,14 @@ int spec_emit(const gen_params *gp, gen_emit_fn emit, void *ctx, gen_stats *st, 
 int spec_emit_block(const spec_block *b, int32_t accepted, int32_t next, const gen_params *gp,
                     gen_emit_fn emit, void *ctx, gen_stats *st, int32_t *out, int32_t *n_out);
 
+/* The start of every speculative loop: prefill the prompt (timed into st),
+ * sample the full model's first token into *cur and emit it. logits:
+ * (vocab) scratch. Returns 1 when generation must already stop, 0 to go
+ * on, -1 on error. *t_decode receives the clock at the end of prefill. */
+int spec_begin(const model *m, fwd_state *fs, kv_cache *kv, sampler *smp, const int32_t *prompt,
+               int32_t n_prompt, const gen_params *gp, gen_emit_fn emit, void *ctx, gen_stats *st,
+               float *logits, int32_t *cur, double *t_decode, char *err, size_t errlen);
+
 /* Record one verification (counts, acceptance by position) and, when
  * something was drafted, adapt the exit threshold. */
 void spec_record(spec_stats *ss, spec_exit *ex, const spec_params *sp, int32_t drafted, int32_t accepted);

@@ -686,15 +686,12 @@ int gen_pipeline(const model *m, fwd_state *fs, int32_t ctx, const spec_params *
         rc = multi_loop(&V, m, fs, kvs, sp, &smp, logits, prompt, n_prompt, gp, emit, ectx, st, ss_out, err, errlen);
         goto mem;
     }
-    double t0 = util_now();
-    if (gen_prefill(m, fs, &kv, prompt, n_prompt, logits, err, errlen) != 0)
+    double t1;
+    int32_t cur;
+    int stop = spec_begin(m, fs, &kv, &smp, prompt, n_prompt, gp, emit, ectx, st, logits, &cur, &t1, err, errlen);
+    if (stop < 0)
         goto out;
-    st->prompt_tokens = n_prompt;
-    double t1 = util_now();
-    st->prefill_seconds = t1 - t0;
     spec_exit ex = {sp->gamma_init, sp->ar_init};
-    int32_t cur = sampler_sample(&smp, logits);
-    int stop = spec_emit(gp, emit, ectx, st, cur);
     /* wait for the first drafter to be ready (later restarts do not block) */
     while (!stop && !g_term && V.state != D_READY && V.state != D_FAILED && V.ps->drafter_deaths == 0) {
         pump_inbox(&V, 20);
