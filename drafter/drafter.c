@@ -30,11 +30,11 @@
 #include <zmq.h>
 #include <cblas.h>
 
-#include "pipe.h"
-#include "sampler.h"
-#include "skipset.h"
-#include "spec.h"
-#include "util.h"
+#include "ipc/pipe.h"
+#include "decode/sampler.h"
+#include "decode/skipset.h"
+#include "decode/spec.h"
+#include "util/util.h"
 
 #define CTX_MAX (2 * SPEC_MAX_DRAFT + 8)
 #define MAX_SEQS 64

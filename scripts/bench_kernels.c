@@ -12,8 +12,8 @@
 #include <cblas.h>
 #include <omp.h>
 
-#include "qmat.h"
-#include "util.h"
+#include "kernels/qmat.h"
+#include "util/util.h"
 
 typedef struct {
     int32_t rows, cols, count;

@@ -23,11 +23,11 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "cuda_backend.h"
-#include "generate.h"
-#include "model.h"
-#include "skipset.h"
-#include "util.h"
+#include "model/cuda_backend.h"
+#include "decode/generate.h"
+#include "model/model.h"
+#include "decode/skipset.h"
+#include "util/util.h"
 
 #define LOGIT_TOL_REL 0.03   /* |gpu - cpu| <= tol * max(1, max |cpu|) */
 #define MAXP 16

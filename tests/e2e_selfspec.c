@@ -47,13 +47,13 @@
 
 #include <cjson/cJSON.h>
 
-#include "generate.h"
-#include "gguf.h"
-#include "model.h"
-#include "skipset.h"
-#include "spec.h"
-#include "tokenizer.h"
-#include "util.h"
+#include "decode/generate.h"
+#include "format/gguf.h"
+#include "model/model.h"
+#include "decode/skipset.h"
+#include "decode/spec.h"
+#include "text/tokenizer.h"
+#include "util/util.h"
 
 #define DEFAULT_MODEL "models/SmolLM2-135M-Instruct.Q4_1.gguf"
 #define N_NEW 128

@@ -25,9 +25,9 @@
 #include <unistd.h>
 #include <cmocka.h>
 
-#include "cuda_backend.h"
-#include "generate.h"
-#include "model.h"
+#include "model/cuda_backend.h"
+#include "decode/generate.h"
+#include "model/model.h"
 #include "testutil_model.h"
 
 #define LOGIT_TOL 0.03f

@@ -50,9 +50,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "model.h"
-#include "sampler.h"
-#include "util.h"
+#include "model/model.h"
+#include "decode/sampler.h"
+#include "util/util.h"
 
 #define DEFAULT_MODEL "models/SmolLM2-135M-Instruct.Q4_1.gguf"
 #define FIXTURE_PATH "tests/fixtures/logits.json"

@@ -18,7 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "gguf.h"
+#include "format/gguf.h"
 #include "fuzz/gguf_walk.h"
 
 #define CORPUS_DIR "tests/fuzz/corpus"

@@ -26,10 +26,10 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "gguf.h"
-#include "model.h"
-#include "qmat.h"
-#include "util.h"
+#include "format/gguf.h"
+#include "model/model.h"
+#include "kernels/qmat.h"
+#include "util/util.h"
 #include "testutil_gguf.h"
 #include "testutil_model.h"
 

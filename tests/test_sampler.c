@@ -15,7 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "sampler.h"
+#include "decode/sampler.h"
 #include "testutil_model.h"
 
 static sampler make(float temp, int32_t top_k, float top_p, uint64_t seed, int32_t n)

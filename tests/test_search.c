@@ -7,8 +7,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "search.h"
-#include "skipset.h"
+#include "tune/search.h"
+#include "decode/skipset.h"
 
 /* A set on 30 layers maps to 60 and 15 layers by l / (L - 1); first and
  * last layers map to first and last. */

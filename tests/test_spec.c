@@ -41,12 +41,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "generate.h"
-#include "gguf.h"
-#include "model.h"
-#include "sampler.h"
-#include "skipset.h"
-#include "spec.h"
+#include "decode/generate.h"
+#include "format/gguf.h"
+#include "model/model.h"
+#include "decode/sampler.h"
+#include "decode/skipset.h"
+#include "decode/spec.h"
 #include "testutil_gguf.h"
 #include "testutil_model.h"
 

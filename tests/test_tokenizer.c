@@ -23,9 +23,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "gguf.h"
+#include "format/gguf.h"
 #include "testutil_gguf.h"
-#include "tokenizer.h"
+#include "text/tokenizer.h"
 
 #define DEFAULT_MODEL "models/SmolLM2-135M-Instruct.Q4_1.gguf"
 #define FIXTURE_PATH "tests/fixtures/tokens.json"

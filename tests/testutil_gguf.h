@@ -30,7 +30,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
-#include "gguf.h"
+#include "format/gguf.h"
 
 typedef struct tgguf tgguf;
 

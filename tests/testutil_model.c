@@ -10,7 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "gguf.h"
+#include "format/gguf.h"
 #include "testutil_gguf.h"
 
 /* ------------------------------------------------------------------ rng */

@@ -10,7 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "gguf.h"
+#include "format/gguf.h"
 
 int cli_parse_int(const char *s, const char *what, long lo, long hi, long *out)
 {

@@ -7,7 +7,7 @@
 
 #include <stddef.h>
 
-#include "tokenizer.h"
+#include "text/tokenizer.h"
 
 #define DEFAULT_MODEL_REL "models/SmolLM2-135M-Instruct.Q4_1.gguf"
 

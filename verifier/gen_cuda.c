@@ -5,8 +5,8 @@
 
 #include <string.h>
 
-#include "cuda_backend.h"
-#include "util.h"
+#include "model/cuda_backend.h"
+#include "util/util.h"
 
 int gen_cuda_check_device(int device, char *err, size_t errlen)
 {

@@ -6,10 +6,10 @@
 #ifndef SELFSPEC_GEN_CUDA_H
 #define SELFSPEC_GEN_CUDA_H
 
-#include "generate.h"
-#include "model.h"
-#include "skipset.h"
-#include "spec.h"
+#include "decode/generate.h"
+#include "model/model.h"
+#include "decode/skipset.h"
+#include "decode/spec.h"
 
 /* Check that device can be used: 0, or -1 + "no CUDA device available"
  * (with the reason: none visible, or a build without CUDA). */

@@ -39,8 +39,8 @@
 #include <omp.h>
 #include <zmq.h>
 
-#include "sampler.h"
-#include "util.h"
+#include "decode/sampler.h"
+#include "util/util.h"
 
 #define STARTUP_TIMEOUT_S 20.0
 #define BLOCK_TIMEOUTS 5      /* a block later than 5 heartbeat timeouts: stuck */

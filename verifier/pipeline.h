@@ -17,10 +17,10 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "generate.h"
-#include "model.h"
-#include "pipe.h"
-#include "spec.h"
+#include "decode/generate.h"
+#include "model/model.h"
+#include "ipc/pipe.h"
+#include "decode/spec.h"
 
 typedef struct {
     int overlap;            /* 1: draft block n+1 while block n is verified */

@@ -20,12 +20,12 @@
 #include <omp.h>
 
 #include "cli.h"
-#include "generate.h"
-#include "model.h"
-#include "search.h"
-#include "skipset.h"
-#include "spec.h"
-#include "util.h"
+#include "decode/generate.h"
+#include "model/model.h"
+#include "tune/search.h"
+#include "decode/skipset.h"
+#include "decode/spec.h"
+#include "util/util.h"
 
 #define MAX_PROMPTS 256
 

@@ -19,16 +19,16 @@
 #include <omp.h>
 
 #include "cli.h"
-#include "cuda_backend.h"
+#include "model/cuda_backend.h"
 #include "gen_cuda.h"
-#include "generate.h"
-#include "model.h"
+#include "decode/generate.h"
+#include "model/model.h"
 #include "pipeline.h"
-#include "sampler.h"
-#include "skipset.h"
-#include "spec.h"
-#include "tokenizer.h"
-#include "util.h"
+#include "decode/sampler.h"
+#include "decode/skipset.h"
+#include "decode/spec.h"
+#include "text/tokenizer.h"
+#include "util/util.h"
 
 #define MAX_STOPS 8
 

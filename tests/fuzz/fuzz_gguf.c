@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "gguf.h"
+#include "format/gguf.h"
 #include "gguf_walk.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

@@ -14,7 +14,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include "gguf.h"
+#include "format/gguf.h"
 
 static uint64_t gguf_walk__bytes(const void *p, uint64_t n)
 {

@@ -18,7 +18,7 @@
  * Multi-byte values are assembled byte by byte, so the reader does not depend
  * on the host's byte order or on the alignment of values inside the mapping.
  */
-#include "gguf.h"
+#include "format/gguf.h"
 
 #include <errno.h>
 #include <fcntl.h>

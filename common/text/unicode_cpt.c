@@ -2,7 +2,7 @@
  * unicode_cpt.c - UTF-8 decoding/encoding, character classes (via
  * libutf8proc) and the GPT-2 byte <-> unicode mapping. See unicode_cpt.h.
  */
-#include "unicode_cpt.h"
+#include "text/unicode_cpt.h"
 
 #include <utf8proc.h>
 

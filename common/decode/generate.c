@@ -1,11 +1,11 @@
 /*
  * generate.c - prompt prefill and plain decoding (see generate.h).
  */
-#include "generate.h"
+#include "decode/generate.h"
 
 #include <string.h>
 
-#include "util.h"
+#include "util/util.h"
 
 int gen_is_stop(const gen_params *gp, int32_t token)
 {

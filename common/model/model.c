@@ -13,7 +13,7 @@
  * batch: x (T, dim) is the residual stream. The KV cache holds
  * (layer, position, kv_dim) floats.
  */
-#include "model.h"
+#include "model/model.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -25,8 +25,8 @@
 #include <unistd.h>
 #include <omp.h>
 
-#include "f16.h"
-#include "util.h"
+#include "kernels/f16.h"
+#include "util/util.h"
 
 #define ARENA_ALIGN 64
 #define ARENA_MAP_ALIGN (2u << 20)

@@ -8,8 +8,8 @@
 
 #include <stdint.h>
 
-#include "model.h"
-#include "sampler.h"
+#include "model/model.h"
+#include "decode/sampler.h"
 
 /* Called once per final token, in order. Return nonzero to stop generation
  * (e.g. a stop string was completed). */

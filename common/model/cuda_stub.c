@@ -4,12 +4,12 @@
  * fails with "built without CUDA". The Makefile compiles this file instead
  * of cuda_backend.cu / cuda_kernels.cu when nvcc is not found.
  */
-#include "cuda_backend.h"
+#include "model/cuda_backend.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-#include "util.h"
+#include "util/util.h"
 
 #define NO_CUDA "selfspec was built without CUDA (nvcc not found at build time)"
 

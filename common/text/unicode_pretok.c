@@ -8,12 +8,12 @@
  * unicode_regex_split_custom_gpt2 step by step (contractions are
  * case-sensitive).
  */
-#include "unicode_pretok.h"
+#include "text/unicode_pretok.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-#include "unicode_cpt.h"
+#include "text/unicode_cpt.h"
 
 static const char *const upretok_digit_names[] = {
     "smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva",

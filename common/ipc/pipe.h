@@ -12,7 +12,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#include "model.h"
+#include "model/model.h"
 #include "selfspec.pb-c.h"
 
 #define PIPE_VERSION 1

@@ -12,16 +12,16 @@
  * Every evaluation is appended to a checkpoint file, so an interrupted
  * search restarts with its cache of scores and its best set.
  */
-#include "search.h"
+#include "tune/search.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "generate.h"
-#include "sampler.h"
-#include "util.h"
+#include "decode/generate.h"
+#include "decode/sampler.h"
+#include "util/util.h"
 
 #define EVAL_BATCH 31   /* positions per forward pass: stays on the few-token kernel */
 

@@ -10,7 +10,7 @@
 #if defined(__F16C__)
 #include <immintrin.h>
 #endif
-#include "gguf.h"
+#include "format/gguf.h"
 
 typedef uint16_t f16_t;
 

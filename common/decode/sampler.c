@@ -1,13 +1,13 @@
 /*
  * sampler.c - greedy / temperature / top-k / top-p sampling (see sampler.h).
  */
-#include "sampler.h"
+#include "decode/sampler.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "util.h"
+#include "util/util.h"
 
 /* qsort context-free comparison: order ids by descending logit, ties by id. */
 typedef struct {

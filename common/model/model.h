@@ -19,8 +19,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "gguf.h"
-#include "qmat.h"
+#include "format/gguf.h"
+#include "kernels/qmat.h"
 
 typedef struct {
     int32_t dim;          /* residual stream width (576 for SmolLM2-135M) */

@@ -24,7 +24,7 @@
  * k = cols. beta = 1 accumulates into Y: that is how the residual adds of
  * the attention output and MLP down projections are fused.
  */
-#include "cuda_internal.cuh"
+#include "kernels/cuda_internal.cuh"
 
 #include <math.h>
 #include <stdio.h>
@@ -33,8 +33,8 @@
 #include <time.h>
 
 extern "C" {
-#include "cuda_backend.h"
-#include "qmat.h"
+#include "model/cuda_backend.h"
+#include "kernels/qmat.h"
 }
 
 #define ALIGN_PIECE 256

@@ -1,13 +1,13 @@
 /*
  * skipset.c - skip-set configs (see skipset.h). JSON through cJSON.
  */
-#include "skipset.h"
+#include "decode/skipset.h"
 
 #include <dirent.h>
 #include <string.h>
 #include <cjson/cJSON.h>
 
-#include "util.h"
+#include "util/util.h"
 
 void skipset_init(skip_set *s, int32_t n_layers)
 {

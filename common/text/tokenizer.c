@@ -18,15 +18,15 @@
  *
  * Everything the tokenizer needs is copied out of the gguf_file at build time.
  */
-#include "tokenizer.h"
+#include "text/tokenizer.h"
 
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "unicode_cpt.h"
-#include "unicode_pretok.h"
+#include "text/unicode_cpt.h"
+#include "text/unicode_pretok.h"
 
 /* tokenizer.ggml.token_type values */
 enum {

@@ -23,10 +23,10 @@
 
 #include <stdint.h>
 
-#include "generate.h"
-#include "model.h"
-#include "sampler.h"
-#include "skipset.h"
+#include "decode/generate.h"
+#include "model/model.h"
+#include "decode/sampler.h"
+#include "decode/skipset.h"
 
 #define SPEC_MAX_DRAFT 32
 

@@ -7,7 +7,7 @@
  * targets it, and an equivalent portable loop elsewhere; both do the same
  * integer sums and the same float operations in the same order.
  */
-#include "qmat.h"
+#include "kernels/qmat.h"
 
 #include <assert.h>
 #include <math.h>
@@ -21,8 +21,8 @@
 #define QMAT_VNNI 1
 #endif
 
-#include "f16.h"
-#include "util.h"
+#include "kernels/f16.h"
+#include "util/util.h"
 
 #define QMAT_TILE 8      /* tokens sharing one pass over a weight panel */
 #define QMAT_PANEL 128   /* rows dequantized per BLAS call (multiple of 16) */

@@ -2,13 +2,13 @@
  * spec.c - self-speculative decoding: drafting with skipped sublayers,
  * verification in one pass, adaptive draft exit (see spec.h).
  */
-#include "spec.h"
+#include "decode/spec.h"
 
 #include <assert.h>
 #include <math.h>
 #include <string.h>
 
-#include "util.h"
+#include "util/util.h"
 
 void spec_params_default(spec_params *p)
 {

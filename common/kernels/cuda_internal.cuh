@@ -19,7 +19,7 @@
 #include <cublas_v2.h>
 
 extern "C" {
-#include "util.h"
+#include "util/util.h"
 }
 
 #if SELFSPEC_CUDA_BF16

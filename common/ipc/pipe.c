@@ -2,7 +2,7 @@
  * pipe.c - sockets, envelopes, shared KV and memory figures for the
  * two-process pipeline (see pipe.h).
  */
-#include "pipe.h"
+#include "ipc/pipe.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -16,7 +16,7 @@
 #include <unistd.h>
 #include <zmq.h>
 
-#include "util.h"
+#include "util/util.h"
 
 void *pipe_socket(void *zctx, int type, const char *endpoint, int bind, char *err, size_t errlen)
 {

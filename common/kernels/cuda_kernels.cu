@@ -16,7 +16,7 @@
  * attention with GQA (query head h reads KV head h / (n_heads/n_kv_heads));
  * SwiGLU g / (1 + exp(-g)) * u.
  */
-#include "cuda_internal.cuh"
+#include "kernels/cuda_internal.cuh"
 
 #include <math.h>
 

@@ -16,9 +16,9 @@
 
 #include <stdint.h>
 
-#include "model.h"
-#include "skipset.h"
-#include "spec.h"
+#include "model/model.h"
+#include "decode/skipset.h"
+#include "decode/spec.h"
 
 typedef struct {
     int32_t n_seqs;

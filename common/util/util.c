@@ -1,7 +1,7 @@
 /*
  * util.c - checked allocation, clock and error helpers (see util.h).
  */
-#include "util.h"
+#include "util/util.h"
 
 #include <errno.h>
 #include <string.h>

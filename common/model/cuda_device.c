@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cuda_backend.h"
+#include "model/cuda_backend.h"
 
 int cuda_parse_device(const char *s, int *device)
 {
