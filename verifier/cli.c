@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "format/gguf.h"
+#include "util/util.h"
 
 int cli_parse_int(const char *s, const char *what, long lo, long hi, long *out)
 {
@@ -46,16 +47,10 @@ const char *cli_default_model(char *buf, size_t n)
     if (env && *env)
         return env;
     char exe[PATH_MAX];
-    ssize_t k = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (k > 0) {
-        exe[k] = '\0';
-        char *slash = strrchr(exe, '/');
-        if (slash) {
-            *slash = '\0';
-            snprintf(buf, n, "%s/../%s", exe, DEFAULT_MODEL_REL);
-            if (access(buf, R_OK) == 0)
-                return buf;
-        }
+    if (util_exe_dir(exe, sizeof exe) == 0) {
+        snprintf(buf, n, "%s/../%s", exe, DEFAULT_MODEL_REL);
+        if (access(buf, R_OK) == 0)
+            return buf;
     }
     return DEFAULT_MODEL_REL;
 }
@@ -69,16 +64,11 @@ void cli_configs_dir(char *buf, size_t n)
         return;
     }
     char exe[PATH_MAX];
-    ssize_t k = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    char *slash = k > 0 ? (exe[k] = '\0', strrchr(exe, '/')) : NULL;
-    if (slash) {
-        *slash = '\0';
+    if (util_exe_dir(exe, sizeof exe) == 0)
         snprintf(buf, n, "%s/../configs", exe);
-    } else {
+    else
         snprintf(buf, n, "configs");
-    }
 }
-
 
 tokenizer *cli_load_tokenizer(const char *model_path)
 {

@@ -577,15 +577,10 @@ static void exe_path(char *buf, size_t n)
         return;
     }
     char self[PATH_MAX];
-    ssize_t k = readlink("/proc/self/exe", self, sizeof self - 1);
-    if (k <= 0) {
+    if (util_exe_dir(self, sizeof self) != 0) {
         snprintf(buf, n, "selfspec-drafter");
         return;
     }
-    self[k] = '\0';
-    char *slash = strrchr(self, '/');
-    if (slash)
-        *slash = '\0';
     snprintf(buf, n, "%s/selfspec-drafter", self);
 }
 

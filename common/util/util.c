@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 static void util_oom(size_t size, const char *file, int line)
 {
@@ -93,4 +94,18 @@ char *util_read_file(const char *path, size_t *len, char *err, size_t errlen)
     if (len)
         *len = n;
     return buf;
+}
+
+int util_exe_dir(char *buf, size_t n)
+{
+    char exe[4096];
+    ssize_t k = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    char *slash = k > 0 ? (exe[k] = '\0', strrchr(exe, '/')) : NULL;
+    if (!slash || (size_t)(slash - exe) + 1 > n) {
+        snprintf(buf, n, ".");
+        return -1;
+    }
+    *slash = '\0';
+    snprintf(buf, n, "%s", exe);
+    return 0;
 }

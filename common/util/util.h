@@ -31,6 +31,10 @@ double util_now(void);
 int util_err(char *err, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* The folder holding the running executable (from /proc/self/exe) into buf;
+ * returns 0, or -1 (buf set to ".") when it cannot be read or does not fit. */
+int util_exe_dir(char *buf, size_t n);
+
 /* Read a whole file into a malloc'd NUL-terminated buffer. */
 char *util_read_file(const char *path, size_t *len, char *err, size_t errlen);
 
