@@ -114,36 +114,95 @@ static int check_model(const cJSON *root, const model_config *c, const char *pat
     return 0;
 }
 
+/* The layer count a config was made for: its "model": {"n_layers"}. */
+static int file_layers(const cJSON *root, const char *path, int32_t *n, char *err, size_t errlen)
+{
+    const cJSON *m = cJSON_GetObjectItemCaseSensitive(root, "model");
+    const cJSON *nl = m ? cJSON_GetObjectItemCaseSensitive(m, "n_layers") : NULL;
+    if (!cJSON_IsNumber(nl) || nl->valuedouble != (double)nl->valueint || nl->valueint < 1 ||
+        nl->valueint > SKIPSET_MAX_LAYERS)
+        return util_err(err, errlen, "%s: no valid model.n_layers (1..%d)", path, SKIPSET_MAX_LAYERS);
+    *n = nl->valueint;
+    return 0;
+}
+
 int skipset_load(skip_set *s, const char *path, const model_config *c, char *err, size_t errlen)
 {
-    skipset_init(s, c->n_layers);
+    memset(s, 0, sizeof *s);
     size_t len;
     char *text = util_read_file(path, &len, err, errlen);
     if (!text)
-        goto fail;
+        return -1;
     cJSON *root = cJSON_ParseWithLength(text, len);
     free(text);
     if (!root || !cJSON_IsObject(root)) {
         cJSON_Delete(root);
-        util_err(err, errlen, "%s: not a JSON object", path);
-        goto fail;
+        return util_err(err, errlen, "%s: not a JSON object", path);
     }
-    int rc = check_model(root, c, path, err, errlen);
+    int32_t n_layers = c ? c->n_layers : 0;
+    int rc = c ? check_model(root, c, path, err, errlen) : file_layers(root, path, &n_layers, err, errlen);
+    if (rc == 0) {
+        skipset_init(s, n_layers);
+        rc = read_layers(root, "attn_skip", n_layers, s->attn_skip, path, err, errlen);
+    }
     if (rc == 0)
-        rc = read_layers(root, "attn_skip", c->n_layers, s->attn_skip, path, err, errlen);
-    if (rc == 0)
-        rc = read_layers(root, "mlp_skip", c->n_layers, s->mlp_skip, path, err, errlen);
-    if (rc == 0)
+        rc = read_layers(root, "mlp_skip", n_layers, s->mlp_skip, path, err, errlen);
+    if (rc == 0 && c)   /* a foreign config's head is in another vocabulary */
         rc = read_head(root, s, c, path, err, errlen);
     s->speedup = read_speedup(root);
     cJSON_Delete(root);
-    if (rc != 0)
-        goto fail;
+    if (rc != 0) {
+        skipset_free(s);
+        return -1;
+    }
     snprintf(s->source, sizeof s->source, "%s", path);
     return 0;
-fail:
-    skipset_free(s);
-    return -1;
+}
+
+int skipset_set_head(skip_set *s, int32_t draft_head, char *err, size_t errlen)
+{
+    if (draft_head < 0)
+        return 0;                      /* the config's own */
+    if (draft_head % QMAT_ROWS)
+        return util_err(err, errlen, "the draft head size must be a multiple of %d, got %d", QMAT_ROWS, draft_head);
+    if (draft_head > s->n_head_tokens)
+        return util_err(err, errlen, "a draft head of %d tokens was asked for; the config lists %d",
+                        draft_head, s->n_head_tokens);
+    if (draft_head == 0) {             /* the full head */
+        free(s->head_tokens);
+        s->head_tokens = NULL;
+    }
+    s->n_head_tokens = draft_head;
+    return 0;
+}
+
+int skipset_choose(skip_set *s, const char *skip, int32_t draft_head, const char *configs_dir,
+                   const model_config *c, char *err, size_t errlen)
+{
+    char path[4096 + 300];
+    if (skip && !strcmp(skip, "none")) {
+        skipset_init(s, c->n_layers);
+        return 0;
+    }
+    if (skip) {
+        snprintf(path, sizeof path, "%s", skip);
+    } else if (skipset_find(configs_dir, c, path, sizeof path) != 0) {
+        memset(s, 0, sizeof *s);
+        util_err(err, errlen, "no skip-set config for model '%s' in %s", c->name, configs_dir);
+        return 1;
+    }
+    if (skipset_load(s, path, c, err, errlen) != 0)
+        return -1;
+    if (skipset_set_head(s, draft_head, err, errlen) != 0) {
+        skipset_free(s);
+        return -1;
+    }
+    return 0;
+}
+
+int skipset_pays(const skip_set *s)
+{
+    return !(s->speedup > 0.0f && s->speedup < 1.0f);
 }
 
 /* Does the config's "model" entry describe c? */

@@ -36,9 +36,34 @@ typedef struct {
 void skipset_init(skip_set *s, int32_t n_layers);
 void skipset_free(skip_set *s);
 
+#define SKIPSET_MAX_LAYERS 4096
+
 /* Parse a config file and check it against the model (layer count, indices
- * in range, no duplicates, token ids in the vocabulary). */
+ * in range, no duplicates, token ids in the vocabulary). c == NULL: a config
+ * of another model (seed configs), taken as it is: n_layers from its
+ * "model" entry, its layers checked against that, no draft head. On error s
+ * holds nothing to free. */
 int skipset_load(skip_set *s, const char *path, const model_config *c, char *err, size_t errlen);
+
+/* The one check of a requested draft-head size: -1 keeps the config's head,
+ * 0 means the full head, N (a multiple of 16, at most the config's size)
+ * keeps the N most frequent tokens. Returns 0, or -1 with err. */
+int skipset_set_head(skip_set *s, int32_t draft_head, char *err, size_t errlen);
+
+/*
+ * The skip set self-spec drafts with: skip "none" = the empty set (a draft
+ * with the full model), a file path, or NULL = the config in configs_dir
+ * whose "model" entry matches c; then skipset_set_head(draft_head).
+ * Returns 0 (s filled), 1 when no config matches (err says so; decode
+ * plainly), -1 on error (err).
+ */
+int skipset_choose(skip_set *s, const char *skip, int32_t draft_head, const char *configs_dir,
+                   const model_config *c, char *err, size_t errlen);
+
+/* Whether speculation pays by the set's own record: 0 when its search
+ * measured (or estimated) a speedup below 1x, else 1 (unknown counts as
+ * paying: the user asked for it). */
+int skipset_pays(const skip_set *s);
 
 /* Find the config in dir whose "model" entry matches c (name, layers, dim,
  * vocabulary). Writes its path into out. Returns 0 if found, -1 if none. */

@@ -328,12 +328,6 @@ void search_head_tokens(const calib_set *cs, const model *m, int32_t n, skip_set
 /* ------------------------------------------------------------------------ */
 /* Search                                                                    */
 
-/* A candidate is a bit string: bit l = attention of layer l skipped,
- * bit L + l = MLP of layer l skipped. */
-typedef struct {
-    char bits[2 * 256 + 1];
-    search_score sc;
-} eval_entry;
 
 typedef struct {
     const calib_set *cs;
@@ -345,9 +339,9 @@ typedef struct {
     qmat head;
     const int32_t *head_tokens;
     int32_t L;
-    eval_entry *cache;
+    search_entry *cache;
     int32_t n_cache, cap_cache;
-    eval_entry best;
+    search_entry best;
     double t_start;
     int32_t trials;
     FILE *state;
@@ -362,15 +356,7 @@ static void set_to_bits(const skip_set *s, char *bits)
     bits[2 * s->n_layers] = '\0';
 }
 
-static void bits_to_set(const char *bits, skip_set *s)
-{
-    for (int32_t l = 0; l < s->n_layers; l++) {
-        s->attn_skip[l] = bits[l] == '1';
-        s->mlp_skip[l] = bits[s->n_layers + l] == '1';
-    }
-}
-
-static eval_entry *cache_find(search_ctx *x, const char *bits)
+static search_entry *cache_find(search_ctx *x, const char *bits)
 {
     for (int32_t i = 0; i < x->n_cache; i++)
         if (!strcmp(x->cache[i].bits, bits))
@@ -382,14 +368,14 @@ static void cache_add(search_ctx *x, const char *bits, const search_score *sc)
 {
     if (x->n_cache == x->cap_cache) {
         x->cap_cache = x->cap_cache ? 2 * x->cap_cache : 256;
-        eval_entry *n = realloc(x->cache, (size_t)x->cap_cache * sizeof *n);
+        search_entry *n = realloc(x->cache, (size_t)x->cap_cache * sizeof *n);
         if (!n) {
             fprintf(stderr, "selfspec: out of memory in search\n");
             exit(1);
         }
         x->cache = n;
     }
-    eval_entry *e = &x->cache[x->n_cache++];
+    search_entry *e = &x->cache[x->n_cache++];
     snprintf(e->bits, sizeof e->bits, "%s", bits);
     e->sc = *sc;
     if (sc->tokens_per_s > x->best.sc.tokens_per_s)
@@ -410,12 +396,12 @@ static void progress(search_ctx *x, const char *phase)
 /* Score a bit string, through the cache. Returns NULL on error. */
 static const search_score *evaluate(search_ctx *x, const char *bits, const char *phase, char *err, size_t errlen)
 {
-    eval_entry *e = cache_find(x, bits);
+    search_entry *e = cache_find(x, bits);
     if (e)
         return &e->sc;
     skip_set s;
     skipset_init(&s, x->L);
-    bits_to_set(bits, &s);
+    search_bits_to_set(bits, &s);
     search_score sc;
     int rc = search_score_set(x->cs, x->m, x->fs, &s, x->head.rows ? &x->head : NULL, x->head_tokens, x->cm,
                               x->sp, &sc, err, errlen);
@@ -424,11 +410,8 @@ static const search_score *evaluate(search_ctx *x, const char *bits, const char 
         return NULL;
     x->trials++;
     cache_add(x, bits, &sc);
-    if (x->state) {
-        fprintf(x->state, "%s %.6f %.6f %.6f %.6f %.6f\n", bits, sc.tokens_per_s, sc.speedup, sc.match_rate,
-                sc.accept_rate, sc.mean_accepted);
-        fflush(x->state);
-    }
+    if (x->state)
+        search_state_write(x->state, &x->cache[x->n_cache - 1]);
     progress(x, phase);
     return &x->cache[x->n_cache - 1].sc;
 }
@@ -438,24 +421,65 @@ static int time_left(const search_ctx *x)
     return util_now() - x->t_start < x->o->budget_seconds;
 }
 
-/* Reload a checkpoint: each line "bits tps speedup match accept mean". */
+int search_state_read(const char *path, int32_t n_layers, search_entry **out)
+{
+    *out = NULL;
+    FILE *f = path ? fopen(path, "r") : NULL;
+    if (!f)
+        return 0;
+    search_entry e, *rows = NULL;
+    int n = 0, cap = 0;
+    char line[2 * SEARCH_MAX_LAYERS + 256];
+    while (fgets(line, sizeof line, f)) {
+        char bits[2 * SEARCH_MAX_LAYERS + 2];
+        search_score *sc = &e.sc;
+        if (sscanf(line, "%513s %lf %lf %lf %lf %lf", bits, &sc->tokens_per_s, &sc->speedup, &sc->match_rate,
+                   &sc->accept_rate, &sc->mean_accepted) != 6 || (int32_t)strlen(bits) != 2 * n_layers ||
+            strspn(bits, "01") != strlen(bits))
+            continue;   /* a torn last line, or another model's rows */
+        snprintf(e.bits, sizeof e.bits, "%s", bits);
+        if (n == cap) {
+            cap = cap ? 2 * cap : 256;
+            search_entry *nr = realloc(rows, (size_t)cap * sizeof *nr);
+            if (!nr)
+                break;
+            rows = nr;
+        }
+        rows[n++] = e;
+    }
+    fclose(f);
+    *out = rows;
+    return n;
+}
+
+void search_state_write(FILE *f, const search_entry *e)
+{
+    fprintf(f, "%s %.6f %.6f %.6f %.6f %.6f\n", e->bits, e->sc.tokens_per_s, e->sc.speedup, e->sc.match_rate,
+            e->sc.accept_rate, e->sc.mean_accepted);
+    fflush(f);
+}
+
+void search_bits_to_set(const char *bits, skip_set *s)
+{
+    for (int32_t l = 0; l < s->n_layers; l++) {
+        s->attn_skip[l] = bits[l] == '1';
+        s->mlp_skip[l] = bits[s->n_layers + l] == '1';
+    }
+}
+
+/* Reload the checkpoint's evaluated sets into the cache. */
 static void resume(search_ctx *x)
 {
-    FILE *f = x->o->state_path ? fopen(x->o->state_path, "r") : NULL;
-    if (!f)
-        return;
-    char bits[600];
-    search_score sc;
-    int n = 0;
-    while (fscanf(f, "%599s %lf %lf %lf %lf %lf", bits, &sc.tokens_per_s, &sc.speedup, &sc.match_rate,
-                  &sc.accept_rate, &sc.mean_accepted) == 6)
-        if ((int32_t)strlen(bits) == 2 * x->L && !cache_find(x, bits)) {
-            cache_add(x, bits, &sc);
-            n++;
+    search_entry *rows;
+    int n = search_state_read(x->o->state_path, x->L, &rows), added = 0;
+    for (int i = 0; i < n; i++)
+        if (!cache_find(x, rows[i].bits)) {
+            cache_add(x, rows[i].bits, &rows[i].sc);
+            added++;
         }
-    fclose(f);
-    if (n && !x->o->quiet)
-        fprintf(stderr, "search: resumed %d evaluated sets from %s\n", n, x->o->state_path);
+    free(rows);
+    if (added && !x->o->quiet)
+        fprintf(stderr, "search: resumed %d evaluated sets from %s\n", added, x->o->state_path);
 }
 
 typedef struct {
@@ -476,7 +500,7 @@ static int sensitivity_and_prefix(search_ctx *x, sub_rank *rank, double *alone_m
     size_t n = (size_t)(2 * x->L);
     if (n > 512)
         return util_err(err, errlen, "too many layers");
-    char bits[2 * 256 + 1];
+    char bits[2 * SEARCH_MAX_LAYERS + 1];
     for (size_t i = 0; i < n; i++) {
         memset(bits, '0', n);
         bits[n] = '\0';
@@ -506,7 +530,7 @@ static int local_search(search_ctx *x, const sub_rank *rank, char *err, size_t e
 {
     int32_t n = 2 * x->L;
     uint64_t rng = x->o->seed * 0x9E3779B97F4A7C15ull + 1;
-    char bits[2 * 256 + 1];
+    char bits[2 * SEARCH_MAX_LAYERS + 1];
     int32_t stale = 0;
     while (time_left(x) && stale < 40 * n) {
         snprintf(bits, sizeof bits, "%s", x->best.bits);
@@ -534,7 +558,7 @@ static int random_search(search_ctx *x, char *err, size_t errlen)
 {
     int32_t n = 2 * x->L;
     uint64_t rng = x->o->seed * 0x9E3779B97F4A7C15ull + 7;
-    char bits[2 * 256 + 1];
+    char bits[2 * SEARCH_MAX_LAYERS + 1];
     while (time_left(x)) {
         rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
         double share = 0.6 * (double)(rng >> 11) / 9007199254740992.0;
@@ -551,7 +575,7 @@ static int random_search(search_ctx *x, char *err, size_t errlen)
 
 static int by_score_desc(const void *a, const void *b)
 {
-    const eval_entry *x = a, *y = b;
+    const search_entry *x = a, *y = b;
     return (x->sc.tokens_per_s < y->sc.tokens_per_s) - (x->sc.tokens_per_s > y->sc.tokens_per_s);
 }
 
@@ -583,8 +607,8 @@ int search_run(const calib_set *cs, const model *m, fwd_state *fs, const cost_mo
                char **report_json, char *err, size_t errlen)
 {
     search_ctx x = {.cs = cs, .m = m, .fs = fs, .cm = cm, .sp = sp, .o = o, .L = m->config.n_layers};
-    if (x.L > 256 || x.L < 1)
-        return util_err(err, errlen, "search supports 1 to 256 layers");
+    if (x.L > SEARCH_MAX_LAYERS || x.L < 1)
+        return util_err(err, errlen, "search supports 1 to %d layers", SEARCH_MAX_LAYERS);
     size_t n = (size_t)(2 * x.L);
     int rc = -1;
     skipset_init(best, x.L);
@@ -599,7 +623,7 @@ int search_run(const calib_set *cs, const model *m, fwd_state *fs, const cost_mo
     x.state = o->state_path ? fopen(o->state_path, "a") : NULL;
     sub_rank *rank = mallocCheck(n * sizeof *rank);
     double *alone = callocCheck(n, sizeof(double));
-    char bits[2 * 256 + 1];
+    char bits[2 * SEARCH_MAX_LAYERS + 1];
     memset(bits, '0', n);
     bits[n] = '\0';
     const search_score *full = evaluate(&x, bits, "baseline", err, errlen);
@@ -616,7 +640,7 @@ int search_run(const calib_set *cs, const model *m, fwd_state *fs, const cost_mo
         goto out;
     if (!o->quiet)
         fprintf(stderr, "\n");
-    bits_to_set(x.best.bits, best);
+    search_bits_to_set(x.best.bits, best);
     *score = x.best.sc;
     if (report_json)
         *report_json = make_report(&x, alone, full_match);

@@ -15,6 +15,7 @@
 #define SELFSPEC_SEARCH_H
 
 #include <stdint.h>
+#include <stdio.h>
 
 #include "model/model.h"
 #include "decode/skipset.h"
@@ -63,7 +64,6 @@ int search_score_set(const calib_set *cs, const model *m, fwd_state *fs, const s
                      const spec_params *sp, search_score *out, char *err, size_t errlen);
 
 typedef struct {
-    const char *out_path;      /* config written at the end (and resumed from) */
     const char *state_path;    /* checkpoint of evaluated sets, for resuming */
     double budget_seconds;     /* wall-clock budget of the search */
     int32_t head_size;         /* pruned draft head size (0 = full head) */
@@ -72,6 +72,27 @@ typedef struct {
     int random_only;           /* baseline strategy: random sets for the whole budget */
     int quiet;
 } search_opts;
+
+#define SEARCH_MAX_LAYERS 256
+
+/* One evaluated candidate. bits: '1' = skipped; bit l is the attention of
+ * layer l, bit L + l its MLP (L layers, 2L characters). */
+typedef struct {
+    char bits[2 * SEARCH_MAX_LAYERS + 1];
+    search_score sc;
+} search_entry;
+
+/* The search checkpoint (search_opts.state_path), owned here: one line per
+ * evaluated set, "bits tokens_per_s speedup match_rate accept_rate
+ * mean_accepted". search_state_read returns the rows for a model of
+ * n_layers in *out (malloc'd; NULL when there are none) and their count;
+ * a missing file is 0 rows, and lines that do not parse (a torn last line)
+ * or are another model's are passed over. */
+int search_state_read(const char *path, int32_t n_layers, search_entry **out);
+void search_state_write(FILE *f, const search_entry *e);
+
+/* Set s's skip flags from a candidate's bits (s->n_layers layers). */
+void search_bits_to_set(const char *bits, skip_set *s);
 
 /* Token frequency ranking over the calibration set (ties by id); fills
  * ss->head_tokens with the first n. */

@@ -1,12 +1,12 @@
 /*
- * selfspec.c - the command-line entry point, bin/selfspec.
+ * generate.c - `selfspec generate`: one prompt, its continuation streamed
+ * to stdout (text, or token ids with --ids), figures on stderr (--stats).
  *
- *   selfspec generate [options]   generate a continuation of a prompt
- *
- * The generate subcommand loads the model (the weight arena), tokenizes the
- * prompt (optionally through the model's chat template), runs one of the
- * decoding loops and streams the result: text, or token ids with --ids.
- * All per-run state lives in a gen_run struct; nothing global.
+ * A thin shell: options, then the library does the work -- the prompt
+ * through the chat template (text/), the skip-set choice (skipset_choose),
+ * one of the decoding loops (decode/, ipc/ for the pipeline, the CUDA
+ * backend), the text with its stop strings (decode/output.h) and the stats
+ * line (decode/stats.h). All per-run state is local; nothing global.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -19,9 +19,12 @@
 #include <omp.h>
 
 #include "cli.h"
+#include "commands.h"
 #include "model/cuda_backend.h"
 #include "gen_cuda.h"
 #include "decode/generate.h"
+#include "decode/output.h"
+#include "decode/stats.h"
 #include "model/model.h"
 #include "pipeline.h"
 #include "decode/sampler.h"
@@ -30,7 +33,7 @@
 #include "text/tokenizer.h"
 #include "util/util.h"
 
-#define MAX_STOPS 8
+#define MAX_STOPS OUT_MAX_STOPS
 
 typedef struct {
     const char *model_path;
@@ -55,21 +58,14 @@ typedef struct {
     int n_stops;
 } gen_opts;
 
-/* Output state shared with the emit callback. */
+/* What the emit callback needs: the text with its stop strings, and the
+ * ids already printed (--ids). */
 typedef struct {
-    const tokenizer *tok;
     const gen_opts *o;
-    utf8_stream us;
-    char *text;          /* complete UTF-8 generated so far */
-    size_t len, cap;
-    size_t printed;      /* bytes of text already written to stdout */
+    out_text text;
     int n_ids;
-    int stopped;         /* a stop string was found */
-    char *piece;         /* (piece_cap) one token's complete UTF-8 */
-    size_t piece_cap;
 } gen_out;
 
-int cmd_search(int argc, char **argv);   /* search_cmd.c */
 
 static void usage_generate(FILE *f)
 {
@@ -121,16 +117,6 @@ static void usage_generate(FILE *f)
 "Output is exactly the full model's: self-spec only changes speed. --stats adds\n"
 "drafted/accepted counts, acceptance by draft position and the final threshold.\n",
             MAX_STOPS, SPEC_MAX_DRAFT);
-}
-
-static void usage_main(FILE *f)
-{
-    fprintf(f,
-"usage: selfspec <command> [options]\n"
-"\n"
-"commands:\n"
-"  generate   generate text from a prompt (selfspec generate --help)\n"
-"  search     find the sublayers the draft skips (selfspec search --help)\n");
 }
 
 enum { OPT_CHAT = 256, OPT_SYSTEM, OPT_TEMP, OPT_TOPK, OPT_TOPP, OPT_SEED, OPT_STOP,
@@ -220,11 +206,7 @@ static int parse_generate(int argc, char **argv, gen_opts *o)
         case OPT_SKIP: o->skip = optarg; break;
         case OPT_DRAFT_HEAD:
             if (cli_parse_int(optarg, "--draft-head", 0, 1 << 24, &v)) return -1;
-            if (v % 16) {
-                fprintf(stderr, "selfspec: --draft-head must be a multiple of 16\n");
-                return -1;
-            }
-            o->draft_head = (int32_t)v;
+            o->draft_head = (int32_t)v;   /* checked against the config by skipset_set_head */
             break;
         case OPT_DRAFT_MAX:
             if (cli_parse_int(optarg, "--draft-max", 1, SPEC_MAX_DRAFT, &v)) return -1;
@@ -272,73 +254,29 @@ static int parse_generate(int argc, char **argv, gen_opts *o)
     return 0;
 }
 
-/* ---- output: streaming text with stop strings ---- */
+/* ---- output ---- */
 
-static void out_append(gen_out *g, const char *s, size_t n)
+/* Print what became final (not with --ids). */
+static void print_final(gen_out *g)
 {
-    if (g->len + n + 1 > g->cap) {
-        g->cap = (g->len + n + 1) * 2;
-        char *nt = realloc(g->text, g->cap);
-        if (!nt) {
-            fprintf(stderr, "selfspec: out of memory\n");
-            exit(1);
-        }
-        g->text = nt;
-    }
-    memcpy(g->text + g->len, s, n);
-    g->len += n;
-    g->text[g->len] = '\0';
-}
-
-/* Print text up to `upto` (not past a possible stop-string prefix). */
-static void out_print(gen_out *g, size_t upto)
-{
-    if (!g->o->ids && upto > g->printed) {
-        fwrite(g->text + g->printed, 1, upto - g->printed, stdout);
+    const char *s;
+    size_t n = out_text_take(&g->text, &s);
+    if (!g->o->ids && n) {
+        fwrite(s, 1, n, stdout);
         fflush(stdout);
     }
-    if (upto > g->printed)
-        g->printed = upto;
-}
-
-/* Look for a stop string in the new text; print what is safe to print. */
-static void out_check_stops(gen_out *g, int final)
-{
-    size_t maxlen = 0, start = 0;
-    for (int i = 0; i < g->o->n_stops; i++) {
-        size_t sl = strlen(g->o->stops[i]);
-        maxlen = sl > maxlen ? sl : maxlen;
-    }
-    start = g->printed > maxlen ? g->printed - maxlen : 0;
-    for (int i = 0; i < g->o->n_stops; i++) {
-        const char *hit = strstr(g->text + start, g->o->stops[i]);
-        if (hit) {
-            g->stopped = 1;
-            out_print(g, (size_t)(hit - g->text));
-            return;
-        }
-    }
-    size_t hold = final || maxlen == 0 ? 0 : maxlen - 1;
-    size_t safe = g->len > hold ? g->len - hold : 0;
-    while (safe > g->printed && safe < g->len && ((unsigned char)g->text[safe] & 0xC0) == 0x80)
-        safe--;   /* never split a UTF-8 character */
-    out_print(g, safe);
 }
 
 static int emit_token(void *ctx, int32_t token)
 {
     gen_out *g = ctx;
-    /* the end-of-generation token ends the text; its own text is not output */
-    if (g->o->ignore_eos || !tokenizer_is_eog(g->tok, token)) {
-        size_t n = utf8_stream_push(&g->us, g->tok, token, g->piece, g->piece_cap);
-        out_append(g, g->piece, n);
-    }
+    int stop = out_text_push(&g->text, token);
     if (g->o->ids) {
         printf(g->n_ids++ ? " %d" : "%d", token);
         fflush(stdout);
     }
-    out_check_stops(g, 0);
-    return g->stopped;
+    print_final(g);
+    return stop;
 }
 
 static int is_eog_cb(const void *ctx, int32_t token)
@@ -386,72 +324,29 @@ static char *load_prompt(const gen_opts *o, const tokenizer *tok, size_t *len)
 }
 
 static void print_stats(const gen_opts *o, const gen_stats *st, const spec_stats *sp, const char *skip_src,
-                        const pipe_stats *pst)
+                        const pipe_params *pp, const pipe_stats *pst)
 {
-    double total = st->prefill_seconds + st->decode_seconds;
-    int32_t decoded = st->generated_tokens > 1 ? st->generated_tokens - 1 : 0;
-    fprintf(stderr,
-            "{\"mode\": \"%s\", \"threads\": %d, \"prompt_tokens\": %d, \"generated_tokens\": %d, "
-            "\"seconds\": %.4f, \"tokens_per_s\": %.2f, \"prefill_seconds\": %.4f, "
-            "\"prefill_tokens_per_s\": %.2f, \"decode_seconds\": %.4f, \"decode_tokens_per_s\": %.2f",
-            o->mode, omp_get_max_threads(), st->prompt_tokens, st->generated_tokens, total,
-            total > 0 ? st->generated_tokens / total : 0.0, st->prefill_seconds,
-            st->prefill_seconds > 0 ? st->prompt_tokens / st->prefill_seconds : 0.0,
-            st->decode_seconds, st->decode_seconds > 0 ? decoded / st->decode_seconds : 0.0);
-    if (sp) {
-        fprintf(stderr,
-                ", \"skip_config\": \"%s\", \"drafted\": %lld, \"accepted\": %lld, \"verifications\": %lld, "
-                "\"acceptance_rate\": %.4f, \"mean_accepted_per_verify\": %.3f, \"final_gamma\": %.4f, "
-                "\"draft_seconds\": %.4f, \"verify_seconds\": %.4f, \"acceptance_by_position\": [",
-                skip_src, (long long)sp->drafted, (long long)sp->accepted, (long long)sp->verifications,
-                sp->drafted ? (double)sp->accepted / sp->drafted : 0.0,
-                sp->verifications ? (double)sp->accepted / sp->verifications : 0.0, sp->final_gamma,
-                sp->draft_seconds, sp->verify_seconds);
-        for (int i = 0; i < SPEC_MAX_DRAFT && sp->drafted_at[i]; i++)
-            fprintf(stderr, "%s%.4f", i ? ", " : "", (double)sp->accepted_at[i] / sp->drafted_at[i]);
-        fprintf(stderr, "]");
-    }
-    if (pst) {
-        fprintf(stderr, ", ");
-        pipeline_print_stats(stderr, &o->pl, pst);
-    }
-    fprintf(stderr, "}\n");
-}
-
-/* The skip set for self-spec: --skip FILE|none, else the model's config.
- * Returns 0 and fills ss, 1 when there is no config (use plain), -1 on error. */
-static int choose_skipset(const gen_opts *o, const model *m, skip_set *ss)
-{
-    char err[512], dir[PATH_MAX], path[PATH_MAX + 300];
-    if (o->skip && !strcmp(o->skip, "none")) {
-        skipset_init(ss, m->config.n_layers);
-        return 0;
-    }
-    if (o->skip) {
-        snprintf(path, sizeof path, "%s", o->skip);
-    } else {
-        cli_configs_dir(dir, sizeof dir);
-        if (skipset_find(dir, &m->config, path, sizeof path) != 0) {
-            fprintf(stderr, "selfspec: no skip-set config for model '%s' in %s; using plain decoding "
-                    "(make one with 'selfspec search', or pass --skip)\n", m->config.name, dir);
-            return 1;
+    cJSON *j = stats_json(o->mode, omp_get_max_threads(), st, sp, skip_src);
+    if (pst) {   /* the pipeline's own fields, merged in */
+        char *buf = NULL;
+        size_t len = 0;
+        FILE *mf = open_memstream(&buf, &len);
+        if (mf) {
+            fputc('{', mf);
+            pipeline_print_stats(mf, pp, pst);
+            fputc('}', mf);
+            fclose(mf);
+            cJSON *pj = cJSON_Parse(buf);
+            for (cJSON *it = pj ? pj->child : NULL; it; it = it->next)
+                cJSON_AddItemToObject(j, it->string, cJSON_Duplicate(it, 1));
+            cJSON_Delete(pj);
         }
+        free(buf);
     }
-    if (skipset_load(ss, path, &m->config, err, sizeof err) != 0) {
-        fprintf(stderr, "selfspec: bad skip set: %s\n", err);
-        return -1;
-    }
-    if (o->draft_head == 0) {           /* full head */
-        free(ss->head_tokens);
-        ss->head_tokens = NULL;
-        ss->n_head_tokens = 0;
-    } else if (o->draft_head > 0 && o->draft_head < ss->n_head_tokens) {
-        ss->n_head_tokens = o->draft_head;
-    } else if (o->draft_head > ss->n_head_tokens) {
-        fprintf(stderr, "selfspec: --draft-head %d: the config lists %d tokens\n", o->draft_head, ss->n_head_tokens);
-        return -1;
-    }
-    return 0;
+    char *line = cJSON_PrintUnformatted(j);
+    fprintf(stderr, "%s\n", line);
+    free(line);
+    cJSON_Delete(j);
 }
 
 /* ---- generate ---- */
@@ -514,23 +409,30 @@ static int run_generate(gen_opts *o)
     o->gp.ignore_eos = o->ignore_eos;
     o->gp.is_eog = is_eog_cb;
     o->gp.eog_ctx = tok;
-    out.tok = tok;
     out.o = o;
-    out.piece_cap = 3 * (tokenizer_max_piece_len(tok) + 8);   /* enough for any piece (tokenizer.h) */
-    out.piece = mallocCheck(out.piece_cap);
-    utf8_stream_init(&out.us);
+    if (out_text_init(&out.text, tok, o->stops, o->n_stops, o->ignore_eos, err, sizeof err) != 0) {
+        fprintf(stderr, "selfspec: %s\n", err);
+        goto free_all;
+    }
     gen_stats st;
     spec_stats sps;
     skip_set ss = {0};
     pipe_stats pst;
     int use_spec = !strcmp(o->mode, "self-spec") || !strcmp(o->mode, "pipeline");
     if (use_spec) {
-        int c = choose_skipset(o, &m, &ss);
-        if (c < 0)
+        char dir[PATH_MAX];
+        cli_configs_dir(dir, sizeof dir);
+        int c = skipset_choose(&ss, o->skip, o->draft_head, dir, &m.config, err, sizeof err);
+        if (c < 0) {
+            fprintf(stderr, "selfspec: bad skip set: %s\n", err);
             goto free_all;
-        if (c > 0)
+        }
+        if (c > 0) {
+            fprintf(stderr, "selfspec: %s; using plain decoding (make one with 'selfspec search', or pass --skip)\n",
+                    err);
             use_spec = 0, pipeline = 0, o->mode = "plain";
-        if (c == 0 && !o->mode_given && !o->skip && ss.speedup > 0.0f && ss.speedup < 1.0f) {
+        }
+        if (c == 0 && !o->mode_given && !o->skip && !skipset_pays(&ss)) {
             /* speculation switches itself off where its own search found it costs */
             fprintf(stderr, "selfspec: the skip set in %s measured %.2fx plain decoding for this model on the "
                     "machine it was searched on; decoding plainly (--mode self-spec forces speculation)\n",
@@ -558,22 +460,17 @@ static int run_generate(gen_opts *o)
             skipset_free(&ss);
         goto free_all;
     }
-    if (!out.stopped) {
-        char tail[64];
-        size_t n = utf8_stream_flush(&out.us, tail, sizeof tail);
-        out_append(&out, tail, n);
-        out_check_stops(&out, 1);
-    }
+    out_text_finish(&out.text);
+    print_final(&out);
     printf("\n");
     fflush(stdout);
     if (o->stats)
-        print_stats(o, &st, use_spec ? &sps : NULL, use_spec ? ss.source : "", pipeline ? &pst : NULL);
+        print_stats(o, &st, use_spec ? &sps : NULL, use_spec ? ss.source : "", &o->pl, pipeline ? &pst : NULL);
     if (use_spec)
         skipset_free(&ss);
     rc = 0;
 free_all:
-    free(out.text);
-    free(out.piece);
+    out_text_free(&out.text);
     fwd_state_free(&fs);
     kv_free(&kv);
 free_ids:
@@ -587,25 +484,10 @@ free_model:
     return rc;
 }
 
-int main(int argc, char **argv)
+int cmd_generate(int argc, char **argv)
 {
-    if (argc < 2) {
-        usage_main(stderr);
+    gen_opts o = {0};
+    if (parse_generate(argc, argv, &o) != 0)
         return 2;
-    }
-    if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
-        usage_main(stdout);
-        return 0;
-    }
-    if (!strcmp(argv[1], "search"))
-        return cmd_search(argc - 1, argv + 1);
-    if (!strcmp(argv[1], "generate")) {
-        gen_opts o = {0};
-        if (parse_generate(argc - 1, argv + 1, &o) != 0)
-            return 2;
-        return run_generate(&o);
-    }
-    fprintf(stderr, "selfspec: unknown command '%s'\n", argv[1]);
-    usage_main(stderr);
-    return 2;
+    return run_generate(&o);
 }

@@ -1,5 +1,5 @@
 /*
- * search_cmd.c - `selfspec search`: find the skip set that maximizes
+ * search.c - `selfspec search`: find the skip set that maximizes
  * self-speculative tokens/s for a model on this machine, validate the
  * objective against real decoding, and write the config.
  *
@@ -20,6 +20,7 @@
 #include <omp.h>
 
 #include "cli.h"
+#include "commands.h"
 #include "decode/generate.h"
 #include "model/model.h"
 #include "tune/search.h"
@@ -240,15 +241,10 @@ static double spearman(const double *a, const double *b, int n)
     return saa > 0 && sbb > 0 ? sab / sqrt(saa * sbb) : 0.0;
 }
 
-typedef struct {
-    char bits[520];
-    double est;
-} state_row;
-
 static int by_est(const void *a, const void *b)
 {
-    const state_row *x = a, *y = b;
-    return (x->est > y->est) - (x->est < y->est);
+    const search_entry *x = a, *y = b;
+    return (x->sc.tokens_per_s > y->sc.tokens_per_s) - (x->sc.tokens_per_s < y->sc.tokens_per_s);
 }
 
 /* Validation: pick n sets spread over the range of estimated tokens/s from
@@ -257,22 +253,10 @@ static double validate_objective(const char *state_path, const model *m, fwd_sta
                                  const skip_set *best, int32_t **ids, const int32_t *lens, int32_t np,
                                  int32_t n_new, int nsets, double *est_out, double *meas_out)
 {
-    FILE *f = fopen(state_path, "r");
-    if (!f || nsets < 3)
+    if (nsets < 3)
         return NAN;
-    state_row *rows = NULL;
-    int n = 0, cap = 0;
-    char bits[520];
-    double tps, d1, d2, d3, d4;
-    while (fscanf(f, "%519s %lf %lf %lf %lf %lf", bits, &tps, &d1, &d2, &d3, &d4) == 6) {
-        if (n == cap) {
-            cap = cap ? cap * 2 : 256;
-            rows = realloc(rows, (size_t)cap * sizeof *rows);
-        }
-        snprintf(rows[n].bits, sizeof rows[n].bits, "%s", bits);
-        rows[n++].est = tps;
-    }
-    fclose(f);
+    search_entry *rows;
+    int n = search_state_read(state_path, m->config.n_layers, &rows);
     if (n < nsets) {
         free(rows);
         return NAN;
@@ -280,13 +264,10 @@ static double validate_objective(const char *state_path, const model *m, fwd_sta
     qsort(rows, (size_t)n, sizeof *rows, by_est);
     fprintf(stderr, "search: validating the objective on %d sets (real decoding)...\n", nsets);
     for (int i = 0; i < nsets; i++) {
-        const state_row *r = &rows[(size_t)((double)i * (n - 1) / (nsets - 1))];
+        const search_entry *r = &rows[(size_t)((double)i * (n - 1) / (nsets - 1))];
         skip_set s;
         skipset_init(&s, m->config.n_layers);
-        for (int32_t l = 0; l < s.n_layers; l++) {
-            s.attn_skip[l] = r->bits[l] == '1';
-            s.mlp_skip[l] = r->bits[s.n_layers + l] == '1';
-        }
+        search_bits_to_set(r->bits, &s);
         if (best->head_tokens) {
             s.head_tokens = mallocCheck((size_t)best->n_head_tokens * sizeof(int32_t));
             memcpy(s.head_tokens, best->head_tokens, (size_t)best->n_head_tokens * sizeof(int32_t));
@@ -294,9 +275,9 @@ static double validate_objective(const char *state_path, const model *m, fwd_sta
         }
         measured me = {0};
         measure(m, fs, kv, &s, ids, lens, np, n_new, &me);
-        est_out[i] = r->est;
+        est_out[i] = r->sc.tokens_per_s;
         meas_out[i] = me.tps;
-        fprintf(stderr, "  set %d: estimated %.1f tok/s, measured %.1f tok/s\n", i + 1, r->est, me.tps);
+        fprintf(stderr, "  set %d: estimated %.1f tok/s, measured %.1f tok/s\n", i + 1, est_out[i], me.tps);
         skipset_free(&s);
     }
     free(rows);
@@ -335,7 +316,7 @@ static void print_report(const char *path)
 
 /* Provenance added to the config. */
 static char *provenance(const search_cli *o, const calib_set *cs, const cost_model *cm, const search_score *sc,
-                        const measured *plain, const measured *spec, double rho, int32_t trials_budget)
+                        const measured *plain, const measured *spec, double rho)
 {
     cJSON *root = cJSON_CreateObject();
     cJSON *cal = cJSON_AddObjectToObject(root, "calibration");
@@ -352,7 +333,6 @@ static char *provenance(const search_cli *o, const calib_set *cs, const cost_mod
     cJSON_AddNumberToObject(se, "head_size", o->head_size);
     cJSON_AddNumberToObject(se, "seed", (double)o->seed);
     cJSON_AddNumberToObject(se, "threads", omp_get_max_threads());
-    (void)trials_budget;
     cJSON *cost = cJSON_AddObjectToObject(root, "cost_model_ms");
     cJSON_AddNumberToObject(cost, "full_step", cm->verify[0] * 1e3);
     cJSON_AddNumberToObject(cost, "draft_base", cm->base * 1e3);
@@ -382,8 +362,6 @@ static char *provenance(const search_cli *o, const calib_set *cs, const cost_mod
     cJSON_Delete(root);
     return s;
 }
-
-int cmd_search(int argc, char **argv);
 
 int cmd_search(int argc, char **argv)
 {
@@ -459,38 +437,22 @@ int cmd_search(int argc, char **argv)
     spec_params_default(&sp);
     skip_set seed_set = {0};
     if (o.seed_config) {
-        gguf_file *dummy = NULL;
-        (void)dummy;
-        cJSON *j = NULL;
-        size_t len;
-        char *t = util_read_file(o.seed_config, &len, err, sizeof err);
-        j = t ? cJSON_Parse(t) : NULL;
-        free(t);
-        const cJSON *mm = j ? cJSON_GetObjectItemCaseSensitive(j, "model") : NULL;
-        const cJSON *nl = mm ? cJSON_GetObjectItemCaseSensitive(mm, "n_layers") : NULL;
-        if (!cJSON_IsNumber(nl) || nl->valueint < 1) {
-            fprintf(stderr, "selfspec: --seed-config %s: no model.n_layers\n", o.seed_config);
-            cJSON_Delete(j);
-            goto free_calib;
-        }
-        model_config src_cfg = m.config;
-        src_cfg.n_layers = nl->valueint;
-        cJSON_Delete(j);
         skip_set src;
-        if (skipset_load(&src, o.seed_config, &src_cfg, err, sizeof err) != 0) {
+        if (skipset_load(&src, o.seed_config, NULL, err, sizeof err) != 0) {
             fprintf(stderr, "selfspec: --seed-config: %s\n", err);
             goto free_calib;
         }
+        int32_t src_layers = src.n_layers;
         skipset_transfer(&src, m.config.n_layers, &seed_set);
         skipset_free(&src);
         search_score ts;
         if (search_score_set(&cs, &m, &fs, &seed_set, o.head_size ? &head : NULL, head_only.head_tokens, &cm, &sp,
                              &ts, err, sizeof err) == 0)
             fprintf(stderr, "search: transferred set from %s (%d -> %d layers, %d sublayers skipped): estimated "
-                    "%.1f tok/s (%.2fx), match %.3f, before any search\n", o.seed_config, nl ? src_cfg.n_layers : 0,
+                    "%.1f tok/s (%.2fx), match %.3f, before any search\n", o.seed_config, src_layers,
                     m.config.n_layers, skipset_count(&seed_set), ts.tokens_per_s, ts.speedup, ts.match_rate);
     }
-    search_opts so = {.out_path = o.out_path, .state_path = statebuf, .budget_seconds = o.budget,
+    search_opts so = {.state_path = statebuf, .budget_seconds = o.budget,
                       .head_size = o.head_size, .seed = o.seed, .seed_set = o.seed_config ? &seed_set : NULL,
                       .random_only = o.random_only};
     skip_set best;
@@ -517,7 +479,7 @@ int cmd_search(int argc, char **argv)
     fprintf(stderr, "search: measured plain %.1f tok/s, self-spec %.1f tok/s (%.2fx), acceptance %.3f\n",
             mp.tps, ms.tps, ms.tps / mp.tps, ms.accept_rate);
     kv_free(&kv);
-    char *prov = provenance(&o, &cs, &cm, &sc, &mp, &ms, rho, 0);
+    char *prov = provenance(&o, &cs, &cm, &sc, &mp, &ms, rho);
     if (skipset_save(&best, o.out_path, &m.config, o.head_size, prov, err, sizeof err) != 0) {
         fprintf(stderr, "selfspec: %s\n", err);
     } else {

@@ -1,0 +1,50 @@
+/*
+ * stats.c - a generation's figures as JSON (see stats.h).
+ */
+#include "decode/stats.h"
+
+#include <math.h>
+
+void stats_add_number(cJSON *obj, const char *key, double v, int digits)
+{
+    double scale = pow(10.0, digits);
+    cJSON_AddNumberToObject(obj, key, isfinite(v) ? round(v * scale) / scale : 0.0);
+}
+
+static double ratio(double a, double b)
+{
+    return b > 0 ? a / b : 0.0;
+}
+
+cJSON *stats_json(const char *mode, int threads, const gen_stats *st, const spec_stats *sp, const char *skip_src)
+{
+    cJSON *o = cJSON_CreateObject();
+    double total = st->prefill_seconds + st->decode_seconds;
+    int32_t decoded = st->generated_tokens > 1 ? st->generated_tokens - 1 : 0;   /* the first comes from prefill */
+    cJSON_AddStringToObject(o, "mode", mode);
+    cJSON_AddNumberToObject(o, "threads", threads);
+    cJSON_AddNumberToObject(o, "prompt_tokens", st->prompt_tokens);
+    cJSON_AddNumberToObject(o, "generated_tokens", st->generated_tokens);
+    stats_add_number(o, "seconds", total, 4);
+    stats_add_number(o, "tokens_per_s", ratio(st->generated_tokens, total), 2);
+    stats_add_number(o, "prefill_seconds", st->prefill_seconds, 4);
+    stats_add_number(o, "prefill_tokens_per_s", ratio(st->prompt_tokens, st->prefill_seconds), 2);
+    stats_add_number(o, "decode_seconds", st->decode_seconds, 4);
+    stats_add_number(o, "decode_tokens_per_s", ratio(decoded, st->decode_seconds), 2);
+    if (!sp)
+        return o;
+    cJSON_AddStringToObject(o, "skip_config", skip_src ? skip_src : "");
+    cJSON_AddNumberToObject(o, "drafted", (double)sp->drafted);
+    cJSON_AddNumberToObject(o, "accepted", (double)sp->accepted);
+    cJSON_AddNumberToObject(o, "verifications", (double)sp->verifications);
+    stats_add_number(o, "acceptance_rate", ratio((double)sp->accepted, (double)sp->drafted), 4);
+    stats_add_number(o, "mean_accepted_per_verify", ratio((double)sp->accepted, (double)sp->verifications), 3);
+    stats_add_number(o, "final_gamma", sp->final_gamma, 4);
+    stats_add_number(o, "draft_seconds", sp->draft_seconds, 4);
+    stats_add_number(o, "verify_seconds", sp->verify_seconds, 4);
+    cJSON *by_pos = cJSON_AddArrayToObject(o, "acceptance_by_position");
+    for (int i = 0; i < SPEC_MAX_DRAFT && sp->drafted_at[i]; i++)
+        cJSON_AddItemToArray(by_pos, cJSON_CreateNumber(round(1e4 * (double)sp->accepted_at[i] /
+                                                                 (double)sp->drafted_at[i]) / 1e4));
+    return o;
+}

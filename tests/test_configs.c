@@ -1,0 +1,204 @@
+/*
+ * test_configs.c - the library pieces the subcommands are thin shells over:
+ * the skip-set choice (skipset_choose, skipset_set_head, skipset_pays), a
+ * foreign config read for --seed-config (skipset_load with no model), the
+ * search checkpoint (search_state_read / search_state_write), and the stats
+ * JSON line (stats_json).
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "decode/skipset.h"
+#include "decode/stats.h"
+#include "tune/search.h"
+
+static model_config cfg(void)
+{
+    model_config c;
+    memset(&c, 0, sizeof c);
+    snprintf(c.name, sizeof c.name, "tiny");
+    c.n_layers = 4;
+    c.dim = 64;
+    c.vocab_size = 100;
+    return c;
+}
+
+/* A fresh temporary folder holding one config file with body text. */
+static void write_config(char *dir, size_t n, const char *file, const char *text)
+{
+    snprintf(dir, n, "/tmp/selfspec-test-configs-XXXXXX");
+    assert_non_null(mkdtemp(dir));
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", dir, file);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+static void remove_dir(const char *dir, const char *file)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", dir, file);
+    unlink(path);
+    rmdir(dir);
+}
+
+#define TINY_CONFIG \
+    "{\"model\": {\"name\": \"tiny\", \"n_layers\": 4, \"dim\": 64, \"vocab_size\": 100}," \
+    " \"attn_skip\": [1], \"mlp_skip\": [2, 3], \"draft_head_size\": 32," \
+    " \"draft_head\": [0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31]," \
+    " \"measured\": {\"speedup\": 0.9}}"
+
+static void test_choose(void **state)
+{
+    (void)state;
+    model_config c = cfg();
+    char dir[128], err[256], path[256];
+    write_config(dir, sizeof dir, "tiny.json", TINY_CONFIG);
+    skip_set s;
+    /* the model's own config, found by its "model" entry */
+    assert_int_equal(skipset_choose(&s, NULL, -1, dir, &c, err, sizeof err), 0);
+    assert_int_equal(skipset_count(&s), 3);
+    assert_int_equal(s.n_head_tokens, 32);
+    assert_int_equal(skipset_pays(&s), 0);              /* measured 0.9x: speculation off by default */
+    skipset_free(&s);
+    /* draft-head sizes: a smaller head, the full head, and the two errors */
+    assert_int_equal(skipset_choose(&s, NULL, 16, dir, &c, err, sizeof err), 0);
+    assert_int_equal(s.n_head_tokens, 16);
+    skipset_free(&s);
+    assert_int_equal(skipset_choose(&s, NULL, 0, dir, &c, err, sizeof err), 0);
+    assert_int_equal(s.n_head_tokens, 0);
+    assert_null(s.head_tokens);
+    skipset_free(&s);
+    assert_int_equal(skipset_choose(&s, NULL, 17, dir, &c, err, sizeof err), -1);
+    assert_non_null(strstr(err, "multiple of 16"));
+    assert_int_equal(skipset_choose(&s, NULL, 48, dir, &c, err, sizeof err), -1);
+    assert_non_null(strstr(err, "lists 32"));
+    /* "none": the empty set; a named file; no match for another model */
+    assert_int_equal(skipset_choose(&s, "none", -1, dir, &c, err, sizeof err), 0);
+    assert_int_equal(skipset_count(&s), 0);
+    assert_int_equal(skipset_pays(&s), 1);
+    skipset_free(&s);
+    snprintf(path, sizeof path, "%s/tiny.json", dir);
+    assert_int_equal(skipset_choose(&s, path, -1, "/nonexistent", &c, err, sizeof err), 0);
+    skipset_free(&s);
+    model_config other = c;
+    other.n_layers = 5;
+    assert_int_equal(skipset_choose(&s, NULL, -1, dir, &other, err, sizeof err), 1);
+    assert_non_null(strstr(err, "no skip-set config"));
+    assert_int_equal(skipset_choose(&s, path, -1, dir, &other, err, sizeof err), -1);
+    /* a foreign config (seed for another model): its own layer count, no head */
+    assert_int_equal(skipset_load(&s, path, NULL, err, sizeof err), 0);
+    assert_int_equal(s.n_layers, 4);
+    assert_int_equal(skipset_count(&s), 3);
+    assert_int_equal(s.n_head_tokens, 0);
+    skipset_free(&s);
+    remove_dir(dir, "tiny.json");
+}
+
+static void test_foreign_config_errors(void **state)
+{
+    (void)state;
+    char dir[128], err[256], path[256];
+    skip_set s;
+    const char *bad[] = {
+        "{\"attn_skip\": [1]}",                                         /* no model entry */
+        "{\"model\": {\"n_layers\": 0}}",                               /* no layers */
+        "{\"model\": {\"n_layers\": 2.5}}",
+        "{\"model\": {\"n_layers\": 3}, \"mlp_skip\": [3]}",            /* index out of range */
+        "[1, 2]",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        write_config(dir, sizeof dir, "x.json", bad[i]);
+        snprintf(path, sizeof path, "%s/x.json", dir);
+        if (skipset_load(&s, path, NULL, err, sizeof err) == 0)
+            fail_msg("accepted %s", bad[i]);
+        remove_dir(dir, "x.json");
+    }
+}
+
+static void test_checkpoint(void **state)
+{
+    (void)state;
+    char path[] = "/tmp/selfspec-test-state-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    FILE *f = fdopen(fd, "w");
+    search_entry e = {.bits = "01000011", .sc = {.tokens_per_s = 123.5, .speedup = 1.1, .match_rate = 0.9,
+                                                  .accept_rate = 0.8, .mean_accepted = 2.5}};
+    search_state_write(f, &e);
+    snprintf(e.bits, sizeof e.bits, "11110000");
+    e.sc.tokens_per_s = 99;
+    search_state_write(f, &e);
+    fputs("0101 1 1 1 1 1\n", f);              /* another model's row (4 bits) */
+    fputs("01x00011 1 1 1 1 1\n", f);          /* not bits */
+    fputs("00000001 5.0 1.0", f);              /* a torn last line */
+    fclose(f);
+    search_entry *rows;
+    int n = search_state_read(path, 4, &rows);
+    assert_int_equal(n, 2);
+    assert_string_equal(rows[0].bits, "01000011");
+    assert_true(rows[0].sc.tokens_per_s == 123.5 && rows[0].sc.mean_accepted == 2.5);
+    assert_true(rows[1].sc.tokens_per_s == 99);
+    skip_set s;
+    skipset_init(&s, 4);
+    search_bits_to_set(rows[0].bits, &s);
+    assert_int_equal(s.attn_skip[1], 1);
+    assert_int_equal(s.mlp_skip[2] + s.mlp_skip[3], 2);
+    assert_int_equal(skipset_count(&s), 3);
+    skipset_free(&s);
+    free(rows);
+    unlink(path);
+    assert_int_equal(search_state_read(path, 4, &rows), 0);   /* missing = no rows */
+    assert_null(rows);
+}
+
+static void test_stats_json(void **state)
+{
+    (void)state;
+    gen_stats st = {.prompt_tokens = 10, .generated_tokens = 21, .prefill_seconds = 0.5, .decode_seconds = 2.0};
+    spec_stats sp;
+    memset(&sp, 0, sizeof sp);
+    sp.drafted = 40;
+    sp.accepted = 30;
+    sp.verifications = 10;
+    sp.drafted_at[0] = 10, sp.accepted_at[0] = 9;
+    sp.drafted_at[1] = 8, sp.accepted_at[1] = 6;
+    cJSON *j = stats_json("self-spec", 2, &st, &sp, "configs/x.json");
+    char *s = cJSON_PrintUnformatted(j);
+    cJSON *back = cJSON_Parse(s);
+    assert_non_null(back);
+    assert_string_equal(cJSON_GetObjectItem(back, "mode")->valuestring, "self-spec");
+    assert_true(cJSON_GetObjectItem(back, "decode_tokens_per_s")->valuedouble == 10.0);   /* 20 decoded / 2 s */
+    assert_true(cJSON_GetObjectItem(back, "acceptance_rate")->valuedouble == 0.75);
+    assert_true(cJSON_GetObjectItem(back, "mean_accepted_per_verify")->valuedouble == 3.0);
+    cJSON *by = cJSON_GetObjectItem(back, "acceptance_by_position");
+    assert_int_equal(cJSON_GetArraySize(by), 2);
+    assert_true(cJSON_GetArrayItem(by, 0)->valuedouble == 0.9);
+    assert_true(cJSON_GetArrayItem(by, 1)->valuedouble == 0.75);
+    free(s);
+    cJSON_Delete(back);
+    cJSON_Delete(j);
+    j = stats_json("plain", 1, &st, NULL, NULL);
+    assert_null(cJSON_GetObjectItem(j, "drafted"));
+    cJSON_Delete(j);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_choose),
+        cmocka_unit_test(test_foreign_config_errors),
+        cmocka_unit_test(test_checkpoint),
+        cmocka_unit_test(test_stats_json),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
