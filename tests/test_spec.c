@@ -65,7 +65,7 @@ static void tiny_open(tiny *t, const tmodel_spec *sp, int ctx)
     assert_int_equal(tmodel_write_temp(sp, t->path, sizeof t->path), 0);
     if (model_load(&t->m, t->path, NULL, err, sizeof err) != 0)
         fail_msg("model_load(%s): %s", t->path, err);
-    assert_int_equal(fwd_state_init(&t->fs, &t->m.config, 64, ctx), 0);
+    fwd_state_init(&t->fs, &t->m.config, 64, ctx);
 }
 
 static void tiny_close(tiny *t)

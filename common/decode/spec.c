@@ -134,16 +134,16 @@ int spec_draft_from(spec_drafter *d, fwd_state *fs, kv_cache *kv, int32_t base, 
 /* Speculative-sampling test of draft token i against the full model's
  * distribution p (vocab). Returns 1 if accepted; else draws the
  * replacement from norm(max(0, p - q)) into *next and returns 0. */
-static int accept_sampled(const spec_drafter *d, sampler *smp, float *p, int32_t V, int32_t i,
+static int accept_sampled(const spec_qdist *qd, sampler *smp, float *p, int32_t V, int32_t i,
                           const spec_block *b, int32_t *next)
 {
-    const float *q = d->q + (size_t)i * d->width;
+    const float *q = qd->q + (size_t)i * qd->width;
     float qx = q[b->q_index[i]], px = p[b->tokens[i]];
     if (sampler_uniform(smp) * qx < px)
         return 1;
     /* residual: p - q where q is nonzero (q lives on the head's rows) */
-    for (int32_t j = 0; j < d->width; j++) {
-        int32_t tok = d->head_tokens ? d->head_tokens[j] : j;
+    for (int32_t j = 0; j < qd->width; j++) {
+        int32_t tok = qd->head_tokens ? qd->head_tokens[j] : j;
         p[tok] = fmaxf(0.0f, p[tok] - q[j]);
     }
     double sum = 0.0;
@@ -163,14 +163,23 @@ int spec_verify(const model *m, fwd_state *fs, kv_cache *kv, int32_t cur, const 
                 const spec_drafter *d, sampler *smp, float *logits, int32_t *accepted, int32_t *next,
                 char *err, size_t errlen)
 {
-    int32_t V = m->config.vocab_size, k = b->n, L = kv->len;
+    int32_t k = b->n, L = kv->len;
     int32_t toks[SPEC_MAX_DRAFT + 1];
     toks[0] = cur;
     memcpy(toks + 1, b->tokens, (size_t)k * sizeof(int32_t));
     fwd_seq sq = {.tokens = toks, .n_tokens = k + 1, .pos = L, .kv = kv, .logits_from = 0};
     if (model_forward(m, fs, &sq, 1, NULL, NULL, logits, err, errlen) != 0)
         return -1;
-    int32_t n = 0;
+    spec_qdist qd = {d ? d->q : NULL, d ? d->width : 0, d ? d->head_tokens : NULL};
+    spec_accept(m->config.vocab_size, logits, b, &qd, smp, accepted, next);
+    kv->len = L + *accepted + 1;
+    return 0;
+}
+
+void spec_accept(int32_t V, float *logits, const spec_block *b, const spec_qdist *qd, sampler *smp,
+                 int32_t *accepted, int32_t *next)
+{
+    int32_t n = 0, k = b->n;
     if (smp->p.temperature == 0.0f) {
         while (n < k && sampler_argmax(logits + (size_t)n * V, V) == b->tokens[n])
             n++;
@@ -182,13 +191,11 @@ int spec_verify(const model *m, fwd_state *fs, kv_cache *kv, int32_t cur, const 
                 *next = sampler_draw(smp, smp->probs, V);   /* bonus token from p */
                 break;
             }
-            if (!accept_sampled(d, smp, smp->probs, V, n, b, next))
+            if (!accept_sampled(qd, smp, smp->probs, V, n, b, next))
                 break;
         }
     }
     *accepted = n;
-    kv->len = L + n + 1;
-    return 0;
 }
 
 int spec_emit(const gen_params *gp, gen_emit_fn emit, void *ctx, gen_stats *st, int32_t tok)

@@ -110,6 +110,20 @@ int spec_verify(const model *m, fwd_state *fs, kv_cache *kv, int32_t cur, const 
                 const spec_drafter *d, sampler *smp, float *logits, int32_t *accepted, int32_t *next,
                 char *err, size_t errlen);
 
+/* The acceptance step of spec_verify on logits the caller computed: rows
+ * (b->n + 1, V) of the full model for [cur, d1..dk]. Greedy: the longest
+ * prefix equal to the argmax, then the argmax after it. Sampling: min(1, p/q)
+ * per token, the residual norm(max(0, p - q)) at the first rejection, a
+ * bonus token from p when all are accepted (qd gives q; may be NULL under
+ * greedy). Sets *accepted (0..k) and *next. */
+typedef struct {
+    const float *q;            /* (k, width) warped draft distributions */
+    int32_t width;             /* the draft head's rows, or the vocabulary */
+    const int32_t *head_tokens;/* (width) token of each row, or NULL: row = token */
+} spec_qdist;
+void spec_accept(int32_t V, float *logits, const spec_block *b, const spec_qdist *qd, sampler *smp,
+                 int32_t *accepted, int32_t *next);
+
 /* Emit one final token; returns 1 when generation must stop (the callback
  * asked, an end-of-generation token, or the token limit). */
 int spec_emit(const gen_params *gp, gen_emit_fn emit, void *ctx, gen_stats *st, int32_t tok);

@@ -737,22 +737,15 @@ static int pack_batch(cuda_state *s, const cuda_seq *seqs, int n_seqs, int32_t *
         return util_err(err, errlen, "bad batch of %d sequences", n_seqs);
     for (int i = 0; i < n_seqs; i++) {
         const cuda_seq *sq = &seqs[i];
-        if (!sq->kv || sq->kv->cm->device != s->cm->device || sq->n_tokens <= 0 || sq->pos < 0 ||
-            sq->logits_from < 0 || sq->logits_from > sq->n_tokens)
-            return util_err(err, errlen, "batch entry %d: bad block (n=%d pos=%d)", i, sq->n_tokens, sq->pos);
-        int32_t end = sq->pos + sq->n_tokens;
-        int32_t cap = sq->scratch ? sq->scratch_base + sq->scratch->cap : sq->kv->cap;
-        if (sq->scratch && sq->scratch_base > sq->kv->cap)
-            return util_err(err, errlen, "batch entry %d: scratch base past the cache", i);
-        if (end > cap || end > s->ctx)
-            return util_err(err, errlen, "context full: positions up to %d requested, the cache holds %d",
-                            end, cap < s->ctx ? cap : s->ctx);
+        if (!sq->kv || sq->kv->cm->device != s->cm->device)
+            return util_err(err, errlen, "batch entry %d: no cache on this device", i);
+        if (model_check_block(&s->cm->c, i, sq->tokens, sq->n_tokens, sq->pos, sq->logits_from, sq->kv->cap,
+                              sq->scratch ? sq->scratch->cap : -1, sq->scratch_base, s->ctx, err, errlen) != 0)
+            return -1;
         if (T + sq->n_tokens > s->max_tokens)
             return util_err(err, errlen, "batch of more than %d tokens", s->max_tokens);
         ds[i] = seq_desc(sq->kv, sq->scratch, sq->scratch_base);
         for (int32_t j = 0; j < sq->n_tokens; j++) {
-            if (sq->tokens[j] < 0 || sq->tokens[j] >= s->cm->c.vocab_size)
-                return util_err(err, errlen, "token id %d out of range", sq->tokens[j]);
             tok[T + j] = sq->tokens[j];
             pos[T + j] = sq->pos + j;
             seq[T + j] = i;
@@ -888,13 +881,6 @@ static int prefill(cuda_model *cm, cuda_state *s, cuda_kv *kv, const int32_t *pr
     return 0;
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 extern "C" int cuda_generate_plain(cuda_model *cm, cuda_state *s, cuda_kv *kv, const int32_t *prompt,
                                    int32_t n_prompt, int32_t max_new, int use_graph,
                                    cuda_stop_fn is_stop, const void *stop_ctx, cuda_emit_fn emit, void *emit_ctx,
@@ -906,12 +892,12 @@ extern "C" int cuda_generate_plain(cuda_model *cm, cuda_state *s, cuda_kv *kv, c
     if ((int64_t)n_prompt + max_new > kv->cap || n_prompt + max_new > s->ctx)
         return util_err(err, errlen, "prompt (%d) + new tokens (%d) exceed the context of %d", n_prompt, max_new,
                         kv->cap < s->ctx ? kv->cap : s->ctx);
-    double t0 = now_s();
+    double t0 = util_now();
     int32_t tok;
     if (prefill(cm, s, kv, prompt, n_prompt, &tok, err, errlen) != 0)
         return -1;
     st->prompt_tokens = n_prompt;
-    double t1 = now_s();
+    double t1 = util_now();
     st->prefill_seconds = t1 - t0;
     st->generated_tokens = 1;
     int stop = emit(emit_ctx, tok) || (is_stop && is_stop(stop_ctx, tok));
@@ -950,7 +936,7 @@ extern "C" int cuda_generate_plain(cuda_model *cm, cuda_state *s, cuda_kv *kv, c
             stop = emit(emit_ctx, t) || (is_stop && is_stop(stop_ctx, t));
         }
     }
-    st->decode_seconds = now_s() - t1;
+    st->decode_seconds = util_now() - t1;
     return 0;
 }
 
@@ -969,12 +955,12 @@ extern "C" int cuda_generate_selfspec(cuda_model *cm, cuda_state *s, cuda_kv *kv
     if ((int64_t)n_prompt + max_new + k + 1 > kv->cap || n_prompt + max_new + k + 1 > s->ctx)
         return util_err(err, errlen, "prompt (%d) + new tokens (%d) + draft (%d) exceed the context", n_prompt,
                         max_new, k + 1);
-    double t0 = now_s();
+    double t0 = util_now();
     int32_t cur;
     if (prefill(cm, s, kv, prompt, n_prompt, &cur, err, errlen) != 0)
         return -1;
     st->prompt_tokens = n_prompt;
-    double t1 = now_s();
+    double t1 = util_now();
     st->prefill_seconds = t1 - t0;
     st->generated_tokens = 1;
     int stop = emit(emit_ctx, cur) || (is_stop && is_stop(stop_ctx, cur));
@@ -1036,7 +1022,7 @@ extern "C" int cuda_generate_selfspec(cuda_model *cm, cuda_state *s, cuda_kv *kv
         }
         cur = s->ctl_h[1 + n_acc];
     }
-    st->decode_seconds = now_s() - t1;
+    st->decode_seconds = util_now() - t1;
     return 0;
 }
 

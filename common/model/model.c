@@ -3,7 +3,7 @@
  * caches, and the forward pass.
  *
  * Arena layout: every array (norm vectors, and the q/d/m arrays of every
- * Q8A matrix, see qmat.h) is placed at a 64-byte aligned offset inside one
+ * U8A matrix, see qmat.h) is placed at a 64-byte aligned offset inside one
  * region. The region is an anonymous mapping, or a POSIX shared-memory
  * object another process can map read-only (model_attach). Layouts are
  * computed by a deterministic walk (arena_plan), so the attaching process
@@ -11,7 +11,7 @@
  *
  * Forward-pass buffers (fwd_state) are row-major, one row per token of the
  * batch: x (T, dim) is the residual stream. The KV cache holds
- * (layer, position, kv_dim) floats.
+ * (layer, position, kv_dim) half-precision values (f16.h).
  */
 #include "model/model.h"
 
@@ -480,9 +480,76 @@ int kv_init(kv_cache *kv, const model_config *c, int32_t cap, char *err, size_t 
 
 void kv_free(kv_cache *kv)
 {
-    free(kv->k);
-    free(kv->v);
+    if (kv->pool) {
+        int32_t n = kv_blocks_for(kv->cap);
+        for (int32_t i = 0; i < n; i++) {
+            assert(kv->pool->n_free < kv->pool->n_blocks);
+            kv->pool->free_ids[kv->pool->n_free++] = kv->blocks[i];
+        }
+        free(kv->blocks);
+    } else {
+        free(kv->k);
+        free(kv->v);
+    }
     memset(kv, 0, sizeof *kv);
+}
+
+size_t kv_pool_block_bytes(const model_config *c)
+{
+    return 2 * (size_t)c->n_layers * KV_BLOCK * (size_t)c->kv_dim * sizeof(kv_elem);
+}
+
+int32_t kv_blocks_for(int32_t cap)
+{
+    return (cap + KV_BLOCK - 1) / KV_BLOCK;
+}
+
+int kv_pool_init(kv_pool *p, const model_config *c, size_t bytes, char *err, size_t errlen)
+{
+    memset(p, 0, sizeof *p);
+    size_t bb = kv_pool_block_bytes(c), n = bytes / bb;
+    if (n < 1)
+        n = 1;
+    if (n > INT32_MAX / KV_BLOCK)
+        return util_err(err, errlen, "KV pool of %zu bytes is too large", bytes);
+    size_t elems = n * (bb / 2 / sizeof(kv_elem));
+    p->k = calloc(elems, sizeof(kv_elem));
+    p->v = calloc(elems, sizeof(kv_elem));
+    p->free_ids = malloc(n * sizeof(int32_t));
+    if (!p->k || !p->v || !p->free_ids) {
+        kv_pool_free(p);
+        return util_err(err, errlen, "out of memory for a KV pool of %zu MB", (n * bb) >> 20);
+    }
+    p->n_blocks = p->n_free = (int32_t)n;
+    for (int32_t i = 0; i < p->n_blocks; i++)
+        p->free_ids[i] = p->n_blocks - 1 - i;   /* block 0 is handed out first */
+    p->n_layers = c->n_layers;
+    p->kv_dim = c->kv_dim;
+    return 0;
+}
+
+void kv_pool_free(kv_pool *p)
+{
+    free(p->k);
+    free(p->v);
+    free(p->free_ids);
+    memset(p, 0, sizeof *p);
+}
+
+int kv_init_paged(kv_cache *kv, kv_pool *p, int32_t cap)
+{
+    memset(kv, 0, sizeof *kv);
+    int32_t n = kv_blocks_for(cap);
+    if (cap <= 0 || n > p->n_free)
+        return -1;
+    kv->blocks = mallocCheck((size_t)n * sizeof(int32_t));
+    for (int32_t i = 0; i < n; i++)
+        kv->blocks[i] = p->free_ids[--p->n_free];
+    kv->pool = p;
+    kv->cap = n * KV_BLOCK;
+    kv->n_layers = p->n_layers;
+    kv->kv_dim = p->kv_dim;
+    return 0;
 }
 
 void kv_truncate(kv_cache *kv, int32_t len)
@@ -491,7 +558,7 @@ void kv_truncate(kv_cache *kv, int32_t len)
     kv->len = len;
 }
 
-int fwd_state_init(fwd_state *s, const model_config *c, int32_t max_tokens, int32_t ctx)
+void fwd_state_init(fwd_state *s, const model_config *c, int32_t max_tokens, int32_t ctx)
 {
     memset(s, 0, sizeof *s);
     size_t T = (size_t)max_tokens;
@@ -520,7 +587,6 @@ int fwd_state_init(fwd_state *s, const model_config *c, int32_t max_tokens, int3
             s->rope_cos[(size_t)p * half + i] = (float)cos(ang);
             s->rope_sin[(size_t)p * half + i] = (float)sin(ang);
         }
-    return 0;
 }
 
 void fwd_state_free(fwd_state *s)
@@ -572,21 +638,24 @@ static void rope(float *v, int32_t n_heads, int32_t head_dim, const float *cs, c
     }
 }
 
-/* Where position p of layer l lives for sequence sq: in its cache, or in its
- * draft scratch for positions >= scratch_base. */
-static kv_elem *kv_row(const fwd_seq *sq, kv_elem *(*pick)(kv_cache *), int32_t l, int32_t p)
+/* Where position p of layer l lives for sequence sq: in its cache (one
+ * contiguous array, or the pool block holding p), or in its draft scratch for
+ * positions >= scratch_base. which: 0 keys, 1 values. */
+static inline kv_elem *kv_row(const fwd_seq *sq, int which, int32_t l, int32_t p)
 {
-    kv_cache *kv = sq->kv;
+    const kv_cache *kv = sq->kv;
     int32_t idx = p;
     if (sq->scratch && p >= sq->scratch_base) {
         kv = sq->scratch;
         idx = p - sq->scratch_base;
     }
-    return pick(kv) + ((size_t)l * kv->cap + idx) * kv->kv_dim;
+    if (kv->pool) {
+        kv_elem *base = which ? kv->pool->v : kv->pool->k;
+        size_t blk = (size_t)kv->blocks[idx / KV_BLOCK];
+        return base + ((blk * kv->n_layers + l) * KV_BLOCK + idx % KV_BLOCK) * kv->kv_dim;
+    }
+    return (which ? kv->v : kv->k) + ((size_t)l * kv->cap + idx) * kv->kv_dim;
 }
-
-static kv_elem *pick_k(kv_cache *kv) { return kv->k; }
-static kv_elem *pick_v(kv_cache *kv) { return kv->v; }
 
 /* Attention for every (token, head) of the batch. qkv rows are (q | k | v);
  * K/V of this block were already written to the caches. */
@@ -605,7 +674,7 @@ static void attention(const model *m, fwd_state *s, const fwd_seq *seqs, int32_t
         float *sc = s->scores + (size_t)omp_get_thread_num() * s->score_cap;
         float mx = -INFINITY;
         for (int32_t i = 0; i <= p; i++) {
-            const kv_elem *k = kv_row(sq, pick_k, l, i) + (size_t)kvh * hd;
+            const kv_elem *k = kv_row(sq, 0, l, i) + (size_t)kvh * hd;
             float dot = f16_dot(q, k, hd);
             sc[i] = dot * scale;
             mx = fmaxf(mx, sc[i]);
@@ -618,7 +687,7 @@ static void attention(const model *m, fwd_state *s, const fwd_seq *seqs, int32_t
         float *out = s->att + (size_t)t * c->dim + (size_t)h * hd;
         memset(out, 0, (size_t)hd * sizeof(float));
         for (int32_t i = 0; i <= p; i++) {
-            const kv_elem *v = kv_row(sq, pick_v, l, i) + (size_t)kvh * hd;
+            const kv_elem *v = kv_row(sq, 1, l, i) + (size_t)kvh * hd;
             f16_axpy(out, sc[i] / sum, v, hd);
         }
     }
@@ -639,7 +708,7 @@ static void attn_sublayer(const model *m, fwd_state *s, const fwd_seq *seqs, int
         rope(q, c->n_heads, c->head_dim, cs, sn);
         rope(q + c->dim, c->n_kv_heads, c->head_dim, cs, sn);
         const fwd_seq *sq = &seqs[s->tok_seq[t]];
-        kv_elem *kd = kv_row(sq, pick_k, l, s->tok_pos[t]), *vd = kv_row(sq, pick_v, l, s->tok_pos[t]);
+        kv_elem *kd = kv_row(sq, 0, l, s->tok_pos[t]), *vd = kv_row(sq, 1, l, s->tok_pos[t]);
         for (int32_t i = 0; i < c->kv_dim; i++) {
             kd[i] = f16_from_f32(q[c->dim + i]);
             vd[i] = f16_from_f32(q[c->dim + c->kv_dim + i]);
@@ -684,26 +753,38 @@ static void logits_project(const qmat *head, fwd_state *s, int32_t n_out, int32_
 }
 
 /* Validate the batch and flatten it into per-token (seq, pos). */
+int model_check_block(const model_config *c, int i, const int32_t *tokens, int32_t n_tokens, int32_t pos,
+                      int32_t logits_from, int32_t kv_cap, int32_t scratch_cap, int32_t scratch_base,
+                      int32_t ctx_cap, char *err, size_t errlen)
+{
+    if (n_tokens <= 0 || pos < 0 || logits_from < 0 || logits_from > n_tokens)
+        return util_err(err, errlen, "batch entry %d: bad block (n=%d pos=%d)", i, n_tokens, pos);
+    int32_t end = pos + n_tokens;
+    int32_t cap = scratch_cap >= 0 ? scratch_base + scratch_cap : kv_cap;
+    if (scratch_cap >= 0 && scratch_base > kv_cap)
+        return util_err(err, errlen, "batch entry %d: scratch base past the cache", i);
+    if (end > cap || end > ctx_cap)
+        return util_err(err, errlen, "context full: positions up to %d requested, the cache holds %d",
+                        end, cap < ctx_cap ? cap : ctx_cap);
+    for (int32_t j = 0; j < n_tokens; j++)
+        if (tokens[j] < 0 || tokens[j] >= c->vocab_size)
+            return util_err(err, errlen, "token id %d out of range", tokens[j]);
+    return 0;
+}
+
+/* Validate a batch and fill the per-token sequence and position tables. */
 static int batch_check(const model *m, fwd_state *s, const fwd_seq *seqs, int n_seqs,
                        int32_t *T_out, char *err, size_t errlen)
 {
     int32_t T = 0;
     for (int i = 0; i < n_seqs; i++) {
         const fwd_seq *sq = &seqs[i];
-        if (sq->n_tokens <= 0 || sq->pos < 0 || sq->logits_from < 0 || sq->logits_from > sq->n_tokens)
-            return util_err(err, errlen, "batch entry %d: bad block (n=%d pos=%d)", i, sq->n_tokens, sq->pos);
-        int32_t end = sq->pos + sq->n_tokens;
-        int32_t cap = sq->scratch ? sq->scratch_base + sq->scratch->cap : sq->kv->cap;
-        if (sq->scratch && sq->scratch_base > sq->kv->cap)
-            return util_err(err, errlen, "batch entry %d: scratch base past the cache", i);
-        if (end > cap || end > s->rope_cap)
-            return util_err(err, errlen, "context full: positions up to %d requested, the cache holds %d",
-                            end, cap < s->rope_cap ? cap : s->rope_cap);
+        if (model_check_block(&m->config, i, sq->tokens, sq->n_tokens, sq->pos, sq->logits_from, sq->kv->cap,
+                              sq->scratch ? sq->scratch->cap : -1, sq->scratch_base, s->rope_cap, err, errlen) != 0)
+            return -1;
         if (T + sq->n_tokens > s->max_tokens)
             return util_err(err, errlen, "batch of more than %d tokens", s->max_tokens);
         for (int32_t j = 0; j < sq->n_tokens; j++) {
-            if (sq->tokens[j] < 0 || sq->tokens[j] >= m->config.vocab_size)
-                return util_err(err, errlen, "token id %d out of range", sq->tokens[j]);
             s->tok_seq[T + j] = i;
             s->tok_pos[T + j] = sq->pos + j;
         }

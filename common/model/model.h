@@ -81,12 +81,30 @@ typedef struct {
  * default): half the memory and bandwidth of float. See f16.h. */
 typedef uint16_t kv_elem;
 
+/* KV memory for many sequences at once (paged KV, as vLLM's paged
+ * attention): fixed-size blocks of KV_BLOCK positions of every layer, handed
+ * to sequences as they are admitted and returned when they finish, so the
+ * memory in use follows the tokens in flight, not slots x context. */
+#define KV_BLOCK 16
+typedef struct {
+    kv_elem *k;               /* (n_blocks, n_layers, KV_BLOCK, kv_dim) */
+    kv_elem *v;               /* (n_blocks, n_layers, KV_BLOCK, kv_dim) */
+    int32_t n_blocks;
+    int32_t n_free;           /* blocks not held by any cache */
+    int32_t *free_ids;        /* (n_blocks) the free blocks are free_ids[0..n_free) */
+    int32_t n_layers, kv_dim;
+} kv_pool;
+
 /* A KV cache for one sequence: keys and values of every processed position.
  * len: positions 0..len-1 hold the full model's keys/values (the verified
- * prefix). Writing happens only through model_forward. */
+ * prefix). Writing happens only through model_forward. Either contiguous
+ * (kv_init: k and v below) or paged (kv_init_paged: position p lives in pool
+ * block blocks[p / KV_BLOCK]). */
 typedef struct {
-    kv_elem *k;               /* (n_layers, cap, kv_dim) */
+    kv_elem *k;               /* (n_layers, cap, kv_dim), contiguous caches */
     kv_elem *v;               /* (n_layers, cap, kv_dim) */
+    kv_pool *pool;            /* paged caches: the pool, else NULL */
+    int32_t *blocks;          /* (cap / KV_BLOCK) pool block of each KV_BLOCK positions */
     int32_t cap;              /* positions it can hold */
     int32_t len;              /* verified length */
     int32_t n_layers, kv_dim;
@@ -142,12 +160,36 @@ int model_attach(model *m, const char *path, const char *shm_name, char *err, si
 int model_attach_fd(model *m, const char *path, const char *shm_name, int fd, char *err, size_t errlen);
 
 int kv_init(kv_cache *kv, const model_config *c, int32_t cap, char *err, size_t errlen);
+/* Release a cache: a contiguous cache's memory, a paged cache's blocks
+ * (back to its pool). */
 void kv_free(kv_cache *kv);
+
+/* A pool of as many KV blocks as fit in `bytes` (at least one). */
+int kv_pool_init(kv_pool *p, const model_config *c, size_t bytes, char *err, size_t errlen);
+void kv_pool_free(kv_pool *p);
+/* Bytes of one block (both K and V, every layer). */
+size_t kv_pool_block_bytes(const model_config *c);
+/* Blocks a cache of cap positions takes. */
+int32_t kv_blocks_for(int32_t cap);
+/* A paged cache of cap positions (rounded up to whole blocks) from pool p.
+ * Returns 0, or -1 when the pool has too few free blocks (nothing taken). */
+int kv_init_paged(kv_cache *kv, kv_pool *p, int32_t cap);
 /* Drop every position >= len (len <= kv->len). */
 void kv_truncate(kv_cache *kv, int32_t len);
 
-int fwd_state_init(fwd_state *s, const model_config *c, int32_t max_tokens, int32_t ctx);
+/* Buffers for forward passes of up to max_tokens tokens over positions
+ * < ctx. Allocation failure aborts (mallocCheck), so this cannot fail. */
+void fwd_state_init(fwd_state *s, const model_config *c, int32_t max_tokens, int32_t ctx);
 void fwd_state_free(fwd_state *s);
+
+/* Check one block of a batch (entry i, for the message): a token count > 0,
+ * pos >= 0, 0 <= logits_from <= n_tokens, every position below the cache's
+ * capacity (the scratch's from scratch_base on when scratch_cap >= 0) and
+ * ctx_cap, every token id in the vocabulary. Shared by model_forward and
+ * the CUDA backend's cuda_forward. Returns 0, or -1 with err. */
+int model_check_block(const model_config *c, int i, const int32_t *tokens, int32_t n_tokens, int32_t pos,
+                      int32_t logits_from, int32_t kv_cap, int32_t scratch_cap, int32_t scratch_base,
+                      int32_t ctx_cap, char *err, size_t errlen);
 
 /*
  * Run the model over a batch of n_seqs sequence blocks.

@@ -196,7 +196,8 @@ static int draft_all(const calib_set *cs, const model *m, fwd_state *fs, const l
     int32_t want[EVAL_BATCH];
     float *logits = mallocCheck((size_t)EVAL_BATCH * (width + QMAT_ROWS) * sizeof(float));
     for (int j = 0; j < EVAL_BATCH; j++)
-        scratch[j] = (kv_cache){pool_k + j * per, pool_v + j * per, 1, 0, c->n_layers, c->kv_dim};
+        scratch[j] = (kv_cache){.k = pool_k + j * per, .v = pool_v + j * per, .cap = 1, .len = 0,
+                                .n_layers = c->n_layers, .kv_dim = c->kv_dim};
     int rc = 0;
     int32_t p = 0, nb = 0;
     for (int32_t s = 0; s < cs->n_seqs && rc == 0; s++)
