@@ -1,6 +1,6 @@
 /*
  * drafter.c - bin/selfspec-drafter, the drafting process of the two-process
- * Draft & Verify pipeline. Started by the verifier (verifier/pipeline.c),
+ * Draft & Verify pipeline. Started by the verifier (common/ipc/supervisor.c),
  * never by hand:
  *
  *   selfspec-drafter --connect EP --bind EP --session HEX --incarnation N --parent PID
@@ -31,6 +31,7 @@
 #include <cblas.h>
 
 #include "ipc/pipe.h"
+#include "ipc/protocol.h"
 #include "decode/sampler.h"
 #include "decode/skipset.h"
 #include "decode/spec.h"
@@ -45,7 +46,7 @@ static void on_term(int sig) { (void)sig; g_term = 1; }
 
 typedef struct {
     int have;
-    uint32_t kind;
+    Selfspec__RequestKind kind;
     uint64_t epoch;
     uint32_t seq;
     int32_t pos, cur, k_max, end_pos;
@@ -171,24 +172,12 @@ static void send_block(drafter *D, int32_t pos, int32_t cur, const int32_t *toks
     b.n_probs = (size_t)n;
     b.probs = (float *)probs;
     b.speculative = speculative;
-    b.q_slot = -1;        /* greedy: full draft distributions are not needed */
     b.draft_seconds = secs;
     env_init(D, &e, D->seq, D->epoch);
     e.body_case = SELFSPEC__ENVELOPE__BODY_BLOCK;
     e.block = &b;
     pipe_send(D->out, &e);
     D->blocks++;
-}
-
-/* Probability of the top entry of the draft's last logits. */
-static float last_top1(const drafter *D)
-{
-    const float *lg = D->d.logits;
-    int32_t n = D->d.width, a = sampler_argmax(lg, n);
-    float mx = lg[a], sum = 0.0f;
-    for (int32_t i = 0; i < n; i++)
-        sum += expf(lg[i] - mx);
-    return 1.0f / sum;
 }
 
 /* ---- messages ---- */
@@ -206,10 +195,7 @@ static int handle(drafter *D, Selfspec__Envelope *e)
         break;
     case SELFSPEC__ENVELOPE__BODY_REQUEST: {
         const Selfspec__DraftRequest *r = e->request;
-        if (!D->attached || (r->kind != 1 && r->kind != 2) || e->seq_id >= (uint32_t)D->n_seqs ||
-            r->pos < 1 || r->pos > D->kv_cap - 2 || r->cur < 0 || r->cur >= D->vocab ||
-            r->k_max < 0 || r->k_max > D->max_draft || r->end_pos > D->kv_cap - 2 ||
-            !(r->gamma >= 0.0f && r->gamma <= 1.0f)) {
+        if (!D->attached || !proto_request_valid(r, e->seq_id, D->n_seqs, D->kv_cap, D->vocab, D->max_draft)) {
             D->rx.malformed++;
             break;
         }
@@ -222,9 +208,8 @@ static int handle(drafter *D, Selfspec__Envelope *e)
         *pq = (request){1, r->kind, e->epoch, e->seq_id, r->pos, r->cur, r->k_max, r->end_pos, r->gamma};
         break;
     }
-    case SELFSPEC__ENVELOPE__BODY_SETUP:   /* only before attaching; see drafter_setup */
-    case SELFSPEC__ENVELOPE__BODY_RESULT:  /* informational */
-        if (e->body_case == SELFSPEC__ENVELOPE__BODY_SETUP && D->attached)
+    case SELFSPEC__ENVELOPE__BODY_SETUP:   /* only before attaching; see setup */
+        if (D->attached)
             D->rx.unexpected++;
         break;
     default:
@@ -259,7 +244,7 @@ static int step(drafter *D, float *conf, char *err, size_t errlen)
                         &D->smp, &b, err, errlen) != 0)
         return -1;
     D->ctx[++D->n] = b.tokens[0];
-    *conf = last_top1(D);
+    *conf = sampler_top1_prob(D->d.logits, D->d.width, NULL);
     return 0;
 }
 
@@ -309,9 +294,9 @@ static int speculate(drafter *D, char *err, size_t errlen)
     D->spec_valid = 0;
     double t0 = util_now();
     int32_t gpos = D->B + D->n + 1;                 /* position of the guess */
-    int32_t k_max = D->max_draft < D->end_pos - gpos ? D->max_draft : D->end_pos - gpos;
-    int32_t room = D->d.scratch.cap - 2 - (D->n + 1);   /* scratch: (pos - B) + 1 <= cap - 1 */
-    k_max = k_max < room ? k_max : room;
+    int32_t k_max = spec_draft_limit(D->max_draft, gpos, D->end_pos);
+    /* and the scratch's room: the guess is at scratch row n + 1, rows up to cap - 2 */
+    k_max = spec_draft_limit(k_max, D->n + 1, D->d.scratch.cap - 2);
     if (k_max <= 0) {
         send_block(D, gpos, -1, NULL, NULL, 0, 1, 0.0);   /* abstain */
         return 0;
@@ -349,7 +334,7 @@ static int serve(drafter *D, char *err, size_t errlen)
     D->epoch = r.epoch;
     D->gamma = r.gamma;
     D->end_pos = r.end_pos;
-    if (r.kind == 2) {
+    if (r.kind == SELFSPEC__REQUEST_KIND__REQUEST_CONTINUE) {
         /* continue: the speculative block that started at r.pos was adopted */
         if (!D->overlap || !D->spec_valid || r.seq != D->seq || r.pos != D->spec_pos ||
             D->ctx[r.pos - D->B] != r.cur) {
@@ -371,7 +356,7 @@ static int serve(drafter *D, char *err, size_t errlen)
     D->n = 0;
     D->ctx[0] = r.cur;
     D->spec_valid = 0;
-    int32_t k_max = r.k_max < r.end_pos - r.pos ? r.k_max : r.end_pos - r.pos;
+    int32_t k_max = spec_draft_limit(r.k_max, r.pos, r.end_pos);
     /* The verifier waits for this block: one spec_draft call, as the
      * single-process loop drafts (no polling between steps needed). Only
      * the last token's confidence is recomputed (the speculation policy
@@ -386,7 +371,7 @@ static int serve(drafter *D, char *err, size_t errlen)
     memcpy(D->ctx + 1, b.tokens, (size_t)n * sizeof(int32_t));
     D->n = n;
     if (n > 0 && D->overlap)
-        probs[n - 1] = last_top1(D);
+        probs[n - 1] = sampler_top1_prob(D->d.logits, D->d.width, NULL);
     send_block(D, r.pos, r.cur, D->ctx + 1, probs, n, 0, util_now() - t0);
     if (D->overlap && n > 0) {
         /* Speculate only past a block that ended confident (cut by the

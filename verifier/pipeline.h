@@ -4,7 +4,9 @@
  * (in POSIX shared memory), the verified KV cache (a second shared object),
  * the sequence and every verification; bin/selfspec-drafter, started and
  * restarted from here, maps both read-only and drafts blocks on request.
- * Messages: proto/selfspec.proto over ZeroMQ (see common/pipe.h).
+ * Messages: proto/selfspec.proto over ZeroMQ (see common/ipc/pipe.h); the
+ * protocol, supervision and decoding loops are common/ipc/protocol.h,
+ * supervisor.h and pipe_decode.h; this is the generate-mode glue.
  *
  * Output is exactly the full model's (greedy): the drafter only proposes.
  * A dead or hung drafter (no heartbeat within the timeout) is killed; the
@@ -19,35 +21,11 @@
 
 #include "decode/generate.h"
 #include "model/model.h"
-#include "ipc/pipe.h"
 #include "decode/spec.h"
+#include "ipc/pipe.h"
+#include "ipc/supervisor.h"
 
-typedef struct {
-    int overlap;            /* 1: draft block n+1 while block n is verified */
-    int hb_ms;              /* drafter heartbeat interval (100) */
-    int hb_timeout_ms;      /* silence after which the drafter is dead (1000) */
-    int drafter_threads;    /* 0: as many as the verifier */
-    int max_restarts;       /* (8) then plain decoding to the end */
-    const char *model_path;
-    const char *skip_path;  /* skip-set config for the drafter, or "none" */
-    int32_t draft_head;     /* --draft-head: -1 the config's, 0 full head, N first N */
-    int n_seqs;             /* --pipeline-seqs: the prompt as N sequences (benchmark) */
-} pipe_params;
-
-typedef struct {
-    pipe_counters rx;           /* rejected by the verifier */
-    pipe_counters drafter_rx;   /* rejected by the drafter (its last report) */
-    int64_t blocks, spec_adopted, spec_missed, plain_steps;
-    int64_t drafter_starts, drafter_deaths, drafter_timeouts;
-    double wait_seconds;        /* verifier waiting for blocks */
-    double drafter_seconds;     /* drafting time the drafter reports in its blocks */
-    int last_drafter_pid;
-    pipe_mem verifier_mem, drafter_mem;   /* at the end of generation */
-    long arena_kb, kv_kb;
-    int terminated;             /* stopped early by SIGTERM/SIGINT */
-} pipe_stats;
-
-void pipe_params_default(pipe_params *p);
+/* pipe_params, pipe_stats and pipe_params_default: ipc/supervisor.h. */
 
 /* Before model_load: pick the weight arena's shared-memory name
  * (/selfspec-<pid>-<random>-w), remove orphans of dead verifiers, and catch

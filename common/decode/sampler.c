@@ -70,6 +70,16 @@ int32_t sampler_argmax(const float *logits, int32_t n)
     return best;
 }
 
+float sampler_top1_prob(const float *logits, int32_t n, int32_t *arg)
+{
+    int32_t a = sampler_argmax(logits, n);
+    float mx = logits[a], sum = 0.0f;
+    for (int32_t i = 0; i < n; i++)
+        sum += expf(logits[i] - mx);
+    if (arg)
+        *arg = a;
+    return 1.0f / sum;
+}
 
 static int scored_desc(const void *a, const void *b)
 {

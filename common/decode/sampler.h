@@ -37,6 +37,12 @@ void sampler_free(sampler *s);
 /* Index of the largest logit (lowest index on ties). */
 int32_t sampler_argmax(const float *logits, int32_t n);
 
+/* Probability of the most likely entry under softmax(logits) (temperature 1,
+ * no top-k / top-p): the draft's confidence, compared with the exit
+ * threshold γ. *arg (may be NULL) receives that entry, as sampler_argmax.
+ * Summed in float in index order, so every caller gets the same bits. */
+float sampler_top1_prob(const float *logits, int32_t n, int32_t *arg);
+
 /* Warped distribution: probs[i] = P(i) after temperature, top-k and top-p
  * (zero outside the kept set; sums to 1). Greedy (temperature 0) gives a
  * one-hot distribution at the argmax. Uses s->order as scratch. */

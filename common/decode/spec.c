@@ -84,17 +84,6 @@ void spec_drafter_free(spec_drafter *d)
     memset(d, 0, sizeof *d);
 }
 
-/* Probability of the most likely entry under softmax(logits). */
-static float top1_prob(const float *logits, int32_t n, int32_t *arg)
-{
-    int32_t a = sampler_argmax(logits, n);
-    float mx = logits[a], sum = 0.0f;
-    for (int32_t i = 0; i < n; i++)
-        sum += expf(logits[i] - mx);
-    *arg = a;
-    return 1.0f / sum;
-}
-
 int spec_draft(spec_drafter *d, fwd_state *fs, kv_cache *kv, int32_t L, int32_t cur, int32_t k_max,
                float gamma, sampler *smp, spec_block *out, char *err, size_t errlen)
 {
@@ -115,7 +104,7 @@ int spec_draft_from(spec_drafter *d, fwd_state *fs, kv_cache *kv, int32_t base, 
                           err, errlen) != 0)
             return -1;
         int32_t j;
-        float conf = top1_prob(d->logits, d->width, &j);
+        float conf = sampler_top1_prob(d->logits, d->width, &j);
         if (!greedy) {
             float *q = d->q + (size_t)i * d->width;
             sampler_probs(smp, d->logits, d->width, q);
@@ -249,6 +238,41 @@ void spec_record(spec_stats *ss, spec_exit *ex, const spec_params *sp, int32_t d
     spec_exit_update(ex, sp, drafted, accepted);
 }
 
+int32_t spec_end_pos(int32_t cap, int32_t pos, int32_t tokens_left)
+{
+    int32_t end = pos + tokens_left - 1;
+    return end < cap - 2 ? end : cap - 2;
+}
+
+int32_t spec_draft_limit(int32_t k_max, int32_t pos, int32_t end_pos)
+{
+    int32_t k = k_max < end_pos - pos ? k_max : end_pos - pos;
+    return k > 0 ? k : 0;
+}
+
+int spec_begin_run(spec_run *r, const int32_t *prompt, int32_t n_prompt, double *t_decode, char *err, size_t errlen)
+{
+    r->ex = (spec_exit){r->sp->gamma_init, r->sp->ar_init};
+    return spec_begin(r->m, r->fs, r->kv, r->smp, prompt, n_prompt, r->gp, r->emit, r->ctx, r->st, r->logits,
+                      &r->cur, t_decode, err, errlen);
+}
+
+int spec_step(spec_run *r, const spec_block *b, double t_draft, int32_t *accepted, char *err, size_t errlen)
+{
+    double tb = util_now();
+    int32_t acc, next;
+    if (spec_verify(r->m, r->fs, r->kv, r->cur, b, r->d, r->smp, r->logits, &acc, &next, err, errlen) != 0)
+        return -1;
+    r->ss->draft_seconds += tb - t_draft;
+    r->ss->verify_seconds += util_now() - tb;
+    spec_record(r->ss, &r->ex, r->sp, b->n, acc);
+    int stop = spec_emit_block(b, acc, next, r->gp, r->emit, r->ctx, r->st, NULL, NULL);
+    r->cur = next;
+    if (accepted)
+        *accepted = acc;
+    return stop;
+}
+
 int gen_selfspec(const model *m, fwd_state *fs, kv_cache *kv, const skip_set *ss, const spec_params *sp,
                  const int32_t *prompt, int32_t n_prompt, const gen_params *gp, gen_emit_fn emit,
                  void *ctx, gen_stats *st, spec_stats *ss_out, char *err, size_t errlen)
@@ -264,37 +288,28 @@ int gen_selfspec(const model *m, fwd_state *fs, kv_cache *kv, const skip_set *ss
     if (spec_drafter_init(&d, m, ss, sp->max_draft, err, errlen) != 0)
         goto free_sampler;
     float *logits = mallocCheck((size_t)(SPEC_MAX_DRAFT + 1) * m->config.vocab_size * sizeof(float));
+    spec_run r = {.m = m, .fs = fs, .kv = kv, .sp = sp, .d = &d, .smp = &smp, .logits = logits,
+                  .gp = gp, .emit = emit, .ctx = ctx, .st = st, .ss = ss_out};
     double t1;
-    int32_t cur;
-    int stop = spec_begin(m, fs, kv, &smp, prompt, n_prompt, gp, emit, ctx, st, logits, &cur, &t1, err, errlen);
+    int stop = spec_begin_run(&r, prompt, n_prompt, &t1, err, errlen);
     if (stop < 0)
         goto free_all;
-    spec_exit ex = {sp->gamma_init, sp->ar_init};
     while (!stop) {
         int32_t L = kv->len;
         if (L + 1 >= kv->cap) {
             fprintf(stderr, "selfspec: context full after %d tokens; stopping\n", L + 1);
             break;
         }
-        int32_t k_max = sp->max_draft;
-        k_max = k_max < kv->cap - 2 - L ? k_max : kv->cap - 2 - L;
-        k_max = k_max < gp->max_tokens - st->generated_tokens - 1 ? k_max : gp->max_tokens - st->generated_tokens - 1;
+        int32_t k_max = spec_draft_limit(sp->max_draft, L, spec_end_pos(kv->cap, L, gp->max_tokens - st->generated_tokens));
         spec_block b = {0};
         double ta = util_now();
-        if (k_max > 0 && spec_draft(&d, fs, kv, L, cur, k_max, ex.gamma, &smp, &b, err, errlen) != 0)
+        if (k_max > 0 && spec_draft(&d, fs, kv, L, r.cur, k_max, r.ex.gamma, &smp, &b, err, errlen) != 0)
             goto free_all;
-        double tb = util_now();
-        int32_t acc, next;
-        if (spec_verify(m, fs, kv, cur, &b, &d, &smp, logits, &acc, &next, err, errlen) != 0)
+        if ((stop = spec_step(&r, &b, ta, NULL, err, errlen)) < 0)
             goto free_all;
-        ss_out->draft_seconds += tb - ta;
-        ss_out->verify_seconds += util_now() - tb;
-        spec_record(ss_out, &ex, sp, b.n, acc);
-        stop = spec_emit_block(&b, acc, next, gp, emit, ctx, st, NULL, NULL);
-        cur = next;
     }
     st->decode_seconds = util_now() - t1;
-    ss_out->final_gamma = ex.gamma;
+    ss_out->final_gamma = r.ex.gamma;
     rc = 0;
 free_all:
     free(logits);

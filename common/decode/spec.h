@@ -146,6 +146,49 @@ int spec_begin(const model *m, fwd_state *fs, kv_cache *kv, sampler *smp, const 
  * something was drafted, adapt the exit threshold. */
 void spec_record(spec_stats *ss, spec_exit *ex, const spec_params *sp, int32_t drafted, int32_t accepted);
 
+/*
+ * The draft-length clamp: no draft token at a position past end_pos.
+ * spec_end_pos: the last position a draft token may take for a sequence
+ * whose last accepted token is at pos with tokens_left tokens still to emit
+ * (gp->max_tokens - st->generated_tokens): the verification writes
+ * pos..pos+k and the full model's next token needs one more slot, so
+ * min(pos + tokens_left - 1, cap - 2). spec_draft_limit: the most tokens to
+ * draft after pos, min(k_max, end_pos - pos), never below 0 (0: a plain step).
+ */
+int32_t spec_end_pos(int32_t cap, int32_t pos, int32_t tokens_left);
+int32_t spec_draft_limit(int32_t k_max, int32_t pos, int32_t end_pos);
+
+/* One sequence being decoded speculatively: what spec_begin_run and
+ * spec_step need, shared by gen_selfspec and the pipeline's decode loops.
+ * d may be NULL under greedy decoding (the pipeline drafts elsewhere). */
+typedef struct {
+    const model *m;
+    fwd_state *fs;
+    kv_cache *kv;
+    const spec_params *sp;
+    const spec_drafter *d;
+    sampler *smp;
+    float *logits;            /* (SPEC_MAX_DRAFT + 1, vocab) scratch */
+    const gen_params *gp;
+    gen_emit_fn emit;
+    void *ctx;
+    gen_stats *st;
+    spec_stats *ss;
+    spec_exit ex;             /* set by spec_begin_run */
+    int32_t cur;              /* last accepted token, at position kv->len */
+} spec_run;
+
+/* spec_begin on r (prefill, first token into r->cur, emitted) and the exit
+ * threshold at its starting values. Returns as spec_begin. */
+int spec_begin_run(spec_run *r, const int32_t *prompt, int32_t n_prompt, double *t_decode, char *err, size_t errlen);
+
+/* One decoding step after the draft b (b->n may be 0: a plain step) whose
+ * drafting began at clock t_draft: spec_verify, the draft and verification
+ * times into r->ss, spec_record, spec_emit_block; r->cur becomes the full
+ * model's next token. *accepted (may be NULL) receives the accepted count.
+ * Returns 1 when generation must stop, 0 to go on, -1 on error. */
+int spec_step(spec_run *r, const spec_block *b, double t_draft, int32_t *accepted, char *err, size_t errlen);
+
 /* Self-speculative generation in one process; same contract as gen_plain. */
 int gen_selfspec(const model *m, fwd_state *fs, kv_cache *kv, const skip_set *ss, const spec_params *sp,
                  const int32_t *prompt, int32_t n_prompt, const gen_params *gp, gen_emit_fn emit,

@@ -210,13 +210,10 @@ static int draft_all(const calib_set *cs, const model *m, fwd_state *fs, const l
             rc = model_forward(m, fs, seqs, nb, mask, head, logits, err, errlen);
             for (int32_t j = 0; j < nb && rc == 0; j++) {
                 const float *row = logits + (size_t)j * width;
-                int32_t a = sampler_argmax(row, width);
-                float mx = row[a], sum = 0.0f;
-                for (int32_t x = 0; x < width; x++)
-                    sum += expf(row[x] - mx);
+                int32_t a;
+                conf[p + j] = sampler_top1_prob(row, width, &a);
                 int32_t tok = head_tokens ? head_tokens[a] : a;
                 match[p + j] = tok == want[j];
-                conf[p + j] = 1.0f / sum;
             }
             p += nb;
             nb = 0;
