@@ -1,0 +1,637 @@
+/*
+ * engine.c - the continuous-batching engine (see engine.h): admission,
+ * batched drafting, one full forward pass per step, acceptance, emission,
+ * and the measured cost model behind the speculation policy.
+ */
+#include "engine/engine.h"
+
+#include <assert.h>
+#include <math.h>
+#include <string.h>
+
+#include "decode/sampler.h"
+#include "util/util.h"
+
+enum { SEQ_FREE, SEQ_PREFILL, SEQ_DECODE };
+
+/* One live sequence. */
+typedef struct {
+    int state;
+    int32_t *prompt;           /* (n_prompt) owned copy */
+    int32_t n_prompt, n_prefilled;
+    gen_params gp;
+    engine_callbacks cb;
+    sampler smp;
+    kv_cache kv;               /* paged: prompt + max_tokens positions */
+    kv_cache scratch;          /* draft scratch (max_draft + 1), when the engine drafts */
+    float *q;                  /* (max_draft, draft width) draft distributions (sampling) */
+    int32_t cur;               /* last final token, at position kv.len */
+    spec_exit ex;              /* adaptive draft exit */
+    float alpha;               /* acceptance-rate estimate (policy) */
+    int spec_mode;             /* this sequence drafts: 0 never, 1 by the policy, 2 always */
+    spec_block blk;            /* this step's draft */
+    int32_t k_max;             /* this step's draft length cap */
+    int drafting;
+    engine_result res;
+} eseq;
+
+/* A request waiting for admission. */
+typedef struct {
+    int32_t *prompt;
+    int32_t n_prompt;
+    gen_params gp;
+    engine_callbacks cb;
+    double t_submit;
+} ewait;
+
+#define COST_MAX_T 1024
+
+struct engine {
+    const model *m;
+    engine_params p;
+    kv_pool pool;
+    fwd_state fs;
+    eseq *seqs;                /* (max_seqs) */
+    int32_t n_live;
+    ewait *wait;               /* FIFO ring of cap_wait */
+    int32_t n_wait, head_wait, cap_wait;
+    /* drafting, shared by every sequence: mask and pruned head */
+    int can_draft;
+    layer_mask mask;
+    qmat head;                 /* rows == 0: full head */
+    const int32_t *head_tokens;
+    int32_t dwidth;
+    float *dlogits;            /* (max_seqs, dwidth) */
+    float *logits;             /* (max_batch_tokens, vocab) */
+    fwd_seq *batch;            /* (max_seqs) */
+    int32_t *bseq;             /* (max_seqs) sequence index of each batch entry */
+    /* cost model: seconds of a full pass of T tokens, of a draft pass of n */
+    double full_s[COST_MAX_T + 1], draft_s[COST_MAX_T + 1];
+    uint8_t full_n[COST_MAX_T + 1], draft_n[COST_MAX_T + 1];
+    engine_totals tot;
+};
+
+int engine_parse_mode(const char *s, engine_mode *out)
+{
+    if (!strcmp(s, "auto"))
+        *out = ENGINE_AUTO;
+    else if (!strcmp(s, "plain"))
+        *out = ENGINE_PLAIN;
+    else if (!strcmp(s, "self-spec"))
+        *out = ENGINE_SPEC;
+    else
+        return -1;
+    return 0;
+}
+
+const char *engine_mode_name(engine_mode m)
+{
+    return m == ENGINE_PLAIN ? "plain" : m == ENGINE_SPEC ? "self-spec" : "auto";
+}
+
+void engine_params_default(engine_params *p)
+{
+    memset(p, 0, sizeof *p);
+    p->max_seqs = 16;
+    p->max_batch_tokens = 256;
+    p->kv_mem = (size_t)256 << 20;
+    p->ctx = 4096;
+    p->mode = ENGINE_AUTO;
+    spec_params_default(&p->sp);
+    p->calibrate = 1;
+}
+
+/* ---- cost model ---- */
+
+static void cost_add(double *tab, uint8_t *cnt, int32_t T, double s)
+{
+    if (T < 1 || T > COST_MAX_T || !(s > 0))
+        return;
+    /* the first few samples are averaged, then an EMA follows drift */
+    double w = cnt[T] < 4 ? 1.0 / (cnt[T] + 1) : 0.2;
+    tab[T] = cnt[T] ? (1 - w) * tab[T] + w * s : s;
+    if (cnt[T] < 255)
+        cnt[T]++;
+}
+
+/* Estimated seconds for T: measured, else interpolated between the nearest
+ * measured neighbours, else extrapolated linearly from the two largest. */
+static double cost_get(const double *tab, const uint8_t *cnt, int32_t T)
+{
+    if (T < 1)
+        return 0.0;
+    if (T > COST_MAX_T)
+        T = COST_MAX_T;
+    if (cnt[T])
+        return tab[T];
+    int32_t lo = T - 1, hi = T + 1;
+    while (lo >= 1 && !cnt[lo])
+        lo--;
+    while (hi <= COST_MAX_T && !cnt[hi])
+        hi++;
+    if (lo >= 1 && hi <= COST_MAX_T)
+        return tab[lo] + (tab[hi] - tab[lo]) * (T - lo) / (double)(hi - lo);
+    if (lo >= 1) {   /* beyond the largest measured: slope of the last two */
+        int32_t lo2 = lo - 1;
+        while (lo2 >= 1 && !cnt[lo2])
+            lo2--;
+        double slope = lo2 >= 1 ? (tab[lo] - tab[lo2]) / (lo - lo2) : tab[lo] / lo;
+        return tab[lo] + slope * (T - lo);
+    }
+    if (hi <= COST_MAX_T)
+        return tab[hi] * T / hi;
+    return 1e-3 * T;  /* nothing measured yet */
+}
+
+/* Expected tokens emitted by one verification of a k-token draft whose
+ * tokens are each accepted with probability a: 1 + a + a^2 + ... + a^k. */
+static double expected_emitted(double a, int32_t k)
+{
+    double s = 1.0, t = 1.0;
+    for (int32_t i = 0; i < k; i++)
+        s += (t *= a);
+    return s;
+}
+
+int32_t engine_policy_k(const engine *e, int32_t n_spec, float alpha, int32_t t_other)
+{
+    if (!e->can_draft || n_spec <= 0)
+        return 0;
+    int32_t best_k = 0;
+    double best = n_spec / cost_get(e->full_s, e->full_n, t_other + n_spec);
+    for (int32_t k = 1; k <= e->p.sp.max_draft; k++) {
+        int32_t T = t_other + n_spec * (k + 1);
+        if (T > e->p.max_batch_tokens)
+            break;
+        double secs = cost_get(e->full_s, e->full_n, T) + k * cost_get(e->draft_s, e->draft_n, n_spec);
+        double rate = n_spec * expected_emitted(alpha, k) / secs;
+        if (rate > best * 1.02) {   /* a margin: speculate only where it clearly pays */
+            best = rate;
+            best_k = k;
+        }
+    }
+    return best_k;
+}
+
+/* Time a few passes at start: full passes of T tokens, draft passes of n
+ * one-token sequences, at position 0 of a throwaway paged cache. */
+static int calibrate(engine *e, char *err, size_t errlen)
+{
+    const model_config *c = &e->m->config;
+    int32_t top = e->p.max_batch_tokens < 64 ? e->p.max_batch_tokens : 64;
+    kv_cache kv;
+    if (kv_init_paged(&kv, &e->pool, top) != 0)
+        return 0;   /* no room: the online estimates will do */
+    int32_t *toks = callocCheck((size_t)top, sizeof(int32_t));
+    for (int32_t i = 0; i < top; i++)
+        toks[i] = (int32_t)((i * 7919u) % (uint32_t)c->vocab_size);
+    int rc = 0;
+    for (int32_t T = 1; T <= top && rc == 0; T *= 2) {
+        for (int rep = 0; rep < 3 && rc == 0; rep++) {
+            fwd_seq sq = {.tokens = toks, .n_tokens = T, .pos = 0, .kv = &kv, .logits_from = T - 1};
+            double t0 = util_now();
+            rc = model_forward(e->m, &e->fs, &sq, 1, NULL, NULL, e->logits, err, errlen);
+            if (rep > 0)   /* the first pass warms caches */
+                cost_add(e->full_s, e->full_n, T, util_now() - t0);
+        }
+        if (e->can_draft && T <= e->p.max_seqs && rc == 0) {
+            /* T one-token draft sequences sharing the throwaway cache */
+            for (int32_t i = 0; i < T; i++)
+                e->batch[i] = (fwd_seq){.tokens = &toks[i], .n_tokens = 1, .pos = 0, .kv = &kv,
+                                        .logits_from = 0};
+            for (int rep = 0; rep < 3 && rc == 0; rep++) {
+                double t0 = util_now();
+                rc = model_forward(e->m, &e->fs, e->batch, T, &e->mask, e->head.rows ? &e->head : NULL,
+                                   e->dlogits, err, errlen);
+                if (rep > 0)
+                    cost_add(e->draft_s, e->draft_n, T, util_now() - t0);
+            }
+        }
+    }
+    free(toks);
+    kv_free(&kv);
+    return rc;
+}
+
+/* ---- set-up ---- */
+
+int engine_init(engine **out, const model *m, const engine_params *p, char *err, size_t errlen)
+{
+    *out = NULL;
+    if (p->max_seqs < 1 || p->max_seqs > 4096)
+        return util_err(err, errlen, "max-seqs must be in [1, 4096], got %d", p->max_seqs);
+    if (p->max_batch_tokens < 1 || p->max_batch_tokens > 8192)
+        return util_err(err, errlen, "max-batch-tokens must be in [1, 8192], got %d", p->max_batch_tokens);
+    if (p->ctx < 2)
+        return util_err(err, errlen, "context must be at least 2 tokens");
+    if (spec_params_check(&p->sp, err, errlen) != 0)
+        return -1;
+    engine *e = callocCheck(1, sizeof *e);
+    e->m = m;
+    e->p = *p;
+    if (kv_pool_init(&e->pool, &m->config, p->kv_mem, err, errlen) != 0) {
+        free(e);
+        return -1;
+    }
+    /* a pass holds every live sequence's block and a verification needs
+     * k + 1 rows, so never fewer than max_seqs or max_draft + 1 tokens */
+    int32_t need = p->max_seqs > p->sp.max_draft + 1 ? p->max_seqs : p->sp.max_draft + 1;
+    if (e->p.max_batch_tokens < need)
+        e->p.max_batch_tokens = need;
+    fwd_state_init(&e->fs, &m->config, e->p.max_batch_tokens, p->ctx + SPEC_MAX_DRAFT + 2);
+    e->seqs = callocCheck((size_t)p->max_seqs, sizeof(eseq));
+    e->batch = callocCheck((size_t)p->max_seqs, sizeof(fwd_seq));
+    e->bseq = callocCheck((size_t)p->max_seqs, sizeof(int32_t));
+    e->logits = mallocCheck((size_t)e->p.max_batch_tokens * m->config.vocab_size * sizeof(float));
+    e->can_draft = p->mode != ENGINE_PLAIN && p->ss != NULL;
+    e->dwidth = m->config.vocab_size;
+    if (e->can_draft) {
+        skipset_mask(p->ss, &e->mask);
+        if (p->ss->n_head_tokens > 0) {
+            if (qmat_gather(&m->w.output, p->ss->head_tokens, p->ss->n_head_tokens, &e->head) != 0) {
+                engine_free(e);
+                return util_err(err, errlen, "cannot build a draft head of %d tokens", p->ss->n_head_tokens);
+            }
+            e->head_tokens = p->ss->head_tokens;
+            e->dwidth = p->ss->n_head_tokens;
+        }
+    }
+    e->dlogits = mallocCheck((size_t)p->max_seqs * e->dwidth * sizeof(float));
+    if (e->p.mode == ENGINE_AUTO && p->calibrate && calibrate(e, err, errlen) != 0) {
+        engine_free(e);
+        return -1;
+    }
+    *out = e;
+    return 0;
+}
+
+static void seq_release(eseq *s)
+{
+    free(s->prompt);
+    sampler_free(&s->smp);
+    kv_free(&s->kv);
+    if (s->scratch.cap)
+        kv_free(&s->scratch);
+    free(s->q);
+    memset(s, 0, sizeof *s);
+}
+
+void engine_free(engine *e)
+{
+    if (!e)
+        return;
+    for (int32_t i = 0; i < e->p.max_seqs && e->seqs; i++)
+        if (e->seqs[i].state != SEQ_FREE)
+            seq_release(&e->seqs[i]);
+    for (int32_t i = 0; i < e->n_wait; i++)
+        free(e->wait[(e->head_wait + i) % e->cap_wait].prompt);
+    free(e->wait);
+    if (e->can_draft)
+        skipset_mask_free(&e->mask);
+    if (e->head.rows)
+        qmat_free_owned(&e->head);
+    free(e->dlogits);
+    free(e->logits);
+    free(e->batch);
+    free(e->bseq);
+    free(e->seqs);
+    fwd_state_free(&e->fs);
+    kv_pool_free(&e->pool);
+    free(e);
+}
+
+/* KV positions a request reserves: its prompt, its tokens, and the one
+ * slot past the last token that a verification block may touch. */
+static int32_t seq_cap(int32_t n_prompt, int32_t max_tokens)
+{
+    return n_prompt + max_tokens + 1;
+}
+
+int engine_submit(engine *e, const int32_t *prompt, int32_t n_prompt, const gen_params *gp,
+                  const engine_callbacks *cb, char *err, size_t errlen)
+{
+    if (n_prompt <= 0)
+        return util_err(err, errlen, "the prompt is empty");
+    if (gp->max_tokens < 1)
+        return util_err(err, errlen, "max_tokens must be at least 1, got %d", gp->max_tokens);
+    if ((int64_t)n_prompt + gp->max_tokens > e->p.ctx)
+        return util_err(err, errlen, "prompt (%d tokens) + max_tokens (%d) exceed the context of %d tokens",
+                        n_prompt, gp->max_tokens, e->p.ctx);
+    if (kv_blocks_for(seq_cap(n_prompt, gp->max_tokens)) > e->pool.n_blocks)
+        return util_err(err, errlen, "prompt (%d tokens) + max_tokens (%d) need more KV memory than the whole "
+                        "pool holds (%d positions); raise --kv-mem", n_prompt, gp->max_tokens,
+                        e->pool.n_blocks * KV_BLOCK);
+    for (int32_t i = 0; i < n_prompt; i++)
+        if (prompt[i] < 0 || prompt[i] >= e->m->config.vocab_size)
+            return util_err(err, errlen, "token id %d out of range", prompt[i]);
+    if (sampler_params_check(&gp->sampling, err, errlen) != 0)
+        return -1;
+    if (e->n_wait == e->cap_wait) {   /* grow the ring, keeping FIFO order */
+        int32_t nc = e->cap_wait ? 2 * e->cap_wait : 64;
+        ewait *nw = mallocCheck((size_t)nc * sizeof *nw);
+        for (int32_t i = 0; i < e->n_wait; i++)
+            nw[i] = e->wait[(e->head_wait + i) % e->cap_wait];
+        free(e->wait);
+        e->wait = nw;
+        e->cap_wait = nc;
+        e->head_wait = 0;
+    }
+    ewait *w = &e->wait[(e->head_wait + e->n_wait++) % e->cap_wait];
+    w->prompt = mallocCheck((size_t)n_prompt * sizeof(int32_t));
+    memcpy(w->prompt, prompt, (size_t)n_prompt * sizeof(int32_t));
+    w->n_prompt = n_prompt;
+    w->gp = *gp;
+    w->cb = *cb;
+    w->t_submit = util_now();
+    return 0;
+}
+
+int engine_pending(const engine *e) { return e->n_live + e->n_wait; }
+int engine_live(const engine *e) { return e->n_live; }
+int engine_waiting(const engine *e) { return e->n_wait; }
+const engine_totals *engine_get_totals(const engine *e) { return &e->tot; }
+
+void engine_kv_usage(const engine *e, int32_t *used, int32_t *total)
+{
+    *used = e->pool.n_blocks - e->pool.n_free;
+    *total = e->pool.n_blocks;
+}
+
+/* ---- one step ---- */
+
+/* Admit waiting requests, oldest first, while a slot and their KV are free. */
+static int admit(engine *e, char *err, size_t errlen)
+{
+    while (e->n_wait > 0 && e->n_live < e->p.max_seqs) {
+        ewait *w = &e->wait[e->head_wait];
+        eseq *s = NULL;
+        for (int32_t i = 0; i < e->p.max_seqs && !s; i++)
+            if (e->seqs[i].state == SEQ_FREE)
+                s = &e->seqs[i];
+        assert(s);
+        if (kv_init_paged(&s->kv, &e->pool, seq_cap(w->n_prompt, w->gp.max_tokens)) != 0)
+            break;   /* wait for a running sequence to return its blocks */
+        if (sampler_init(&s->smp, &w->gp.sampling, e->m->config.vocab_size, err, errlen) != 0) {
+            kv_free(&s->kv);
+            return -1;
+        }
+        int greedy = w->gp.sampling.temperature == 0.0f;
+        s->spec_mode = !e->can_draft ? 0 : e->p.mode == ENGINE_SPEC ? 2 : greedy ? 1 : 0;
+        if (s->spec_mode) {
+            if (kv_init(&s->scratch, &e->m->config, e->p.sp.max_draft + 1, err, errlen) != 0) {
+                kv_free(&s->kv);
+                sampler_free(&s->smp);
+                return -1;
+            }
+            if (!greedy)
+                s->q = mallocCheck((size_t)e->p.sp.max_draft * e->dwidth * sizeof(float));
+        }
+        s->state = SEQ_PREFILL;
+        s->prompt = w->prompt;
+        s->n_prompt = w->n_prompt;
+        s->n_prefilled = 0;
+        s->gp = w->gp;
+        s->cb = w->cb;
+        s->ex = (spec_exit){e->p.sp.gamma_init, e->p.sp.ar_init};
+        s->alpha = e->p.ss && e->p.ss->speedup > 0 ? 0.8f : 0.7f;
+        s->res = (engine_result){.prompt_tokens = w->n_prompt, .t_submit = w->t_submit};
+        e->head_wait = (e->head_wait + 1) % e->cap_wait;
+        e->n_wait--;
+        e->n_live++;
+    }
+    return 0;
+}
+
+/* Decide each decoding sequence's draft cap for this step. */
+static void plan_drafts(engine *e)
+{
+    int32_t n_policy = 0, t_other = 0;
+    double alpha_sum = 0;
+    for (int32_t i = 0; i < e->p.max_seqs; i++) {
+        eseq *s = &e->seqs[i];
+        if (s->state == SEQ_PREFILL) {
+            t_other += s->n_prompt - s->n_prefilled;   /* an upper bound of its chunk */
+            continue;
+        }
+        if (s->state != SEQ_DECODE)
+            continue;
+        int32_t L = s->kv.len;
+        int32_t lim = spec_draft_limit(e->p.sp.max_draft, L,
+                                       spec_end_pos(s->kv.cap, L, s->gp.max_tokens - s->res.generated_tokens));
+        s->k_max = s->spec_mode ? lim : 0;
+        s->blk.n = 0;
+        if (s->spec_mode == 1) {
+            n_policy++;
+            alpha_sum += s->alpha;
+        } else {
+            t_other += 1 + s->k_max;
+        }
+    }
+    if (t_other > e->p.max_batch_tokens)
+        t_other = e->p.max_batch_tokens;
+    if (n_policy == 0)
+        return;
+    int32_t k = engine_policy_k(e, n_policy, (float)(alpha_sum / n_policy), t_other);
+    for (int32_t i = 0; i < e->p.max_seqs; i++) {
+        eseq *s = &e->seqs[i];
+        if (s->state == SEQ_DECODE && s->spec_mode == 1 && s->k_max > k)
+            s->k_max = k;
+    }
+}
+
+/* Batched drafting: pass i feeds every still-drafting sequence's token at
+ * position L + i through the masked model; each stops at its cap or when
+ * its draft's top-1 probability falls below its exit threshold. */
+static int draft(engine *e, char *err, size_t errlen)
+{
+    for (int32_t i = 0; i < e->p.max_seqs; i++) {
+        eseq *s = &e->seqs[i];
+        s->drafting = s->state == SEQ_DECODE && s->k_max > 0;
+    }
+    for (int32_t step = 0;; step++) {
+        int n = 0;
+        for (int32_t i = 0; i < e->p.max_seqs; i++) {
+            eseq *s = &e->seqs[i];
+            if (!s->drafting)
+                continue;
+            const int32_t *tok = step == 0 ? &s->cur : &s->blk.tokens[step - 1];
+            e->batch[n] = (fwd_seq){.tokens = tok, .n_tokens = 1, .pos = s->kv.len + step, .kv = &s->kv,
+                                    .scratch = &s->scratch, .scratch_base = s->kv.len, .logits_from = 0};
+            e->bseq[n++] = i;
+        }
+        if (n == 0)
+            return 0;
+        double t0 = util_now();
+        if (model_forward(e->m, &e->fs, e->batch, n, &e->mask, e->head.rows ? &e->head : NULL, e->dlogits,
+                          err, errlen) != 0)
+            return -1;
+        double dt = util_now() - t0;
+        cost_add(e->draft_s, e->draft_n, n, dt);
+        e->tot.draft_seconds += dt;
+        for (int j = 0; j < n; j++) {
+            eseq *s = &e->seqs[e->bseq[j]];
+            const float *row = e->dlogits + (size_t)j * e->dwidth;
+            int32_t arg;
+            float conf = sampler_top1_prob(row, e->dwidth, &arg);
+            if (s->q) {   /* sampling: draw from the warped draft distribution */
+                float *q = s->q + (size_t)step * e->dwidth;
+                sampler_probs(&s->smp, row, e->dwidth, q);
+                arg = sampler_draw(&s->smp, q, e->dwidth);
+            }
+            s->blk.tokens[s->blk.n] = e->head_tokens ? e->head_tokens[arg] : arg;
+            s->blk.q_index[s->blk.n] = arg;
+            s->blk.n++;
+            if (s->blk.n >= s->k_max || conf < s->ex.gamma)
+                s->drafting = 0;
+        }
+    }
+}
+
+/* Emit one final token of s; returns 1 when s is finished. */
+static int emit(eseq *s, int32_t tok)
+{
+    s->res.generated_tokens++;
+    if (s->res.generated_tokens == 1)
+        s->res.t_first = util_now();
+    if (s->cb.on_token && s->cb.on_token(s->cb.user, tok)) {
+        s->res.finish = ENGINE_FINISH_STOP;
+        return 1;
+    }
+    if (gen_is_stop(&s->gp, tok)) {
+        s->res.finish = ENGINE_FINISH_STOP;
+        return 1;
+    }
+    if (s->res.generated_tokens >= s->gp.max_tokens) {
+        s->res.finish = ENGINE_FINISH_LENGTH;
+        return 1;
+    }
+    return 0;
+}
+
+static void finish(engine *e, eseq *s)
+{
+    s->res.t_done = util_now();
+    e->tot.requests_done++;
+    e->tot.generation_tokens += s->res.generated_tokens;
+    if (s->cb.on_done)
+        s->cb.on_done(s->cb.user, &s->res);
+    seq_release(s);
+    e->n_live--;
+}
+
+/* Record a verification of s that accepted acc of its blk.n draft tokens. */
+static void record(engine *e, eseq *s, int32_t acc)
+{
+    int32_t k = s->blk.n;
+    if (k <= 0)
+        return;
+    e->tot.num_drafts++;
+    e->tot.num_draft_tokens += k;
+    e->tot.num_accepted_tokens += acc;
+    for (int32_t i = 0; i < acc; i++)
+        e->tot.accepted_per_pos[i]++;
+    s->res.drafts++;
+    s->res.draft_tokens += k;
+    s->res.accepted_tokens += acc;
+    spec_exit_update(&s->ex, &e->p.sp, k, acc);
+    s->alpha = 0.7f * s->alpha + 0.3f * (float)acc / (float)k;
+}
+
+int engine_step(engine *e, char *err, size_t errlen)
+{
+    if (admit(e, err, errlen) != 0)
+        return -1;
+    if (e->n_live == 0)
+        return engine_pending(e);
+    plan_drafts(e);
+    if (e->can_draft && draft(e, err, errlen) != 0)
+        return -1;
+    /* the full pass: decode blocks first, then prompt chunks in the budget left */
+    int n = 0, any_draft = 0;
+    int32_t T = 0;
+    for (int32_t i = 0; i < e->p.max_seqs; i++) {
+        eseq *s = &e->seqs[i];
+        if (s->state != SEQ_DECODE)
+            continue;
+        s->blk.tokens[SPEC_MAX_DRAFT - 1] = s->blk.tokens[SPEC_MAX_DRAFT - 1];   /* (blk fully initialized) */
+        any_draft |= s->blk.n > 0;
+        e->batch[n] = (fwd_seq){.tokens = NULL, .n_tokens = 1 + s->blk.n, .pos = s->kv.len, .kv = &s->kv,
+                                .logits_from = 0};
+        e->bseq[n++] = i;
+        T += 1 + s->blk.n;
+    }
+    for (int32_t i = 0; i < e->p.max_seqs && T < e->p.max_batch_tokens; i++) {
+        eseq *s = &e->seqs[i];
+        if (s->state != SEQ_PREFILL)
+            continue;
+        int32_t chunk = s->n_prompt - s->n_prefilled;
+        if (chunk > e->p.max_batch_tokens - T)
+            chunk = e->p.max_batch_tokens - T;
+        int last = s->n_prefilled + chunk == s->n_prompt;
+        e->batch[n] = (fwd_seq){.tokens = s->prompt + s->n_prefilled, .n_tokens = chunk, .pos = s->n_prefilled,
+                                .kv = &s->kv, .logits_from = last ? chunk - 1 : chunk};
+        e->bseq[n++] = i;
+        T += chunk;
+    }
+    /* decode blocks read [cur, d1..dk]: gather them into one array */
+    int32_t toks[SPEC_MAX_DRAFT + 1];
+    int32_t *blocks = mallocCheck((size_t)T * sizeof(int32_t));
+    int32_t off = 0;
+    for (int j = 0; j < n; j++) {
+        eseq *s = &e->seqs[e->bseq[j]];
+        if (s->state == SEQ_DECODE) {
+            toks[0] = s->cur;
+            memcpy(toks + 1, s->blk.tokens, (size_t)s->blk.n * sizeof(int32_t));
+            memcpy(blocks + off, toks, (size_t)(1 + s->blk.n) * sizeof(int32_t));
+            e->batch[j].tokens = blocks + off;
+        }
+        off += e->batch[j].n_tokens;
+    }
+    double t0 = util_now();
+    int rc = model_forward(e->m, &e->fs, e->batch, n, NULL, NULL, e->logits, err, errlen);
+    double dt = util_now() - t0;
+    free(blocks);
+    if (rc != 0)
+        return -1;
+    cost_add(e->full_s, e->full_n, T, dt);
+    e->tot.forward_seconds += dt;
+    e->tot.steps++;
+    e->tot.spec_steps += any_draft;
+    /* acceptance and emission, in batch order */
+    const int32_t V = e->m->config.vocab_size;
+    float *row = e->logits;
+    for (int j = 0; j < n; j++) {
+        eseq *s = &e->seqs[e->bseq[j]];
+        fwd_seq *sq = &e->batch[j];
+        if (s->state == SEQ_PREFILL) {
+            s->n_prefilled += sq->n_tokens;
+            s->kv.len = s->n_prefilled;
+            e->tot.prompt_tokens += sq->n_tokens;
+            if (s->n_prefilled < s->n_prompt)
+                continue;   /* no logits row for a middle chunk */
+            s->cur = sampler_sample(&s->smp, row);
+            row += V;
+            s->state = SEQ_DECODE;
+            if (emit(s, s->cur))
+                finish(e, s);
+            continue;
+        }
+        int32_t acc = 0, next;
+        if (s->spec_mode == 2 || s->blk.n > 0) {
+            spec_qdist qd = {s->q, e->dwidth, e->head_tokens};
+            spec_accept(V, row, &s->blk, &qd, &s->smp, &acc, &next);
+        } else {
+            next = sampler_sample(&s->smp, row);   /* a plain step, as gen_plain */
+        }
+        row += (size_t)(1 + s->blk.n) * V;
+        record(e, s, acc);
+        s->kv.len += acc + 1;
+        int done = 0;
+        for (int32_t i = 0; i <= acc && !done; i++)
+            done = emit(s, i < acc ? s->blk.tokens[i] : next);
+        s->cur = next;
+        if (done)
+            finish(e, s);
+    }
+    return engine_pending(e);
+}

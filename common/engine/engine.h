@@ -1,0 +1,143 @@
+/*
+ * engine.h - the continuous-batching engine: many sequences decoded at once,
+ * one forward pass per step over every live sequence's block.
+ *
+ * The engine owns the live sequences (prompt, paged KV cache, seeded
+ * sampler, parameters, draft state) and a FIFO of waiting requests. One
+ * engine_step():
+ *   1. admits waiting requests while there is room (--max-seqs) and the KV
+ *      pool can hold the request's whole reservation (prompt + max_tokens
+ *      positions: a live sequence never runs out of KV, the pool never
+ *      overcommits); a request that could never fit is refused at submit;
+ *   2. decides, per decoding sequence, whether to draft and how far (the
+ *      speculation policy below), and drafts: up to k masked forward passes,
+ *      each over every drafting sequence at once, writing only their draft
+ *      scratch caches;
+ *   3. runs ONE full forward pass over: each decoding sequence's block
+ *      [cur, d1..dk] (k = 0: a plain step) and chunks of prefilling prompts,
+ *      under a per-step token budget (--max-batch-tokens) that decode and
+ *      verification tokens take first, so a long prompt never stalls others;
+ *   4. accepts (spec_accept: greedy, or speculative sampling), emits each
+ *      sequence's final tokens through its callback, finishes sequences at
+ *      EOG, max_tokens or a stop the callback reports, returning their KV.
+ *
+ * Exactness and batch invariance: a token's logits do not depend on what
+ * shares its forward pass (kernels/qmat.h: per-token sums in a fixed order;
+ * attention per (token, head)), so a greedy sequence's tokens are the same
+ * as decoding it alone, whatever else is in the batch and however its prompt
+ * was chunked. Each request has its own sampler seeded by its seed; under
+ * sampling a sequence's random draws depend only on its own tokens and on
+ * whether it speculates. So the policy never lets a sampled sequence's
+ * speculation depend on the batch: in ENGINE_AUTO sampled sequences decode
+ * plainly (as `generate --mode plain`), in ENGINE_SPEC they always draft by
+ * their own adaptive exit (as `generate --mode self-spec`).
+ *
+ * Speculation policy (ENGINE_AUTO, greedy sequences): from a cost model the
+ * engine measures -- seconds of a full pass as a function of its token
+ * count, and of a draft pass as a function of the sequences drafting
+ * (calibrated briefly at start, then updated from every pass) -- and each
+ * sequence's acceptance rate so far, pick the draft length k (0 = plain)
+ * that maximizes expected emitted tokens per second of the whole step.
+ * As the batch fills and passes become compute-bound, k falls to 0.
+ *
+ * Not thread-safe: one thread drives an engine. No global state.
+ */
+#ifndef SELFSPEC_ENGINE_H
+#define SELFSPEC_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "decode/generate.h"
+#include "decode/skipset.h"
+#include "decode/spec.h"
+#include "model/model.h"
+
+typedef enum { ENGINE_AUTO, ENGINE_PLAIN, ENGINE_SPEC } engine_mode;
+
+/* Parse "auto", "plain", "self-spec"; -1 for anything else. */
+int engine_parse_mode(const char *s, engine_mode *out);
+const char *engine_mode_name(engine_mode m);
+
+typedef struct {
+    int32_t max_seqs;          /* live sequences at most (vLLM's max-num-seqs) */
+    int32_t max_batch_tokens;  /* tokens in one forward pass at most */
+    size_t kv_mem;             /* bytes of the KV pool */
+    int32_t ctx;               /* longest sequence, prompt + generated */
+    engine_mode mode;
+    const skip_set *ss;        /* the draft's skip set and head; NULL: never draft */
+    spec_params sp;            /* draft length cap, adaptive exit */
+    int calibrate;             /* ENGINE_AUTO: time a few passes at start (1) */
+} engine_params;
+
+/* Defaults: 16 sequences, 256 tokens a pass, 256 MiB of KV, context 4096,
+ * ENGINE_AUTO with no skip set. */
+void engine_params_default(engine_params *p);
+
+/* What a finished request reports. */
+typedef enum { ENGINE_FINISH_LENGTH, ENGINE_FINISH_STOP } engine_finish;
+
+typedef struct {
+    int32_t prompt_tokens;
+    int32_t generated_tokens;
+    engine_finish finish;      /* STOP: EOG token or a stop string; LENGTH: max_tokens */
+    int64_t drafts, draft_tokens, accepted_tokens;
+    double t_submit, t_first, t_done;   /* util_now() clock */
+} engine_result;
+
+typedef struct {
+    /* A final token, in order. Return nonzero to finish the request now
+     * (a stop string was completed). */
+    int (*on_token)(void *user, int32_t token);
+    /* The request finished (always called once per accepted submit). */
+    void (*on_done)(void *user, const engine_result *r);
+    void *user;
+} engine_callbacks;
+
+/* Speculation metrics, vLLM's names (spec_decode/metrics.py). */
+typedef struct {
+    int64_t num_drafts;                       /* verifications with >= 1 draft token */
+    int64_t num_draft_tokens;
+    int64_t num_accepted_tokens;
+    int64_t accepted_per_pos[SPEC_MAX_DRAFT]; /* accepted at draft position i */
+    int64_t steps, spec_steps;                /* forward passes; of them with drafts */
+    int64_t prompt_tokens, generation_tokens;
+    int64_t requests_done;
+    double forward_seconds, draft_seconds;
+} engine_totals;
+
+typedef struct engine engine;
+
+/* An engine over a loaded model (which must outlive it). Returns 0, or -1
+ * with err (bad parameters, out of memory). */
+int engine_init(engine **out, const model *m, const engine_params *p, char *err, size_t errlen);
+void engine_free(engine *e);
+
+/* Queue a request. The prompt is copied; gp's callbacks (is_eog) and cb
+ * must stay valid until on_done. Returns 0, or -1 with err when the request
+ * is invalid or can never fit (prompt + max_tokens over the context, or
+ * more KV than the whole pool). */
+int engine_submit(engine *e, const int32_t *prompt, int32_t n_prompt, const gen_params *gp,
+                  const engine_callbacks *cb, char *err, size_t errlen);
+
+/* One step (see the top of this file). Returns the number of requests
+ * still live or waiting afterwards, or -1 with err (a forward pass failed:
+ * the engine should not be stepped again). */
+int engine_step(engine *e, char *err, size_t errlen);
+
+/* Requests live + waiting; live; waiting. */
+int engine_pending(const engine *e);
+int engine_live(const engine *e);
+int engine_waiting(const engine *e);
+
+/* KV pool blocks in use and in all. */
+void engine_kv_usage(const engine *e, int32_t *used, int32_t *total);
+
+const engine_totals *engine_get_totals(const engine *e);
+
+/* The draft length the policy would pick now for n_spec greedy sequences
+ * with acceptance rate alpha, next to t_other other tokens in the pass
+ * (tests and the benchmark's explanation). */
+int32_t engine_policy_k(const engine *e, int32_t n_spec, float alpha, int32_t t_other);
+
+#endif
