@@ -147,13 +147,19 @@ test: setup layers all unit unit-v3 e2e
 	python3 tests/run_e2e.py --model $(MODEL)
 	SELFSPEC_MODEL=$(MODEL) python3 tests/test_pipeline.py
 
-# The GGUF fuzzer links the two layers it exercises, nothing above them.
+# Each fuzzer links the layers it exercises, nothing above them: the GGUF
+# fuzzer util+format, the batch-line fuzzer (fuzz_batchline) util+api.
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_LIB := $(wildcard common/util/*.c common/format/*.c)
+FUZZ_API_LIB := $(wildcard common/util/*.c common/api/*.c)
+FUZZ_CFLAGS := -std=c11 $(DEFS) -Icommon -g -O1 -fsanitize=fuzzer,address,undefined
 fuzz: $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz/%,$(FUZZ_SRC))
 $(BUILD)/fuzz/%: tests/fuzz/%.c $(FUZZ_LIB)
 	@mkdir -p $(BUILD)/fuzz
-	clang -std=c11 $(DEFS) -Icommon -g -O1 -fsanitize=fuzzer,address,undefined $< $(FUZZ_LIB) -lm -o $@
+	clang $(FUZZ_CFLAGS) $< $(FUZZ_LIB) -lm -o $@
+$(BUILD)/fuzz/fuzz_batchline: tests/fuzz/fuzz_batchline.c $(FUZZ_API_LIB)
+	@mkdir -p $(BUILD)/fuzz
+	clang $(FUZZ_CFLAGS) $< $(FUZZ_API_LIB) -lcjson -lm -o $@
 
 bench: all
 	python3 scripts/bench_plain.py
