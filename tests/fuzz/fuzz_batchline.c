@@ -11,6 +11,7 @@
  * resume scan accepts, torn or whole. The raw input is also scanned as if it
  * were an output file (any answer but a crash is fine).
  * Build: make fuzz. Run: build/fuzz/fuzz_batchline -max_total_time=60
+ *        -dict=tests/fuzz/batchline.dict
  *        tests/fuzz/batchline_seeds   (add a scratch corpus folder first to
  *        keep what it finds out of the seeds)
  */
