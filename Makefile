@@ -29,7 +29,7 @@ V3ARCH  := -march=x86-64-v3
 LIBS    := -lopenblas -lutf8proc -lcjson -lzmq -lprotobuf-c -lm -lpthread -lrt
 MODEL   ?= models/SmolLM2-135M-Instruct.Q4_1.gguf
 
-LAYERS     := util format kernels model text decode tune ipc
+LAYERS     := util format kernels model text decode tune ipc api
 COMMON_SRC := $(wildcard $(patsubst %,common/%/*.c,$(LAYERS)))
 PROTO_SRC  := $(wildcard proto/*.proto)
 PROTO_C    := $(patsubst proto/%.proto,$(BUILD)/proto/%.pb-c.c,$(PROTO_SRC))
@@ -147,13 +147,19 @@ test: setup layers all unit unit-v3 e2e
 	python3 tests/run_e2e.py --model $(MODEL)
 	SELFSPEC_MODEL=$(MODEL) python3 tests/test_pipeline.py
 
-# The GGUF fuzzer links the two layers it exercises, nothing above them.
+# Each fuzzer links the layers it exercises, nothing above them: the GGUF
+# fuzzer util+format, the batch-line fuzzer (fuzz_batchline) util+api.
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_LIB := $(wildcard common/util/*.c common/format/*.c)
+FUZZ_API_LIB := $(wildcard common/util/*.c common/api/*.c)
+FUZZ_CFLAGS := -std=c11 $(DEFS) -Icommon -g -O1 -fsanitize=fuzzer,address,undefined
 fuzz: $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz/%,$(FUZZ_SRC))
 $(BUILD)/fuzz/%: tests/fuzz/%.c $(FUZZ_LIB)
 	@mkdir -p $(BUILD)/fuzz
-	clang -std=c11 $(DEFS) -Icommon -g -O1 -fsanitize=fuzzer,address,undefined $< $(FUZZ_LIB) -lm -o $@
+	clang $(FUZZ_CFLAGS) $< $(FUZZ_LIB) -lm -o $@
+$(BUILD)/fuzz/fuzz_batchline: tests/fuzz/fuzz_batchline.c $(FUZZ_API_LIB)
+	@mkdir -p $(BUILD)/fuzz
+	clang $(FUZZ_CFLAGS) $< $(FUZZ_API_LIB) -lcjson -lm -o $@
 
 bench: all
 	python3 scripts/bench_plain.py

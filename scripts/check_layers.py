@@ -25,6 +25,7 @@ ALLOWED = {
     "decode": ["util", "format", "kernels", "model", "text"],
     "tune": ["util", "format", "kernels", "model", "text", "decode"],
     "ipc": ["util", "format", "kernels", "model", "text", "decode"],
+    "api": ["util", "format", "kernels", "model", "text", "decode"],
 }
 GENERATED = {"selfspec.pb-c.h": "ipc"}
 PROCESSES = ["verifier", "drafter"]
