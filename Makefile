@@ -29,7 +29,7 @@ V3ARCH  := -march=x86-64-v3
 LIBS    := -lopenblas -lutf8proc -lcjson -lzmq -lprotobuf-c -lm -lpthread -lrt
 MODEL   ?= models/SmolLM2-135M-Instruct.Q4_1.gguf
 
-LAYERS     := util format kernels model text decode tune ipc api
+LAYERS     := util format kernels model text decode tune ipc api engine
 COMMON_SRC := $(wildcard $(patsubst %,common/%/*.c,$(LAYERS)))
 PROTO_SRC  := $(wildcard proto/*.proto)
 PROTO_C    := $(patsubst proto/%.proto,$(BUILD)/proto/%.pb-c.c,$(PROTO_SRC))

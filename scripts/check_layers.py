@@ -26,6 +26,7 @@ ALLOWED = {
     "tune": ["util", "format", "kernels", "model", "text", "decode"],
     "ipc": ["util", "format", "kernels", "model", "text", "decode"],
     "api": ["util", "format", "kernels", "model", "text", "decode"],
+    "engine": ["util", "format", "kernels", "model", "text", "decode"],
 }
 GENERATED = {"selfspec.pb-c.h": "ipc"}
 PROCESSES = ["verifier", "drafter"]

@@ -553,7 +553,6 @@ int engine_step(engine *e, char *err, size_t errlen)
         eseq *s = &e->seqs[i];
         if (s->state != SEQ_DECODE)
             continue;
-        s->blk.tokens[SPEC_MAX_DRAFT - 1] = s->blk.tokens[SPEC_MAX_DRAFT - 1];   /* (blk fully initialized) */
         any_draft |= s->blk.n > 0;
         e->batch[n] = (fwd_seq){.tokens = NULL, .n_tokens = 1 + s->blk.n, .pos = s->kv.len, .kv = &s->kv,
                                 .logits_from = 0};
@@ -574,15 +573,13 @@ int engine_step(engine *e, char *err, size_t errlen)
         T += chunk;
     }
     /* decode blocks read [cur, d1..dk]: gather them into one array */
-    int32_t toks[SPEC_MAX_DRAFT + 1];
     int32_t *blocks = mallocCheck((size_t)T * sizeof(int32_t));
     int32_t off = 0;
     for (int j = 0; j < n; j++) {
         eseq *s = &e->seqs[e->bseq[j]];
         if (s->state == SEQ_DECODE) {
-            toks[0] = s->cur;
-            memcpy(toks + 1, s->blk.tokens, (size_t)s->blk.n * sizeof(int32_t));
-            memcpy(blocks + off, toks, (size_t)(1 + s->blk.n) * sizeof(int32_t));
+            blocks[off] = s->cur;
+            memcpy(blocks + off + 1, s->blk.tokens, (size_t)s->blk.n * sizeof(int32_t));
             e->batch[j].tokens = blocks + off;
         }
         off += e->batch[j].n_tokens;
