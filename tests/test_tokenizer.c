@@ -1,5 +1,5 @@
 /*
- * test_tokenizer.c - unit tests for common/tokenizer.c.
+ * test_tokenizer.c - unit tests for common/text/: tokenizer.c, chat.c, utf8.c.
  *
  * The real-model tests load the vocabulary of the SmolLM2 GGUF (path from
  * $SELFSPEC_MODEL, default models/SmolLM2-135M-Instruct.Q4_1.gguf; skipped
@@ -25,7 +25,9 @@
 
 #include "format/gguf.h"
 #include "testutil_gguf.h"
+#include "text/chat.h"
 #include "text/tokenizer.h"
+#include "text/utf8.h"
 
 #define DEFAULT_MODEL "models/SmolLM2-135M-Instruct.Q4_1.gguf"
 #define FIXTURE_PATH "tests/fixtures/tokens.json"

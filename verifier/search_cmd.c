@@ -22,6 +22,7 @@
 #include "cli.h"
 #include "decode/generate.h"
 #include "model/model.h"
+#include "text/chat.h"
 #include "tune/search.h"
 #include "decode/skipset.h"
 #include "decode/spec.h"
