@@ -52,6 +52,7 @@
 #include "model/model.h"
 #include "decode/skipset.h"
 #include "decode/spec.h"
+#include "text/chat.h"
 #include "text/tokenizer.h"
 #include "util/util.h"
 

@@ -1,5 +1,5 @@
 /*
- * test_tokenizer.c - unit tests for common/tokenizer.c.
+ * test_tokenizer.c - unit tests for common/text/: tokenizer.c, chat.c, utf8.c.
  *
  * The real-model tests load the vocabulary of the SmolLM2 GGUF (path from
  * $SELFSPEC_MODEL, default models/SmolLM2-135M-Instruct.Q4_1.gguf; skipped
@@ -25,7 +25,9 @@
 
 #include "format/gguf.h"
 #include "testutil_gguf.h"
+#include "text/chat.h"
 #include "text/tokenizer.h"
+#include "text/utf8.h"
 
 #define DEFAULT_MODEL "models/SmolLM2-135M-Instruct.Q4_1.gguf"
 #define FIXTURE_PATH "tests/fixtures/tokens.json"
@@ -400,6 +402,41 @@ static void test_chat_prompt(void **state)
     assert_int_equal(n, 2);
 }
 
+/* chat_render on the real template: the fixture prompts again, and a
+ * multi-turn conversation with SmolLM2's default system message. */
+static void test_chat_render_model(void **state)
+{
+    const model_state *st = *state;
+    skip_without_model(st);
+    assert_int_equal(chat_template_of(st->tok), CHAT_TEMPLATE_CHATML);
+    const cJSON *e;
+    cJSON_ArrayForEach(e, cJSON_GetObjectItem(st->fixtures, "chat")) {
+        char err[256] = "";
+        const cJSON *sys = cJSON_GetObjectItem(e, "system");
+        chat_msg m[2];
+        size_t n = 0;
+        if (cJSON_IsString(sys))
+            m[n++] = (chat_msg){CHAT_SYSTEM, sys->valuestring};
+        m[n++] = (chat_msg){CHAT_USER, cJSON_GetObjectItem(e, "user")->valuestring};
+        char *p = chat_render(st->tok, m, n, err, sizeof err);
+        if (!p)
+            fail_msg("chat_render: %s", err);
+        assert_string_equal(p, cJSON_GetObjectItem(e, "prompt")->valuestring);
+        free(p);
+    }
+    static const chat_msg turns[] = {
+        {CHAT_USER, "hi"}, {CHAT_ASSISTANT, "Hello!"}, {CHAT_USER, "Bye"},
+    };
+    char err[256] = "";
+    char *p = chat_render(st->tok, turns, 3, err, sizeof err);
+    assert_non_null(p);
+    assert_string_equal(p, "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, "
+                           "trained by Hugging Face<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n"
+                           "<|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\nBye"
+                           "<|im_end|>\n<|im_start|>assistant\n");
+    free(p);
+}
+
 /* Tokenizing a 4 KB prompt takes milliseconds (generous bound: sanitizers). */
 static void test_speed(void **state)
 {
@@ -709,6 +746,186 @@ static void test_gpt2_synthetic(void **state)
     tokenizer_free(t);
 }
 
+/* chat_render / tokenizer_chat_prompt for each template family on the tiny
+ * gpt2 vocabulary (BOS "<|begin_of_text|>", EOS "<|eot_id|>"). */
+static char *render_ok(const tokenizer *t, const chat_msg *m, size_t n)
+{
+    char err[256] = "";
+    char *p = chat_render(t, m, n, err, sizeof err);
+    if (!p)
+        fail_msg("chat_render: %s", err);
+    return p;
+}
+
+/* chat_render fails with an error containing needle. */
+static void render_fails(const tokenizer *t, const chat_msg *m, size_t n, const char *needle)
+{
+    char err[256] = "";
+    char *p = chat_render(t, m, n, err, sizeof err);
+    if (p)
+        fail_msg("chat_render succeeded: '%s'", p);
+    if (!strstr(err, needle))
+        fail_msg("error '%s' lacks '%s'", err, needle);
+}
+
+/* tokenizer_chat_prompt(system, user) equals chat_render of the same pair. */
+static void expect_prompt_is_render(const tokenizer *t, const char *system, const char *user)
+{
+    char err[256] = "";
+    chat_msg m[2];
+    size_t n = 0;
+    if (system)
+        m[n++] = (chat_msg){CHAT_SYSTEM, system};
+    m[n++] = (chat_msg){CHAT_USER, user};
+    char *a = tokenizer_chat_prompt(t, system, user, err, sizeof err);
+    char *b = render_ok(t, m, n);
+    assert_non_null(a);
+    assert_string_equal(a, b);
+    free(a);
+    free(b);
+}
+
+static void test_chat_chatml(void **state)
+{
+    (void)state;
+    tokenizer *t = build_gpt2("{% if messages[0]['role'] != 'system' %}{{ '<|im_start|>system\\n"
+                              "You are \\'Bob\\'.<|im_end|>\\n' }}{% endif %}{% for m in messages %}"
+                              "{{'<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n'}}"
+                              "{% endfor %}");
+    assert_int_equal(chat_template_of(t), CHAT_TEMPLATE_CHATML);
+    static const chat_msg conv[] = {
+        {CHAT_USER, "q1"}, {CHAT_ASSISTANT, "a1"}, {CHAT_USER, "q2"},
+    };
+    char *p = render_ok(t, conv, 3);
+    assert_string_equal(p, "<|im_start|>system\nYou are 'Bob'.<|im_end|>\n"
+                           "<|im_start|>user\nq1<|im_end|>\n<|im_start|>assistant\na1<|im_end|>\n"
+                           "<|im_start|>user\nq2<|im_end|>\n<|im_start|>assistant\n");
+    free(p);
+    static const chat_msg with_sys[] = { {CHAT_SYSTEM, ""}, {CHAT_USER, "q"} };
+    p = render_ok(t, with_sys, 2);
+    assert_string_equal(p, "<|im_start|>system\n<|im_end|>\n<|im_start|>user\nq<|im_end|>\n"
+                           "<|im_start|>assistant\n");
+    free(p);
+    p = render_ok(t, NULL, 0);                       /* default system, assistant opened */
+    assert_string_equal(p, "<|im_start|>system\nYou are 'Bob'.<|im_end|>\n<|im_start|>assistant\n");
+    free(p);
+    expect_prompt_is_render(t, NULL, "hi");
+    expect_prompt_is_render(t, "S", "hi");
+    char err[256] = "";
+    p = tokenizer_chat_prompt(t, NULL, "hi", err, sizeof err);
+    assert_string_equal(p, "<|im_start|>system\nYou are 'Bob'.<|im_end|>\n<|im_start|>user\nhi"
+                           "<|im_end|>\n<|im_start|>assistant\n");
+    free(p);
+
+    /* Rules shared by every family. */
+    static const chat_msg late_sys[] = { {CHAT_USER, "q"}, {CHAT_SYSTEM, "s"} };
+    render_fails(t, late_sys, 2, "system message must come first");
+    static const chat_msg null_content[] = { {CHAT_USER, NULL} };
+    render_fails(t, null_content, 1, "NULL content");
+    static const chat_msg bad_role[] = { {(chat_role)7, "q"} };
+    render_fails(t, bad_role, 1, "unknown role");
+    render_fails(t, NULL, 1, "NULL message list");
+    tokenizer_free(t);
+}
+
+static void test_chat_llama3(void **state)
+{
+    (void)state;
+    tokenizer *t = build_gpt2("{{ bos_token }}{% for m in messages %}<|start_header_id|>"
+                              "{{ m['role'] }}<|end_header_id|>\n\n{{ m['content'] }}<|eot_id|>"
+                              "{% endfor %}");
+    assert_int_equal(chat_template_of(t), CHAT_TEMPLATE_LLAMA3);
+    static const chat_msg conv[] = {
+        {CHAT_SYSTEM, "S"}, {CHAT_USER, "q1"}, {CHAT_ASSISTANT, "a1"}, {CHAT_USER, "q2"},
+    };
+    char *p = render_ok(t, conv, 4);
+    assert_string_equal(p, "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nS"
+                           "<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nq1<|eot_id|>"
+                           "<|start_header_id|>assistant<|end_header_id|>\n\na1<|eot_id|>"
+                           "<|start_header_id|>user<|end_header_id|>\n\nq2<|eot_id|>"
+                           "<|start_header_id|>assistant<|end_header_id|>\n\n");
+    free(p);
+    expect_prompt_is_render(t, NULL, "hi");
+    expect_prompt_is_render(t, "sys", "hi");
+    tokenizer_free(t);
+
+    /* Without bos_token in the template: no BOS text. */
+    t = build_gpt2("{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>"
+                   "{% endfor %}");
+    p = render_ok(t, conv + 1, 1);
+    assert_string_equal(p, "<|start_header_id|>user<|end_header_id|>\n\nq1<|eot_id|>"
+                           "<|start_header_id|>assistant<|end_header_id|>\n\n");
+    free(p);
+    tokenizer_free(t);
+}
+
+static void test_chat_llama2(void **state)
+{
+    (void)state;
+    tokenizer *t = build_gpt2("{% for m in messages %}{% if m['role'] == 'user' %}{{ bos_token + "
+                              "'[INST] ' + m['content'] + ' [/INST]' }}{% else %}{{ ' ' + "
+                              "m['content'] + ' ' + eos_token }}{% endif %}{% endfor %}");
+    assert_int_equal(chat_template_of(t), CHAT_TEMPLATE_LLAMA2);
+    static const chat_msg conv[] = {
+        {CHAT_SYSTEM, "S"}, {CHAT_USER, "q1"}, {CHAT_ASSISTANT, "a1"}, {CHAT_USER, "q2"},
+    };
+    char *p = render_ok(t, conv, 4);
+    assert_string_equal(p, "<|begin_of_text|>[INST] <<SYS>>\nS\n<</SYS>>\n\nq1 [/INST] a1 "
+                           "<|eot_id|><|begin_of_text|>[INST] q2 [/INST]");
+    free(p);
+    p = render_ok(t, conv + 1, 3);
+    assert_string_equal(p, "<|begin_of_text|>[INST] q1 [/INST] a1 <|eot_id|>"
+                           "<|begin_of_text|>[INST] q2 [/INST]");
+    free(p);
+    expect_prompt_is_render(t, NULL, "hi");
+    expect_prompt_is_render(t, "sys", "hi");
+    char err[256] = "";
+    p = tokenizer_chat_prompt(t, "sys", "hi", err, sizeof err);
+    assert_string_equal(p, "<|begin_of_text|>[INST] <<SYS>>\nsys\n<</SYS>>\n\nhi [/INST]");
+    free(p);
+    render_fails(t, conv, 3, "end with a user message");     /* ends with assistant */
+    render_fails(t, conv, 1, "end with a user message");     /* system only */
+    render_fails(t, NULL, 0, "end with a user message");
+    static const chat_msg two_users[] = { {CHAT_USER, "a"}, {CHAT_USER, "b"} };
+    render_fails(t, two_users, 2, "alternate");
+    static const chat_msg starts_assistant[] = { {CHAT_ASSISTANT, "a"}, {CHAT_USER, "b"} };
+    render_fails(t, starts_assistant, 2, "alternate");
+    tokenizer_free(t);
+
+    /* Neither bos_token nor eos_token in the template: no BOS / EOS text. */
+    t = build_gpt2("[INST] {{ messages[0]['content'] }} [/INST]");
+    p = render_ok(t, conv + 1, 3);
+    assert_string_equal(p, "[INST] q1 [/INST] a1 [INST] q2 [/INST]");
+    free(p);
+    tokenizer_free(t);
+}
+
+static void test_chat_unrecognized(void **state)
+{
+    (void)state;
+    tokenizer *t = build_gpt2("{% for m in messages %}### {{ m.content }}{% endfor %}");
+    assert_int_equal(chat_template_of(t), CHAT_TEMPLATE_NONE);
+    static const chat_msg m[] = { {CHAT_USER, "hi"} };
+    render_fails(t, m, 1, "tokenizer: chat template not recognized (ChatML, Llama-2, Llama-3)");
+    tokenizer_free(t);
+    t = build_gpt2(NULL);                            /* no template, no <|im_start|> token */
+    assert_int_equal(chat_template_of(t), CHAT_TEMPLATE_NONE);
+    render_fails(t, m, 1, "not recognized");
+    tokenizer_free(t);
+
+    chat_role r = CHAT_SYSTEM;
+    assert_int_equal(chat_role_parse("assistant", &r), 0);
+    assert_int_equal(r, CHAT_ASSISTANT);
+    assert_int_equal(chat_role_parse("user", &r), 0);
+    assert_int_equal(r, CHAT_USER);
+    assert_int_equal(chat_role_parse("system", &r), 0);
+    assert_int_equal(r, CHAT_SYSTEM);
+    assert_int_equal(chat_role_parse("tool", &r), -1);
+    assert_int_equal(chat_role_parse("User", &r), -1);
+    assert_int_equal(chat_role_parse(NULL, &r), -1);
+    assert_int_equal(r, CHAT_SYSTEM);
+}
+
 static void test_build_errors(void **state)
 {
     (void)state;
@@ -756,12 +973,17 @@ int main(void)
         cmocka_unit_test(test_stream_invalid),
         cmocka_unit_test(test_encode_invalid_utf8),
         cmocka_unit_test(test_chat_prompt),
+        cmocka_unit_test(test_chat_render_model),
         cmocka_unit_test(test_speed),
     };
     const struct CMUnitTest unit_tests[] = {
         cmocka_unit_test(test_utf8_validate),
         cmocka_unit_test(test_spm_vocab),
         cmocka_unit_test(test_gpt2_synthetic),
+        cmocka_unit_test(test_chat_chatml),
+        cmocka_unit_test(test_chat_llama3),
+        cmocka_unit_test(test_chat_llama2),
+        cmocka_unit_test(test_chat_unrecognized),
         cmocka_unit_test(test_build_errors),
     };
     int failed = cmocka_run_group_tests_name("tokenizer (synthetic)", unit_tests, NULL, NULL);

@@ -30,7 +30,9 @@
 #include "decode/sampler.h"
 #include "decode/skipset.h"
 #include "decode/spec.h"
+#include "text/chat.h"
 #include "text/tokenizer.h"
+#include "text/utf8.h"
 #include "util/util.h"
 
 #define MAX_STOPS OUT_MAX_STOPS

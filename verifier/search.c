@@ -23,6 +23,7 @@
 #include "commands.h"
 #include "decode/generate.h"
 #include "model/model.h"
+#include "text/chat.h"
 #include "tune/search.h"
 #include "decode/skipset.h"
 #include "decode/spec.h"

@@ -33,6 +33,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "util/util.h"
+
 #define GGUF_MAGIC 0x46554747u            /* "GGUF" read as little-endian u32 */
 #define GGUF_DEFAULT_ALIGNMENT 32u
 #define GGUF_MAX_KEY_LEN 65535u
@@ -69,29 +71,14 @@ typedef struct {
 
 /* ------------------------------------------------------------------ errors */
 
-static void gguf__vfail(char *err, size_t errlen, const char *fmt, va_list ap)
-{
-    if (err && errlen > 0)
-        vsnprintf(err, errlen, fmt, ap);
-}
-
-__attribute__((format(printf, 3, 4)))
-static int gguf__fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    gguf__vfail(err, errlen, fmt, ap);
-    va_end(ap);
-    return -1;
-}
-
-/* Report an error through the cursor; always returns -1. */
+/* Report an error through the cursor (util_err into the cursor's err
+ * buffer); always returns -1. */
 __attribute__((format(printf, 2, 3)))
 static int gguf__cfail(gguf__cur *c, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    gguf__vfail(c->err, c->errlen, fmt, ap);
+    util_verr(c->err, c->errlen, fmt, ap);
     va_end(ap);
     return -1;
 }
@@ -105,7 +92,7 @@ static void gguf__context(gguf__cur *c, const char *fmt, ...)
     if (!c->err || c->errlen == 0)
         return;
     va_start(ap, fmt);
-    vsnprintf(pre, sizeof pre, fmt, ap);
+    util_verr(pre, sizeof pre, fmt, ap);
     va_end(ap);
     snprintf(msg, sizeof msg, "%s", c->err);
     snprintf(c->err, c->errlen, "%s%s", pre, msg);
@@ -624,10 +611,10 @@ static int gguf__parse(const void *buf, size_t size, gguf_file **out, char *err,
     gguf_file *f;
     *out = NULL;
     if (!buf && size)
-        return gguf__fail(err, errlen, "NULL buffer");
+        return util_err(err, errlen, "NULL buffer");
     f = calloc(1, sizeof *f);
     if (!f)
-        return gguf__fail(err, errlen, "out of memory");
+        return util_err(err, errlen, "out of memory");
     f->base = buf;
     f->size = size;
     if (gguf__parse_header(&c, f) || gguf__parse_kvs(&c, f) ||
@@ -646,7 +633,7 @@ int gguf_open_memory(const void *buf, size_t size, gguf_file **out, char *err, s
     if (err && errlen)
         err[0] = '\0';
     if (!out)
-        return gguf__fail(err, errlen, "NULL output pointer");
+        return util_err(err, errlen, "NULL output pointer");
     return gguf__parse(buf, size, out, err, errlen);
 }
 
@@ -657,20 +644,20 @@ static int gguf__map_file(const char *path, void **map, size_t *len, char *err,
     struct stat st;
     int rc = -1, fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return gguf__fail(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+        return util_err(err, errlen, "%s: cannot open: %s", path, strerror(errno));
     if (fstat(fd, &st) != 0) {
-        gguf__fail(err, errlen, "%s: cannot stat: %s", path, strerror(errno));
+        util_err(err, errlen, "%s: cannot stat: %s", path, strerror(errno));
         goto done;
     }
     if (!S_ISREG(st.st_mode) || st.st_size <= 0) {
-        gguf__fail(err, errlen, "%s: not a regular, non-empty file", path);
+        util_err(err, errlen, "%s: not a regular, non-empty file", path);
         goto done;
     }
     *len = (size_t)st.st_size;
     *map = mmap(NULL, *len, PROT_READ, MAP_PRIVATE, fd, 0);
     if (*map == MAP_FAILED) {
         *map = NULL;
-        gguf__fail(err, errlen, "%s: mmap failed: %s", path, strerror(errno));
+        util_err(err, errlen, "%s: mmap failed: %s", path, strerror(errno));
         goto done;
     }
     rc = 0;
@@ -686,7 +673,7 @@ int gguf_open(const char *path, gguf_file **out, char *err, size_t errlen)
     if (err && errlen)
         err[0] = '\0';
     if (!out || !path)
-        return gguf__fail(err, errlen, "NULL argument");
+        return util_err(err, errlen, "NULL argument");
     *out = NULL;
     if (gguf__map_file(path, &map, &len, err, errlen))
         return -1;

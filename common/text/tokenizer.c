@@ -16,17 +16,22 @@
  *    symbols are merged greedily by the score of the merged token, and
  *    symbols that are not tokens fall back to <0xNN> byte tokens.
  *
- * Everything the tokenizer needs is copied out of the gguf_file at build time.
+ * Everything the tokenizer needs is copied out of the gguf_file at build time
+ * (tokenizer.chat_template too, raw, for chat.c). This file holds the
+ * vocabulary (loading, text -> id look-up, specials, EOG flags), encoding,
+ * and the per-token pieces; chat templates are in chat.c, streaming UTF-8
+ * detokenization and validation in utf8.c.
  */
 #include "text/tokenizer.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "text/unicode_cpt.h"
 #include "text/unicode_pretok.h"
+#include "text/utf8.h"
+#include "util/util.h"
 
 /* tokenizer.ggml.token_type values */
 enum {
@@ -35,8 +40,6 @@ enum {
 };
 
 typedef enum { TOK_MODEL_GPT2, TOK_MODEL_SPM } tok_model;
-
-typedef enum { TOK_CHAT_NONE, TOK_CHAT_CHATML, TOK_CHAT_LLAMA2, TOK_CHAT_LLAMA3 } tok_chat;
 
 /* Open-addressing hash set of indices (slot = index + 1, 0 = empty). */
 typedef struct {
@@ -71,25 +74,11 @@ struct tokenizer {
     int add_bos;
     int add_space_prefix;
     size_t max_piece;
-    tok_chat chat;
-    char *chat_system;       /* default system message, NULL when none */
-    int chat_bos;            /* llama2/llama3: template starts with bos_token */
+    char *chat_template;     /* tokenizer.chat_template, NUL-terminated; NULL when absent */
 };
 
 /* ------------------------------------------------------------------------ */
-/* Errors and small helpers                                                 */
-
-/* Write a formatted one-line message into err (if any). Returns -1. */
-static int tok_fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err && errlen > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
+/* Small helpers                                                            */
 
 /* 64-bit FNV-1a over len bytes, continuing from h. */
 static uint64_t tok_hash(uint64_t h, const void *p, size_t len)
@@ -238,24 +227,24 @@ static int tok_load_vocab(tokenizer *t, const gguf_file *g, char *err, size_t er
     int bad;
     const gguf_kv *kv = tok_str_array(g, "tokenizer.ggml.tokens", &bad);
     if (!kv || kv->arr_count == 0 || kv->arr_count > INT32_MAX - 1) {
-        return tok_fail(err, errlen, "tokenizer.ggml.tokens: missing, empty or not a string array");
+        return util_err(err, errlen, "tokenizer.ggml.tokens: missing, empty or not a string array");
     }
     size_t n = (size_t)kv->arr_count;
     t->n_vocab = (int32_t)n;
     if (tok_pool_fill(&t->text, kv->arr_strs, n) != 0) {
-        return tok_fail(err, errlen, "tokenizer: out of memory loading %zu tokens", n);
+        return util_err(err, errlen, "tokenizer: out of memory loading %zu tokens", n);
     }
     t->ttype = malloc(n);
     t->eog = calloc(n, 1);
     t->scores = calloc(n, sizeof *t->scores);
     if (!t->ttype || !t->eog || !t->scores) {
-        return tok_fail(err, errlen, "tokenizer: out of memory");
+        return util_err(err, errlen, "tokenizer: out of memory");
     }
     memset(t->ttype, TOK_T_NORMAL, n);
     const gguf_kv *ty = gguf_find_kv(g, "tokenizer.ggml.token_type");
     if (ty) {
         if (ty->type != GGUF_VT_ARRAY || ty->arr_type != GGUF_VT_I32 || ty->arr_count != n) {
-            return tok_fail(err, errlen, "tokenizer.ggml.token_type: expected %zu i32 values", n);
+            return util_err(err, errlen, "tokenizer.ggml.token_type: expected %zu i32 values", n);
         }
         for (size_t i = 0; i < n; i++) {
             int32_t v;
@@ -266,7 +255,7 @@ static int tok_load_vocab(tokenizer *t, const gguf_file *g, char *err, size_t er
     const gguf_kv *sc = gguf_find_kv(g, "tokenizer.ggml.scores");
     if (sc) {
         if (sc->type != GGUF_VT_ARRAY || sc->arr_type != GGUF_VT_F32 || sc->arr_count != n) {
-            return tok_fail(err, errlen, "tokenizer.ggml.scores: expected %zu f32 values", n);
+            return util_err(err, errlen, "tokenizer.ggml.scores: expected %zu f32 values", n);
         }
         memcpy(t->scores, sc->arr_data, n * sizeof *t->scores);
     }
@@ -277,7 +266,7 @@ static int tok_load_vocab(tokenizer *t, const gguf_file *g, char *err, size_t er
 static int tok_build_text_map(tokenizer *t, char *err, size_t errlen)
 {
     if (tok_hmap_init(&t->text_map, (size_t)t->n_vocab) != 0) {
-        return tok_fail(err, errlen, "tokenizer: out of memory");
+        return util_err(err, errlen, "tokenizer: out of memory");
     }
     for (size_t id = 0; id < (size_t)t->n_vocab; id++) {
         const char *s = tok_pool_str(&t->text, id);
@@ -321,16 +310,16 @@ static int tok_load_merges(tokenizer *t, const gguf_file *g, char *err, size_t e
     int bad;
     const gguf_kv *kv = tok_str_array(g, "tokenizer.ggml.merges", &bad);
     if (!kv) {
-        return tok_fail(err, errlen, "tokenizer.ggml.merges: missing or not a string array");
+        return util_err(err, errlen, "tokenizer.ggml.merges: missing or not a string array");
     }
     if (kv->arr_count > INT32_MAX - 1) {
-        return tok_fail(err, errlen, "tokenizer.ggml.merges: too many merges");
+        return util_err(err, errlen, "tokenizer.ggml.merges: too many merges");
     }
     size_t n = (size_t)kv->arr_count;
     if (tok_pool_fill(&t->merges, kv->arr_strs, n) != 0 ||
         !(t->merge_split = malloc((n + 1) * sizeof *t->merge_split)) ||
         tok_hmap_init(&t->merge_map, n) != 0) {
-        return tok_fail(err, errlen, "tokenizer: out of memory loading merges");
+        return util_err(err, errlen, "tokenizer: out of memory loading merges");
     }
     for (size_t r = 0; r < n; r++) {
         const char *m = tok_pool_str(&t->merges, r);
@@ -354,7 +343,7 @@ static int tok_load_id(tokenizer *t, const gguf_file *g, const char *key, int32_
     }
     uint32_t v;
     if (gguf_get_u32(g, key, &v) != 0 || v >= (uint32_t)t->n_vocab) {
-        return tok_fail(err, errlen, "%s: not a token id below %d", key, (int)t->n_vocab);
+        return util_err(err, errlen, "%s: not a token id below %d", key, (int)t->n_vocab);
     }
     *out = (int32_t)v;
     return 0;
@@ -367,7 +356,7 @@ static int tok_load_bool(const gguf_file *g, const char *key, int *out, char *er
         return 0;
     }
     if (gguf_get_bool(g, key, out) != 0) {
-        return tok_fail(err, errlen, "%s: not a bool", key);
+        return util_err(err, errlen, "%s: not a bool", key);
     }
     return 0;
 }
@@ -438,7 +427,7 @@ static int tok_build_specials(tokenizer *t, char *err, size_t errlen)
     size_t n = 0;
     tok_special_key *keys = malloc((size_t)t->n_vocab * sizeof *keys);
     if (!keys) {
-        return tok_fail(err, errlen, "tokenizer: out of memory");
+        return util_err(err, errlen, "tokenizer: out of memory");
     }
     for (int32_t id = 0; id < t->n_vocab; id++) {
         size_t len = tok_pool_len(&t->text, (size_t)id);
@@ -452,7 +441,7 @@ static int tok_build_specials(tokenizer *t, char *err, size_t errlen)
     t->special = malloc((n + 1) * sizeof *t->special);
     if (!t->special) {
         free(keys);
-        return tok_fail(err, errlen, "tokenizer: out of memory");
+        return util_err(err, errlen, "tokenizer: out of memory");
     }
     for (size_t i = 0; i < n; i++) {
         t->special[i] = keys[i].id;
@@ -559,12 +548,12 @@ static int tok_build_pieces(tokenizer *t, char *err, size_t errlen)
 {
     size_t total = t->text.off[t->n_vocab];
     if (total > SIZE_MAX - 16) {
-        return tok_fail(err, errlen, "tokenizer: vocabulary too large");
+        return util_err(err, errlen, "tokenizer: vocabulary too large");
     }
     t->piece.buf = malloc(total + 16);
     t->piece.off = malloc(((size_t)t->n_vocab + 1) * sizeof *t->piece.off);
     if (!t->piece.buf || !t->piece.off) {
-        return tok_fail(err, errlen, "tokenizer: out of memory");
+        return util_err(err, errlen, "tokenizer: out of memory");
     }
     size_t o = 0;
     t->max_piece = 0;
@@ -580,21 +569,38 @@ static int tok_build_pieces(tokenizer *t, char *err, size_t errlen)
     return 0;
 }
 
-static int tok_load_chat(tokenizer *t, const gguf_file *g, char *err, size_t errlen);
+/* Copy tokenizer.chat_template (optional) for chat.c to recognize. */
+static int tok_load_chat(tokenizer *t, const gguf_file *g, char *err, size_t errlen)
+{
+    gguf_str s;
+    if (gguf_get_str(g, "tokenizer.chat_template", &s) != 0) {
+        return 0;
+    }
+    if (s.len > SIZE_MAX - 1) {
+        return util_err(err, errlen, "tokenizer.chat_template: too long");
+    }
+    t->chat_template = malloc((size_t)s.len + 1);
+    if (!t->chat_template) {
+        return util_err(err, errlen, "tokenizer: out of memory");
+    }
+    memcpy(t->chat_template, s.ptr, (size_t)s.len);
+    t->chat_template[s.len] = '\0';
+    return 0;
+}
 
 /* Choose the model type from tokenizer.ggml.model. */
 static int tok_load_model(tokenizer *t, const gguf_file *g, char *err, size_t errlen)
 {
     gguf_str s;
     if (gguf_get_str(g, "tokenizer.ggml.model", &s) != 0) {
-        return tok_fail(err, errlen, "tokenizer.ggml.model: missing");
+        return util_err(err, errlen, "tokenizer.ggml.model: missing");
     }
     if (s.len == 4 && memcmp(s.ptr, "gpt2", 4) == 0) {
         t->model = TOK_MODEL_GPT2;
     } else if (s.len == 5 && memcmp(s.ptr, "llama", 5) == 0) {
         t->model = TOK_MODEL_SPM;
     } else {
-        return tok_fail(err, errlen, "tokenizer.ggml.model '%.*s' is not supported (gpt2, llama)",
+        return util_err(err, errlen, "tokenizer.ggml.model '%.*s' is not supported (gpt2, llama)",
                         (int)(s.len > 64 ? 64 : s.len), s.ptr);
     }
     return 0;
@@ -605,7 +611,7 @@ int tokenizer_build(tokenizer **out, const gguf_file *g, char *err, size_t errle
     tokenizer *t = calloc(1, sizeof *t);
     *out = NULL;
     if (!t) {
-        return tok_fail(err, errlen, "tokenizer: out of memory");
+        return util_err(err, errlen, "tokenizer: out of memory");
     }
     if (tok_load_model(t, g, err, errlen) != 0 || tok_load_vocab(t, g, err, errlen) != 0 ||
         tok_build_text_map(t, err, errlen) != 0 || tok_load_specials(t, g, err, errlen) != 0) {
@@ -646,7 +652,7 @@ void tokenizer_free(tokenizer *t)
     free(t->eog);
     free(t->scores);
     free(t->special);
-    free(t->chat_system);
+    free(t->chat_template);
     free(t);
 }
 
@@ -688,6 +694,26 @@ const char *tokenizer_piece(const tokenizer *t, int32_t id, size_t *len)
 size_t tokenizer_max_piece_len(const tokenizer *t)
 {
     return t->max_piece;
+}
+
+int32_t tokenizer_token_id(const tokenizer *t, const char *text, size_t len)
+{
+    return tok_find(t, text, len);
+}
+
+const char *tokenizer_token_text(const tokenizer *t, int32_t id, size_t *len)
+{
+    if (id < 0 || id >= t->n_vocab) {
+        *len = 0;
+        return NULL;
+    }
+    *len = tok_pool_len(&t->text, (size_t)id);
+    return tok_pool_str(&t->text, (size_t)id);
+}
+
+const char *tokenizer_chat_template(const tokenizer *t)
+{
+    return t->chat_template;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1190,16 +1216,16 @@ int tokenizer_encode(const tokenizer *t, const char *text, size_t len, int add_b
     *n = 0;
     size_t bad = utf8_validate(text, len);
     if (bad != len) {
-        return tok_fail(err, errlen, "tokenizer: invalid UTF-8 at byte offset %zu of %zu", bad, len);
+        return util_err(err, errlen, "tokenizer: invalid UTF-8 at byte offset %zu of %zu", bad, len);
     }
     if ((add_bos && t->bos >= 0 && tok_ids_push(&out, t->bos) != 0) ||
         tok_partition(t, text, len, parse_special, &f) != 0 ||
         tok_encode_frags(t, text, &f, &out) != 0) {
-        tok_fail(err, errlen, "tokenizer: out of memory encoding %zu bytes", len);
+        util_err(err, errlen, "tokenizer: out of memory encoding %zu bytes", len);
         goto cleanup;
     }
     if (!out.v && !(out.v = malloc(sizeof *out.v))) {   /* empty result: still an array */
-        tok_fail(err, errlen, "tokenizer: out of memory");
+        util_err(err, errlen, "tokenizer: out of memory");
         goto cleanup;
     }
     *ids = out.v;
@@ -1210,254 +1236,4 @@ cleanup:
     free(out.v);
     free(f.v);
     return rc;
-}
-
-/* ------------------------------------------------------------------------ */
-/* Chat templates                                                           */
-
-/* Does the NUL-terminated template contain needle? */
-static int tok_has(const char *tmpl, const char *needle)
-{
-    return strstr(tmpl, needle) != NULL;
-}
-
-/* Copy the Jinja string-literal text s[0..len) into a new string, turning
- * the escapes \n \t \' \" \\ into their characters. */
-static char *tok_unescape(const char *s, size_t len)
-{
-    char *r = malloc(len + 1);
-    size_t o = 0;
-    if (!r) {
-        return NULL;
-    }
-    for (size_t i = 0; i < len; i++) {
-        if (s[i] == '\\' && i + 1 < len) {
-            char c = s[++i];
-            r[o++] = c == 'n' ? '\n' : c == 't' ? '\t' : c;
-        } else {
-            r[o++] = s[i];
-        }
-    }
-    r[o] = '\0';
-    return r;
-}
-
-/* Does s[0..len) contain Jinja code (an expression or the end of a string
- * literal being concatenated) rather than plain literal text? */
-static int tok_looks_like_code(const char *s, size_t len)
-{
-    static const char *const marks[] = { "{{", "{%", "'+", "' +", "\"+", "\" +" };
-    for (size_t i = 0; i < sizeof marks / sizeof *marks; i++) {
-        if (memmem(s, len, marks[i], strlen(marks[i]))) {
-            return 1;
-        }
-    }
-    return 0;
-}
-
-/* ChatML default system message: the text the template writes literally
- * after "<|im_start|>system" + newline (real or escaped) up to <|im_end|>.
- * Sets t->chat_system (NULL when the template has none). */
-static int tok_chatml_default(tokenizer *t, const char *tmpl)
-{
-    static const char head[] = "<|im_start|>system";
-    const char *p = strstr(tmpl, head);
-    if (!p) {
-        return 0;
-    }
-    p += sizeof head - 1;
-    if (*p == '\n') {
-        p++;
-    } else if (p[0] == '\\' && p[1] == 'n') {
-        p += 2;
-    } else {
-        return 0;
-    }
-    const char *e = strstr(p, "<|im_end|>");
-    if (!e || tok_looks_like_code(p, (size_t)(e - p))) {
-        return 0;
-    }
-    t->chat_system = tok_unescape(p, (size_t)(e - p));
-    return t->chat_system ? 0 : -1;
-}
-
-/* Recognize tokenizer.chat_template (ChatML when absent and the vocabulary
- * has <|im_start|>). */
-static int tok_load_chat(tokenizer *t, const gguf_file *g, char *err, size_t errlen)
-{
-    gguf_str s;
-    t->chat = TOK_CHAT_NONE;
-    if (gguf_get_str(g, "tokenizer.chat_template", &s) != 0) {
-        if (tok_find(t, "<|im_start|>", 12) >= 0) {
-            t->chat = TOK_CHAT_CHATML;
-        }
-        return 0;
-    }
-    if (s.len > SIZE_MAX - 1) {
-        return tok_fail(err, errlen, "tokenizer.chat_template: too long");
-    }
-    char *tmpl = malloc((size_t)s.len + 1);
-    if (!tmpl) {
-        return tok_fail(err, errlen, "tokenizer: out of memory");
-    }
-    memcpy(tmpl, s.ptr, (size_t)s.len);
-    tmpl[s.len] = '\0';
-    int rc = 0;
-    if (tok_has(tmpl, "<|im_start|>")) {
-        t->chat = TOK_CHAT_CHATML;
-        rc = tok_chatml_default(t, tmpl);
-    } else if (tok_has(tmpl, "<|start_header_id|>")) {
-        t->chat = TOK_CHAT_LLAMA3;
-        t->chat_bos = tok_has(tmpl, "bos_token");
-    } else if (tok_has(tmpl, "[INST]")) {
-        t->chat = TOK_CHAT_LLAMA2;
-        t->chat_bos = tok_has(tmpl, "bos_token");
-    }
-    free(tmpl);
-    return rc == 0 ? 0 : tok_fail(err, errlen, "tokenizer: out of memory");
-}
-
-/* Text of the BOS token for templates that start with bos_token ("" else). */
-static void tok_bos_text(const tokenizer *t, const char **s, size_t *len)
-{
-    *s = "";
-    *len = 0;
-    if (t->chat_bos && t->bos >= 0) {
-        *s = tok_pool_str(&t->text, (size_t)t->bos);
-        *len = tok_pool_len(&t->text, (size_t)t->bos);
-    }
-}
-
-/* malloc'd printf. */
-static char *tok_asprintf(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(NULL, 0, fmt, ap);
-    va_end(ap);
-    if (n < 0) {
-        return NULL;
-    }
-    char *r = malloc((size_t)n + 1);
-    if (!r) {
-        return NULL;
-    }
-    va_start(ap, fmt);
-    vsnprintf(r, (size_t)n + 1, fmt, ap);
-    va_end(ap);
-    return r;
-}
-
-char *tokenizer_chat_prompt(const tokenizer *t, const char *system, const char *user,
-                            char *err, size_t errlen)
-{
-    const char *bos;
-    size_t bos_len;
-    char *r = NULL;
-    if (!system && t->chat == TOK_CHAT_CHATML) {
-        system = t->chat_system;
-    }
-    tok_bos_text(t, &bos, &bos_len);
-    switch (t->chat) {
-    case TOK_CHAT_CHATML:
-        r = system ? tok_asprintf("<|im_start|>system\n%s<|im_end|>\n<|im_start|>user\n%s"
-                                  "<|im_end|>\n<|im_start|>assistant\n", system, user)
-                   : tok_asprintf("<|im_start|>user\n%s<|im_end|>\n<|im_start|>assistant\n", user);
-        break;
-    case TOK_CHAT_LLAMA3:
-        r = tok_asprintf("%.*s%s%s%s<|start_header_id|>user<|end_header_id|>\n\n%s<|eot_id|>"
-                         "<|start_header_id|>assistant<|end_header_id|>\n\n", (int)bos_len, bos,
-                         system ? "<|start_header_id|>system<|end_header_id|>\n\n" : "",
-                         system ? system : "", system ? "<|eot_id|>" : "", user);
-        break;
-    case TOK_CHAT_LLAMA2:
-        r = tok_asprintf("%.*s[INST] %s%s%s%s [/INST]", (int)bos_len, bos,
-                         system ? "<<SYS>>\n" : "", system ? system : "",
-                         system ? "\n<</SYS>>\n\n" : "", user);
-        break;
-    default:
-        tok_fail(err, errlen, "tokenizer: chat template not recognized (ChatML, Llama-2, Llama-3)");
-        return NULL;
-    }
-    if (!r) {
-        tok_fail(err, errlen, "tokenizer: out of memory");
-    }
-    return r;
-}
-
-/* ------------------------------------------------------------------------ */
-/* UTF-8                                                                    */
-
-size_t utf8_validate(const char *s, size_t len)
-{
-    size_t o = 0;
-    while (o < len) {
-        uint32_t cp;
-        int r = ucpt_next((const unsigned char *)s + o, len - o, &cp);
-        if (r <= 0) {
-            return o;
-        }
-        o += (size_t)r;
-    }
-    return len;
-}
-
-void utf8_stream_init(utf8_stream *s)
-{
-    s->n_pending = 0;
-}
-
-/* Append n bytes to out (capacity cap) at *o when they fit. */
-static void tok_out(char *out, size_t cap, size_t *o, const void *p, size_t n)
-{
-    if (cap - *o >= n) {
-        memcpy(out + *o, p, n);
-        *o += n;
-    }
-}
-
-size_t utf8_stream_push(utf8_stream *s, const tokenizer *t, int32_t id, char *out, size_t cap)
-{
-    size_t plen = 0, o = 0;
-    const char *p = tokenizer_piece(t, id, &plen);
-    size_t total = s->n_pending + plen;
-    size_t pos = 0;
-    while (pos < total) {
-        unsigned char win[4];
-        size_t avail = total - pos < 4 ? total - pos : 4;
-        for (size_t i = 0; i < avail; i++) {
-            size_t k = pos + i;
-            win[i] = k < s->n_pending ? s->pending[k] : (unsigned char)p[k - s->n_pending];
-        }
-        uint32_t cp;
-        int r = ucpt_next(win, avail, &cp);
-        if (r == 0) {
-            break;                      /* incomplete: keep for the next token */
-        }
-        if (r > 0) {
-            tok_out(out, cap, &o, win, (size_t)r);
-        } else {
-            tok_out(out, cap, &o, "\xEF\xBF\xBD", 3);
-        }
-        pos += r > 0 ? (size_t)r : (size_t)-r;
-    }
-    unsigned char keep[sizeof s->pending];
-    size_t nk = total - pos;
-    for (size_t i = 0; i < nk; i++) {
-        size_t k = pos + i;
-        keep[i] = k < s->n_pending ? s->pending[k] : (unsigned char)p[k - s->n_pending];
-    }
-    memcpy(s->pending, keep, nk);
-    s->n_pending = nk;
-    return o;
-}
-
-size_t utf8_stream_flush(utf8_stream *s, char *out, size_t cap)
-{
-    size_t o = 0;
-    if (s->n_pending > 0) {
-        tok_out(out, cap, &o, "\xEF\xBF\xBD", 3);
-    }
-    s->n_pending = 0;
-    return o;
 }

@@ -1,10 +1,14 @@
 /*
- * tokenizer.h - tokenizers built from GGUF metadata.
+ * tokenizer.h - tokenizers built from GGUF metadata: the vocabulary, text ->
+ * token ids, token ids -> bytes.
  *
  * Supports byte-level BPE (tokenizer.ggml.model == "gpt2", pre-tokenizer from
  * tokenizer.ggml.pre; "smollm" among others) and the SentencePiece-style
  * "llama" vocabulary (scores, byte-fallback tokens <0xNN>). Token ids match
  * llama.cpp's llama_tokenize on the same file.
+ *
+ * Related modules of this layer: text/chat.h (chat templates: messages ->
+ * prompt text) and text/utf8.h (streaming detokenization, UTF-8 validation).
  */
 #ifndef SELFSPEC_TOKENIZER_H
 #define SELFSPEC_TOKENIZER_H
@@ -18,13 +22,16 @@ typedef struct tokenizer tokenizer;
 /* Build from the tokenizer.* keys of an open GGUF file. Returns 0 / -1 + err.
  * The tokenizer copies what it needs; the gguf_file may be closed afterwards. */
 int tokenizer_build(tokenizer **out, const gguf_file *g, char *err, size_t errlen);
+/* Free a tokenizer from tokenizer_build; NULL is a no-op. */
 void tokenizer_free(tokenizer *t);
 
+/* Number of tokens in the vocabulary (ids are 0 .. size - 1). */
 int32_t tokenizer_vocab_size(const tokenizer *t);
 int32_t tokenizer_bos(const tokenizer *t);      /* -1 when none */
 int32_t tokenizer_eos(const tokenizer *t);      /* -1 when none */
 int tokenizer_add_bos(const tokenizer *t);      /* tokenizer.ggml.add_bos_token */
-/* Is id an end-of-generation token (EOS, <|im_end|>, <|endoftext|>, ...)? */
+/* Is id an end-of-generation token (EOS, <|im_end|>, <|endoftext|>, ...)?
+ * 0 for an out-of-range id. */
 int tokenizer_is_eog(const tokenizer *t, int32_t id);
 
 /* Encode len bytes of UTF-8 text. When parse_special is set, the text of
@@ -47,34 +54,20 @@ const char *tokenizer_piece(const tokenizer *t, int32_t id, size_t *len);
  * bytes always suffices). */
 size_t tokenizer_max_piece_len(const tokenizer *t);
 
-/* Chat template. Formats one user message (and an optional system message;
- * NULL gives the model's default, if its template has one) as the model's
- * chat prompt ending with the assistant header, e.g. ChatML:
- * "<|im_start|>system\n...<|im_end|>\n<|im_start|>user\n...<|im_end|>\n<|im_start|>assistant\n".
- * Returns a malloc'd NUL-terminated string, or NULL + err if the model's
- * template is not recognized. */
-char *tokenizer_chat_prompt(const tokenizer *t, const char *system, const char *user,
-                            char *err, size_t errlen);
+/* Id of the token whose vocabulary text is exactly text[0..len) (e.g.
+ * "<|im_start|>"; for byte-level BPE the text is in the mapped alphabet),
+ * or -1 when there is none. Where the vocabulary holds a text twice, the
+ * later id, as llama.cpp. */
+int32_t tokenizer_token_id(const tokenizer *t, const char *text, size_t len);
 
-/* Streaming detokenizer: feed tokens, get back only complete UTF-8 sequences;
- * bytes of an incomplete character wait for the next token. */
-typedef struct {
-    unsigned char pending[8];
-    size_t n_pending;
-} utf8_stream;
+/* The text of token id as stored in the vocabulary (not detokenized: see
+ * tokenizer_piece). Returns NULL (*len = 0) for an out-of-range id; not
+ * NUL-terminated; *len set. */
+const char *tokenizer_token_text(const tokenizer *t, int32_t id, size_t *len);
 
-void utf8_stream_init(utf8_stream *s);
-/* Appends the bytes of token id to the stream; writes to out (capacity cap)
- * the longest prefix of pending bytes that is complete UTF-8, returns its
- * length. Invalid byte sequences are emitted as U+FFFD. Characters that do
- * not fit in cap are dropped: cap >= 3 * (piece length + 8) is always enough
- * (see tokenizer_max_piece_len). */
-size_t utf8_stream_push(utf8_stream *s, const tokenizer *t, int32_t id, char *out, size_t cap);
-/* Flush whatever is left at the end (incomplete sequences become U+FFFD). */
-size_t utf8_stream_flush(utf8_stream *s, char *out, size_t cap);
-
-/* Validate UTF-8 (no overlongs, no surrogates, <= U+10FFFF). Returns the byte
- * offset of the first invalid sequence, or len when valid. */
-size_t utf8_validate(const char *s, size_t len);
+/* The model's tokenizer.chat_template (Jinja source) as a NUL-terminated
+ * string owned by the tokenizer, or NULL when the file has none. Read by
+ * text/chat.h, which recognizes the template family. */
+const char *tokenizer_chat_template(const tokenizer *t);
 
 #endif

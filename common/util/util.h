@@ -27,9 +27,15 @@ void *util_aligned_check(size_t size, const char *file, int line);
 /* Seconds from a monotonic clock. */
 double util_now(void);
 
-/* snprintf into err (if non-NULL) and return -1, for `return util_err(...)`. */
+/* The one error formatter of the engine: format a one-line message into
+ * err[0..errlen) (truncated to fit, always NUL-terminated; nothing written
+ * when err is NULL or errlen is 0) and return -1, for `return util_err(...)`. */
 int util_err(char *err, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* util_err with a va_list, for wrappers that take their own arguments (the
+ * GGUF cursor's error reporter); ap is consumed. Returns -1. */
+int util_verr(char *err, size_t errlen, const char *fmt, va_list ap)
+    __attribute__((format(printf, 3, 0)));
 
 /* The folder holding the running executable (from /proc/self/exe) into buf;
  * returns 0, or -1 (buf set to ".") when it cannot be read or does not fit. */
