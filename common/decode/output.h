@@ -19,6 +19,7 @@
 #include <stdint.h>
 
 #include "text/tokenizer.h"
+#include "text/utf8.h"
 
 #define OUT_MAX_STOPS 8
 
