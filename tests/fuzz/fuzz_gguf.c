@@ -4,7 +4,8 @@
  * Parses the input with gguf_open_memory and, when it is accepted, walks every
  * key/value pair and tensor (gguf_walk.h), dequantizing each tensor's first
  * block. Build: make fuzz (or by hand with clang -fsanitize=fuzzer,address,
- * undefined tests/fuzz/fuzz_gguf.c common/gguf.c -Icommon -lm).
+ * undefined tests/fuzz/fuzz_gguf.c common/util/util.c common/format/gguf.c
+ * -Icommon -lm).
  * Run: build/fuzz/fuzz_gguf -max_total_time=300 tests/fuzz/corpus-work tests/fuzz/corpus
  */
 #include <stddef.h>
