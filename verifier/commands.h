@@ -8,5 +8,6 @@
 
 int cmd_generate(int argc, char **argv);   /* generate.c */
 int cmd_search(int argc, char **argv);     /* search.c */
+int cmd_batch(int argc, char **argv);      /* batch.c */
 
 #endif

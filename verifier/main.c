@@ -16,6 +16,7 @@ typedef struct {
 
 static const command COMMANDS[] = {
     {"generate", cmd_generate, "generate text from a prompt"},
+    {"batch", cmd_batch, "run an OpenAI batch file through the batching engine"},
     {"search", cmd_search, "find the sublayers the draft skips"},
 };
 #define N_COMMANDS (int)(sizeof COMMANDS / sizeof COMMANDS[0])

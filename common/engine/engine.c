@@ -143,6 +143,14 @@ static double cost_get(const double *tab, const uint8_t *cnt, int32_t T)
     return 1e-3 * T;  /* nothing measured yet */
 }
 
+void engine_cost_observe(engine *e, int draft, int32_t T, double seconds)
+{
+    if (draft)
+        cost_add(e->draft_s, e->draft_n, T, seconds);
+    else
+        cost_add(e->full_s, e->full_n, T, seconds);
+}
+
 /* Expected tokens emitted by one verification of a k-token draft whose
  * tokens are each accepted with probability a: 1 + a + a^2 + ... + a^k. */
 static double expected_emitted(double a, int32_t k)

@@ -135,6 +135,11 @@ void engine_kv_usage(const engine *e, int32_t *used, int32_t *total);
 
 const engine_totals *engine_get_totals(const engine *e);
 
+/* Feed the cost model one measurement: a full pass (draft 0) of T tokens,
+ * or a draft pass (draft 1) of T sequences, took `seconds`. The engine
+ * calls it after every pass; tests use it to set up a machine. */
+void engine_cost_observe(engine *e, int draft, int32_t T, double seconds);
+
 /* The draft length the policy would pick now for n_spec greedy sequences
  * with acceptance rate alpha, next to t_other other tokens in the pass
  * (tests and the benchmark's explanation). */

@@ -1,0 +1,427 @@
+/*
+ * test_engine.c - the continuous-batching engine (engine/engine.h) on tiny
+ * random models:
+ *  - a paged KV cache gives the same logits, bit for bit, as a contiguous one;
+ *  - every request's tokens equal decoding it alone (gen_plain, or
+ *    gen_selfspec for forced speculation), whatever shares the batch:
+ *    greedy and seeded sampling, --max-seqs 1, 3 and all, mixed lengths,
+ *    EOS, prompts longer than one step's token budget (chunked prefill);
+ *  - admission: a request that can never fit is refused at submit; a pool
+ *    that holds two requests at a time still finishes them all, and every
+ *    KV block comes back;
+ *  - the speculation policy: on where passes are bandwidth-bound (flat
+ *    cost), off where they are compute-bound (cost linear in tokens).
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "decode/generate.h"
+#include "decode/skipset.h"
+#include "decode/spec.h"
+#include "engine/engine.h"
+#include "format/gguf.h"
+#include "model/model.h"
+#include "testutil_model.h"
+
+#define N_REQ 10
+#define MAX_OUT 48
+
+typedef struct {
+    char path[128];
+    model m;
+    fwd_state fs;
+} tiny;
+
+static void tiny_open(tiny *t)
+{
+    char err[512] = "";
+    tmodel_spec sp = tmodel_default(GGUF_TT_Q8_0);
+    sp.seed = 11;
+    memset(t, 0, sizeof *t);
+    assert_int_equal(tmodel_write_temp(&sp, t->path, sizeof t->path), 0);
+    if (model_load(&t->m, t->path, NULL, err, sizeof err) != 0)
+        fail_msg("model_load: %s", err);
+    fwd_state_init(&t->fs, &t->m.config, 64, 128);
+}
+
+static void tiny_close(tiny *t)
+{
+    fwd_state_free(&t->fs);
+    model_free(&t->m);
+    unlink(t->path);
+}
+
+/* ---- requests and their reference outputs ---- */
+
+typedef struct {
+    int32_t prompt[80];
+    int32_t n_prompt;
+    gen_params gp;
+    int32_t out[MAX_OUT];       /* the engine's tokens */
+    int32_t n_out;
+    int32_t ref[MAX_OUT];       /* decoded alone */
+    int32_t n_ref;
+    int done;
+    engine_result res;
+} req;
+
+static int eog_7(const void *ctx, int32_t token)
+{
+    (void)ctx;
+    return token == 7;
+}
+
+static void make_requests(req *r, int n, int sampled)
+{
+    uint64_t rng = 99;
+    for (int i = 0; i < n; i++) {
+        memset(&r[i], 0, sizeof r[i]);
+        r[i].n_prompt = 1 + (int32_t)(tmodel_rng(&rng) % (i == 3 ? 75 : 20));   /* one long prompt */
+        for (int32_t j = 0; j < r[i].n_prompt; j++)
+            r[i].prompt[j] = (int32_t)(tmodel_rng(&rng) % 256);
+        r[i].gp.max_tokens = 4 + (int32_t)(tmodel_rng(&rng) % (MAX_OUT - 4));
+        r[i].gp.sampling = (sampler_params){.temperature = 0.0f, .top_k = 0, .top_p = 1.0f, .seed = 0};
+        if (sampled && i % 2) {
+            r[i].gp.sampling.temperature = 0.9f;
+            r[i].gp.sampling.top_p = 0.95f;
+            r[i].gp.sampling.seed = 1000 + (uint64_t)i;
+        }
+        if (i % 3 == 0)
+            r[i].gp.is_eog = eog_7;   /* some stop at a token */
+    }
+}
+
+static int collect(void *ctx, int32_t tok)
+{
+    req *r = ctx;
+    if (r->n_ref < MAX_OUT)
+        r->ref[r->n_ref++] = tok;
+    return 0;
+}
+
+/* Each request alone: gen_plain, or gen_selfspec with ss. */
+static void reference(tiny *t, req *r, int n, const skip_set *ss)
+{
+    char err[256];
+    for (int i = 0; i < n; i++) {
+        kv_cache kv;
+        assert_int_equal(kv_init(&kv, &t->m.config, 128, err, sizeof err), 0);
+        gen_stats st;
+        spec_stats sps;
+        spec_params sp;
+        spec_params_default(&sp);
+        sp.max_draft = 4;
+        r[i].n_ref = 0;
+        int rc = ss ? gen_selfspec(&t->m, &t->fs, &kv, ss, &sp, r[i].prompt, r[i].n_prompt, &r[i].gp, collect, &r[i],
+                                   &st, &sps, err, sizeof err)
+                    : gen_plain(&t->m, &t->fs, &kv, r[i].prompt, r[i].n_prompt, &r[i].gp, collect, &r[i], &st, err,
+                                sizeof err);
+        if (rc != 0)
+            fail_msg("reference %d: %s", i, err);
+        kv_free(&kv);
+    }
+}
+
+static int on_token(void *user, int32_t tok)
+{
+    req *r = user;
+    assert_true(r->n_out < MAX_OUT);
+    r->out[r->n_out++] = tok;
+    return 0;
+}
+
+static void on_done(void *user, const engine_result *res)
+{
+    req *r = user;
+    assert_int_equal(r->done, 0);
+    r->done = 1;
+    r->res = *res;
+}
+
+/* Run every request through one engine and compare with the references. */
+static void run_engine(tiny *t, req *r, int n, engine_params *p, const char *what)
+{
+    char err[256];
+    engine *e;
+    if (engine_init(&e, &t->m, p, err, sizeof err) != 0)
+        fail_msg("engine_init: %s", err);
+    for (int i = 0; i < n; i++) {
+        r[i].n_out = 0;
+        r[i].done = 0;
+        engine_callbacks cb = {on_token, on_done, &r[i]};
+        if (engine_submit(e, r[i].prompt, r[i].n_prompt, &r[i].gp, &cb, err, sizeof err) != 0)
+            fail_msg("submit %d: %s", i, err);
+    }
+    int steps = 0;
+    while (engine_pending(e) > 0) {
+        assert_true(engine_step(e, err, sizeof err) >= 0);
+        assert_true(++steps < 10000);
+        assert_true(engine_live(e) <= p->max_seqs);
+    }
+    int32_t used, total;
+    engine_kv_usage(e, &used, &total);
+    assert_int_equal(used, 0);                       /* every block came back */
+    for (int i = 0; i < n; i++) {
+        assert_int_equal(r[i].done, 1);
+        int32_t d = 0;
+        while (d < r[i].n_out && d < r[i].n_ref && r[i].out[d] == r[i].ref[d])
+            d++;
+        if (r[i].n_out != r[i].n_ref || d < r[i].n_ref)
+            fail_msg("%s: request %d (prompt %d, max %d, T=%.1f): %d tokens, alone %d; first difference at %d", what,
+                     i, r[i].n_prompt, r[i].gp.max_tokens, r[i].gp.sampling.temperature, r[i].n_out, r[i].n_ref, d);
+        assert_int_equal(r[i].res.generated_tokens, r[i].n_out);
+        assert_int_equal(r[i].res.prompt_tokens, r[i].n_prompt);
+    }
+    engine_free(e);
+}
+
+static void base_params(engine_params *p, int max_seqs, engine_mode mode, const skip_set *ss)
+{
+    engine_params_default(p);
+    p->max_seqs = max_seqs;
+    p->max_batch_tokens = 32;     /* < the long prompt: prefill in chunks */
+    p->kv_mem = (size_t)4 << 20;
+    p->ctx = 128;
+    p->mode = mode;
+    p->ss = ss;
+    p->sp.max_draft = 4;
+    p->calibrate = 0;
+}
+
+/* A set skipping half the sublayers, so drafts are often wrong. */
+static void half_skip(skip_set *ss, int32_t L)
+{
+    skipset_init(ss, L);
+    ss->attn_skip[0] = 1;
+    ss->mlp_skip[L - 1] = 1;
+}
+
+/* ---- tests ---- */
+
+static void test_paged_kv_same_logits(void **state)
+{
+    (void)state;
+    tiny t;
+    tiny_open(&t);
+    char err[256];
+    int32_t V = t.m.config.vocab_size, toks[40];
+    for (int i = 0; i < 40; i++)
+        toks[i] = (i * 37) % V;
+    kv_cache a, b;
+    kv_pool pool;
+    assert_int_equal(kv_init(&a, &t.m.config, 64, err, sizeof err), 0);
+    assert_int_equal(kv_pool_init(&pool, &t.m.config, 8 * kv_pool_block_bytes(&t.m.config), err, sizeof err), 0);
+    assert_int_equal(pool.n_blocks, 8);
+    kv_cache hold;   /* take a block first so b's blocks are not 0, 1, 2 */
+    assert_int_equal(kv_init_paged(&hold, &pool, 1), 0);
+    assert_int_equal(kv_init_paged(&b, &pool, 50), 0);
+    assert_int_equal(b.cap, 64);
+    assert_int_equal(pool.n_free, 3);
+    kv_cache no;
+    assert_int_equal(kv_init_paged(&no, &pool, 64), -1);     /* 4 blocks asked, 3 free */
+    assert_int_equal(pool.n_free, 3);
+    float *la = malloc((size_t)40 * V * sizeof(float)), *lb = malloc((size_t)40 * V * sizeof(float));
+    /* 23 tokens in one pass, then 17 one at a time */
+    fwd_seq sa = {.tokens = toks, .n_tokens = 23, .pos = 0, .kv = &a, .logits_from = 0};
+    fwd_seq sb = {.tokens = toks, .n_tokens = 23, .pos = 0, .kv = &b, .logits_from = 0};
+    assert_int_equal(model_forward(&t.m, &t.fs, &sa, 1, NULL, NULL, la, err, sizeof err), 0);
+    assert_int_equal(model_forward(&t.m, &t.fs, &sb, 1, NULL, NULL, lb, err, sizeof err), 0);
+    assert_memory_equal(la, lb, (size_t)23 * V * sizeof(float));
+    for (int p = 23; p < 40; p++) {
+        fwd_seq qa = {.tokens = toks + p, .n_tokens = 1, .pos = p, .kv = &a, .logits_from = 0};
+        fwd_seq qb = {.tokens = toks + p, .n_tokens = 1, .pos = p, .kv = &b, .logits_from = 0};
+        assert_int_equal(model_forward(&t.m, &t.fs, &qa, 1, NULL, NULL, la, err, sizeof err), 0);
+        assert_int_equal(model_forward(&t.m, &t.fs, &qb, 1, NULL, NULL, lb, err, sizeof err), 0);
+        assert_memory_equal(la, lb, (size_t)V * sizeof(float));
+    }
+    kv_free(&b);
+    kv_free(&hold);
+    assert_int_equal(pool.n_free, 8);
+    kv_free(&a);
+    kv_pool_free(&pool);
+    free(la);
+    free(lb);
+    tiny_close(&t);
+}
+
+static void test_batch_invariant_plain(void **state)
+{
+    (void)state;
+    tiny t;
+    tiny_open(&t);
+    req *r = calloc(N_REQ, sizeof *r);
+    make_requests(r, N_REQ, 1);
+    reference(&t, r, N_REQ, NULL);
+    int seqs[] = {1, 3, N_REQ};
+    engine_mode modes[] = {ENGINE_PLAIN, ENGINE_AUTO};
+    for (int mi = 0; mi < 2; mi++)
+        for (int k = 0; k < 3; k++) {
+            engine_params p;
+            base_params(&p, seqs[k], modes[mi], NULL);
+            char what[64];
+            snprintf(what, sizeof what, "%s, max-seqs %d", engine_mode_name(modes[mi]), seqs[k]);
+            run_engine(&t, r, N_REQ, &p, what);
+        }
+    free(r);
+    tiny_close(&t);
+}
+
+static void test_batch_invariant_spec(void **state)
+{
+    (void)state;
+    tiny t;
+    tiny_open(&t);
+    skip_set ss;
+    half_skip(&ss, t.m.config.n_layers);
+    req *r = calloc(N_REQ, sizeof *r);
+    /* forced speculation: equal to gen_selfspec alone, greedy and sampled */
+    make_requests(r, N_REQ, 1);
+    reference(&t, r, N_REQ, &ss);
+    int seqs[] = {1, 3, N_REQ};
+    for (int k = 0; k < 3; k++) {
+        engine_params p;
+        base_params(&p, seqs[k], ENGINE_SPEC, &ss);
+        char what[64];
+        snprintf(what, sizeof what, "self-spec, max-seqs %d", seqs[k]);
+        run_engine(&t, r, N_REQ, &p, what);
+    }
+    /* auto: greedy sequences may speculate, sampled ones decode plainly;
+     * both equal gen_plain alone. Make the policy speculate: flat cost. */
+    reference(&t, r, N_REQ, NULL);
+    engine_params p;
+    base_params(&p, 4, ENGINE_AUTO, &ss);
+    char err[256];
+    engine *e;
+    assert_int_equal(engine_init(&e, &t.m, &p, err, sizeof err), 0);
+    for (int32_t T = 1; T <= 64; T++) {
+        engine_cost_observe(e, 0, T, 1e-3);
+        engine_cost_observe(e, 1, T, 1e-4);
+    }
+    for (int i = 0; i < N_REQ; i++) {
+        r[i].n_out = 0;
+        r[i].done = 0;
+        engine_callbacks cb = {on_token, on_done, &r[i]};
+        assert_int_equal(engine_submit(e, r[i].prompt, r[i].n_prompt, &r[i].gp, &cb, err, sizeof err), 0);
+    }
+    while (engine_pending(e) > 0)
+        assert_true(engine_step(e, err, sizeof err) >= 0);
+    assert_true(engine_get_totals(e)->num_drafts > 0);   /* it did speculate */
+    for (int i = 0; i < N_REQ; i++) {
+        assert_int_equal(r[i].n_out, r[i].n_ref);
+        assert_memory_equal(r[i].out, r[i].ref, (size_t)r[i].n_ref * sizeof(int32_t));
+    }
+    engine_free(e);
+    skipset_free(&ss);
+    free(r);
+    tiny_close(&t);
+}
+
+static void test_admission(void **state)
+{
+    (void)state;
+    tiny t;
+    tiny_open(&t);
+    char err[256];
+    engine_params p;
+    base_params(&p, 8, ENGINE_PLAIN, NULL);
+    /* a pool of 6 blocks (96 positions): requests of up to 65 positions,
+     * so only one or two fit at a time */
+    p.kv_mem = 6 * kv_pool_block_bytes(&t.m.config);
+    engine *e;
+    assert_int_equal(engine_init(&e, &t.m, &p, err, sizeof err), 0);
+    req *r = calloc(N_REQ, sizeof *r);
+    make_requests(r, N_REQ, 0);
+    for (int i = 0; i < N_REQ; i++) {
+        r[i].n_prompt = 20;
+        r[i].gp.max_tokens = 44;
+        r[i].gp.is_eog = NULL;
+    }
+    reference(&t, r, N_REQ, NULL);
+    for (int i = 0; i < N_REQ; i++) {
+        engine_callbacks cb = {on_token, on_done, &r[i]};
+        assert_int_equal(engine_submit(e, r[i].prompt, r[i].n_prompt, &r[i].gp, &cb, err, sizeof err), 0);
+    }
+    /* never fits: more than the context, more than the whole pool */
+    gen_params big = r[0].gp;
+    big.max_tokens = 120;
+    engine_callbacks none = {0};
+    assert_int_equal(engine_submit(e, r[0].prompt, 20, &big, &none, err, sizeof err), -1);
+    assert_non_null(strstr(err, "context"));
+    engine_params p2 = p;
+    p2.ctx = 1000;
+    engine *e2;
+    assert_int_equal(engine_init(&e2, &t.m, &p2, err, sizeof err), 0);
+    big.max_tokens = 200;
+    assert_int_equal(engine_submit(e2, r[0].prompt, 20, &big, &none, err, sizeof err), -1);
+    assert_non_null(strstr(err, "KV memory"));
+    assert_int_equal(engine_submit(e2, r[0].prompt, 0, &r[0].gp, &none, err, sizeof err), -1);
+    engine_free(e2);
+    int max_live = 0;
+    while (engine_pending(e) > 0) {
+        assert_true(engine_step(e, err, sizeof err) >= 0);
+        int32_t used, total;
+        engine_kv_usage(e, &used, &total);
+        assert_true(used <= total);
+        max_live = engine_live(e) > max_live ? engine_live(e) : max_live;
+    }
+    assert_int_equal(max_live, 1);      /* 65 positions = 5 blocks: one at a time */
+    for (int i = 0; i < N_REQ; i++) {
+        assert_int_equal(r[i].n_out, r[i].n_ref);
+        assert_memory_equal(r[i].out, r[i].ref, (size_t)r[i].n_ref * sizeof(int32_t));
+    }
+    engine_free(e);
+    free(r);
+    tiny_close(&t);
+}
+
+static void test_policy(void **state)
+{
+    (void)state;
+    tiny t;
+    tiny_open(&t);
+    skip_set ss;
+    half_skip(&ss, t.m.config.n_layers);
+    char err[256];
+    engine_params p;
+    base_params(&p, 16, ENGINE_AUTO, &ss);
+    p.max_batch_tokens = 256;
+    engine *e;
+    assert_int_equal(engine_init(&e, &t.m, &p, err, sizeof err), 0);
+    /* bandwidth-bound: a pass costs the same for 1..64 tokens; drafts 1/5 */
+    for (int32_t T = 1; T <= 64; T++) {
+        engine_cost_observe(e, 0, T, 10e-3);
+        engine_cost_observe(e, 1, T, 2e-3);
+    }
+    assert_true(engine_policy_k(e, 1, 0.9f, 0) >= 2);   /* lonely, good drafts: speculate */
+    assert_int_equal(engine_policy_k(e, 1, 0.05f, 0), 0); /* drafts that fail: do not */
+    engine_free(e);
+    /* compute-bound: each token costs the same */
+    assert_int_equal(engine_init(&e, &t.m, &p, err, sizeof err), 0);
+    for (int32_t T = 1; T <= 256; T++) {
+        engine_cost_observe(e, 0, T, 1e-3 * T);
+        engine_cost_observe(e, 1, T, 0.5e-3 * T);
+    }
+    assert_int_equal(engine_policy_k(e, 16, 0.9f, 0), 0);
+    engine_free(e);
+    skipset_free(&ss);
+    tiny_close(&t);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_paged_kv_same_logits),
+        cmocka_unit_test(test_batch_invariant_plain),
+        cmocka_unit_test(test_batch_invariant_spec),
+        cmocka_unit_test(test_admission),
+        cmocka_unit_test(test_policy),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
