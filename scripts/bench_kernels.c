@@ -54,7 +54,7 @@ int main(int argc, char **argv)
     void *scratch = alignedCheck(qmat_scratch_bytes(1536, 256));
     printf("threads %d; all projections of one forward pass (30 layers + head)\n", omp_get_max_threads());
     printf("%4s %12s %12s %8s\n", "T", "kernel ms", "BLAS ms", "BLAS/kernel");
-    int Ts[] = {1, 4, 8, 13, 32, 64, 128, 256};
+    int Ts[] = {1, 4, 8, 13, 16, 32, 64, 128, 256};
     for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++) {
         int T = Ts[ti];
         double tk[5], tb[5];
@@ -62,7 +62,7 @@ int main(int argc, char **argv)
             double t0 = util_now();
             for (int i = 0; i < ns; i++)
                 for (int c = 0; c < shapes[i].count; c++)
-                    qmat_matmul_small(&W[i][c], X, W[i][c].cols, T, Y, W[i][c].rows, scratch);
+                    qmat_matmul(&W[i][c], X, W[i][c].cols, T, Y, W[i][c].rows, scratch);
             double t1 = util_now();
             for (int i = 0; i < ns; i++)
                 for (int c = 0; c < shapes[i].count; c++)

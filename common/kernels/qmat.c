@@ -2,10 +2,17 @@
  * qmat.c - U8A weight matrices: packing, quantization and the products
  * X . W^T (see qmat.h for the format and the exactness argument).
  *
- * The few-token kernel uses AVX512-VNNI (vpdpbusd: unsigned weight bytes
- * times signed activation bytes, summed in int32) where the compiler
- * targets it, and an equivalent portable loop elsewhere; both do the same
- * integer sums and the same float operations in the same order.
+ * One kernel for every block size, in three builds chosen at compile time:
+ * AVX512-VNNI (vpdpbusd), AVX2 (vpmaddubsw + vpmaddwd, sequences chosen per
+ * weight block so that no int16 saturates) and a portable loop. All three
+ * compute the exact integer dot product of each 32-column block and then
+ * the same float operations in the same order (block 0, 1, ... of one row
+ * and one token), so they give the same bits as each other and, above all,
+ * the same bits for a token whatever else is in its block. The activation
+ * quantization likewise has AVX512, AVX2 and scalar forms giving equal bytes.
+ * qmat_matmul_blas (dequantize + sgemm) is not on any forward path: its
+ * float sums come out in an order that depends on T; it is kept for
+ * scripts/bench_kernels.c and for a tolerance test.
  */
 #include "kernels/qmat.h"
 
@@ -14,11 +21,13 @@
 #include <string.h>
 #include <cblas.h>
 #include <omp.h>
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 #if defined(__AVX512F__) && defined(__AVX512VNNI__)
 #define QMAT_VNNI 1
+#elif defined(__AVX2__) && defined(__FMA__)
+#define QMAT_AVX2 1
 #endif
 
 #include "kernels/f16.h"
@@ -145,20 +154,28 @@ size_t qmat_scratch_bytes(int32_t cols, int T)
 {
     size_t nb = (size_t)(cols / QMAT_BLOCK);
     size_t xq = ((size_t)T * cols + 63) & ~(size_t)63;
-    return xq + 2 * (size_t)T * nb * sizeof(float);
+    return xq + 2 * (size_t)T * nb * sizeof(float) + (size_t)T * nb * sizeof(int32_t);
 }
 
 /* ------------------------------------------------------------------------ */
 /* Activation quantization: per token, per block of 32, symmetric int8.      */
 
 typedef struct {
-    int8_t *xq;    /* (T, cols) */
-    float *sx;     /* (T, nb) block scale */
-    float *sxs;    /* (T, nb) block scale times the sum of the block's xq */
+    int8_t *xq;     /* (T, cols) */
+    float *sx;      /* (T, nb) block scale */
+    float *sxs;     /* (T, nb) block scale times the sum of the block's xq */
+    int32_t *isum;  /* (T, nb) the sum of the block's xq (AVX2 kernel's offset) */
 } act_q;
 
-/* One block of 32 activations: q = round(x * 127 / amax), as int8. */
-static inline void quantize_block(const float *x, int8_t *q, float *sx, float *sxs)
+/* The integer dot product of one 32-column block, |sum| <= 32 * 255 * 127,
+ * converts to float exactly: every path's float operations then see the same
+ * value, whatever order its integer additions took. */
+_Static_assert(QMAT_BLOCK * 255 * 127 < (1 << 24), "block dot products must be exact in float");
+
+/* One block of 32 activations: q = round(x * 127 / amax), as int8. All
+ * three variants give the same bytes: |x| max is exact, x * inv is one
+ * rounding, and the rounding to an integer is to nearest, ties to even. */
+static inline void quantize_block(const float *x, int8_t *q, float *sx, float *sxs, int32_t *isum)
 {
     float amax = 0.0f;
 #if defined(__AVX512F__)
@@ -171,6 +188,32 @@ static inline void quantize_block(const float *x, int8_t *q, float *sx, float *s
     _mm_storeu_si128((__m128i *)q, _mm512_cvtepi32_epi8(a));
     _mm_storeu_si128((__m128i *)(q + 16), _mm512_cvtepi32_epi8(b));
     int32_t sum = _mm512_reduce_add_epi32(_mm512_add_epi32(a, b));
+#elif defined(QMAT_AVX2)
+    const __m256 nosign = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 v[4], mx = _mm256_setzero_ps();
+    for (int k = 0; k < 4; k++) {
+        v[k] = _mm256_loadu_ps(x + 8 * k);
+        mx = _mm256_max_ps(mx, _mm256_and_ps(v[k], nosign));
+    }
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    amax = _mm_cvtss_f32(m4);
+    float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    __m256 vi = _mm256_set1_ps(inv);
+    __m256i iv[4], vs = _mm256_setzero_si256();
+    for (int k = 0; k < 4; k++) {
+        iv[k] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v[k], vi), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        vs = _mm256_add_epi32(vs, iv[k]);
+    }
+    /* pack 4 x 8 int32 (|v| <= 127) to 32 int8; packs works per 128-bit lane */
+    __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(iv[0], iv[1]), _mm256_packs_epi32(iv[2], iv[3]));
+    p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256((__m256i *)q, p);
+    __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(vs), _mm256_extracti128_si256(vs, 1));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
+    int32_t sum = _mm_cvtsi128_si32(s4);
 #else
     for (int i = 0; i < QMAT_BLOCK; i++) {
         float v = fabsf(x[i]);
@@ -187,25 +230,60 @@ static inline void quantize_block(const float *x, int8_t *q, float *sx, float *s
     float s = amax / 127.0f;
     *sx = f16_to_f32(f16_from_f32(s));
     *sxs = f16_to_f32(f16_from_f32(s * (float)sum));
+    *isum = sum;
 }
 
 static act_q quantize_acts(const float *X, int ldx, int T, int32_t cols, void *scratch)
 {
     int32_t nb = cols / QMAT_BLOCK;
     size_t xq_bytes = ((size_t)T * cols + 63) & ~(size_t)63;
-    act_q a = {scratch, (float *)((char *)scratch + xq_bytes), NULL};
+    act_q a = {scratch, (float *)((char *)scratch + xq_bytes), NULL, NULL};
     a.sxs = a.sx + (size_t)T * nb;
+    a.isum = (int32_t *)(a.sxs + (size_t)T * nb);
     for (int t = 0; t < T; t++)
-        for (int32_t b = 0; b < nb; b++)
+        for (int32_t b = 0; b < nb; b++) {
+            size_t i = (size_t)t * nb + b;
             quantize_block(X + (size_t)t * ldx + b * QMAT_BLOCK, a.xq + (size_t)t * cols + b * QMAT_BLOCK,
-                           &a.sx[(size_t)t * nb + b], &a.sxs[(size_t)t * nb + b]);
+                           &a.sx[i], &a.sxs[i], &a.isum[i]);
+        }
     return a;
 }
 
 /* ------------------------------------------------------------------------ */
-/* Few-token kernel: one 16-row group against NT tokens.                     */
+/* The kernel: one 16-row group against NT tokens. Every variant computes,   */
+/* per (row, token), for blocks b = 0, 1, ... in order:                      */
+/*   ia  = sum_i q[row][32b + i] * xq[token][32b + i]       (exact int32)    */
+/*   acc = fma((float)ia, d[row][b] * sx[token][b], acc)                      */
+/*   acc = fma(m[row][b], sxs[token][b], acc)                                 */
+/* so a row's value depends only on that token, on every CPU.                */
 
-#ifdef QMAT_VNNI
+/* Portable: the definition, one (row, token) at a time. */
+static void group_tile_portable(const qmat *W, int32_t g, const act_q *a, int32_t t0, float *Y,
+                                int ldy, int NT)
+{
+    int32_t nb = W->cols / QMAT_BLOCK;
+    for (int j = 0; j < NT; j++) {
+        size_t t = (size_t)(t0 + j);
+        for (int32_t rr = 0; rr < QMAT_ROWS; rr++) {
+            int32_t r = g * QMAT_ROWS + rr;
+            float acc = 0.0f;
+            for (int32_t b = 0; b < nb; b++) {
+                int32_t ia = 0;
+                for (int i = 0; i < QMAT_BLOCK; i++)
+                    ia += (int32_t)W->q[q_index(nb, r, b * QMAT_BLOCK + i)] *
+                          a->xq[t * W->cols + (size_t)b * QMAT_BLOCK + i];
+                float scale = W->d[dm_index(nb, r, b)] * a->sx[t * nb + b];
+                acc = fmaf((float)ia, scale, acc);
+                acc = fmaf(W->m[dm_index(nb, r, b)], a->sxs[t * nb + b], acc);
+            }
+            Y[t * ldy + r] = acc;
+        }
+    }
+}
+
+#if defined(QMAT_VNNI)
+/* AVX512-VNNI: vpdpbusd multiplies unsigned weight bytes by signed
+ * activation bytes and sums each 4 into int32, without saturation. */
 static inline __attribute__((always_inline)) void
 group_tile(const qmat *W, int32_t g, const act_q *a, int32_t t0, float *Y, int ldy, const int NT)
 {
@@ -235,31 +313,105 @@ group_tile(const qmat *W, int32_t g, const act_q *a, int32_t t0, float *Y, int l
     for (int j = 0; j < NT; j++)
         _mm512_storeu_ps(Y + (size_t)(t0 + j) * ldy + (size_t)g * QMAT_ROWS, acc[j]);
 }
-#else
-static inline void group_tile(const qmat *W, int32_t g, const act_q *a, int32_t t0, float *Y,
-                              int ldy, const int NT)
+#elif defined(QMAT_AVX2)
+/* AVX2: vpmaddubsw (unsigned x signed bytes, adjacent pairs summed into
+ * int16, SATURATING) then vpmaddwd by 1 (pairs of int16 into int32). Each
+ * 32-byte register holds 4 columns of 8 rows; two cover the group. Which
+ * sequence is used depends on the block's largest weight level, so that no
+ * int16 ever saturates; all give the exact integer sum:
+ *  - levels <= 15 (every 4-bit format): |pair| <= 2*15*127, so the 8 column
+ *    quads' pairs are added in int16 (<= 30480) before one vpmaddwd;
+ *  - levels <= 127: |pair| <= 2*127*127 = 32258, one vpmaddwd per quad;
+ *  - else: w = (w - 128) + 128; vpmaddubsw(|w-128|, sign(x, w-128)) has
+ *    |pair| <= 2*128*127 = 32512, and 128 * sum(x) is added back in int32. */
+_Static_assert(8 * 2 * 15 * 127 <= 32767 && 2 * 128 * 127 <= 32767, "no int16 saturation in the AVX2 kernel");
+
+enum { TIER_NIBBLE, TIER_7BIT, TIER_8BIT };
+
+/* 4 activation bytes as one int32 (to broadcast). */
+static inline int32_t load4(const int8_t *p)
+{
+    int32_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline __attribute__((always_inline)) void
+group_tile(const qmat *W, int32_t g, const act_q *a, int32_t t0, float *Y, int ldy, const int NT)
 {
     int32_t nb = W->cols / QMAT_BLOCK;
-    for (int j = 0; j < NT; j++) {
-        size_t t = (size_t)(t0 + j);
-        for (int32_t rr = 0; rr < QMAT_ROWS; rr++) {
-            int32_t r = g * QMAT_ROWS + rr;
-            float acc = 0.0f;
-            for (int32_t b = 0; b < nb; b++) {
-                int32_t ia = 0;
-                for (int i = 0; i < QMAT_BLOCK; i++)
-                    ia += (int32_t)W->q[q_index(nb, r, b * QMAT_BLOCK + i)] *
-                          a->xq[t * W->cols + (size_t)b * QMAT_BLOCK + i];
-                float scale = W->d[dm_index(nb, r, b)] * a->sx[t * nb + b];
-                acc = fmaf((float)ia, scale, acc);
-                acc = fmaf(W->m[dm_index(nb, r, b)], a->sxs[t * nb + b], acc);
+    const uint8_t *qg = W->q + (size_t)g * nb * GROUP_BYTES;
+    const float *dg = W->d + (size_t)g * nb * QMAT_ROWS, *mg = W->m + (size_t)g * nb * QMAT_ROWS;
+    const __m256i ones = _mm256_set1_epi16(1), flip = _mm256_set1_epi8((char)0x80);
+    __m256 acc[QMAT_TILE][2];
+    for (int j = 0; j < NT; j++)
+        acc[j][0] = acc[j][1] = _mm256_setzero_ps();
+    for (int32_t b = 0; b < nb; b++) {
+        /* w[2k + h]: column quad k, rows 8h..8h+7 of this block */
+        __m256i w[16], sw[16];
+        __m256i mx = _mm256_setzero_si256();
+        for (int k = 0; k < 16; k++) {
+            w[k] = _mm256_loadu_si256((const __m256i *)(qg + (size_t)b * GROUP_BYTES + 32 * k));
+            mx = _mm256_max_epu8(mx, w[k]);
+        }
+        int tier = _mm256_movemask_epi8(_mm256_cmpeq_epi8(_mm256_min_epu8(mx, _mm256_set1_epi8(15)), mx)) == -1
+                       ? TIER_NIBBLE
+                       : _mm256_movemask_epi8(mx) == 0 ? TIER_7BIT : TIER_8BIT;
+        if (tier == TIER_8BIT)
+            for (int k = 0; k < 16; k++) {
+                sw[k] = _mm256_xor_si256(w[k], flip);   /* w - 128, as int8 */
+                w[k] = _mm256_abs_epi8(sw[k]);          /* |w - 128|, as uint8 (128 for -128) */
             }
-            Y[t * ldy + r] = acc;
+        __m256 dv[2], mv[2];
+        for (int h = 0; h < 2; h++) {
+            dv[h] = _mm256_loadu_ps(dg + (size_t)b * QMAT_ROWS + 8 * h);
+            mv[h] = _mm256_loadu_ps(mg + (size_t)b * QMAT_ROWS + 8 * h);
+        }
+        for (int j = 0; j < NT; j++) {
+            size_t t = (size_t)(t0 + j);
+            const int8_t *xb = a->xq + t * W->cols + (size_t)b * QMAT_BLOCK;
+            __m256i ia[2];
+            if (tier == TIER_NIBBLE) {
+                __m256i p0 = _mm256_setzero_si256(), p1 = _mm256_setzero_si256();
+                for (int k = 0; k < 8; k++) {
+                    __m256i xv = _mm256_set1_epi32(load4(xb + 4 * k));
+                    p0 = _mm256_add_epi16(p0, _mm256_maddubs_epi16(w[2 * k], xv));
+                    p1 = _mm256_add_epi16(p1, _mm256_maddubs_epi16(w[2 * k + 1], xv));
+                }
+                ia[0] = _mm256_madd_epi16(p0, ones);
+                ia[1] = _mm256_madd_epi16(p1, ones);
+            } else if (tier == TIER_7BIT) {
+                ia[0] = ia[1] = _mm256_setzero_si256();
+                for (int k = 0; k < 8; k++) {
+                    __m256i xv = _mm256_set1_epi32(load4(xb + 4 * k));
+                    for (int h = 0; h < 2; h++)
+                        ia[h] = _mm256_add_epi32(ia[h], _mm256_madd_epi16(_mm256_maddubs_epi16(w[2 * k + h], xv), ones));
+                }
+            } else {
+                ia[0] = ia[1] = _mm256_set1_epi32(128 * a->isum[t * nb + b]);
+                for (int k = 0; k < 8; k++) {
+                    __m256i xv = _mm256_set1_epi32(load4(xb + 4 * k));
+                    for (int h = 0; h < 2; h++) {
+                        __m256i sx = _mm256_sign_epi8(xv, sw[2 * k + h]);
+                        ia[h] = _mm256_add_epi32(ia[h], _mm256_madd_epi16(_mm256_maddubs_epi16(w[2 * k + h], sx), ones));
+                    }
+                }
+            }
+            __m256 sx = _mm256_set1_ps(a->sx[t * nb + b]), sxs = _mm256_set1_ps(a->sxs[t * nb + b]);
+            for (int h = 0; h < 2; h++) {
+                __m256 scale = _mm256_mul_ps(dv[h], sx);
+                acc[j][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ia[h]), scale, acc[j][h]);
+                acc[j][h] = _mm256_fmadd_ps(mv[h], sxs, acc[j][h]);
+            }
         }
     }
+    for (int j = 0; j < NT; j++)
+        for (int h = 0; h < 2; h++)
+            _mm256_storeu_ps(Y + (size_t)(t0 + j) * ldy + (size_t)g * QMAT_ROWS + 8 * h, acc[j][h]);
 }
 #endif
 
+#if defined(QMAT_VNNI) || defined(QMAT_AVX2)
 /* All tiles of T tokens for group g, each tile a constant-count call. */
 static void group_tiles(const qmat *W, int32_t g, const act_q *a, int T, float *Y, int ldy)
 {
@@ -276,14 +428,33 @@ static void group_tiles(const qmat *W, int32_t g, const act_q *a, int T, float *
         }
     }
 }
-
-void qmat_matmul_small(const qmat *W, const float *X, int ldx, int T, float *Y, int ldy, void *scratch)
+#else
+static void group_tiles(const qmat *W, int32_t g, const act_q *a, int T, float *Y, int ldy)
 {
+    group_tile_portable(W, g, a, 0, Y, ldy, T);
+}
+#endif
+
+void qmat_matmul(const qmat *W, const float *X, int ldx, int T, float *Y, int ldy, void *scratch)
+{
+    assert(W->cols % QMAT_BLOCK == 0 && W->rows % QMAT_ROWS == 0);
+    if (T <= 0)
+        return;
     act_q a = quantize_acts(X, ldx, T, W->cols, scratch);
     int32_t groups = W->rows / QMAT_ROWS;
     #pragma omp parallel for schedule(static) if (!omp_in_parallel())
     for (int32_t g = 0; g < groups; g++)
         group_tiles(W, g, &a, T, Y, ldy);
+}
+
+void qmat_matmul_portable(const qmat *W, const float *X, int ldx, int T, float *Y, int ldy, void *scratch)
+{
+    assert(W->cols % QMAT_BLOCK == 0 && W->rows % QMAT_ROWS == 0);
+    if (T <= 0)
+        return;
+    act_q a = quantize_acts(X, ldx, T, W->cols, scratch);
+    for (int32_t g = 0; g < W->rows / QMAT_ROWS; g++)
+        group_tile_portable(W, g, &a, 0, Y, ldy, T);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -307,15 +478,4 @@ void qmat_matmul_blas(const qmat *W, const float *X, int ldx, int T, float *Y, i
         }
         free(panel);
     }
-}
-
-void qmat_matmul(const qmat *W, const float *X, int ldx, int T, float *Y, int ldy, void *scratch)
-{
-    assert(W->cols % QMAT_BLOCK == 0 && W->rows % QMAT_ROWS == 0);
-    if (T <= 0)
-        return;
-    if (T >= QMAT_BLAS_MIN_T)
-        qmat_matmul_blas(W, X, ldx, T, Y, ldy);
-    else
-        qmat_matmul_small(W, X, ldx, T, Y, ldy, scratch);
 }

@@ -15,16 +15,26 @@
  *   d: float (rows/16, cols/32, 16)        [group][block][row]
  *   m: float (rows/16, cols/32, 16)
  *
- * Products, Y(T, rows) = X(T, cols) . W^T:
- *  - few tokens (T < QMAT_BLAS_MIN_T): activations are quantized per block of
- *    32 to int8 (as llama.cpp does), and a hand-written kernel streams each
- *    weight panel once and applies it to all T tokens with integer dot
- *    products. Per-token arithmetic does not depend on T or on the other
- *    tokens, so logits are bit-identical whether a token is decoded alone
- *    or inside a verification block: this is what makes self-speculative
- *    output exactly plain greedy output.
- *  - long blocks (prefill): panels are dequantized to float and multiplied
- *    with BLAS sgemm.
+ * Products, Y(T, rows) = X(T, cols) . W^T, for every T (one token, a
+ * verification block, a prompt chunk, many sequences batched): activations
+ * are quantized per block of 32 to int8 (as llama.cpp does), and a
+ * hand-written kernel streams each weight panel once per tile of 8 tokens
+ * and applies it with integer dot products:
+ *  - AVX512-VNNI builds: vpdpbusd;
+ *  - AVX2 + FMA builds (x86-64-v3): vpmaddubsw + vpmaddwd, with no int16
+ *    saturation (qmat.c says how);
+ *  - anything else: a portable loop (qmat_matmul_portable, also exposed so
+ *    tests can hold the vector kernels to it).
+ * Each 32-column block's integer sum is exact whatever order it is added in
+ * (and exact in float: |sum| < 2^24); the float combination of the blocks is
+ * the same fixed sequence per (row, token) in all three. So a token's output
+ * row does not depend on T or on the other tokens -- logits are
+ * bit-identical whether a token is decoded alone, inside a verification
+ * block or batched with other sequences, which is what makes
+ * self-speculative output exactly plain greedy output -- and the three
+ * builds agree bit for bit. There is no limit on T but the scratch size.
+ * BLAS (dequantized panels + sgemm) sums floats in an order that depends on
+ * T; it is on no forward path and kept only as qmat_matmul_blas.
  * Threads: qmat_matmul parallelizes over 16-row groups with OpenMP.
  */
 #ifndef SELFSPEC_QMAT_H
@@ -35,15 +45,6 @@
 
 #define QMAT_BLOCK 32
 #define QMAT_ROWS 16
-/* Blocks of at least this many tokens go through BLAS. With AVX512-VNNI the
- * integer kernel measured 2x faster than dequantize + OpenBLAS sgemm even at
- * 256 tokens (scripts/bench_kernels.c, README "Kernels"), so BLAS is kept
- * for machines without it, where the portable kernel is slow. */
-#if defined(__AVX512F__) && defined(__AVX512VNNI__)
-#define QMAT_BLAS_MIN_T (1 << 20)
-#else
-#define QMAT_BLAS_MIN_T 16
-#endif
 
 typedef struct {
     int32_t rows, cols;
@@ -78,11 +79,18 @@ void qmat_dequant_row(const qmat *W, int32_t r, float *out);
 size_t qmat_scratch_bytes(int32_t cols, int T);
 
 /* Y = X . W^T. X: (T, cols) row stride ldx; Y: (T, rows) row stride ldy;
- * scratch: qmat_scratch_bytes(W->cols, T) bytes, 64-byte aligned. */
+ * scratch: qmat_scratch_bytes(W->cols, T) bytes, 64-byte aligned. Row t of
+ * Y depends only on row t of X (same bits for any T and any other rows). */
 void qmat_matmul(const qmat *W, const float *X, int ldx, int T, float *Y, int ldy, void *scratch);
 
-/* The two paths qmat_matmul chooses between, exposed for benchmarks. */
-void qmat_matmul_small(const qmat *W, const float *X, int ldx, int T, float *Y, int ldy, void *scratch);
+/* The portable kernel, whatever the build targets: the same arguments and
+ * the same bits as qmat_matmul (tests compare them), one (row, token) at a
+ * time, slow. */
+void qmat_matmul_portable(const qmat *W, const float *X, int ldx, int T, float *Y, int ldy, void *scratch);
+
+/* Dequantized float panels times X with BLAS sgemm. Not bit-exact across T
+ * (sgemm's summation order depends on the shape): for benchmarks and
+ * tolerance tests only, never on a forward path. */
 void qmat_matmul_blas(const qmat *W, const float *X, int ldx, int T, float *Y, int ldy);
 
 #endif

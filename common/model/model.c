@@ -574,7 +574,8 @@ void fwd_state_init(fwd_state *s, const model_config *c, int32_t max_tokens, int
     int32_t half = c->head_dim / 2;
     s->rope_cap = ctx;
     int32_t maxc = c->hidden_dim > c->dim ? c->hidden_dim : c->dim;
-    s->qscratch = alignedCheck(qmat_scratch_bytes(maxc, max_tokens < QMAT_BLAS_MIN_T ? max_tokens : QMAT_BLAS_MIN_T));
+    /* every product of up to max_tokens goes through the integer kernel */
+    s->qscratch = alignedCheck(qmat_scratch_bytes(maxc, max_tokens));
     s->head_row = alignedCheck(((size_t)c->vocab_size + QMAT_ROWS) * sizeof(float));
     s->tok_seq = mallocCheck(T * sizeof(int32_t));
     s->tok_pos = mallocCheck(T * sizeof(int32_t));
