@@ -57,7 +57,7 @@ TEST_SRC   := $(wildcard tests/test_*.c)
 TEST_BIN   := $(patsubst tests/%.c,$(BUILD)/test/%,$(TEST_SRC))
 # The tests that assert "a token's logits do not depend on its block", run a
 # second time from the -march=x86-64-v3 build.
-V3_TESTS   := test_model test_spec
+V3_TESTS   := test_model test_spec test_engine
 V3_BIN     := $(patsubst %,$(BUILD)/test-v3/%,$(V3_TESTS))
 E2E_SRC    := $(wildcard tests/e2e_*.c)
 E2E_BIN    := $(patsubst tests/%.c,$(BUILD)/e2e/%,$(E2E_SRC))
@@ -146,6 +146,7 @@ e2e: $(E2E_BIN)
 test: setup layers all unit unit-v3 e2e
 	python3 tests/run_e2e.py --model $(MODEL)
 	SELFSPEC_MODEL=$(MODEL) python3 tests/test_pipeline.py
+	python3 tests/test_batch.py --model $(MODEL)
 
 # Each fuzzer links the layers it exercises, nothing above them: the GGUF
 # fuzzer util+format, the batch-line fuzzer (fuzz_batchline) util+api.

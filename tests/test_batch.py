@@ -1,0 +1,255 @@
+#!/usr/bin/env python3
+"""End-to-end tests of `selfspec batch` (OpenAI batch files) on the real model.
+
+Run from the repository root (make test does):
+    python3 tests/test_batch.py [--model models/SmolLM2-135M-Instruct.Q4_1.gguf]
+
+  - 64 varied requests (chat and completion, different max_tokens, stop
+    strings, EOS, some sampled with seeds): every result's text is identical
+    to `selfspec generate` alone with the same parameters, at --max-seqs 1,
+    7 and 64, and in --mode plain, auto and self-spec;
+  - a file with every kind of bad line: one error line (status 400) each,
+    every good line done;
+  - kill -9 in the middle of a job, twice, then finish it: each custom_id
+    exactly once, each result byte-identical to an uninterrupted run;
+  - SIGTERM finishes what is in flight and exits 0; a rerun completes the job;
+  - `-i -`: requests read from a pipe as they arrive, results written as
+    they finish (before the pipe is closed).
+Skips with a message when the model file is absent.
+"""
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+BIN = os.path.join("bin", "selfspec")
+FAILURES = []
+
+TOPICS = ["the ocean", "a small town", "bread", "the moon", "trains", "winter", "a violin", "rivers",
+          "bees", "chess", "rain", "a library"]
+
+
+def check(name, cond, detail=""):
+    print(("ok   " if cond else "FAIL ") + name, flush=True)
+    if not cond:
+        FAILURES.append(f"{name}: {detail}")
+
+
+def requests_64():
+    """64 varied requests and, for each, the generate arguments that must give the same text."""
+    reqs = []
+    for i in range(64):
+        topic = TOPICS[i % len(TOPICS)]
+        body = {"max_tokens": 4 + (i * 7) % 21, "temperature": 0}
+        gen = ["--mode", "plain", "-n", str(body["max_tokens"])]
+        if i % 2 == 0:
+            url = "/v1/chat/completions"
+            body["messages"] = [{"role": "user", "content": f"Write one sentence about {topic}."}]
+            gen += ["--chat", "-p", f"Write one sentence about {topic}."]
+            if i % 8 == 0:
+                body["messages"].insert(0, {"role": "system", "content": "You are terse."})
+                gen += ["--system", "You are terse."]
+                body["max_tokens"] = 60          # long enough to reach EOS
+                gen[gen.index("-n") + 1] = "60"
+        else:
+            url = "/v1/completions"
+            body["prompt"] = f"Here are some facts about {topic}:"
+            gen += ["-p", body["prompt"]]
+        if i % 5 == 0:
+            body["stop"] = [".", "\n"]
+            gen += ["--stop", ".", "--stop", "\n"]
+        if i % 6 == 1:
+            body.update(temperature=0.8, top_p=0.9, top_k=40, seed=100 + i)
+            gen += ["--temperature", "0.8", "--top-p", "0.9", "--top-k", "40", "--seed", str(100 + i)]
+        reqs.append(({"custom_id": f"req-{i}", "method": "POST", "url": url, "body": body}, gen))
+    return reqs
+
+
+def write_jsonl(path, objs):
+    with open(path, "w") as f:
+        for o in objs:
+            f.write((o if isinstance(o, str) else json.dumps(o)) + "\n")
+
+
+def run_batch(model, inp, out, extra=(), timeout=900):
+    p = subprocess.run([BIN, "batch", "-m", model, "-i", inp, "-o", out, "-q"] + list(extra),
+                       capture_output=True, timeout=timeout)
+    if p.returncode < 0:
+        FAILURES.append(f"batch {extra}: killed by signal {-p.returncode}")
+    return p.returncode, p.stderr.decode(errors="replace")
+
+
+def read_results(path):
+    """custom_id -> list of parsed lines (errors with no custom_id under None)."""
+    res = {}
+    with open(path, "rb") as f:
+        for raw in f:
+            o = json.loads(raw)
+            res.setdefault(o["custom_id"], []).append((o, raw))
+    return res
+
+
+def text_of(o):
+    body = o["response"]["body"]
+    ch = body["choices"][0]
+    return ch["text"] if body["object"] == "text_completion" else ch["message"]["content"]
+
+
+def test_identical_to_generate(model, tmp):
+    reqs = requests_64()
+    inp = os.path.join(tmp, "in.jsonl")
+    write_jsonl(inp, [r for r, _ in reqs])
+    want = {}
+    for r, gen in reqs:
+        p = subprocess.run([BIN, "generate", "-m", model] + gen, capture_output=True, timeout=300)
+        out = p.stdout.decode("utf-8", errors="replace")
+        want[r["custom_id"]] = out[:-1] if out.endswith("\n") else out
+    for seqs, mode in [(1, "plain"), (7, "auto"), (64, "auto"), (7, "self-spec")]:
+        out = os.path.join(tmp, f"out-{seqs}-{mode}.jsonl")
+        rc, err = run_batch(model, inp, out, ["--max-seqs", str(seqs), "--mode", mode])
+        check(f"batch --max-seqs {seqs} --mode {mode} exits 0", rc == 0, err[-400:])
+        if rc != 0:
+            continue
+        res = read_results(out)
+        bad = [cid for cid in want if cid not in res or len(res[cid]) != 1 or
+               res[cid][0][0]["response"]["status_code"] != 200 or text_of(res[cid][0][0]) != want[cid]]
+        check(f"max-seqs {seqs} {mode}: 64 results, each identical to generate alone", not bad,
+              "; ".join(f"{c}: batch {text_of(res[c][0][0]) if c in res else None!r} vs generate {want[c]!r}"
+                        for c in bad[:3]))
+        fin = [res[f"req-{i}"][0][0]["response"]["body"]["choices"][0]["finish_reason"] for i in range(64)]
+        check(f"max-seqs {seqs} {mode}: finish reasons stop and length both occur", "stop" in fin and "length" in fin)
+
+
+def test_bad_lines(model, tmp):
+    good = {"custom_id": "good-1", "method": "POST", "url": "/v1/completions",
+            "body": {"prompt": "Hello", "max_tokens": 5, "temperature": 0}}
+    lines = [
+        json.dumps(good),
+        "this is not json",
+        json.dumps({"custom_id": "u1", "method": "POST", "url": "/v1/embeddings", "body": {"input": "x"}}),
+        json.dumps({"custom_id": "t1", "method": "POST", "url": "/v1/completions", "body": {"prompt": 5}}),
+        json.dumps({"custom_id": "r1", "method": "POST", "url": "/v1/completions", "body": {"prompt": "x", "top_p": 1.5}}),
+        json.dumps({"custom_id": "r2", "method": "POST", "url": "/v1/completions", "body": {"prompt": "x", "max_tokens": 0}}),
+        json.dumps({"custom_id": "r3", "method": "POST", "url": "/v1/completions", "body": {"prompt": "x", "temperature": -1}}),
+        json.dumps({"custom_id": "ctx", "method": "POST", "url": "/v1/completions",
+                    "body": {"prompt": "word " * 3000, "max_tokens": 2000}}),
+        json.dumps({"custom_id": "good-1", "method": "POST", "url": "/v1/completions", "body": {"prompt": "dup"}}),
+        json.dumps({"custom_id": "m1", "method": "GET", "url": "/v1/completions", "body": {"prompt": "x"}}),
+        json.dumps({"custom_id": "s1", "method": "POST", "url": "/v1/completions", "body": {"prompt": "x", "stream": True}}),
+        json.dumps({"custom_id": "c1", "method": "POST", "url": "/v1/chat/completions", "body": {"messages": []}}),
+        json.dumps({"custom_id": "good-2", "method": "POST", "url": "/v1/chat/completions",
+                    "body": {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5, "temperature": 0}}),
+    ]
+    inp, out = os.path.join(tmp, "bad.jsonl"), os.path.join(tmp, "bad.out")
+    write_jsonl(inp, lines)
+    rc, err = run_batch(model, inp, out)
+    check("batch with bad lines exits 0", rc == 0, err[-300:])
+    rows = [json.loads(l) for l in open(out, "rb")]
+    check("one output line per input line", len(rows) == len(lines), f"{len(rows)} lines")
+    ok = [r for r in rows if r["response"]["status_code"] == 200]
+    errs = [r for r in rows if r["response"]["status_code"] == 400]
+    check("the good lines are done", sorted(r["custom_id"] for r in ok) == ["good-1", "good-2"],
+          str([r["custom_id"] for r in ok]))
+    check("every bad line has its own 400 with a message", len(errs) == len(lines) - 2 and
+          all(r["error"] and r["error"]["message"] for r in errs))
+    msg = {r["custom_id"]: r["error"]["message"] for r in errs}
+    check("messages name the problem", "top_p" in msg.get("r1", "") and "url" in msg.get("u1", "").lower() and
+          "context" in msg.get("ctx", "") and any("duplicate" in m for m in msg.values()), json.dumps(msg)[:500])
+
+
+def wait_lines(path, n, proc, limit=300):
+    t0 = time.time()
+    while time.time() - t0 < limit and proc.poll() is None:
+        if os.path.exists(path) and sum(1 for _ in open(path, "rb")) >= n:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_kill_and_resume(model, tmp):
+    reqs = [{"custom_id": f"k-{i}", "method": "POST", "url": "/v1/completions",
+             "body": {"prompt": f"Story {i}: once upon a time", "max_tokens": 12 + i % 9, "temperature": 0}}
+            for i in range(30)]
+    inp = os.path.join(tmp, "kill.jsonl")
+    write_jsonl(inp, reqs)
+    ref = os.path.join(tmp, "kill-ref.out")
+    rc, err = run_batch(model, inp, ref, ["--max-seqs", "4"])
+    check("uninterrupted run", rc == 0, err[-300:])
+    out = os.path.join(tmp, "kill.out")
+    args = [BIN, "batch", "-m", model, "-i", inp, "-o", out, "-q", "--max-seqs", "4"]
+    for target in (6, 15):
+        p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        reached = wait_lines(out, target, p)
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        check(f"killed with -9 after >= {target} results", reached)
+    with open(out, "ab") as f:      # a torn last line, as a kill mid-write leaves
+        f.write(b'{"id":"batch_req_0123","custom_id":"k-2')
+    rc, err = run_batch(model, inp, out, ["--max-seqs", "4"])
+    check("the resumed run finishes", rc == 0, err[-300:])
+    got, want = read_results(out), read_results(ref)
+    check("each custom_id exactly once", sorted(got) == sorted(want) and all(len(v) == 1 for v in got.values()),
+          str({k: len(v) for k, v in got.items() if len(v) != 1}))
+    check("results byte-identical to the uninterrupted run",
+          all(got[k][0][1] == want[k][0][1] for k in want if k in got))
+    # SIGTERM: finish in flight, exit 0; a rerun completes the rest
+    out2 = os.path.join(tmp, "term.out")
+    p = subprocess.Popen(args[:6] + [out2] + args[7:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    wait_lines(out2, 3, p)
+    p.send_signal(signal.SIGTERM)
+    _, e = p.communicate(timeout=300)
+    check("SIGTERM: exits 0 after finishing what was in flight", p.returncode == 0, e.decode()[-300:])
+    partial = read_results(out2)
+    check("SIGTERM: every written line is complete and good",
+          all(len(v) == 1 and v[0][1] == want[k][0][1] for k, v in partial.items()))
+    rc, _ = run_batch(model, inp, out2, ["--max-seqs", "4"])
+    check("after SIGTERM a rerun completes the job", rc == 0 and sorted(read_results(out2)) == sorted(want))
+
+
+def test_stdin_pipe(model, tmp):
+    out = os.path.join(tmp, "pipe.out")
+    p = subprocess.Popen([BIN, "batch", "-m", model, "-i", "-", "-o", out, "-q"], stdin=subprocess.PIPE,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    req = {"custom_id": "p-1", "method": "POST", "url": "/v1/completions",
+           "body": {"prompt": "One, two,", "max_tokens": 6, "temperature": 0}}
+    p.stdin.write((json.dumps(req) + "\n").encode())
+    p.stdin.flush()
+    first = wait_lines(out, 1, p, limit=120)
+    check("-i -: a result is written while the pipe is still open", first)
+    req["custom_id"] = "p-2"
+    p.stdin.write((json.dumps(req) + "\n").encode())
+    p.stdin.close()
+    p.wait(timeout=300)
+    e = p.stderr.read()
+    res = read_results(out)
+    check("-i -: both requests done, exit 0", p.returncode == 0 and sorted(res) == ["p-1", "p-2"], e.decode()[-300:])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="models/SmolLM2-135M-Instruct.Q4_1.gguf")
+    a = ap.parse_args()
+    if not os.path.exists(a.model):
+        print(f"skip: {a.model} not found (run make setup)")
+        return 0
+    if not os.access(BIN, os.X_OK):
+        print("FAIL: build bin/selfspec first (make)")
+        return 1
+    with tempfile.TemporaryDirectory() as tmp:
+        test_bad_lines(a.model, tmp)
+        test_stdin_pipe(a.model, tmp)
+        test_kill_and_resume(a.model, tmp)
+        test_identical_to_generate(a.model, tmp)
+    total = sum(1 for _ in FAILURES)
+    print(f"test_batch: {'FAILED' if FAILURES else 'all passed'}")
+    for f in FAILURES:
+        print("  " + f[:2000])
+    return 1 if total else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
