@@ -42,12 +42,15 @@ if [ ! -f "$SRC/vendor/llama.cpp/CMakeLists.txt" ]; then
     tmp=$(mktemp -d)
     trap 'rm -rf "$tmp"' EXIT
     echo "build_llama_cpp: fetching the llama-cpp-python==$VERSION sdist from PyPI"
-    python3 -m pip download --quiet --no-deps --no-binary :all: \
+    # --no-binary for this package only: the sdist is the same, but its build
+    # dependencies (needed by pip to read the sdist's metadata) may then come
+    # as wheels instead of being built from source too (minutes faster).
+    python3 -m pip download --quiet --no-deps --no-binary llama-cpp-python \
         "llama-cpp-python==$VERSION" -d "$tmp"
-    sdist=$(ls "$tmp"/llama_cpp_python-*.tar.gz "$tmp"/llama-cpp-python-*.tar.gz 2>/dev/null | head -1)
+    sdist=$(find "$tmp" -maxdepth 1 -name 'llama[-_]cpp[-_]python-*.tar.gz' | head -1)
     [ -n "$sdist" ] || { echo "build_llama_cpp: no sdist downloaded" >&2; exit 1; }
     tar -xzf "$sdist" -C "$tmp"
-    unpacked=$(find "$tmp" -mindepth 1 -maxdepth 1 -type d | head -1)
+    unpacked=$(find "$tmp" -mindepth 1 -maxdepth 1 -type d -name 'llama*' | head -1)
     [ -f "$unpacked/vendor/llama.cpp/CMakeLists.txt" ] || {
         echo "build_llama_cpp: $unpacked has no vendor/llama.cpp" >&2; exit 1; }
     rm -rf "$SRC"

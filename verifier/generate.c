@@ -25,6 +25,7 @@
 #include "decode/generate.h"
 #include "decode/output.h"
 #include "decode/stats.h"
+#include "engine/engine.h"
 #include "model/model.h"
 #include "pipeline.h"
 #include "decode/sampler.h"
@@ -359,8 +360,8 @@ static int run_generate(gen_opts *o)
     int rc = 1;
     model m;
     tokenizer *tok = NULL;
-    kv_cache kv = {0};
     fwd_state fs = {0};
+    int have_fs = 0;
     int32_t *ids = NULL;
     size_t n_ids = 0, plen = 0;
     char *prompt = NULL;
@@ -403,11 +404,9 @@ static int run_generate(gen_opts *o)
                 "shorten the prompt, lower -n or raise --ctx\n", n_ids, o->gp.max_tokens, ctx);
         goto free_ids;
     }
-    if (kv_init(&kv, &m.config, ctx, err, sizeof err) != 0) {
-        fprintf(stderr, "selfspec: %s\n", err);
-        goto free_ids;
-    }
-    fwd_state_init(&fs, &m.config, 256, ctx);
+    if (pipeline)   /* the one-process modes decode in the engine, which has its own */
+        fwd_state_init(&fs, &m.config, 256, ctx);
+    have_fs = pipeline;
     o->gp.ignore_eos = o->ignore_eos;
     o->gp.is_eog = is_eog_cb;
     o->gp.eog_ctx = tok;
@@ -452,10 +451,8 @@ static int run_generate(gen_opts *o)
         : o->device >= 0
         ? gen_cuda(&m, o->device, ctx, use_spec ? &ss : NULL, o->sp.max_draft, ids, (int32_t)n_ids, &o->gp,
                    emit_token, &out, &st, use_spec ? &sps : NULL, err, sizeof err)
-        : use_spec
-        ? gen_selfspec(&m, &fs, &kv, &ss, &o->sp, ids, (int32_t)n_ids, &o->gp, emit_token, &out, &st, &sps,
-                       err, sizeof err)
-        : gen_plain(&m, &fs, &kv, ids, (int32_t)n_ids, &o->gp, emit_token, &out, &st, err, sizeof err);
+        : engine_generate(&m, ctx, use_spec ? &ss : NULL, &o->sp, ids, (int32_t)n_ids, &o->gp, emit_token, &out,
+                          &st, use_spec ? &sps : NULL, err, sizeof err);
     if (grc != 0) {
         fprintf(stderr, "\nselfspec: generation failed: %s\n", err);
         if (use_spec)
@@ -473,8 +470,8 @@ static int run_generate(gen_opts *o)
     rc = 0;
 free_all:
     out_text_free(&out.text);
-    fwd_state_free(&fs);
-    kv_free(&kv);
+    if (have_fs)
+        fwd_state_free(&fs);
 free_ids:
     free(ids);
 free_prompt:

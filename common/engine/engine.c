@@ -519,6 +519,7 @@ static int emit(eseq *s, int32_t tok)
 static void finish(engine *e, eseq *s)
 {
     s->res.t_done = util_now();
+    s->res.final_gamma = s->ex.gamma;
     e->tot.requests_done++;
     e->tot.generation_tokens += s->res.generated_tokens;
     if (s->cb.on_done)
@@ -538,6 +539,8 @@ static void record(engine *e, eseq *s, int32_t acc)
     e->tot.num_accepted_tokens += acc;
     for (int32_t i = 0; i < acc; i++)
         e->tot.accepted_per_pos[i]++;
+    for (int32_t i = 0; i < k; i++)
+        e->tot.drafted_per_pos[i]++;
     s->res.drafts++;
     s->res.draft_tokens += k;
     s->res.accepted_tokens += acc;
@@ -629,6 +632,7 @@ int engine_step(engine *e, char *err, size_t errlen)
             next = sampler_sample(&s->smp, row);   /* a plain step, as gen_plain */
         }
         row += (size_t)(1 + s->blk.n) * V;
+        s->res.verifications++;
         record(e, s, acc);
         s->kv.len += acc + 1;
         int done = 0;
@@ -639,4 +643,69 @@ int engine_step(engine *e, char *err, size_t errlen)
             finish(e, s);
     }
     return engine_pending(e);
+}
+
+/* ---- one request alone ---- */
+
+typedef struct {
+    gen_emit_fn emit;
+    void *ctx;
+    engine_result res;
+} one_req;
+
+static int one_token(void *user, int32_t tok)
+{
+    one_req *o = user;
+    return o->emit(o->ctx, tok);
+}
+
+static void one_done(void *user, const engine_result *r)
+{
+    ((one_req *)user)->res = *r;
+}
+
+int engine_generate(const model *m, int32_t ctx, const skip_set *ss, const spec_params *sp, const int32_t *prompt,
+                    int32_t n_prompt, const gen_params *gp, gen_emit_fn emit, void *emit_ctx, gen_stats *st,
+                    spec_stats *sps, char *err, size_t errlen)
+{
+    engine_params p;
+    engine_params_default(&p);
+    p.max_seqs = 1;
+    p.ctx = ctx;
+    p.mode = ss ? ENGINE_SPEC : ENGINE_PLAIN;
+    p.ss = ss;
+    p.sp = *sp;
+    p.calibrate = 0;
+    p.kv_mem = kv_pool_block_bytes(&m->config) * (size_t)kv_blocks_for(n_prompt + gp->max_tokens + 1);
+    engine *e;
+    if (engine_init(&e, m, &p, err, errlen) != 0)
+        return -1;
+    one_req o = {.emit = emit, .ctx = emit_ctx};
+    engine_callbacks cb = {one_token, one_done, &o};
+    int rc = engine_submit(e, prompt, n_prompt, gp, &cb, err, errlen);
+    while (rc == 0 && engine_pending(e) > 0)
+        rc = engine_step(e, err, errlen) < 0 ? -1 : 0;
+    if (rc == 0) {
+        const engine_totals *t = engine_get_totals(e);
+        memset(st, 0, sizeof *st);
+        st->prompt_tokens = o.res.prompt_tokens;
+        st->generated_tokens = o.res.generated_tokens;
+        st->prefill_seconds = o.res.t_first - o.res.t_submit;
+        st->decode_seconds = o.res.t_done - o.res.t_first;
+        if (sps) {
+            memset(sps, 0, sizeof *sps);
+            sps->drafted = o.res.draft_tokens;
+            sps->accepted = o.res.accepted_tokens;
+            sps->verifications = o.res.verifications;
+            for (int i = 0; i < SPEC_MAX_DRAFT; i++) {
+                sps->drafted_at[i] = t->drafted_per_pos[i];
+                sps->accepted_at[i] = t->accepted_per_pos[i];
+            }
+            sps->draft_seconds = t->draft_seconds;
+            sps->verify_seconds = st->decode_seconds > t->draft_seconds ? st->decode_seconds - t->draft_seconds : 0;
+            sps->final_gamma = o.res.final_gamma;
+        }
+    }
+    engine_free(e);
+    return rc;
 }

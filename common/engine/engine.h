@@ -82,6 +82,8 @@ typedef struct {
     int32_t generated_tokens;
     engine_finish finish;      /* STOP: EOG token or a stop string; LENGTH: max_tokens */
     int64_t drafts, draft_tokens, accepted_tokens;
+    int64_t verifications;     /* decode steps (each one full pass over its block) */
+    float final_gamma;         /* the adaptive exit threshold at the end */
     double t_submit, t_first, t_done;   /* util_now() clock */
 } engine_result;
 
@@ -100,6 +102,7 @@ typedef struct {
     int64_t num_draft_tokens;
     int64_t num_accepted_tokens;
     int64_t accepted_per_pos[SPEC_MAX_DRAFT]; /* accepted at draft position i */
+    int64_t drafted_per_pos[SPEC_MAX_DRAFT];  /* drafted at draft position i */
     int64_t steps, spec_steps;                /* forward passes; of them with drafts */
     int64_t prompt_tokens, generation_tokens;
     int64_t requests_done;
@@ -144,5 +147,16 @@ void engine_cost_observe(engine *e, int draft, int32_t T, double seconds);
  * with acceptance rate alpha, next to t_other other tokens in the pass
  * (tests and the benchmark's explanation). */
 int32_t engine_policy_k(const engine *e, int32_t n_spec, float alpha, int32_t t_other);
+
+/*
+ * One request decoded alone through the engine, with the contract of
+ * gen_plain (ss == NULL) or gen_selfspec (ss given: every step drafts by the
+ * adaptive exit): `generate` runs this, so one prompt takes the same path as
+ * a batch. ctx: the longest sequence. st and sps (may be NULL) receive the
+ * figures of decode/stats.h.
+ */
+int engine_generate(const model *m, int32_t ctx, const skip_set *ss, const spec_params *sp, const int32_t *prompt,
+                    int32_t n_prompt, const gen_params *gp, gen_emit_fn emit, void *emit_ctx, gen_stats *st,
+                    spec_stats *sps, char *err, size_t errlen);
 
 #endif
