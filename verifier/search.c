@@ -22,6 +22,7 @@
 #include "cli.h"
 #include "commands.h"
 #include "decode/generate.h"
+#include "engine/engine.h"
 #include "model/model.h"
 #include "text/chat.h"
 #include "tune/search.h"
@@ -188,7 +189,8 @@ typedef struct {
     double accept_rate;
 } measured;
 
-/* Real decoding over the prompts: total new tokens / total decode time. */
+/* Real decoding over the prompts: total new tokens / total decode time.
+ * (fs is unused: the engine has its own.) */
 static int measure(const model *m, fwd_state *fs, kv_cache *kv, const skip_set *ss, int32_t **ids,
                    const int32_t *lens, int32_t n, int32_t n_new, measured *out)
 {
@@ -200,8 +202,9 @@ static int measure(const model *m, fwd_state *fs, kv_cache *kv, const skip_set *
     for (int32_t i = 0; i < n; i++) {
         gen_stats st;
         spec_stats sps;
-        int rc = ss ? gen_selfspec(m, fs, kv, ss, &sp, ids[i], lens[i], &gp, null_emit, NULL, &st, &sps, err, sizeof err)
-                    : gen_plain(m, fs, kv, ids[i], lens[i], &gp, null_emit, NULL, &st, err, sizeof err);
+        /* as `generate` decodes: through the engine */
+        int rc = engine_generate(m, kv->cap, ss, &sp, ids[i], lens[i], &gp, null_emit, NULL, &st, ss ? &sps : NULL,
+                                 err, sizeof err);
         if (rc != 0) {
             fprintf(stderr, "selfspec: measuring: %s\n", err);
             return -1;

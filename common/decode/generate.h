@@ -36,7 +36,9 @@ typedef struct {
 int gen_prefill(const model *m, fwd_state *s, kv_cache *kv, const int32_t *prompt, int32_t n,
                 float *last_logits, char *err, size_t errlen);
 
-/* Plain decoding: prefill, then one full forward pass per token. */
+/* Plain decoding: prefill, then one full forward pass per token. The
+ * simplest sequential loop: the reference the engine (engine/engine.h, which
+ * `generate`, `batch` and `search` decode with) is tested against. */
 int gen_plain(const model *m, fwd_state *s, kv_cache *kv, const int32_t *prompt, int32_t n_prompt,
               const gen_params *gp, gen_emit_fn emit, void *ctx, gen_stats *st,
               char *err, size_t errlen);

@@ -189,7 +189,9 @@ int spec_begin_run(spec_run *r, const int32_t *prompt, int32_t n_prompt, double 
  * Returns 1 when generation must stop, 0 to go on, -1 on error. */
 int spec_step(spec_run *r, const spec_block *b, double t_draft, int32_t *accepted, char *err, size_t errlen);
 
-/* Self-speculative generation in one process; same contract as gen_plain. */
+/* Self-speculative generation of one sequence, spec_draft then spec_step
+ * per block; same contract as gen_plain. The sequential reference of the
+ * engine's forced self-spec mode (tests/test_engine.c). */
 int gen_selfspec(const model *m, fwd_state *fs, kv_cache *kv, const skip_set *ss, const spec_params *sp,
                  const int32_t *prompt, int32_t n_prompt, const gen_params *gp, gen_emit_fn emit,
                  void *ctx, gen_stats *st, spec_stats *ss_out, char *err, size_t errlen);
