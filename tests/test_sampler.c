@@ -1,7 +1,7 @@
 /*
- * test_sampler.c - unit tests for common/sampler.c: argmax ties, greedy,
- * the top-k / top-p kept sets against a sort-based reference, the warped
- * distribution, seeded reproducibility, draw frequencies (chi-square) and
+ * test_sampler.c - unit tests for common/sampler.c: argmax ties, the top-1
+ * probability, greedy, the top-k / top-p kept sets against a sort-based
+ * reference, the warped distribution, seeded reproducibility, draw frequencies (chi-square) and
  * parameter checks.
  */
 #include <setjmp.h>
@@ -52,6 +52,40 @@ static void test_argmax(void **state)
     for (int i = 0; i < 100; i++)
         h[i] = (float)(i % 10);
     assert_int_equal(sampler_argmax(h, 100), 9);
+}
+
+/* ------------------------------------------------------------ top-1 prob */
+
+static void test_top1_prob(void **state)
+{
+    (void)state;
+    int32_t arg = -1;
+    /* uniform: 1/n, the first index */
+    float u[4] = {2.0f, 2.0f, 2.0f, 2.0f};
+    assert_float_equal(sampler_top1_prob(u, 4, &arg), 0.25f, 1e-7f);
+    assert_int_equal(arg, 0);
+    /* against a double-precision softmax, and the argmax as sampler_argmax */
+    float a[5] = {0.5f, -1.0f, 3.0f, 2.9f, -INFINITY};
+    double sum = 0.0;
+    for (int i = 0; i < 5; i++)
+        sum += exp((double)a[i] - 3.0);
+    assert_float_equal(sampler_top1_prob(a, 5, &arg), (float)(1.0 / sum), 1e-6f);
+    assert_int_equal(arg, sampler_argmax(a, 5));
+    assert_int_equal(arg, 2);
+    /* one entry, huge logits (no overflow: shifted by the max), NULL arg */
+    float one[1] = {-50.0f};
+    assert_true(sampler_top1_prob(one, 1, NULL) == 1.0f);
+    float big[3] = {1000.0f, 0.0f, 990.0f};
+    float p = sampler_top1_prob(big, 3, &arg);
+    assert_int_equal(arg, 0);
+    assert_float_equal(p, (float)(1.0 / (1.0 + exp(-10.0))), 1e-6f);
+    /* the same bits as the sum written out (every caller gets the same) */
+    float r[7] = {0.1f, 0.7f, -0.3f, 0.69f, 0.2f, 0.0f, 0.65f};
+    float mx = r[1], s = 0.0f;
+    for (int i = 0; i < 7; i++)
+        s += expf(r[i] - mx);
+    assert_true(sampler_top1_prob(r, 7, &arg) == 1.0f / s);
+    assert_int_equal(arg, 1);
 }
 
 /* ------------------------------------------------------------------ greedy */
@@ -344,6 +378,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_argmax),
+        cmocka_unit_test(test_top1_prob),
         cmocka_unit_test(test_greedy),
         cmocka_unit_test(test_keep_sets),
         cmocka_unit_test(test_seed_reproducible),

@@ -18,7 +18,8 @@
  *    so is a subtly wrong rule that resamples a rejected token from p
  *    instead of norm(max(0, p - q)) (p < 0.001);
  *  - a fixed seed reproduces a sampling run; spec_exit_update follows the
- *    adaptive-exit rule numerically; spec_params_check;
+ *    adaptive-exit rule numerically; spec_params_check; the draft-length
+ *    clamp (spec_end_pos, spec_draft_limit) equals the inline formulas;
  *  - skipset_load rejects bad configs and accepts good ones; skipset_save /
  *    skipset_load / skipset_find round-trip.
  * spec_draft_from (drafting on top of unverified scratch) continues a draft.
@@ -1004,6 +1005,41 @@ static void test_seed_reproduces(void **state)
     free(g);
 }
 
+/* ------------------------------------------------- draft-length clamp */
+
+/* spec_end_pos + spec_draft_limit give what the one-process loop computed
+ * inline (k_max against context room and the tokens left) and what the
+ * pipeline computed from its end position, over a grid. */
+static void test_draft_limit(void **state)
+{
+    (void)state;
+    assert_int_equal(spec_end_pos(64, 10, 100), 62);        /* the context binds */
+    assert_int_equal(spec_end_pos(64, 10, 5), 14);          /* the token limit binds */
+    assert_int_equal(spec_draft_limit(12, 10, 14), 4);
+    assert_int_equal(spec_draft_limit(3, 10, 14), 3);
+    assert_int_equal(spec_draft_limit(12, 14, 14), 0);
+    assert_int_equal(spec_draft_limit(12, 20, 14), 0);      /* never negative */
+    for (int32_t cap = 4; cap <= 40; cap += 3)
+        for (int32_t n_prompt = 1; n_prompt < cap; n_prompt += 2)
+            for (int32_t max_tokens = 1; max_tokens <= 50; max_tokens += 4)
+                for (int32_t gen = 1; gen <= max_tokens; gen++)
+                    for (int32_t K = 1; K <= 13; K += 4) {
+                        int32_t L = n_prompt + gen - 1;
+                        int32_t old = K;
+                        old = old < cap - 2 - L ? old : cap - 2 - L;
+                        old = old < max_tokens - gen - 1 ? old : max_tokens - gen - 1;
+                        int32_t end_old = n_prompt + max_tokens - 2;
+                        if (end_old > cap - 2)
+                            end_old = cap - 2;
+                        int32_t pipe_old = K < end_old - L ? K : end_old - L;
+                        int32_t k = spec_draft_limit(K, L, spec_end_pos(cap, L, max_tokens - gen));
+                        int32_t end = spec_end_pos(cap, n_prompt, max_tokens - 1);
+                        assert_int_equal(k, old > 0 ? old : 0);
+                        assert_int_equal(spec_draft_limit(K, L, end), pipe_old > 0 ? pipe_old : 0);
+                        assert_int_equal(end, end_old);
+                    }
+}
+
 /* --------------------------------------------------- adaptive exit rule */
 
 static void exit_ref(double *gamma, double *ar, const spec_params *p, int drafted, int accepted)
@@ -1348,6 +1384,7 @@ int main(void)
         cmocka_unit_test(test_sampling_topp),
         cmocka_unit_test(test_sampling_pruned_head),
         cmocka_unit_test(test_seed_reproduces),
+        cmocka_unit_test(test_draft_limit),
         cmocka_unit_test(test_exit_update),
         cmocka_unit_test(test_params_check),
         cmocka_unit_test(test_skipset_load_errors),

@@ -1,6 +1,6 @@
 /*
  * pipe.h - pieces shared by the two processes of the Draft & Verify
- * pipeline (verifier/pipeline.c, drafter/drafter.c): ZeroMQ sockets and the
+ * pipeline (common/ipc/supervisor.c, drafter/drafter.c): ZeroMQ sockets and the
  * protobuf-c envelope (proto/selfspec.proto), the checks every received
  * message goes through, the verified KV cache in POSIX shared memory, and
  * per-process memory figures (/proc/<pid>/smaps_rollup).
