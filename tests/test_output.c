@@ -16,6 +16,7 @@
 #include "decode/output.h"
 #include "format/gguf.h"
 #include "testutil_gguf.h"
+#include "testutil_model.h"
 
 /* ids of the tiny vocabulary */
 enum { T_EOS, T_A, T_B, T_S, T_T, T_C3, T_A9, T_AB, T_SP, T_N };
@@ -35,18 +36,10 @@ static tokenizer *build_vocab(void)
     tgguf_kv_arr_str(g, "tokenizer.ggml.merges", merges, 1);
     tgguf_kv_u32(g, "tokenizer.ggml.bos_token_id", T_EOS);
     tgguf_kv_u32(g, "tokenizer.ggml.eos_token_id", T_EOS);
-    size_t size;
-    void *img = tgguf_image(g, &size);
-    tgguf_free(g);
-    gguf_file *f = NULL;
-    tokenizer *t = NULL;
     char err[256] = "";
-    if (gguf_open_memory(img, size, &f, err, sizeof err) != 0)
-        fail_msg("gguf_open_memory: %s", err);
-    if (tokenizer_build(&t, f, err, sizeof err) != 0)
-        fail_msg("tokenizer_build: %s", err);
-    gguf_close(f);
-    free(img);
+    tokenizer *t = tmodel_tokenizer(g, err, sizeof err);
+    if (!t)
+        fail_msg("tokenizer: %s", err);
     return t;
 }
 

@@ -25,6 +25,7 @@
 
 #include "format/gguf.h"
 #include "testutil_gguf.h"
+#include "testutil_model.h"
 #include "text/chat.h"
 #include "text/tokenizer.h"
 #include "text/utf8.h"
@@ -538,18 +539,10 @@ static tokenizer *build_spm(void)
     tgguf_kv_u32(g, "tokenizer.ggml.bos_token_id", 1);
     tgguf_kv_u32(g, "tokenizer.ggml.eos_token_id", 2);
     tgguf_kv_u32(g, "tokenizer.ggml.unknown_token_id", 0);
-    size_t size;
-    void *img = tgguf_image(g, &size);
-    tgguf_free(g);
-    gguf_file *f = NULL;
-    tokenizer *t = NULL;
     char err[256] = "";
-    if (gguf_open_memory(img, size, &f, err, sizeof err) != 0)
-        fail_msg("gguf_open_memory: %s", err);
-    if (tokenizer_build(&t, f, err, sizeof err) != 0)
-        fail_msg("tokenizer_build: %s", err);
-    gguf_close(f);
-    free(img);
+    tokenizer *t = tmodel_tokenizer(g, err, sizeof err);
+    if (!t)
+        fail_msg("tokenizer: %s", err);
     return t;
 }
 
@@ -672,18 +665,10 @@ static tokenizer *build_gpt2(const char *chat_template)
     tgguf_kv_bool(g, "tokenizer.ggml.add_bos_token", 1);
     if (chat_template)
         tgguf_kv_str(g, "tokenizer.chat_template", chat_template);
-    size_t size;
-    void *img = tgguf_image(g, &size);
-    tgguf_free(g);
-    gguf_file *f = NULL;
-    tokenizer *t = NULL;
     char err[256] = "";
-    if (gguf_open_memory(img, size, &f, err, sizeof err) != 0)
-        fail_msg("gguf_open_memory: %s", err);
-    if (tokenizer_build(&t, f, err, sizeof err) != 0)
-        fail_msg("tokenizer_build: %s", err);
-    gguf_close(f);
-    free(img);
+    tokenizer *t = tmodel_tokenizer(g, err, sizeof err);
+    if (!t)
+        fail_msg("tokenizer: %s", err);
     return t;
 }
 

@@ -12,6 +12,7 @@
 
 #include "format/gguf.h"
 #include "testutil_gguf.h"
+#include "text/tokenizer.h"
 
 /* ------------------------------------------------------------------ rng */
 
@@ -513,4 +514,18 @@ void tref_head_of_embedding(const tref_model *r, int32_t token, float *logits)
         x[i] = r->tok_embd[(size_t)token * r->dim + i];
     ref_head(r, x, logits);
     free(x);
+}
+
+tokenizer *tmodel_tokenizer(tgguf *g, char *err, size_t errlen)
+{
+    size_t size;
+    void *img = tgguf_image(g, &size);
+    tgguf_free(g);
+    gguf_file *f = NULL;
+    tokenizer *t = NULL;
+    if (gguf_open_memory(img, size, &f, err, errlen) == 0 && tokenizer_build(&t, f, err, errlen) != 0)
+        t = NULL;
+    gguf_close(f);
+    free(img);
+    return t;
 }

@@ -94,6 +94,12 @@ void tref_forward(const tref_model *r, const int32_t *tokens, int32_t n,
  * head(rmsnorm(embedding[token])). */
 void tref_head_of_embedding(const tref_model *r, int32_t token, float *logits);
 
+/* The tokenizer of an in-memory GGUF built with testutil_gguf.h (consumes
+ * and frees g). Returns NULL with err when it does not open or build. */
+struct tgguf;
+struct tokenizer;
+struct tokenizer *tmodel_tokenizer(struct tgguf *g, char *err, size_t errlen);
+
 /* Deterministic pseudo-random helpers shared by the tests. */
 uint64_t tmodel_rng(uint64_t *state);
 float tmodel_rngf(uint64_t *state);          /* [0, 1) */
