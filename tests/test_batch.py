@@ -198,7 +198,7 @@ def test_kill_and_resume(model, tmp):
           all(got[k][0][1] == want[k][0][1] for k in want if k in got))
     # SIGTERM: finish in flight, exit 0; a rerun completes the rest
     out2 = os.path.join(tmp, "term.out")
-    p = subprocess.Popen(args[:6] + [out2] + args[7:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    p = subprocess.Popen(args[:7] + [out2] + args[8:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     wait_lines(out2, 3, p)
     p.send_signal(signal.SIGTERM)
     _, e = p.communicate(timeout=300)

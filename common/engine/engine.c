@@ -244,6 +244,10 @@ int engine_init(engine **out, const model *m, const engine_params *p, char *err,
     /* a pass holds every live sequence's block and a verification needs
      * k + 1 rows, so never fewer than max_seqs or max_draft + 1 tokens */
     int32_t need = p->max_seqs > p->sp.max_draft + 1 ? p->max_seqs : p->sp.max_draft + 1;
+    /* forced speculation: every sequence's full block in one pass, so that a
+     * sequence's draft length never depends on what else is in the batch */
+    if (p->mode == ENGINE_SPEC && p->ss)
+        need = p->max_seqs * (p->sp.max_draft + 1);
     if (e->p.max_batch_tokens < need)
         e->p.max_batch_tokens = need;
     fwd_state_init(&e->fs, &m->config, e->p.max_batch_tokens, p->ctx + SPEC_MAX_DRAFT + 2);
