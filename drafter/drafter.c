@@ -414,17 +414,10 @@ static int setup(drafter *D, const Selfspec__Setup *s, char *err, size_t errlen)
         return -1;
     close(s->weights_fd);   /* mapped: the inherited descriptors are no longer needed */
     close(s->kv_fd);
-    if (!strcmp(s->skip_path, "none") || !s->skip_path[0])
-        skipset_init(&D->ss, c->n_layers);
-    else if (skipset_load(&D->ss, s->skip_path, c, err, errlen) != 0)
+    /* the verifier's choice, by the same function: "none" or the path, and its --draft-head */
+    if (skipset_choose(&D->ss, s->skip_path[0] ? s->skip_path : "none", (int32_t)s->draft_head, "", c, err,
+                       errlen) != 0)
         return -1;
-    if (s->draft_head == 0) {                     /* as the verifier's --draft-head */
-        free(D->ss.head_tokens);
-        D->ss.head_tokens = NULL;
-        D->ss.n_head_tokens = 0;
-    } else if (s->draft_head > 0 && s->draft_head < D->ss.n_head_tokens) {
-        D->ss.n_head_tokens = s->draft_head;
-    }
     if (spec_drafter_init(&D->d, &D->m, &D->ss, D->max_draft, err, errlen) != 0)
         return -1;
     /* scratch for block n (K+1 positions) and the speculative block n+1 */

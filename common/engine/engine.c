@@ -203,9 +203,10 @@ static int calibrate(engine *e, char *err, size_t errlen)
                 cost_add(e->full_s, e->full_n, T, util_now() - t0);
         }
         if (e->can_draft && T <= e->p.max_seqs && rc == 0) {
-            /* T one-token draft sequences sharing the throwaway cache */
+            /* T one-token draft sequences sharing the throwaway cache, each
+             * at its own position (no two write the same KV row) */
             for (int32_t i = 0; i < T; i++)
-                e->batch[i] = (fwd_seq){.tokens = &toks[i], .n_tokens = 1, .pos = 0, .kv = &kv,
+                e->batch[i] = (fwd_seq){.tokens = &toks[i], .n_tokens = 1, .pos = i, .kv = &kv,
                                         .logits_from = 0};
             for (int rep = 0; rep < 3 && rc == 0; rep++) {
                 double t0 = util_now();
