@@ -155,6 +155,7 @@ static int parse_generate(int argc, char **argv, gen_opts *o)
     o->mode = "self-spec";
     pipe_params_default(&o->pl);
     o->device = -1;
+    o->draft_head = -1;   /* the config's head (before, an unset 0 meant the full head) */
     spec_params_default(&o->sp);
     optind = 1;
     while ((c = getopt_long(argc, argv, "m:p:f:n:t:c:h", longopts, NULL)) != -1) {
