@@ -45,6 +45,9 @@ typedef struct {
 } ewait;
 
 #define COST_MAX_T 1024
+#define RATE_BUCKETS 12
+#define RATE_MIN_SAMPLES 4       /* steps of each kind before measurements overrule */
+#define RATE_EXPLORE 64          /* try the other choice again after this many steps */
 
 struct engine {
     const model *m;
@@ -68,6 +71,15 @@ struct engine {
     /* cost model: seconds of a full pass of T tokens, of a draft pass of n */
     double full_s[COST_MAX_T + 1], draft_s[COST_MAX_T + 1];
     uint8_t full_n[COST_MAX_T + 1], draft_n[COST_MAX_T + 1];
+    /* what speculation really delivered: tokens emitted per second of pure
+     * decode steps, [0] plain and [1] speculating, by log2 of the number of
+     * policy sequences; the policy's prediction is overruled by these */
+    double rate[2][RATE_BUCKETS];
+    uint32_t rate_n[2][RATE_BUCKETS];
+    uint32_t since_other[RATE_BUCKETS];   /* steps since the other choice was tried */
+    int32_t step_bucket;                  /* this step: the bucket, or -1 (not pure decode) */
+    int32_t step_n;                       /* ... its policy sequences */
+    int step_spec;
     engine_totals tot;
 };
 
@@ -419,11 +431,13 @@ static int admit(engine *e, char *err, size_t errlen)
 static void plan_drafts(engine *e)
 {
     int32_t n_policy = 0, t_other = 0;
+    int any_prefill = 0;
     double alpha_sum = 0;
     for (int32_t i = 0; i < e->p.max_seqs; i++) {
         eseq *s = &e->seqs[i];
         if (s->state == SEQ_PREFILL) {
             t_other += s->n_prompt - s->n_prefilled;   /* an upper bound of its chunk */
+            any_prefill = 1;
             continue;
         }
         if (s->state != SEQ_DECODE)
@@ -445,6 +459,24 @@ static void plan_drafts(engine *e)
     if (n_policy == 0)
         return;
     int32_t k = engine_policy_k(e, n_policy, (float)(alpha_sum / n_policy), t_other);
+    /* measured goodput overrules the prediction once both choices have been
+     * seen at this batch size; the other choice is retried now and then */
+    int32_t b = 0;
+    while (b + 1 < RATE_BUCKETS && (1 << (b + 1)) <= n_policy)
+        b++;
+    if (e->rate_n[0][b] >= RATE_MIN_SAMPLES && e->rate_n[1][b] >= RATE_MIN_SAMPLES) {
+        int spec_pays = e->rate[1][b] > 1.02 * e->rate[0][b];
+        int explore = ++e->since_other[b] >= RATE_EXPLORE;
+        if (k > 0 && !spec_pays && !explore)
+            k = 0;
+        else if (k > 0 && spec_pays && explore)
+            k = 0;   /* refresh the plain figure */
+        if (explore)
+            e->since_other[b] = 0;
+    }
+    e->step_bucket = any_prefill ? -1 : b;   /* steps with prompt chunks are not compared */
+    e->step_n = n_policy;
+    e->step_spec = k > 0;
     for (int32_t i = 0; i < e->p.max_seqs; i++) {
         eseq *s = &e->seqs[i];
         if (s->state == SEQ_DECODE && s->spec_mode == 1 && s->k_max > k)
@@ -559,6 +591,8 @@ int engine_step(engine *e, char *err, size_t errlen)
         return -1;
     if (e->n_live == 0)
         return engine_pending(e);
+    e->step_bucket = -1;
+    double t_step = util_now();
     plan_drafts(e);
     if (e->can_draft && draft(e, err, errlen) != 0)
         return -1;
@@ -612,6 +646,7 @@ int engine_step(engine *e, char *err, size_t errlen)
     e->tot.spec_steps += any_draft;
     /* acceptance and emission, in batch order */
     const int32_t V = e->m->config.vocab_size;
+    int64_t emitted = 0;
     float *row = e->logits;
     for (int j = 0; j < n; j++) {
         eseq *s = &e->seqs[e->bseq[j]];
@@ -637,6 +672,7 @@ int engine_step(engine *e, char *err, size_t errlen)
             next = sampler_sample(&s->smp, row);   /* a plain step, as gen_plain */
         }
         row += (size_t)(1 + s->blk.n) * V;
+        emitted += acc + 1;
         s->res.verifications++;
         record(e, s, acc);
         s->kv.len += acc + 1;
@@ -646,6 +682,14 @@ int engine_step(engine *e, char *err, size_t errlen)
         s->cur = next;
         if (done)
             finish(e, s);
+    }
+    if (e->step_bucket >= 0 && e->step_n > 0) {   /* what this choice delivered, per sequence */
+        int c = e->step_spec, b = e->step_bucket;
+        double r = emitted / (util_now() - t_step) / e->step_n;
+        double w = e->rate_n[c][b] < RATE_MIN_SAMPLES ? 1.0 / (e->rate_n[c][b] + 1) : 0.1;
+        e->rate[c][b] = e->rate_n[c][b] ? (1 - w) * e->rate[c][b] + w * r : r;
+        if (e->rate_n[c][b] < UINT32_MAX)
+            e->rate_n[c][b]++;
     }
     return engine_pending(e);
 }
