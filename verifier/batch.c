@@ -495,6 +495,16 @@ static int run_batch(batch_opts *o)
         if (c > 0 && !o->quiet)
             fprintf(stderr, "selfspec: %s; decoding plainly\n", err);
     }
+    if (have_ss && o->ep.mode == ENGINE_AUTO && !o->skip && !skipset_pays(&ss)) {
+        /* as generate: where the set's own search measured speculation
+         * slower than plain decoding, auto starts from that measurement */
+        if (!o->quiet)
+            fprintf(stderr, "batch: the skip set in %s measured %.2fx plain decoding on the machine it was searched "
+                    "on; --mode auto decodes plainly (--mode self-spec forces speculation)\n", ss.source,
+                    ss.speedup);
+        skipset_free(&ss);
+        have_ss = 0;
+    }
     o->ep.ss = have_ss ? &ss : NULL;
     if (engine_init(&e, &m, &o->ep, err, sizeof err) != 0) {
         fprintf(stderr, "selfspec: %s\n", err);

@@ -464,7 +464,10 @@ static void plan_drafts(engine *e)
     int32_t b = 0;
     while (b + 1 < RATE_BUCKETS && (1 << (b + 1)) <= n_policy)
         b++;
-    if (e->rate_n[0][b] >= RATE_MIN_SAMPLES && e->rate_n[1][b] >= RATE_MIN_SAMPLES) {
+    if (k > 0 && e->rate_n[0][b] < RATE_MIN_SAMPLES && !any_prefill) {
+        if (++e->since_other[b] % 2 == 0)
+            k = 0;   /* the prediction says speculate: measure plain steps here too */
+    } else if (e->rate_n[0][b] >= RATE_MIN_SAMPLES && e->rate_n[1][b] >= RATE_MIN_SAMPLES) {
         int spec_pays = e->rate[1][b] > 1.02 * e->rate[0][b];
         int explore = ++e->since_other[b] >= RATE_EXPLORE;
         if (k > 0 && !spec_pays && !explore)
