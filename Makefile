@@ -28,6 +28,8 @@ TCFLAGS := $(TCFLAGS_NOARCH) $(ARCH)
 V3ARCH  := -march=x86-64-v3
 LIBS    := -lopenblas -lutf8proc -lcjson -lzmq -lprotobuf-c -lm -lpthread -lrt
 MODEL   ?= models/SmolLM2-135M-Instruct.Q4_1.gguf
+MODELS  ?= smollm2
+QWEN    ?= models/Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf
 
 LAYERS     := util format kernels model text decode tune ipc api engine
 COMMON_SRC := $(wildcard $(patsubst %,common/%/*.c,$(LAYERS)))
@@ -69,7 +71,7 @@ TEST_SUPPORT_V3  := $(patsubst %.c,$(BUILD)/tst-v3/%.o,$(TEST_SUPPORT))
 all: $(BIN)/selfspec $(BIN)/selfspec-drafter
 
 setup:
-	@scripts/setup.sh
+	@MODELS="$(MODELS)" scripts/setup.sh
 
 run: setup all
 	$(BIN)/selfspec generate --chat --stats -n 128 -p "Explain in three sentences why the sky is blue."
