@@ -798,6 +798,26 @@ static void logits_project(const qmat *head, fwd_state *s, int32_t n_out, int32_
     }
 }
 
+static size_t qmat_bytes_of(const qmat *W)
+{
+    return qmat_q_bytes(W->rows, W->cols) + 2 * qmat_dm_bytes(W->rows, W->cols);
+}
+
+size_t model_step_bytes(const model *m, const layer_mask *mask, const qmat *head)
+{
+    const model_config *c = &m->config;
+    size_t vec = (size_t)c->dim * sizeof(float), bias = (size_t)(c->dim + 2 * c->kv_dim) * sizeof(float);
+    size_t n = qmat_bytes_of(head ? head : &m->w.output) + vec;
+    for (int32_t l = 0; l < c->n_layers; l++) {
+        const layer_weights *L = &m->w.layers[l];
+        if (!mask || mask->attn[l])
+            n += vec + qmat_bytes_of(&L->wqkv) + qmat_bytes_of(&L->wo) + (L->bqkv ? bias : 0);
+        if (!mask || mask->mlp[l])
+            n += vec + qmat_bytes_of(&L->w_gate_up) + qmat_bytes_of(&L->w_down);
+    }
+    return n;
+}
+
 /* Validate the batch and flatten it into per-token (seq, pos). */
 int model_check_block(const model_config *c, int i, const int32_t *tokens, int32_t n_tokens, int32_t pos,
                       int32_t logits_from, int32_t kv_cap, int32_t scratch_cap, int32_t scratch_base,

@@ -210,6 +210,11 @@ int model_check_block(const model_config *c, int i, const int32_t *tokens, int32
                       int32_t logits_from, int32_t kv_cap, int32_t scratch_cap, int32_t scratch_base,
                       int32_t ctx_cap, char *err, size_t errlen);
 
+/* Weight bytes one forward pass streams (whatever its token count): the
+ * matrices and vectors of every computed sublayer under mask (NULL: all)
+ * and the logits head (NULL: the model's own), not the embedding rows. */
+size_t model_step_bytes(const model *m, const layer_mask *mask, const qmat *head);
+
 /*
  * Run the model over a batch of n_seqs sequence blocks.
  *   mask:   NULL for the full model, else which sublayers to compute.
