@@ -165,7 +165,7 @@ $(BUILD)/e2e/test_fixtures: $(BUILD)/rel/tests/test_fixtures.o $(BUILD)/libselfs
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $^ $(LIBS) -lcmocka -o $@
 
-test-qwen: all $(BUILD)/test/test_tokenizer $(BUILD)/e2e/test_fixtures
+test-qwen: all $(BUILD)/test/test_tokenizer $(BUILD)/e2e/test_fixtures $(BUILD)/e2e/e2e_selfspec
 	@if [ ! -f $(QWEN) ]; then \
 	    echo "== SKIPPING the Qwen2.5-Coder-1.5B checks: $(QWEN) not fetched (make setup MODELS=\"smollm2 qwen\")"; \
 	else set -e; \
@@ -173,6 +173,8 @@ test-qwen: all $(BUILD)/test/test_tokenizer $(BUILD)/e2e/test_fixtures
 	    SELFSPEC_MODEL=$(QWEN) SELFSPEC_TOKEN_FIXTURE=tests/fixtures/qwen_tokens.json $(BUILD)/test/test_tokenizer; \
 	    echo "== Qwen logits and greedy vs llama.cpp"; \
 	    SELFSPEC_MODEL=$(QWEN) SELFSPEC_LOGIT_FIXTURE=tests/fixtures/qwen_logits.json $(BUILD)/e2e/test_fixtures; \
+	    echo "== Qwen greedy self-spec == plain (3 prompts x 48 tokens, extreme sets on 2)"; \
+	    SELFSPEC_MODEL=$(QWEN) E2E_PROMPTS=3 E2E_EXTREME_PROMPTS=2 E2E_NEW=48 $(BUILD)/e2e/e2e_selfspec; \
 	fi
 
 # Each fuzzer links the layers it exercises, nothing above them: the GGUF
