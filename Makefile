@@ -173,8 +173,8 @@ test-qwen: all $(BUILD)/test/test_tokenizer $(BUILD)/e2e/test_fixtures $(BUILD)/
 	    SELFSPEC_MODEL=$(QWEN) SELFSPEC_TOKEN_FIXTURE=tests/fixtures/qwen_tokens.json $(BUILD)/test/test_tokenizer; \
 	    echo "== Qwen logits and greedy vs llama.cpp"; \
 	    SELFSPEC_MODEL=$(QWEN) SELFSPEC_LOGIT_FIXTURE=tests/fixtures/qwen_logits.json $(BUILD)/e2e/test_fixtures; \
-	    echo "== Qwen greedy self-spec == plain (3 prompts x 48 tokens, extreme sets on 2)"; \
-	    SELFSPEC_MODEL=$(QWEN) E2E_PROMPTS=3 E2E_EXTREME_PROMPTS=2 E2E_NEW=48 $(BUILD)/e2e/e2e_selfspec; \
+	    echo "== Qwen greedy self-spec == plain (2 prompts x 32 tokens, extreme sets on 1)"; \
+	    SELFSPEC_MODEL=$(QWEN) E2E_PROMPTS=2 E2E_EXTREME_PROMPTS=1 E2E_NEW=32 $(BUILD)/e2e/e2e_selfspec; \
 	fi
 
 # Each fuzzer links the layers it exercises, nothing above them: the GGUF
