@@ -1,18 +1,21 @@
 /*
- * qmat.c - U8A weight matrices: packing, quantization and the products
- * X . W^T (see qmat.h for the format and the exactness argument).
+ * qmat.c - U8A weight matrices (8-bit levels, or packed 4-bit levels for
+ * 4-bit sources): packing, quantization and the products X . W^T (see
+ * qmat.h for the format and the exactness argument).
  *
  * One kernel for every block size, in three builds chosen at compile time:
- * AVX512-VNNI (vpdpbusd), AVX2 (vpmaddubsw + vpmaddwd, sequences chosen per
- * weight block so that no int16 saturates) and a portable loop. All three
- * compute the exact integer dot product of each 32-column block and then
- * the same float operations in the same order (block 0, 1, ... of one row
- * and one token), so they give the same bits as each other and, above all,
- * the same bits for a token whatever else is in its block. The activation
- * quantization likewise has AVX512, AVX2 and scalar forms giving equal bytes.
- * qmat_matmul_blas (dequantize + sgemm) is not on any forward path: its
- * float sums come out in an order that depends on T; it is kept for
- * scripts/bench_kernels.c and for a tolerance test.
+ * AVX512-VNNI (vpdpbusd), AVX2 (vpmaddubsw + vpmaddwd, the sequence chosen
+ * once per matrix from its tier so that no int16 saturates) and a portable
+ * loop. All three compute the exact integer dot product of each 32-column
+ * block and then the same float operations in the same order (block 0, 1,
+ * ... of one row and one token), so they give the same bits as each other,
+ * the two storage forms of one matrix give the same bits, and above all a
+ * token gets the same bits whatever else is in its block. The activation
+ * quantization likewise has AVX512, AVX2 and scalar forms giving equal
+ * bytes, and quantizes each token from its own row only (so the threads may
+ * share it). qmat_matmul_blas (dequantize + sgemm) is not on any forward
+ * path: its float sums come out in an order that depends on T; it is kept
+ * for scripts/bench_kernels.c and for a tolerance test.
  */
 #include "kernels/qmat.h"
 
@@ -35,6 +38,7 @@
 
 #define QMAT_VNNI_TILE 8  /* tokens sharing one pass over a weight panel (VNNI) */
 #define QMAT_PANEL 128   /* rows dequantized per BLAS call (multiple of 16) */
+#define QMAT_PAR_QUANT_T 16  /* from this many tokens on, the threads share the quantization */
 #define GROUP_BYTES (QMAT_ROWS * QMAT_BLOCK)   /* q bytes of one block of a group, U8 */
 #define GROUP_BYTES_U4 (GROUP_BYTES / 2)       /* the same, U4 */
 
@@ -297,19 +301,33 @@ static inline void quantize_block(const float *x, int8_t *q, float *sx, float *s
     *isum = sum;
 }
 
-static act_q quantize_acts(const float *X, int ldx, int T, int32_t cols, void *scratch)
+/* The scratch laid out for T tokens of cols inputs (qmat_scratch_bytes). */
+static act_q act_layout(int T, int32_t cols, void *scratch)
 {
     int32_t nb = cols / QMAT_BLOCK;
     size_t xq_bytes = ((size_t)T * cols + 63) & ~(size_t)63;
     act_q a = {scratch, (float *)((char *)scratch + xq_bytes), NULL, NULL};
     a.sxs = a.sx + (size_t)T * nb;
     a.isum = (int32_t *)(a.sxs + (size_t)T * nb);
+    return a;
+}
+
+/* Quantize token t (row t of X) into a: depends on that row only. */
+static void quantize_token(const act_q *a, const float *X, int ldx, int t, int32_t cols)
+{
+    int32_t nb = cols / QMAT_BLOCK;
+    for (int32_t b = 0; b < nb; b++) {
+        size_t i = (size_t)t * nb + b;
+        quantize_block(X + (size_t)t * ldx + b * QMAT_BLOCK, a->xq + (size_t)t * cols + b * QMAT_BLOCK,
+                       &a->sx[i], &a->sxs[i], &a->isum[i]);
+    }
+}
+
+static act_q quantize_acts(const float *X, int ldx, int T, int32_t cols, void *scratch)
+{
+    act_q a = act_layout(T, cols, scratch);
     for (int t = 0; t < T; t++)
-        for (int32_t b = 0; b < nb; b++) {
-            size_t i = (size_t)t * nb + b;
-            quantize_block(X + (size_t)t * ldx + b * QMAT_BLOCK, a.xq + (size_t)t * cols + b * QMAT_BLOCK,
-                           &a.sx[i], &a.sxs[i], &a.isum[i]);
-        }
+        quantize_token(&a, X, ldx, t, cols);
     return a;
 }
 
@@ -450,6 +468,9 @@ static tiles_fn pick_tiles(const qmat *W)
 _Static_assert(8 * 2 * 15 * 127 <= 32767 && 2 * 128 * 127 <= 32767, "no int16 saturation in the AVX2 kernel");
 
 #define QMAT_AVX2_TILE 2   /* most tokens in one pass */
+#ifndef QMAT_PF_MIN_T
+#define QMAT_PF_MIN_T 3    /* prefetch the next group from this many tokens on */
+#endif
 
 /* 4 activation bytes as one int32 (to broadcast). */
 static inline int32_t load4(const int8_t *p)
@@ -493,10 +514,14 @@ quad_step(__m256i wv, int c, int hh, const int8_t *const *xb, __m256i (*ia)[2], 
     }
 }
 
-/* Tokens t0..t0+NT-1 against half groups h0..h0+NH-1 of group g. */
+/* Tokens t0..t0+NT-1 against half groups h0..h0+NH-1 of group g. With
+ * npf > 0 it also prefetches group g + 1's weights into the cache: the
+ * blocks b with b % npf == ipf (each of a group's npf passes takes its
+ * share). The hardware prefetcher follows demand misses only, and the
+ * passes after the first over a group make none. */
 static inline __attribute__((always_inline)) void
 group_pass(const qmat *W, int32_t g, const act_q *a, int32_t t0, float *Y, int ldy, const int NT,
-           const int h0, const int NH, const int32_t fmt, const int32_t tier)
+           const int h0, const int NH, const int32_t fmt, const int32_t tier, int ipf, int npf)
 {
     int32_t nb = W->cols / QMAT_BLOCK;
     size_t bbytes = fmt == QMAT_U4 ? GROUP_BYTES_U4 : GROUP_BYTES;
@@ -517,6 +542,13 @@ group_pass(const qmat *W, int32_t g, const act_q *a, int32_t t0, float *Y, int l
     }
     for (int32_t b = 0; b < nb; b++) {
         const uint8_t *qb = qg + (size_t)b * bbytes;
+        if (npf > 0 && b % npf == ipf) {   /* the same block of the next group: nb * bbytes further */
+            const char *nq = (const char *)(qb + (size_t)nb * bbytes);
+            for (size_t o = 0; o < bbytes; o += 64)
+                _mm_prefetch(nq + o, _MM_HINT_T0);
+            _mm_prefetch((const char *)(dg + (size_t)(nb + b) * QMAT_ROWS), _MM_HINT_T0);
+            _mm_prefetch((const char *)(mg + (size_t)(nb + b) * QMAT_ROWS), _MM_HINT_T0);
+        }
         __m256i ia[QMAT_AVX2_TILE][2];
         for (int j = 0; j < NT; j++)
             for (int hh = 0; hh < NH; hh++)
@@ -567,11 +599,11 @@ static inline __attribute__((always_inline)) void
 group_tiles_avx2(const qmat *W, int32_t g, const act_q *a, int T, float *Y, int ldy, const int32_t fmt,
                  const int32_t tier)
 {
-    int t0 = 0;
+    int t0 = 0, npf = g + 1 < W->rows / QMAT_ROWS && T >= QMAT_PF_MIN_T ? (T + 1) / 2 : 0;
     for (; t0 + 2 <= T; t0 += 2)
-        group_pass(W, g, a, t0, Y, ldy, 2, 0, 2, fmt, tier);
+        group_pass(W, g, a, t0, Y, ldy, 2, 0, 2, fmt, tier, t0 / 2, npf);
     if (t0 < T)
-        group_pass(W, g, a, t0, Y, ldy, 1, 0, 2, fmt, tier);
+        group_pass(W, g, a, t0, Y, ldy, 1, 0, 2, fmt, tier, t0 / 2, npf);
 }
 
 static void group_tiles_u4(const qmat *W, int32_t g, const act_q *a, int T, float *Y, int ldy)
@@ -623,12 +655,26 @@ void qmat_matmul(const qmat *W, const float *X, int ldx, int T, float *Y, int ld
     assert(W->fmt == QMAT_U8 || W->fmt == QMAT_U4);
     if (T <= 0)
         return;
-    act_q a = quantize_acts(X, ldx, T, W->cols, scratch);
     int32_t groups = W->rows / QMAT_ROWS;
     tiles_fn tiles = pick_tiles(W);
-    #pragma omp parallel for schedule(static) if (!omp_in_parallel())
-    for (int32_t g = 0; g < groups; g++)
-        tiles(W, g, &a, T, Y, ldy);
+    if (T < QMAT_PAR_QUANT_T) {   /* quantizing a few tokens costs less than a barrier */
+        act_q a = quantize_acts(X, ldx, T, W->cols, scratch);
+        #pragma omp parallel for schedule(static) if (!omp_in_parallel())
+        for (int32_t g = 0; g < groups; g++)
+            tiles(W, g, &a, T, Y, ldy);
+        return;
+    }
+    act_q a = act_layout(T, W->cols, scratch);
+    #pragma omp parallel if (!omp_in_parallel())
+    {
+        #pragma omp for schedule(static)
+        for (int t = 0; t < T; t++)
+            quantize_token(&a, X, ldx, t, W->cols);
+        /* (the implied barrier: every token is quantized before any product) */
+        #pragma omp for schedule(static)
+        for (int32_t g = 0; g < groups; g++)
+            tiles(W, g, &a, T, Y, ldy);
+    }
 }
 
 void qmat_matmul_portable(const qmat *W, const float *X, int ldx, int T, float *Y, int ldy, void *scratch)
