@@ -471,6 +471,9 @@ _Static_assert(8 * 2 * 15 * 127 <= 32767 && 2 * 128 * 127 <= 32767, "no int16 sa
 #ifndef QMAT_PF_MIN_T
 #define QMAT_PF_MIN_T 3    /* prefetch the next group from this many tokens on */
 #endif
+#ifndef QMAT_PF_HINT
+#define QMAT_PF_HINT _MM_HINT_T0
+#endif
 
 /* 4 activation bytes as one int32 (to broadcast). */
 static inline int32_t load4(const int8_t *p)
@@ -545,9 +548,9 @@ group_pass(const qmat *W, int32_t g, const act_q *a, int32_t t0, float *Y, int l
         if (npf > 0 && b % npf == ipf) {   /* the same block of the next group: nb * bbytes further */
             const char *nq = (const char *)(qb + (size_t)nb * bbytes);
             for (size_t o = 0; o < bbytes; o += 64)
-                _mm_prefetch(nq + o, _MM_HINT_T0);
-            _mm_prefetch((const char *)(dg + (size_t)(nb + b) * QMAT_ROWS), _MM_HINT_T0);
-            _mm_prefetch((const char *)(mg + (size_t)(nb + b) * QMAT_ROWS), _MM_HINT_T0);
+                _mm_prefetch(nq + o, QMAT_PF_HINT);
+            _mm_prefetch((const char *)(dg + (size_t)(nb + b) * QMAT_ROWS), QMAT_PF_HINT);
+            _mm_prefetch((const char *)(mg + (size_t)(nb + b) * QMAT_ROWS), QMAT_PF_HINT);
         }
         __m256i ia[QMAT_AVX2_TILE][2];
         for (int j = 0; j < NT; j++)
@@ -657,9 +660,16 @@ void qmat_matmul(const qmat *W, const float *X, int ldx, int T, float *Y, int ld
         return;
     int32_t groups = W->rows / QMAT_ROWS;
     tiles_fn tiles = pick_tiles(W);
+    /* Groups are handed out in contiguous chunks, about 8 per thread: a
+     * thread that runs late (a busy machine) leaves its chunks to the other,
+     * and each thread still streams runs of consecutive groups (what the
+     * next-group prefetch assumes). Which thread computes a group does not
+     * change its bits. */
+    int chunk = groups / (8 * (omp_in_parallel() ? 1 : omp_get_max_threads()));
+    chunk = chunk < 1 ? 1 : chunk;
     if (T < QMAT_PAR_QUANT_T) {   /* quantizing a few tokens costs less than a barrier */
         act_q a = quantize_acts(X, ldx, T, W->cols, scratch);
-        #pragma omp parallel for schedule(static) if (!omp_in_parallel())
+        #pragma omp parallel for schedule(dynamic, chunk) if (!omp_in_parallel())
         for (int32_t g = 0; g < groups; g++)
             tiles(W, g, &a, T, Y, ldy);
         return;
@@ -671,7 +681,7 @@ void qmat_matmul(const qmat *W, const float *X, int ldx, int T, float *Y, int ld
         for (int t = 0; t < T; t++)
             quantize_token(&a, X, ldx, t, W->cols);
         /* (the implied barrier: every token is quantized before any product) */
-        #pragma omp for schedule(static)
+        #pragma omp for schedule(dynamic, chunk)
         for (int32_t g = 0; g < groups; g++)
             tiles(W, g, &a, T, Y, ldy);
     }

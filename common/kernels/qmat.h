@@ -56,9 +56,9 @@
  * limit on T but the scratch size.
  * BLAS (dequantized panels + sgemm) sums floats in an order that depends on
  * T; it is on no forward path and kept only as qmat_matmul_blas.
- * Threads: qmat_matmul parallelizes over 16-row groups with OpenMP (static
- * partition; from 16 tokens on the threads also share the activation
- * quantization). Where the 4-bit form comes from: model.c stores a matrix
+ * Threads: qmat_matmul parallelizes over 16-row groups with OpenMP (dynamic
+ * chunks of consecutive groups, about 8 per thread; from 16 tokens on the
+ * threads also share the activation quantization). Where the 4-bit form comes from: model.c stores a matrix
  * as QMAT_U4 when all its GGUF sources are Q4_0 / Q4_1 (decided from the
  * tensor types, so sizing, filling and attaching agree); a Q4_K conversion
  * that keeps its 4-bit levels (exact: 6-bit sub-block scale and min times
