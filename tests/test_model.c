@@ -182,7 +182,8 @@ static void test_types_vs_reference(void **state)
             assert_int_equal(t.m.config.head_dim, sp.dim / sp.n_heads);
             assert_int_equal(t.m.config.vocab_size, sp.vocab);
             /* 4-bit sources are stored packed (qmat.h), everything else as bytes */
-            int32_t want_fmt = all_types[i] == GGUF_TT_Q4_0 || all_types[i] == GGUF_TT_Q4_1 ? QMAT_U4 : QMAT_U8;
+            int32_t want_fmt = all_types[i] == GGUF_TT_Q4_0 || all_types[i] == GGUF_TT_Q4_1 || all_types[i] == GGUF_TT_Q4_K
+                                   ? QMAT_U4 : QMAT_U8;
             for (int32_t l = 0; l < t.m.config.n_layers; l++) {
                 const layer_weights *L = &t.m.w.layers[l];
                 assert_int_equal(L->wqkv.fmt, want_fmt);

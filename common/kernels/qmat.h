@@ -15,7 +15,7 @@
  *  - QMAT_U8, one byte per level:
  *    q: uint8 (rows/16, cols/32, 8, 16, 4)  [group][block][col quad][row][col]
  *  - QMAT_U4, packed nibbles, for matrices whose levels are all <= 15 (every
- *    Q4_0 / Q4_1 source; half the bytes streamed per token):
+ *    Q4_0 / Q4_1 / Q4_K source; half the bytes streamed per token):
  *    q: uint8 (rows/16, cols/32, 4, 16, 4)  [group][block][col quad][row][col]
  *    where the low nibble is the level of column quad c (0..3) and the high
  *    nibble that of quad c + 4 (so columns j and j + 16 of a block share a
@@ -58,11 +58,11 @@
  * T; it is on no forward path and kept only as qmat_matmul_blas.
  * Threads: qmat_matmul parallelizes over 16-row groups with OpenMP (dynamic
  * chunks of consecutive groups, about 8 per thread; from 16 tokens on the
- * threads also share the activation quantization). Where the 4-bit form comes from: model.c stores a matrix
- * as QMAT_U4 when all its GGUF sources are Q4_0 / Q4_1 (decided from the
- * tensor types, so sizing, filling and attaching agree); a Q4_K conversion
- * that keeps its 4-bit levels (exact: 6-bit sub-block scale and min times
- * the f16 super-block d / dmin) can join there.
+ * threads also share the activation quantization).
+ * Where the 4-bit form comes from: model.c stores a matrix as QMAT_U4 when
+ * all its GGUF sources are Q4_0 / Q4_1 / Q4_K (converted to their own 4-bit
+ * levels exactly; decided from the tensor types, so that sizing, filling and
+ * attaching agree). VNNI builds use the same form (see above).
  */
 #ifndef SELFSPEC_QMAT_H
 #define SELFSPEC_QMAT_H

@@ -323,6 +323,12 @@ extern "C" cuda_model *cuda_model_load(const model *m, int device, char *err, si
     const model_config *c = &m->config;
     int tied = m->w.output.q == m->w.tok_embd.q;
     const layer_weights *L0 = &m->w.layers[0];
+    if (c->qkv_bias || c->rope_neox) {
+        /* not yet ported: the bias add and the NeoX pairing in k_rope_kv */
+        util_err(err, errlen, "the CUDA backend runs the 'llama' architecture only, not '%s' "
+                 "(Q/K/V biases, NeoX RoPE): use --device cpu", c->arch);
+        return NULL;
+    }
     if (L0->wqkv.rows != c->dim + 2 * c->kv_dim || L0->wqkv.cols != c->dim ||
         L0->w_gate_up.rows != 2 * c->hidden_dim || L0->w_down.cols != c->hidden_dim) {
         util_err(err, errlen, "unexpected weight shapes in the CPU model");
