@@ -181,6 +181,19 @@ static void test_types_vs_reference(void **state)
             assert_int_equal(t.m.config.n_kv_heads, sp.n_kv_heads);
             assert_int_equal(t.m.config.head_dim, sp.dim / sp.n_heads);
             assert_int_equal(t.m.config.vocab_size, sp.vocab);
+            /* 4-bit sources are stored packed (qmat.h), everything else as bytes */
+            int32_t want_fmt = all_types[i] == GGUF_TT_Q4_0 || all_types[i] == GGUF_TT_Q4_1 || all_types[i] == GGUF_TT_Q4_K
+                                   ? QMAT_U4 : QMAT_U8;
+            for (int32_t l = 0; l < t.m.config.n_layers; l++) {
+                const layer_weights *L = &t.m.w.layers[l];
+                assert_int_equal(L->wqkv.fmt, want_fmt);
+                assert_int_equal(L->wo.fmt, want_fmt);
+                assert_int_equal(L->w_gate_up.fmt, want_fmt);
+                assert_int_equal(L->w_down.fmt, want_fmt);
+                assert_int_equal(L->w_down.tier, want_fmt == QMAT_U4 ? QMAT_TIER_NIBBLE : QMAT_TIER_8BIT);
+            }
+            assert_int_equal(t.m.w.tok_embd.fmt, want_fmt);
+            assert_int_equal(t.m.w.output.fmt, want_fmt);
             float e_small = compare_to_reference(&t, 12, 77 + i, NULL, NULL);
             float e_long = compare_to_reference(&t, 40, 99 + i, NULL, NULL);
             printf("  %-5s %s: max |err| / max |logit| = %.4f (T=12), %.4f (T=40)\n",
@@ -343,7 +356,7 @@ static void test_block_bit_exact(void **state)
 static void check_matmul_rows(int max_level)
 {
     enum { ROWS = 80, COLS = 160, NTOK = 100, LDX = COLS + 8, LDY = ROWS + 16 };
-    qmat W = {ROWS, COLS, NULL, NULL, NULL};
+    qmat W = {.rows = ROWS, .cols = COLS};
     uint8_t *q = alignedCheck(qmat_q_bytes(ROWS, COLS));
     float *d = alignedCheck(qmat_dm_bytes(ROWS, COLS)), *m = alignedCheck(qmat_dm_bytes(ROWS, COLS));
     W.q = q, W.d = d, W.m = m;
@@ -361,6 +374,7 @@ static void check_matmul_rows(int max_level)
             lv[c] = (uint8_t)(lv[c] * max_level / 255);
         qmat_set_row(&W, r, lv, bd, bm);
     }
+    W.tier = qmat_scan_tier(&W);   /* the narrowest instruction sequence that is exact */
     float *X = alignedCheck((size_t)NTOK * LDX * sizeof(float));        /* (NTOK, LDX) */
     float *alone = alignedCheck((size_t)NTOK * ROWS * sizeof(float));   /* (NTOK, ROWS) */
     float *Y = alignedCheck((size_t)NTOK * LDY * sizeof(float));        /* (NTOK, LDY) */
@@ -941,13 +955,168 @@ static void test_shared_memory(void **state)
     unlink(path);
 }
 
+/* The forms and tiers of qmat.h: over random shapes (rows 16..112, cols
+ * 32..352), for each of
+ *   U8, no promise, levels 0..255      U8, tier 7BIT, levels <= 127
+ *   U8, no promise, levels <= 15       U8, tier NIBBLE, levels <= 15
+ *   U4 (packed), the same levels <= 15
+ * every T = 1..70 (odd and even, windows of 70 strided tokens) of
+ * qmat_matmul equals qmat_matmul_portable on all 70 tokens, bit for bit; the
+ * three matrices holding levels <= 15 give the same bits as each other; the
+ * U4 form reads back (qmat_get_row, qmat_dequant_row, qmat_gather) exactly
+ * as the U8 form; qmat_scan_tier finds each matrix's tier. */
+typedef struct {
+    qmat W;
+    uint8_t *q;
+    float *d, *m;
+} form_mat;
+
+static void form_alloc(form_mat *f, int32_t rows, int32_t cols, int32_t fmt, int32_t tier)
+{
+    memset(f, 0, sizeof *f);
+    f->W.rows = rows;
+    f->W.cols = cols;
+    f->W.fmt = fmt;
+    f->W.tier = tier;
+    f->q = alignedCheck(qmat_q_bytes_fmt(rows, cols, fmt));
+    f->d = alignedCheck(qmat_dm_bytes(rows, cols));
+    f->m = alignedCheck(qmat_dm_bytes(rows, cols));
+    f->W.q = f->q, f->W.d = f->d, f->W.m = f->m;
+}
+
+static void form_free(form_mat *f)
+{
+    free(f->q);
+    free(f->d);
+    free(f->m);
+}
+
+static uint64_t form_rng(uint64_t *x)
+{
+    *x = *x * 6364136223846793005ull + 1442695040888963407ull;
+    return *x >> 33;
+}
+
+static void test_matmul_forms_and_tiers(void **state)
+{
+    (void)state;
+    enum { NTOK = 70, NV = 5 };
+    static const int32_t fmt[NV] = {QMAT_U8, QMAT_U8, QMAT_U8, QMAT_U8, QMAT_U4};
+    static const int32_t tier[NV] = {QMAT_TIER_8BIT, QMAT_TIER_7BIT, QMAT_TIER_8BIT, QMAT_TIER_NIBBLE, QMAT_TIER_NIBBLE};
+    static const int maxl[NV] = {255, 127, 15, 15, 15};
+    static const int32_t scanned[NV] = {QMAT_TIER_8BIT, QMAT_TIER_7BIT, QMAT_TIER_NIBBLE, QMAT_TIER_NIBBLE, QMAT_TIER_NIBBLE};
+    uint64_t x = 2024;
+    for (int trial = 0; trial < 4; trial++) {
+        int32_t rows = 16 * (int32_t)(1 + form_rng(&x) % 7), cols = 32 * (int32_t)(1 + form_rng(&x) % 11);
+        if (trial == 0)
+            rows = 16, cols = 32;   /* the smallest matrix */
+        int32_t nb = cols / QMAT_BLOCK, ldx = cols + 5, ldy = rows + 3;
+        float *X = alignedCheck((size_t)NTOK * ldx * sizeof(float));   /* (NTOK, ldx) */
+        for (int i = 0; i < NTOK * ldx; i++) {
+            X[i] = (float)(form_rng(&x) % 20001) / 10000.0f - 1.0f;
+            if (form_rng(&x) % 61 == 0)
+                X[i] *= 40.0f;   /* outliers */
+            if (form_rng(&x) % 97 == 0)
+                X[i] = 0.0f;
+        }
+        for (int i = 0; i < cols; i++)   /* one all-zero token */
+            X[(size_t)3 * ldx + i] = 0.0f;
+        uint8_t *lv = mallocCheck((size_t)cols), *lv2 = mallocCheck((size_t)cols);
+        float *d = mallocCheck((size_t)nb * sizeof(float)), *m = mallocCheck((size_t)nb * sizeof(float));
+        float *d2 = mallocCheck((size_t)nb * sizeof(float)), *m2 = mallocCheck((size_t)nb * sizeof(float));
+        form_mat f[NV];
+        for (int v = 0; v < NV; v++)
+            form_alloc(&f[v], rows, cols, fmt[v], tier[v]);
+        uint64_t seed_nib = form_rng(&x);
+        for (int v = 0; v < NV; v++) {
+            /* variants 2..4 share their levels, d and m (the same matrix) */
+            uint64_t y = v >= 2 ? seed_nib : form_rng(&x);
+            for (int32_t r = 0; r < rows; r++) {
+                for (int32_t c = 0; c < cols; c++)
+                    lv[c] = (uint8_t)(form_rng(&y) % (uint64_t)(maxl[v] + 1));
+                if (r == 0)
+                    for (int32_t c = 0; c < cols; c++)
+                        lv[c] = (uint8_t)maxl[v];   /* the extreme level everywhere */
+                for (int32_t b = 0; b < nb; b++) {
+                    d[b] = ((float)(form_rng(&y) % 2001) - 1000.0f) * 1e-5f;
+                    m[b] = ((float)(form_rng(&y) % 2001) - 1000.0f) * 1e-3f;
+                }
+                qmat_set_row(&f[v].W, r, lv, d, m);
+            }
+            assert_int_equal(qmat_scan_tier(&f[v].W), scanned[v]);
+        }
+        /* U4 reads back as the U8 form of the same matrix */
+        for (int32_t r = 0; r < rows; r++) {
+            qmat_get_row(&f[3].W, r, lv, d, m);
+            qmat_get_row(&f[4].W, r, lv2, d2, m2);
+            assert_memory_equal(lv, lv2, (size_t)cols);
+            assert_memory_equal(d, d2, (size_t)nb * sizeof(float));
+            assert_memory_equal(m, m2, (size_t)nb * sizeof(float));
+            float *o1 = mallocCheck((size_t)cols * sizeof(float)), *o2 = mallocCheck((size_t)cols * sizeof(float));
+            qmat_dequant_row(&f[3].W, r, o1);
+            qmat_dequant_row(&f[4].W, r, o2);
+            assert_memory_equal(o1, o2, (size_t)cols * sizeof(float));
+            free(o1);
+            free(o2);
+        }
+        void *scratch = alignedCheck(qmat_scratch_bytes(cols, NTOK));
+        float *ref[NV];
+        float *Y = alignedCheck((size_t)NTOK * ldy * sizeof(float));   /* (NTOK, ldy) */
+        for (int v = 0; v < NV; v++) {
+            ref[v] = alignedCheck((size_t)NTOK * ldy * sizeof(float));
+            qmat_matmul_portable(&f[v].W, X, ldx, NTOK, ref[v], ldy, scratch);
+        }
+        for (int v = 3; v < NV; v++)
+            for (int t = 0; t < NTOK; t++)
+                if (memcmp(ref[v] + (size_t)t * ldy, ref[2] + (size_t)t * ldy, (size_t)rows * sizeof(float)) != 0)
+                    fail_msg("%dx%d: portable product of variant %d differs from the same matrix as U8", rows, cols, v);
+        for (int v = 0; v < NV; v++)
+            for (int T = 1; T <= NTOK; T++) {
+                int t0 = (int)(form_rng(&x) % (uint64_t)(NTOK - T + 1));
+                qmat_matmul(&f[v].W, X + (size_t)t0 * ldx, ldx, T, Y, ldy, scratch);
+                for (int t = 0; t < T; t++)
+                    if (memcmp(Y + (size_t)t * ldy, ref[v] + (size_t)(t0 + t) * ldy, (size_t)rows * sizeof(float)) != 0)
+                        fail_msg("%dx%d variant %d (fmt %d tier %d), T=%d: token %d differs from the portable kernel (max diff %g)",
+                                 rows, cols, v, fmt[v], tier[v], T, t0 + t,
+                                 max_abs_diff(Y + (size_t)t * ldy, ref[v] + (size_t)(t0 + t) * ldy, (size_t)rows));
+            }
+        /* gather keeps the form: rows reversed, then the product row by row */
+        int32_t *idx = mallocCheck((size_t)rows * sizeof(int32_t));
+        for (int32_t r = 0; r < rows; r++)
+            idx[r] = rows - 1 - r;
+        qmat gu;
+        assert_int_equal(qmat_gather(&f[4].W, idx, rows, &gu), 0);
+        assert_int_equal(gu.fmt, QMAT_U4);
+        assert_int_equal(gu.tier, QMAT_TIER_NIBBLE);
+        qmat_matmul(&gu, X, ldx, NTOK, Y, ldy, scratch);
+        for (int t = 0; t < NTOK; t++)
+            for (int32_t r = 0; r < rows; r++)
+                assert_memory_equal(&Y[(size_t)t * ldy + r], &ref[4][(size_t)t * ldy + rows - 1 - r], sizeof(float));
+        qmat_free_owned(&gu);
+        free(idx);
+        for (int v = 0; v < NV; v++) {
+            free(ref[v]);
+            form_free(&f[v]);
+        }
+        free(Y);
+        free(scratch);
+        free(lv);
+        free(lv2);
+        free(d);
+        free(m);
+        free(d2);
+        free(m2);
+        free(X);
+    }
+}
+
 /* The BLAS product (dequantized panels + sgemm, kept for benchmarks only)
  * agrees with the integer kernel within activation-quantization error. */
 static void test_blas_path_matches_kernel(void **state)
 {
     (void)state;
     int32_t rows = 48, cols = 96, T = 5;
-    qmat W = {rows, cols, NULL, NULL, NULL};
+    qmat W = {.rows = rows, .cols = cols};
     uint8_t *q = alignedCheck(qmat_q_bytes(rows, cols));   /* the kernel loads 64-byte aligned */
     float *d = alignedCheck(qmat_dm_bytes(rows, cols)), *m = alignedCheck(qmat_dm_bytes(rows, cols));
     W.q = q, W.d = d, W.m = m;
@@ -991,6 +1160,7 @@ int main(void)
         cmocka_unit_test(test_padded_vocab_and_mha),
         cmocka_unit_test(test_block_bit_exact),
         cmocka_unit_test(test_matmul_rows_independent_of_T),
+        cmocka_unit_test(test_matmul_forms_and_tiers),
         cmocka_unit_test(test_mask),
         cmocka_unit_test(test_draft_scratch),
         cmocka_unit_test(test_kv_truncate),

@@ -10,32 +10,59 @@
  * F32/F16/BF16/Q6_K are re-quantized to 256 levels per block of 32.
  *
  * Layout, chosen for the VNNI dot-product instruction (one 512-bit register
- * holds 4 consecutive columns of 16 consecutive rows):
- *   q: uint8 (rows/16, cols/32, 8, 16, 4)  [group][block][col quad][row][col]
+ * holds 4 consecutive columns of 16 consecutive rows), in one of two forms
+ * (qmat.fmt), the same in every build:
+ *  - QMAT_U8, one byte per level:
+ *    q: uint8 (rows/16, cols/32, 8, 16, 4)  [group][block][col quad][row][col]
+ *  - QMAT_U4, packed nibbles, for matrices whose levels are all <= 15 (every
+ *    Q4_0 / Q4_1 / Q4_K source; half the bytes streamed per token):
+ *    q: uint8 (rows/16, cols/32, 4, 16, 4)  [group][block][col quad][row][col]
+ *    where the low nibble is the level of column quad c (0..3) and the high
+ *    nibble that of quad c + 4 (so columns j and j + 16 of a block share a
+ *    byte, as in GGUF's Q4 blocks). Unpacking is one and / shift + and on
+ *    the register the U8 form would have loaded.
  *   d: float (rows/16, cols/32, 16)        [group][block][row]
  *   m: float (rows/16, cols/32, 16)
+ * qmat.tier promises a bound on every level of a U8 matrix (QMAT_TIER_8BIT,
+ * 0: none; QMAT_TIER_7BIT: <= 127; QMAT_TIER_NIBBLE: <= 15), so the AVX2
+ * kernel picks its instruction sequence once per matrix rather than per
+ * block; qmat_set_row asserts it. U4 matrices are nibble-tier by definition.
+ * A zero-initialized qmat is U8 with no promise: always correct.
  *
  * Products, Y(T, rows) = X(T, cols) . W^T, for every T (one token, a
  * verification block, a prompt chunk, many sequences batched): activations
  * are quantized per block of 32 to int8 (as llama.cpp does), and a
- * hand-written kernel streams each weight panel once per tile of 8 tokens
- * and applies it with integer dot products:
- *  - AVX512-VNNI builds: vpdpbusd;
+ * hand-written kernel streams each weight panel from memory once per call
+ * (tiles of tokens re-read it from cache) and applies it with integer dot
+ * products:
+ *  - AVX512-VNNI builds: vpdpbusd, tiles of 8 tokens, both forms (the U4
+ *    unpack there is written and compiled but NOT run on the development
+ *    machines, which lack AVX-512: see qmat.c);
  *  - AVX2 + FMA builds (x86-64-v3): vpmaddubsw + vpmaddwd, with no int16
- *    saturation (qmat.c says how);
+ *    saturation (qmat.c says how), tiles of at most 4 tokens x 8 rows (or
+ *    2 tokens x 16 rows) so that the accumulators fit 16 ymm registers;
  *  - anything else: a portable loop (qmat_matmul_portable, also exposed so
  *    tests can hold the vector kernels to it).
  * Each 32-column block's integer sum is exact whatever order it is added in
  * (and exact in float: |sum| < 2^24); the float combination of the blocks is
- * the same fixed sequence per (row, token) in all three. So a token's output
- * row does not depend on T or on the other tokens -- logits are
- * bit-identical whether a token is decoded alone, inside a verification
- * block or batched with other sequences, which is what makes
+ * the same fixed sequence per (row, token) in all three:
+ *   for b = 0, 1, ...: acc = fma((float)ia_b, d_b * sx_b, acc);
+ *                      acc = fma(m_b, sxs_b, acc)
+ * So a token's output row does not depend on T or on the other tokens --
+ * logits are bit-identical whether a token is decoded alone, inside a
+ * verification block or batched with other sequences, which is what makes
  * self-speculative output exactly plain greedy output -- and the three
- * builds agree bit for bit. There is no limit on T but the scratch size.
+ * builds, and the two forms of one matrix, agree bit for bit. There is no
+ * limit on T but the scratch size.
  * BLAS (dequantized panels + sgemm) sums floats in an order that depends on
  * T; it is on no forward path and kept only as qmat_matmul_blas.
- * Threads: qmat_matmul parallelizes over 16-row groups with OpenMP.
+ * Threads: qmat_matmul parallelizes over 16-row groups with OpenMP (dynamic
+ * chunks of consecutive groups, about 8 per thread; from 16 tokens on the
+ * threads also share the activation quantization).
+ * Where the 4-bit form comes from: model.c stores a matrix as QMAT_U4 when
+ * all its GGUF sources are Q4_0 / Q4_1 / Q4_K (converted to their own 4-bit
+ * levels exactly; decided from the tensor types, so that sizing, filling and
+ * attaching agree). VNNI builds use the same form (see above).
  */
 #ifndef SELFSPEC_QMAT_H
 #define SELFSPEC_QMAT_H
@@ -46,26 +73,39 @@
 #define QMAT_BLOCK 32
 #define QMAT_ROWS 16
 
+enum { QMAT_U8 = 0, QMAT_U4 = 1 };                                     /* qmat.fmt */
+enum { QMAT_TIER_8BIT = 0, QMAT_TIER_7BIT = 1, QMAT_TIER_NIBBLE = 2 };  /* qmat.tier */
+
 typedef struct {
     int32_t rows, cols;
     const uint8_t *q;
     const float *d;
     const float *m;
+    int32_t fmt;    /* QMAT_U8 or QMAT_U4 (sizes q; fixed before the arrays are filled) */
+    int32_t tier;   /* U8: a promised bound on every level (see above); U4: ignored */
 } qmat;
 
-/* Bytes of the q array, and of each of the d and m arrays. */
+/* Bytes of the q array (U8 form; qmat_q_bytes_fmt for either form), and of
+ * each of the d and m arrays. */
 size_t qmat_q_bytes(int32_t rows, int32_t cols);
+size_t qmat_q_bytes_fmt(int32_t rows, int32_t cols, int32_t fmt);
 size_t qmat_dm_bytes(int32_t rows, int32_t cols);
 
+/* The narrowest tier that holds every level of W (a scan of q): for callers
+ * that fill a U8 matrix with levels of unknown range and then promise it. */
+int32_t qmat_scan_tier(const qmat *W);
+
 /* Store row r of W (writable arrays) from 8-bit levels and per-block d, m:
- * levels (cols), d and m (cols/32). */
+ * levels (cols), d and m (cols/32). Every level must fit W->tier (<= 15 for
+ * U4; asserted). Rows share no bytes: rows may be stored concurrently. */
 void qmat_set_row(const qmat *W, int32_t r, const uint8_t *levels, const float *d, const float *m);
 
 /* Read row r of W back as levels + d + m (the inverse of qmat_set_row). */
 void qmat_get_row(const qmat *W, int32_t r, uint8_t *levels, float *d, float *m);
 
 /* A new matrix holding rows rows[0..n-1] of src (n a multiple of 16), in
- * malloc'd arrays released with qmat_free_owned. Exact copy of the bytes. */
+ * malloc'd arrays released with qmat_free_owned, in src's form and tier.
+ * Exact copy of the levels, d and m. */
 int qmat_gather(const qmat *src, const int32_t *rows, int32_t n, qmat *dst);
 void qmat_free_owned(qmat *W);
 

@@ -146,11 +146,27 @@ static void *arena_take(arena_cursor *ac, size_t bytes)
     return p;
 }
 
-static void plan_qmat(arena_cursor *ac, qmat *W, int32_t rows, int32_t cols)
+/* The storage form of a matrix filled from the named GGUF tensors: QMAT_U4
+ * (packed nibbles, half the bytes) when every one of them converts to
+ * levels <= 15 exactly (row_from_q4, row_from_q4_k), else QMAT_U8. Decided
+ * from the tensor types alone, so that sizing, filling and attaching agree. */
+static int32_t qmat_form(const gguf_file *g, const char *const *names, int n)
+{
+    for (int i = 0; i < n; i++) {
+        const gguf_tensor *t = gguf_find_tensor(g, names[i]);
+        if (!t || (t->type != GGUF_TT_Q4_0 && t->type != GGUF_TT_Q4_1 && t->type != GGUF_TT_Q4_K))
+            return QMAT_U8;
+    }
+    return QMAT_U4;
+}
+
+static void plan_qmat(arena_cursor *ac, qmat *W, int32_t rows, int32_t cols, int32_t fmt)
 {
     W->rows = rows;
     W->cols = cols;
-    W->q = arena_take(ac, qmat_q_bytes(rows, cols));
+    W->fmt = fmt;
+    W->tier = fmt == QMAT_U4 ? QMAT_TIER_NIBBLE : QMAT_TIER_8BIT;
+    W->q = arena_take(ac, qmat_q_bytes_fmt(rows, cols, fmt));
     W->d = arena_take(ac, qmat_dm_bytes(rows, cols));
     W->m = arena_take(ac, qmat_dm_bytes(rows, cols));
 }
@@ -162,21 +178,27 @@ static void arena_plan(arena_cursor *ac, model *m, const gguf_file *g)
     const model_config *c = &m->config;
     model_weights *w = &m->w;
     int32_t vrows = (c->vocab_size + QMAT_ROWS - 1) / QMAT_ROWS * QMAT_ROWS;
-    plan_qmat(ac, &w->tok_embd, vrows, c->dim);
+    const char *emb[] = {"token_embd.weight"}, *out[] = {"output.weight"};
+    plan_qmat(ac, &w->tok_embd, vrows, c->dim, qmat_form(g, emb, 1));
     w->out_norm = arena_take(ac, (size_t)c->dim * sizeof(float));
     if (gguf_find_tensor(g, "output.weight"))
-        plan_qmat(ac, &w->output, vrows, c->dim);
+        plan_qmat(ac, &w->output, vrows, c->dim, qmat_form(g, out, 1));
     else
         w->output = w->tok_embd;
     for (int32_t l = 0; l < c->n_layers; l++) {
         layer_weights *L = &w->layers[l];
+        char n[7][96];
+        const char *suffix[7] = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
+        for (int i = 0; i < 7; i++)
+            snprintf(n[i], sizeof n[i], "blk.%d.%s.weight", l, suffix[i]);
+        const char *qkv[] = {n[0], n[1], n[2]}, *o[] = {n[3]}, *gu[] = {n[4], n[5]}, *dn[] = {n[6]};
         L->attn_norm = arena_take(ac, (size_t)c->dim * sizeof(float));
         L->ffn_norm = arena_take(ac, (size_t)c->dim * sizeof(float));
-        plan_qmat(ac, &L->wqkv, c->dim + 2 * c->kv_dim, c->dim);
+        plan_qmat(ac, &L->wqkv, c->dim + 2 * c->kv_dim, c->dim, qmat_form(g, qkv, 3));
         L->bqkv = c->qkv_bias ? arena_take(ac, (size_t)(c->dim + 2 * c->kv_dim) * sizeof(float)) : NULL;
-        plan_qmat(ac, &L->wo, c->dim, c->dim);
-        plan_qmat(ac, &L->w_gate_up, 2 * c->hidden_dim, c->dim);
-        plan_qmat(ac, &L->w_down, c->dim, c->hidden_dim);
+        plan_qmat(ac, &L->wo, c->dim, c->dim, qmat_form(g, o, 1));
+        plan_qmat(ac, &L->w_gate_up, 2 * c->hidden_dim, c->dim, qmat_form(g, gu, 2));
+        plan_qmat(ac, &L->w_down, c->dim, c->hidden_dim, qmat_form(g, dn, 1));
     }
 }
 
@@ -800,7 +822,7 @@ static void logits_project(const qmat *head, fwd_state *s, int32_t n_out, int32_
 
 static size_t qmat_bytes_of(const qmat *W)
 {
-    return qmat_q_bytes(W->rows, W->cols) + 2 * qmat_dm_bytes(W->rows, W->cols);
+    return qmat_q_bytes_fmt(W->rows, W->cols, W->fmt) + 2 * qmat_dm_bytes(W->rows, W->cols);
 }
 
 size_t model_step_bytes(const model *m, const layer_mask *mask, const qmat *head)
