@@ -28,7 +28,7 @@
  * latest e < len - 1 with h[e-n+1..e] == h[len-n..len-1]; the draft copies
  * h[e+1..], reading its own output past the end. */
 static int32_t ref_draft(const int32_t *h, int32_t len, int32_t n_min, int32_t n_max, int32_t k_max, int32_t *out,
-                         int32_t *match_n)
+                         int32_t *match_n, int32_t *n_hist)
 {
     if (k_max <= 0)
         return 0;
@@ -43,6 +43,7 @@ static int32_t ref_draft(const int32_t *h, int32_t len, int32_t n_min, int32_t n
                 out[i] = src < len ? h[src] : out[src - len];
             }
             *match_n = n;
+            *n_hist = len - 1 - e < k_max ? len - 1 - e : k_max;
             return k_max;
         }
     }
@@ -59,36 +60,37 @@ static void test_edges(void **state)
 {
     (void)state;
     ngram_index ix;
-    int32_t out[16], mn = -1;
+    int32_t out[16], mn = -1, nh = -1;
     ngram_init(&ix, 1, 3);
-    assert_int_equal(ngram_draft(&ix, 8, out, &mn), 0);        /* empty */
+    assert_int_equal(ngram_draft(&ix, 8, out, &mn, NULL), 0);        /* empty */
     ngram_push(&ix, 5);
-    assert_int_equal(ngram_draft(&ix, 8, out, &mn), 0);        /* one token: nothing earlier */
+    assert_int_equal(ngram_draft(&ix, 8, out, &mn, NULL), 0);        /* one token: nothing earlier */
     ngram_push(&ix, 6);
-    assert_int_equal(ngram_draft(&ix, 8, out, &mn), 0);        /* 5 6: 6 never seen before */
+    assert_int_equal(ngram_draft(&ix, 8, out, &mn, NULL), 0);        /* 5 6: 6 never seen before */
     ngram_push(&ix, 6);
     /* 5 6 6: the suffix "6" ends at 1, right before the end */
-    assert_int_equal(ngram_draft(&ix, 3, out, &mn), 3);
+    assert_int_equal(ngram_draft(&ix, 3, out, &mn, &nh), 3);
     assert_int_equal(mn, 1);
+    assert_int_equal(nh, 1);       /* one token after the occurrence */
     assert_int_equal(out[0], 6);
     assert_int_equal(out[1], 6);   /* past the end: the copy repeats itself */
     assert_int_equal(out[2], 6);
-    assert_int_equal(ngram_draft(&ix, 0, out, &mn), 0);        /* no room */
-    assert_int_equal(ngram_draft(&ix, 1, out, &mn), 1);
+    assert_int_equal(ngram_draft(&ix, 0, out, &mn, &nh), 0);        /* no room */
+    assert_int_equal(ngram_draft(&ix, 1, out, &mn, &nh), 1);
     ngram_free(&ix);
 
     /* the longest suffix wins, even over a more recent shorter match */
     const int32_t h[] = {1, 2, 3, 40, 9, 3, 50, 1, 2, 3};
     ngram_init(&ix, 1, 3);
     push_all(&ix, h, 10);
-    assert_int_equal(ngram_draft(&ix, 2, out, &mn), 2);
+    assert_int_equal(ngram_draft(&ix, 2, out, &mn, &nh), 2);
     assert_int_equal(mn, 3);
     assert_int_equal(out[0], 40);
     assert_int_equal(out[1], 9);
     ngram_free(&ix);
     ngram_init(&ix, 1, 1);   /* n_max 1: only "3", most recent at 5 */
     push_all(&ix, h, 10);
-    assert_int_equal(ngram_draft(&ix, 2, out, &mn), 2);
+    assert_int_equal(ngram_draft(&ix, 2, out, &mn, &nh), 2);
     assert_int_equal(mn, 1);
     assert_int_equal(out[0], 50);
     assert_int_equal(out[1], 1);
@@ -97,11 +99,12 @@ static void test_edges(void **state)
     const int32_t g[] = {7, 3, 8, 9, 3};
     ngram_init(&ix, 2, 3);
     push_all(&ix, g, 5);
-    assert_int_equal(ngram_draft(&ix, 4, out, &mn), 0);
+    assert_int_equal(ngram_draft(&ix, 4, out, &mn, &nh), 0);
     ngram_free(&ix);
     ngram_init(&ix, 1, 3);
     push_all(&ix, g, 5);
-    assert_int_equal(ngram_draft(&ix, 4, out, &mn), 4);
+    assert_int_equal(ngram_draft(&ix, 4, out, &mn, &nh), 4);
+    assert_int_equal(nh, 3);
     assert_int_equal(out[0], 8);
     assert_int_equal(out[1], 9);
     assert_int_equal(out[2], 3);   /* the end of the history, then the copy goes on */
@@ -120,12 +123,12 @@ static void test_repeats(void **state)
 {
     (void)state;
     ngram_index ix;
-    int32_t out[32], mn;
+    int32_t out[32], mn, nh;
     /* a long run of one token: "a a a a": match ending at len-2 */
     ngram_init(&ix, 1, 3);
     for (int i = 0; i < 100; i++)
         ngram_push(&ix, 4);
-    assert_int_equal(ngram_draft(&ix, 32, out, &mn), 32);
+    assert_int_equal(ngram_draft(&ix, 32, out, &mn, &nh), 32);
     assert_int_equal(mn, 3);
     for (int i = 0; i < 32; i++)
         assert_int_equal(out[i], 4);
@@ -135,7 +138,7 @@ static void test_repeats(void **state)
     ngram_init(&ix, 1, 3);
     for (int i = 0; i < 43; i++)
         ngram_push(&ix, per[i % 5]);
-    assert_int_equal(ngram_draft(&ix, 32, out, &mn), 32);
+    assert_int_equal(ngram_draft(&ix, 32, out, &mn, &nh), 32);
     for (int i = 0; i < 32; i++)
         assert_int_equal(out[i], per[(43 + i) % 5]);
     ngram_free(&ix);
@@ -143,7 +146,7 @@ static void test_repeats(void **state)
     const int32_t h[] = {1, 2, 70, 5, 1, 2, 71, 6, 1, 2};
     ngram_init(&ix, 1, 3);
     push_all(&ix, h, 10);
-    assert_int_equal(ngram_draft(&ix, 2, out, &mn), 2);
+    assert_int_equal(ngram_draft(&ix, 2, out, &mn, &nh), 2);
     assert_int_equal(mn, 2);
     assert_int_equal(out[0], 71);
     assert_int_equal(out[1], 6);
@@ -178,11 +181,13 @@ static void test_against_rescan(void **state)
             else
                 h[i] = (int32_t)(rng_next(&rng) % (uint64_t)vocab);
             ngram_push(&ix, h[i]);
-            int32_t k = (int32_t)(rng_next(&rng) % 13), a[16], b[16], ma = -1, mb = -1;
-            int32_t na = ngram_draft(&ix, k, a, &ma), nb = ref_draft(h, i + 1, n_min, n_max, k, b, &mb);
+            int32_t k = (int32_t)(rng_next(&rng) % 13), a[16], b[16], ma = -1, mb = -1, ha = -1, hb = -1;
+            int32_t na = ngram_draft(&ix, k, a, &ma, &ha), nb = ref_draft(h, i + 1, n_min, n_max, k, b, &mb, &hb);
             assert_int_equal(na, nb);
             if (na) {
                 assert_int_equal(ma, mb);
+                assert_int_equal(ha, hb);
+                assert_true(ha >= 1 && ha <= na);
                 assert_memory_equal(a, b, (size_t)na * sizeof(int32_t));
                 matches++;
             }

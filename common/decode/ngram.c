@@ -128,7 +128,7 @@ void ngram_push_many(ngram_index *ix, const int32_t *toks, int32_t n)
         ngram_push(ix, toks[i]);
 }
 
-int32_t ngram_draft(const ngram_index *ix, int32_t k_max, int32_t *out, int32_t *match_n)
+int32_t ngram_draft(const ngram_index *ix, int32_t k_max, int32_t *out, int32_t *match_n, int32_t *n_hist)
 {
     if (k_max <= 0)
         return 0;
@@ -147,6 +147,8 @@ int32_t ngram_draft(const ngram_index *ix, int32_t k_max, int32_t *out, int32_t 
         }
         if (match_n)
             *match_n = n;
+        if (n_hist)
+            *n_hist = ix->len - 1 - e < k_max ? ix->len - 1 - e : k_max;
         return k_max;
     }
     return 0;

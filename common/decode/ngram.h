@@ -52,10 +52,13 @@ void ngram_push_many(ngram_index *ix, const int32_t *toks, int32_t n);
 /*
  * The context draft after the current history: for n = n_max down to
  * n_min, if the last n tokens occurred earlier (ending before the last
- * token), write up to k_max tokens that followed the most recent such
- * occurrence into out and return how many (>= 1 when k_max >= 1); *match_n
- * (may be NULL) receives n. Returns 0 (no match, or k_max <= 0).
+ * token), write the k_max tokens that followed the most recent such
+ * occurrence into out (copied on past the history's end) and return k_max;
+ * *match_n (may be NULL) receives n and *n_hist (may be NULL) how many of
+ * them were read from the history itself (min(k_max, tokens after the
+ * occurrence)), the rest repeating the proposal. Returns 0 (no match, or
+ * k_max <= 0).
  */
-int32_t ngram_draft(const ngram_index *ix, int32_t k_max, int32_t *out, int32_t *match_n);
+int32_t ngram_draft(const ngram_index *ix, int32_t k_max, int32_t *out, int32_t *match_n, int32_t *n_hist);
 
 #endif

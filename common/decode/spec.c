@@ -373,56 +373,46 @@ static double geo_sum(double a, int32_t k)
 }
 
 spec_choice spec_choose(int32_t kind, const spec_costs *c, float alpha_ctx, float alpha_layers,
-                        int32_t n_ctx_avail, int32_t k_layers, int32_t lim, int can_layers, int force)
+                        int32_t n_ctx_avail, int32_t n_ctx_hist, int32_t k_layers, int32_t lim, int can_layers,
+                        int force)
 {
     spec_choice best = {0, 0};
-    if (n_ctx_avail > lim)
-        n_ctx_avail = lim;
-    if (k_layers > lim)
-        k_layers = lim;
-    if (!can_layers || k_layers < 0)
-        k_layers = 0;
-    if (n_ctx_avail < 0)
-        n_ctx_avail = 0;
-    int32_t k_chain = can_layers && lim - n_ctx_avail < k_layers ? lim - n_ctx_avail : k_layers;
+    if (lim < 0)
+        lim = 0;
+    n_ctx_avail = n_ctx_avail < 0 ? 0 : n_ctx_avail > lim ? lim : n_ctx_avail;
+    n_ctx_hist = n_ctx_hist < 0 ? 0 : n_ctx_hist > n_ctx_avail ? n_ctx_avail : n_ctx_hist;
+    k_layers = !can_layers || k_layers < 0 ? 0 : k_layers > lim ? lim : k_layers;
     if (force && kind != SPEC_DRAFT_AUTO) {
         if (kind == SPEC_DRAFT_LAYERS || (kind == SPEC_DRAFT_CHAIN && n_ctx_avail == 0))
             best.k_layers = k_layers;
-        else if (kind == SPEC_DRAFT_CONTEXT)
+        else if (kind == SPEC_DRAFT_CONTEXT || !can_layers)
             best.n_ctx = n_ctx_avail;
-        else if (kind == SPEC_DRAFT_CHAIN) {
-            best.n_ctx = n_ctx_avail;
-            best.k_layers = can_layers ? lim - n_ctx_avail : 0;
-        }
+        else   /* chain: the tokens the history shows, then the drafter */
+            best = (spec_choice){n_ctx_hist, lim - n_ctx_hist};
         return best;
     }
     double plain = c->n_base / c->base, best_rate = plain * 1.02, more = c->n_base - 1.0;
     int ctx_ok = kind == SPEC_DRAFT_CONTEXT || kind == SPEC_DRAFT_AUTO;
     int lay_ok = kind == SPEC_DRAFT_LAYERS || kind == SPEC_DRAFT_AUTO || (kind == SPEC_DRAFT_CHAIN && !n_ctx_avail);
     int chain_ok = kind == SPEC_DRAFT_CHAIN || kind == SPEC_DRAFT_AUTO;
-    for (int32_t x = 1; ctx_ok && x <= n_ctx_avail; x++) {
-        double r = (more + geo_sum(alpha_ctx, x)) / (c->base + c->extra[x]);
+    for (int32_t x = 1; (ctx_ok || chain_ok) && x <= n_ctx_avail; x++) {
+        /* x context tokens alone (for a chain: its k = 0) */
+        double e_ctx = geo_sum(alpha_ctx, x), r = (more + e_ctx) / (c->base + c->extra[x]);
         if (r > best_rate)
             best_rate = r, best = (spec_choice){x, 0};
+        /* then k drafted tokens, tested only when all x were accepted */
+        double all = pow(alpha_ctx, x);
+        for (int32_t k = 1; chain_ok && k <= k_layers && x + k <= lim; k++) {
+            double e = e_ctx + all * (geo_sum(alpha_layers, k) - 1.0);
+            r = (more + e) / (c->base + c->extra[x + k] + k * c->draft);
+            if (r > best_rate)
+                best_rate = r, best = (spec_choice){x, k};
+        }
     }
     for (int32_t k = 1; lay_ok && k <= k_layers; k++) {
         double r = (more + geo_sum(alpha_layers, k)) / (c->base + c->extra[k] + k * c->draft);
         if (r > best_rate)
             best_rate = r, best = (spec_choice){0, k};
-    }
-    if (chain_ok && n_ctx_avail > 0) {
-        double e_ctx = geo_sum(alpha_ctx, n_ctx_avail), all = pow(alpha_ctx, n_ctx_avail);
-        if (kind == SPEC_DRAFT_CHAIN) {   /* the context part alone is the chain's k = 0 */
-            double r = (more + e_ctx) / (c->base + c->extra[n_ctx_avail]);
-            if (r > best_rate)
-                best_rate = r, best = (spec_choice){n_ctx_avail, 0};
-        }
-        for (int32_t k = 1; k <= k_chain; k++) {
-            double e = e_ctx + all * (geo_sum(alpha_layers, k) - 1.0);
-            double r = (more + e) / (c->base + c->extra[n_ctx_avail + k] + k * c->draft);
-            if (r > best_rate)
-                best_rate = r, best = (spec_choice){n_ctx_avail, k};
-        }
     }
     return best;
 }
@@ -539,8 +529,9 @@ int gen_selfspec(const model *m, fwd_state *fs, kv_cache *kv, const skip_set *ss
         int32_t k_max = spec_draft_limit(sp->max_draft, L, spec_end_pos(kv->cap, L, gp->max_tokens - st->generated_tokens));
         spec_block b = {0};
         double ta = util_now();
-        int32_t avail = can_ctx ? ngram_draft(&ng, k_max, b.tokens, NULL) : 0;
-        spec_choice ch = spec_choose(sp->draft, &nominal, r.src.alpha_ctx, r.ex.ar, avail, k_max, k_max, can_layers, 1);
+        int32_t hist = 0, avail = can_ctx ? ngram_draft(&ng, k_max, b.tokens, NULL, &hist) : 0;
+        spec_choice ch = spec_choose(sp->draft, &nominal, r.src.alpha_ctx, r.ex.ar, avail, hist, k_max, k_max,
+                                     can_layers, 1);
         b.n = b.n_ctx = ch.n_ctx;
         if (ch.k_layers > 0 &&
             spec_draft_chain(&d, fs, kv, L, r.cur, ch.n_ctx + ch.k_layers, r.ex.gamma, &smp, &b, err, errlen) != 0)

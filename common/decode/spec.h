@@ -226,20 +226,21 @@ float spec_alpha_update(float a, int32_t drafted, int32_t accepted);
  * emitted tokens per unit of cost. costs: base, the step's cost with this
  * sequence decoding plainly, emitting n_base tokens (1 alone); extra[x],
  * what x more tokens in its verification block add; draft, what one draft
- * pass adds. Options: plain; c context tokens (c <= n_ctx_avail, no draft
- * pass); k <= k_layers layer-skipping tokens (k passes); the chain, all
- * n_ctx_avail context tokens then k <= min(k_layers, lim - n_ctx_avail)
- * layer tokens (lim: the block's length cap, n_ctx_avail <= lim).
- * Expected tokens with per-token acceptance a over k tokens: 1 + a + ... +
- * a^k; a chain's layer tokens count only after every context token was
- * accepted. A draft must beat plain by 2%. kind restricts the options
- * (LAYERS: layers; CONTEXT: context; CHAIN: the chain, or layers alone
- * when the context has no match; AUTO: all) and the best allowed one is
- * taken. force (a forced self-spec run) with kind != AUTO skips the rule:
- * LAYERS -> {0, k_layers}; CONTEXT -> {n_ctx_avail, 0}; CHAIN ->
- * {n_ctx_avail, lim - n_ctx_avail}, or {0, k_layers} without a match.
- * can_layers 0: no layer-skipping tokens in any option. Result: n_ctx context tokens,
- * then at most k_layers drafted ones (both 0: plain).
+ * pass adds. The context proposes n_ctx_avail tokens (<= lim, the block's
+ * length cap), the first n_ctx_hist of them read from the history itself
+ * (ngram_draft). Options: plain; x <= n_ctx_avail context tokens (no draft
+ * pass); k <= k_layers layer-skipping tokens (k passes); a chain, x context
+ * tokens then k <= k_layers drafted ones, x + k <= lim. Expected tokens
+ * with per-token acceptance a over k tokens: 1 + a + ... + a^k; a chain's
+ * drafted tokens count only after all x context tokens were accepted
+ * (probability alpha_ctx^x). A draft must beat plain by 2%. kind restricts
+ * the options (LAYERS: layers; CONTEXT: context; CHAIN: chains and context
+ * alone, layers alone when the context has no match; AUTO: all) and the
+ * best allowed one is taken. force (a forced self-spec run) with kind !=
+ * AUTO skips the rule: LAYERS -> {0, k_layers}; CONTEXT -> {n_ctx_avail,
+ * 0}; CHAIN -> {n_ctx_hist, lim - n_ctx_hist}, or {0, k_layers} without a
+ * match. can_layers 0: no layer-skipping tokens in any option. Result:
+ * n_ctx context tokens, then at most k_layers drafted ones (both 0: plain).
  */
 typedef struct {
     double base, draft;
@@ -250,7 +251,8 @@ typedef struct {
     int32_t n_ctx, k_layers;
 } spec_choice;
 spec_choice spec_choose(int32_t kind, const spec_costs *c, float alpha_ctx, float alpha_layers,
-                        int32_t n_ctx_avail, int32_t k_layers, int32_t lim, int can_layers, int force);
+                        int32_t n_ctx_avail, int32_t n_ctx_hist, int32_t k_layers, int32_t lim, int can_layers,
+                        int force);
 
 /* The nominal costs of sp (token_cost, draft_cost; draft_cost 0: the share
  * of sublayers ss keeps, at least 0.05; ss may be NULL) for one sequence. */

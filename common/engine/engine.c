@@ -38,6 +38,7 @@ typedef struct {
     int has_ng;
     float alpha_ctx;           /* context drafts' acceptance estimate */
     int32_t ctx_avail;         /* this step: context tokens proposed */
+    int32_t ctx_hist;          /* ... of them read from the history itself */
     int32_t plan_ctx, plan_n;  /* this step (ENGINE_AUTO): the choice, context tokens and block length */
     int32_t dtok[SPEC_MAX_DRAFT + 1];   /* a chained draft's first pass: [cur, ctx...] */
     engine_result res;
@@ -476,8 +477,7 @@ static int plan_context(engine *e, int32_t n_policy, int32_t t_other, int32_t de
         int32_t cap = s->k_max < budget ? s->k_max : budget;
         if (cap < 0)
             cap = 0;
-        spec_choice ch = spec_choose(e->p.sp.draft, &c, s->alpha_ctx, s->alpha,
-                                     s->ctx_avail < cap ? s->ctx_avail : cap, k < cap ? k : cap, cap,
+        spec_choice ch = spec_choose(e->p.sp.draft, &c, s->alpha_ctx, s->alpha, s->ctx_avail, s->ctx_hist, k, cap,
                                      e->can_layers && k > 0, 0);
         s->plan_ctx = ch.n_ctx;
         s->plan_n = ch.n_ctx + ch.k_layers;
@@ -509,11 +509,12 @@ static void plan_drafts(engine *e)
         s->k_max = s->spec_mode ? lim : 0;
         s->blk.n = 0;
         s->blk.n_ctx = 0;
-        s->ctx_avail = s->has_ng ? ngram_draft(&s->ng, lim, s->blk.tokens, NULL) : 0;
+        s->ctx_hist = 0;
+        s->ctx_avail = s->has_ng ? ngram_draft(&s->ng, lim, s->blk.tokens, NULL, &s->ctx_hist) : 0;
         if (s->spec_mode == 2 && e->p.sp.draft != SPEC_DRAFT_LAYERS) {
             /* forced: the source by the nominal rule, exactly as gen_selfspec */
-            spec_choice ch = spec_choose(e->p.sp.draft, &e->nominal, s->alpha_ctx, s->ex.ar, s->ctx_avail, lim, lim,
-                                         e->can_layers, 1);
+            spec_choice ch = spec_choose(e->p.sp.draft, &e->nominal, s->alpha_ctx, s->ex.ar, s->ctx_avail, s->ctx_hist,
+                                         lim, lim, e->can_layers, 1);
             s->blk.n = s->blk.n_ctx = ch.n_ctx;
             s->k_max = ch.n_ctx + ch.k_layers;
         }
