@@ -1151,8 +1151,12 @@ static void test_choose_rule(void **state)
     /* forced */
     ch = spec_choose(SPEC_DRAFT_LAYERS, &c, 0.9f, 0.9f, 5, 3, 6, 8, 1, 1);
     assert_int_equal(ch.n_ctx, 0), assert_int_equal(ch.k_layers, 6);
-    ch = spec_choose(SPEC_DRAFT_CONTEXT, &c, 0.1f, 0.9f, 5, 3, 6, 8, 1, 1);
+    ch = spec_choose(SPEC_DRAFT_CONTEXT, &c, 0.9f, 0.9f, 5, 3, 6, 8, 1, 1);   /* good context: all of it */
     assert_int_equal(ch.n_ctx, 5), assert_int_equal(ch.k_layers, 0);
+    ch = spec_choose(SPEC_DRAFT_CONTEXT, &c, 0.0f, 0.9f, 5, 3, 6, 8, 1, 1);   /* useless: still one token */
+    assert_int_equal(ch.n_ctx, 1), assert_int_equal(ch.k_layers, 0);
+    ch = spec_choose(SPEC_DRAFT_CONTEXT, &c, 0.9f, 0.9f, 0, 0, 6, 8, 1, 1);   /* no match: plain */
+    assert_int_equal(ch.n_ctx, 0), assert_int_equal(ch.k_layers, 0);
     ch = spec_choose(SPEC_DRAFT_CHAIN, &c, 0.9f, 0.9f, 8, 3, 8, 8, 1, 1);
     assert_int_equal(ch.n_ctx, 3), assert_int_equal(ch.k_layers, 5);
     ch = spec_choose(SPEC_DRAFT_CHAIN, &c, 0.9f, 0.9f, 0, 0, 8, 8, 1, 1);

@@ -105,6 +105,8 @@ static void usage_batch(FILE *f)
 "                         layers (layer-skipping draft), context (what followed the\n"
 "                         last tokens earlier in the prompt or output), chain\n"
 "      --ngram-max N      context drafts: longest suffix matched (3); --ngram-min N (1)\n"
+"      --token-cost C     --mode self-spec --draft auto: nominal cost of one more verified\n"
+"                         token, a share of a step (0.2; auto measures its own)\n"
 "      --draft-max K      most tokens per draft (default 12)\n"
 "  -t, --threads N        worker threads (default: all cores)\n"
 "  -q, --quiet            no progress on stderr\n"
@@ -112,7 +114,7 @@ static void usage_batch(FILE *f)
 }
 
 enum { OPT_MAX_SEQS = 400, OPT_MAX_BATCH_TOKENS, OPT_KV_MEM, OPT_MODE, OPT_SKIP, OPT_DRAFT_HEAD, OPT_DRAFT_MAX,
-       OPT_DRAFT, OPT_NGRAM_MIN, OPT_NGRAM_MAX };
+       OPT_DRAFT, OPT_NGRAM_MIN, OPT_NGRAM_MAX, OPT_TOKEN_COST };
 
 static int parse_batch(int argc, char **argv, batch_opts *o)
 {
@@ -126,6 +128,7 @@ static int parse_batch(int argc, char **argv, batch_opts *o)
         {"threads", required_argument, 0, 't'}, {"quiet", no_argument, 0, 'q'}, {"help", no_argument, 0, 'h'},
         {"draft", required_argument, 0, OPT_DRAFT}, {"ngram-min", required_argument, 0, OPT_NGRAM_MIN},
         {"ngram-max", required_argument, 0, OPT_NGRAM_MAX},
+        {"token-cost", required_argument, 0, OPT_TOKEN_COST},
         {0, 0, 0, 0}};
     long v;
     int c;
@@ -175,6 +178,7 @@ static int parse_batch(int argc, char **argv, batch_opts *o)
             if (cli_parse_int(optarg, "--ngram-min", 1, NGRAM_MAX_N, &v)) return -1;
             o->ep.sp.ngram_min = (int32_t)v;
             break;
+        case OPT_TOKEN_COST: if (cli_parse_float(optarg, "--token-cost", &o->ep.sp.token_cost)) return -1; break;
         case OPT_NGRAM_MAX:
             if (cli_parse_int(optarg, "--ngram-max", 1, NGRAM_MAX_N, &v)) return -1;
             o->ep.sp.ngram_max = (int32_t)v;

@@ -117,6 +117,8 @@ static void usage_generate(FILE *f)
 "                         --device cuda use layers\n"
 "      --ngram-max N      context drafts: longest suffix matched, tried first (3)\n"
 "      --ngram-min N      ... shortest (1)\n"
+"      --token-cost C     --draft auto: what one more verified token costs, as a share\n"
+"                         of a decode step (default 0.2, this CPU's; about 0 on a GPU)\n"
 "      --draft-max K      most tokens per draft (default 12, at most %d)\n"
 "      --gamma G          initial draft-exit threshold on the draft's top-1\n"
 "                         probability (default 0.6; adapted while decoding)\n"
@@ -135,7 +137,7 @@ static void usage_generate(FILE *f)
 enum { OPT_CHAT = 256, OPT_SYSTEM, OPT_TEMP, OPT_TOPK, OPT_TOPP, OPT_SEED, OPT_STOP,
        OPT_IGNORE_EOS, OPT_IDS, OPT_STATS, OPT_MODE, OPT_SKIP, OPT_DRAFT_MAX, OPT_GAMMA,
        OPT_AR_TARGET, OPT_GAMMA_STEP, OPT_DEVICE, OPT_DRAFT_HEAD, OPT_PIPE_SEQ, OPT_HB_MS,
-       OPT_HB_TIMEOUT, OPT_DRAFTER_THREADS, OPT_PIPE_SEQS, OPT_DRAFT, OPT_NGRAM_MIN, OPT_NGRAM_MAX };
+       OPT_HB_TIMEOUT, OPT_DRAFTER_THREADS, OPT_PIPE_SEQS, OPT_DRAFT, OPT_NGRAM_MIN, OPT_NGRAM_MAX, OPT_TOKEN_COST };
 
 static int parse_generate(int argc, char **argv, gen_opts *o)
 {
@@ -159,6 +161,7 @@ static int parse_generate(int argc, char **argv, gen_opts *o)
         {"pipeline-seqs", required_argument, 0, OPT_PIPE_SEQS},
         {"draft", required_argument, 0, OPT_DRAFT}, {"ngram-min", required_argument, 0, OPT_NGRAM_MIN},
         {"ngram-max", required_argument, 0, OPT_NGRAM_MAX},
+        {"token-cost", required_argument, 0, OPT_TOKEN_COST},
         {0, 0, 0, 0}};
     long v;
     int c;
@@ -231,6 +234,7 @@ static int parse_generate(int argc, char **argv, gen_opts *o)
             if (cli_parse_int(optarg, "--ngram-min", 1, NGRAM_MAX_N, &v)) return -1;
             o->sp.ngram_min = (int32_t)v;
             break;
+        case OPT_TOKEN_COST: if (cli_parse_float(optarg, "--token-cost", &o->sp.token_cost)) return -1; break;
         case OPT_NGRAM_MAX:
             if (cli_parse_int(optarg, "--ngram-max", 1, NGRAM_MAX_N, &v)) return -1;
             o->sp.ngram_max = (int32_t)v;

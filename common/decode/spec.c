@@ -26,7 +26,7 @@ void spec_params_default(spec_params *p)
     p->ngram_min = 1;
     p->ngram_max = 3;
     p->ctx_alpha_init = 0.6f;
-    p->token_cost = 0.03f;
+    p->token_cost = 0.2f;
     p->draft_cost = 0.0f;
 }
 
@@ -382,16 +382,23 @@ spec_choice spec_choose(int32_t kind, const spec_costs *c, float alpha_ctx, floa
     n_ctx_avail = n_ctx_avail < 0 ? 0 : n_ctx_avail > lim ? lim : n_ctx_avail;
     n_ctx_hist = n_ctx_hist < 0 ? 0 : n_ctx_hist > n_ctx_avail ? n_ctx_avail : n_ctx_hist;
     k_layers = !can_layers || k_layers < 0 ? 0 : k_layers > lim ? lim : k_layers;
+    double plain = c->n_base / c->base, best_rate = plain * 1.02, more = c->n_base - 1.0;
     if (force && kind != SPEC_DRAFT_AUTO) {
-        if (kind == SPEC_DRAFT_LAYERS || (kind == SPEC_DRAFT_CHAIN && n_ctx_avail == 0))
+        if (kind == SPEC_DRAFT_LAYERS || (kind == SPEC_DRAFT_CHAIN && n_ctx_avail == 0)) {
             best.k_layers = k_layers;
-        else if (kind == SPEC_DRAFT_CONTEXT || !can_layers)
-            best.n_ctx = n_ctx_avail;
-        else   /* chain: the tokens the history shows, then the drafter */
+        } else if (kind == SPEC_DRAFT_CONTEXT || !can_layers) {
+            /* context: the length with the best rate, at least one token */
+            best.n_ctx = n_ctx_avail > 0;
+            for (int32_t x = 1, r0 = 0; x <= n_ctx_avail; x++) {
+                double r = (more + geo_sum(alpha_ctx, x)) / (c->base + c->extra[x]);
+                if (!r0 || r > best_rate)
+                    best_rate = r, best.n_ctx = x, r0 = 1;
+            }
+        } else {   /* chain: the tokens the history shows, then the drafter */
             best = (spec_choice){n_ctx_hist, lim - n_ctx_hist};
+        }
         return best;
     }
-    double plain = c->n_base / c->base, best_rate = plain * 1.02, more = c->n_base - 1.0;
     int ctx_ok = kind == SPEC_DRAFT_CONTEXT || kind == SPEC_DRAFT_AUTO;
     int lay_ok = kind == SPEC_DRAFT_LAYERS || kind == SPEC_DRAFT_AUTO || (kind == SPEC_DRAFT_CHAIN && !n_ctx_avail);
     int chain_ok = kind == SPEC_DRAFT_CHAIN || kind == SPEC_DRAFT_AUTO;

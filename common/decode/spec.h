@@ -53,8 +53,9 @@ typedef struct {
     int32_t ngram_max;    /* ... longest, tried first (3) */
     float ctx_alpha_init; /* starting per-token acceptance estimate of context drafts (0.6) */
     float token_cost;     /* nominal cost of one more token in a verification, relative to
-                             the pass (0.03); used where the choice must not depend on
-                             timings (gen_selfspec, the engine's forced self-spec mode) */
+                             the pass (0.2: what the search measured on the AVX2 CPU, see
+                             README; about 0 on a GPU); used where the choice must not
+                             depend on timings (gen_selfspec, forced self-spec) */
     float draft_cost;     /* nominal cost of one draft pass relative to a verification;
                              0: the share of sublayers the skip set keeps (0) */
 } spec_params;
@@ -237,9 +238,10 @@ float spec_alpha_update(float a, int32_t drafted, int32_t accepted);
  * the options (LAYERS: layers; CONTEXT: context; CHAIN: chains and context
  * alone, layers alone when the context has no match; AUTO: all) and the
  * best allowed one is taken. force (a forced self-spec run) with kind !=
- * AUTO skips the rule: LAYERS -> {0, k_layers}; CONTEXT -> {n_ctx_avail,
- * 0}; CHAIN -> {n_ctx_hist, lim - n_ctx_hist}, or {0, k_layers} without a
- * match. can_layers 0: no layer-skipping tokens in any option. Result:
+ * AUTO skips the plain option: LAYERS -> {0, k_layers}; CONTEXT -> {x, 0}
+ * with the x in 1..n_ctx_avail of the best rate; CHAIN -> {n_ctx_hist,
+ * lim - n_ctx_hist} (the drafter's exit ends it), or {0, k_layers} without
+ * a match. can_layers 0: no layer-skipping tokens in any option. Result:
  * n_ctx context tokens, then at most k_layers drafted ones (both 0: plain).
  */
 typedef struct {
