@@ -26,7 +26,8 @@
  *  - context drafts and chains (decode/ngram.h): greedy output and verified
  *    KV identical to plain for context, chain and auto drafts on prompts
  *    with repeats, with and without a skip set; spec_choose's forced kinds
- *    and rule; speculative sampling with point-distribution context drafts
+ *    and rule; spec_accept on point-q tokens (p ~ 1 accepted, p ~ 0
+ *    rejected and never redrawn, frequency p(x)); speculative sampling with point-distribution context drafts
  *    (alone and chained) equal in distribution to plain (chi-square), with
  *    a wrong rejection rule detected.
  * Runs single-threaded unless OMP_NUM_THREADS is set; TEST_SPEC_FILTER
@@ -1192,6 +1193,70 @@ static void test_choose_rule(void **state)
     assert_true(ch.n_ctx == 0 && ch.k_layers == 0);
 }
 
+/* spec_accept on hand-made logits with context (point-q) tokens: a token
+ * the model gives probability ~1 is always accepted, one it gives ~0 always
+ * rejected and never redrawn, and acceptance frequency equals p(x); a
+ * rejected token is never the replacement; greedy takes the matching
+ * prefix whatever the source. */
+static void test_accept_point_q(void **state)
+{
+    (void)state;
+    enum { V = 8, N = 20000 };
+    char err[128];
+    sampler smp;
+    sampler_params sp = {.temperature = 1.0f, .top_k = 0, .top_p = 1.0f, .seed = 77};
+    assert_int_equal(sampler_init(&smp, &sp, V, err, sizeof err), 0);
+    float base[2 * V], logits[2 * V];
+    for (int i = 0; i < 2 * V; i++)
+        base[i] = 0.1f * (float)(i % V);
+    spec_qdist qd = {NULL, 0, NULL};   /* context tokens never read q */
+    spec_block b = {.n = 1, .n_ctx = 1, .tokens = {3}};
+    int32_t acc, next;
+    /* p(3) ~ 1 */
+    memcpy(logits, base, sizeof logits);
+    logits[3] = 60.0f;
+    for (int i = 0; i < 200; i++) {
+        memcpy(logits, base, sizeof logits), logits[3] = 60.0f;
+        spec_accept(V, logits, &b, &qd, &smp, &acc, &next);
+        assert_int_equal(acc, 1);
+    }
+    /* p(3) ~ 0: rejected, and the replacement is never 3 */
+    for (int i = 0; i < 200; i++) {
+        memcpy(logits, base, sizeof logits), logits[3] = -60.0f;
+        spec_accept(V, logits, &b, &qd, &smp, &acc, &next);
+        assert_int_equal(acc, 0);
+        assert_true(next != 3 && next >= 0 && next < V);
+    }
+    /* p(3) moderate: acceptance frequency p(3) (5 sigma), replacement != 3 */
+    double e[V], z = 0;
+    for (int j = 0; j < V; j++)
+        z += e[j] = exp(base[j]);
+    double p3 = e[3] / z;
+    int hits = 0;
+    for (int i = 0; i < N; i++) {
+        memcpy(logits, base, sizeof logits);
+        spec_accept(V, logits, &b, &qd, &smp, &acc, &next);
+        hits += acc;
+        if (!acc)
+            assert_true(next != 3);
+    }
+    double sd = sqrt(N * p3 * (1 - p3));
+    if (fabs(hits - N * p3) > 5 * sd)
+        fail_msg("context token accepted %d of %d times, want about %.0f (p = %.3f)", hits, N, N * p3, p3);
+    sampler_free(&smp);
+    /* greedy: the prefix equal to the argmax, context or not */
+    sampler_params gp = {.temperature = 0.0f, .top_p = 1.0f};
+    assert_int_equal(sampler_init(&smp, &gp, V, err, sizeof err), 0);
+    memcpy(logits, base, sizeof logits);   /* argmax 7 in both rows */
+    spec_block g = {.n = 1, .n_ctx = 1, .tokens = {7}};
+    spec_accept(V, logits, &g, &qd, &smp, &acc, &next);
+    assert_int_equal(acc, 1), assert_int_equal(next, 7);
+    g.tokens[0] = 2;
+    spec_accept(V, logits, &g, &qd, &smp, &acc, &next);
+    assert_int_equal(acc, 0), assert_int_equal(next, 7);
+    sampler_free(&smp);
+}
+
 /* Speculative sampling with context drafts (point distributions q): the
  * first tokens' distribution equals plain sampling, with context drafts
  * alone (no skip set) and chained with the layer-skipping draft; acceptance
@@ -1742,6 +1807,7 @@ int main(void)
         cmocka_unit_test(test_seed_reproduces),
         cmocka_unit_test(test_context_greedy_matches_plain),
         cmocka_unit_test(test_choose_rule),
+        cmocka_unit_test(test_accept_point_q),
         cmocka_unit_test(test_sampling_context),
         cmocka_unit_test(test_draft_limit),
         cmocka_unit_test(test_exit_update),
