@@ -338,6 +338,11 @@ float spec_alpha_update(float a, int32_t drafted, int32_t accepted)
     return drafted > 0 ? 0.7f * a + 0.3f * (float)accepted / (float)drafted : a;
 }
 
+void spec_src_idle(spec_src_state *src, const spec_params *sp)
+{
+    src->alpha_ctx += 0.02f * (sp->ctx_alpha_init - src->alpha_ctx);
+}
+
 void spec_record_block(spec_stats *ss, spec_exit *ex, spec_src_state *src, const spec_params *sp,
                        const spec_block *b, int32_t accepted)
 {
@@ -540,6 +545,8 @@ int gen_selfspec(const model *m, fwd_state *fs, kv_cache *kv, const skip_set *ss
         spec_choice ch = spec_choose(sp->draft, &nominal, r.src.alpha_ctx, r.ex.ar, avail, hist, k_max, k_max,
                                      can_layers, 1);
         b.n = b.n_ctx = ch.n_ctx;
+        if (avail > 0 && ch.n_ctx == 0)
+            spec_src_idle(&r.src, sp);
         if (ch.k_layers > 0 &&
             spec_draft_chain(&d, fs, kv, L, r.cur, ch.n_ctx + ch.k_layers, r.ex.gamma, &smp, &b, err, errlen) != 0)
             goto free_all;

@@ -222,6 +222,12 @@ void spec_record_block(spec_stats *ss, spec_exit *ex, spec_src_state *src, const
 /* The per-token acceptance estimates' update: a <- 0.7 a + 0.3 acc/drafted. */
 float spec_alpha_update(float a, int32_t drafted, int32_t accepted);
 
+/* A step where the context had a match but no context token was drafted:
+ * alpha_ctx drifts back toward sp->ctx_alpha_init (2% of the gap), so a
+ * sequence whose context drafts once failed tries them again now and then
+ * (repeats often start later in an output). */
+void spec_src_idle(spec_src_state *src, const spec_params *sp);
+
 /*
  * The choice among the draft sources for one sequence's step, by expected
  * emitted tokens per unit of cost. costs: base, the step's cost with this

@@ -450,6 +450,14 @@ static int admit(engine *e, char *err, size_t errlen)
     return 0;
 }
 
+/* A match went unused this step: alpha_ctx drifts back (spec_src_idle). */
+static void ctx_idle(engine *e, eseq *s)
+{
+    spec_src_state st = {s->alpha_ctx};
+    spec_src_idle(&st, &e->p.sp);
+    s->alpha_ctx = st.alpha_ctx;
+}
+
 /* Context-draft choice for the policy sequences of an ENGINE_AUTO step,
  * from the measured cost model: per sequence, spec_choose with the step's
  * plain cost as the base (n_policy tokens), what more tokens add to the
@@ -517,6 +525,8 @@ static void plan_drafts(engine *e)
                                          lim, lim, e->can_layers, 1);
             s->blk.n = s->blk.n_ctx = ch.n_ctx;
             s->k_max = ch.n_ctx + ch.k_layers;
+            if (s->ctx_avail > 0 && ch.n_ctx == 0)
+                ctx_idle(e, s);
         }
         if (s->spec_mode == 1) {
             n_policy++;
@@ -569,6 +579,8 @@ static void plan_drafts(engine *e)
             s->blk.n = s->blk.n_ctx = s->plan_ctx;
             s->k_max = s->plan_n;
         }
+        if (ctx_policy && s->ctx_avail > 0 && s->blk.n_ctx == 0)
+            ctx_idle(e, s);
     }
 }
 
