@@ -22,7 +22,10 @@
  *   - skip every attention;
  *   - two random skip sets (fixed seed; each sublayer skipped with
  *     probability 1/4, resp. 1/8, so that some drafts are accepted: sets
- *     that skip half the model are no different from the extremes above).
+ *     that skip half the model are no different from the extremes above);
+ *   - context drafts alone (--draft context, no skip set), and chained
+ *     context + layer drafts (--draft chain) and --draft auto with the
+ *     second random set, on the extreme-set prompts.
  * Run time (reduced on purpose): plain decoding and the shipped config run
  * on all 30 prompts x 128 tokens; the other six sets run on the first
  * E2E_EXTREME_PROMPTS prompts (8 by default; $E2E_EXTREME_PROMPTS overrides,
@@ -118,6 +121,8 @@ typedef struct {
     skip_set ss;
     int n_prompts;       /* how many of the prompts it runs on */
     int present;
+    int32_t draft;          /* spec_params.draft (SPEC_DRAFT_LAYERS unless a context config) */
+    int no_ss;              /* draft without a skip set (context drafts only) */
     /* results */
     int64_t drafted, accepted, verifications, generated;
     double seconds, draft_seconds, verify_seconds;
@@ -243,7 +248,7 @@ int main(void)
     fflush(stdout);
 
     /* the skip sets */
-    enum { N_CONFIGS = 7 };
+    enum { N_CONFIGS = 10 };
     config cf[N_CONFIGS];
     memset(cf, 0, sizeof cf);
     int L = m.config.n_layers;
@@ -287,6 +292,18 @@ int main(void)
         }
         snprintf(c->name, sizeof c->name, "random %d (%d skipped)", r + 1, skipset_count(&c->ss));
     }
+    snprintf(cf[7].name, sizeof cf[7].name, "context drafts");
+    skipset_init(&cf[7].ss, L);
+    cf[7].draft = SPEC_DRAFT_CONTEXT;
+    cf[7].no_ss = 1;
+    for (int k = 8; k < 10; k++) {
+        config *c = &cf[k];
+        skipset_init(&c->ss, L);
+        memcpy(c->ss.attn_skip, cf[6].ss.attn_skip, (size_t)L);
+        memcpy(c->ss.mlp_skip, cf[6].ss.mlp_skip, (size_t)L);
+        c->draft = k == 8 ? SPEC_DRAFT_CHAIN : SPEC_DRAFT_AUTO;
+        snprintf(c->name, sizeof c->name, "%s + random 2", k == 8 ? "chain" : "auto");
+    }
     for (int k = 1; k < N_CONFIGS; k++) {
         cf[k].present = 1;
         if (k >= 1)
@@ -303,8 +320,9 @@ int main(void)
             gen_stats st;
             spec_stats ss;
             got.n = 0;
-            if (gen_selfspec(&m, &fs, &kv, &c->ss, &sp, pids[i], plen[i], &gp, collect, &got, &st, &ss, err,
-                             sizeof err) != 0) {
+            sp.draft = c->draft;
+            if (gen_selfspec(&m, &fs, &kv, c->no_ss ? NULL : &c->ss, &sp, pids[i], plen[i], &gp, collect, &got, &st,
+                             &ss, err, sizeof err) != 0) {
                 fprintf(stderr, "e2e_selfspec: gen_selfspec (%s), prompt %d: %s\n", c->name, i, err);
                 return 2;
             }

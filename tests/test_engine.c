@@ -10,7 +10,10 @@
  *    that holds two requests at a time still finishes them all, and every
  *    KV block comes back;
  *  - the speculation policy: on where passes are bandwidth-bound (flat
- *    cost), off where they are compute-bound (cost linear in tokens).
+ *    cost), off where they are compute-bound (cost linear in tokens);
+ *  - context drafts and chains: forced, equal to gen_selfspec with the same
+ *    draft source (greedy and sampled, with and without a skip set); auto,
+ *    equal to gen_plain and really drafting from context; per-source totals.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -106,8 +109,9 @@ static int collect(void *ctx, int32_t tok)
     return 0;
 }
 
-/* Each request alone: gen_plain, or gen_selfspec with ss. */
-static void reference(tiny *t, req *r, int n, const skip_set *ss)
+/* Each request alone: gen_plain, or gen_selfspec with ss and/or a draft
+ * source other than layers. */
+static void reference_draft(tiny *t, req *r, int n, const skip_set *ss, int32_t draft)
 {
     char err[256];
     for (int i = 0; i < n; i++) {
@@ -118,8 +122,9 @@ static void reference(tiny *t, req *r, int n, const skip_set *ss)
         spec_params sp;
         spec_params_default(&sp);
         sp.max_draft = 4;
+        sp.draft = draft;
         r[i].n_ref = 0;
-        int rc = ss ? gen_selfspec(&t->m, &t->fs, &kv, ss, &sp, r[i].prompt, r[i].n_prompt, &r[i].gp, collect, &r[i],
+        int rc = ss || draft != SPEC_DRAFT_LAYERS ? gen_selfspec(&t->m, &t->fs, &kv, ss, &sp, r[i].prompt, r[i].n_prompt, &r[i].gp, collect, &r[i],
                                    &st, &sps, err, sizeof err)
                     : gen_plain(&t->m, &t->fs, &kv, r[i].prompt, r[i].n_prompt, &r[i].gp, collect, &r[i], &st, err,
                                 sizeof err);
@@ -127,6 +132,11 @@ static void reference(tiny *t, req *r, int n, const skip_set *ss)
             fail_msg("reference %d: %s", i, err);
         kv_free(&kv);
     }
+}
+
+static void reference(tiny *t, req *r, int n, const skip_set *ss)
+{
+    reference_draft(t, r, n, ss, SPEC_DRAFT_LAYERS);
 }
 
 static int on_token(void *user, int32_t tok)
@@ -201,6 +211,18 @@ static void half_skip(skip_set *ss, int32_t L)
     skipset_init(ss, L);
     ss->attn_skip[0] = 1;
     ss->mlp_skip[L - 1] = 1;
+}
+
+/* Give the even requests prompts with repeats (a segment of 5 tokens
+ * repeated), so that context drafts hit in the prompt too. */
+static void add_repeats(req *r, int n)
+{
+    for (int i = 0; i < n; i += 2) {
+        if (r[i].n_prompt < 12)
+            r[i].n_prompt = 12 + i;
+        for (int32_t j = 5; j < r[i].n_prompt; j++)
+            r[i].prompt[j] = r[i].prompt[j % 5];
+    }
 }
 
 /* ---- tests ---- */
@@ -323,6 +345,81 @@ static void test_batch_invariant_spec(void **state)
     tiny_close(&t);
 }
 
+/* Context drafts and chains in the engine: forced (ENGINE_SPEC) equals
+ * gen_selfspec alone with the same draft source, greedy and sampled, at
+ * every --max-seqs; auto equals gen_plain alone and does draft from context;
+ * the per-source totals add up. */
+static void test_batch_invariant_context(void **state)
+{
+    (void)state;
+    tiny t;
+    tiny_open(&t);
+    skip_set ss;
+    half_skip(&ss, t.m.config.n_layers);
+    req *r = calloc(N_REQ, sizeof *r);
+    make_requests(r, N_REQ, 1);
+    add_repeats(r, N_REQ);
+    const int32_t kinds[] = {SPEC_DRAFT_CONTEXT, SPEC_DRAFT_CHAIN, SPEC_DRAFT_AUTO, SPEC_DRAFT_CONTEXT};
+    int seqs[] = {1, 3, N_REQ};
+    for (int ki = 0; ki < 4; ki++) {
+        const skip_set *use = ki == 3 ? NULL : &ss;   /* context drafts without any skip set too */
+        reference_draft(&t, r, N_REQ, use, kinds[ki]);
+        for (int k = 0; k < 3; k++) {
+            engine_params p;
+            base_params(&p, seqs[k], ENGINE_SPEC, use);
+            p.sp.draft = kinds[ki];
+            char what[96];
+            snprintf(what, sizeof what, "self-spec, draft %s%s, max-seqs %d", spec_draft_name(kinds[ki]),
+                     use ? "" : " (no skip set)", seqs[k]);
+            run_engine(&t, r, N_REQ, &p, what);
+        }
+    }
+    /* auto: greedy sequences choose their source by the measured costs
+     * (flat: speculation pays), sampled ones decode plainly */
+    reference(&t, r, N_REQ, NULL);
+    for (int ki = 0; ki < 3; ki++) {
+        engine_params p;
+        base_params(&p, 4, ENGINE_AUTO, &ss);
+        p.sp.draft = kinds[ki];
+        char err[256];
+        engine *e;
+        assert_int_equal(engine_init(&e, &t.m, &p, err, sizeof err), 0);
+        for (int32_t T = 1; T <= 64; T++) {
+            engine_cost_observe(e, 0, T, 1e-3);
+            engine_cost_observe(e, 1, T, 1e-4);
+        }
+        for (int i = 0; i < N_REQ; i++) {
+            r[i].n_out = 0;
+            r[i].done = 0;
+            engine_callbacks cb = {on_token, on_done, &r[i]};
+            assert_int_equal(engine_submit(e, r[i].prompt, r[i].n_prompt, &r[i].gp, &cb, err, sizeof err), 0);
+        }
+        while (engine_pending(e) > 0)
+            assert_true(engine_step(e, err, sizeof err) >= 0);
+        const engine_totals *tot = engine_get_totals(e);
+        int64_t b = 0, d = 0, a = 0;
+        for (int i = 0; i < SPEC_SRC_N; i++)
+            b += tot->src_blocks[i], d += tot->src_drafted[i], a += tot->src_accepted[i];
+        assert_int_equal(b, tot->num_drafts);
+        assert_int_equal(d, tot->num_draft_tokens);
+        assert_int_equal(a, tot->num_accepted_tokens);
+        printf("  auto, draft %s: blocks layers %lld, context %lld, chain %lld; accepted %lld of %lld\n",
+               spec_draft_name(kinds[ki]), (long long)tot->src_blocks[0], (long long)tot->src_blocks[1],
+               (long long)tot->src_blocks[2], (long long)a, (long long)d);
+        assert_true(tot->src_blocks[SPEC_SRC_CONTEXT] + tot->src_blocks[SPEC_SRC_CHAIN] > 0);
+        if (kinds[ki] == SPEC_DRAFT_CONTEXT)
+            assert_int_equal(tot->src_blocks[SPEC_SRC_LAYERS] + tot->src_blocks[SPEC_SRC_CHAIN], 0);
+        for (int i = 0; i < N_REQ; i++) {
+            assert_int_equal(r[i].n_out, r[i].n_ref);
+            assert_memory_equal(r[i].out, r[i].ref, (size_t)r[i].n_ref * sizeof(int32_t));
+        }
+        engine_free(e);
+    }
+    skipset_free(&ss);
+    free(r);
+    tiny_close(&t);
+}
+
 static void test_admission(void **state)
 {
     (void)state;
@@ -420,6 +517,7 @@ int main(void)
         cmocka_unit_test(test_paged_kv_same_logits),
         cmocka_unit_test(test_batch_invariant_plain),
         cmocka_unit_test(test_batch_invariant_spec),
+        cmocka_unit_test(test_batch_invariant_context),
         cmocka_unit_test(test_admission),
         cmocka_unit_test(test_policy),
     };

@@ -23,6 +23,13 @@
  *  - skipset_load rejects bad configs and accepts good ones; skipset_save /
  *    skipset_load / skipset_find round-trip.
  * spec_draft_from (drafting on top of unverified scratch) continues a draft.
+ *  - context drafts and chains (decode/ngram.h): greedy output and verified
+ *    KV identical to plain for context, chain and auto drafts on prompts
+ *    with repeats, with and without a skip set; spec_choose's forced kinds
+ *    and rule; spec_accept on point-q tokens (p ~ 1 accepted, p ~ 0
+ *    rejected and never redrawn, frequency p(x)); speculative sampling with point-distribution context drafts
+ *    (alone and chained) equal in distribution to plain (chi-square), with
+ *    a wrong rejection rule detected.
  * Runs single-threaded unless OMP_NUM_THREADS is set; TEST_SPEC_FILTER
  * (a cmocka pattern, e.g. "test_sampling*") runs a subset.
  * Run from the repository root. Every random choice is seeded: a run is
@@ -43,6 +50,7 @@
 #include <unistd.h>
 
 #include "decode/generate.h"
+#include "decode/ngram.h"
 #include "format/gguf.h"
 #include "model/model.h"
 #include "decode/sampler.h"
@@ -1005,6 +1013,419 @@ static void test_seed_reproduces(void **state)
     free(g);
 }
 
+/* ------------------------------------------------------ context drafts */
+
+/* A prompt with repeats: a random segment of seg tokens repeated to len,
+ * one token in `noise` changed (0: none), so context drafts hit in the
+ * prompt as well as in the output. */
+static void repeat_prompt(uint64_t *rng, int32_t *p, int32_t len, int32_t seg, int32_t noise, int32_t vocab)
+{
+    int32_t s[32];
+    random_tokens(rng, s, seg, vocab);
+    for (int32_t i = 0; i < len; i++)
+        p[i] = noise && i % noise == noise - 1 ? (int32_t)(tmodel_rng(rng) % (uint64_t)vocab) : s[i % seg];
+}
+
+/* Greedy: every draft source (context, chain, auto; with a skip set and,
+ * for context and auto, without one), several n-gram ranges and draft
+ * lengths, random and extreme skip sets, a pruned head: gen_selfspec emits
+ * exactly gen_plain's ids and its verified KV is byte-identical; the
+ * per-source statistics add up; context and chained blocks really happened
+ * and were accepted in part. */
+static void test_context_greedy_matches_plain(void **state)
+{
+    (void)state;
+    enum { NP = 3 };
+    tmodel_spec ms = tmodel_default(GGUF_TT_Q8_0);
+    ms.n_layers = G_LAYERS;
+    ms.seed = 9090;
+    tiny t;
+    tiny_open(&t, &ms, G_CTX);
+    int32_t V = t.m.config.vocab_size;
+    uint64_t rng = 4711;
+    int32_t prompts[NP][32], plens[NP] = {24, 30, 1};
+    repeat_prompt(&rng, prompts[0], 24, 6, 0, V);
+    repeat_prompt(&rng, prompts[1], 30, 4, 7, V);
+    random_tokens(&rng, prompts[2], 1, V);
+    gen_params gp = {.max_tokens = G_NEW, .sampling = {.temperature = 0.0f, .top_p = 1.0f}, .ignore_eos = 1};
+    kv_cache kv_plain[NP], kv;
+    sink plain[NP], got;
+    for (int p = 0; p < NP; p++) {
+        kv_open(&kv_plain[p], &t.m, G_CTX);
+        kv_scribble(&kv_plain[p], 0x00);
+        plain[p].stop_after = 0;
+        run_plain(&t, &kv_plain[p], prompts[p], plens[p], &gp, &plain[p]);
+        assert_int_equal(plain[p].n, G_NEW);
+    }
+    kv_open(&kv, &t.m, G_CTX);
+    enum { NS = 5 };
+    skip_set sets[NS];
+    skipset_init(&sets[0], G_LAYERS);                                  /* nothing skipped */
+    skipset_init(&sets[1], G_LAYERS);                                  /* everything */
+    memset(sets[1].attn_skip, 1, G_LAYERS), memset(sets[1].mlp_skip, 1, G_LAYERS);
+    for (int s = 2; s < NS; s++) {                                     /* random */
+        skipset_init(&sets[s], G_LAYERS);
+        for (int l = 0; l < G_LAYERS; l++) {
+            sets[s].attn_skip[l] = (uint8_t)(tmodel_rng(&rng) & 1);
+            sets[s].mlp_skip[l] = (uint8_t)(tmodel_rng(&rng) & 1);
+        }
+    }
+    set_head(&sets[NS - 1], random_head(&rng, 16, V), 16);
+    const int32_t kinds[] = {SPEC_DRAFT_CONTEXT, SPEC_DRAFT_CHAIN, SPEC_DRAFT_AUTO};
+    const int32_t ngr[3][2] = {{1, 3}, {2, 2}, {1, 1}};
+    int64_t src_b[SPEC_SRC_N] = {0}, src_d[SPEC_SRC_N] = {0}, src_a[SPEC_SRC_N] = {0};
+    int partial_ctx = 0, runs = 0;
+    for (int s = 0; s <= NS; s++) {          /* s == NS: no skip set */
+        for (int ki = 0; ki < 3; ki++) {
+            if (s == NS && kinds[ki] == SPEC_DRAFT_CHAIN)
+                continue;
+            for (int p = 0; p < NP; p++) {
+                spec_params sp;
+                spec_params_default(&sp);
+                sp.draft = kinds[ki];
+                sp.max_draft = 1 + (runs * 5) % 12;
+                sp.ngram_min = ngr[runs % 3][0];
+                sp.ngram_max = ngr[runs % 3][1];
+                if (runs % 4 == 1)
+                    sp.gamma_init = 0.0f;
+                spec_stats sps;
+                kv_scribble(&kv, (uint8_t)(0x11 * (runs % 7 + 1)));
+                got.stop_after = 0;
+                run_spec(&t, &kv, s < NS ? &sets[s] : NULL, &sp, prompts[p], plens[p], &gp, &got, &sps);
+                char what[256];
+                if (s < NS)
+                    describe(&sets[s], what, sizeof what);
+                else
+                    snprintf(what, sizeof what, "no skip set");
+                size_t o = strlen(what);
+                snprintf(what + o, sizeof what - o, ", draft %s, prompt %d, max_draft %d, ngram %d..%d",
+                         spec_draft_name(sp.draft), p, sp.max_draft, sp.ngram_min, sp.ngram_max);
+                assert_same_ids(&plain[p], &got, what);
+                assert_int_equal(kv.len, kv_plain[p].len);
+                kv_assert_prefix_equal(&kv, &kv_plain[p], kv.len, what);
+                int64_t b = 0, d = 0, a = 0;
+                for (int i = 0; i < SPEC_SRC_N; i++) {
+                    b += sps.src_blocks[i], d += sps.src_drafted[i], a += sps.src_accepted[i];
+                    assert_true(sps.src_accepted[i] <= sps.src_drafted[i]);
+                    src_b[i] += sps.src_blocks[i], src_d[i] += sps.src_drafted[i], src_a[i] += sps.src_accepted[i];
+                }
+                assert_int_equal(d, sps.drafted);
+                assert_int_equal(a, sps.accepted);
+                assert_true(b <= sps.verifications);
+                if (kinds[ki] == SPEC_DRAFT_CONTEXT || s == NS)   /* no drafter: context blocks only */
+                    assert_int_equal(sps.src_blocks[SPEC_SRC_LAYERS] + sps.src_blocks[SPEC_SRC_CHAIN], 0);
+                if (sps.src_accepted[SPEC_SRC_CONTEXT] > 0 &&
+                    sps.src_accepted[SPEC_SRC_CONTEXT] < sps.src_drafted[SPEC_SRC_CONTEXT])
+                    partial_ctx++;
+                runs++;
+            }
+        }
+    }
+    printf("  %d greedy runs with context drafts, all identical to plain; blocks / acceptance: layers %lld / %.3f, "
+           "context %lld / %.3f, chain %lld / %.3f\n", runs, (long long)src_b[0],
+           src_d[0] ? (double)src_a[0] / src_d[0] : 0.0, (long long)src_b[1],
+           src_d[1] ? (double)src_a[1] / src_d[1] : 0.0, (long long)src_b[2],
+           src_d[2] ? (double)src_a[2] / src_d[2] : 0.0);
+    assert_true(src_b[SPEC_SRC_CONTEXT] >= 20 && src_a[SPEC_SRC_CONTEXT] > 0);
+    assert_true(src_b[SPEC_SRC_CHAIN] >= 5 && src_a[SPEC_SRC_CHAIN] > 0);
+    assert_true(partial_ctx >= 3);
+    for (int s = 0; s < NS; s++)
+        skipset_free(&sets[s]);
+    for (int p = 0; p < NP; p++)
+        kv_free(&kv_plain[p]);
+    kv_free(&kv);
+    tiny_close(&t);
+}
+
+/* spec_choose: the forced kinds, and the rule on hand-made costs. */
+static void test_choose_rule(void **state)
+{
+    (void)state;
+    spec_costs c;
+    memset(&c, 0, sizeof c);
+    c.base = 1.0;
+    c.n_base = 1.0;
+    c.draft = 0.2;
+    for (int x = 0; x <= SPEC_MAX_DRAFT; x++)
+        c.extra[x] = 0.01 * x;
+    spec_choice ch;
+    /* forced */
+    ch = spec_choose(SPEC_DRAFT_LAYERS, &c, 0.9f, 0.9f, 5, 3, 6, 8, 1, 1);
+    assert_int_equal(ch.n_ctx, 0), assert_int_equal(ch.k_layers, 6);
+    ch = spec_choose(SPEC_DRAFT_CONTEXT, &c, 0.9f, 0.9f, 5, 3, 6, 8, 1, 1);   /* good context: all of it */
+    assert_int_equal(ch.n_ctx, 5), assert_int_equal(ch.k_layers, 0);
+    ch = spec_choose(SPEC_DRAFT_CONTEXT, &c, 0.0f, 0.9f, 5, 3, 6, 8, 1, 1);   /* useless: still one token */
+    assert_int_equal(ch.n_ctx, 1), assert_int_equal(ch.k_layers, 0);
+    ch = spec_choose(SPEC_DRAFT_CONTEXT, &c, 0.9f, 0.9f, 0, 0, 6, 8, 1, 1);   /* no match: plain */
+    assert_int_equal(ch.n_ctx, 0), assert_int_equal(ch.k_layers, 0);
+    ch = spec_choose(SPEC_DRAFT_CHAIN, &c, 0.9f, 0.9f, 8, 3, 8, 8, 1, 1);
+    assert_int_equal(ch.n_ctx, 3), assert_int_equal(ch.k_layers, 5);
+    ch = spec_choose(SPEC_DRAFT_CHAIN, &c, 0.9f, 0.9f, 0, 0, 8, 8, 1, 1);
+    assert_int_equal(ch.n_ctx, 0), assert_int_equal(ch.k_layers, 8);
+    ch = spec_choose(SPEC_DRAFT_CHAIN, &c, 0.9f, 0.9f, 8, 3, 8, 8, 0, 1);   /* no drafter */
+    assert_int_equal(ch.n_ctx, 8), assert_int_equal(ch.k_layers, 0);
+    /* the rule: good context, poor layers -> context; nearly free verification -> long */
+    ch = spec_choose(SPEC_DRAFT_AUTO, &c, 0.9f, 0.1f, 8, 8, 8, 8, 1, 0);
+    assert_true(ch.n_ctx >= 6 && ch.k_layers == 0);
+    /* poor context, good layers -> layers */
+    ch = spec_choose(SPEC_DRAFT_AUTO, &c, 0.02f, 0.9f, 8, 8, 8, 8, 1, 0);
+    assert_true(ch.n_ctx == 0 && ch.k_layers >= 2);
+    /* a short context match that is always right, good layers -> chain */
+    ch = spec_choose(SPEC_DRAFT_AUTO, &c, 1.0f, 0.9f, 2, 2, 8, 8, 1, 0);
+    assert_true(ch.n_ctx == 2 && ch.k_layers >= 1);
+    /* nothing pays: plain */
+    ch = spec_choose(SPEC_DRAFT_AUTO, &c, 0.0f, 0.0f, 8, 8, 8, 8, 1, 0);
+    assert_true(ch.n_ctx == 0 && ch.k_layers == 0);
+    /* compute-bound verification: each token costs as much as the pass -> plain */
+    for (int x = 0; x <= SPEC_MAX_DRAFT; x++)
+        c.extra[x] = 1.0 * x;
+    ch = spec_choose(SPEC_DRAFT_AUTO, &c, 0.7f, 0.7f, 8, 8, 8, 8, 1, 0);
+    assert_true(ch.n_ctx == 0 && ch.k_layers == 0);
+    /* kind restricts the rule: layers only never takes context */
+    for (int x = 0; x <= SPEC_MAX_DRAFT; x++)
+        c.extra[x] = 0.01 * x;
+    ch = spec_choose(SPEC_DRAFT_LAYERS, &c, 1.0f, 0.5f, 8, 8, 8, 8, 1, 0);
+    assert_int_equal(ch.n_ctx, 0);
+    ch = spec_choose(SPEC_DRAFT_CONTEXT, &c, 0.5f, 1.0f, 8, 8, 8, 8, 1, 0);
+    assert_int_equal(ch.k_layers, 0);
+    /* a limit of 0 (one token left): plain */
+    ch = spec_choose(SPEC_DRAFT_AUTO, &c, 1.0f, 1.0f, 8, 8, 8, 0, 1, 0);
+    assert_true(ch.n_ctx == 0 && ch.k_layers == 0);
+}
+
+/* spec_accept on hand-made logits with context (point-q) tokens: a token
+ * the model gives probability ~1 is always accepted, one it gives ~0 always
+ * rejected and never redrawn, and acceptance frequency equals p(x); a
+ * rejected token is never the replacement; greedy takes the matching
+ * prefix whatever the source. */
+static void test_accept_point_q(void **state)
+{
+    (void)state;
+    enum { V = 8, N = 20000 };
+    char err[128];
+    sampler smp;
+    sampler_params sp = {.temperature = 1.0f, .top_k = 0, .top_p = 1.0f, .seed = 77};
+    assert_int_equal(sampler_init(&smp, &sp, V, err, sizeof err), 0);
+    float base[2 * V], logits[2 * V];
+    for (int i = 0; i < 2 * V; i++)
+        base[i] = 0.1f * (float)(i % V);
+    spec_qdist qd = {NULL, 0, NULL};   /* context tokens never read q */
+    spec_block b = {.n = 1, .n_ctx = 1, .tokens = {3}};
+    int32_t acc, next;
+    /* p(3) ~ 1 */
+    memcpy(logits, base, sizeof logits);
+    logits[3] = 60.0f;
+    for (int i = 0; i < 200; i++) {
+        memcpy(logits, base, sizeof logits), logits[3] = 60.0f;
+        spec_accept(V, logits, &b, &qd, &smp, &acc, &next);
+        assert_int_equal(acc, 1);
+    }
+    /* p(3) ~ 0: rejected, and the replacement is never 3 */
+    for (int i = 0; i < 200; i++) {
+        memcpy(logits, base, sizeof logits), logits[3] = -60.0f;
+        spec_accept(V, logits, &b, &qd, &smp, &acc, &next);
+        assert_int_equal(acc, 0);
+        assert_true(next != 3 && next >= 0 && next < V);
+    }
+    /* p(3) moderate: acceptance frequency p(3) (5 sigma), replacement != 3 */
+    double e[V], z = 0;
+    for (int j = 0; j < V; j++)
+        z += e[j] = exp(base[j]);
+    double p3 = e[3] / z;
+    int hits = 0;
+    for (int i = 0; i < N; i++) {
+        memcpy(logits, base, sizeof logits);
+        spec_accept(V, logits, &b, &qd, &smp, &acc, &next);
+        hits += acc;
+        if (!acc)
+            assert_true(next != 3);
+    }
+    double sd = sqrt(N * p3 * (1 - p3));
+    if (fabs(hits - N * p3) > 5 * sd)
+        fail_msg("context token accepted %d of %d times, want about %.0f (p = %.3f)", hits, N, N * p3, p3);
+    sampler_free(&smp);
+    /* greedy: the prefix equal to the argmax, context or not */
+    sampler_params gp = {.temperature = 0.0f, .top_p = 1.0f};
+    assert_int_equal(sampler_init(&smp, &gp, V, err, sizeof err), 0);
+    memcpy(logits, base, sizeof logits);   /* argmax 7 in both rows */
+    spec_block g = {.n = 1, .n_ctx = 1, .tokens = {7}};
+    spec_accept(V, logits, &g, &qd, &smp, &acc, &next);
+    assert_int_equal(acc, 1), assert_int_equal(next, 7);
+    g.tokens[0] = 2;
+    spec_accept(V, logits, &g, &qd, &smp, &acc, &next);
+    assert_int_equal(acc, 0), assert_int_equal(next, 7);
+    sampler_free(&smp);
+}
+
+/* Speculative sampling with context drafts (point distributions q): the
+ * first tokens' distribution equals plain sampling, with context drafts
+ * alone (no skip set) and chained with the layer-skipping draft; acceptance
+ * of the context tokens in (0.05, 0.95) so rejections are exercised; and the
+ * test has power: a wrong rule that resamples a rejected context token from
+ * p (instead of p without it) is detected. The prompt is the model's own
+ * greedy continuation, so the context proposes likely tokens. */
+#define C_PROMPT 24
+#define C_N 2000          /* seeds per method (the wrong rule: half) */
+typedef struct {
+    tiny t;
+    kv_cache kv;
+    int32_t prompt[C_PROMPT];
+    skip_set ss;
+} ctx_fixture;
+
+static void sample_ctx_spec(ctx_fixture *f, const sampler_params *smp, uint64_t seed, int32_t kind,
+                            const skip_set *ss, int32_t *out, spec_stats *acc)
+{
+    gen_params gp = {.max_tokens = S_MAX_TOKENS, .sampling = *smp, .ignore_eos = 1};
+    gp.sampling.seed = seed;
+    spec_params sp;
+    spec_params_default(&sp);
+    sp.max_draft = 4;
+    sp.gamma_init = 0.0f;
+    sp.draft = kind;
+    sink s = {.stop_after = 0};
+    spec_stats st;
+    run_spec(&f->t, &f->kv, ss, &sp, f->prompt, C_PROMPT, &gp, &s, &st);
+    assert_int_equal(s.n, S_MAX_TOKENS);
+    memcpy(out, s.ids, S_TOKENS * sizeof(int32_t));
+    for (int i = 0; i < SPEC_SRC_N; i++) {
+        acc->src_blocks[i] += st.src_blocks[i];
+        acc->src_drafted[i] += st.src_drafted[i];
+        acc->src_accepted[i] += st.src_accepted[i];
+    }
+}
+
+/* The wrong rule, context drafts only: accept x with probability p(x), but
+ * on a rejection draw from p itself. */
+static void sample_ctx_wrong(ctx_fixture *f, const sampler_params *smp, uint64_t seed, int32_t *out)
+{
+    char err[256] = "";
+    int32_t V = f->t.m.config.vocab_size;
+    sampler_params spp = *smp;
+    spp.seed = seed;
+    sampler s;
+    assert_int_equal(sampler_init(&s, &spp, V, err, sizeof err), 0);
+    ngram_index ng;
+    ngram_init(&ng, 1, 3);
+    ngram_push_many(&ng, f->prompt, C_PROMPT);
+    float logits[(SPEC_MAX_DRAFT + 1) * S_VOCAB], p[S_VOCAB];
+    assert_int_equal(gen_prefill(&f->t.m, &f->t.fs, &f->kv, f->prompt, C_PROMPT, logits, err, sizeof err), 0);
+    int n = 0;
+    int32_t cur = out[n++] = sampler_sample(&s, logits);
+    ngram_push(&ng, cur);
+    while (n < S_TOKENS) {
+        int32_t L = f->kv.len, k = S_MAX_TOKENS - n - 1 < 4 ? S_MAX_TOKENS - n - 1 : 4;
+        spec_block b = {0};
+        b.n = b.n_ctx = ngram_draft(&ng, k, b.tokens, NULL, NULL);
+        int32_t toks[SPEC_MAX_DRAFT + 1];
+        toks[0] = cur;
+        memcpy(toks + 1, b.tokens, (size_t)b.n * sizeof(int32_t));
+        fwd_seq sq = {.tokens = toks, .n_tokens = b.n + 1, .pos = L, .kv = &f->kv, .logits_from = 0};
+        assert_int_equal(model_forward(&f->t.m, &f->t.fs, &sq, 1, NULL, NULL, logits, err, sizeof err), 0);
+        int32_t i, next;
+        for (i = 0;; i++) {
+            sampler_probs(&s, logits + (size_t)i * V, V, p);
+            if (i == b.n) {
+                next = sampler_draw(&s, p, V);
+                break;
+            }
+            if (sampler_uniform(&s) < p[b.tokens[i]])
+                continue;
+            next = sampler_draw(&s, p, V);   /* wrong: p, not p without the token */
+            break;
+        }
+        for (int32_t j = 0; j < i; j++) {
+            if (n < S_TOKENS)
+                out[n++] = b.tokens[j];
+            ngram_push(&ng, b.tokens[j]);
+        }
+        if (n < S_TOKENS)
+            out[n++] = next;
+        ngram_push(&ng, next);
+        f->kv.len = L + i + 1;
+        cur = next;
+    }
+    ngram_free(&ng);
+    sampler_free(&s);
+}
+
+static void test_sampling_context(void **state)
+{
+    (void)state;
+    ctx_fixture *f = calloc(1, sizeof *f);
+    tmodel_spec ms = tmodel_default(GGUF_TT_Q8_0);
+    ms.vocab = S_VOCAB;
+    ms.n_layers = 4;
+    ms.seed = 2024;
+    tiny_open(&f->t, &ms, 48);
+    kv_open(&f->kv, &f->t.m, 48);
+    /* the prompt: 4 tokens and the model's greedy continuation */
+    const int32_t head[4] = {3, 17, 9, 28};
+    gen_params gg = {.max_tokens = C_PROMPT - 4, .sampling = {.temperature = 0.0f, .top_p = 1.0f}, .ignore_eos = 1};
+    sink gs = {.stop_after = 0};
+    run_plain(&f->t, &f->kv, head, 4, &gg, &gs);
+    memcpy(f->prompt, head, sizeof head);
+    memcpy(f->prompt + 4, gs.ids, (C_PROMPT - 4) * sizeof(int32_t));
+    skipset_init(&f->ss, 4);
+    f->ss.mlp_skip[3] = 1;
+    sampler_params smp = {.temperature = 1.0f, .top_k = 0, .top_p = 1.0f};
+    tables *plain = calloc(1, sizeof *plain), *ctx = calloc(1, sizeof *ctx), *chain = calloc(1, sizeof *chain);
+    tables *wrong = calloc(1, sizeof *wrong);
+    spec_stats acx = {0}, ach = {0};
+    int32_t toks[S_TOKENS];
+    gen_params gp = {.max_tokens = S_MAX_TOKENS, .sampling = smp, .ignore_eos = 1};
+    for (int i = 0; i < C_N; i++) {
+        gp.sampling.seed = 1000003ull * i + 1;
+        sink s = {.stop_after = 0};
+        run_plain(&f->t, &f->kv, f->prompt, C_PROMPT, &gp, &s);
+        tables_add(plain, s.ids);
+        sample_ctx_spec(f, &smp, 7000009ull * i + 5, SPEC_DRAFT_CONTEXT, NULL, toks, &acx);
+        tables_add(ctx, toks);
+        sample_ctx_spec(f, &smp, 9000011ull * i + 3, SPEC_DRAFT_CHAIN, &f->ss, toks, &ach);
+        tables_add(chain, toks);
+        if (i < C_N / 2) {
+            sample_ctx_wrong(f, &smp, 5000011ull * i + 13, toks);
+            tables_add(wrong, toks);
+        }
+    }
+    double ar = acx.src_drafted[SPEC_SRC_CONTEXT] ? (double)acx.src_accepted[SPEC_SRC_CONTEXT] /
+                                                        acx.src_drafted[SPEC_SRC_CONTEXT] : 0.0;
+    double x[3];
+    int df[3];
+    const char *names[2] = {"context", "chain"};
+    tables *got[2] = {ctx, chain};
+    double pmin[2];
+    for (int g = 0; g < 2; g++) {
+        double p01 = homogeneity(plain->joint01, got[g]->joint01, S_VOCAB * S_VOCAB, &x[0], &df[0]);
+        double p12 = homogeneity(plain->joint12, got[g]->joint12, S_VOCAB * S_VOCAB, &x[1], &df[1]);
+        double p3 = homogeneity(plain->marg3, got[g]->marg3, S_VOCAB, &x[2], &df[2]);
+        printf("  T=1 %s drafts: plain vs spec p = %.4f (t0,t1: chi2 %.1f df %d), %.4f (t1,t2), %.4f (t3)\n",
+               names[g], p01, x[0], df[0], p12, p3);
+        pmin[g] = min3(p01, p12, p3);
+    }
+    double w01 = homogeneity(plain->joint01, wrong->joint01, S_VOCAB * S_VOCAB, &x[0], &df[0]);
+    double w12 = homogeneity(plain->joint12, wrong->joint12, S_VOCAB * S_VOCAB, &x[1], &df[1]);
+    double w3 = homogeneity(plain->marg3, wrong->marg3, S_VOCAB, &x[2], &df[2]);
+    printf("  context acceptance %.3f (%lld blocks); chain blocks %lld, context-only %lld; wrong rule p = %.3g, "
+           "%.3g, %.3g (must be detected)\n", ar, (long long)acx.src_blocks[SPEC_SRC_CONTEXT],
+           (long long)ach.src_blocks[SPEC_SRC_CHAIN], (long long)ach.src_blocks[SPEC_SRC_CONTEXT], w01, w12, w3);
+    if (!(ar > 0.05 && ar < 0.95))
+        fail_msg("context acceptance %.3f outside (0.05, 0.95): rejections not exercised", ar);
+    assert_true(ach.src_blocks[SPEC_SRC_CHAIN] > C_N / 4);   /* chained blocks really happened */
+    if (!(pmin[0] > 0.001 && pmin[1] > 0.001))
+        fail_msg("sampling with context drafts differs from plain (p = %.3g context, %.3g chain)", pmin[0], pmin[1]);
+    if (!(min3(w01, w12, w3) < 0.001))
+        fail_msg("the test cannot tell the wrong context rule from the right one (p = %.3g, %.3g, %.3g)", w01, w12, w3);
+    free(plain);
+    free(ctx);
+    free(chain);
+    free(wrong);
+    skipset_free(&f->ss);
+    kv_free(&f->kv);
+    tiny_close(&f->t);
+    free(f);
+}
+
 /* ------------------------------------------------- draft-length clamp */
 
 /* spec_end_pos + spec_draft_limit give what the one-process loop computed
@@ -1384,6 +1805,10 @@ int main(void)
         cmocka_unit_test(test_sampling_topp),
         cmocka_unit_test(test_sampling_pruned_head),
         cmocka_unit_test(test_seed_reproduces),
+        cmocka_unit_test(test_context_greedy_matches_plain),
+        cmocka_unit_test(test_choose_rule),
+        cmocka_unit_test(test_accept_point_q),
+        cmocka_unit_test(test_sampling_context),
         cmocka_unit_test(test_draft_limit),
         cmocka_unit_test(test_exit_update),
         cmocka_unit_test(test_params_check),

@@ -36,6 +36,7 @@
 #include "decode/output.h"
 #include "decode/sampler.h"
 #include "decode/skipset.h"
+#include "decode/ngram.h"
 #include "engine/engine.h"
 #include "model/model.h"
 #include "text/chat.h"
@@ -99,13 +100,21 @@ static void usage_batch(FILE *f)
 "                         it pays), plain, or self-spec (always draft)\n"
 "      --skip FILE|none   skip-set config (default: the model's config in configs/)\n"
 "      --draft-head N     pruned draft head size (default: the config's)\n"
+"      --draft SRC        draft sources: auto (default: per step and sequence the source\n"
+"                         with the most expected tokens per unit of measured cost),\n"
+"                         layers (layer-skipping draft), context (what followed the\n"
+"                         last tokens earlier in the prompt or output), chain\n"
+"      --ngram-max N      context drafts: longest suffix matched (3); --ngram-min N (1)\n"
+"      --token-cost C     --mode self-spec --draft auto: nominal cost of one more verified\n"
+"                         token, a share of a step (0.2; auto measures its own)\n"
 "      --draft-max K      most tokens per draft (default 12)\n"
 "  -t, --threads N        worker threads (default: all cores)\n"
 "  -q, --quiet            no progress on stderr\n"
 "  -h, --help             this help\n");
 }
 
-enum { OPT_MAX_SEQS = 400, OPT_MAX_BATCH_TOKENS, OPT_KV_MEM, OPT_MODE, OPT_SKIP, OPT_DRAFT_HEAD, OPT_DRAFT_MAX };
+enum { OPT_MAX_SEQS = 400, OPT_MAX_BATCH_TOKENS, OPT_KV_MEM, OPT_MODE, OPT_SKIP, OPT_DRAFT_HEAD, OPT_DRAFT_MAX,
+       OPT_DRAFT, OPT_NGRAM_MIN, OPT_NGRAM_MAX, OPT_TOKEN_COST };
 
 static int parse_batch(int argc, char **argv, batch_opts *o)
 {
@@ -117,6 +126,9 @@ static int parse_batch(int argc, char **argv, batch_opts *o)
         {"mode", required_argument, 0, OPT_MODE}, {"skip", required_argument, 0, OPT_SKIP},
         {"draft-head", required_argument, 0, OPT_DRAFT_HEAD}, {"draft-max", required_argument, 0, OPT_DRAFT_MAX},
         {"threads", required_argument, 0, 't'}, {"quiet", no_argument, 0, 'q'}, {"help", no_argument, 0, 'h'},
+        {"draft", required_argument, 0, OPT_DRAFT}, {"ngram-min", required_argument, 0, OPT_NGRAM_MIN},
+        {"ngram-max", required_argument, 0, OPT_NGRAM_MAX},
+        {"token-cost", required_argument, 0, OPT_TOKEN_COST},
         {0, 0, 0, 0}};
     long v;
     int c;
@@ -126,6 +138,7 @@ static int parse_batch(int argc, char **argv, batch_opts *o)
     o->ep.kv_mem = (size_t)512 << 20;
     o->ep.ctx = 0;   /* the model's, capped, once it is loaded */
     o->draft_head = -1;
+    o->ep.sp.draft = SPEC_DRAFT_AUTO;
     optind = 1;
     while ((c = getopt_long(argc, argv, "i:o:m:c:t:qh", lo, NULL)) != -1) {
         switch (c) {
@@ -155,6 +168,21 @@ static int parse_batch(int argc, char **argv, batch_opts *o)
             }
             break;
         case OPT_SKIP: o->skip = optarg; break;
+        case OPT_DRAFT:
+            if (spec_parse_draft(optarg, &o->ep.sp.draft) != 0) {
+                fprintf(stderr, "selfspec: unknown --draft '%s' (available: auto, layers, context, chain)\n", optarg);
+                return -1;
+            }
+            break;
+        case OPT_NGRAM_MIN:
+            if (cli_parse_int(optarg, "--ngram-min", 1, NGRAM_MAX_N, &v)) return -1;
+            o->ep.sp.ngram_min = (int32_t)v;
+            break;
+        case OPT_TOKEN_COST: if (cli_parse_float(optarg, "--token-cost", &o->ep.sp.token_cost)) return -1; break;
+        case OPT_NGRAM_MAX:
+            if (cli_parse_int(optarg, "--ngram-max", 1, NGRAM_MAX_N, &v)) return -1;
+            o->ep.sp.ngram_max = (int32_t)v;
+            break;
         case OPT_DRAFT_HEAD:
             if (cli_parse_int(optarg, "--draft-head", 0, 1 << 24, &v)) return -1;
             o->draft_head = (int32_t)v;
@@ -453,7 +481,19 @@ static void print_summary(const batch_job *j, const engine *e, double secs, cons
             last = i + 1;
     for (int i = 0; i < last; i++)
         fprintf(stderr, "%s%lld", i ? ", " : "", (long long)t->accepted_per_pos[i]);
-    fprintf(stderr, "]}\n");
+    fprintf(stderr, "], \"draft\": \"%s\", \"sources\": {", spec_draft_name(j->o->ep.sp.draft));
+    int first = 1;
+    for (int i = 0; i < SPEC_SRC_N; i++) {
+        if (!t->src_blocks[i])
+            continue;
+        fprintf(stderr, "%s\"%s\": {\"blocks\": %lld, \"drafted\": %lld, \"accepted\": %lld, "
+                "\"acceptance_rate\": %.4f, \"mean_accepted\": %.3f}", first ? "" : ", ", spec_source_name(i),
+                (long long)t->src_blocks[i], (long long)t->src_drafted[i], (long long)t->src_accepted[i],
+                t->src_drafted[i] ? (double)t->src_accepted[i] / t->src_drafted[i] : 0.0,
+                (double)t->src_accepted[i] / t->src_blocks[i]);
+        first = 0;
+    }
+    fprintf(stderr, "}}\n");
 }
 
 /* ---- the command ---- */
@@ -493,15 +533,16 @@ static int run_batch(batch_opts *o)
         }
         have_ss = c == 0;
         if (c > 0 && !o->quiet)
-            fprintf(stderr, "selfspec: %s; decoding plainly\n", err);
+            fprintf(stderr, "selfspec: %s; %s\n", err,
+                    o->ep.sp.draft != SPEC_DRAFT_LAYERS ? "drafting from the context only" : "decoding plainly");
     }
     if (have_ss && o->ep.mode == ENGINE_AUTO && !o->skip && !skipset_pays(&ss)) {
         /* as generate: where the set's own search measured speculation
          * slower than plain decoding, auto starts from that measurement */
         if (!o->quiet)
             fprintf(stderr, "batch: the skip set in %s measured %.2fx plain decoding on the machine it was searched "
-                    "on; --mode auto decodes plainly (--mode self-spec forces speculation)\n", ss.source,
-                    ss.speedup);
+                    "on; --mode auto %s (--mode self-spec forces speculation)\n", ss.source, ss.speedup,
+                    o->ep.sp.draft != SPEC_DRAFT_LAYERS ? "drafts from the context only" : "decodes plainly");
         skipset_free(&ss);
         have_ss = 0;
     }

@@ -23,6 +23,7 @@
 #include "model/cuda_backend.h"
 #include "gen_cuda.h"
 #include "decode/generate.h"
+#include "decode/ngram.h"
 #include "decode/output.h"
 #include "decode/stats.h"
 #include "engine/engine.h"
@@ -107,6 +108,17 @@ static void usage_generate(FILE *f)
 "                         full model); without a config, plain decoding is used\n"
 "      --draft-head N     pruned draft head: the config's N most frequent tokens\n"
 "                         (0 = full vocabulary; default: the config's size)\n"
+"      --draft SRC        draft sources of self-spec: auto (default: per step the\n"
+"                         source with the most expected tokens per unit of cost,\n"
+"                         plain when none pays), layers (the layer-skipping draft),\n"
+"                         context (what followed the last tokens where they occurred\n"
+"                         earlier in the prompt or output), chain (context tokens,\n"
+"                         then layer-skip drafting on from them); the pipeline and\n"
+"                         --device cuda use layers\n"
+"      --ngram-max N      context drafts: longest suffix matched, tried first (3)\n"
+"      --ngram-min N      ... shortest (1)\n"
+"      --token-cost C     --draft auto: what one more verified token costs, as a share\n"
+"                         of a decode step (default 0.2, this CPU's; about 0 on a GPU)\n"
 "      --draft-max K      most tokens per draft (default 12, at most %d)\n"
 "      --gamma G          initial draft-exit threshold on the draft's top-1\n"
 "                         probability (default 0.6; adapted while decoding)\n"
@@ -125,7 +137,7 @@ static void usage_generate(FILE *f)
 enum { OPT_CHAT = 256, OPT_SYSTEM, OPT_TEMP, OPT_TOPK, OPT_TOPP, OPT_SEED, OPT_STOP,
        OPT_IGNORE_EOS, OPT_IDS, OPT_STATS, OPT_MODE, OPT_SKIP, OPT_DRAFT_MAX, OPT_GAMMA,
        OPT_AR_TARGET, OPT_GAMMA_STEP, OPT_DEVICE, OPT_DRAFT_HEAD, OPT_PIPE_SEQ, OPT_HB_MS,
-       OPT_HB_TIMEOUT, OPT_DRAFTER_THREADS, OPT_PIPE_SEQS };
+       OPT_HB_TIMEOUT, OPT_DRAFTER_THREADS, OPT_PIPE_SEQS, OPT_DRAFT, OPT_NGRAM_MIN, OPT_NGRAM_MAX, OPT_TOKEN_COST };
 
 static int parse_generate(int argc, char **argv, gen_opts *o)
 {
@@ -147,6 +159,9 @@ static int parse_generate(int argc, char **argv, gen_opts *o)
         {"hb-timeout-ms", required_argument, 0, OPT_HB_TIMEOUT},
         {"drafter-threads", required_argument, 0, OPT_DRAFTER_THREADS},
         {"pipeline-seqs", required_argument, 0, OPT_PIPE_SEQS},
+        {"draft", required_argument, 0, OPT_DRAFT}, {"ngram-min", required_argument, 0, OPT_NGRAM_MIN},
+        {"ngram-max", required_argument, 0, OPT_NGRAM_MAX},
+        {"token-cost", required_argument, 0, OPT_TOKEN_COST},
         {0, 0, 0, 0}};
     long v;
     int c;
@@ -157,6 +172,7 @@ static int parse_generate(int argc, char **argv, gen_opts *o)
     o->device = -1;
     o->draft_head = -1;   /* the config's head (before, an unset 0 meant the full head) */
     spec_params_default(&o->sp);
+    o->sp.draft = SPEC_DRAFT_AUTO;
     optind = 1;
     while ((c = getopt_long(argc, argv, "m:p:f:n:t:c:h", longopts, NULL)) != -1) {
         switch (c) {
@@ -208,6 +224,21 @@ static int parse_generate(int argc, char **argv, gen_opts *o)
             o->pl.drafter_threads = (int)v;
             break;
         case OPT_SKIP: o->skip = optarg; break;
+        case OPT_DRAFT:
+            if (spec_parse_draft(optarg, &o->sp.draft) != 0) {
+                fprintf(stderr, "selfspec: unknown --draft '%s' (available: auto, layers, context, chain)\n", optarg);
+                return -1;
+            }
+            break;
+        case OPT_NGRAM_MIN:
+            if (cli_parse_int(optarg, "--ngram-min", 1, NGRAM_MAX_N, &v)) return -1;
+            o->sp.ngram_min = (int32_t)v;
+            break;
+        case OPT_TOKEN_COST: if (cli_parse_float(optarg, "--token-cost", &o->sp.token_cost)) return -1; break;
+        case OPT_NGRAM_MAX:
+            if (cli_parse_int(optarg, "--ngram-max", 1, NGRAM_MAX_N, &v)) return -1;
+            o->sp.ngram_max = (int32_t)v;
+            break;
         case OPT_DRAFT_HEAD:
             if (cli_parse_int(optarg, "--draft-head", 0, 1 << 24, &v)) return -1;
             o->draft_head = (int32_t)v;   /* checked against the config by skipset_set_head */
@@ -423,6 +454,12 @@ static int run_generate(gen_opts *o)
     skip_set ss = {0};
     pipe_stats pst;
     int use_spec = !strcmp(o->mode, "self-spec") || !strcmp(o->mode, "pipeline");
+    int have_ss = 0;
+    /* context drafts run in the one-process engine; the pipeline and the
+     * CUDA backend draft with the layer-skipping draft only */
+    if (pipeline || o->device >= 0)
+        o->sp.draft = SPEC_DRAFT_LAYERS;
+    int ctx_ok = o->sp.draft != SPEC_DRAFT_LAYERS;
     if (use_spec) {
         char dir[PATH_MAX];
         cli_configs_dir(dir, sizeof dir);
@@ -431,20 +468,27 @@ static int run_generate(gen_opts *o)
             fprintf(stderr, "selfspec: bad skip set: %s\n", err);
             goto free_all;
         }
-        if (c > 0) {
+        have_ss = c == 0;
+        if (c > 0 && ctx_ok) {
+            fprintf(stderr, "selfspec: %s; drafting from the context only\n", err);
+        } else if (c > 0) {
             fprintf(stderr, "selfspec: %s; using plain decoding (make one with 'selfspec search', or pass --skip)\n",
                     err);
             use_spec = 0, pipeline = 0, o->mode = "plain";
         }
-        if (c == 0 && !o->mode_given && !o->skip && !skipset_pays(&ss)) {
+        if (have_ss && !o->mode_given && !o->skip && !skipset_pays(&ss)) {
             /* speculation switches itself off where its own search found it costs */
             fprintf(stderr, "selfspec: the skip set in %s measured %.2fx plain decoding for this model on the "
-                    "machine it was searched on; decoding plainly (--mode self-spec forces speculation)\n",
-                    ss.source, ss.speedup);
+                    "machine it was searched on; %s (--mode self-spec forces speculation)\n",
+                    ss.source, ss.speedup, ctx_ok ? "drafting from the context only" : "decoding plainly");
             skipset_free(&ss);
-            use_spec = 0, o->mode = "plain";
+            have_ss = 0;
+            if (!ctx_ok)
+                use_spec = 0, o->mode = "plain";
         }
     }
+    if (!use_spec)
+        o->sp.draft = SPEC_DRAFT_LAYERS;   /* engine_generate: plain */
     o->pl.model_path = o->model_path;
     o->pl.skip_path = ss.source;
     o->pl.draft_head = o->draft_head;
@@ -452,13 +496,13 @@ static int run_generate(gen_opts *o)
         ? gen_pipeline(&m, &fs, ctx, &o->sp, &o->pl, ids, (int32_t)n_ids, &o->gp, emit_token, &out, &st, &sps,
                        &pst, err, sizeof err)
         : o->device >= 0
-        ? gen_cuda(&m, o->device, ctx, use_spec ? &ss : NULL, o->sp.max_draft, ids, (int32_t)n_ids, &o->gp,
+        ? gen_cuda(&m, o->device, ctx, have_ss ? &ss : NULL, o->sp.max_draft, ids, (int32_t)n_ids, &o->gp,
                    emit_token, &out, &st, use_spec ? &sps : NULL, err, sizeof err)
-        : engine_generate(&m, ctx, use_spec ? &ss : NULL, &o->sp, ids, (int32_t)n_ids, &o->gp, emit_token, &out,
+        : engine_generate(&m, ctx, have_ss ? &ss : NULL, &o->sp, ids, (int32_t)n_ids, &o->gp, emit_token, &out,
                           &st, use_spec ? &sps : NULL, err, sizeof err);
     if (grc != 0) {
         fprintf(stderr, "\nselfspec: generation failed: %s\n", err);
-        if (use_spec)
+        if (have_ss)
             skipset_free(&ss);
         goto free_all;
     }
@@ -467,8 +511,8 @@ static int run_generate(gen_opts *o)
     printf("\n");
     fflush(stdout);
     if (o->stats)
-        print_stats(o, &m, &st, use_spec ? &sps : NULL, use_spec ? ss.source : "", &o->pl, pipeline ? &pst : NULL);
-    if (use_spec)
+        print_stats(o, &m, &st, use_spec ? &sps : NULL, have_ss ? ss.source : "", &o->pl, pipeline ? &pst : NULL);
+    if (have_ss)
         skipset_free(&ss);
     rc = 0;
 free_all:

@@ -1,8 +1,11 @@
 /*
  * spec.c - self-speculative decoding: drafting with skipped sublayers,
- * verification in one pass, adaptive draft exit (see spec.h).
+ * context drafts and their chaining, verification in one pass, adaptive
+ * draft exit, the choice among draft sources (see spec.h).
  */
 #include "decode/spec.h"
+
+#include "decode/ngram.h"
 
 #include <assert.h>
 #include <math.h>
@@ -19,6 +22,34 @@ void spec_params_default(spec_params *p)
     p->gamma_ema = 0.9f;
     p->ar_decay = 0.5f;
     p->ar_init = 0.9f;
+    p->draft = SPEC_DRAFT_LAYERS;
+    p->ngram_min = 1;
+    p->ngram_max = 3;
+    p->ctx_alpha_init = 0.6f;
+    p->token_cost = 0.2f;
+    p->draft_cost = 0.0f;
+}
+
+int spec_parse_draft(const char *s, int32_t *out)
+{
+    static const char *names[] = {"layers", "context", "chain", "auto"};
+    for (int32_t i = 0; i < 4; i++)
+        if (!strcmp(s, names[i])) {
+            *out = i;
+            return 0;
+        }
+    return -1;
+}
+
+const char *spec_draft_name(int32_t kind)
+{
+    return kind == SPEC_DRAFT_CONTEXT ? "context" : kind == SPEC_DRAFT_CHAIN ? "chain"
+         : kind == SPEC_DRAFT_AUTO ? "auto" : "layers";
+}
+
+const char *spec_source_name(int32_t src)
+{
+    return src == SPEC_SRC_CONTEXT ? "context" : src == SPEC_SRC_CHAIN ? "chain" : "layers";
 }
 
 int spec_params_check(const spec_params *p, char *err, size_t errlen)
@@ -30,6 +61,13 @@ int spec_params_check(const spec_params *p, char *err, size_t errlen)
     if (!(p->ar_target > 0.0f && p->ar_target <= 1.0f) || !(p->gamma_step >= 0.0f && p->gamma_step < 1.0f) ||
         !(p->gamma_ema >= 0.0f && p->gamma_ema <= 1.0f) || !(p->ar_decay >= 0.0f && p->ar_decay <= 1.0f))
         return util_err(err, errlen, "adaptive exit constants out of range");
+    if (p->draft < SPEC_DRAFT_LAYERS || p->draft > SPEC_DRAFT_AUTO)
+        return util_err(err, errlen, "unknown draft source %d", p->draft);
+    if (ngram_params_check(p->ngram_min, p->ngram_max, err, errlen) != 0)
+        return -1;
+    if (!(p->ctx_alpha_init >= 0.0f && p->ctx_alpha_init <= 1.0f) || !(p->token_cost >= 0.0f && p->token_cost <= 10.0f) ||
+        !(p->draft_cost >= 0.0f && p->draft_cost <= 10.0f))
+        return util_err(err, errlen, "context-draft constants out of range");
     return 0;
 }
 
@@ -90,34 +128,72 @@ int spec_draft(spec_drafter *d, fwd_state *fs, kv_cache *kv, int32_t L, int32_t 
     return spec_draft_from(d, fs, kv, L, L, cur, k_max, gamma, smp, out, err, errlen);
 }
 
+/* Append the draft token of the logits in d->logits to out (q row
+ * out->n - out->n_ctx under sampling); returns its top-1 probability. */
+static float take_token(spec_drafter *d, sampler *smp, spec_block *out)
+{
+    int32_t j;
+    float conf = sampler_top1_prob(d->logits, d->width, &j);
+    if (smp->p.temperature != 0.0f) {
+        float *q = d->q + (size_t)(out->n - out->n_ctx) * d->width;
+        sampler_probs(smp, d->logits, d->width, q);
+        j = sampler_draw(smp, q, d->width);
+    }
+    out->tokens[out->n] = d->head_tokens ? d->head_tokens[j] : j;
+    out->q_index[out->n] = j;
+    out->n++;
+    return conf;
+}
+
+static int draft_pass(spec_drafter *d, fwd_state *fs, kv_cache *kv, int32_t base, int32_t pos,
+                      const int32_t *toks, int32_t n, char *err, size_t errlen)
+{
+    fwd_seq sq = {.tokens = toks, .n_tokens = n, .pos = pos, .kv = kv,
+                  .scratch = &d->scratch, .scratch_base = base, .logits_from = n - 1};
+    return model_forward(d->m, fs, &sq, 1, &d->mask, d->head.rows ? &d->head : NULL, d->logits, err, errlen);
+}
+
 int spec_draft_from(spec_drafter *d, fwd_state *fs, kv_cache *kv, int32_t base, int32_t L, int32_t cur,
                     int32_t k_max, float gamma, sampler *smp, spec_block *out, char *err, size_t errlen)
 {
     assert(base <= L && L - base + k_max <= d->scratch.cap - 1 && k_max <= SPEC_MAX_DRAFT);
-    int greedy = smp->p.temperature == 0.0f;
     int32_t tok = cur;
     out->n = 0;
+    out->n_ctx = 0;
     for (int32_t i = 0; i < k_max; i++) {
-        fwd_seq sq = {.tokens = &tok, .n_tokens = 1, .pos = L + i, .kv = kv,
-                      .scratch = &d->scratch, .scratch_base = base, .logits_from = 0};
-        if (model_forward(d->m, fs, &sq, 1, &d->mask, d->head.rows ? &d->head : NULL, d->logits,
-                          err, errlen) != 0)
+        if (draft_pass(d, fs, kv, base, L + i, &tok, 1, err, errlen) != 0)
             return -1;
-        int32_t j;
-        float conf = sampler_top1_prob(d->logits, d->width, &j);
-        if (!greedy) {
-            float *q = d->q + (size_t)i * d->width;
-            sampler_probs(smp, d->logits, d->width, q);
-            j = sampler_draw(smp, q, d->width);
-        }
-        tok = d->head_tokens ? d->head_tokens[j] : j;
-        out->tokens[i] = tok;
-        out->q_index[i] = j;
-        out->n++;
+        float conf = take_token(d, smp, out);
+        tok = out->tokens[i];
         if (conf < gamma)
             break;
     }
     return 0;
+}
+
+int spec_draft_chain(spec_drafter *d, fwd_state *fs, kv_cache *kv, int32_t L, int32_t cur, int32_t n_max,
+                     float gamma, sampler *smp, spec_block *b, char *err, size_t errlen)
+{
+    int32_t c = b->n_ctx;
+    if (c == 0)
+        return spec_draft(d, fs, kv, L, cur, n_max, gamma, smp, b, err, errlen);
+    assert(b->n == c && n_max <= d->scratch.cap - 1 && n_max <= SPEC_MAX_DRAFT);
+    if (n_max <= c)
+        return 0;
+    /* one pass over [cur, ctx_1..ctx_c]: the scratch holds the context
+     * tokens' draft KV, the last row drafts the token after them */
+    int32_t toks[SPEC_MAX_DRAFT + 1];
+    toks[0] = cur;
+    memcpy(toks + 1, b->tokens, (size_t)c * sizeof(int32_t));
+    if (draft_pass(d, fs, kv, L, L, toks, c + 1, err, errlen) != 0)
+        return -1;
+    for (;;) {
+        float conf = take_token(d, smp, b);
+        if (b->n >= n_max || conf < gamma)
+            return 0;
+        if (draft_pass(d, fs, kv, L, L + b->n, &b->tokens[b->n - 1], 1, err, errlen) != 0)
+            return -1;
+    }
 }
 
 /* Speculative-sampling test of draft token i against the full model's
@@ -126,7 +202,26 @@ int spec_draft_from(spec_drafter *d, fwd_state *fs, kv_cache *kv, int32_t base, 
 static int accept_sampled(const spec_qdist *qd, sampler *smp, float *p, int32_t V, int32_t i,
                           const spec_block *b, int32_t *next)
 {
-    const float *q = qd->q + (size_t)i * qd->width;
+    if (i < b->n_ctx) {
+        /* a context token: q is one-hot at x, so min(1, p(x)/1) and the
+         * residual max(0, p - q) is p with x removed */
+        int32_t x = b->tokens[i];
+        if (sampler_uniform(smp) < p[x])
+            return 1;
+        p[x] = 0.0f;
+        double sum = 0.0;
+        for (int32_t t = 0; t < V; t++)
+            sum += p[t];
+        if (sum <= 0.0) {   /* p(x) == 1 (rounding): x is the only choice */
+            *next = x;
+            return 0;
+        }
+        for (int32_t t = 0; t < V; t++)
+            p[t] = (float)(p[t] / sum);
+        *next = sampler_draw(smp, p, V);
+        return 0;
+    }
+    const float *q = qd->q + (size_t)(i - b->n_ctx) * qd->width;
     float qx = q[b->q_index[i]], px = p[b->tokens[i]];
     if (sampler_uniform(smp) * qx < px)
         return 1;
@@ -238,6 +333,119 @@ void spec_record(spec_stats *ss, spec_exit *ex, const spec_params *sp, int32_t d
     spec_exit_update(ex, sp, drafted, accepted);
 }
 
+float spec_alpha_update(float a, int32_t drafted, int32_t accepted)
+{
+    return drafted > 0 ? 0.7f * a + 0.3f * (float)accepted / (float)drafted : a;
+}
+
+void spec_src_idle(spec_src_state *src, const spec_params *sp)
+{
+    src->alpha_ctx += 0.02f * (sp->ctx_alpha_init - src->alpha_ctx);
+}
+
+void spec_record_block(spec_stats *ss, spec_exit *ex, spec_src_state *src, const spec_params *sp,
+                       const spec_block *b, int32_t accepted)
+{
+    int32_t c = b->n_ctx, k = b->n - c;
+    if (ss) {
+        ss->verifications++;
+        if (b->n > 0) {
+            int32_t s = spec_block_source(b);
+            ss->drafted += b->n;
+            ss->accepted += accepted;
+            for (int32_t i = 0; i < b->n; i++)
+                ss->drafted_at[i]++;
+            for (int32_t i = 0; i < accepted; i++)
+                ss->accepted_at[i]++;
+            ss->src_blocks[s]++;
+            ss->src_drafted[s] += b->n;
+            ss->src_accepted[s] += accepted;
+        }
+    }
+    if (c > 0)
+        src->alpha_ctx = spec_alpha_update(src->alpha_ctx, c, accepted < c ? accepted : c);
+    if (k > 0 && accepted >= c)   /* the drafter's tokens were tested */
+        spec_exit_update(ex, sp, k, accepted - c);
+}
+
+/* 1 + a + a^2 + ... + a^k */
+static double geo_sum(double a, int32_t k)
+{
+    double s = 1.0, t = 1.0;
+    for (int32_t i = 0; i < k; i++)
+        s += (t *= a);
+    return s;
+}
+
+spec_choice spec_choose(int32_t kind, const spec_costs *c, float alpha_ctx, float alpha_layers,
+                        int32_t n_ctx_avail, int32_t n_ctx_hist, int32_t k_layers, int32_t lim, int can_layers,
+                        int force)
+{
+    spec_choice best = {0, 0};
+    if (lim < 0)
+        lim = 0;
+    n_ctx_avail = n_ctx_avail < 0 ? 0 : n_ctx_avail > lim ? lim : n_ctx_avail;
+    n_ctx_hist = n_ctx_hist < 0 ? 0 : n_ctx_hist > n_ctx_avail ? n_ctx_avail : n_ctx_hist;
+    k_layers = !can_layers || k_layers < 0 ? 0 : k_layers > lim ? lim : k_layers;
+    double plain = c->n_base / c->base, best_rate = plain * 1.02, more = c->n_base - 1.0;
+    if (force && kind != SPEC_DRAFT_AUTO) {
+        if (kind == SPEC_DRAFT_LAYERS || (kind == SPEC_DRAFT_CHAIN && n_ctx_avail == 0)) {
+            best.k_layers = k_layers;
+        } else if (kind == SPEC_DRAFT_CONTEXT || !can_layers) {
+            /* context: the length with the best rate, at least one token */
+            best.n_ctx = n_ctx_avail > 0;
+            for (int32_t x = 1, r0 = 0; x <= n_ctx_avail; x++) {
+                double r = (more + geo_sum(alpha_ctx, x)) / (c->base + c->extra[x]);
+                if (!r0 || r > best_rate)
+                    best_rate = r, best.n_ctx = x, r0 = 1;
+            }
+        } else {   /* chain: the tokens the history shows, then the drafter */
+            best = (spec_choice){n_ctx_hist, lim - n_ctx_hist};
+        }
+        return best;
+    }
+    int ctx_ok = kind == SPEC_DRAFT_CONTEXT || kind == SPEC_DRAFT_AUTO;
+    int lay_ok = kind == SPEC_DRAFT_LAYERS || kind == SPEC_DRAFT_AUTO || (kind == SPEC_DRAFT_CHAIN && !n_ctx_avail);
+    int chain_ok = kind == SPEC_DRAFT_CHAIN || kind == SPEC_DRAFT_AUTO;
+    for (int32_t x = 1; (ctx_ok || chain_ok) && x <= n_ctx_avail; x++) {
+        /* x context tokens alone (for a chain: its k = 0) */
+        double e_ctx = geo_sum(alpha_ctx, x), r = (more + e_ctx) / (c->base + c->extra[x]);
+        if (r > best_rate)
+            best_rate = r, best = (spec_choice){x, 0};
+        /* then k drafted tokens, tested only when all x were accepted */
+        double all = pow(alpha_ctx, x);
+        for (int32_t k = 1; chain_ok && k <= k_layers && x + k <= lim; k++) {
+            double e = e_ctx + all * (geo_sum(alpha_layers, k) - 1.0);
+            r = (more + e) / (c->base + c->extra[x + k] + k * c->draft);
+            if (r > best_rate)
+                best_rate = r, best = (spec_choice){x, k};
+        }
+    }
+    for (int32_t k = 1; lay_ok && k <= k_layers; k++) {
+        double r = (more + geo_sum(alpha_layers, k)) / (c->base + c->extra[k] + k * c->draft);
+        if (r > best_rate)
+            best_rate = r, best = (spec_choice){0, k};
+    }
+    return best;
+}
+
+void spec_nominal_costs(const spec_params *sp, const skip_set *ss, spec_costs *c)
+{
+    memset(c, 0, sizeof *c);
+    c->base = 1.0;
+    c->n_base = 1.0;
+    for (int32_t x = 0; x <= SPEC_MAX_DRAFT; x++)
+        c->extra[x] = sp->token_cost * x;
+    double d = sp->draft_cost;
+    if (d <= 0.0 && ss && ss->n_layers > 0) {
+        int32_t kept = 0;
+        for (int32_t l = 0; l < ss->n_layers; l++)
+            kept += !ss->attn_skip[l] + !ss->mlp_skip[l];
+        d = (double)kept / (2.0 * ss->n_layers);
+    }
+    c->draft = d > 0.05 ? d : 0.05;
+}
+
 int32_t spec_end_pos(int32_t cap, int32_t pos, int32_t tokens_left)
 {
     int32_t end = pos + tokens_left - 1;
@@ -253,6 +461,7 @@ int32_t spec_draft_limit(int32_t k_max, int32_t pos, int32_t end_pos)
 int spec_begin_run(spec_run *r, const int32_t *prompt, int32_t n_prompt, double *t_decode, char *err, size_t errlen)
 {
     r->ex = (spec_exit){r->sp->gamma_init, r->sp->ar_init};
+    r->src = (spec_src_state){r->sp->ctx_alpha_init};
     return spec_begin(r->m, r->fs, r->kv, r->smp, prompt, n_prompt, r->gp, r->emit, r->ctx, r->st, r->logits,
                       &r->cur, t_decode, err, errlen);
 }
@@ -265,12 +474,27 @@ int spec_step(spec_run *r, const spec_block *b, double t_draft, int32_t *accepte
         return -1;
     r->ss->draft_seconds += tb - t_draft;
     r->ss->verify_seconds += util_now() - tb;
-    spec_record(r->ss, &r->ex, r->sp, b->n, acc);
+    spec_record_block(r->ss, &r->ex, &r->src, r->sp, b, acc);
     int stop = spec_emit_block(b, acc, next, r->gp, r->emit, r->ctx, r->st, NULL, NULL);
     r->cur = next;
     if (accepted)
         *accepted = acc;
     return stop;
+}
+
+/* gen_selfspec's emit: every final token enters the context index first. */
+typedef struct {
+    gen_emit_fn emit;
+    void *ctx;
+    ngram_index *ng;
+} ctx_emit;
+
+static int ctx_emit_token(void *user, int32_t tok)
+{
+    ctx_emit *c = user;
+    if (c->ng)
+        ngram_push(c->ng, tok);
+    return c->emit(c->ctx, tok);
 }
 
 int gen_selfspec(const model *m, fwd_state *fs, kv_cache *kv, const skip_set *ss, const spec_params *sp,
@@ -280,16 +504,30 @@ int gen_selfspec(const model *m, fwd_state *fs, kv_cache *kv, const skip_set *ss
     int rc = -1;
     sampler smp;
     spec_drafter d;
+    memset(&d, 0, sizeof d);
     memset(st, 0, sizeof *st);
     memset(ss_out, 0, sizeof *ss_out);
-    if (spec_params_check(sp, err, errlen) != 0 ||
-        sampler_init(&smp, &gp->sampling, m->config.vocab_size, err, errlen) != 0)
+    if (spec_params_check(sp, err, errlen) != 0)
         return -1;
-    if (spec_drafter_init(&d, m, ss, sp->max_draft, err, errlen) != 0)
+    int can_layers = ss != NULL && sp->draft != SPEC_DRAFT_CONTEXT;
+    int can_ctx = sp->draft != SPEC_DRAFT_LAYERS;
+    if (!ss && !can_ctx)
+        return util_err(err, errlen, "layer-skipping drafts need a skip set");
+    if (sampler_init(&smp, &gp->sampling, m->config.vocab_size, err, errlen) != 0)
+        return -1;
+    if (can_layers && spec_drafter_init(&d, m, ss, sp->max_draft, err, errlen) != 0)
         goto free_sampler;
+    ngram_index ng;
+    if (can_ctx) {
+        ngram_init(&ng, sp->ngram_min, sp->ngram_max);
+        ngram_push_many(&ng, prompt, n_prompt);
+    }
+    ctx_emit ce = {emit, ctx, can_ctx ? &ng : NULL};
+    spec_costs nominal;
+    spec_nominal_costs(sp, ss, &nominal);
     float *logits = mallocCheck((size_t)(SPEC_MAX_DRAFT + 1) * m->config.vocab_size * sizeof(float));
-    spec_run r = {.m = m, .fs = fs, .kv = kv, .sp = sp, .d = &d, .smp = &smp, .logits = logits,
-                  .gp = gp, .emit = emit, .ctx = ctx, .st = st, .ss = ss_out};
+    spec_run r = {.m = m, .fs = fs, .kv = kv, .sp = sp, .d = can_layers ? &d : NULL, .smp = &smp,
+                  .logits = logits, .gp = gp, .emit = ctx_emit_token, .ctx = &ce, .st = st, .ss = ss_out};
     double t1;
     int stop = spec_begin_run(&r, prompt, n_prompt, &t1, err, errlen);
     if (stop < 0)
@@ -303,7 +541,14 @@ int gen_selfspec(const model *m, fwd_state *fs, kv_cache *kv, const skip_set *ss
         int32_t k_max = spec_draft_limit(sp->max_draft, L, spec_end_pos(kv->cap, L, gp->max_tokens - st->generated_tokens));
         spec_block b = {0};
         double ta = util_now();
-        if (k_max > 0 && spec_draft(&d, fs, kv, L, r.cur, k_max, r.ex.gamma, &smp, &b, err, errlen) != 0)
+        int32_t hist = 0, avail = can_ctx ? ngram_draft(&ng, k_max, b.tokens, NULL, &hist) : 0;
+        spec_choice ch = spec_choose(sp->draft, &nominal, r.src.alpha_ctx, r.ex.ar, avail, hist, k_max, k_max,
+                                     can_layers, 1);
+        b.n = b.n_ctx = ch.n_ctx;
+        if (avail > 0 && ch.n_ctx == 0)
+            spec_src_idle(&r.src, sp);
+        if (ch.k_layers > 0 &&
+            spec_draft_chain(&d, fs, kv, L, r.cur, ch.n_ctx + ch.k_layers, r.ex.gamma, &smp, &b, err, errlen) != 0)
             goto free_all;
         if ((stop = spec_step(&r, &b, ta, NULL, err, errlen)) < 0)
             goto free_all;
@@ -313,7 +558,10 @@ int gen_selfspec(const model *m, fwd_state *fs, kv_cache *kv, const skip_set *ss
     rc = 0;
 free_all:
     free(logits);
-    spec_drafter_free(&d);
+    if (can_ctx)
+        ngram_free(&ng);
+    if (can_layers)
+        spec_drafter_free(&d);
 free_sampler:
     sampler_free(&smp);
     return rc;

@@ -11,6 +11,16 @@
  *   spec_exit_update - the adaptive draft-exit threshold.
  * gen_selfspec strings them together in one process.
  *
+ * Draft sources (spec_draft_kind, spec_choose): the layer-skipping draft
+ * above; a context draft (decode/ngram.h: what followed the last few tokens
+ * where they occurred earlier in the prompt or output -- no forward pass);
+ * or both chained (the context tokens first, then the layer-skipping draft
+ * drafting on from them). A block records how many of its tokens came
+ * from the context (spec_block.n_ctx): under sampling those are point
+ * distributions q = 1 at the proposed token, so they are accepted with
+ * probability p(x) and a rejection resamples from p with x removed,
+ * renormalized -- the same min(1, p/q) rule, so output stays exact.
+ *
  * Exactness: under greedy decoding the emitted tokens are the full model's
  * argmax at every position, because the verification pass computes the same
  * logits, bit for bit, that plain decoding computes one token at a time (see
@@ -38,7 +48,33 @@ typedef struct {
     float gamma_ema;      /* γ ← ema·γ + (1 − ema)·γ' (0.9) */
     float ar_decay;       /* AR ← decay·AR + (1 − decay)·accepted/drafted (0.5) */
     float ar_init;        /* starting AR (0.9) */
+    int32_t draft;        /* spec_draft_kind: the draft sources allowed (SPEC_DRAFT_LAYERS) */
+    int32_t ngram_min;    /* context drafts: shortest suffix matched (1) */
+    int32_t ngram_max;    /* ... longest, tried first (3) */
+    float ctx_alpha_init; /* starting per-token acceptance estimate of context drafts (0.6) */
+    float token_cost;     /* nominal cost of one more token in a verification, relative to
+                             the pass (0.2: what the search measured on the AVX2 CPU, see
+                             README; about 0 on a GPU); used where the choice must not
+                             depend on timings (gen_selfspec, forced self-spec) */
+    float draft_cost;     /* nominal cost of one draft pass relative to a verification;
+                             0: the share of sublayers the skip set keeps (0) */
 } spec_params;
+
+/* Which draft sources a run may use. LAYERS: the layer-skipping draft
+ * only (the behaviour before context drafts). CONTEXT: context drafts
+ * only. CHAIN: context tokens then layer-skip drafting on from them (the
+ * layer-skipping draft alone when the context has no match). AUTO: per
+ * step the source with the most expected tokens per unit of cost
+ * (spec_choose), plain when nothing pays. */
+typedef enum { SPEC_DRAFT_LAYERS, SPEC_DRAFT_CONTEXT, SPEC_DRAFT_CHAIN, SPEC_DRAFT_AUTO } spec_draft_kind;
+
+/* Parse "layers", "context", "chain", "auto"; -1 for anything else. */
+int spec_parse_draft(const char *s, int32_t *out);
+const char *spec_draft_name(int32_t kind);
+
+/* The source of one block, for statistics: what its tokens came from. */
+typedef enum { SPEC_SRC_LAYERS, SPEC_SRC_CONTEXT, SPEC_SRC_CHAIN, SPEC_SRC_N } spec_source;
+const char *spec_source_name(int32_t src);
 
 void spec_params_default(spec_params *p);
 int spec_params_check(const spec_params *p, char *err, size_t errlen);
@@ -57,6 +93,8 @@ typedef struct {
     int64_t accepted_at[SPEC_MAX_DRAFT];   /* ... in which it was accepted */
     double draft_seconds, verify_seconds;
     float final_gamma;
+    /* per source (spec_source) of the blocks with >= 1 draft token */
+    int64_t src_blocks[SPEC_SRC_N], src_drafted[SPEC_SRC_N], src_accepted[SPEC_SRC_N];
 } spec_stats;
 
 /* The drafter's state: its mask, optional pruned head, and scratch KV. */
@@ -71,11 +109,20 @@ typedef struct {
     float *q;                  /* (max_draft, width) warped draft distributions */
 } spec_drafter;
 
+/* A draft block: tokens[0..n_ctx) from the context (point distributions),
+ * tokens[n_ctx..n) from the layer-skipping draft, token i's distribution in
+ * q row i - n_ctx at index q_index[i]. A zeroed block is empty (n_ctx 0). */
 typedef struct {
     int32_t n;
+    int32_t n_ctx;
     int32_t tokens[SPEC_MAX_DRAFT];
-    int32_t q_index[SPEC_MAX_DRAFT];   /* index of each token in the q rows */
+    int32_t q_index[SPEC_MAX_DRAFT];   /* index of each token in its q row */
 } spec_block;
+
+static inline int32_t spec_block_source(const spec_block *b)
+{
+    return b->n_ctx == 0 ? SPEC_SRC_LAYERS : b->n_ctx == b->n ? SPEC_SRC_CONTEXT : SPEC_SRC_CHAIN;
+}
 
 int spec_drafter_init(spec_drafter *d, const model *m, const skip_set *ss, int32_t max_draft,
                       char *err, size_t errlen);
@@ -100,6 +147,16 @@ int spec_draft_from(spec_drafter *d, fwd_state *fs, kv_cache *kv, int32_t base, 
                     int32_t k_max, float gamma, sampler *smp, spec_block *out, char *err, size_t errlen);
 
 /*
+ * Chained drafting: b already holds b->n = b->n_ctx context tokens after
+ * cur; one masked pass over [cur, ctx...] at L.. fills the drafter's
+ * scratch for them, then the layer-skipping draft goes on until the block
+ * holds n_max tokens or the exit threshold stops it (q rows from 0). With
+ * b->n_ctx == 0 it is spec_draft.
+ */
+int spec_draft_chain(spec_drafter *d, fwd_state *fs, kv_cache *kv, int32_t L, int32_t cur, int32_t n_max,
+                     float gamma, sampler *smp, spec_block *b, char *err, size_t errlen);
+
+/*
  * Verify: one full pass over [cur, d1..dk] at positions L..L+k, writing the
  * verified KV. Sets *accepted (0..k) and *next (the full model's own token
  * after the accepted prefix); kv->len becomes L + accepted + 1.
@@ -115,7 +172,10 @@ int spec_verify(const model *m, fwd_state *fs, kv_cache *kv, int32_t cur, const 
  * prefix equal to the argmax, then the argmax after it. Sampling: min(1, p/q)
  * per token, the residual norm(max(0, p - q)) at the first rejection, a
  * bonus token from p when all are accepted (qd gives q; may be NULL under
- * greedy). Sets *accepted (0..k) and *next. */
+ * greedy or when every token is a context token). A context token
+ * (i < b->n_ctx) has q = 1 at the token: accepted with probability p(x),
+ * else resampled from p without x, renormalized. Sets *accepted (0..k)
+ * and *next. */
 typedef struct {
     const float *q;            /* (k, width) warped draft distributions */
     int32_t width;             /* the draft head's rows, or the vocabulary */
@@ -146,6 +206,66 @@ int spec_begin(const model *m, fwd_state *fs, kv_cache *kv, sampler *smp, const 
  * something was drafted, adapt the exit threshold. */
 void spec_record(spec_stats *ss, spec_exit *ex, const spec_params *sp, int32_t drafted, int32_t accepted);
 
+/* What a sequence has shown each source: running per-token acceptance
+ * estimates (the layer-skipping draft's is the adaptive exit's ar). */
+typedef struct {
+    float alpha_ctx;
+} spec_src_state;
+
+/* After verifying b with `accepted` tokens accepted: spec_record's counts
+ * and the per-source counts into ss (may be NULL); alpha_ctx from the
+ * context tokens (when any); the exit threshold from the layer-skipping
+ * tokens, only when they were tested (every context token accepted). */
+void spec_record_block(spec_stats *ss, spec_exit *ex, spec_src_state *src, const spec_params *sp,
+                       const spec_block *b, int32_t accepted);
+
+/* The per-token acceptance estimates' update: a <- 0.7 a + 0.3 acc/drafted. */
+float spec_alpha_update(float a, int32_t drafted, int32_t accepted);
+
+/* A step where the context had a match but no context token was drafted:
+ * alpha_ctx drifts back toward sp->ctx_alpha_init (2% of the gap), so a
+ * sequence whose context drafts once failed tries them again now and then
+ * (repeats often start later in an output). */
+void spec_src_idle(spec_src_state *src, const spec_params *sp);
+
+/*
+ * The choice among the draft sources for one sequence's step, by expected
+ * emitted tokens per unit of cost. costs: base, the step's cost with this
+ * sequence decoding plainly, emitting n_base tokens (1 alone); extra[x],
+ * what x more tokens in its verification block add; draft, what one draft
+ * pass adds. The context proposes n_ctx_avail tokens (<= lim, the block's
+ * length cap), the first n_ctx_hist of them read from the history itself
+ * (ngram_draft). Options: plain; x <= n_ctx_avail context tokens (no draft
+ * pass); k <= k_layers layer-skipping tokens (k passes); a chain, x context
+ * tokens then k <= k_layers drafted ones, x + k <= lim. Expected tokens
+ * with per-token acceptance a over k tokens: 1 + a + ... + a^k; a chain's
+ * drafted tokens count only after all x context tokens were accepted
+ * (probability alpha_ctx^x). A draft must beat plain by 2%. kind restricts
+ * the options (LAYERS: layers; CONTEXT: context; CHAIN: chains and context
+ * alone, layers alone when the context has no match; AUTO: all) and the
+ * best allowed one is taken. force (a forced self-spec run) with kind !=
+ * AUTO skips the plain option: LAYERS -> {0, k_layers}; CONTEXT -> {x, 0}
+ * with the x in 1..n_ctx_avail of the best rate; CHAIN -> {n_ctx_hist,
+ * lim - n_ctx_hist} (the drafter's exit ends it), or {0, k_layers} without
+ * a match. can_layers 0: no layer-skipping tokens in any option. Result:
+ * n_ctx context tokens, then at most k_layers drafted ones (both 0: plain).
+ */
+typedef struct {
+    double base, draft;
+    double extra[SPEC_MAX_DRAFT + 1];
+    double n_base;
+} spec_costs;
+typedef struct {
+    int32_t n_ctx, k_layers;
+} spec_choice;
+spec_choice spec_choose(int32_t kind, const spec_costs *c, float alpha_ctx, float alpha_layers,
+                        int32_t n_ctx_avail, int32_t n_ctx_hist, int32_t k_layers, int32_t lim, int can_layers,
+                        int force);
+
+/* The nominal costs of sp (token_cost, draft_cost; draft_cost 0: the share
+ * of sublayers ss keeps, at least 0.05; ss may be NULL) for one sequence. */
+void spec_nominal_costs(const spec_params *sp, const skip_set *ss, spec_costs *c);
+
 /*
  * The draft-length clamp: no draft token at a position past end_pos.
  * spec_end_pos: the last position a draft token may take for a sequence
@@ -175,6 +295,7 @@ typedef struct {
     gen_stats *st;
     spec_stats *ss;
     spec_exit ex;             /* set by spec_begin_run */
+    spec_src_state src;       /* set by spec_begin_run */
     int32_t cur;              /* last accepted token, at position kv->len */
 } spec_run;
 
@@ -191,7 +312,9 @@ int spec_step(spec_run *r, const spec_block *b, double t_draft, int32_t *accepte
 
 /* Self-speculative generation of one sequence, spec_draft then spec_step
  * per block; same contract as gen_plain. The sequential reference of the
- * engine's forced self-spec mode (tests/test_engine.c). */
+ * engine's forced self-spec mode (tests/test_engine.c). The draft source
+ * per step is spec_choose over sp->draft with the nominal costs; ss may be
+ * NULL when sp->draft is SPEC_DRAFT_CONTEXT or AUTO (context drafts only). */
 int gen_selfspec(const model *m, fwd_state *fs, kv_cache *kv, const skip_set *ss, const spec_params *sp,
                  const int32_t *prompt, int32_t n_prompt, const gen_params *gp, gen_emit_fn emit,
                  void *ctx, gen_stats *st, spec_stats *ss_out, char *err, size_t errlen);

@@ -42,6 +42,17 @@ cJSON *stats_json(const char *mode, int threads, const gen_stats *st, const spec
     stats_add_number(o, "final_gamma", sp->final_gamma, 4);
     stats_add_number(o, "draft_seconds", sp->draft_seconds, 4);
     stats_add_number(o, "verify_seconds", sp->verify_seconds, 4);
+    cJSON *src = cJSON_AddObjectToObject(o, "sources");
+    for (int i = 0; i < SPEC_SRC_N; i++) {
+        if (!sp->src_blocks[i])
+            continue;
+        cJSON *one = cJSON_AddObjectToObject(src, spec_source_name(i));
+        cJSON_AddNumberToObject(one, "blocks", (double)sp->src_blocks[i]);
+        cJSON_AddNumberToObject(one, "drafted", (double)sp->src_drafted[i]);
+        cJSON_AddNumberToObject(one, "accepted", (double)sp->src_accepted[i]);
+        stats_add_number(one, "acceptance_rate", ratio((double)sp->src_accepted[i], (double)sp->src_drafted[i]), 4);
+        stats_add_number(one, "mean_accepted", ratio((double)sp->src_accepted[i], (double)sp->src_blocks[i]), 3);
+    }
     cJSON *by_pos = cJSON_AddArrayToObject(o, "acceptance_by_position");
     for (int i = 0; i < SPEC_MAX_DRAFT && sp->drafted_at[i]; i++)
         cJSON_AddItemToArray(by_pos, cJSON_CreateNumber(round(1e4 * (double)sp->accepted_at[i] /

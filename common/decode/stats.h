@@ -6,8 +6,11 @@
  * tokens_per_s, prefill_seconds, prefill_tokens_per_s, decode_seconds,
  * decode_tokens_per_s; with self-spec also skip_config, drafted, accepted,
  * verifications, acceptance_rate, mean_accepted_per_verify, final_gamma,
- * draft_seconds, verify_seconds, acceptance_by_position (one rate per draft
- * position that was ever drafted).
+ * draft_seconds, verify_seconds, sources (per draft source that produced a
+ * block -- layers, context, chain -- its blocks, drafted, accepted,
+ * acceptance_rate and mean_accepted tokens per block),
+ * acceptance_by_position (one rate per draft position that was ever
+ * drafted).
  */
 #ifndef SELFSPEC_STATS_H
 #define SELFSPEC_STATS_H

@@ -9,6 +9,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "decode/ngram.h"
 #include "decode/sampler.h"
 #include "util/util.h"
 
@@ -29,9 +30,17 @@ typedef struct {
     spec_exit ex;              /* adaptive draft exit */
     float alpha;               /* acceptance-rate estimate (policy) */
     int spec_mode;             /* this sequence drafts: 0 never, 1 by the policy, 2 always */
-    spec_block blk;            /* this step's draft */
+    spec_block blk;            /* this step's draft (context tokens first) */
     int32_t k_max;             /* this step's draft length cap */
     int drafting;
+    /* context drafts (when the engine may draft from context) */
+    ngram_index ng;            /* the history: prompt + final tokens */
+    int has_ng;
+    float alpha_ctx;           /* context drafts' acceptance estimate */
+    int32_t ctx_avail;         /* this step: context tokens proposed */
+    int32_t ctx_hist;          /* ... of them read from the history itself */
+    int32_t plan_ctx, plan_n;  /* this step (ENGINE_AUTO): the choice, context tokens and block length */
+    int32_t dtok[SPEC_MAX_DRAFT + 1];   /* a chained draft's first pass: [cur, ctx...] */
     engine_result res;
 } eseq;
 
@@ -59,7 +68,10 @@ struct engine {
     ewait *wait;               /* FIFO ring of cap_wait */
     int32_t n_wait, head_wait, cap_wait;
     /* drafting, shared by every sequence: mask and pruned head */
-    int can_draft;
+    int can_draft;             /* some draft source is on: can_layers || can_ctx */
+    int can_layers;            /* layer-skipping drafts (a skip set, sp.draft != context) */
+    int can_ctx;               /* context drafts (sp.draft != layers) */
+    spec_costs nominal;        /* forced mode's draft-source choice, as gen_selfspec */
     layer_mask mask;
     qmat head;                 /* rows == 0: full head */
     const int32_t *head_tokens;
@@ -175,7 +187,7 @@ static double expected_emitted(double a, int32_t k)
 
 int32_t engine_policy_k(const engine *e, int32_t n_spec, float alpha, int32_t t_other)
 {
-    if (!e->can_draft || n_spec <= 0)
+    if (!e->can_layers || n_spec <= 0)
         return 0;
     int32_t best_k = 0;
     double best = n_spec / cost_get(e->full_s, e->full_n, t_other + n_spec);
@@ -214,7 +226,7 @@ static int calibrate(engine *e, char *err, size_t errlen)
             if (rep > 0)   /* the first pass warms caches */
                 cost_add(e->full_s, e->full_n, T, util_now() - t0);
         }
-        if (e->can_draft && T <= e->p.max_seqs && rc == 0) {
+        if (e->can_layers && T <= e->p.max_seqs && rc == 0) {
             /* T one-token draft sequences sharing the throwaway cache, each
              * at its own position (no two write the same KV row) */
             for (int32_t i = 0; i < T; i++)
@@ -259,7 +271,7 @@ int engine_init(engine **out, const model *m, const engine_params *p, char *err,
     int32_t need = p->max_seqs > p->sp.max_draft + 1 ? p->max_seqs : p->sp.max_draft + 1;
     /* forced speculation: every sequence's full block in one pass, so that a
      * sequence's draft length never depends on what else is in the batch */
-    if (p->mode == ENGINE_SPEC && p->ss)
+    if (p->mode == ENGINE_SPEC && (p->ss || p->sp.draft != SPEC_DRAFT_LAYERS))
         need = p->max_seqs * (p->sp.max_draft + 1);
     if (e->p.max_batch_tokens < need)
         e->p.max_batch_tokens = need;
@@ -268,9 +280,12 @@ int engine_init(engine **out, const model *m, const engine_params *p, char *err,
     e->batch = callocCheck((size_t)p->max_seqs, sizeof(fwd_seq));
     e->bseq = callocCheck((size_t)p->max_seqs, sizeof(int32_t));
     e->logits = mallocCheck((size_t)e->p.max_batch_tokens * m->config.vocab_size * sizeof(float));
-    e->can_draft = p->mode != ENGINE_PLAIN && p->ss != NULL;
+    e->can_layers = p->mode != ENGINE_PLAIN && p->ss != NULL && p->sp.draft != SPEC_DRAFT_CONTEXT;
+    e->can_ctx = p->mode != ENGINE_PLAIN && p->sp.draft != SPEC_DRAFT_LAYERS;
+    e->can_draft = e->can_layers || e->can_ctx;
+    spec_nominal_costs(&p->sp, p->ss, &e->nominal);
     e->dwidth = m->config.vocab_size;
-    if (e->can_draft) {
+    if (e->can_layers) {
         skipset_mask(p->ss, &e->mask);
         if (p->ss->n_head_tokens > 0) {
             if (qmat_gather(&m->w.output, p->ss->head_tokens, p->ss->n_head_tokens, &e->head) != 0) {
@@ -298,6 +313,8 @@ static void seq_release(eseq *s)
     if (s->scratch.cap)
         kv_free(&s->scratch);
     free(s->q);
+    if (s->has_ng)
+        ngram_free(&s->ng);
     memset(s, 0, sizeof *s);
 }
 
@@ -311,7 +328,7 @@ void engine_free(engine *e)
     for (int32_t i = 0; i < e->n_wait; i++)
         free(e->wait[(e->head_wait + i) % e->cap_wait].prompt);
     free(e->wait);
-    if (e->can_draft)
+    if (e->can_layers)
         skipset_mask_free(&e->mask);
     if (e->head.rows)
         qmat_free_owned(&e->head);
@@ -402,7 +419,7 @@ static int admit(engine *e, char *err, size_t errlen)
         }
         int greedy = w->gp.sampling.temperature == 0.0f;
         s->spec_mode = !e->can_draft ? 0 : e->p.mode == ENGINE_SPEC ? 2 : greedy ? 1 : 0;
-        if (s->spec_mode) {
+        if (s->spec_mode && e->can_layers) {
             if (kv_init(&s->scratch, &e->m->config, e->p.sp.max_draft + 1, err, errlen) != 0) {
                 kv_free(&s->kv);
                 sampler_free(&s->smp);
@@ -411,6 +428,12 @@ static int admit(engine *e, char *err, size_t errlen)
             if (!greedy)
                 s->q = mallocCheck((size_t)e->p.sp.max_draft * e->dwidth * sizeof(float));
         }
+        if (s->spec_mode && e->can_ctx) {
+            ngram_init(&s->ng, e->p.sp.ngram_min, e->p.sp.ngram_max);
+            ngram_push_many(&s->ng, w->prompt, w->n_prompt);
+            s->has_ng = 1;
+        }
+        s->alpha_ctx = e->p.sp.ctx_alpha_init;
         s->state = SEQ_PREFILL;
         s->prompt = w->prompt;
         s->n_prompt = w->n_prompt;
@@ -427,10 +450,56 @@ static int admit(engine *e, char *err, size_t errlen)
     return 0;
 }
 
-/* Decide each decoding sequence's draft cap for this step. */
+/* A match went unused this step: alpha_ctx drifts back (spec_src_idle). */
+static void ctx_idle(engine *e, eseq *s)
+{
+    spec_src_state st = {s->alpha_ctx};
+    spec_src_idle(&st, &e->p.sp);
+    s->alpha_ctx = st.alpha_ctx;
+}
+
+/* Context-draft choice for the policy sequences of an ENGINE_AUTO step,
+ * from the measured cost model: per sequence, spec_choose with the step's
+ * plain cost as the base (n_policy tokens), what more tokens add to the
+ * full pass, and this sequence's share of a draft pass; the layer option
+ * is the joint policy's k (0: layer drafts do not pay). Decode tokens stay
+ * within the pass budget. Returns whether any sequence drafts. */
+static int plan_context(engine *e, int32_t n_policy, int32_t t_other, int32_t dec_other, int32_t k)
+{
+    spec_costs c;
+    memset(&c, 0, sizeof c);
+    int32_t T0 = t_other + n_policy;
+    c.base = cost_get(e->full_s, e->full_n, T0);
+    c.n_base = n_policy;
+    for (int32_t x = 0; x <= e->p.sp.max_draft; x++) {
+        double d = cost_get(e->full_s, e->full_n, T0 + x) - c.base;
+        c.extra[x] = d > 0 ? d : 0;
+    }
+    c.draft = cost_get(e->draft_s, e->draft_n, n_policy) / n_policy;
+    int32_t budget = e->p.max_batch_tokens - dec_other - n_policy;
+    int want = 0;
+    for (int32_t i = 0; i < e->p.max_seqs; i++) {
+        eseq *s = &e->seqs[i];
+        if (s->state != SEQ_DECODE || s->spec_mode != 1)
+            continue;
+        int32_t cap = s->k_max < budget ? s->k_max : budget;
+        if (cap < 0)
+            cap = 0;
+        spec_choice ch = spec_choose(e->p.sp.draft, &c, s->alpha_ctx, s->alpha, s->ctx_avail, s->ctx_hist, k, cap,
+                                     e->can_layers && k > 0, 0);
+        s->plan_ctx = ch.n_ctx;
+        s->plan_n = ch.n_ctx + ch.k_layers;
+        budget -= s->plan_n;
+        want |= s->plan_n > 0;
+    }
+    return want;
+}
+
+/* Decide each decoding sequence's draft cap (and context tokens) for this
+ * step. */
 static void plan_drafts(engine *e)
 {
-    int32_t n_policy = 0, t_other = 0;
+    int32_t n_policy = 0, t_other = 0, dec_other = 0;
     int any_prefill = 0;
     double alpha_sum = 0;
     for (int32_t i = 0; i < e->p.max_seqs; i++) {
@@ -447,11 +516,24 @@ static void plan_drafts(engine *e)
                                        spec_end_pos(s->kv.cap, L, s->gp.max_tokens - s->res.generated_tokens));
         s->k_max = s->spec_mode ? lim : 0;
         s->blk.n = 0;
+        s->blk.n_ctx = 0;
+        s->ctx_hist = 0;
+        s->ctx_avail = s->has_ng ? ngram_draft(&s->ng, lim, s->blk.tokens, NULL, &s->ctx_hist) : 0;
+        if (s->spec_mode == 2 && e->p.sp.draft != SPEC_DRAFT_LAYERS) {
+            /* forced: the source by the nominal rule, exactly as gen_selfspec */
+            spec_choice ch = spec_choose(e->p.sp.draft, &e->nominal, s->alpha_ctx, s->ex.ar, s->ctx_avail, s->ctx_hist,
+                                         lim, lim, e->can_layers, 1);
+            s->blk.n = s->blk.n_ctx = ch.n_ctx;
+            s->k_max = ch.n_ctx + ch.k_layers;
+            if (s->ctx_avail > 0 && ch.n_ctx == 0)
+                ctx_idle(e, s);
+        }
         if (s->spec_mode == 1) {
             n_policy++;
             alpha_sum += s->alpha;
         } else {
             t_other += 1 + s->k_max;
+            dec_other += 1 + s->k_max;
         }
     }
     if (t_other > e->p.max_batch_tokens)
@@ -459,52 +541,78 @@ static void plan_drafts(engine *e)
     if (n_policy == 0)
         return;
     int32_t k = engine_policy_k(e, n_policy, (float)(alpha_sum / n_policy), t_other);
+    int ctx_policy = e->p.sp.draft != SPEC_DRAFT_LAYERS;
+    int want = ctx_policy ? plan_context(e, n_policy, t_other, dec_other, k) : k > 0;
     /* measured goodput overrules the prediction once both choices have been
      * seen at this batch size; the other choice is retried now and then */
     int32_t b = 0;
     while (b + 1 < RATE_BUCKETS && (1 << (b + 1)) <= n_policy)
         b++;
-    if (k > 0 && e->rate_n[0][b] < RATE_MIN_SAMPLES && !any_prefill) {
+    if (want && e->rate_n[0][b] < RATE_MIN_SAMPLES && !any_prefill) {
         if (++e->since_other[b] % 2 == 0)
-            k = 0;   /* the prediction says speculate: measure plain steps here too */
+            want = 0;   /* the prediction says speculate: measure plain steps here too */
     } else if (e->rate_n[0][b] >= RATE_MIN_SAMPLES && e->rate_n[1][b] >= RATE_MIN_SAMPLES) {
         int spec_pays = e->rate[1][b] > 1.02 * e->rate[0][b];
         int explore = ++e->since_other[b] >= RATE_EXPLORE;
-        if (k > 0 && !spec_pays && !explore)
-            k = 0;
-        else if (k > 0 && spec_pays && explore)
-            k = 0;   /* refresh the plain figure */
+        if (want && !spec_pays && !explore)
+            want = 0;
+        else if (want && spec_pays && explore)
+            want = 0;   /* refresh the plain figure */
         if (explore)
             e->since_other[b] = 0;
     }
     e->step_bucket = any_prefill ? -1 : b;   /* steps with prompt chunks are not compared */
     e->step_n = n_policy;
-    e->step_spec = k > 0;
+    e->step_spec = want;
+    if (!want)
+        k = 0;
     for (int32_t i = 0; i < e->p.max_seqs; i++) {
         eseq *s = &e->seqs[i];
-        if (s->state == SEQ_DECODE && s->spec_mode == 1 && s->k_max > k)
-            s->k_max = k;
+        if (s->state != SEQ_DECODE || s->spec_mode != 1)
+            continue;
+        if (!ctx_policy) {
+            if (s->k_max > k)
+                s->k_max = k;
+        } else if (!want) {
+            s->k_max = 0;
+        } else {
+            s->blk.n = s->blk.n_ctx = s->plan_ctx;
+            s->k_max = s->plan_n;
+        }
+        if (ctx_policy && s->ctx_avail > 0 && s->blk.n_ctx == 0)
+            ctx_idle(e, s);
     }
 }
 
 /* Batched drafting: pass i feeds every still-drafting sequence's token at
  * position L + i through the masked model; each stops at its cap or when
- * its draft's top-1 probability falls below its exit threshold. */
+ * its draft's top-1 probability falls below its exit threshold. A chained
+ * draft's first pass feeds [cur, ctx_1..ctx_c] (its scratch then holds the
+ * context tokens' draft KV) and drafts on from the last of them. */
 static int draft(engine *e, char *err, size_t errlen)
 {
     for (int32_t i = 0; i < e->p.max_seqs; i++) {
         eseq *s = &e->seqs[i];
-        s->drafting = s->state == SEQ_DECODE && s->k_max > 0;
+        s->drafting = s->state == SEQ_DECODE && s->k_max > s->blk.n;
     }
     for (int32_t step = 0;; step++) {
-        int n = 0;
+        int n = 0, multi = 0;
         for (int32_t i = 0; i < e->p.max_seqs; i++) {
             eseq *s = &e->seqs[i];
             if (!s->drafting)
                 continue;
-            const int32_t *tok = step == 0 ? &s->cur : &s->blk.tokens[step - 1];
-            e->batch[n] = (fwd_seq){.tokens = tok, .n_tokens = 1, .pos = s->kv.len + step, .kv = &s->kv,
-                                    .scratch = &s->scratch, .scratch_base = s->kv.len, .logits_from = 0};
+            if (step == 0) {
+                int32_t c = s->blk.n_ctx;
+                s->dtok[0] = s->cur;
+                memcpy(s->dtok + 1, s->blk.tokens, (size_t)c * sizeof(int32_t));
+                e->batch[n] = (fwd_seq){.tokens = s->dtok, .n_tokens = 1 + c, .pos = s->kv.len, .kv = &s->kv,
+                                        .scratch = &s->scratch, .scratch_base = s->kv.len, .logits_from = c};
+                multi |= c > 0;
+            } else {
+                e->batch[n] = (fwd_seq){.tokens = &s->blk.tokens[s->blk.n - 1], .n_tokens = 1,
+                                        .pos = s->kv.len + s->blk.n, .kv = &s->kv, .scratch = &s->scratch,
+                                        .scratch_base = s->kv.len, .logits_from = 0};
+            }
             e->bseq[n++] = i;
         }
         if (n == 0)
@@ -514,7 +622,8 @@ static int draft(engine *e, char *err, size_t errlen)
                           err, errlen) != 0)
             return -1;
         double dt = util_now() - t0;
-        cost_add(e->draft_s, e->draft_n, n, dt);
+        if (!multi)   /* the table is of one-token passes */
+            cost_add(e->draft_s, e->draft_n, n, dt);
         e->tot.draft_seconds += dt;
         for (int j = 0; j < n; j++) {
             eseq *s = &e->seqs[e->bseq[j]];
@@ -538,6 +647,8 @@ static int draft(engine *e, char *err, size_t errlen)
 /* Emit one final token of s; returns 1 when s is finished. */
 static int emit(eseq *s, int32_t tok)
 {
+    if (s->has_ng)
+        ngram_push(&s->ng, tok);
     s->res.generated_tokens++;
     if (s->res.generated_tokens == 1)
         s->res.t_first = util_now();
@@ -571,9 +682,13 @@ static void finish(engine *e, eseq *s)
 /* Record a verification of s that accepted acc of its blk.n draft tokens. */
 static void record(engine *e, eseq *s, int32_t acc)
 {
-    int32_t k = s->blk.n;
+    int32_t k = s->blk.n, c = s->blk.n_ctx;
     if (k <= 0)
         return;
+    int32_t src = spec_block_source(&s->blk);
+    e->tot.src_blocks[src]++;
+    e->tot.src_drafted[src] += k;
+    e->tot.src_accepted[src] += acc;
     e->tot.num_drafts++;
     e->tot.num_draft_tokens += k;
     e->tot.num_accepted_tokens += acc;
@@ -584,8 +699,13 @@ static void record(engine *e, eseq *s, int32_t acc)
     s->res.drafts++;
     s->res.draft_tokens += k;
     s->res.accepted_tokens += acc;
-    spec_exit_update(&s->ex, &e->p.sp, k, acc);
-    s->alpha = 0.7f * s->alpha + 0.3f * (float)acc / (float)k;
+    /* the exit threshold and alpha_ctx as gen_selfspec (spec_record_block);
+     * the layer-skip estimate only from its tokens, when they were tested */
+    spec_src_state st = {s->alpha_ctx};
+    spec_record_block(NULL, &s->ex, &st, &e->p.sp, &s->blk, acc);
+    s->alpha_ctx = st.alpha_ctx;
+    if (k > c && acc >= c)
+        s->alpha = spec_alpha_update(s->alpha, k - c, acc - c);
 }
 
 int engine_step(engine *e, char *err, size_t errlen)
@@ -597,7 +717,7 @@ int engine_step(engine *e, char *err, size_t errlen)
     e->step_bucket = -1;
     double t_step = util_now();
     plan_drafts(e);
-    if (e->can_draft && draft(e, err, errlen) != 0)
+    if (e->can_layers && draft(e, err, errlen) != 0)
         return -1;
     /* the full pass: decode blocks first, then prompt chunks in the budget left */
     int n = 0, any_draft = 0;
@@ -724,7 +844,7 @@ int engine_generate(const model *m, int32_t ctx, const skip_set *ss, const spec_
     engine_params_default(&p);
     p.max_seqs = 1;
     p.ctx = ctx;
-    p.mode = ss ? ENGINE_SPEC : ENGINE_PLAIN;
+    p.mode = ss || sp->draft != SPEC_DRAFT_LAYERS ? ENGINE_SPEC : ENGINE_PLAIN;
     p.ss = ss;
     p.sp = *sp;
     p.calibrate = 0;
@@ -756,6 +876,11 @@ int engine_generate(const model *m, int32_t ctx, const skip_set *ss, const spec_
             sps->draft_seconds = t->draft_seconds;
             sps->verify_seconds = st->decode_seconds > t->draft_seconds ? st->decode_seconds - t->draft_seconds : 0;
             sps->final_gamma = o.res.final_gamma;
+            for (int i = 0; i < SPEC_SRC_N; i++) {
+                sps->src_blocks[i] = t->src_blocks[i];
+                sps->src_drafted[i] = t->src_drafted[i];
+                sps->src_accepted[i] = t->src_accepted[i];
+            }
         }
     }
     engine_free(e);

@@ -44,6 +44,16 @@
  * buckets); once both have been seen at a batch size the measurement
  * overrules the prediction, and the other choice is retried every 64 steps.
  *
+ * Draft sources (sp.draft, decode/spec.h): besides the layer-skipping draft
+ * a sequence may draft from its own context (decode/ngram.h, an index of
+ * its prompt and final tokens) or chain both. With sp.draft != LAYERS each
+ * policy sequence picks its source per step with spec_choose, priced by the
+ * cost model above (the layer option's k is the joint policy's; decode
+ * tokens stay within the pass budget); the goodput overrule applies to
+ * "any draft this step". Forced (ENGINE_SPEC) sequences choose with the
+ * nominal costs, as gen_selfspec does, so their draws never depend on the
+ * batch. SPEC_DRAFT_LAYERS is the behaviour before context drafts.
+ *
  * Not thread-safe: one thread drives an engine. No global state.
  */
 #ifndef SELFSPEC_ENGINE_H
@@ -108,6 +118,8 @@ typedef struct {
     int64_t accepted_per_pos[SPEC_MAX_DRAFT]; /* accepted at draft position i */
     int64_t drafted_per_pos[SPEC_MAX_DRAFT];  /* drafted at draft position i */
     int64_t steps, spec_steps;                /* forward passes; of them with drafts */
+    /* per draft source (spec_source) of the blocks with >= 1 draft token */
+    int64_t src_blocks[SPEC_SRC_N], src_drafted[SPEC_SRC_N], src_accepted[SPEC_SRC_N];
     int64_t prompt_tokens, generation_tokens;
     int64_t requests_done;
     double forward_seconds, draft_seconds;
@@ -154,9 +166,9 @@ int32_t engine_policy_k(const engine *e, int32_t n_spec, float alpha, int32_t t_
 
 /*
  * One request decoded alone through the engine, with the contract of
- * gen_plain (ss == NULL) or gen_selfspec (ss given: every step drafts by the
- * adaptive exit): `generate` runs this, so one prompt takes the same path as
- * a batch. ctx: the longest sequence. st and sps (may be NULL) receive the
+ * gen_plain (ss == NULL and sp->draft == SPEC_DRAFT_LAYERS) or gen_selfspec
+ * (ss given, or a context draft source: forced self-spec): `generate` runs
+ * this, so one prompt takes the same path as a batch. ctx: the longest sequence. st and sps (may be NULL) receive the
  * figures of decode/stats.h.
  */
 int engine_generate(const model *m, int32_t ctx, const skip_set *ss, const spec_params *sp, const int32_t *prompt,
