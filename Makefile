@@ -26,10 +26,10 @@ TCFLAGS_NOARCH := $(CFLAGS_BASE) -O1 -g -fsanitize=address,undefined -fno-omit-f
 TCFLAGS := $(TCFLAGS_NOARCH) $(ARCH)
 # The second test build: a CPU without AVX-512 (and so without VNNI).
 V3ARCH  := -march=x86-64-v3
-LIBS    := -lopenblas -lutf8proc -lcjson -lzmq -lprotobuf-c -lm -lpthread -lrt
+LIBS    := -lopenblas -lutf8proc -lcjson -lzmq -lprotobuf-c -lhiredis -lmicrohttpd -lm -lpthread -lrt
 MODEL   ?= models/SmolLM2-135M-Instruct.Q4_1.gguf
 
-LAYERS     := util format kernels model text decode tune ipc api engine
+LAYERS     := util format kernels model text decode tune ipc api engine serve
 COMMON_SRC := $(wildcard $(patsubst %,common/%/*.c,$(LAYERS)))
 PROTO_SRC  := $(wildcard proto/*.proto)
 PROTO_C    := $(patsubst proto/%.proto,$(BUILD)/proto/%.pb-c.c,$(PROTO_SRC))
