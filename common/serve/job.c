@@ -43,7 +43,7 @@ static int job_on_token(void *user, int32_t token)
         if (n)
             j->hooks.on_text(j->hooks.user, s, n);
     }
-    return stop;
+    return stop || (j->hooks.should_stop && j->hooks.should_stop(j->hooks.user));
 }
 
 static void job_on_done(void *user, const engine_result *res)

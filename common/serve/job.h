@@ -35,6 +35,9 @@ typedef struct {
 typedef struct {
     /* Optional: n bytes of text became final (streaming). */
     void (*on_text)(void *user, const char *s, size_t n);
+    /* Optional: nonzero to end the job now (its client went away); the job
+     * then finishes as if a stop string had been found. */
+    int (*should_stop)(void *user);
     /* Required: the job finished; called once per successful job_submit. */
     void (*on_done)(void *user, const job_outcome *o);
     void *user;
