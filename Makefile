@@ -154,9 +154,12 @@ test: setup layers all unit unit-v3 e2e
 	python3 tests/run_e2e.py --model $(MODEL)
 	SELFSPEC_MODEL=$(MODEL) python3 tests/test_pipeline.py
 	python3 tests/test_batch.py --model $(MODEL)
+	python3 tests/test_serve.py --model $(MODEL)
+	python3 tests/test_worker.py --model $(MODEL)
 
 # Each fuzzer links the layers it exercises, nothing above them: the GGUF
-# fuzzer util+format, the batch-line fuzzer (fuzz_batchline) util+api.
+# fuzzer util+format, the batch-line fuzzer (fuzz_batchline) util+api, the
+# request-body / redis-URL fuzzer (fuzz_oaibody) util+api+serve/redisq.
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_LIB := $(wildcard common/util/*.c common/format/*.c)
 FUZZ_API_LIB := $(wildcard common/util/*.c common/api/*.c)
@@ -168,6 +171,10 @@ $(BUILD)/fuzz/%: tests/fuzz/%.c $(FUZZ_LIB)
 $(BUILD)/fuzz/fuzz_batchline: tests/fuzz/fuzz_batchline.c $(FUZZ_API_LIB)
 	@mkdir -p $(BUILD)/fuzz
 	clang $(FUZZ_CFLAGS) $< $(FUZZ_API_LIB) -lcjson -lm -o $@
+# the server's request bodies and the worker's redis URLs: util+api and serve/redisq
+$(BUILD)/fuzz/fuzz_oaibody: tests/fuzz/fuzz_oaibody.c $(FUZZ_API_LIB) common/serve/redisq.c
+	@mkdir -p $(BUILD)/fuzz
+	clang $(FUZZ_CFLAGS) -pthread $< $(FUZZ_API_LIB) common/serve/redisq.c -lcjson -lhiredis -lm -o $@
 
 bench: all
 	python3 scripts/bench_plain.py

