@@ -17,7 +17,10 @@ in a temporary folder) and stops it at the end.
     field) land in the dead-letter stream with their reasons and are acked;
     the good entries around them are done;
   - the worker's /metrics (--metrics-port) reports the stream and the jobs;
-  - SIGTERM: every worker drains and exits 0.
+  - SIGTERM: every worker drains and exits 0;
+  - --devices cpu:0,cpu:1: two children pinned to one core each (consumers
+    <name>-cpu-0/1), one SIGKILLed and restarted, all jobs done once, SIGTERM
+    drains both and the supervisor exits 0.
 Skips with a message when the model file, redis-server or redis-py is absent.
 """
 import argparse
@@ -285,6 +288,70 @@ def test_kills_and_restart(model, tmp, n_jobs):
     rd.stop()
 
 
+def test_devices(model, tmp):
+    """--devices cpu:0,cpu:1: two pinned children; one SIGKILLed is restarted; SIGTERM drains both."""
+    import redis
+    rd = Redis(tmp)
+    r = redis.Redis(port=rd.port)
+    jobs = make_jobs(16)
+    for j in jobs:
+        r.xadd("dj", {"request": json.dumps(j)})
+    log = open(os.path.join(tmp, "sup.log"), "ab")
+    sup = subprocess.Popen([BIN, "worker", "-m", model, "--redis", rd.url(), "--stream", "dj", "--group", "g",
+                            "--devices", "cpu:0,cpu:1", "--max-seqs", "4", "--consumer", "node"],
+                           stdout=subprocess.DEVNULL, stderr=log)
+
+    class Sup:
+        def stop(self):
+            if sup.poll() is None:
+                sup.kill()
+                sup.wait()
+    CLEANUP.append(Sup())
+
+    def children():
+        try:
+            with open(f"/proc/{sup.pid}/task/{sup.pid}/children") as f:
+                return [int(x) for x in f.read().split()]
+        except OSError:
+            return []
+    def cpus_of(kids):
+        cpus = []
+        for k in kids:
+            try:
+                with open(f"/proc/{k}/status") as f:
+                    cpus += [ln.split()[1] for ln in f if ln.startswith("Cpus_allowed_list")]
+            except OSError:
+                pass
+        return sorted(cpus)
+    # (a child pins itself once it has parsed its options)
+    wait_until(lambda: len(children()) == 2 and cpus_of(children()) == ["0", "1"], 30)
+    kids = children()
+    cpus = cpus_of(kids)
+    check("--devices cpu:0,cpu:1: two children pinned to cores 0 and 1", sorted(cpus) == ["0", "1"], str(cpus))
+    wait_until(lambda: r.xlen("dj:results") >= 4, 120)
+    if kids:
+        os.kill(kids[0], signal.SIGKILL)
+    restarted = wait_until(lambda: len(children()) == 2 and kids[0] not in children(), 30)
+    check("a child SIGKILLed is restarted", restarted, str(children()))
+    done = wait_until(lambda: r.scard("dj:done") >= len(jobs) and r.xpending("dj", "g")["pending"] == 0, 180)
+    check("--devices: every job done once, nothing pending", done and r.xlen("dj:results") == len(jobs),
+          f"{r.xlen('dj:results')} results")
+    consumers = {c["name"].decode() if isinstance(c["name"], bytes) else c["name"]
+                 for c in r.xinfo_consumers("dj", "g")}
+    check("children are consumers node-cpu-0 and node-cpu-1", consumers == {"node-cpu-0", "node-cpu-1"},
+          str(consumers))
+    left = children()
+    sup.send_signal(signal.SIGTERM)
+    try:
+        rc = sup.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        rc = "hung"
+    gone = all(not os.path.exists(f"/proc/{k}") or open(f"/proc/{k}/status").read().find("zombie") >= 0
+               for k in left)
+    check("SIGTERM: the supervisor drains its children and exits 0", rc == 0 and gone, str(rc))
+    rd.stop()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="models/SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -305,6 +372,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         try:
             test_kills_and_restart(a.model, tmp, a.jobs)
+            test_devices(a.model, tmp)
         finally:
             for obj in reversed(CLEANUP):
                 obj.stop()
