@@ -300,6 +300,9 @@ int qworker_run(engine *e, const tokenizer *tok, const qworker_opts *o, metrics 
     if (claim_every > 5)
         claim_every = 5;
     char cursor[48] = "0-0";
+    /* this consumer's own pending entries are walked once, after the last id
+     * seen (reading history bumps delivery counts, so never twice) */
+    char own[48] = "0";
     int own_first = 1, ever = 0, rc = 0;
     for (;;) {
         double now = util_now();
@@ -359,8 +362,10 @@ int qworker_run(engine *e, const tokenizer *tok, const qworker_opts *o, metrics 
                 redisq_entry *en = NULL;
                 int n = 0;
                 int idle = engine_pending(e) == 0;
-                if (redisq_read(w.c, &o->names, own_first ? "0" : ">", room, own_first || !idle ? -1 : 250, &en,
+                if (redisq_read(w.c, &o->names, own_first ? own : ">", room, own_first || !idle ? -1 : 250, &en,
                                 &n, &broken, rerr, sizeof rerr) == 0) {
+                    if (own_first && n > 0)
+                        snprintf(own, sizeof own, "%s", en[n - 1].id);
                     qworker_take_all(&w, en, n, own_first);
                     redisq_entries_free(en, n);
                     if (own_first && n == 0)
