@@ -18,7 +18,8 @@ in a temporary folder) and stops it at the end.
     the good entries around them are done;
   - the worker's /metrics (--metrics-port) reports the stream and the jobs;
   - SIGTERM: every worker drains and exits 0;
-  - --devices cpu:0,cpu:1: two children pinned to one core each (consumers
+  - --devices cpu:0,cpu:1 against a Redis with an ACL user, URL
+    redis://alice:pw@host:port/2: two children pinned to one core each (consumers
     <name>-cpu-0/1), one SIGKILLed and restarted, all jobs done once, SIGTERM
     drains both and the supervisor exits 0.
 Skips with a message when the model file, redis-server or redis-py is absent.
@@ -81,9 +82,12 @@ def make_jobs(n):
 class Redis:
     """A redis-server of our own: append-only, so a restart keeps the streams."""
 
-    def __init__(self, tmp):
+    def __init__(self, tmp, extra=(), auth=None, db=0):
         self.port = free_port()
-        self.dir = os.path.join(tmp, "redis")
+        self.extra = list(extra)
+        self.auth = auth or {}
+        self.db = db
+        self.dir = os.path.join(tmp, f"redis-{self.port}")
         os.makedirs(self.dir, exist_ok=True)
         self.p = None
         CLEANUP.append(self)
@@ -92,13 +96,13 @@ class Redis:
     def start(self):
         self.p = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
                                    "--dir", self.dir, "--appendonly", "yes", "--appendfsync", "always",
-                                   "--save", "", "--logfile", os.path.join(self.dir, "log")],
+                                   "--save", "", "--logfile", os.path.join(self.dir, "log")] + self.extra,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         import redis
         deadline = time.time() + 20
         while time.time() < deadline:
             try:
-                redis.Redis(port=self.port).ping()
+                self.client().ping()
                 return
             except Exception:
                 time.sleep(0.05)
@@ -114,8 +118,15 @@ class Redis:
                 self.p.wait()
         self.p = None
 
+    def client(self):
+        import redis
+        return redis.Redis(port=self.port, db=self.db, **self.auth)
+
     def url(self):
-        return f"redis://127.0.0.1:{self.port}/0"
+        cred = ""
+        if self.auth:
+            cred = f"{self.auth.get('username', '')}:{self.auth['password']}@"
+        return f"redis://{cred}127.0.0.1:{self.port}/{self.db}"
 
 
 class Worker:
@@ -289,10 +300,11 @@ def test_kills_and_restart(model, tmp, n_jobs):
 
 
 def test_devices(model, tmp):
-    """--devices cpu:0,cpu:1: two pinned children; one SIGKILLed is restarted; SIGTERM drains both."""
-    import redis
-    rd = Redis(tmp)
-    r = redis.Redis(port=rd.port)
+    """--devices cpu:0,cpu:1: two pinned children; one SIGKILLed is restarted; SIGTERM drains both.
+    The Redis here wants an ACL user (alice) and the workers use db 2: redis://alice:pw@host:port/2."""
+    rd = Redis(tmp, extra=["--user", "default", "off", "--user", "alice", "on", ">pw", "~*", "&*", "+@all"],
+               auth={"username": "alice", "password": "pw"}, db=2)
+    r = rd.client()
     jobs = make_jobs(16)
     for j in jobs:
         r.xadd("dj", {"request": json.dumps(j)})
@@ -349,6 +361,8 @@ def test_devices(model, tmp):
     gone = all(not os.path.exists(f"/proc/{k}") or open(f"/proc/{k}/status").read().find("zombie") >= 0
                for k in left)
     check("SIGTERM: the supervisor drains its children and exits 0", rc == 0 and gone, str(rc))
+    check("redis://alice:pw@host:port/2: ACL user and db honoured (the jobs live in db 2)",
+          r.xlen("dj:results") == len(jobs) and rd.url().startswith("redis://alice:pw@"))
     rd.stop()
 
 

@@ -12,8 +12,9 @@
  * this binary once per device with the same options, consumer
  * "<consumer>-<device>" (stable, so a restarted child reads its own pending
  * entries first), pinned to the device's cores (sched_setaffinity, one
- * OpenMP thread per core) or, for cuda:N, with CUDA_VISIBLE_DEVICES=N. A
- * child that dies is restarted (backoff up to 30 s); SIGTERM/SIGINT is passed
+ * OpenMP thread per core) or, for cuda:N, with CUDA_VISIBLE_DEVICES=N;
+ * --metrics-port N gives device i port N + i. A child that dies is
+ * restarted (backoff up to 30 s); SIGTERM/SIGINT is passed
  * to every child, which drains, and the supervisor exits when all have.
  */
 #include <errno.h>
@@ -71,7 +72,8 @@ static void usage_worker(FILE *f)
 "  --claim-idle-ms N      take over entries idle this long (default 60000)\n"
 "  --max-deliveries N     dead-letter an entry delivered more often (default 5)\n"
 "  --drain-timeout S      on SIGTERM, give up on an unreachable Redis after S s (default 60)\n"
-"  --metrics-port N       serve Prometheus metrics on http://HOST:N/metrics (default off)\n"
+"  --metrics-port N       serve Prometheus metrics on http://HOST:N/metrics (default off;\n"
+"                         with --devices, device i's worker on N + i)\n"
 "  --metrics-host HOST    address to listen on for metrics (default 127.0.0.1)\n"
 "  --devices LIST         supervise one worker per device: cpu:0,cpu:1 (cores; cpu:0-3 a\n"
 "                         range) or cuda:0,cuda:1 (CUDA_VISIBLE_DEVICES)\n"
@@ -313,9 +315,9 @@ static int parse_devices(const char *list, worker_child *ch, int *n)
     return *n > 0 ? 0 : -1;
 }
 
-static pid_t spawn_child(worker_child *c, int argc, char **argv, const char *base)
+static pid_t spawn_child(worker_child *c, int index, long metrics_port, int argc, char **argv, const char *base)
 {
-    char consumer[320];
+    char consumer[320], mport[16];
     snprintf(consumer, sizeof consumer, "%s-%s", base, c->name);
     for (char *p = consumer; *p; p++)
         if (*p == ':')
@@ -347,6 +349,11 @@ static pid_t spawn_child(worker_child *c, int argc, char **argv, const char *bas
         av[k++] = "--pin-cpus";
         av[k++] = c->pin;
     }
+    if (metrics_port) {   /* child i serves its metrics on port + i */
+        snprintf(mport, sizeof mport, "%ld", metrics_port + index);
+        av[k++] = "--metrics-port";
+        av[k++] = mport;
+    }
     if (c->cuda[0])
         setenv("CUDA_VISIBLE_DEVICES", c->cuda, 1);
     av[k] = NULL;
@@ -364,6 +371,10 @@ static int run_supervisor(worker_opts *o, int argc, char **argv)
                 o->devices);
         return 2;
     }
+    if (o->metrics_port && o->metrics_port + n - 1 > 65535) {
+        fprintf(stderr, "selfspec: --metrics-port %ld + %d devices runs past port 65535\n", o->metrics_port, n);
+        return 2;
+    }
     char host[128], base[192];
     if (o->consumer)
         snprintf(base, sizeof base, "%s", o->consumer);
@@ -378,7 +389,7 @@ static int run_supervisor(worker_opts *o, int argc, char **argv)
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
     for (int i = 0; i < n; i++) {
-        ch[i].pid = spawn_child(&ch[i], argc, argv, base);
+        ch[i].pid = spawn_child(&ch[i], i, o->metrics_port, argc, argv, base);
         ch[i].started = util_now();
         if (!o->so.quiet)
             fprintf(stderr, "worker: started %s (pid %d)\n", ch[i].name, (int)ch[i].pid);
@@ -425,7 +436,7 @@ static int run_supervisor(worker_opts *o, int argc, char **argv)
                 alive++;
             else if (!draining && ch[i].restart_at > 0 && now >= ch[i].restart_at) {
                 ch[i].restart_at = 0;
-                ch[i].pid = spawn_child(&ch[i], argc, argv, base);
+                ch[i].pid = spawn_child(&ch[i], i, o->metrics_port, argc, argv, base);
                 ch[i].started = now;
                 alive++;
                 if (!o->so.quiet)

@@ -134,8 +134,17 @@ static enum MHD_Result httpd_access(void *cls, struct MHD_Connection *c, const c
         st = callocCheck(1, sizeof *st);
         *con_cls = st;
         const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
-        if (cl && strtoull(cl, NULL, 10) > limit)
-            st->too_big = 1;
+        unsigned long long clen = cl ? strtoull(cl, NULL, 10) : 0;
+        if (clen > limit)
+            st->too_big = 1;   /* read and dropped, then 413: the client sees the answer */
+        if (clen / 16 > limit) {
+            /* far over: answer before reading it (MHD then closes the connection) */
+            httpd_response r = {0};
+            char why[128];
+            snprintf(why, sizeof why, "request body over the limit of %zu bytes", limit);
+            httpd_error(&r, 413, why);
+            return httpd_queue(c, &r);
+        }
         return MHD_YES;
     }
     if (*upload_size) {
