@@ -134,6 +134,8 @@ static void qworker_take(qworker *w, const redisq_entry *en, int64_t deliveries)
     char err[512];
     if (qworker_has(w, en->id))
         return;   /* already ours and in flight (claimed back from ourselves) */
+    if (w->n_jobs == w->o->max_jobs)
+        return;   /* (never: reads ask for the room left) it stays pending, claimed later */
     qjob *j = qworker_add(w, en);
     j->deliveries = deliveries;
     if (deliveries > w->o->max_deliveries) {
