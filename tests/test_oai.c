@@ -60,9 +60,12 @@ static char *body_text(const char *body)
     return t;
 }
 
-/* Read a stream to its end; the concatenated texts of its chunks. */
+/* Read a stream to its end; the concatenated texts of its chunks, and in
+ * usage_completion the usage chunk's completion_tokens (-1: none). */
+static int usage_completion;
 static char *read_stream(httpd_response *r, int *saw_finish, int *saw_done)
 {
+    usage_completion = -1;
     size_t cap = 1 << 16, len = 0;
     char *all = calloc(1, cap);
     char buf[512];
@@ -86,6 +89,15 @@ static char *read_stream(httpd_response *r, int *saw_finish, int *saw_done)
             cJSON *j = cJSON_Parse(p);
             assert_non_null(j);
             cJSON *ch = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(j, "choices"), 0);
+            if (!ch) {   /* the usage chunk of stream_options.include_usage */
+                const cJSON *u = cJSON_GetObjectItemCaseSensitive(j, "usage");
+                assert_non_null(u);
+                assert_false(*saw_done);
+                usage_completion = (int)cJSON_GetObjectItemCaseSensitive(u, "completion_tokens")->valuedouble;
+                cJSON_Delete(j);
+                p = end + 2;
+                continue;
+            }
             strcat(text, cJSON_GetObjectItemCaseSensitive(ch, "text")->valuestring);
             if (cJSON_IsString(cJSON_GetObjectItemCaseSensitive(ch, "finish_reason")))
                 *saw_finish = 1;
@@ -140,6 +152,16 @@ static void test_api(void **state)
     char *streamed = read_stream(&r, &fin, &done);
     assert_string_equal(streamed, whole);   /* the chunks add up to the whole text */
     assert_true(fin && done);
+    assert_int_equal(usage_completion, -1);
+    free(streamed);
+    /* stream_options.include_usage: a usage chunk before [DONE] */
+    call(rn.s, "POST", "/v1/completions",
+         "{\"prompt\": \"hello\", \"max_tokens\": 9, \"temperature\": 0, \"ignore_eos\": true, "
+         "\"stream\": true, \"stream_options\": {\"include_usage\": true}}", &r);
+    assert_int_equal(r.status, 200);
+    streamed = read_stream(&r, &fin, &done);
+    assert_string_equal(streamed, whole);
+    assert_int_equal(usage_completion, 9);
     free(streamed);
 
     /* a stream abandoned after its first bytes */

@@ -6,6 +6,7 @@ Run from the repository root (make test does):
 
   - the OpenAI Python client (`openai`): completions, chat, and both
     streamed; every text equals `selfspec generate --mode plain` alone (greedy);
+    stream_options.include_usage gives the usage chunk;
   - 8 concurrent clients (streaming and not, chat and completion) each get
     the same tokens as `generate` alone;
   - /v1/models, /health, /metrics (counts what was served);
@@ -127,6 +128,18 @@ def run(model):
                 got = ask(client, kind, prompt, stream)
                 check(f"openai client {kind}{' stream' if stream else ''}: same text as generate", got == want[i],
                       f"{got!r} vs {want[i]!r}")
+
+        # stream_options.include_usage: a last chunk with the usage, no choices
+        chunks = list(client.completions.create(model="selfspec", prompt=PROMPTS[0][1], max_tokens=MAX_TOKENS,
+                                                temperature=0, stream=True, stream_options={"include_usage": True}))
+        whole = client.completions.create(model="selfspec", prompt=PROMPTS[0][1], max_tokens=MAX_TOKENS,
+                                          temperature=0)
+        text = "".join(c.choices[0].text for c in chunks if c.choices)
+        last = chunks[-1]
+        check("stream_options.include_usage: a usage chunk equal to the whole response's usage",
+              not last.choices and last.usage is not None and text == want[0]
+              and last.usage.completion_tokens == whole.usage.completion_tokens
+              and last.usage.prompt_tokens == whole.usage.prompt_tokens, str(last))
 
         # concurrent clients
         got = [None] * len(PROMPTS)

@@ -41,6 +41,7 @@ struct oai_req {
     int refs;
     batch_request q;
     int stream;
+    int include_usage;            /* stream_options.include_usage */
     char id[32];                  /* the request's custom_id: "srv-<n>" */
     char hex[17];
     int64_t created;
@@ -138,6 +139,34 @@ static void oai_sse_chunk(oai_req *r, const char *text, size_t n, const char *fi
     free(js);
 }
 
+/* The usage chunk of stream_options.include_usage: no choices, the counts. */
+static void oai_sse_usage(oai_req *r, int64_t prompt, int64_t completion)
+{
+    int chat = r->q.kind == BATCH_CHAT;
+    char id[48];
+    snprintf(id, sizeof id, "%s%s", chat ? "chatcmpl-" : "cmpl-", r->hex);
+    cJSON *root = cJSON_CreateObject();
+    cJSON_AddStringToObject(root, "id", id);
+    cJSON_AddStringToObject(root, "object", chat ? "chat.completion.chunk" : "text_completion");
+    cJSON_AddNumberToObject(root, "created", (double)r->created);
+    cJSON_AddStringToObject(root, "model", r->s->cfg.model_name);
+    cJSON_AddArrayToObject(root, "choices");
+    cJSON *u = cJSON_AddObjectToObject(root, "usage");
+    cJSON_AddNumberToObject(u, "prompt_tokens", (double)prompt);
+    cJSON_AddNumberToObject(u, "completion_tokens", (double)completion);
+    cJSON_AddNumberToObject(u, "total_tokens", (double)(prompt + completion));
+    char *js = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    if (!js) {
+        fprintf(stderr, "selfspec: out of memory (stream chunk)\n");
+        exit(1);
+    }
+    oai_sse_append(r, "data: ", 6);
+    oai_sse_append(r, js, strlen(js));
+    oai_sse_append(r, "\n\n", 2);
+    free(js);
+}
+
 /* ---- engine-thread hooks ---- */
 
 static void oai_on_text(void *user, const char *t, size_t n)
@@ -172,6 +201,8 @@ static void oai_on_done(void *user, const job_outcome *o)
     pthread_mutex_lock(&s->mu);
     if (r->stream) {
         oai_sse_chunk(r, NULL, 0, o->finish == BATCH_FINISH_LENGTH ? "length" : "stop");
+        if (r->include_usage)
+            oai_sse_usage(r, o->res.prompt_tokens, o->res.generated_tokens);
         oai_sse_append(r, "data: [DONE]\n\n", 14);
         r->status = 200;
     } else if (body) {
@@ -399,6 +430,13 @@ void oai_handle(void *ctx, const char *method, const char *url, const char *body
         r->refs = 1;
         oai_req_release(r);
         return;
+    }
+    if (r->stream) {   /* stream_options.include_usage (batchio does not know it) */
+        cJSON *root = cJSON_ParseWithLength(body, len);
+        const cJSON *so = root ? cJSON_GetObjectItemCaseSensitive(root, "stream_options") : NULL;
+        const cJSON *iu = cJSON_IsObject(so) ? cJSON_GetObjectItemCaseSensitive(so, "include_usage") : NULL;
+        r->include_usage = cJSON_IsTrue(iu);
+        cJSON_Delete(root);
     }
     pthread_mutex_lock(&s->mu);
     if (s->stopping || s->failed || s->in_flight >= s->cfg.max_seqs + s->cfg.queue_cap) {
