@@ -5,7 +5,8 @@
  * completion; the same request streamed (chunks add up to the same text,
  * then a finish chunk and [DONE]); a stream abandoned after one chunk ends
  * early and is freed; /v1/models; 400/404/405 errors, including a request
- * the engine refuses (over the context); /health; stopping drains.
+ * the engine refuses (over the context); /health, and /health failing while
+ * a request waits and the decode loop makes no progress; stopping drains.
  * Under ASan/UBSan this checks the hand-over and the reference counting.
  */
 #include <setjmp.h>
@@ -219,10 +220,72 @@ static void test_api(void **state)
     unlink(path);
 }
 
+typedef struct {
+    oai_server *s;
+    httpd_response r;
+} caller;
+
+static void *call_thread(void *p)
+{
+    caller *c = p;
+    call(c->s, "POST", "/v1/completions", "{\"prompt\": \"hi\", \"max_tokens\": 3}", &c->r);
+    return NULL;
+}
+
+/* /health fails while work waits and the decode loop makes no progress,
+ * and recovers once it runs. */
+static void test_health_stuck(void **state)
+{
+    char path[128], err[512];
+    tmodel_spec sp = tmodel_default(GGUF_TT_Q8_0);
+    assert_int_equal(tmodel_write_temp(&sp, path, sizeof path), 0);
+    model m;
+    gguf_file *g = NULL;
+    tokenizer *tok = NULL;
+    if (model_load(&m, path, NULL, err, sizeof err) != 0 || gguf_open(path, &g, err, sizeof err) != 0 ||
+        tokenizer_build(&tok, g, err, sizeof err) != 0)
+        fail_msg("%s", err);
+    engine_params p;
+    engine_params_default(&p);
+    p.max_seqs = 2;
+    p.ctx = 128;
+    p.kv_mem = (size_t)4 << 20;
+    p.mode = ENGINE_PLAIN;
+    p.calibrate = 0;
+    engine *e = NULL;
+    assert_int_equal(engine_init(&e, &m, &p, err, sizeof err), 0);
+    oai_config cfg = {.model_name = "tiny", .max_seqs = 2, .queue_cap = 2, .stall_s = 1.0};
+    runner rn = {.s = oai_new(e, tok, NULL, &cfg)};
+    assert_int_equal(oai_health(rn.s, err, sizeof err), 0);   /* idle: fine however long */
+    usleep(1200 * 1000);
+    assert_int_equal(oai_health(rn.s, err, sizeof err), 0);
+    caller c = {.s = rn.s};
+    pthread_t ct, et;
+    assert_int_equal(pthread_create(&ct, NULL, call_thread, &c), 0);   /* waits: no engine loop yet */
+    usleep(1500 * 1000);
+    err[0] = '\0';
+    assert_int_equal(oai_health(rn.s, err, sizeof err), -1);
+    assert_non_null(strstr(err, "no progress"));
+    assert_int_equal(pthread_create(&et, NULL, run_thread, &rn), 0);
+    assert_int_equal(pthread_join(ct, NULL), 0);
+    assert_int_equal(c.r.status, 200);
+    free(c.r.body);
+    assert_int_equal(oai_health(rn.s, err, sizeof err), 0);
+    rn.stop = 1;
+    assert_int_equal(pthread_join(et, NULL), 0);
+    oai_free(rn.s);
+    engine_free(e);
+    tokenizer_free(tok);
+    gguf_close(g);
+    model_free(&m);
+    unlink(path);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_api),
+        cmocka_unit_test(test_health_stuck),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
