@@ -28,6 +28,8 @@ TCFLAGS := $(TCFLAGS_NOARCH) $(ARCH)
 V3ARCH  := -march=x86-64-v3
 LIBS    := -lopenblas -lutf8proc -lcjson -lzmq -lprotobuf-c -lhiredis -lmicrohttpd -lm -lpthread -lrt
 MODEL   ?= models/SmolLM2-135M-Instruct.Q4_1.gguf
+MODELS  ?= smollm2
+QWEN    ?= models/Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf
 
 LAYERS     := util format kernels model text decode tune ipc api engine serve
 COMMON_SRC := $(wildcard $(patsubst %,common/%/*.c,$(LAYERS)))
@@ -65,11 +67,11 @@ TEST_SUPPORT := $(filter-out $(TEST_SRC) $(E2E_SRC),$(wildcard tests/*.c))
 TEST_SUPPORT_OBJ := $(patsubst %.c,$(BUILD)/tst/%.o,$(TEST_SUPPORT))
 TEST_SUPPORT_V3  := $(patsubst %.c,$(BUILD)/tst-v3/%.o,$(TEST_SUPPORT))
 
-.PHONY: all run test unit unit-v3 e2e fuzz setup clean bench layers
+.PHONY: all run test test-qwen unit unit-v3 e2e fuzz setup clean bench layers
 all: $(BIN)/selfspec $(BIN)/selfspec-drafter
 
 setup:
-	@scripts/setup.sh
+	@MODELS="$(MODELS)" scripts/setup.sh
 
 run: setup all
 	$(BIN)/selfspec generate --chat --stats -n 128 -p "Explain in three sentences why the sky is blue."
@@ -150,12 +152,32 @@ $(BUILD)/e2e/%: $(BUILD)/rel/tests/%.o $(BUILD)/libselfspec.a
 e2e: $(E2E_BIN)
 	@set -e; for t in $(E2E_BIN); do echo "== $$t"; SELFSPEC_MODEL=$(MODEL) $$t; done
 
-test: setup layers all unit unit-v3 e2e
+test: setup layers all unit unit-v3 e2e test-qwen
 	python3 tests/run_e2e.py --model $(MODEL)
 	SELFSPEC_MODEL=$(MODEL) python3 tests/test_pipeline.py
 	python3 tests/test_batch.py --model $(MODEL)
 	python3 tests/test_serve.py --model $(MODEL)
 	python3 tests/test_worker.py --model $(MODEL)
+
+# Qwen2.5-Coder-1.5B against llama.cpp (tokens, logits, greedy) and greedy
+# self-spec == plain on it. Needs the model (`make setup MODELS="smollm2 qwen"`,
+# which .ci/run does); skipped with a message where it was not fetched.
+# The logit test runs from the release build (1.5 B weights under ASan are slow).
+$(BUILD)/e2e/test_fixtures: $(BUILD)/rel/tests/test_fixtures.o $(BUILD)/libselfspec.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $^ $(LIBS) -lcmocka -o $@
+
+test-qwen: all $(BUILD)/test/test_tokenizer $(BUILD)/e2e/test_fixtures $(BUILD)/e2e/e2e_selfspec
+	@if [ ! -f $(QWEN) ]; then \
+	    echo "== SKIPPING the Qwen2.5-Coder-1.5B checks: $(QWEN) not fetched (make setup MODELS=\"smollm2 qwen\")"; \
+	else set -e; \
+	    echo "== Qwen tokenizer vs llama.cpp"; \
+	    SELFSPEC_MODEL=$(QWEN) SELFSPEC_TOKEN_FIXTURE=tests/fixtures/qwen_tokens.json $(BUILD)/test/test_tokenizer; \
+	    echo "== Qwen logits and greedy vs llama.cpp"; \
+	    SELFSPEC_MODEL=$(QWEN) SELFSPEC_LOGIT_FIXTURE=tests/fixtures/qwen_logits.json $(BUILD)/e2e/test_fixtures; \
+	    echo "== Qwen greedy self-spec == plain (2 prompts x 32 tokens, extreme sets on 1)"; \
+	    SELFSPEC_MODEL=$(QWEN) E2E_PROMPTS=2 E2E_EXTREME_PROMPTS=1 E2E_NEW=32 $(BUILD)/e2e/e2e_selfspec; \
+	fi
 
 # Each fuzzer links the layers it exercises, nothing above them: the GGUF
 # fuzzer util+format, the batch-line fuzzer (fuzz_batchline) util+api, the
@@ -183,6 +205,9 @@ clean:
 	rm -rf $(BUILD) $(BIN)
 
 $(BUILD)/bench_kernels: $(BUILD)/rel/scripts/bench_kernels.o $(BUILD)/libselfspec.a
+	$(CC) $(CFLAGS) $^ $(LIBS) -o $@
+
+$(BUILD)/bench_verify: $(BUILD)/rel/scripts/bench_verify.o $(BUILD)/libselfspec.a
 	$(CC) $(CFLAGS) $^ $(LIBS) -o $@
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -266,6 +266,12 @@ def build(model: str, kv: str, compare: bool = True) -> tuple[dict, object]:
     return {"header": header, "prompts": prompts}, llm
 
 
+def N_GEN_SET(n: int) -> None:
+    """Set the greedy continuation length (--n-gen)."""
+    global N_GEN
+    N_GEN = n
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  epilog=__doc__.split("\n\n", 1)[1],
@@ -275,6 +281,9 @@ def main() -> int:
     ap.add_argument("--kv", choices=sorted(GGML_TYPE), default="f32",
                     help="llama.cpp KV-cache type for the fixture (default: %(default)s; "
                          "see the KV cache note below)")
+    ap.add_argument("--n-gen", type=int, default=64,
+                    help="greedy continuation length (default: %(default)s; "
+                         "tests/fixtures/qwen_logits.json uses 32)")
     ap.add_argument("--check", action="store_true",
                     help="build twice and fail if the two runs differ (determinism check)")
     args = ap.parse_args()
@@ -289,6 +298,7 @@ def main() -> int:
         print(f"error: model {args.model} not found (run scripts/setup.sh)", file=sys.stderr)
         return 1
 
+    N_GEN_SET(args.n_gen)
     data, llm = build(args.model, args.kv)
     del llm
     if args.check:

@@ -96,6 +96,18 @@ TEXTS = [
                   "by Hugging Face<|im_end|>\n<|im_start|>user\nWhat is 2+2?<|im_end|>\n"
                   "<|im_start|>assistant\n", False, True),
     ("long_4k", (LONG_PROSE + LONG_CODE) * 11, False, False),
+    # more code, and the special tokens of Qwen2.5-Coder (plain text for SmolLM2)
+    ("rust", "fn main() {\n    let v: Vec<u32> = (1..=10).map(|x| x * x).collect();\n"
+             "    println!(\"{:?}\", v);\n}\n", False, False),
+    ("javascript", "const add = (a, b) => a + b;\nexport default async function f() {\n"
+                   "  await fetch('/api?id=42');\n}\n", False, False),
+    ("go", "package main\n\nimport \"fmt\"\n\nfunc main() {\n\tfmt.Println(\"héllo\", 3.5e-7)\n}\n",
+     False, False),
+    ("sql_ws", "SELECT id,\r\n       name\r\n  FROM users   \n\n  WHERE age >= 18;\n\n\n", False, False),
+    ("contractions_upper", "IT'S WE'RE YOU'VE I'M WE'LL HE'D 'Ll 'rE", False, True),
+    ("fim_specials", "<|fim_prefix|>def f(x):\n<|fim_suffix|>\n    return y<|fim_middle|>"
+                     "<|file_sep|>main.py<|repo_name|>demo<|endoftext|>", False, True),
+    ("eog_names", "a</s>b <|im_end|> <reponame>x", False, True),
 ]
 
 CHATS = [
@@ -104,14 +116,23 @@ CHATS = [
 ]
 
 
-def render_chat(template, bos, eos, system, user):
-    """Render the model's Jinja chat template for one exchange."""
+# a multi-turn conversation (no system message: the template's default applies)
+CONVERSATION = [("user", "hi"), ("assistant", "Hello!"), ("user", "Bye")]
+
+
+def render_messages(template, bos, eos, msgs):
+    """Render the model's Jinja chat template for a list of messages."""
     import jinja2.sandbox
     env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    msgs = ([{"role": "system", "content": system}] if system is not None else [])
-    msgs.append({"role": "user", "content": user})
     return env.from_string(template).render(messages=msgs, add_generation_prompt=True,
                                             bos_token=bos, eos_token=eos)
+
+
+def render_chat(template, bos, eos, system, user):
+    """Render the model's Jinja chat template for one exchange."""
+    msgs = ([{"role": "system", "content": system}] if system is not None else [])
+    msgs.append({"role": "user", "content": user})
+    return render_messages(template, bos, eos, msgs)
 
 
 def piece_ids(llm, fixtures):
@@ -122,6 +143,18 @@ def piece_ids(llm, fixtures):
         ids.update(f["ids"])
     ids.update(range(0, llm.n_vocab(), 211))
     return sorted(ids)
+
+
+def token_piece(llama_cpp, llm, token):
+    """llama_token_to_piece with a buffer large enough for any piece (the
+    binding's detokenize uses 32 bytes and silently returns b'' for longer
+    pieces, such as Qwen2.5's 81-byte runs of slashes)."""
+    vocab = llama_cpp.llama_model_get_vocab(llm.model)
+    size = 1024
+    buf = (llama_cpp.ctypes.c_char * size)()
+    n = llama_cpp.llama_token_to_piece(vocab, token, buf, size, 0, True)
+    assert 0 <= n <= size, n
+    return bytes(buf[:n])
 
 
 def main():
@@ -140,7 +173,7 @@ def main():
         fixtures.append({"name": name, "text": text, "hex": text.encode("utf-8").hex(),
                          "add_bos": add_bos, "parse_special": special, "ids": ids})
 
-    pieces = [{"id": i, "hex": llm.detokenize([i], special=True).hex()}
+    pieces = [{"id": i, "hex": token_piece(llama_cpp, llm, i).hex()}
               for i in piece_ids(llm, fixtures)]
 
     template = meta.get("tokenizer.chat_template")
@@ -149,8 +182,26 @@ def main():
     chats = [{"system": s, "user": u, "prompt": render_chat(template, bos, eos, s, u)}
              for s, u in CHATS] if template else []
 
+    conversation = {
+        "messages": [{"role": r, "content": c} for r, c in CONVERSATION],
+        "prompt": render_messages(template, bos, eos,
+                                  [{"role": r, "content": c} for r, c in CONVERSATION]),
+    } if template else None
+
+    # vocabulary facts: size, BOS/EOS, add_bos, and every end-of-generation id
+    vocab = llama_cpp.llama_model_get_vocab(llm.model)
+    info = {
+        "n_vocab": llm.n_vocab(),
+        "bos": llm.token_bos(),
+        "eos": llm.token_eos(),
+        "add_bos": bool(llama_cpp.llama_vocab_get_add_bos(vocab)),
+        "eog": [i for i in range(llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, i)],
+    }
+
     out = {
         "model": args.model.split("/")[-1],
+        "vocab": info,
+        "conversation": conversation,
         "generator": "llama-cpp-python %s (vocab_only), scripts/make_token_fixtures.py"
                      % llama_cpp.__version__,
         "texts": fixtures,

@@ -33,7 +33,9 @@
  * Measured on a loaded 2-core machine, one thread: ~3 minutes in all. On a
  * busy machine set OMP_NUM_THREADS=1: with two OpenMP threads competing for
  * two busy cores, plain decoding ran 10x slower (9 tok/s instead of 92).
- * $E2E_PROMPTS limits the number of prompts (for a quick look).
+ * $E2E_PROMPTS limits the number of prompts (for a quick look), $E2E_NEW the
+ * new tokens per prompt (default 128; `make test-qwen` runs Qwen2.5-1.5B,
+ * eleven times larger, on fewer prompts and tokens).
  *
  * Prints the acceptance rate and tokens/s of every configuration. Exits 1 on
  * any mismatch, naming the configuration, the prompt index and the first
@@ -57,7 +59,7 @@
 #include "util/util.h"
 
 #define DEFAULT_MODEL "models/SmolLM2-135M-Instruct.Q4_1.gguf"
-#define N_NEW 128
+#define N_NEW_DEFAULT 128
 #define N_HELDOUT 24
 #define N_CALIB 6
 #define N_PROMPTS (N_HELDOUT + N_CALIB)
@@ -165,6 +167,8 @@ int main(void)
     if (nh < 0 || nc < 0)
         return 2;
     int n_prompts = nh + nc;
+    const char *nn = getenv("E2E_NEW");
+    int n_new = nn && atoi(nn) > 0 && atoi(nn) <= 4096 ? atoi(nn) : N_NEW_DEFAULT;
     const char *np = getenv("E2E_PROMPTS");   /* fewer prompts, for a quick look */
     if (np && atoi(np) > 0 && atoi(np) < n_prompts) {
         for (int i = atoi(np); i < n_prompts; i++)
@@ -200,7 +204,7 @@ int main(void)
         free(chat);
     }
 
-    int32_t ctx = max_len + N_NEW + SPEC_MAX_DRAFT + 8;
+    int32_t ctx = max_len + n_new + SPEC_MAX_DRAFT + 8;
     kv_cache kv;
     fwd_state fs;
     if (kv_init(&kv, &m.config, ctx, err, sizeof err) != 0) {
@@ -208,13 +212,13 @@ int main(void)
         return 2;
     }
     fwd_state_init(&fs, &m.config, 256, ctx);
-    gen_params gp = {.max_tokens = N_NEW, .sampling = {.temperature = 0.0f, .top_k = 0, .top_p = 1.0f},
+    gen_params gp = {.max_tokens = n_new, .sampling = {.temperature = 0.0f, .top_k = 0, .top_p = 1.0f},
                      .ignore_eos = 1, .is_eog = is_eog, .eog_ctx = NULL};
     spec_params sp;
     spec_params_default(&sp);
     printf("e2e_selfspec: model %s (%d layers), %d prompts (longest %d tokens), %d new tokens each, "
            "greedy, ignore EOS; extreme skip sets on the first %d prompts\n",
-           m.config.name, m.config.n_layers, n_prompts, max_len, N_NEW, n_extreme);
+           m.config.name, m.config.n_layers, n_prompts, max_len, n_new, n_extreme);
 
     /* reference: plain decoding */
     idbuf ref[N_PROMPTS];
@@ -222,14 +226,14 @@ int main(void)
     int64_t plain_tokens = 0;
     for (int i = 0; i < n_prompts; i++) {
         gen_stats st;
-        ref[i] = (idbuf){.ids = malloc(N_NEW * sizeof(int32_t)), .n = 0, .cap = N_NEW};
+        ref[i] = (idbuf){.ids = malloc(n_new * sizeof(int32_t)), .n = 0, .cap = n_new};
         if (gen_plain(&m, &fs, &kv, pids[i], plen[i], &gp, collect, &ref[i], &st, err, sizeof err) != 0) {
             fprintf(stderr, "e2e_selfspec: gen_plain, prompt %d: %s\n", i, err);
             return 2;
         }
-        if (ref[i].n != N_NEW) {
+        if (ref[i].n != n_new) {
             fprintf(stderr, "e2e_selfspec: plain decoding of prompt %d gave %d tokens, want %d\n", i, ref[i].n,
-                    N_NEW);
+                    n_new);
             return 2;
         }
         plain_s += st.prefill_seconds + st.decode_seconds;
@@ -294,7 +298,7 @@ int main(void)
         config *c = &cf[k];
         if (!c->present)
             continue;
-        idbuf got = {.ids = malloc((N_NEW + 1) * sizeof(int32_t)), .n = 0, .cap = N_NEW + 1};
+        idbuf got = {.ids = malloc((n_new + 1) * sizeof(int32_t)), .n = 0, .cap = n_new + 1};
         for (int i = 0; i < c->n_prompts; i++) {
             gen_stats st;
             spec_stats ss;

@@ -13,8 +13,27 @@
  *    two first part, llama.cpp's margin there must be below MARGIN_TOL.
  * The measured figures are printed. The model path is
  * models/SmolLM2-135M-Instruct.Q4_1.gguf unless SELFSPEC_MODEL says
- * otherwise; the tests are skipped when it is absent.
+ * otherwise, its fixture tests/fixtures/logits.json unless
+ * SELFSPEC_LOGIT_FIXTURE says otherwise (tests/fixtures/qwen_logits.json
+ * for Qwen2.5-Coder-1.5B, `make test-qwen`); the tests are skipped when the
+ * model is absent. The greedy length is the fixture's header n_gen.
  * Set SELFSPEC_FIXTURE_VERBOSE=1 for per-position details.
+ *
+ * A second reference, where the fixture has one (exact_top5 / exact_top1,
+ * scripts/make_exact_reference.py): the model in exact float64 arithmetic.
+ * At Qwen2.5's first prompt tokens the residual stream carries entries near
+ * 3,600 and llama.cpp's Q8_K activation rounding (one int8 scale per 256
+ * values) moves its logits by up to 12 from the exact ones -- the script
+ * reproduces llama.cpp's figures there to ~1e-3 by emulating that rounding,
+ * and records the largest such difference (q8k_max_abs_diff). At a position
+ * where llama.cpp itself is more than LOGIT_TOL from the exact value, a
+ * logit of ours is checked against the exact value instead, and must be
+ * within LOGIT_TOL of it or at least as close to it as llama.cpp's (our
+ * int8 activations, one scale per 32 values, are distorted there too, less
+ * than llama.cpp's per-256 ones: measured on Qwen2.5-Coder-1.5B, llama.cpp
+ * 3.1-15.4 from the exact logits at those positions, ours at most 2.6); a
+ * top-1 of ours is checked against the exact top-1 (same margin rule).
+ * These checks are counted and printed.
  *
  * Why these tolerances: the fixture was computed by llama.cpp with an f32
  * KV cache; selfspec keeps it in f16 (and quantizes activations to int8
@@ -56,7 +75,6 @@
 
 #define DEFAULT_MODEL "models/SmolLM2-135M-Instruct.Q4_1.gguf"
 #define FIXTURE_PATH "tests/fixtures/logits.json"
-#define N_GEN 64
 
 /* See the header comment for the measured figures behind these bounds. */
 #define LOGIT_TOL 1.6f
@@ -66,6 +84,7 @@ typedef struct {
     model m;
     cJSON *root;
     int loaded;
+    int n_gen;            /* greedy tokens recorded per prompt */
 } fixture_ctx;
 
 static fixture_ctx ctx;
@@ -90,15 +109,18 @@ static int setup(void **state)
     }
     char err[512] = "";
     size_t len = 0;
-    char *text = util_read_file(FIXTURE_PATH, &len, err, sizeof err);
+    const char *fixture = getenv("SELFSPEC_LOGIT_FIXTURE");
+    if (!fixture || !*fixture)
+        fixture = FIXTURE_PATH;
+    char *text = util_read_file(fixture, &len, err, sizeof err);
     if (!text) {
-        printf("  cannot read %s: %s\n", FIXTURE_PATH, err);
+        printf("  cannot read %s: %s\n", fixture, err);
         return -1;
     }
     ctx.root = cJSON_Parse(text);
     free(text);
     if (!ctx.root) {
-        printf("  %s: JSON parse error\n", FIXTURE_PATH);
+        printf("  %s: JSON parse error\n", fixture);
         return -1;
     }
     if (model_load(&ctx.m, path, NULL, err, sizeof err) != 0) {
@@ -108,8 +130,10 @@ static int setup(void **state)
     }
     const cJSON *hdr = cJSON_GetObjectItemCaseSensitive(ctx.root, "header");
     const cJSON *nv = cJSON_GetObjectItemCaseSensitive(hdr, "n_vocab");
-    if (!cJSON_IsNumber(nv) || (int)nv->valuedouble != ctx.m.config.vocab_size) {
-        printf("  fixture n_vocab does not match the model's %d\n", ctx.m.config.vocab_size);
+    const cJSON *ng = cJSON_GetObjectItemCaseSensitive(hdr, "n_gen");
+    ctx.n_gen = cJSON_IsNumber(ng) ? (int)ng->valuedouble : 0;
+    if (!cJSON_IsNumber(nv) || (int)nv->valuedouble != ctx.m.config.vocab_size || ctx.n_gen <= 0) {
+        printf("  fixture n_vocab does not match the model's %d, or no n_gen\n", ctx.m.config.vocab_size);
         model_free(&ctx.m);
         cJSON_Delete(ctx.root);
         return -1;
@@ -180,13 +204,18 @@ static void test_prompt_logits(void **state)
     float worst = 0.0f, worst_top1 = 0.0f;
     double sum_diff = 0.0;
     long n_diff = 0;
-    int positions = 0, mismatches = 0, failures = 0;
+    int positions = 0, mismatches = 0, failures = 0, exact_used = 0;
+    float exact_worst = 0.0f;
     const cJSON *p;
     cJSON_ArrayForEach(p, prompts) {
         int n = 0;
         int32_t *ids = int_array(cJSON_GetObjectItemCaseSensitive(p, "ids"), &n);
         const cJSON *top5 = cJSON_GetObjectItemCaseSensitive(p, "prompt_top5");
         assert_int_equal(cJSON_GetArraySize(top5), n);
+        const cJSON *ex5 = cJSON_GetObjectItemCaseSensitive(p, "exact_top5");
+        const cJSON *ex1 = cJSON_GetObjectItemCaseSensitive(p, "exact_top1");
+        if (ex5)
+            assert_true(cJSON_GetArraySize(ex5) == n && cJSON_GetArraySize(ex1) == n);
         fwd_state s;
         kv_cache kv;
         char err[512] = "";
@@ -208,17 +237,32 @@ static void test_prompt_logits(void **state)
                 tid[k] = (int32_t)cJSON_GetArrayItem(pair, 0)->valuedouble;
                 tl[k] = (float)cJSON_GetArrayItem(pair, 1)->valuedouble;
                 assert_true(tid[k] >= 0 && tid[k] < V);
-                float d = fabsf(l[tid[k]] - tl[k]);
+                float d = fabsf(l[tid[k]] - tl[k]), tol = LOGIT_TOL;
+                if (!(d <= LOGIT_TOL) && ex5) {
+                    /* llama.cpp off the exact value here? then ours must be within the
+                     * tolerance of the exact value, or at least as close to it as llama.cpp */
+                    float ev = (float)cJSON_GetArrayItem(cJSON_GetArrayItem(ex5, t), k)->valuedouble;
+                    float off = fabsf(tl[k] - ev);
+                    if (off > LOGIT_TOL) {
+                        d = fabsf(l[tid[k]] - ev);
+                        tol = off;
+                        exact_used++;
+                        if (d > exact_worst)
+                            exact_worst = d;
+                        printf("  %s pos %d: id %d: llama.cpp %.4f is %.2f from the exact %.4f; ours %.4f (%.2f)\n",
+                               p->string, t, tid[k], tl[k], off, ev, l[tid[k]], d);
+                    }
+                }
                 sum_diff += d;
                 n_diff++;
-                if (d > pw)
+                if (tol == LOGIT_TOL && d > pw)
                     pw = d;
-                if (k == 0 && d > worst_top1)
+                if (tol == LOGIT_TOL && k == 0 && d > worst_top1)
                     worst_top1 = d;
-                if (!(d <= LOGIT_TOL)) {
+                if (!(d <= tol)) {
                     failures++;
                     printf("  %s pos %d: logit of id %d is %.4f, llama.cpp %.4f (diff %.4f > %.2f)\n",
-                           p->string, t, tid[k], l[tid[k]], tl[k], d, LOGIT_TOL);
+                           p->string, t, tid[k], l[tid[k]], tl[k], d, tol);
                 }
             }
             int32_t ours = sampler_argmax(l, V);
@@ -228,7 +272,19 @@ static void test_prompt_logits(void **state)
                 pmis++;
                 printf("  %s pos %d: top-1 %d (ours) vs %d (llama.cpp), llama.cpp margin %.4f, "
                        "our logits %.4f / %.4f\n", p->string, t, ours, tid[0], margin, l[ours], l[tid[0]]);
-                if (margin > MARGIN_TOL) {
+                const cJSON *e1 = ex1 ? cJSON_GetArrayItem(ex1, t) : NULL;
+                int llama_off = e1 && (int32_t)cJSON_GetArrayItem(e1, 0)->valuedouble != tid[0];
+                float emargin = e1 ? (float)cJSON_GetArrayItem(e1, 1)->valuedouble : 0.0f;
+                if (llama_off) {
+                    /* llama.cpp's own top-1 is not the exact one: hold ours to the exact one */
+                    exact_used++;
+                    int32_t eid = (int32_t)cJSON_GetArrayItem(e1, 0)->valuedouble;
+                    printf("    llama.cpp's top-1 differs from the exact %d (exact margin %.4f)\n", eid, emargin);
+                    if (ours != eid && emargin > MARGIN_TOL) {
+                        failures++;
+                        printf("    ^ ours is not the exact top-1 either: a real disagreement\n");
+                    }
+                } else if (margin > MARGIN_TOL) {
                     failures++;
                     printf("    ^ margin above %.2f: a real disagreement\n", MARGIN_TOL);
                 }
@@ -248,9 +304,11 @@ static void test_prompt_logits(void **state)
         fwd_state_free(&s);
     }
     printf("  all prompts: %d positions, max |diff| over top-5 = %.4f (top-1 ids only: %.4f), "
-           "mean %.4f, top-1 mismatches %d; tolerances %.2f (logits), %.2f (margin)\n",
+           "mean %.4f, top-1 mismatches %d; tolerances %.2f (logits), %.2f (margin); "
+           "%d checks against the exact reference where llama.cpp's rounding is off by more "
+           "(ours within %.4f of it there)\n",
            positions, worst, worst_top1, n_diff ? sum_diff / n_diff : 0.0, mismatches, LOGIT_TOL,
-           MARGIN_TOL);
+           MARGIN_TOL, exact_used, exact_worst);
     assert_int_equal(failures, 0);
 }
 
@@ -270,6 +328,7 @@ static void test_greedy(void **state)
         int32_t *ids = int_array(cJSON_GetObjectItemCaseSensitive(p, "ids"), &n);
         int32_t *gen = int_array(cJSON_GetObjectItemCaseSensitive(p, "gen_ids"), &ng);
         float *gmargin = float_array(cJSON_GetObjectItemCaseSensitive(p, "gen_margin"), &nm);
+        const int N_GEN = ctx.n_gen;
         assert_int_equal(ng, N_GEN);
         assert_int_equal(nm, N_GEN);
         fwd_state s;
@@ -319,7 +378,7 @@ static void test_greedy(void **state)
         kv_free(&kv);
         fwd_state_free(&s);
     }
-    printf("  greedy: %d of %d prompts match all %d tokens\n", full, n_prompts, N_GEN);
+    printf("  greedy: %d of %d prompts match all %d tokens\n", full, n_prompts, ctx.n_gen);
     assert_int_equal(failures, 0);
 }
 

@@ -1,11 +1,13 @@
 /*
  * test_tokenizer.c - unit tests for common/text/: tokenizer.c, chat.c, utf8.c.
  *
- * The real-model tests load the vocabulary of the SmolLM2 GGUF (path from
+ * The real-model tests load the vocabulary of a GGUF (path from
  * $SELFSPEC_MODEL, default models/SmolLM2-135M-Instruct.Q4_1.gguf; skipped
- * when absent) and compare with tests/fixtures/tokens.json, produced by
- * llama.cpp (scripts/make_token_fixtures.py): token ids for every fixture
- * text, per-token pieces, the ChatML prompt. Tiny synthetic vocabularies
+ * when absent) and compare with that model's fixture ($SELFSPEC_TOKEN_FIXTURE,
+ * default tests/fixtures/tokens.json; tests/fixtures/qwen_tokens.json for
+ * Qwen2.5-Coder), produced by llama.cpp (scripts/make_token_fixtures.py):
+ * vocabulary facts (size, BOS/EOS, every end-of-generation id), token ids
+ * for every fixture text, per-token pieces, the ChatML prompts. Tiny synthetic vocabularies
  * (SentencePiece "llama" and byte-level "gpt2"), built with the test GGUF
  * writer, cover the other code paths; their expected ids were also taken
  * from llama.cpp on the same vocabularies. Run from the repository root.
@@ -45,6 +47,12 @@ static const char *model_path(void)
 {
     const char *p = getenv("SELFSPEC_MODEL");
     return (p && *p) ? p : DEFAULT_MODEL;
+}
+
+static const char *fixture_path(void)
+{
+    const char *p = getenv("SELFSPEC_TOKEN_FIXTURE");
+    return (p && *p) ? p : FIXTURE_PATH;
 }
 
 /* Read a whole file into a malloc'd NUL-terminated buffer (NULL on error). */
@@ -161,11 +169,11 @@ static int model_setup(void **state)
         fprintf(stderr, "tokenizer_build: %s\n", err);
         return -1;
     }
-    char *json = read_file(FIXTURE_PATH);
+    char *json = read_file(fixture_path());
     st->fixtures = json ? cJSON_Parse(json) : NULL;
     free(json);
     if (!st->fixtures) {
-        fprintf(stderr, "cannot read %s\n", FIXTURE_PATH);
+        fprintf(stderr, "cannot read %s\n", fixture_path());
         return -1;
     }
     return 0;
@@ -187,19 +195,30 @@ static void test_metadata(void **state)
     const model_state *st = *state;
     skip_without_model(st);
     const tokenizer *t = st->tok;
+    const cJSON *v = cJSON_GetObjectItem(st->fixtures, "vocab");
+    assert_non_null(v);
+    int32_t n = cJSON_GetObjectItem(v, "n_vocab")->valueint;
     size_t len;
-    assert_int_equal(tokenizer_vocab_size(t), 49152);
-    assert_int_equal(tokenizer_bos(t), 1);
-    assert_int_equal(tokenizer_eos(t), 2);
-    assert_int_equal(tokenizer_add_bos(t), 0);
-    assert_true(tokenizer_is_eog(t, 2));          /* <|im_end|> = EOS */
-    assert_true(tokenizer_is_eog(t, 0));          /* <|endoftext|> */
-    assert_false(tokenizer_is_eog(t, 1));         /* <|im_start|> */
-    assert_false(tokenizer_is_eog(t, 100));
+    assert_int_equal(tokenizer_vocab_size(t), n);
+    assert_int_equal(tokenizer_bos(t), cJSON_GetObjectItem(v, "bos")->valueint);
+    assert_int_equal(tokenizer_eos(t), cJSON_GetObjectItem(v, "eos")->valueint);
+    assert_int_equal(tokenizer_add_bos(t), cJSON_IsTrue(cJSON_GetObjectItem(v, "add_bos")));
+    /* end of generation: exactly llama.cpp's set */
+    uint8_t *eog = calloc((size_t)n, 1);
+    assert_non_null(eog);
+    const cJSON *e;
+    cJSON_ArrayForEach(e, cJSON_GetObjectItem(v, "eog")) {
+        assert_true(e->valueint >= 0 && e->valueint < n);
+        eog[e->valueint] = 1;
+    }
+    for (int32_t id = 0; id < n; id++)
+        if (tokenizer_is_eog(t, id) != eog[id])
+            fail_msg("token %d: is_eog %d, llama.cpp says %d", (int)id, tokenizer_is_eog(t, id), eog[id]);
+    free(eog);
     assert_false(tokenizer_is_eog(t, -1));
-    assert_false(tokenizer_is_eog(t, 49152));
+    assert_false(tokenizer_is_eog(t, n));
     assert_null(tokenizer_piece(t, -1, &len));
-    assert_null(tokenizer_piece(t, 49152, &len));
+    assert_null(tokenizer_piece(t, n, &len));
     assert_true(tokenizer_max_piece_len(t) >= 12);
 }
 
@@ -404,7 +423,7 @@ static void test_chat_prompt(void **state)
 }
 
 /* chat_render on the real template: the fixture prompts again, and a
- * multi-turn conversation with SmolLM2's default system message. */
+ * multi-turn conversation with the template's default system message. */
 static void test_chat_render_model(void **state)
 {
     const model_state *st = *state;
@@ -425,16 +444,19 @@ static void test_chat_render_model(void **state)
         assert_string_equal(p, cJSON_GetObjectItem(e, "prompt")->valuestring);
         free(p);
     }
-    static const chat_msg turns[] = {
-        {CHAT_USER, "hi"}, {CHAT_ASSISTANT, "Hello!"}, {CHAT_USER, "Bye"},
-    };
+    const cJSON *conv = cJSON_GetObjectItem(st->fixtures, "conversation");
+    chat_msg turns[8];
+    size_t n = 0;
+    cJSON_ArrayForEach(e, cJSON_GetObjectItem(conv, "messages")) {
+        assert_true(n < sizeof turns / sizeof *turns);
+        assert_int_equal(chat_role_parse(cJSON_GetObjectItem(e, "role")->valuestring, &turns[n].role), 0);
+        turns[n++].content = cJSON_GetObjectItem(e, "content")->valuestring;
+    }
+    assert_int_equal(n, 3);
     char err[256] = "";
-    char *p = chat_render(st->tok, turns, 3, err, sizeof err);
+    char *p = chat_render(st->tok, turns, n, err, sizeof err);
     assert_non_null(p);
-    assert_string_equal(p, "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, "
-                           "trained by Hugging Face<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n"
-                           "<|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\nBye"
-                           "<|im_end|>\n<|im_start|>assistant\n");
+    assert_string_equal(p, cJSON_GetObjectItem(conv, "prompt")->valuestring);
     free(p);
 }
 

@@ -327,10 +327,12 @@ static char *load_prompt(const gen_opts *o, const tokenizer *tok, size_t *len)
     return chat;
 }
 
-static void print_stats(const gen_opts *o, const gen_stats *st, const spec_stats *sp, const char *skip_src,
-                        const pipe_params *pp, const pipe_stats *pst)
+static void print_stats(const gen_opts *o, const model *m, const gen_stats *st, const spec_stats *sp,
+                        const char *skip_src, const pipe_params *pp, const pipe_stats *pst)
 {
     cJSON *j = stats_json(o->mode, omp_get_max_threads(), st, sp, skip_src);
+    /* weight bytes one full step streams (the bandwidth bound of plain decoding) */
+    cJSON_AddNumberToObject(j, "arena_bytes_per_token", (double)model_step_bytes(m, NULL, NULL));
     if (pst) {   /* the pipeline's own fields, merged in */
         char *buf = NULL;
         size_t len = 0;
@@ -465,7 +467,7 @@ static int run_generate(gen_opts *o)
     printf("\n");
     fflush(stdout);
     if (o->stats)
-        print_stats(o, &st, use_spec ? &sps : NULL, use_spec ? ss.source : "", &o->pl, pipeline ? &pst : NULL);
+        print_stats(o, &m, &st, use_spec ? &sps : NULL, use_spec ? ss.source : "", &o->pl, pipeline ? &pst : NULL);
     if (use_spec)
         skipset_free(&ss);
     rc = 0;

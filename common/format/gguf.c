@@ -1006,6 +1006,26 @@ static void gguf__deq_q4_k(const uint8_t *b, float *y)
     }
 }
 
+void gguf_q4_k_affine(const uint8_t *b, uint8_t levels[256], float d[8], float m[8])
+{
+    float dd = gguf__f16_at(b), dmin = gguf__f16_at(b + 2);
+    const uint8_t *scales = b + 4, *qs = b + 16;
+    for (int i = 0; i < 4; i++) {             /* 4 chunks of 64 weights */
+        uint8_t sc0, m0, sc1, m1;
+        gguf__q4k_scale_min(2 * i, scales, &sc0, &m0);
+        gguf__q4k_scale_min(2 * i + 1, scales, &sc1, &m1);
+        d[2 * i] = dd * sc0;
+        m[2 * i] = -(dmin * m0);
+        d[2 * i + 1] = dd * sc1;
+        m[2 * i + 1] = -(dmin * m1);
+        for (int l = 0; l < 32; l++) {
+            levels[64 * i + l] = qs[l] & 0xf;
+            levels[64 * i + 32 + l] = qs[l] >> 4;
+        }
+        qs += 32;
+    }
+}
+
 static void gguf__deq_q6_k(const uint8_t *b, float *y)
 {
     const uint8_t *ql = b, *qh = b + 128;

@@ -104,6 +104,11 @@ int gguf_get_str(const gguf_file *f, const char *key, gguf_str *out);
 int gguf_type_block(uint32_t type, uint32_t *block_elems, uint32_t *block_bytes);
 const char *gguf_type_name(uint32_t type);   /* "Q4_1", or "unknown" */
 
+/* One Q4_K super-block (144 bytes, 256 weights) as eight affine sub-blocks
+ * of 32: weight 32j+i = levels[32j+i] * d[j] + m[j], levels 0..15. Exactly
+ * the values gguf_dequantize gives (d[j] = d*sc_j, m[j] = -(dmin*min_j)). */
+void gguf_q4_k_affine(const uint8_t *block, uint8_t levels[256], float d[8], float m[8]);
+
 /* Dequantize n consecutive elements of a tensor of `type` starting at src
  * (which must be the start of a block; n a multiple of the block size) into
  * dst. Returns 0, or -1 for an unsupported type or a bad n. */

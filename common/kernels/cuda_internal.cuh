@@ -78,12 +78,14 @@ void launch_embed(cudaStream_t st, const wt *E, int dim, const int32_t *tok, flo
 /* out[r] = x[map ? map[r] : r] / rms * w, as wt; rows of dim. */
 void launch_rmsnorm(cudaStream_t st, const float *x, const int32_t *map, const float *w, wt *out,
                     int rows, int dim, float eps);
-/* RoPE on the q and k parts of qkv (T, qkv_w) in place; write k and v of
- * each token into its cache at (layer, pos). rope: (ctx, head_dim/2) of
- * (cos, sin). */
-void launch_rope_kv(cudaStream_t st, float *qkv, int T, const int32_t *pos, const int32_t *seq,
-                    const dev_seq *seqs, const float2 *rope, int layer, int n_heads, int n_kv_heads,
-                    int head_dim, int dim, int kv_dim);
+/* Add the Q/K/V bias (qkv_w floats, or NULL: none) to every row of qkv
+ * (T, qkv_w), RoPE on its q and k parts in place -- adjacent pairs
+ * (2i, 2i+1), or with neox the pairs (i, i + head_dim/2) -- and write k and
+ * v of each token into its cache at (layer, pos). rope: (ctx, head_dim/2) of
+ * (cos, sin). The same arithmetic as model.c's attn_sublayer. */
+void launch_rope_kv(cudaStream_t st, float *qkv, const float *bias, int neox, int T, const int32_t *pos,
+                    const int32_t *seq, const dev_seq *seqs, const float2 *rope, int layer, int n_heads,
+                    int n_kv_heads, int head_dim, int dim, int kv_dim);
 /* Causal attention for T tokens x n_heads over positions 0..pos[t]; output
  * heads concatenated, (T, dim) as wt. */
 void launch_attention(cudaStream_t st, const float *qkv, wt *att, int T, const int32_t *pos,

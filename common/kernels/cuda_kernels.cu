@@ -91,22 +91,29 @@ static __device__ __forceinline__ size_t kv_off(const dev_seq &sq, int layer, in
     return ((size_t)layer * sq.cap + p) * kv_dim;
 }
 
-__global__ void k_rope_kv(float *qkv, const int32_t *pos, const int32_t *seq, const dev_seq *seqs,
-                          const float2 *rope, int layer, int n_heads, int n_kv_heads, int head_dim,
-                          int dim, int kv_dim)
+__global__ void k_rope_kv(float *qkv, const float *bias, int neox, const int32_t *pos, const int32_t *seq,
+                          const dev_seq *seqs, const float2 *rope, int layer, int n_heads, int n_kv_heads,
+                          int head_dim, int dim, int kv_dim)
 {
     int t = blockIdx.x, half = head_dim / 2;
     int qkv_w = dim + 2 * kv_dim, p = pos[t];
     float *row = qkv + (size_t)t * qkv_w;
+    if (bias) {
+        for (int j = threadIdx.x; j < qkv_w; j += blockDim.x)
+            row[j] += bias[j];
+        __syncthreads();
+    }
     const float2 *cs = rope + (size_t)p * half;
     int npairs = (n_heads + n_kv_heads) * half;     /* q heads, then k heads */
+    int stride = neox ? 1 : 2, other = neox ? half : 1;
     for (int j = threadIdx.x; j < npairs; j += blockDim.x) {
         int h = j / half, i = j % half;
-        float *xh = row + (size_t)h * head_dim;     /* k heads start at dim */
-        float a = xh[2 * i], b = xh[2 * i + 1];
+        float *xa = row + (size_t)h * head_dim + (size_t)i * stride;   /* k heads start at dim */
+        float *xb = xa + other;
+        float a = *xa, b = *xb;
         float2 c = cs[i];
-        xh[2 * i] = a * c.x - b * c.y;
-        xh[2 * i + 1] = a * c.y + b * c.x;
+        *xa = a * c.x - b * c.y;
+        *xb = a * c.y + b * c.x;
     }
     __syncthreads();
     const dev_seq sq = seqs[seq[t]];
@@ -119,11 +126,12 @@ __global__ void k_rope_kv(float *qkv, const int32_t *pos, const int32_t *seq, co
     }
 }
 
-void launch_rope_kv(cudaStream_t st, float *qkv, int T, const int32_t *pos, const int32_t *seq,
-                    const dev_seq *seqs, const float2 *rope, int layer, int n_heads, int n_kv_heads,
-                    int head_dim, int dim, int kv_dim)
+void launch_rope_kv(cudaStream_t st, float *qkv, const float *bias, int neox, int T, const int32_t *pos,
+                    const int32_t *seq, const dev_seq *seqs, const float2 *rope, int layer, int n_heads,
+                    int n_kv_heads, int head_dim, int dim, int kv_dim)
 {
-    k_rope_kv<<<T, 256, 0, st>>>(qkv, pos, seq, seqs, rope, layer, n_heads, n_kv_heads, head_dim, dim, kv_dim);
+    k_rope_kv<<<T, 256, 0, st>>>(qkv, bias, neox, pos, seq, seqs, rope, layer, n_heads, n_kv_heads, head_dim,
+                                 dim, kv_dim);
 }
 
 /*

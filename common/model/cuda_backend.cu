@@ -44,6 +44,7 @@ extern "C" {
 
 struct dev_layer {
     float *attn_norm, *ffn_norm;
+    float *bqkv;                  /* (dim + 2 kv_dim) Q/K/V biases, or NULL */
     wt *wqkv, *wo, *wgu, *wdown;
 };
 
@@ -176,6 +177,7 @@ static size_t weights_plan(cuda_model *cm, uint8_t *base)
         L->attn_norm = AT(float, D * sizeof(float));
         L->ffn_norm = AT(float, D * sizeof(float));
         L->wqkv = AT(wt, (D + 2 * KV) * D * sizeof(wt));
+        L->bqkv = c->qkv_bias ? AT(float, (D + 2 * KV) * sizeof(float)) : NULL;
         L->wo = AT(wt, D * D * sizeof(wt));
         L->wgu = AT(wt, 2 * H * D * sizeof(wt));
         L->wdown = AT(wt, D * H * sizeof(wt));
@@ -301,6 +303,7 @@ static int load_weights(cuda_model *cm, const model *m, char *err, size_t errlen
         if (upload_vec(cm, L->attn_norm, D->attn_norm, c->dim, err, errlen) ||
             upload_vec(cm, L->ffn_norm, D->ffn_norm, c->dim, err, errlen) ||
             upload_qmat(cm, &L->wqkv, L->wqkv.rows, D->wqkv, stage, stage_elems, rowbuf, err, errlen) ||
+            (D->bqkv && upload_vec(cm, L->bqkv, D->bqkv, c->dim + 2 * c->kv_dim, err, errlen)) ||
             upload_qmat(cm, &L->wo, L->wo.rows, D->wo, stage, stage_elems, rowbuf, err, errlen) ||
             upload_qmat(cm, &L->w_gate_up, L->w_gate_up.rows, D->wgu, stage, stage_elems, rowbuf, err, errlen) ||
             upload_qmat(cm, &L->w_down, L->w_down.rows, D->wdown, stage, stage_elems, rowbuf, err, errlen))
@@ -362,6 +365,8 @@ extern "C" cuda_model *cuda_synthetic_model(const model_config *c, int tied, uin
             launch_fill_f32(st, L->attn_norm, D, 1.0f);
             launch_fill_f32(st, L->ffn_norm, D, 1.0f);
             launch_fill_uniform(st, L->wqkv, (D + 2 * KV) * D, s++, ad);
+            if (L->bqkv)
+                launch_fill_f32(st, L->bqkv, D + 2 * KV, 0.0f);
             launch_fill_uniform(st, L->wo, D * D, s++, ad);
             launch_fill_uniform(st, L->wgu, 2 * H * D, s++, ad);
             launch_fill_uniform(st, L->wdown, D * H, s++, ah);
@@ -672,8 +677,8 @@ static int forward_core(cuda_state *s, int32_t T, int32_t n_out, const layer_mas
             /* qkv (T, D + 2 KV) = xb . wqkv^T */
             if (gemm_xwt(cm, L->wqkv, D + 2 * KV, D, s->xb, T, s->qkv, 0, err, errlen))
                 return -1;
-            launch_rope_kv(st, s->qkv, T, s->pos, s->seq, s->seqs, s->rope, l, c->n_heads, c->n_kv_heads,
-                           c->head_dim, D, KV);
+            launch_rope_kv(st, s->qkv, L->bqkv, c->rope_neox, T, s->pos, s->seq, s->seqs, s->rope, l,
+                           c->n_heads, c->n_kv_heads, c->head_dim, D, KV);
             launchCheck();
             launch_attention(st, s->qkv, s->att, T, s->pos, s->seq, s->seqs, l, c->n_heads, c->n_kv_heads,
                              c->head_dim, D, KV);

@@ -32,7 +32,21 @@
 #define ARENA_MAP_ALIGN (2u << 20)
 
 /* ------------------------------------------------------------------------ */
-/* Configuration from GGUF metadata                                          */
+/* Architectures and configuration from GGUF metadata                        */
+
+static const model_arch model_archs[] = {
+    /* name     qkv_bias rope_neox */
+    {"llama",   0,       0},
+    {"qwen2",   1,       1},
+};
+
+const model_arch *model_arch_find(const char *name)
+{
+    for (size_t i = 0; i < sizeof model_archs / sizeof *model_archs; i++)
+        if (strcmp(model_archs[i].name, name) == 0)
+            return &model_archs[i];
+    return NULL;
+}
 
 static int cfg_u32(const gguf_file *g, const char *arch, const char *suffix, int required,
                    uint32_t dflt, int32_t *out, char *err, size_t errlen)
@@ -60,8 +74,16 @@ static int config_read(model_config *c, const gguf_file *g, char *err, size_t er
     if (s.len >= sizeof c->arch)
         return util_err(err, errlen, "general.architecture too long");
     memcpy(c->arch, s.ptr, s.len);
-    if (strcmp(c->arch, "llama") != 0)
-        return util_err(err, errlen, "unsupported architecture '%s' (selfspec runs 'llama')", c->arch);
+    const model_arch *arch = model_arch_find(c->arch);
+    if (!arch) {
+        char known[128] = "";
+        for (size_t i = 0; i < sizeof model_archs / sizeof *model_archs; i++)
+            snprintf(known + strlen(known), sizeof known - strlen(known), "%s'%s'", i ? ", " : "",
+                     model_archs[i].name);
+        return util_err(err, errlen, "unsupported architecture '%s' (selfspec runs %s)", c->arch, known);
+    }
+    c->qkv_bias = arch->qkv_bias;
+    c->rope_neox = arch->rope_neox;
     if (gguf_get_str(g, "general.name", &s) == 0) {
         size_t n = s.len < sizeof c->name - 1 ? s.len : sizeof c->name - 1;
         memcpy(c->name, s.ptr, n);
@@ -151,6 +173,7 @@ static void arena_plan(arena_cursor *ac, model *m, const gguf_file *g)
         L->attn_norm = arena_take(ac, (size_t)c->dim * sizeof(float));
         L->ffn_norm = arena_take(ac, (size_t)c->dim * sizeof(float));
         plan_qmat(ac, &L->wqkv, c->dim + 2 * c->kv_dim, c->dim);
+        L->bqkv = c->qkv_bias ? arena_take(ac, (size_t)(c->dim + 2 * c->kv_dim) * sizeof(float)) : NULL;
         plan_qmat(ac, &L->wo, c->dim, c->dim);
         plan_qmat(ac, &L->w_gate_up, 2 * c->hidden_dim, c->dim);
         plan_qmat(ac, &L->w_down, c->dim, c->hidden_dim);
@@ -219,6 +242,14 @@ static void row_from_q4(const uint8_t *src, int32_t cols, int has_min, uint8_t *
     }
 }
 
+/* Q4_K row to levels exactly: each 32-weight sub-block's 6-bit scale and
+ * min times the super-block's d and dmin are its d and -m. */
+static void row_from_q4_k(const uint8_t *src, int32_t cols, uint8_t *lv, float *d, float *m)
+{
+    for (int32_t s = 0; s < cols / 256; s++)
+        gguf_q4_k_affine(src + (size_t)s * 144, lv + (size_t)s * 256, d + 8 * s, m + 8 * s);
+}
+
 /* Convert the rows of GGUF tensor t into rows row0.. of W. Returns -1 when
  * a block scale or offset is not finite. */
 static int fill_qmat(const gguf_tensor *t, qmat *W, int32_t row0)
@@ -241,6 +272,8 @@ static int fill_qmat(const gguf_tensor *t, qmat *W, int32_t row0)
                 row_from_q8_0(src, cols, lv, d, m);
             } else if (t->type == GGUF_TT_Q4_0 || t->type == GGUF_TT_Q4_1) {
                 row_from_q4(src, cols, t->type == GGUF_TT_Q4_1, lv, d, m);
+            } else if (t->type == GGUF_TT_Q4_K) {
+                row_from_q4_k(src, cols, lv, d, m);
             } else {
                 gguf_dequantize(t->type, src, tmp, (uint64_t)cols);
                 qmat_quantize_row(tmp, cols, lv, d, m);
@@ -302,6 +335,11 @@ static int fill_layer(const gguf_file *g, const model_config *c, layer_weights *
         fill_mat(g, NAME("ffn_gate.weight"), &L->w_gate_up, 0, c->hidden_dim, err, errlen) ||
         fill_mat(g, NAME("ffn_up.weight"), &L->w_gate_up, c->hidden_dim, c->hidden_dim, err, errlen) ||
         fill_mat(g, NAME("ffn_down.weight"), &L->w_down, 0, c->dim, err, errlen))
+        return -1;
+    if (c->qkv_bias &&
+        (fill_vec(g, NAME("attn_q.bias"), c->dim, L->bqkv, err, errlen) ||
+         fill_vec(g, NAME("attn_k.bias"), c->kv_dim, L->bqkv + c->dim, err, errlen) ||
+         fill_vec(g, NAME("attn_v.bias"), c->kv_dim, L->bqkv + c->dim + c->kv_dim, err, errlen)))
         return -1;
 #undef NAME
     return 0;
@@ -625,16 +663,20 @@ static void rmsnorm(float *out, const float *x, const float *w, int32_t T, int32
     }
 }
 
-/* Rotate adjacent pairs (GGUF "normal" RoPE, as llama.cpp uses for llama). */
-static void rope(float *v, int32_t n_heads, int32_t head_dim, const float *cs, const float *sn)
+/* Rotate each head's pairs by the position's angles: adjacent pairs
+ * (2i, 2i+1) (GGUF "normal" RoPE, llama.cpp's llama), or with neox the
+ * pairs (i, i + head_dim/2) (llama.cpp's qwen2). */
+static void rope(float *v, int32_t n_heads, int32_t head_dim, const float *cs, const float *sn, int neox)
 {
     int32_t half = head_dim / 2;
+    int32_t stride = neox ? 1 : 2, other = neox ? half : 1;
     for (int32_t h = 0; h < n_heads; h++) {
         float *x = v + (size_t)h * head_dim;
         for (int32_t i = 0; i < half; i++) {
-            float a = x[2 * i], b = x[2 * i + 1];
-            x[2 * i] = a * cs[i] - b * sn[i];
-            x[2 * i + 1] = a * sn[i] + b * cs[i];
+            float *pa = x + (size_t)i * stride, *pb = pa + other;
+            float a = *pa, b = *pb;
+            *pa = a * cs[i] - b * sn[i];
+            *pb = a * sn[i] + b * cs[i];
         }
     }
 }
@@ -704,10 +746,13 @@ static void attn_sublayer(const model *m, fwd_state *s, const fwd_seq *seqs, int
     qmat_matmul(&L->wqkv, s->xb, c->dim, T, s->qkv, qkv_w, s->qscratch);
     for (int32_t t = 0; t < T; t++) {
         float *q = s->qkv + (size_t)t * qkv_w;
+        if (L->bqkv)
+            for (int32_t i = 0; i < qkv_w; i++)
+                q[i] += L->bqkv[i];
         const float *cs = s->rope_cos + (size_t)s->tok_pos[t] * half;
         const float *sn = s->rope_sin + (size_t)s->tok_pos[t] * half;
-        rope(q, c->n_heads, c->head_dim, cs, sn);
-        rope(q + c->dim, c->n_kv_heads, c->head_dim, cs, sn);
+        rope(q, c->n_heads, c->head_dim, cs, sn, c->rope_neox);
+        rope(q + c->dim, c->n_kv_heads, c->head_dim, cs, sn, c->rope_neox);
         const fwd_seq *sq = &seqs[s->tok_seq[t]];
         kv_elem *kd = kv_row(sq, 0, l, s->tok_pos[t]), *vd = kv_row(sq, 1, l, s->tok_pos[t]);
         for (int32_t i = 0; i < c->kv_dim; i++) {
@@ -751,6 +796,26 @@ static void logits_project(const qmat *head, fwd_state *s, int32_t n_out, int32_
         qmat_matmul(head, s->xb + (size_t)t * dim, dim, 1, s->head_row, head->rows, s->qscratch);
         memcpy(logits + (size_t)t * width, s->head_row, (size_t)width * sizeof(float));
     }
+}
+
+static size_t qmat_bytes_of(const qmat *W)
+{
+    return qmat_q_bytes(W->rows, W->cols) + 2 * qmat_dm_bytes(W->rows, W->cols);
+}
+
+size_t model_step_bytes(const model *m, const layer_mask *mask, const qmat *head)
+{
+    const model_config *c = &m->config;
+    size_t vec = (size_t)c->dim * sizeof(float), bias = (size_t)(c->dim + 2 * c->kv_dim) * sizeof(float);
+    size_t n = qmat_bytes_of(head ? head : &m->w.output) + vec;
+    for (int32_t l = 0; l < c->n_layers; l++) {
+        const layer_weights *L = &m->w.layers[l];
+        if (!mask || mask->attn[l])
+            n += vec + qmat_bytes_of(&L->wqkv) + qmat_bytes_of(&L->wo) + (L->bqkv ? bias : 0);
+        if (!mask || mask->mlp[l])
+            n += vec + qmat_bytes_of(&L->w_gate_up) + qmat_bytes_of(&L->w_down);
+    }
+    return n;
 }
 
 /* Validate the batch and flatten it into per-token (seq, pos). */

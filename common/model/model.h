@@ -1,6 +1,11 @@
 /*
- * model.h - a Llama-architecture transformer: configuration, weights in one
+ * model.h - a Llama-family transformer: configuration, weights in one
  * contiguous arena, KV caches, and the forward pass with a sublayer mask.
+ *
+ * Architectures are data (model_arch): what one has beyond the Llama block
+ * (Q/K/V biases, RoPE pairing) is a field of its table entry, read once at
+ * load into model_config; the forward pass tests those fields, never names.
+ * Supported: "llama" (SmolLM2, Llama 2/3), "qwen2" (Qwen2 / Qwen2.5).
  *
  * The forward pass takes a *batch*: blocks of tokens from one or more
  * sequences, each block at its own positions against its own KV cache, and
@@ -22,6 +27,17 @@
 #include "format/gguf.h"
 #include "kernels/qmat.h"
 
+/* What an architecture has beyond the plain Llama block. */
+typedef struct {
+    const char *name;     /* general.architecture */
+    int qkv_bias;         /* Q, K and V projections add a bias (blk.N.attn_{q,k,v}.bias) */
+    int rope_neox;        /* RoPE rotates the pairs (i, i + head_dim/2), as GPT-NeoX;
+                             else adjacent pairs (2i, 2i+1), as llama.cpp's llama GGUFs */
+} model_arch;
+
+/* The table entry of an architecture name, or NULL when unsupported. */
+const model_arch *model_arch_find(const char *name);
+
 typedef struct {
     int32_t dim;          /* residual stream width (576 for SmolLM2-135M) */
     int32_t hidden_dim;   /* MLP inner width */
@@ -36,11 +52,14 @@ typedef struct {
     float norm_eps;
     char name[128];       /* general.name */
     char arch[32];        /* general.architecture */
+    int32_t qkv_bias;     /* from the architecture table (model_arch) */
+    int32_t rope_neox;
 } model_config;
 
 typedef struct {
     const float *attn_norm;   /* (dim) */
     qmat wqkv;                /* (dim + 2*kv_dim, dim): q, k, v rows stacked */
+    const float *bqkv;        /* (dim + 2*kv_dim) q, k, v biases, or NULL (config.qkv_bias) */
     qmat wo;                  /* (dim, dim) */
     const float *ffn_norm;    /* (dim) */
     qmat w_gate_up;           /* (2*hidden_dim, dim): gate rows, then up rows */
@@ -190,6 +209,11 @@ void fwd_state_free(fwd_state *s);
 int model_check_block(const model_config *c, int i, const int32_t *tokens, int32_t n_tokens, int32_t pos,
                       int32_t logits_from, int32_t kv_cap, int32_t scratch_cap, int32_t scratch_base,
                       int32_t ctx_cap, char *err, size_t errlen);
+
+/* Weight bytes one forward pass streams (whatever its token count): the
+ * matrices and vectors of every computed sublayer under mask (NULL: all)
+ * and the logits head (NULL: the model's own), not the embedding rows. */
+size_t model_step_bytes(const model *m, const layer_mask *mask, const qmat *head);
 
 /*
  * Run the model over a batch of n_seqs sequence blocks.

@@ -54,29 +54,34 @@ static int chat_looks_like_code(const char *s, size_t len)
 
 /* ChatML default system message: the text the template writes literally
  * after "<|im_start|>system" + newline (real or escaped) up to <|im_end|>,
- * still Jinja-escaped, as *s / *len. Returns 0 when the template has none. */
+ * still Jinja-escaped, as *s / *len: the first such occurrence that is plain
+ * text (Qwen2.5's template first writes the header alone, then header +
+ * messages[0]['content'], then the literal default). Returns 0 when the
+ * template has none. */
 static int chat_default_system(const char *tmpl, const char **s, size_t *len)
 {
     static const char head[] = "<|im_start|>system";
-    const char *p = tmpl ? strstr(tmpl, head) : NULL;
-    if (!p) {
-        return 0;
+    for (const char *p = tmpl ? strstr(tmpl, head) : NULL; p; p = strstr(p, head)) {
+        p += sizeof head - 1;
+        if (*p == '\n') {
+            p++;
+        } else if (p[0] == '\\' && p[1] == 'n') {
+            p += 2;
+        } else {
+            continue;
+        }
+        const char *e = strstr(p, "<|im_end|>");
+        if (!e) {
+            return 0;
+        }
+        if (chat_looks_like_code(p, (size_t)(e - p))) {
+            continue;
+        }
+        *s = p;
+        *len = (size_t)(e - p);
+        return 1;
     }
-    p += sizeof head - 1;
-    if (*p == '\n') {
-        p++;
-    } else if (p[0] == '\\' && p[1] == 'n') {
-        p += 2;
-    } else {
-        return 0;
-    }
-    const char *e = strstr(p, "<|im_end|>");
-    if (!e || chat_looks_like_code(p, (size_t)(e - p))) {
-        return 0;
-    }
-    *s = p;
-    *len = (size_t)(e - p);
-    return 1;
+    return 0;
 }
 
 /* Does the model's template mention a Jinja variable (bos_token, ...)? */

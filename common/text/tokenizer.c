@@ -451,20 +451,42 @@ static int tok_build_specials(tokenizer *t, char *err, size_t errlen)
     return 0;
 }
 
-/* Mark EOS and the control tokens named like end-of-turn tokens as EOG. */
+/* End of generation, as llama.cpp decides it (src/llama-vocab.cpp): EOS,
+ * every token named like an end of turn or text, and the first token of
+ * each fill-in-the-middle group of pad / repository / file-separator names.
+ * Like llama.cpp, a token so chosen is made a control token whatever its
+ * stored type (Qwen2.5 stores "</s>" as a normal token), so special-token
+ * parsing matches it too. Runs before tok_build_specials. */
 static void tok_build_eog(tokenizer *t)
 {
     static const char *const names[] = {
-        "<|im_end|>", "<|endoftext|>", "<|eot_id|>", "</s>", "<|end|>",
-        "<end_of_turn>", "<|eom_id|>", "<|end_of_text|>",
+        "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>",
+        "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]",
+        "<|end_of_text|>", "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>",
+    };
+    static const char *const fim_groups[][6] = {
+        {"<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]", NULL},
+        {"<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>", NULL},
+        {"<|file_sep|>", NULL},
     };
     if (t->eos >= 0) {
         t->eog[t->eos] = 1;
     }
     for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
         int32_t id = tok_find(t, names[i], strlen(names[i]));
-        if (id >= 0 && t->ttype[id] == TOK_T_CONTROL) {
+        if (id >= 0) {
             t->eog[id] = 1;
+            t->ttype[id] = TOK_T_CONTROL;
+        }
+    }
+    for (size_t g = 0; g < sizeof fim_groups / sizeof *fim_groups; g++) {
+        for (size_t i = 0; fim_groups[g][i]; i++) {
+            int32_t id = tok_find(t, fim_groups[g][i], strlen(fim_groups[g][i]));
+            if (id >= 0) {
+                t->eog[id] = 1;
+                t->ttype[id] = TOK_T_CONTROL;
+                break;
+            }
         }
     }
 }
@@ -625,11 +647,11 @@ int tokenizer_build(tokenizer **out, const gguf_file *g, char *err, size_t errle
     } else {
         tok_build_byte_ids(t);
     }
+    tok_build_eog(t);
     if (tok_build_specials(t, err, errlen) != 0 || tok_build_pieces(t, err, errlen) != 0 ||
         tok_load_chat(t, g, err, errlen) != 0) {
         goto fail;
     }
-    tok_build_eog(t);
     *out = t;
     return 0;
 fail:

@@ -6,7 +6,9 @@
  * and a regex never looks across a piece boundary (so "\s+(?!\S)" sees the
  * end of a piece as the end of the text). The GPT-2 regex follows llama.cpp's
  * unicode_regex_split_custom_gpt2 step by step (contractions are
- * case-sensitive).
+ * case-sensitive); the Qwen2 regex is the Llama-3 one with digits taken one
+ * at a time and ASCII-case-insensitive contractions (llama.cpp's
+ * unicode_regex_split_custom_qwen2).
  */
 #include "text/unicode_pretok.h"
 
@@ -17,6 +19,9 @@
 
 static const char *const upretok_digit_names[] = {
     "smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva",
+};
+static const char *const upretok_qwen2_names[] = {
+    "qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2",
 };
 static const char *const upretok_gpt2_names[] = {
     "gpt2", "gpt-2", "phi-2", "roberta-bpe", "mpt", "olmo", "jais", "trillion",
@@ -39,6 +44,11 @@ upretok_kind upretok_from_name(const char *name, size_t len, int *known)
     for (size_t i = 0; i < sizeof upretok_gpt2_names / sizeof *upretok_gpt2_names; i++) {
         if (upretok_name_is(name, len, upretok_gpt2_names[i])) {
             return UPRETOK_GPT2;
+        }
+    }
+    for (size_t i = 0; i < sizeof upretok_qwen2_names / sizeof *upretok_qwen2_names; i++) {
+        if (upretok_name_is(name, len, upretok_qwen2_names[i])) {
+            return UPRETOK_QWEN2;
         }
     }
     if (upretok_name_is(name, len, "default")) {
@@ -236,15 +246,101 @@ static size_t upretok_gpt2_match(const uint32_t *cps, size_t pos, size_t end)
     return pos + 1;                         /* no match: one code point */
 }
 
-/* Apply the GPT-2 regex to every piece of `in`, writing to `out`. */
-static int upretok_apply_gpt2(const uint32_t *cps, const upretok_pieces *in, upretok_pieces *out)
+/* ASCII lower case (the contractions' letters are ASCII). */
+static uint32_t upretok_lower(uint32_t c)
+{
+    return c >= 'A' && c <= 'Z' ? c + ('a' - 'A') : c;
+}
+
+/* Length of a contraction at pos, ASCII case ignored ('S, 'Re, ...), or 0. */
+static size_t upretok_contraction_ci(const uint32_t *cps, size_t pos, size_t end)
+{
+    if (cps[pos] != '\'' || pos + 1 >= end) {
+        return 0;
+    }
+    uint32_t c1 = upretok_lower(cps[pos + 1]);
+    if (c1 == 's' || c1 == 't' || c1 == 'm' || c1 == 'd') {
+        return 2;
+    }
+    if (pos + 2 >= end) {
+        return 0;
+    }
+    uint32_t c2 = upretok_lower(cps[pos + 2]);
+    if ((c1 == 'r' && c2 == 'e') || (c1 == 'v' && c2 == 'e') || (c1 == 'l' && c2 == 'l')) {
+        return 3;
+    }
+    return 0;
+}
+
+static int upretok_is_newline(uint32_t c)
+{
+    return c == '\r' || c == '\n';
+}
+
+/* End of the Qwen2 regex match that starts at pos (< end). */
+static size_t upretok_qwen2_match(const uint32_t *cps, size_t pos, size_t end)
+{
+    size_t len = upretok_contraction_ci(cps, pos, end);
+    if (len) {
+        return pos + len;
+    }
+    uint32_t c = cps[pos];
+    unsigned f = ucpt_flags(c);
+    /* [^\r\n\p{L}\p{N}]?\p{L}+ */
+    if (!upretok_is_newline(c) && !(f & UCPT_NUMBER) &&
+        ((f & UCPT_LETTER) || (upretok_flags_at(cps, pos + 1, end) & UCPT_LETTER))) {
+        size_t p = pos + 1;
+        while (upretok_flags_at(cps, p, end) & UCPT_LETTER) {
+            p++;
+        }
+        return p;
+    }
+    if (f & UCPT_NUMBER) {                  /* \p{N}: one digit */
+        return pos + 1;
+    }
+    /*  ?[^\s\p{L}\p{N}]+[\r\n]* (the optional space needs a defined code point after it) */
+    unsigned f2 = c == ' ' ? upretok_flags_at(cps, pos + 1, end) : f;
+    if (upretok_is_other(f2) && f) {
+        size_t p = pos + (c == ' ');
+        while (upretok_is_other(upretok_flags_at(cps, p, end))) {
+            p++;
+        }
+        while (p < end && upretok_is_newline(cps[p])) {
+            p++;
+        }
+        return p;
+    }
+    size_t nws = 0, last_nl = 0;
+    while (upretok_flags_at(cps, pos + nws, end) & UCPT_SPACE) {
+        if (upretok_is_newline(cps[pos + nws])) {
+            last_nl = pos + nws + 1;
+        }
+        nws++;
+    }
+    if (last_nl) {                          /* \s*[\r\n]+ */
+        return last_nl;
+    }
+    if (nws > 1 && pos + nws < end) {       /* \s+(?!\S) */
+        return pos + nws - 1;
+    }
+    if (nws > 0) {                          /* \s+ */
+        return pos + nws;
+    }
+    return pos + 1;                         /* no match: one code point */
+}
+
+typedef size_t (*upretok_regex)(const uint32_t *cps, size_t pos, size_t end);
+
+/* Apply a whole-regex matcher to every piece of `in`, writing to `out`. */
+static int upretok_apply_regex(upretok_regex match, const uint32_t *cps, const upretok_pieces *in,
+                               upretok_pieces *out)
 {
     size_t start = 0;
     out->n = 0;
     for (size_t k = 0; k < in->n; k++) {
         size_t end = start + in->v[k];
         for (size_t pos = start; pos < end;) {
-            size_t next = upretok_gpt2_match(cps, pos, end);
+            size_t next = match(cps, pos, end);
             if (upretok_push(out, next - pos) != 0) {
                 return -1;
             }
@@ -282,7 +378,8 @@ int upretok_split(upretok_kind kind, const uint32_t *cps, size_t n, upretok_piec
         }
         upretok_swap(p, &tmp);
     }
-    if (upretok_apply_gpt2(cps, p, &tmp) != 0) {
+    if (upretok_apply_regex(kind == UPRETOK_QWEN2 ? upretok_qwen2_match : upretok_gpt2_match,
+                            cps, p, &tmp) != 0) {
         goto cleanup;
     }
     upretok_swap(p, &tmp);

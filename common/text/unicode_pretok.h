@@ -13,6 +13,8 @@ typedef enum {
     UPRETOK_GPT2 = 0,  /* 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+ */
     UPRETOK_DIGITS,    /* \p{N} (each digit alone), then the GPT-2 regex ("smollm", "starcoder", ...) */
     UPRETOK_DEFAULT,   /* llama.cpp's "default": [\p{P}$+<=>^~|]+, GPT-2, \p{N}+, [0-9][0-9][0-9] */
+    UPRETOK_QWEN2,     /* (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|
+                          ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+  ("qwen2") */
 } upretok_kind;
 
 /* Kind for a tokenizer.ggml.pre name (len bytes, not NUL-terminated).
