@@ -456,7 +456,14 @@ int cmd_worker(int argc, char **argv)
     worker_opts o;
     if (parse_worker(argc, argv, &o) != 0)
         return 2;
-    if (o.devices)
+    if (o.devices) {
+        redisq_url u;
+        char err[512];
+        if (redisq_parse_url(o.redis, &u, err, sizeof err) != 0) {   /* before any child exits 2 in a loop */
+            fprintf(stderr, "selfspec: %s\n", err);
+            return 2;
+        }
         return run_supervisor(&o, argc, argv);
+    }
     return run_worker(&o);
 }
