@@ -26,12 +26,12 @@ TCFLAGS_NOARCH := $(CFLAGS_BASE) -O1 -g -fsanitize=address,undefined -fno-omit-f
 TCFLAGS := $(TCFLAGS_NOARCH) $(ARCH)
 # The second test build: a CPU without AVX-512 (and so without VNNI).
 V3ARCH  := -march=x86-64-v3
-LIBS    := -lopenblas -lutf8proc -lcjson -lzmq -lprotobuf-c -lm -lpthread -lrt
+LIBS    := -lopenblas -lutf8proc -lcjson -lzmq -lprotobuf-c -lhiredis -lmicrohttpd -lm -lpthread -lrt
 MODEL   ?= models/SmolLM2-135M-Instruct.Q4_1.gguf
 MODELS  ?= smollm2
 QWEN    ?= models/Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf
 
-LAYERS     := util format kernels model text decode tune ipc api engine
+LAYERS     := util format kernels model text decode tune ipc api engine serve
 COMMON_SRC := $(wildcard $(patsubst %,common/%/*.c,$(LAYERS)))
 PROTO_SRC  := $(wildcard proto/*.proto)
 PROTO_C    := $(patsubst proto/%.proto,$(BUILD)/proto/%.pb-c.c,$(PROTO_SRC))
@@ -156,6 +156,8 @@ test: setup layers all unit unit-v3 e2e test-qwen
 	python3 tests/run_e2e.py --model $(MODEL)
 	SELFSPEC_MODEL=$(MODEL) python3 tests/test_pipeline.py
 	python3 tests/test_batch.py --model $(MODEL)
+	python3 tests/test_serve.py --model $(MODEL)
+	python3 tests/test_worker.py --model $(MODEL)
 
 # Qwen2.5-Coder-1.5B against llama.cpp (tokens, logits, greedy) and greedy
 # self-spec == plain on it. Needs the model (`make setup MODELS="smollm2 qwen"`,
@@ -178,7 +180,8 @@ test-qwen: all $(BUILD)/test/test_tokenizer $(BUILD)/e2e/test_fixtures $(BUILD)/
 	fi
 
 # Each fuzzer links the layers it exercises, nothing above them: the GGUF
-# fuzzer util+format, the batch-line fuzzer (fuzz_batchline) util+api.
+# fuzzer util+format, the batch-line fuzzer (fuzz_batchline) util+api, the
+# request-body / redis-URL fuzzer (fuzz_oaibody) util+api+serve/redisq.
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_LIB := $(wildcard common/util/*.c common/format/*.c)
 FUZZ_API_LIB := $(wildcard common/util/*.c common/api/*.c)
@@ -190,6 +193,10 @@ $(BUILD)/fuzz/%: tests/fuzz/%.c $(FUZZ_LIB)
 $(BUILD)/fuzz/fuzz_batchline: tests/fuzz/fuzz_batchline.c $(FUZZ_API_LIB)
 	@mkdir -p $(BUILD)/fuzz
 	clang $(FUZZ_CFLAGS) $< $(FUZZ_API_LIB) -lcjson -lm -o $@
+# the server's request bodies and the worker's redis URLs: util+api and serve/redisq
+$(BUILD)/fuzz/fuzz_oaibody: tests/fuzz/fuzz_oaibody.c $(FUZZ_API_LIB) common/serve/redisq.c
+	@mkdir -p $(BUILD)/fuzz
+	clang $(FUZZ_CFLAGS) -pthread $< $(FUZZ_API_LIB) common/serve/redisq.c -lcjson -lhiredis -lm -o $@
 
 bench: all
 	python3 scripts/bench_plain.py

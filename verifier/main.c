@@ -18,6 +18,8 @@ static const command COMMANDS[] = {
     {"generate", cmd_generate, "generate text from a prompt"},
     {"batch", cmd_batch, "run an OpenAI batch file through the batching engine"},
     {"search", cmd_search, "find the sublayers the draft skips"},
+    {"worker", cmd_worker, "decode the jobs of a Redis stream (consumer group)"},
+    {"serve", cmd_serve, "an OpenAI-compatible HTTP server"},
 };
 #define N_COMMANDS (int)(sizeof COMMANDS / sizeof COMMANDS[0])
 

@@ -460,8 +460,9 @@ static int batchio_stop(const cJSON *s, batch_request *out, char *err, size_t er
     return 0;
 }
 
-/* The body's common sampling fields. */
-static int batchio_sampling(const cJSON *body, batch_request *out, char *err, size_t errlen)
+/* The body's common sampling fields. stream_out NULL: "stream": true is an
+ * error (batch lines); else *stream_out receives it. */
+static int batchio_sampling(const cJSON *body, batch_request *out, int *stream_out, char *err, size_t errlen)
 {
     const cJSON *mt, *mct, *temp, *top_p, *top_k, *seed, *stop, *n, *stream, *ieos, *model;
     if (batchio_member(body, "body.", "max_tokens", &mt, err, errlen) < 0 ||
@@ -532,7 +533,9 @@ static int batchio_sampling(const cJSON *body, batch_request *out, char *err, si
         int b = 0;
         if (batchio_bool(stream, "body.stream", &b, err, errlen) < 0)
             return -1;
-        if (b)
+        if (stream_out)
+            *stream_out = b;
+        else if (b)
             return util_err(err, errlen, "body.stream must be false (batch output is not streamed)");
     }
     if (ieos && batchio_bool(ieos, "body.ignore_eos", &out->ignore_eos, err, errlen) < 0)
@@ -577,7 +580,7 @@ static int batchio_request(const cJSON *root, batch_request *out, char *err, siz
     if (out->kind == BATCH_COMPLETION ? batchio_prompt(body, out, err, errlen) < 0
                                       : batchio_messages(body, out, err, errlen) < 0)
         return -1;
-    return batchio_sampling(body, out, err, errlen);
+    return batchio_sampling(body, out, NULL, err, errlen);
 }
 
 static int batchio_blank(const char *s, size_t n)
@@ -660,6 +663,54 @@ done:
         out->custom_id = NULL;
         batch_request_free(out);
         out->custom_id = id;
+    }
+    return rc;
+}
+
+int batch_parse_body(const char *body, size_t len, batch_kind kind, const char *custom_id, batch_request *out,
+                     int *stream, char *err, size_t errlen)
+{
+    memset(out, 0, sizeof *out);
+    *stream = 0;
+    if (err && errlen)
+        err[0] = '\0';
+    if (!body || !custom_id)
+        return util_err(err, errlen, "no body");
+    if (kind != BATCH_COMPLETION && kind != BATCH_CHAT)
+        return util_err(err, errlen, "unknown request kind %d", (int)kind);
+    if (len > BATCH_MAX_LINE)
+        return util_err(err, errlen, "body is %zu bytes, over the limit of %u", len, BATCH_MAX_LINE);
+    const char *nul = memchr(body, '\0', len);
+    if (nul)
+        return util_err(err, errlen, "body holds a NUL byte at byte %zu", (size_t)(nul - body));
+    size_t at = 0;
+    if (!batchio_utf8_ok(body, len, &at))
+        return util_err(err, errlen, "body is not valid UTF-8 (at byte %zu)", at);
+    if (batchio_nul_escape(body, len, &at))
+        return util_err(err, errlen, "strings may not hold \\u0000 (at byte %zu)", at);
+    char *buf = mallocCheck(len + 1);
+    memcpy(buf, body, len);
+    buf[len] = '\0';
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithOpts(buf, &end, 1);
+    int rc = -1;
+    out->kind = kind;
+    if (!root) {
+        size_t e = end && end >= buf && end <= buf + len ? (size_t)(end - buf) : 0;
+        util_err(err, errlen, "body is not JSON (error near byte %zu)", e);
+    } else if (!cJSON_IsObject(root)) {
+        util_err(err, errlen, "body is not a JSON object (got %s)", batchio_type(root));
+    } else if ((kind == BATCH_COMPLETION ? batchio_prompt(root, out, err, errlen)
+                                         : batchio_messages(root, out, err, errlen)) == 0 &&
+               batchio_sampling(root, out, stream, err, errlen) == 0) {
+        out->custom_id = strdup(custom_id);
+        rc = out->custom_id ? 0 : util_err(err, errlen, "out of memory");
+    }
+    cJSON_Delete(root);
+    free(buf);
+    if (rc != 0) {
+        batch_request_free(out);
+        *stream = 0;
     }
     return rc;
 }

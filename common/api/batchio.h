@@ -101,6 +101,16 @@ typedef struct {
  * containing a NUL byte, invalid UTF-8 or a \u0000 escape are invalid. */
 int batch_parse_line(const char *line, size_t len, batch_request *out, char *err, size_t errlen);
 
+/* Parse an OpenAI request body alone (what a batch line's "body" holds, as
+ * an HTTP server receives it) for the endpoint `kind`, with the checks of
+ * batch_parse_line, except that "stream": true is allowed and reported in
+ * *stream. out->custom_id becomes a copy of custom_id (the caller's request
+ * id). Returns 0, or -1 with the reason in err (out is then freed: only
+ * batch_request_free(out) is meaningful). Bodies over BATCH_MAX_LINE bytes,
+ * with a NUL byte, invalid UTF-8 or a \u0000 escape are invalid. */
+int batch_parse_body(const char *body, size_t len, batch_kind kind, const char *custom_id, batch_request *out,
+                     int *stream, char *err, size_t errlen);
+
 /* Free what *r owns and reset it to zeros (NULL-safe, idempotent). */
 void batch_request_free(batch_request *r);
 

@@ -1,0 +1,152 @@
+/*
+ * job.c - a parsed OpenAI request into the engine, its text out (job.h).
+ * The prompt path is the one of `selfspec batch` (verifier/batch.c):
+ * chat_render for chat, tokenizer_encode with the model's BOS rule (and
+ * special tokens parsed for chat), sampler_params_check, engine_submit.
+ */
+#include "serve/job.h"
+
+#include <cjson/cJSON.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "decode/output.h"
+#include "decode/sampler.h"
+#include "text/chat.h"
+#include "util/util.h"
+
+typedef struct {
+    job_hooks hooks;
+    char *custom_id;
+    batch_kind kind;
+    char *stops[BATCH_MAX_STOP];
+    int n_stops;
+    out_text text;
+} job;
+
+static void job_free(job *j)
+{
+    out_text_free(&j->text);
+    for (int i = 0; i < j->n_stops; i++)
+        free(j->stops[i]);
+    free(j->custom_id);
+    free(j);
+}
+
+static int job_on_token(void *user, int32_t token)
+{
+    job *j = user;
+    int stop = out_text_push(&j->text, token);
+    if (j->hooks.on_text) {
+        const char *s;
+        size_t n = out_text_take(&j->text, &s);
+        if (n)
+            j->hooks.on_text(j->hooks.user, s, n);
+    }
+    return stop || (j->hooks.should_stop && j->hooks.should_stop(j->hooks.user));
+}
+
+static void job_on_done(void *user, const engine_result *res)
+{
+    job *j = user;
+    out_text_finish(&j->text);
+    if (j->hooks.on_text) {
+        const char *s;
+        size_t n = out_text_take(&j->text, &s);
+        if (n)
+            j->hooks.on_text(j->hooks.user, s, n);
+    }
+    j->text.text[j->text.final] = '\0';   /* the text ends before any stop string */
+    job_outcome o = {.custom_id = j->custom_id, .kind = j->kind, .text = j->text.text,
+                     .finish = res->finish == ENGINE_FINISH_LENGTH ? BATCH_FINISH_LENGTH : BATCH_FINISH_STOP,
+                     .res = *res};
+    j->hooks.on_done(j->hooks.user, &o);
+    job_free(j);
+}
+
+static int job_is_eog(const void *ctx, int32_t token)
+{
+    return tokenizer_is_eog((const tokenizer *)ctx, token);
+}
+
+/* The request's prompt as text (chat: through the model's template). */
+static char *job_prompt_text(const tokenizer *tok, const batch_request *q, char *err, size_t errlen)
+{
+    if (q->kind == BATCH_COMPLETION)
+        return strdup(q->prompt);
+    chat_msg *msgs = callocCheck((size_t)q->n_messages, sizeof(chat_msg));
+    for (int i = 0; i < q->n_messages; i++) {
+        msgs[i].role = q->messages[i].role == BATCH_ROLE_SYSTEM ? CHAT_SYSTEM
+                     : q->messages[i].role == BATCH_ROLE_USER ? CHAT_USER : CHAT_ASSISTANT;
+        msgs[i].content = q->messages[i].content;
+    }
+    char *s = chat_render(tok, msgs, (size_t)q->n_messages, err, errlen);
+    free(msgs);
+    return s;
+}
+
+int job_submit(engine *e, const tokenizer *tok, const batch_request *q, const job_hooks *hooks, char *err,
+               size_t errlen)
+{
+    if (!q->custom_id || !hooks || !hooks->on_done)
+        return util_err(err, errlen, "job_submit: custom_id and on_done are required");
+    gen_params gp = {.max_tokens = q->max_tokens, .ignore_eos = q->ignore_eos, .is_eog = job_is_eog,
+                     .eog_ctx = tok,
+                     .sampling = {.temperature = (float)q->temperature, .top_k = q->top_k, .top_p = (float)q->top_p,
+                                  .seed = q->has_seed ? q->seed : 0}};
+    if (sampler_params_check(&gp.sampling, err, errlen) != 0)
+        return -1;
+    char *text = job_prompt_text(tok, q, err, errlen);
+    if (!text)
+        return -1;
+    int32_t *ids = NULL;
+    size_t n_ids = 0;
+    int rc = tokenizer_encode(tok, text, strlen(text), tokenizer_add_bos(tok), q->kind == BATCH_CHAT, &ids, &n_ids,
+                              err, errlen);
+    free(text);
+    if (rc != 0)
+        return -1;
+    job *j = callocCheck(1, sizeof *j);
+    j->hooks = *hooks;
+    j->kind = q->kind;
+    j->custom_id = strdup(q->custom_id);
+    j->n_stops = q->n_stop;
+    for (int i = 0; i < q->n_stop; i++)
+        j->stops[i] = strdup(q->stop[i]);
+    rc = out_text_init(&j->text, tok, (const char *const *)j->stops, j->n_stops, q->ignore_eos, err, errlen);
+    if (rc == 0) {
+        engine_callbacks cb = {job_on_token, job_on_done, j};
+        rc = engine_submit(e, ids, (int32_t)n_ids, &gp, &cb, err, errlen);
+    }
+    free(ids);
+    if (rc != 0) {
+        job_free(j);
+        return -1;
+    }
+    return 0;
+}
+
+char *job_format_result(const job_outcome *o, const char *model, int64_t created, char *err, size_t errlen)
+{
+    batch_result br = {.custom_id = o->custom_id, .kind = o->kind, .model = model, .created = created,
+                       .text = o->text, .finish = o->finish, .prompt_tokens = o->res.prompt_tokens,
+                       .completion_tokens = o->res.generated_tokens};
+    return batch_format_result(&br, err, errlen);
+}
+
+char *job_format_body(const job_outcome *o, const char *model, int64_t created, char *err, size_t errlen)
+{
+    char *line = job_format_result(o, model, created, err, errlen);
+    if (!line)
+        return NULL;
+    /* the line's response.body, printed again: the same fields and order */
+    cJSON *root = cJSON_Parse(line);
+    free(line);
+    cJSON *resp = root ? cJSON_GetObjectItemCaseSensitive(root, "response") : NULL;
+    cJSON *body = resp ? cJSON_GetObjectItemCaseSensitive(resp, "body") : NULL;
+    char *s = body ? cJSON_PrintUnformatted(body) : NULL;
+    cJSON_Delete(root);
+    if (!s)
+        util_err(err, errlen, "out of memory formatting a response body");
+    return s;
+}

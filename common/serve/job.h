@@ -1,0 +1,64 @@
+/*
+ * job.h - one OpenAI request (a parsed batch_request) into the engine and
+ * its text back out: the path every front end of the engine shares (the
+ * Redis worker, the HTTP server; `batch` has its own copy in verifier/).
+ *
+ * job_submit renders the prompt (chat: the model's template), tokenizes it,
+ * checks the sampling parameters and queues it on the engine with
+ * callbacks that push each final token into an out_text (stop strings,
+ * complete UTF-8). The caller's hooks see the text as it becomes final
+ * (streaming) and the whole outcome once. job_format_result turns an outcome
+ * into the batch output line (`selfspec batch`'s bytes for the same request
+ * and `created`); job_format_body into just the OpenAI response body.
+ *
+ * Not thread-safe (the engine thread calls everything). No global state.
+ */
+#ifndef SELFSPEC_JOB_H
+#define SELFSPEC_JOB_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "api/batchio.h"
+#include "engine/engine.h"
+#include "text/tokenizer.h"
+
+/* What a finished job reports to its hook (valid during the call only). */
+typedef struct {
+    const char *custom_id;
+    batch_kind kind;
+    const char *text;          /* the whole generated text, NUL-terminated */
+    batch_finish finish;
+    engine_result res;         /* token counts and times (util_now clock) */
+} job_outcome;
+
+typedef struct {
+    /* Optional: n bytes of text became final (streaming). */
+    void (*on_text)(void *user, const char *s, size_t n);
+    /* Optional: nonzero to end the job now (its client went away); the job
+     * then finishes as if a stop string had been found. */
+    int (*should_stop)(void *user);
+    /* Required: the job finished; called once per successful job_submit. */
+    void (*on_done)(void *user, const job_outcome *o);
+    void *user;
+} job_hooks;
+
+/* Queue request q on e: tok is the model's tokenizer (outlives the job).
+ * q is only read (its strings are copied). Returns 0 (hooks->on_done will
+ * be called from a later engine_step, or from engine_free's teardown never:
+ * a job still live when the engine is freed is lost), or -1 with the reason
+ * in err (the request cannot be run: template, tokenization, sampling
+ * parameters, prompt + max_tokens over the context or the KV pool). */
+int job_submit(engine *e, const tokenizer *tok, const batch_request *q, const job_hooks *hooks, char *err,
+               size_t errlen);
+
+/* The batch output line of a finished job (malloc'd, ending in '\n'), as
+ * batch_format_result gives it for model name `model` and `created`; NULL
+ * with err on failure. */
+char *job_format_result(const job_outcome *o, const char *model, int64_t created, char *err, size_t errlen);
+
+/* The OpenAI response body alone (the "body" member of that line, one line,
+ * no '\n'), malloc'd; NULL with err on failure. */
+char *job_format_body(const job_outcome *o, const char *model, int64_t created, char *err, size_t errlen);
+
+#endif
