@@ -10,7 +10,11 @@ per-run ratios to plain. It also checks that every mode's token ids equal plain
 decoding's (self-spec must be exact).
 
 Modes: plain; self-spec with the model's shipped config; the same without the
-pruned draft head (--draft-head 0); plus any --config NAME=FILE given.
+pruned draft head (--draft-head 0); plus any --config NAME=FILE given; with
+--sources also the draft sources: context drafts alone (--draft context),
+chained context + layer drafts (--draft chain) and the per-step choice
+(--draft auto, generate's default). A model without a shipped config (Qwen
+before its search) runs plain, context and auto with --no-default --sources.
 
     python3 scripts/bench_selfspec.py                       # defaults
     python3 scripts/bench_selfspec.py --runs 5 -n 128 --config uniform=configs/extra/every_other_mlp.json
@@ -57,6 +61,8 @@ def main():
     ap.add_argument("--config", action="append", default=[], metavar="NAME=FILE",
                     help="extra self-spec configuration to compare (repeatable)")
     ap.add_argument("--no-default", action="store_true", help="skip the shipped-config modes")
+    ap.add_argument("--sources", action="store_true",
+                    help="also --draft context, chain (with a config) and auto")
     ap.add_argument("--out", default="build/bench_selfspec.json")
     a = ap.parse_args()
     if not os.path.exists(a.binary):
@@ -71,6 +77,11 @@ def main():
     for c in a.config:
         name, path = c.split("=", 1)
         modes.append((name, ["--mode", "self-spec", "--skip", path]))
+    if a.sources:
+        modes.append(("context drafts", ["--mode", "self-spec", "--draft", "context"]))
+        if not a.no_default:
+            modes.append(("chained context+layers", ["--mode", "self-spec", "--draft", "chain"]))
+        modes.append(("auto", ["--draft", "auto"]))
     runs = []
     mismatches = []
     for r in range(a.runs):
