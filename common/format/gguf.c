@@ -988,24 +988,6 @@ static void gguf__q4k_scale_min(int j, const uint8_t *q, uint8_t *sc, uint8_t *m
     }
 }
 
-static void gguf__deq_q4_k(const uint8_t *b, float *y)
-{
-    float d = gguf__f16_at(b), dmin = gguf__f16_at(b + 2);
-    const uint8_t *scales = b + 4, *qs = b + 16;
-    for (int i = 0; i < 4; i++) {             /* 4 chunks of 64 weights */
-        uint8_t sc0, m0, sc1, m1;
-        gguf__q4k_scale_min(2 * i, scales, &sc0, &m0);
-        gguf__q4k_scale_min(2 * i + 1, scales, &sc1, &m1);
-        float d0 = d * sc0, mn0 = dmin * m0, d1 = d * sc1, mn1 = dmin * m1;
-        for (int l = 0; l < 32; l++) {
-            y[l] = d0 * (float)(qs[l] & 0xf) - mn0;
-            y[l + 32] = d1 * (float)(qs[l] >> 4) - mn1;
-        }
-        qs += 32;
-        y += 64;
-    }
-}
-
 void gguf_q4_k_affine(const uint8_t *b, uint8_t levels[256], float d[8], float m[8])
 {
     float dd = gguf__f16_at(b), dmin = gguf__f16_at(b + 2);
@@ -1024,6 +1006,16 @@ void gguf_q4_k_affine(const uint8_t *b, uint8_t levels[256], float d[8], float m
         }
         qs += 32;
     }
+}
+
+/* y = level * d + m: the same float as d*sc*q - dmin*m (a - b == a + (-b)). */
+static void gguf__deq_q4_k(const uint8_t *b, float *y)
+{
+    uint8_t lv[256];
+    float d[8], m[8];
+    gguf_q4_k_affine(b, lv, d, m);
+    for (int i = 0; i < 256; i++)
+        y[i] = d[i / 32] * (float)lv[i] + m[i / 32];
 }
 
 static void gguf__deq_q6_k(const uint8_t *b, float *y)
