@@ -39,6 +39,7 @@
 #include "decode/ngram.h"
 #include "engine/engine.h"
 #include "model/model.h"
+#include "serve/job.h"
 #include "text/chat.h"
 #include "text/tokenizer.h"
 #include "util/util.h"
@@ -275,27 +276,6 @@ static void on_done(void *user, const engine_result *res)
 
 /* ---- one input line ---- */
 
-static int is_eog(const void *ctx, int32_t token)
-{
-    return tokenizer_is_eog((const tokenizer *)ctx, token);
-}
-
-/* The request's prompt as text (chat: through the model's template). */
-static char *prompt_text(const batch_job *j, const batch_request *q, char *err, size_t errlen)
-{
-    if (q->kind == BATCH_COMPLETION)
-        return strdup(q->prompt);
-    chat_msg *msgs = callocCheck((size_t)q->n_messages, sizeof(chat_msg));
-    for (int i = 0; i < q->n_messages; i++) {
-        msgs[i].role = q->messages[i].role == BATCH_ROLE_SYSTEM ? CHAT_SYSTEM
-                     : q->messages[i].role == BATCH_ROLE_USER ? CHAT_USER : CHAT_ASSISTANT;
-        msgs[i].content = q->messages[i].content;
-    }
-    char *s = chat_render(j->tok, msgs, (size_t)q->n_messages, err, errlen);
-    free(msgs);
-    return s;
-}
-
 static void handle_line(batch_job *j, engine *e, const char *line, size_t len)
 {
     char err[512];
@@ -323,12 +303,12 @@ static void handle_line(batch_job *j, engine *e, const char *line, size_t len)
         batch_request_free(&q);
         return;
     }
-    gen_params gp = {.max_tokens = q.max_tokens, .ignore_eos = q.ignore_eos, .is_eog = is_eog, .eog_ctx = j->tok,
+    gen_params gp = {.max_tokens = q.max_tokens, .ignore_eos = q.ignore_eos, .is_eog = job_is_eog, .eog_ctx = j->tok,
                      .sampling = {.temperature = (float)q.temperature, .top_k = q.top_k, .top_p = (float)q.top_p,
                                   .seed = q.has_seed ? q.seed : 0}};
     int32_t *ids = NULL;
     size_t n_ids = 0;
-    char *text = prompt_text(j, &q, err, sizeof err);
+    char *text = job_prompt_text(j->tok, &q, err, sizeof err);
     int ok = text && sampler_params_check(&gp.sampling, err, sizeof err) == 0 &&
              tokenizer_encode(j->tok, text, strlen(text), tokenizer_add_bos(j->tok), q.kind == BATCH_CHAT, &ids,
                               &n_ids, err, sizeof err) == 0;

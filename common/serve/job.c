@@ -64,13 +64,12 @@ static void job_on_done(void *user, const engine_result *res)
     job_free(j);
 }
 
-static int job_is_eog(const void *ctx, int32_t token)
+int job_is_eog(const void *ctx, int32_t token)
 {
     return tokenizer_is_eog((const tokenizer *)ctx, token);
 }
 
-/* The request's prompt as text (chat: through the model's template). */
-static char *job_prompt_text(const tokenizer *tok, const batch_request *q, char *err, size_t errlen)
+char *job_prompt_text(const tokenizer *tok, const batch_request *q, char *err, size_t errlen)
 {
     if (q->kind == BATCH_COMPLETION)
         return strdup(q->prompt);

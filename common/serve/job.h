@@ -43,6 +43,13 @@ typedef struct {
     void *user;
 } job_hooks;
 
+/* gen_params.is_eog for a request: ctx is the tokenizer. */
+int job_is_eog(const void *ctx, int32_t token);
+
+/* The request's prompt as text, malloc'd (chat: through the model's
+ * template); NULL with err set when the template cannot render it. */
+char *job_prompt_text(const tokenizer *tok, const batch_request *q, char *err, size_t errlen);
+
 /* Queue request q on e: tok is the model's tokenizer (outlives the job).
  * q is only read (its strings are copied). Returns 0 (hooks->on_done will
  * be called from a later engine_step, or from engine_free's teardown never:
