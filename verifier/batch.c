@@ -40,7 +40,6 @@
 #include "engine/engine.h"
 #include "model/model.h"
 #include "serve/job.h"
-#include "text/chat.h"
 #include "text/tokenizer.h"
 #include "util/util.h"
 
