@@ -496,8 +496,8 @@ static void test_policy(void **state)
         engine_cost_observe(e, 0, T, 10e-3);
         engine_cost_observe(e, 1, T, 2e-3);
     }
-    assert_true(engine_policy_k(e, 1, 0.9f, 0) >= 2);   /* lonely, good drafts: speculate */
-    assert_int_equal(engine_policy_k(e, 1, 0.05f, 0), 0); /* drafts that fail: do not */
+    assert_true(engine_policy_k(e, 1, 0.9f, 0, 0, 0) >= 2);   /* lonely, good drafts: speculate */
+    assert_int_equal(engine_policy_k(e, 1, 0.05f, 0, 0, 0), 0); /* drafts that fail: do not */
     engine_free(e);
     /* compute-bound: each token costs the same */
     assert_int_equal(engine_init(&e, &t.m, &p, err, sizeof err), 0);
@@ -505,7 +505,10 @@ static void test_policy(void **state)
         engine_cost_observe(e, 0, T, 1e-3 * T);
         engine_cost_observe(e, 1, T, 0.5e-3 * T);
     }
-    assert_int_equal(engine_policy_k(e, 16, 0.9f, 0), 0);
+    assert_int_equal(engine_policy_k(e, 16, 0.9f, 0, 0, 0), 0);
+    /* a prompt chunk in the pass does not make drafting look cheap: the
+     * decode token is weighed against its own cost, not the chunk's */
+    assert_int_equal(engine_policy_k(e, 1, 0.9f, 0, 0, 200), 0);
     engine_free(e);
     skipset_free(&ss);
     tiny_close(&t);

@@ -54,6 +54,17 @@ typedef struct {
 } ewait;
 
 #define COST_MAX_T 1024
+/* Seconds of a pass as a function of its tokens: a table (measured T,
+ * interpolated between), learned from the passes; or, once calibrated at
+ * start, the calibration's table as the shape times a scale that follows
+ * the real passes. */
+typedef struct {
+    double s[COST_MAX_T + 1];
+    uint8_t n[COST_MAX_T + 1];
+    int shape_only;
+    double scale;
+    uint32_t n_scale;
+} cost_curve;
 #define RATE_BUCKETS 12
 #define RATE_MIN_SAMPLES 4       /* steps of each kind before measurements overrule */
 #define RATE_EXPLORE 64          /* try the other choice again after this many steps */
@@ -81,8 +92,7 @@ struct engine {
     fwd_seq *batch;            /* (max_seqs) */
     int32_t *bseq;             /* (max_seqs) sequence index of each batch entry */
     /* cost model: seconds of a full pass of T tokens, of a draft pass of n */
-    double full_s[COST_MAX_T + 1], draft_s[COST_MAX_T + 1];
-    uint8_t full_n[COST_MAX_T + 1], draft_n[COST_MAX_T + 1];
+    cost_curve full, draft;
     /* what speculation really delivered: tokens emitted per second of pure
      * decode steps, [0] plain and [1] speculating, by log2 of the number of
      * policy sequences; the policy's prediction is overruled by these */
@@ -167,12 +177,35 @@ static double cost_get(const double *tab, const uint8_t *cnt, int32_t T)
     return 1e-3 * T;  /* nothing measured yet */
 }
 
+/* A pass of T took s seconds. A calibrated curve keeps its table as the
+ * shape and follows the passes with one scale: the calibration ran at
+ * position 0, real passes attend over hundreds of positions and share the
+ * machine, and mixing the two in one table made the few-token steps beyond
+ * the last real measurement look nearly free. */
+static void curve_observe(cost_curve *c, int32_t T, double s)
+{
+    if (!c->shape_only) {
+        cost_add(c->s, c->n, T, s);
+        return;
+    }
+    double ref = cost_get(c->s, c->n, T);
+    if (!(ref > 0) || !(s > 0))
+        return;
+    double w = c->n_scale < 4 ? 1.0 / (c->n_scale + 1) : 0.1;
+    c->scale = c->n_scale ? (1 - w) * c->scale + w * (s / ref) : s / ref;
+    if (c->n_scale < UINT32_MAX)
+        c->n_scale++;
+}
+
+static double curve_get(const cost_curve *c, int32_t T)
+{
+    double v = cost_get(c->s, c->n, T);
+    return c->shape_only && c->n_scale ? v * c->scale : v;
+}
+
 void engine_cost_observe(engine *e, int draft, int32_t T, double seconds)
 {
-    if (draft)
-        cost_add(e->draft_s, e->draft_n, T, seconds);
-    else
-        cost_add(e->full_s, e->full_n, T, seconds);
+    curve_observe(draft ? &e->draft : &e->full, T, seconds);
 }
 
 /* Expected tokens emitted by one verification of a k-token draft whose
@@ -185,18 +218,35 @@ static double expected_emitted(double a, int32_t k)
     return s;
 }
 
-int32_t engine_policy_k(const engine *e, int32_t n_spec, float alpha, int32_t t_other)
+/* Seconds of a pass's decode tokens (d of them, prompt chunks left out):
+ * the plain cost a draft is weighed against. Prompt chunks are in the
+ * pass whatever the policy decides; charging them to the plain choice
+ * would make every extra token look cheap in a prefill step. */
+static double plain_cost(const engine *e, int32_t d)
+{
+    double c = curve_get(&e->full, d);
+    return c > 1e-9 ? c : 1e-9;
+}
+
+/* What x more tokens add to a pass that already holds T tokens. */
+static double extra_cost(const engine *e, int32_t T, int32_t x)
+{
+    double d = curve_get(&e->full, T + x) - curve_get(&e->full, T);
+    return d > 0 ? d : 0;
+}
+
+int32_t engine_policy_k(const engine *e, int32_t n_spec, float alpha, int32_t n_other, int32_t d_other,
+                        int32_t t_prompt)
 {
     if (!e->can_layers || n_spec <= 0)
         return 0;
-    int32_t best_k = 0;
-    double best = n_spec / cost_get(e->full_s, e->full_n, t_other + n_spec);
+    int32_t best_k = 0, T0 = d_other + t_prompt + n_spec;
+    double base = plain_cost(e, d_other + n_spec), best = (n_spec + n_other) / base;
     for (int32_t k = 1; k <= e->p.sp.max_draft; k++) {
-        int32_t T = t_other + n_spec * (k + 1);
-        if (T > e->p.max_batch_tokens)
+        if (T0 + n_spec * k > e->p.max_batch_tokens)
             break;
-        double secs = cost_get(e->full_s, e->full_n, T) + k * cost_get(e->draft_s, e->draft_n, n_spec);
-        double rate = n_spec * expected_emitted(alpha, k) / secs;
+        double secs = base + extra_cost(e, T0, n_spec * k) + k * curve_get(&e->draft, n_spec);
+        double rate = (n_spec * expected_emitted(alpha, k) + n_other) / secs;
         if (rate > best * 1.02) {   /* a margin: speculate only where it clearly pays */
             best = rate;
             best_k = k;
@@ -224,7 +274,7 @@ static int calibrate(engine *e, char *err, size_t errlen)
             double t0 = util_now();
             rc = model_forward(e->m, &e->fs, &sq, 1, NULL, NULL, e->logits, err, errlen);
             if (rep > 0)   /* the first pass warms caches */
-                cost_add(e->full_s, e->full_n, T, util_now() - t0);
+                cost_add(e->full.s, e->full.n, T, util_now() - t0);
         }
         if (e->can_layers && T <= e->p.max_seqs && rc == 0) {
             /* T one-token draft sequences sharing the throwaway cache, each
@@ -237,12 +287,14 @@ static int calibrate(engine *e, char *err, size_t errlen)
                 rc = model_forward(e->m, &e->fs, e->batch, T, &e->mask, e->head.rows ? &e->head : NULL,
                                    e->dlogits, err, errlen);
                 if (rep > 0)
-                    cost_add(e->draft_s, e->draft_n, T, util_now() - t0);
+                    cost_add(e->draft.s, e->draft.n, T, util_now() - t0);
             }
         }
     }
     free(toks);
     kv_free(&kv);
+    e->full.shape_only = rc == 0 && e->full.n[1];
+    e->draft.shape_only = rc == 0 && e->draft.n[1];
     return rc;
 }
 
@@ -464,18 +516,17 @@ static void ctx_idle(engine *e, eseq *s)
  * full pass, and this sequence's share of a draft pass; the layer option
  * is the joint policy's k (0: layer drafts do not pay). Decode tokens stay
  * within the pass budget. Returns whether any sequence drafts. */
-static int plan_context(engine *e, int32_t n_policy, int32_t t_other, int32_t dec_other, int32_t k)
+static int plan_context(engine *e, int32_t n_policy, int32_t n_other, int32_t t_prompt, int32_t dec_other,
+                        int32_t k)
 {
     spec_costs c;
     memset(&c, 0, sizeof c);
-    int32_t T0 = t_other + n_policy;
-    c.base = cost_get(e->full_s, e->full_n, T0);
-    c.n_base = n_policy;
-    for (int32_t x = 0; x <= e->p.sp.max_draft; x++) {
-        double d = cost_get(e->full_s, e->full_n, T0 + x) - c.base;
-        c.extra[x] = d > 0 ? d : 0;
-    }
-    c.draft = cost_get(e->draft_s, e->draft_n, n_policy) / n_policy;
+    int32_t T0 = dec_other + t_prompt + n_policy;
+    c.base = plain_cost(e, dec_other + n_policy);
+    c.n_base = n_policy + n_other;
+    for (int32_t x = 0; x <= e->p.sp.max_draft; x++)
+        c.extra[x] = extra_cost(e, T0, x);
+    c.draft = curve_get(&e->draft, n_policy) / n_policy;
     int32_t budget = e->p.max_batch_tokens - dec_other - n_policy;
     int want = 0;
     for (int32_t i = 0; i < e->p.max_seqs; i++) {
@@ -499,13 +550,13 @@ static int plan_context(engine *e, int32_t n_policy, int32_t t_other, int32_t de
  * step. */
 static void plan_drafts(engine *e)
 {
-    int32_t n_policy = 0, t_other = 0, dec_other = 0;
+    int32_t n_policy = 0, n_other = 0, t_prompt = 0, dec_other = 0;
     int any_prefill = 0;
     double alpha_sum = 0;
     for (int32_t i = 0; i < e->p.max_seqs; i++) {
         eseq *s = &e->seqs[i];
         if (s->state == SEQ_PREFILL) {
-            t_other += s->n_prompt - s->n_prefilled;   /* an upper bound of its chunk */
+            t_prompt += s->n_prompt - s->n_prefilled;   /* an upper bound of its chunk */
             any_prefill = 1;
             continue;
         }
@@ -532,17 +583,19 @@ static void plan_drafts(engine *e)
             n_policy++;
             alpha_sum += s->alpha;
         } else {
-            t_other += 1 + s->k_max;
+            n_other++;
             dec_other += 1 + s->k_max;
         }
     }
-    if (t_other > e->p.max_batch_tokens)
-        t_other = e->p.max_batch_tokens;
+    if (dec_other > e->p.max_batch_tokens)
+        dec_other = e->p.max_batch_tokens;
+    if (t_prompt > e->p.max_batch_tokens - dec_other)
+        t_prompt = e->p.max_batch_tokens - dec_other;
     if (n_policy == 0)
         return;
-    int32_t k = engine_policy_k(e, n_policy, (float)(alpha_sum / n_policy), t_other);
+    int32_t k = engine_policy_k(e, n_policy, (float)(alpha_sum / n_policy), n_other, dec_other, t_prompt);
     int ctx_policy = e->p.sp.draft != SPEC_DRAFT_LAYERS;
-    int want = ctx_policy ? plan_context(e, n_policy, t_other, dec_other, k) : k > 0;
+    int want = ctx_policy ? plan_context(e, n_policy, n_other, t_prompt, dec_other, k) : k > 0;
     /* measured goodput overrules the prediction once both choices have been
      * seen at this batch size; the other choice is retried now and then */
     int32_t b = 0;
@@ -623,7 +676,7 @@ static int draft(engine *e, char *err, size_t errlen)
             return -1;
         double dt = util_now() - t0;
         if (!multi)   /* the table is of one-token passes */
-            cost_add(e->draft_s, e->draft_n, n, dt);
+            curve_observe(&e->draft, n, dt);
         e->tot.draft_seconds += dt;
         for (int j = 0; j < n; j++) {
             eseq *s = &e->seqs[e->bseq[j]];
@@ -763,7 +816,7 @@ int engine_step(engine *e, char *err, size_t errlen)
     free(blocks);
     if (rc != 0)
         return -1;
-    cost_add(e->full_s, e->full_n, T, dt);
+    curve_observe(&e->full, T, dt);
     e->tot.forward_seconds += dt;
     e->tot.steps++;
     e->tot.spec_steps += any_draft;

@@ -160,9 +160,12 @@ const engine_totals *engine_get_totals(const engine *e);
 void engine_cost_observe(engine *e, int draft, int32_t T, double seconds);
 
 /* The draft length the policy would pick now for n_spec greedy sequences
- * with acceptance rate alpha, next to t_other other tokens in the pass
- * (tests and the benchmark's explanation). */
-int32_t engine_policy_k(const engine *e, int32_t n_spec, float alpha, int32_t t_other);
+ * with acceptance rate alpha, next to n_other other decoding sequences
+ * (d_other tokens) and t_prompt prompt-chunk tokens in the pass (tests and
+ * the benchmark's explanation). Drafts are weighed against the pass's
+ * decode tokens alone: prompt chunks are in the pass either way. */
+int32_t engine_policy_k(const engine *e, int32_t n_spec, float alpha, int32_t n_other, int32_t d_other,
+                        int32_t t_prompt);
 
 /*
  * One request decoded alone through the engine, with the contract of

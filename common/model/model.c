@@ -628,9 +628,12 @@ void fwd_state_init(fwd_state *s, const model_config *c, int32_t max_tokens, int
     s->qkv = alignedCheck(T * (c->dim + 2 * c->kv_dim) * sizeof(float));
     s->att = alignedCheck(T * c->dim * sizeof(float));
     s->hb = alignedCheck(T * 2 * c->hidden_dim * sizeof(float));
-    s->score_cap = ctx;
     s->score_threads = omp_get_max_threads();
-    s->scores = alignedCheck((size_t)s->score_threads * ctx * sizeof(float));
+    s->score_cap = (size_t)ctx * (c->n_heads / c->n_kv_heads);   /* a whole group's scores */
+    s->scores = alignedCheck((size_t)s->score_threads * s->score_cap * sizeof(float));
+    s->rows = mallocCheck((size_t)s->score_threads * s->score_cap * sizeof(f16_t *));
+    s->run_cap = ctx / KV_BLOCK + 3;   /* pool blocks, plus the scratch's and a partial one */
+    s->runs = mallocCheck((size_t)s->score_threads * s->run_cap * sizeof(attn_run));
     int32_t half = c->head_dim / 2;
     s->rope_cap = ctx;
     int32_t maxc = c->hidden_dim > c->dim ? c->hidden_dim : c->dim;
@@ -658,6 +661,8 @@ void fwd_state_free(fwd_state *s)
     free(s->att);
     free(s->hb);
     free(s->scores);
+    free(s->runs);
+    free(s->rows);
     free(s->rope_cos);
     free(s->rope_sin);
     free(s->tok_seq);
@@ -722,39 +727,68 @@ static inline kv_elem *kv_row(const fwd_seq *sq, int which, int32_t l, int32_t p
     return (which ? kv->v : kv->k) + ((size_t)l * kv->cap + idx) * kv->kv_dim;
 }
 
-/* Attention for every (token, head) of the batch. qkv rows are (q | k | v);
- * K/V of this block were already written to the caches. */
+/* Positions 0..n-1 of layer l of sq as runs of consecutive rows (a pool
+ * block, the contiguous cache, the draft scratch), each pointer offset by
+ * off elements (the KV head). Returns the number of runs. */
+static int32_t kv_runs(const fwd_seq *sq, int32_t l, int32_t n, size_t off, attn_run *runs)
+{
+    int32_t nr = 0;
+    for (int32_t p = 0; p < n;) {
+        const kv_cache *kv = sq->kv;
+        int32_t idx = p, end = n;
+        if (sq->scratch && p >= sq->scratch_base) {
+            kv = sq->scratch;
+            idx = p - sq->scratch_base;
+        } else if (sq->scratch && end > sq->scratch_base) {
+            end = sq->scratch_base;
+        }
+        int32_t len = end - p;
+        if (kv->pool && len > KV_BLOCK - idx % KV_BLOCK)
+            len = KV_BLOCK - idx % KV_BLOCK;
+        runs[nr++] = (attn_run){kv_row(sq, 0, l, p) + off, kv_row(sq, 1, l, p) + off, len};
+        p += len;
+    }
+    return nr;
+}
+
+/* Heads per attention task: a whole group of query heads shares its key and
+ * value rows, but a batch of few tokens splits the groups so that every
+ * thread has work. The split does not change any head's arithmetic. */
+static int32_t attn_heads_per_task(const model_config *c, int32_t T, int threads)
+{
+    int32_t group = c->n_heads / c->n_kv_heads, tasks = T * c->n_kv_heads;
+    int32_t split = (4 * threads + tasks - 1) / tasks;
+    if (split > group)
+        split = group;
+    if (split < 1)
+        split = 1;
+    return (group + split - 1) / split;
+}
+
+/* Attention for every token of the batch, one task per (token, KV head,
+ * slice of its query heads). qkv rows are (q | k | v); K/V of this block
+ * were already written to the caches. */
 static void attention(const model *m, fwd_state *s, const fwd_seq *seqs, int32_t T, int32_t l)
 {
     const model_config *c = &m->config;
     int32_t hd = c->head_dim, group = c->n_heads / c->n_kv_heads;
     int32_t qkv_w = c->dim + 2 * c->kv_dim;
     float scale = 1.0f / sqrtf((float)hd);
+    int32_t hpt = attn_heads_per_task(c, T, s->score_threads);
+    int32_t per_group = (group + hpt - 1) / hpt, n_tasks = T * c->n_kv_heads * per_group;
     #pragma omp parallel for schedule(dynamic, 1) num_threads(s->score_threads)
-    for (int32_t th = 0; th < T * c->n_heads; th++) {
-        int32_t t = th / c->n_heads, h = th % c->n_heads;
+    for (int32_t task = 0; task < n_tasks; task++) {
+        int32_t t = task / (c->n_kv_heads * per_group), rest = task % (c->n_kv_heads * per_group);
+        int32_t kvh = rest / per_group, h0 = kvh * group + (rest % per_group) * hpt;
+        int32_t nh = kvh * group + group - h0 < hpt ? kvh * group + group - h0 : hpt;
         const fwd_seq *sq = &seqs[s->tok_seq[t]];
-        int32_t p = s->tok_pos[t], kvh = h / group;
-        const float *q = s->qkv + (size_t)t * qkv_w + (size_t)h * hd;
-        float *sc = s->scores + (size_t)omp_get_thread_num() * s->score_cap;
-        float mx = -INFINITY;
-        for (int32_t i = 0; i <= p; i++) {
-            const kv_elem *k = kv_row(sq, 0, l, i) + (size_t)kvh * hd;
-            float dot = f16_dot(q, k, hd);
-            sc[i] = dot * scale;
-            mx = fmaxf(mx, sc[i]);
-        }
-        float sum = 0.0f;
-        for (int32_t i = 0; i <= p; i++) {
-            sc[i] = expf(sc[i] - mx);
-            sum += sc[i];
-        }
-        float *out = s->att + (size_t)t * c->dim + (size_t)h * hd;
-        memset(out, 0, (size_t)hd * sizeof(float));
-        for (int32_t i = 0; i <= p; i++) {
-            const kv_elem *v = kv_row(sq, 1, l, i) + (size_t)kvh * hd;
-            f16_axpy(out, sc[i] / sum, v, hd);
-        }
+        int32_t n_keys = s->tok_pos[t] + 1;
+        int th = omp_get_thread_num();
+        attn_run *runs = s->runs + (size_t)th * s->run_cap;
+        int32_t nr = kv_runs(sq, l, n_keys, (size_t)kvh * hd, runs);
+        assert(nr <= s->run_cap);
+        attn_heads(s->qkv + (size_t)t * qkv_w + (size_t)h0 * hd, nh, hd, runs, nr, n_keys, c->kv_dim, scale,
+                   s->scores + (size_t)th * s->score_cap, s->rows + (size_t)th * s->score_cap, s->att + (size_t)t * c->dim + (size_t)h0 * hd);
     }
 }
 

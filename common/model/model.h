@@ -25,6 +25,7 @@
 #include <stdint.h>
 
 #include "format/gguf.h"
+#include "kernels/attn.h"
 #include "kernels/qmat.h"
 
 /* What an architecture has beyond the plain Llama block. */
@@ -153,9 +154,12 @@ typedef struct {
     float *qkv;     /* (T, dim + 2*kv_dim) */
     float *att;     /* (T, dim) attention output (heads concatenated) */
     float *hb;      /* (T, 2*hidden_dim) gate|up, then SwiGLU result */
-    float *scores;  /* (T * n_heads, ctx) attention scores */
-    int32_t score_cap;
-    int score_threads;  /* rows of scores: threads at init (attention uses no more) */
+    float *scores;  /* (threads, group * ctx) one task's attention scores per thread */
+    size_t score_cap;
+    int score_threads;  /* threads at init (attention uses no more) */
+    const f16_t **rows; /* (threads, score_cap) one task's key rows per thread */
+    attn_run *runs;     /* (threads, run_cap) one task's KV runs per thread */
+    int32_t run_cap;
     float *rope_cos, *rope_sin; /* (ctx, head_dim/2) */
     int32_t rope_cap;
     int32_t *tok_seq;   /* (T) batch entry of each token */
