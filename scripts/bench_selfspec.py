@@ -63,6 +63,7 @@ def main():
     ap.add_argument("--no-default", action="store_true", help="skip the shipped-config modes")
     ap.add_argument("--sources", action="store_true",
                     help="also --draft context, chain (with a config) and auto")
+    ap.add_argument("--modes", default="", help="comma-separated mode names to keep (plain always runs)")
     ap.add_argument("--out", default="build/bench_selfspec.json")
     a = ap.parse_args()
     if not os.path.exists(a.binary):
@@ -70,18 +71,23 @@ def main():
     prompts = load_prompts(a.prompts)
     if a.limit:
         prompts = prompts[:a.limit]
+    # skip-set modes draft with the layer-skipping draft alone (--draft layers):
+    # generate's default source choice (auto) would mix in context drafts
     modes = [("plain", ["--mode", "plain"])]
     if not a.no_default:
-        modes += [("self-spec", ["--mode", "self-spec"]),
-                  ("self-spec, full head", ["--mode", "self-spec", "--draft-head", "0"])]
+        modes += [("self-spec", ["--mode", "self-spec", "--draft", "layers"]),
+                  ("self-spec, full head", ["--mode", "self-spec", "--draft", "layers", "--draft-head", "0"])]
     for c in a.config:
         name, path = c.split("=", 1)
-        modes.append((name, ["--mode", "self-spec", "--skip", path]))
+        modes.append((name, ["--mode", "self-spec", "--draft", "layers", "--skip", path]))
     if a.sources:
         modes.append(("context drafts", ["--mode", "self-spec", "--draft", "context"]))
         if not a.no_default:
             modes.append(("chained context+layers", ["--mode", "self-spec", "--draft", "chain"]))
         modes.append(("auto", ["--draft", "auto"]))
+    if a.modes:
+        keep = set(a.modes.split(","))
+        modes = [m for m in modes if m[0] in keep or m[0] == "plain"]
     runs = []
     mismatches = []
     for r in range(a.runs):

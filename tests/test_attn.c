@@ -46,7 +46,8 @@ static int32_t make_runs(const kvbuf *b, const int32_t *lens, int32_t n_lens, at
         int32_t len = lens[j % n_lens];
         if (len > b->n - p)
             len = b->n - p;
-        runs[nr++] = (attn_run){b->k + (size_t)p * b->stride + b->off, b->v + (size_t)p * b->stride + b->off, len};
+        runs[nr++] = (attn_run){b->k + (size_t)p * b->stride + b->off, b->v + (size_t)p * b->stride + b->off, len,
+                                b->stride};
         p += len;
     }
     return nr;
@@ -89,7 +90,7 @@ static void test_attention(void **state)
             /* one run of everything, all heads in one call */
             int32_t whole[] = {n};
             int32_t nr = make_runs(&kv, whole, 1, runs);
-            attn_heads(q, nh, hd, runs, nr, n, stride, scale, scores, rows, out);
+            attn_heads(q, nh, hd, runs, nr, n, scale, scores, rows, out);
             /* against double precision */
             for (int32_t h = 0; h < nh; h++) {
                 double *w = malloc((size_t)n * sizeof(double)), mx = -1e300, sum = 0;
@@ -117,9 +118,22 @@ static void test_attention(void **state)
             for (int v = 0; v < 2; v++) {
                 nr = make_runs(&kv, splits[v], n_splits[v], runs);
                 for (int32_t h = 0; h < nh; h++)
-                    attn_heads(q + h * hd, 1, hd, runs, nr, n, stride, scale, scores, rows, alt + h * hd);
+                    attn_heads(q + h * hd, 1, hd, runs, nr, n, scale, scores, rows, alt + h * hd);
                 assert_memory_equal(out, alt, (size_t)nh * hd * sizeof(float));
             }
+            /* the same rows copied into blocks of 16 that keep one head's rows
+             * together (the pool's layout, stride hd): same bits */
+            f16_t *pk = calloc((size_t)n * hd, sizeof(f16_t)), *pv = calloc((size_t)n * hd, sizeof(f16_t));
+            for (int32_t i = 0; i < n; i++) {
+                memcpy(pk + (size_t)i * hd, kv.k + (size_t)i * stride + off, (size_t)hd * sizeof(f16_t));
+                memcpy(pv + (size_t)i * hd, kv.v + (size_t)i * stride + off, (size_t)hd * sizeof(f16_t));
+            }
+            nr = 0;
+            for (int32_t p = 0; p < n; p += 16)
+                runs[nr++] = (attn_run){pk + (size_t)p * hd, pv + (size_t)p * hd, n - p < 16 ? n - p : 16, hd};
+            attn_heads(q, nh, hd, runs, nr, n, scale, scores, rows, alt);
+            assert_memory_equal(out, alt, (size_t)nh * hd * sizeof(float));
+            free(pk), free(pv);
             free(q), free(scores), free(rows), free(out), free(alt), free(kv.k), free(kv.v);
         }
 }

@@ -46,6 +46,7 @@ typedef struct {
     int threads;
     int report_only;
     int random_only;
+    int transfer_only;
 } search_cli;
 
 static void usage_search(FILE *f)
@@ -69,6 +70,8 @@ static void usage_search(FILE *f)
 "                           (multiple of 16; 0 = full head; default 8192)\n"
 "      --seed-config FILE   start from a config of another model, mapped by\n"
 "                           normalized depth; reports how good it is as is\n"
+"      --transfer-only      with --seed-config and -o: write the mapped set as a\n"
+"                           config and stop (no calibration, no search)\n"
 "      --validate N         measure real decoding for N evaluated sets and\n"
 "                           report the objective's rank correlation (default 6)\n"
 "      --seed S             search seed (default 1)\n"
@@ -79,7 +82,7 @@ static void usage_search(FILE *f)
 "  -h, --help               this help\n");
 }
 
-enum { OPT_NOCHAT = 300, OPT_BUDGET, OPT_HEAD, OPT_SEEDCFG, OPT_VALIDATE, OPT_SEED, OPT_REPORT, OPT_STRATEGY };
+enum { OPT_NOCHAT = 300, OPT_BUDGET, OPT_HEAD, OPT_SEEDCFG, OPT_VALIDATE, OPT_SEED, OPT_REPORT, OPT_STRATEGY, OPT_TRANSFER };
 
 static int parse_search(int argc, char **argv, search_cli *o)
 {
@@ -90,6 +93,7 @@ static int parse_search(int argc, char **argv, search_cli *o)
         {"head-size", required_argument, 0, OPT_HEAD}, {"seed-config", required_argument, 0, OPT_SEEDCFG},
         {"validate", required_argument, 0, OPT_VALIDATE}, {"seed", required_argument, 0, OPT_SEED},
         {"report", no_argument, 0, OPT_REPORT}, {"strategy", required_argument, 0, OPT_STRATEGY}, {"threads", required_argument, 0, 't'},
+        {"transfer-only", no_argument, 0, OPT_TRANSFER},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     long v;
     float f;
@@ -119,6 +123,7 @@ static int parse_search(int argc, char **argv, search_cli *o)
         case OPT_VALIDATE: if (cli_parse_int(optarg, "--validate", 0, 100, &v)) return -1; o->validate = (int)v; break;
         case OPT_SEED: if (cli_parse_int(optarg, "--seed", 0, LONG_MAX, &v)) return -1; o->seed = (uint64_t)v; break;
         case OPT_REPORT: o->report_only = 1; break;
+        case OPT_TRANSFER: o->transfer_only = 1; break;
         case OPT_STRATEGY:
             if (strcmp(optarg, "search") && strcmp(optarg, "random")) {
                 fprintf(stderr, "selfspec: --strategy must be 'search' or 'random'\n");
@@ -135,7 +140,51 @@ static int parse_search(int argc, char **argv, search_cli *o)
         fprintf(stderr, "selfspec: unexpected argument '%s'\n", argv[optind]);
         return -1;
     }
+    if (o->transfer_only && (!o->seed_config || !o->out_path)) {
+        fprintf(stderr, "selfspec: --transfer-only needs --seed-config and -o\n");
+        return -1;
+    }
     return 0;
+}
+
+/* --transfer-only: the seed config's skip set mapped onto m by normalized
+ * depth (skipset_transfer), written as a config of its own, nothing
+ * measured. The draft head is a per-model vocabulary, not part of the
+ * pattern: it is taken from m's own config in dir when there is one. */
+static int write_transfer(const search_cli *o, const model *m, const char *dir)
+{
+    char err[256], own[1024];
+    skip_set src, dst, mine = {0};
+    if (skipset_load(&src, o->seed_config, NULL, err, sizeof err) != 0) {
+        fprintf(stderr, "selfspec: --seed-config: %s\n", err);
+        return 1;
+    }
+    skipset_transfer(&src, m->config.n_layers, &dst);
+    if (skipset_find(dir, &m->config, own, sizeof own) == 0 && skipset_load(&mine, own, &m->config, err, sizeof err) == 0 &&
+        mine.head_tokens) {
+        dst.head_tokens = mine.head_tokens;
+        dst.n_head_tokens = mine.n_head_tokens;
+        mine.head_tokens = NULL;
+    }
+    skipset_free(&mine);
+    cJSON *root = cJSON_CreateObject();
+    cJSON *t = cJSON_AddObjectToObject(root, "transferred");
+    const char *rel = strstr(o->seed_config, "configs/");
+    cJSON_AddStringToObject(t, "from", rel ? rel : o->seed_config);
+    cJSON_AddNumberToObject(t, "from_layers", src.n_layers);
+    cJSON_AddStringToObject(t, "mapping", "layer l of L -> round(l / (L - 1) * (L' - 1)), no search");
+    char *extra = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    int rc = skipset_save(&dst, o->out_path, &m->config, o->head_size, extra, err, sizeof err);
+    if (rc != 0)
+        fprintf(stderr, "selfspec: %s\n", err);
+    else
+        fprintf(stderr, "search: %s (%d layers, %d skipped) -> %s (%d layers, %d skipped)\n", o->seed_config,
+                src.n_layers, skipset_count(&src), o->out_path, m->config.n_layers, skipset_count(&dst));
+    free(extra);
+    skipset_free(&src);
+    skipset_free(&dst);
+    return rc != 0;
 }
 
 /* Read prompts (JSONL) and tokenize them (through the chat template). */
@@ -404,6 +453,11 @@ int cmd_search(int argc, char **argv)
         print_report(repbuf);
         model_free(&m);
         return 0;
+    }
+    if (o.transfer_only) {
+        int trc = write_transfer(&o, &m, dir);
+        model_free(&m);
+        return trc;
     }
     int rc = 1;
     tokenizer *tok = cli_load_tokenizer(o.model_path);

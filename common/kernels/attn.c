@@ -153,8 +153,7 @@ static float exp_sum(float *sc, int32_t n, float mx)
 }
 
 /* out[0..hd) = inv * sum_i w[i] * V[i], keys in index order */
-static void weighted_values(float *out, const float *w, const attn_run *runs, int32_t n_runs, int32_t stride,
-                            int32_t hd, float inv)
+static void weighted_values(float *out, const float *w, const attn_run *runs, int32_t n_runs, int32_t hd, float inv)
 {
 #ifdef ATTN_AVX2
     for (int32_t j0 = 0; j0 < hd; j0 += 64) {
@@ -165,7 +164,7 @@ static void weighted_values(float *out, const float *w, const attn_run *runs, in
         int32_t i = 0;
         for (int32_t r = 0; r < n_runs; r++) {
             const f16_t *v = runs[r].v + j0;
-            for (int32_t j = 0; j < runs[r].n; j++, i++, v += stride) {
+            for (int32_t j = 0; j < runs[r].n; j++, i++, v += runs[r].stride) {
                 __m256 wv = _mm256_set1_ps(w[i]);
                 if (nv == 8) {   /* the common head size: all eight slices in registers */
                     for (int32_t u = 0; u < 8; u++)
@@ -188,7 +187,7 @@ static void weighted_values(float *out, const float *w, const attn_run *runs, in
     int32_t i = 0;
     for (int32_t r = 0; r < n_runs; r++) {
         const f16_t *v = runs[r].v;
-        for (int32_t j = 0; j < runs[r].n; j++, i++, v += stride)
+        for (int32_t j = 0; j < runs[r].n; j++, i++, v += runs[r].stride)
             for (int32_t d = 0; d < hd; d++)
                 out[d] += w[i] * f16_to_f32(v[d]);
     }
@@ -198,15 +197,15 @@ static void weighted_values(float *out, const float *w, const attn_run *runs, in
 }
 
 void attn_heads(const float *q, int32_t nh, int32_t hd, const attn_run *runs, int32_t n_runs, int32_t n_keys,
-                int32_t stride, float scale, float *scores, const f16_t **rows, float *out)
+                float scale, float *scores, const f16_t **rows, float *out)
 {
     assert(nh >= 1 && hd % 16 == 0 && hd <= ATTN_MAX_HEAD_DIM && n_keys >= 1);
     /* every key row, in position order */
     int32_t i = 0;
     for (int32_t r = 0; r < n_runs; r++) {
-        prefetch_run(runs[r].k, runs[r].n, stride, hd);
+        prefetch_run(runs[r].k, runs[r].n, runs[r].stride, hd);
         for (int32_t j = 0; j < runs[r].n; j++)
-            rows[i++] = runs[r].k + (size_t)j * stride;
+            rows[i++] = runs[r].k + (size_t)j * runs[r].stride;
     }
     assert(i == n_keys);
     for (int32_t h = 0; h < nh; h++) {
@@ -225,6 +224,6 @@ void attn_heads(const float *q, int32_t nh, int32_t hd, const attn_run *runs, in
         for (int32_t t = 1; t < n_keys; t++)
             mx = sc[t] > mx ? sc[t] : mx;
         float sum = exp_sum(sc, n_keys, mx);
-        weighted_values(out + (size_t)h * hd, sc, runs, n_runs, stride, hd, 1.0f / sum);
+        weighted_values(out + (size_t)h * hd, sc, runs, n_runs, hd, 1.0f / sum);
     }
 }

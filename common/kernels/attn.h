@@ -23,7 +23,7 @@
 /* n consecutive positions: key row i at k + i * stride, value row at v + i * stride */
 typedef struct {
     const f16_t *k, *v;
-    int32_t n;
+    int32_t n, stride;
 } attn_run;
 
 /*
@@ -36,7 +36,7 @@ typedef struct {
  */
 #define ATTN_MAX_HEAD_DIM 256
 void attn_heads(const float *q, int32_t nh, int32_t hd, const attn_run *runs, int32_t n_runs, int32_t n_keys,
-                int32_t stride, float scale, float *scores, const f16_t **rows, float *out);
+                float scale, float *scores, const f16_t **rows, float *out);
 
 /* e^x for x <= 0 (softmax arguments), the kernel's own polynomial: the same
  * bits whether a lane is computed in a vector or alone (tests). */

@@ -535,6 +535,7 @@ int kv_init(kv_cache *kv, const model_config *c, int32_t cap, char *err, size_t 
     kv->cap = cap;
     kv->n_layers = c->n_layers;
     kv->kv_dim = c->kv_dim;
+    kv->head_dim = c->head_dim;
     return 0;
 }
 
@@ -585,6 +586,7 @@ int kv_pool_init(kv_pool *p, const model_config *c, size_t bytes, char *err, siz
         p->free_ids[i] = p->n_blocks - 1 - i;   /* block 0 is handed out first */
     p->n_layers = c->n_layers;
     p->kv_dim = c->kv_dim;
+    p->head_dim = c->head_dim;
     return 0;
 }
 
@@ -609,6 +611,7 @@ int kv_init_paged(kv_cache *kv, kv_pool *p, int32_t cap)
     kv->cap = n * KV_BLOCK;
     kv->n_layers = p->n_layers;
     kv->kv_dim = p->kv_dim;
+    kv->head_dim = p->head_dim;
     return 0;
 }
 
@@ -708,10 +711,13 @@ static void rope(float *v, int32_t n_heads, int32_t head_dim, const float *cs, c
     }
 }
 
-/* Where position p of layer l lives for sequence sq: in its cache (one
- * contiguous array, or the pool block holding p), or in its draft scratch for
- * positions >= scratch_base. which: 0 keys, 1 values. */
-static inline kv_elem *kv_row(const fwd_seq *sq, int which, int32_t l, int32_t p)
+/* Where KV head h of position p of layer l lives for sequence sq: in its
+ * cache (one contiguous array, or the pool block holding p), or in its draft
+ * scratch for positions >= scratch_base. which: 0 keys, 1 values. *stride:
+ * elements from this head's row to the next position's, within the same
+ * block (pool: head_dim, the block keeps each head's rows together;
+ * contiguous: kv_dim). */
+static inline kv_elem *kv_head_row(const fwd_seq *sq, int which, int32_t l, int32_t p, int32_t h, int32_t *stride)
 {
     const kv_cache *kv = sq->kv;
     int32_t idx = p;
@@ -720,17 +726,20 @@ static inline kv_elem *kv_row(const fwd_seq *sq, int which, int32_t l, int32_t p
         idx = p - sq->scratch_base;
     }
     if (kv->pool) {
-        kv_elem *base = which ? kv->pool->v : kv->pool->k;
-        size_t blk = (size_t)kv->blocks[idx / KV_BLOCK];
-        return base + ((blk * kv->n_layers + l) * KV_BLOCK + idx % KV_BLOCK) * kv->kv_dim;
+        const kv_pool *pl = kv->pool;
+        kv_elem *base = which ? pl->v : pl->k;
+        size_t blk = (size_t)kv->blocks[idx / KV_BLOCK], n_kvh = (size_t)(pl->kv_dim / pl->head_dim);
+        *stride = pl->head_dim;
+        return base + (((blk * pl->n_layers + l) * n_kvh + h) * KV_BLOCK + idx % KV_BLOCK) * pl->head_dim;
     }
-    return (which ? kv->v : kv->k) + ((size_t)l * kv->cap + idx) * kv->kv_dim;
+    *stride = kv->kv_dim;
+    return (which ? kv->v : kv->k) + ((size_t)l * kv->cap + idx) * kv->kv_dim + (size_t)h * kv->head_dim;
 }
 
-/* Positions 0..n-1 of layer l of sq as runs of consecutive rows (a pool
- * block, the contiguous cache, the draft scratch), each pointer offset by
- * off elements (the KV head). Returns the number of runs. */
-static int32_t kv_runs(const fwd_seq *sq, int32_t l, int32_t n, size_t off, attn_run *runs)
+/* Positions 0..n-1 of KV head h of layer l of sq as runs of consecutive rows
+ * (a pool block, the contiguous cache, the draft scratch). Returns the
+ * number of runs. */
+static int32_t kv_runs(const fwd_seq *sq, int32_t l, int32_t n, int32_t h, attn_run *runs)
 {
     int32_t nr = 0;
     for (int32_t p = 0; p < n;) {
@@ -745,7 +754,9 @@ static int32_t kv_runs(const fwd_seq *sq, int32_t l, int32_t n, size_t off, attn
         int32_t len = end - p;
         if (kv->pool && len > KV_BLOCK - idx % KV_BLOCK)
             len = KV_BLOCK - idx % KV_BLOCK;
-        runs[nr++] = (attn_run){kv_row(sq, 0, l, p) + off, kv_row(sq, 1, l, p) + off, len};
+        int32_t stride;
+        const kv_elem *k = kv_head_row(sq, 0, l, p, h, &stride), *v = kv_head_row(sq, 1, l, p, h, &stride);
+        runs[nr++] = (attn_run){k, v, len, stride};
         p += len;
     }
     return nr;
@@ -785,9 +796,9 @@ static void attention(const model *m, fwd_state *s, const fwd_seq *seqs, int32_t
         int32_t n_keys = s->tok_pos[t] + 1;
         int th = omp_get_thread_num();
         attn_run *runs = s->runs + (size_t)th * s->run_cap;
-        int32_t nr = kv_runs(sq, l, n_keys, (size_t)kvh * hd, runs);
+        int32_t nr = kv_runs(sq, l, n_keys, kvh, runs);
         assert(nr <= s->run_cap);
-        attn_heads(s->qkv + (size_t)t * qkv_w + (size_t)h0 * hd, nh, hd, runs, nr, n_keys, c->kv_dim, scale,
+        attn_heads(s->qkv + (size_t)t * qkv_w + (size_t)h0 * hd, nh, hd, runs, nr, n_keys, scale,
                    s->scores + (size_t)th * s->score_cap, s->rows + (size_t)th * s->score_cap, s->att + (size_t)t * c->dim + (size_t)h0 * hd);
     }
 }
@@ -810,10 +821,15 @@ static void attn_sublayer(const model *m, fwd_state *s, const fwd_seq *seqs, int
         rope(q, c->n_heads, c->head_dim, cs, sn, c->rope_neox);
         rope(q + c->dim, c->n_kv_heads, c->head_dim, cs, sn, c->rope_neox);
         const fwd_seq *sq = &seqs[s->tok_seq[t]];
-        kv_elem *kd = kv_row(sq, 0, l, s->tok_pos[t]), *vd = kv_row(sq, 1, l, s->tok_pos[t]);
-        for (int32_t i = 0; i < c->kv_dim; i++) {
-            kd[i] = f16_from_f32(q[c->dim + i]);
-            vd[i] = f16_from_f32(q[c->dim + c->kv_dim + i]);
+        for (int32_t h = 0; h < c->n_kv_heads; h++) {
+            int32_t stride;
+            kv_elem *kd = kv_head_row(sq, 0, l, s->tok_pos[t], h, &stride);
+            kv_elem *vd = kv_head_row(sq, 1, l, s->tok_pos[t], h, &stride);
+            const float *kq = q + c->dim + (size_t)h * c->head_dim, *vq = kq + c->kv_dim;
+            for (int32_t i = 0; i < c->head_dim; i++) {
+                kd[i] = f16_from_f32(kq[i]);
+                vd[i] = f16_from_f32(vq[i]);
+            }
         }
     }
     attention(m, s, seqs, T, l);

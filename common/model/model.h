@@ -107,12 +107,14 @@ typedef uint16_t kv_elem;
  * memory in use follows the tokens in flight, not slots x context. */
 #define KV_BLOCK 16
 typedef struct {
-    kv_elem *k;               /* (n_blocks, n_layers, KV_BLOCK, kv_dim) */
-    kv_elem *v;               /* (n_blocks, n_layers, KV_BLOCK, kv_dim) */
+    /* a block keeps each KV head's 16 rows together, so attention of one
+     * head reads one stretch of memory per block */
+    kv_elem *k;               /* (n_blocks, n_layers, n_kv_heads, KV_BLOCK, head_dim) */
+    kv_elem *v;               /* (n_blocks, n_layers, n_kv_heads, KV_BLOCK, head_dim) */
     int32_t n_blocks;
     int32_t n_free;           /* blocks not held by any cache */
     int32_t *free_ids;        /* (n_blocks) the free blocks are free_ids[0..n_free) */
-    int32_t n_layers, kv_dim;
+    int32_t n_layers, kv_dim, head_dim;
 } kv_pool;
 
 /* A KV cache for one sequence: keys and values of every processed position.
@@ -127,7 +129,7 @@ typedef struct {
     int32_t *blocks;          /* (cap / KV_BLOCK) pool block of each KV_BLOCK positions */
     int32_t cap;              /* positions it can hold */
     int32_t len;              /* verified length */
-    int32_t n_layers, kv_dim;
+    int32_t n_layers, kv_dim, head_dim;
 } kv_cache;
 
 /* One sequence's part of a batch. */
