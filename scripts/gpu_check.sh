@@ -452,6 +452,14 @@ write_env() {
         "$(json_num "$BUDGET")" >"$DIR/env.json"
 }
 
+have_parts() {   # a model manifest was carried or stashed
+    local m
+    for m in .gpucarry/call1/model.manifest .gpucarry/call2/model.manifest "$STASH/model.manifest"; do
+        [ -f "$m" ] && return 0
+    done
+    return 1
+}
+
 model_info() {   # model_info PRESENT SOURCE [NOTE]
     printf '{"file": %s, "present": %s, "source": %s, "note": %s}\n' "$(json_str "$MODEL")" "$(json_bool "$1")" \
         "$(json_str "$2")" "$(json_str "${3:-}")" >"$DIR/model.json"
@@ -492,6 +500,9 @@ if $STAGE1; then
 elif [ -f "$MODEL" ] && [ "$DRY" != 1 ]; then
     HAVE_MODEL=true
     model_info true "present"
+elif [ "$DRY" != 1 ] && ! have_parts; then
+    skip_step model_join "no $MODEL and no model parts carried: synthetic models only"
+    model_info false "absent" "no model parts carried"
 else
     if step model_join 120 scripts/gpu_model_parts.sh join "$MODEL"; then
         HAVE_MODEL=true
