@@ -1,21 +1,52 @@
 /*
  * gpu_check.c - the measuring program of scripts/gpu_check.sh (built by it
- * against build/libselfspec.a; not part of `make`). Writes one JSON object.
+ * against build/libselfspec.a; not part of `make`).
  *
- *   gpu_check --out FILE [--model GGUF --prompts IDS_FILE] [--skip-big]
+ *   gpu_check [--out FILE] [--parts DIR] [--model GGUF --prompts IDS_FILE] [--skip-big]
  *   gpu_check ipc-child BLOB_HEX POS TOKEN     (spawned by the IPC check)
  *
- * Sections of the JSON:
+ * Output, built to survive a crash or a timeout: every section is one JSON
+ * object. With --parts, DIR/NN_KEY.json is written (atomically: a temp file
+ * renamed) as {"status": "started"} when the section begins and replaced by
+ * the section's object when it ends, so a killed run leaves only complete
+ * fragments plus one "started" marker; gpu_check.sh assembles them. --out
+ * (default build/gpu_check_core.json unless --parts is given) receives all
+ * sections in one object at the end. Strings are JSON-escaped and non-finite
+ * numbers are written as null, so every fragment parses.
+ *
+ * Sections:
  *   device        name, memory, peak bandwidth (bus width x memory clock)
- *   model         (with --model) CUDA vs CPU forward over the fixture prompts:
- *                 top-1 at every position, max |logit diff|; greedy plain on
- *                 GPU vs CPU; self-spec vs plain on GPU; tokens/s; achieved
- *                 bandwidth = tokens/s x bytes one step reads / peak
+ *   model         (with --model) CUDA vs CPU forward over the fixture prompts
+ *                 (rules below); greedy plain on GPU vs CPU; self-spec vs
+ *                 plain on GPU; tokens/s; achieved bandwidth = tokens/s x
+ *                 bytes one step reads / peak
  *   synthetic_small  SmolLM2-135M shapes, random weights made on the device:
  *                 self-spec = plain, tokens/s, bandwidth, CUDA IPC check
  *   llama2_7b, llama2_13b  synthetic weights of those shapes: ms per full
  *                 T=1 step, draft step (mask), verification step (T=5)
+ *   summary       failures
  * IDS_FILE: one prompt per line, token ids separated by spaces.
+ *
+ * CUDA vs CPU on the real model -- the rules of the CPU fixtures
+ * (tests/test_fixtures.c), with selfspec's CPU forward pass as the
+ * reference instead of llama.cpp:
+ *   - logits: at every position, the GPU logits of the CPU's top-5 ids lie
+ *     within LOGIT_TOL = 1.6 (absolute) of the CPU's. Stated bound, the
+ *     fixtures' own: the CPU quantizes activations to int8 (one scale per
+ *     32) for short blocks and keeps U8A weights, the GPU runs fp16 weights
+ *     and activations with fp32 accumulation, a difference of the same kind
+ *     as the CPU's against llama.cpp (1.13 at most there). Never measured on
+ *     a GPU yet: the JSON reports the measured maxima (top-5 and the full
+ *     vocabulary, the latter also against 0.03 x max(1, max|logit|), for
+ *     information only) so the bound can be tightened.
+ *   - top-1: the device argmax must equal the CPU's, except where the CPU's
+ *     own top-1/top-2 margin is at most MARGIN_TOL = 0.5 (a near-tie: either
+ *     id is a legitimate pick). A mismatch at a larger margin is a failure.
+ *     The device argmax must always equal sampler_argmax of the GPU's own
+ *     logits (same numbers, same rule).
+ *   - greedy (64 tokens): GPU plain must equal CPU plain up to the first
+ *     step where they part, and there the CPU's margin must be at most
+ *     MARGIN_TOL; GPU self-spec must equal GPU plain exactly.
  */
 #include <math.h>
 #include <stdio.h>
@@ -25,23 +56,203 @@
 
 #include "model/cuda_backend.h"
 #include "decode/generate.h"
+#include "decode/sampler.h"
 #include "model/model.h"
 #include "decode/skipset.h"
 #include "util/util.h"
 
-#define LOGIT_TOL_REL 0.03   /* |gpu - cpu| <= tol * max(1, max |cpu|) */
+/* See the top comment for the rules and their origin. */
+#define LOGIT_TOL 1.6f       /* |gpu - cpu| over the CPU's top-5 ids */
+#define MARGIN_TOL 0.5f      /* CPU top-1/top-2 margin of a near-tie */
+#define FULL_TOL_REL 0.03    /* reported only: full vocabulary, relative */
+#define TOPN 5
 #define MAXP 16
 #define GEN_CHECK 64
 #define GEN_BENCH 256
 #define DRAFT_K 4
 
-static FILE *J;   /* JSON output */
+static FILE *J;   /* the open section (a memory stream) */
 static int n_fail;
 
 static void fail(const char *what, const char *err)
 {
     fprintf(stderr, "gpu_check: %s: %s\n", what, err);
     n_fail++;
+}
+
+/* ---- JSON output: sections, fragments, escaping ---- */
+
+static const char *parts_dir;   /* --parts, or NULL */
+static char *sec_buf;
+static size_t sec_len;
+static char sec_key[64];
+static int sec_index;
+static char *agg_buf;            /* every finished section, for --out */
+static size_t agg_len;
+static FILE *agg;
+
+/* A JSON string literal of s (quotes, backslashes, control bytes escaped;
+ * bytes >= 0x80 pass, as UTF-8 is expected). */
+static void jstr(FILE *f, const char *s)
+{
+    fputc('"', f);
+    for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p; p++) {
+        if (*p == '"' || *p == '\\')
+            fprintf(f, "\\%c", *p);
+        else if (*p == '\n')
+            fputs("\\n", f);
+        else if (*p == '\t')
+            fputs("\\t", f);
+        else if (*p < 0x20)
+            fprintf(f, "\\u%04x", *p);
+        else
+            fputc(*p, f);
+    }
+    fputc('"', f);
+}
+
+/* A copy of b[0..n) with the bare words nan, -nan, inf, -inf, infinity
+ * (what printf writes for non-finite doubles) outside string literals
+ * replaced by null; *out_n its length. NULL when out of memory. */
+static char *json_fix_nonfinite(const char *b, size_t n, size_t *out_n)
+{
+    char *o = malloc(2 * n + 1);   /* "nan" -> "null" grows by a third at most */
+    if (!o)
+        return NULL;
+    size_t k = 0;
+    int in_str = 0;
+    for (size_t i = 0; i < n;) {
+        char ch = b[i];
+        if (in_str) {
+            o[k++] = b[i++];
+            if (ch == '\\' && i < n)
+                o[k++] = b[i++];
+            else if (ch == '"')
+                in_str = 0;
+            continue;
+        }
+        if (ch == '"') {
+            in_str = 1;
+            o[k++] = b[i++];
+            continue;
+        }
+        size_t j = i + (ch == '-' || ch == '+');
+        size_t w = 0;
+        if (j + 3 <= n && !strncmp(b + j, "nan", 3))
+            w = 3;
+        else if (j + 8 <= n && !strncmp(b + j, "infinity", 8))
+            w = 8;
+        else if (j + 3 <= n && !strncmp(b + j, "inf", 3))
+            w = 3;
+        int word_end = j + w == n || !((b[j + w] >= 'a' && b[j + w] <= 'z') || (b[j + w] >= '0' && b[j + w] <= '9'));
+        int word_start = i == 0 || !((b[i - 1] >= 'a' && b[i - 1] <= 'z') || b[i - 1] == '_');
+        if (w && word_end && word_start) {
+            memcpy(o + k, "null", 4);
+            k += 4;
+            i = j + w;
+            continue;
+        }
+        o[k++] = b[i++];
+    }
+    o[k] = '\0';
+    *out_n = k;
+    return o;
+}
+
+/* Write text to dir/name atomically (temp file, then rename). */
+static void write_atomic(const char *dir, const char *name, const char *text, size_t n)
+{
+    char path[4096], tmp[4200];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
+    FILE *f = fopen(tmp, "w");
+    if (!f) {
+        perror(tmp);
+        return;
+    }
+    int ok = fwrite(text, 1, n, f) == n;
+    ok = fclose(f) == 0 && ok;
+    if (!ok || rename(tmp, path) != 0) {
+        perror(path);
+        unlink(tmp);
+    }
+}
+
+/* Start section key: J receives its object, "{...}". With --parts, the
+ * fragment file says "started" until sec_end replaces it. */
+static void sec_begin(const char *key)
+{
+    snprintf(sec_key, sizeof sec_key, "%s", key);
+    sec_index++;
+    if (parts_dir) {
+        char name[128];
+        static const char started[] = "{\"status\": \"started\"}\n";
+        snprintf(name, sizeof name, "%02d_%s.json", sec_index, key);
+        write_atomic(parts_dir, name, started, sizeof started - 1);
+    }
+    J = open_memstream(&sec_buf, &sec_len);
+    if (!J) {
+        perror("open_memstream");
+        exit(2);
+    }
+}
+
+/* Finish the open section: non-finite numbers -> null, the fragment file,
+ * and a copy into the --out aggregate. */
+static void sec_end(void)
+{
+    fclose(J);
+    J = NULL;
+    size_t n = 0;
+    char *fixed = json_fix_nonfinite(sec_buf, sec_len, &n);
+    if (!fixed) {
+        perror("gpu_check: section");
+        exit(2);
+    }
+    free(sec_buf);
+    sec_buf = fixed;
+    while (n > 0 && (sec_buf[n - 1] == '\n' || sec_buf[n - 1] == ' '))
+        sec_buf[--n] = '\0';
+    if (parts_dir) {
+        char name[128];
+        snprintf(name, sizeof name, "%02d_%s.json", sec_index, sec_key);
+        sec_buf[n] = '\n';
+        write_atomic(parts_dir, name, sec_buf, n + 1);
+        sec_buf[n] = '\0';
+    }
+    fprintf(agg, "%s  \"%s\": %s", sec_index > 1 ? ",\n" : "", sec_key, sec_buf);
+    fflush(agg);
+    free(sec_buf);
+    sec_buf = NULL;
+}
+
+/* Top-2 margin of a row (the CPU fixtures' top2_margin). */
+static float top2_margin(const float *l, int32_t n)
+{
+    int32_t a = sampler_argmax(l, n);
+    float second = -INFINITY;
+    for (int32_t i = 0; i < n; i++)
+        if (i != a && l[i] > second)
+            second = l[i];
+    return l[a] - second;
+}
+
+/* The ids of the n largest entries of l, largest first (ties: smaller id). */
+static void top_ids(const float *l, int32_t V, int32_t *ids, int n)
+{
+    for (int k = 0; k < n; k++)
+        ids[k] = -1;
+    for (int32_t v = 0; v < V; v++) {
+        if (isnan(l[v]))
+            continue;
+        int k = n;
+        while (k > 0 && (ids[k - 1] < 0 || l[v] > l[ids[k - 1]]))
+            k--;
+        if (k >= n)
+            continue;
+        memmove(ids + k + 1, ids + k, (size_t)(n - k - 1) * sizeof *ids);
+        ids[k] = v;
+    }
 }
 
 typedef struct {
@@ -55,15 +266,6 @@ static int collect_emit(void *ctx, int32_t t)
     if (c->n < 4096)
         c->ids[c->n++] = t;
     return 0;
-}
-
-static int32_t argmax_row(const float *x, int32_t n)
-{
-    int32_t b = 0;
-    for (int32_t i = 1; i < n; i++)
-        if (x[i] > x[b])
-            b = i;
-    return b;
 }
 
 /* A Self-SD-like draft mask: skip the attention of every other layer in the
@@ -161,13 +363,50 @@ static int read_prompts(const char *path, int32_t **p, int32_t *n)
     return np;
 }
 
+/* The CPU's top-1/top-2 margin after prompt[0..n) + ids[0..k): the logits
+ * that chose ids[k] in CPU greedy decoding (one fresh pass over the prefix
+ * in blocks of the state's size; the CPU's logits of a token do not depend
+ * on its block). Returns 0 and *margin, or -1. */
+static int cpu_margin_after(const model *m, fwd_state *fs, kv_cache *kv, const int32_t *prompt, int32_t n,
+                            const int32_t *ids, int32_t k, float *margin, char *err, size_t errlen)
+{
+    int32_t V = m->config.vocab_size, total = n + k, chunk_max = fs->max_tokens;
+    int32_t *seq = malloc((size_t)total * sizeof *seq);
+    float *lg = malloc((size_t)V * sizeof *lg);
+    int rc = seq && lg ? 0 : util_err(err, errlen, "out of memory");
+    if (rc == 0) {
+        memcpy(seq, prompt, (size_t)n * sizeof *seq);
+        memcpy(seq + n, ids, (size_t)k * sizeof *seq);
+        kv->len = 0;
+    }
+    for (int32_t done = 0; rc == 0 && done < total;) {
+        int32_t c = total - done < chunk_max ? total - done : chunk_max;
+        fwd_seq sq = {.tokens = seq + done, .n_tokens = c, .pos = done, .kv = kv,
+                      .logits_from = done + c == total ? c - 1 : c};
+        rc = model_forward(m, fs, &sq, 1, NULL, NULL, lg, err, errlen);
+        done += c;
+        kv->len = done;
+    }
+    if (rc == 0)
+        *margin = top2_margin(lg, V);
+    free(seq);
+    free(lg);
+    return rc;
+}
+
 static void check_model(const char *path, const char *prompts, double peak)
 {
     char err[512];
     model m;
+    sec_begin("model");
     if (model_load(&m, path, NULL, err, sizeof err) != 0) {
         fail("model_load", err);
-        fprintf(J, "  \"model\": {\"error\": \"cannot load\"},\n");
+        fprintf(J, "{\"path\": ");
+        jstr(J, path);
+        fprintf(J, ", \"error\": ");
+        jstr(J, err);
+        fprintf(J, "}");
+        sec_end();
         return;
     }
     const model_config *c = &m.config;
@@ -177,21 +416,34 @@ static void check_model(const char *path, const char *prompts, double peak)
     cuda_model *cm = cuda_model_load(&m, 0, err, sizeof err);
     if (!cm || np == 0) {
         fail("cuda_model_load / prompts", cm ? "no prompts" : err);
+        fprintf(J, "{\"path\": ");
+        jstr(J, path);
+        fprintf(J, ", \"error\": ");
+        jstr(J, cm ? "no prompts read" : err);
+        fprintf(J, "}");
+        sec_end();
+        for (int i = 0; i < np; i++)
+            free(pp[i]);
         cuda_model_free(cm);
         model_free(&m);
         return;
     }
-    fprintf(J, "  \"model\": {\"path\": \"%s\", \"name\": \"%s\", \"weight_bytes\": %zu, \"prompts\": %d,\n", path,
-            c->name, cuda_model_weight_bytes(cm), np);
+    fprintf(J, "{\"path\": ");
+    jstr(J, path);
+    fprintf(J, ", \"name\": ");
+    jstr(J, c->name);
+    fprintf(J, ", \"weight_bytes\": %zu, \"prompts\": %d,\n", cuda_model_weight_bytes(cm), np);
     fwd_state fs;
     fwd_state_init(&fs, c, 256, 2048);
     cuda_state *s = cuda_state_init(cm, 256, 2048, err, sizeof err);
     kv_cache kv;
-    kv_init(&kv, c, 2048, err, sizeof err);
-    cuda_kv *gkv = cuda_kv_init(cm, 2048, err, sizeof err);
-    long positions = 0, top1_same = 0, top1_diff_clear = 0;
-    double maxd = 0, maxabs = 1;
-    for (int i = 0; i < np && s && gkv; i++) {
+    int kv_ok = kv_init(&kv, c, 2048, err, sizeof err) == 0;
+    cuda_kv *gkv = s && kv_ok ? cuda_kv_init(cm, 2048, err, sizeof err) : NULL;
+    if (!gkv)
+        fail("model setup", err);
+    long positions = 0, top1_same = 0, top1_near_tie = 0, top1_clear = 0, dev_host_differ = 0, top5_over = 0;
+    double max_top5 = 0, max_top1 = 0, max_full = 0, maxabs = 1, worst_clear_margin = 0;
+    for (int i = 0; i < np && gkv; i++) {
         int32_t n = pn[i] < 256 ? pn[i] : 256;
         float *lc = malloc((size_t)n * V * sizeof(float)), *lg = malloc((size_t)n * V * sizeof(float));
         int32_t *am = malloc((size_t)n * sizeof(int32_t));
@@ -201,26 +453,44 @@ static void check_model(const char *path, const char *prompts, double peak)
             cuda_forward(cm, s, &gq, 1, NULL, lg, am, err, sizeof err) != 0) {
             fail("forward", err);
         } else {
-            for (size_t j = 0; j < (size_t)n * V; j++) {
-                maxd = fmax(maxd, fabs(lc[j] - lg[j]));
-                maxabs = fmax(maxabs, fabs(lc[j]));
-            }
             for (int32_t r = 0; r < n; r++) {
-                const float *row = lc + (size_t)r * V;
-                int32_t tc = argmax_row(row, V);
+                const float *rc = lc + (size_t)r * V, *rg = lg + (size_t)r * V;
+                int32_t tid[TOPN];
+                top_ids(rc, V, tid, TOPN);
+                for (int k = 0; k < TOPN; k++) {
+                    if (tid[k] < 0)
+                        continue;
+                    double d = fabs((double)rg[tid[k]] - rc[tid[k]]);
+                    if (!(d <= max_top5))
+                        max_top5 = d;   /* NaN sticks */
+                    if (k == 0 && !(d <= max_top1))
+                        max_top1 = d;
+                    if (!(d <= LOGIT_TOL))
+                        top5_over++;
+                }
+                for (int32_t v = 0; v < V; v++) {
+                    double d = fabs((double)rg[v] - rc[v]);
+                    if (!(d <= max_full))
+                        max_full = d;
+                    maxabs = fmax(maxabs, fabs(rc[v]));
+                }
+                int32_t tc = sampler_argmax(rc, V), tg = sampler_argmax(rg, V);
                 positions++;
-                if (tc == am[r] && tc == argmax_row(lg + (size_t)r * V, V)) {
+                if (am[r] != tg)
+                    dev_host_differ++;   /* the device's argmax of its own logits */
+                if (am[r] == tc) {
                     top1_same++;
                 } else {
-                    float second = -INFINITY;
-                    for (int32_t v = 0; v < V; v++)
-                        if (v != tc && row[v] > second)
-                            second = row[v];
-                    float rmax = 1.0f;
-                    for (int32_t v = 0; v < V; v++)
-                        rmax = fmaxf(rmax, fabsf(row[v]));
-                    if (row[tc] - second > 2 * LOGIT_TOL_REL * rmax)
-                        top1_diff_clear++;
+                    float mg = top2_margin(rc, V);
+                    if (mg <= MARGIN_TOL) {
+                        top1_near_tie++;
+                    } else {
+                        top1_clear++;
+                        if (mg > worst_clear_margin)
+                            worst_clear_margin = mg;
+                        fprintf(stderr, "gpu_check: prompt %d pos %d: GPU top-1 %d, CPU %d, CPU margin %.4f\n", i,
+                                r, am[r], tc, mg);
+                    }
                 }
             }
         }
@@ -228,15 +498,24 @@ static void check_model(const char *path, const char *prompts, double peak)
         free(lg);
         free(am);
     }
-    double tol = LOGIT_TOL_REL * maxabs;
-    int pass = positions > 0 && top1_same == positions && maxd <= tol;
+    double rel = FULL_TOL_REL * maxabs;
+    int pass = positions > 0 && top1_clear == 0 && dev_host_differ == 0 && top5_over == 0;
     if (!pass)
         n_fail++;
     fprintf(J, "    \"forward\": {\"positions\": %ld, \"top1_identical\": %ld, \"top1_all_identical\": %s, "
-               "\"top1_differ_with_clear_cpu_margin\": %ld, \"max_abs_logit_diff\": %.5f, \"max_abs_logit\": %.4f, "
-               "\"tolerance\": %.5f, \"tolerance_rule\": \"%.2f x max(1, max|cpu logit|)\", \"pass\": %s},\n",
-            positions, top1_same, top1_same == positions ? "true" : "false", top1_diff_clear, maxd, maxabs, tol,
-            LOGIT_TOL_REL, pass ? "true" : "false");
+               "\"top1_mismatch_near_tie\": %ld, \"top1_mismatch_clear_margin\": %ld, "
+               "\"worst_clear_mismatch_margin\": %.4f, \"device_argmax_differs_from_host_argmax\": %ld, "
+               "\"max_abs_diff_cpu_top5\": %.5f, \"max_abs_diff_cpu_top1\": %.5f, \"top5_logits_over_tol\": %ld, "
+               "\"max_abs_diff_full_vocab\": %.5f, \"max_abs_logit\": %.4f, "
+               "\"full_vocab_within_rel_tol\": %s, \"full_vocab_rel_tol\": %.5f, "
+               "\"logit_tol\": %.2f, \"margin_tol\": %.2f, "
+               "\"rule\": \"tests/test_fixtures.c with the CPU as reference: |gpu - cpu| <= logit_tol over the "
+               "CPU top-5 ids at every position; top-1 equal unless the CPU top-1/top-2 margin <= margin_tol; "
+               "full-vocabulary figures informational\", \"pass\": %s},\n",
+            positions, top1_same, top1_same == positions ? "true" : "false", top1_near_tie, top1_clear,
+            worst_clear_margin, dev_host_differ, max_top5, max_top1, top5_over, max_full, maxabs,
+            max_full <= rel ? "true" : "false", rel, LOGIT_TOL, MARGIN_TOL, pass ? "true" : "false");
+    fflush(J);
 
     /* greedy: GPU plain vs CPU plain vs GPU self-spec, per prompt */
     skip_set ss;
@@ -250,10 +529,12 @@ static void check_model(const char *path, const char *prompts, double peak)
     } else {
         default_mask(c->n_layers, &mask);
     }
-    cuda_kv *scr = cuda_kv_init(cm, DRAFT_K + 1, err, sizeof err);
-    int all_spec_same = 1, all_cpu_same = 1;
-    fprintf(J, "    \"greedy\": {\"new_tokens\": %d, \"mask\": \"%s\", \"per_prompt\": [", GEN_CHECK, mask_src);
-    for (int i = 0; i < np && s && gkv && scr; i++) {
+    cuda_kv *scr = gkv ? cuda_kv_init(cm, DRAFT_K + 1, err, sizeof err) : NULL;
+    int all_spec_same = 1, all_cpu_same = 1, cpu_rule_ok = 1, ran = 0;
+    fprintf(J, "    \"greedy\": {\"new_tokens\": %d, \"mask\": ", GEN_CHECK);
+    jstr(J, mask_src);
+    fprintf(J, ", \"per_prompt\": [");
+    for (int i = 0; i < np && scr; i++) {
         collect *g = calloc(1, sizeof *g), *sp = calloc(1, sizeof *sp), *cpu = calloc(1, sizeof *cpu);
         cuda_gen_stats st;
         gen_stats cst;
@@ -266,35 +547,59 @@ static void check_model(const char *path, const char *prompts, double peak)
                                    collect_emit, sp, &st, err, sizeof err) != 0 ||
             gen_plain(&m, &fs, &kv, pp[i], n, &gp, collect_emit, cpu, &cst, err, sizeof err) != 0) {
             fail("greedy", err);
+            all_spec_same = all_cpu_same = cpu_rule_ok = 0;
         } else {
             int spec_same = g->n == sp->n && !memcmp(g->ids, sp->ids, (size_t)g->n * 4);
             int prefix = 0;
             while (prefix < g->n && prefix < cpu->n && g->ids[prefix] == cpu->ids[prefix])
                 prefix++;
+            float mg = 0.0f;
+            int parted = prefix < GEN_CHECK, near_tie = 1;
+            if (parted && prefix < cpu->n) {
+                if (cpu_margin_after(&m, &fs, &kv, pp[i], n, cpu->ids, prefix, &mg, err, sizeof err) != 0) {
+                    fail("greedy margin", err);
+                    near_tie = 0;
+                } else {
+                    near_tie = mg <= MARGIN_TOL;
+                }
+            } else if (parted) {
+                near_tie = 0;   /* the CPU stopped early: not a tie */
+            }
+            ran++;
             all_spec_same &= spec_same;
-            all_cpu_same &= prefix == GEN_CHECK;
-            fprintf(J, "%s{\"selfspec_identical_to_plain\": %s, \"gpu_cpu_common_prefix\": %d, \"acceptance\": %.3f}",
-                    i ? ", " : "", spec_same ? "true" : "false", prefix,
-                    st.drafted ? (double)st.accepted / st.drafted : 0.0);
+            all_cpu_same &= !parted;
+            cpu_rule_ok &= !parted || near_tie;
+            fprintf(J, "%s{\"selfspec_identical_to_plain\": %s, \"gpu_cpu_common_prefix\": %d, ", i ? ", " : "",
+                    spec_same ? "true" : "false", prefix);
+            if (parted)
+                fprintf(J, "\"cpu_margin_where_parted\": %.4f, \"parted_at_near_tie\": %s, ", mg,
+                        near_tie ? "true" : "false");
+            fprintf(J, "\"acceptance\": %.3f}", st.drafted ? (double)st.accepted / st.drafted : 0.0);
         }
         free(g);
         free(sp);
         free(cpu);
     }
-    if (!all_spec_same)
+    if (!ran)
+        all_spec_same = all_cpu_same = cpu_rule_ok = 0;
+    if (!all_spec_same || !cpu_rule_ok)
         n_fail++;
-    fprintf(J, "], \"selfspec_identical_to_plain\": %s, \"gpu_identical_to_cpu\": %s},\n",
-            all_spec_same ? "true" : "false", all_cpu_same ? "true" : "false");
+    fprintf(J, "], \"selfspec_identical_to_plain\": %s, \"gpu_identical_to_cpu\": %s, "
+               "\"gpu_cpu_agree_under_near_tie_rule\": %s},\n",
+            all_spec_same ? "true" : "false", all_cpu_same ? "true" : "false", cpu_rule_ok ? "true" : "false");
+    fflush(J);
     cuda_kv_free(scr);
     decode_bench(cm, &mask, pp[0], pn[0] < 512 ? pn[0] : 512, peak, "    ");
-    fprintf(J, "    \"ok\": true},\n");
+    fprintf(J, "    \"ok\": true}");
+    sec_end();
     free(mask.attn);
     free(mask.mlp);
     for (int i = 0; i < np; i++)
         free(pp[i]);
     cuda_kv_free(gkv);
     cuda_state_free(s);
-    kv_free(&kv);
+    if (kv_ok)
+        kv_free(&kv);
     fwd_state_free(&fs);
     cuda_model_free(cm);
     model_free(&m);
@@ -432,20 +737,27 @@ static void synthetic_small(double peak, const char *self)
 {
     char err[512];
     model_config c = shape(576, 1536, 30, 9, 3, 49152, 100000.0f);
+    sec_begin("synthetic_small");
     cuda_model *cm = cuda_synthetic_model(&c, 1, 11, 0, err, sizeof err);
     if (!cm) {
         fail("synthetic small", err);
+        fprintf(J, "{\"error\": ");
+        jstr(J, err);
+        fprintf(J, "}");
+        sec_end();
         return;
     }
-    fprintf(J, "  \"synthetic_small\": {\"shape\": \"SmolLM2-135M (576/1536/30 layers/9:3 heads/49152 tied)\",\n");
+    fprintf(J, "{\"shape\": \"SmolLM2-135M (576/1536/30 layers/9:3 heads/49152 tied)\",\n");
     layer_mask mask;
     default_mask(c.n_layers, &mask);
     int32_t prompt[64];
     for (int i = 0; i < 64; i++)
         prompt[i] = (i * 977 + 3) % c.vocab_size;
     decode_bench(cm, &mask, prompt, 64, peak, "    ");
+    fflush(J);
     check_ipc(cm, self);
-    fprintf(J, "    \"ok\": true},\n");
+    fprintf(J, "    \"ok\": true}");
+    sec_end();
     free(mask.attn);
     free(mask.mlp);
     cuda_model_free(cm);
@@ -455,10 +767,14 @@ static void synthetic_big(const char *key, model_config c, const int *attn_skip,
                           int n_ms, double peak)
 {
     char err[512];
+    sec_begin(key);
     cuda_model *cm = cuda_synthetic_model(&c, 0, 7, 0, err, sizeof err);
     if (!cm) {
         fail(key, err);
-        fprintf(J, "  \"%s\": {\"error\": \"%s\"},\n", key, err);
+        fprintf(J, "{\"error\": ");
+        jstr(J, err);
+        fprintf(J, "}");
+        sec_end();
         return;
     }
     layer_mask mask;
@@ -479,18 +795,21 @@ static void synthetic_big(const char *key, model_config c, const int *attn_skip,
         cuda_time_step(cm, s, kv, scr, &mask, 1, pos, iters, &draft, err, sizeof err) != 0 ||
         cuda_time_step(cm, s, kv, NULL, NULL, DRAFT_K + 1, pos, iters, &verify, err, sizeof err) != 0) {
         fail(key, err);
-        fprintf(J, "  \"%s\": {\"error\": \"%s\"},\n", key, err);
+        fprintf(J, "{\"error\": ");
+        jstr(J, err);
+        fprintf(J, "}");
     } else {
         double fb = (double)cuda_model_step_bytes(cm, NULL), db = (double)cuda_model_step_bytes(cm, &mask);
-        fprintf(J, "  \"%s\": {\"dim\": %d, \"hidden\": %d, \"layers\": %d, \"heads\": %d, \"vocab\": %d, "
+        fprintf(J, "{\"dim\": %d, \"hidden\": %d, \"layers\": %d, \"heads\": %d, \"vocab\": %d, "
                    "\"weight_bytes\": %zu, \"position\": %d, \"skipped_attn\": %d, \"skipped_mlp\": %d, "
                    "\"full_step_ms\": %.4f, \"draft_step_ms\": %.4f, \"verify_step_ms_T%d\": %.4f, "
                    "\"draft_to_full\": %.4f, \"full_step_gbs\": %.2f, \"full_bandwidth_fraction\": %.4f, "
-                   "\"draft_step_gbs\": %.2f},\n",
-                key, c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.vocab_size, cuda_model_weight_bytes(cm), pos,
+                   "\"draft_step_gbs\": %.2f}",
+                c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.vocab_size, cuda_model_weight_bytes(cm), pos,
                 n_as, n_ms, full, draft, DRAFT_K + 1, verify, draft / full, fb / full / 1e6,
                 peak > 0 ? fb / full / 1e6 / peak : 0.0, db / draft / 1e6);
     }
+    sec_end();
     cuda_kv_free(scr);
     cuda_kv_free(kv);
     cuda_state_free(s);
@@ -503,11 +822,13 @@ int main(int argc, char **argv)
 {
     if (argc >= 5 && !strcmp(argv[1], "ipc-child"))
         return ipc_child(argv[2], atoi(argv[3]), atoi(argv[4]));
-    const char *out = "build/gpu_check.json", *mpath = NULL, *prompts = NULL;
+    const char *out = NULL, *mpath = NULL, *prompts = NULL;
     int skip_big = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--out") && i + 1 < argc)
             out = argv[++i];
+        else if (!strcmp(argv[i], "--parts") && i + 1 < argc)
+            parts_dir = argv[++i];
         else if (!strcmp(argv[i], "--model") && i + 1 < argc)
             mpath = argv[++i];
         else if (!strcmp(argv[i], "--prompts") && i + 1 < argc)
@@ -515,53 +836,75 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--skip-big"))
             skip_big = 1;
         else {
-            fprintf(stderr, "usage: gpu_check --out FILE [--model GGUF --prompts IDS] [--skip-big]\n");
+            fprintf(stderr, "usage: gpu_check [--out FILE] [--parts DIR] [--model GGUF --prompts IDS] [--skip-big]\n");
             return 2;
         }
     }
+    if (!out && !parts_dir)
+        out = "build/gpu_check_core.json";
     char self[4096];
     ssize_t k = readlink("/proc/self/exe", self, sizeof self - 1);
     self[k > 0 ? k : 0] = '\0';
-    J = fopen(out, "w");
-    if (!J) {
-        perror(out);
+    agg = open_memstream(&agg_buf, &agg_len);
+    if (!agg) {
+        perror("open_memstream");
         return 2;
     }
     char err[512];
     cuda_device_info di;
-    fprintf(J, "{\n");
+    int rc = 0;
+    sec_begin("device");
     if (cuda_device_count() == 0 || cuda_get_device_info(0, &di, err, sizeof err) != 0) {
-        fprintf(J, "  \"device\": null, \"skipped\": \"no CUDA device available\"\n}\n");
-        fclose(J);
+        fprintf(J, "{\"skipped\": \"no CUDA device available\", \"cuda_built\": %s}",
+                cuda_available() ? "true" : "false");
+        sec_end();
         fprintf(stderr, "gpu_check: no CUDA device available\n");
-        return 3;
+        rc = 3;
+    } else {
+        fprintf(J, "{\"name\": ");
+        jstr(J, di.name);
+        fprintf(J, ", \"memory_bytes\": %zu, \"sm\": \"%d.%d\", \"multiprocessors\": %d, "
+                   "\"peak_bandwidth_gbs\": %.1f}",
+                di.total_mem, di.sm_major, di.sm_minor, di.multiprocessors, di.peak_bw_gbs);
+        sec_end();
+        if (mpath && prompts) {
+            check_model(mpath, prompts, di.peak_bw_gbs);
+        } else {
+            sec_begin("model");
+            fprintf(J, "{\"skipped\": \"no model file given (synthetic checks only)\"}");
+            sec_end();
+        }
+        synthetic_small(di.peak_bw_gbs, self);
+        if (!skip_big) {
+            /* Llama-2-13B: the official Self-SD skip set (REFERENCE.md) */
+            static const int a13[] = {3, 5, 6, 8, 10, 11, 14, 15, 18, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 33,
+                                      34, 35, 36, 37};
+            static const int m13[] = {6, 9, 10, 11, 15, 24, 25, 27, 28, 35};
+            /* Llama-2-7B: no published set; the same pattern scaled to 32 layers */
+            static const int a7[] = {3, 4, 6, 8, 9, 11, 12, 14, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27, 28};
+            static const int m7[] = {5, 7, 8, 9, 12, 19, 20, 22};
+            synthetic_big("llama2_7b", shape(4096, 11008, 32, 32, 32, 32000, 10000.0f), a7, 19, m7, 8,
+                          di.peak_bw_gbs);
+            synthetic_big("llama2_13b", shape(5120, 13824, 40, 40, 40, 32000, 10000.0f), a13, 24, m13, 10,
+                          di.peak_bw_gbs);
+        }
+        rc = n_fail ? 1 : 0;
     }
-    fprintf(J, "  \"device\": {\"name\": \"%s\", \"memory_bytes\": %zu, \"sm\": \"%d.%d\", \"multiprocessors\": %d, "
-               "\"peak_bandwidth_gbs\": %.1f},\n",
-            di.name, di.total_mem, di.sm_major, di.sm_minor, di.multiprocessors, di.peak_bw_gbs);
-    fflush(J);
-    if (mpath && prompts)
-        check_model(mpath, prompts, di.peak_bw_gbs);
-    else
-        fprintf(J, "  \"model\": {\"skipped\": \"no model file given (synthetic checks only)\"},\n");
-    fflush(J);
-    synthetic_small(di.peak_bw_gbs, self);
-    fflush(J);
-    if (!skip_big) {
-        /* Llama-2-13B: the official Self-SD skip set (REFERENCE.md) */
-        static const int a13[] = {3, 5, 6, 8, 10, 11, 14, 15, 18, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 33, 34,
-                                  35, 36, 37};
-        static const int m13[] = {6, 9, 10, 11, 15, 24, 25, 27, 28, 35};
-        /* Llama-2-7B: no published set; the same pattern scaled to 32 layers */
-        static const int a7[] = {3, 4, 6, 8, 9, 11, 12, 14, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27, 28};
-        static const int m7[] = {5, 7, 8, 9, 12, 19, 20, 22};
-        synthetic_big("llama2_7b", shape(4096, 11008, 32, 32, 32, 32000, 10000.0f), a7, 19, m7, 8, di.peak_bw_gbs);
-        fflush(J);
-        synthetic_big("llama2_13b", shape(5120, 13824, 40, 40, 40, 32000, 10000.0f), a13, 24, m13, 10,
-                      di.peak_bw_gbs);
+    sec_begin("summary");
+    fprintf(J, "{\"failures\": %d, \"exit_code\": %d}", n_fail, rc);
+    sec_end();
+    fclose(agg);
+    if (out) {
+        FILE *f = fopen(out, "w");
+        if (!f) {
+            perror(out);
+            return 2;
+        }
+        fprintf(f, "{\n%s\n}\n", agg_buf);
+        fclose(f);
     }
-    fprintf(J, "  \"failures\": %d\n}\n", n_fail);
-    fclose(J);
-    fprintf(stderr, "gpu_check: wrote %s (%d failures)\n", out, n_fail);
-    return n_fail ? 1 : 0;
+    free(agg_buf);
+    fprintf(stderr, "gpu_check: wrote %s%s%s (%d failures)\n", out ? out : "", out && parts_dir ? " and " : "",
+            parts_dir ? "the fragments" : "", n_fail);
+    return rc;
 }

@@ -27,6 +27,7 @@
 
 #include "model/cuda_backend.h"
 #include "decode/generate.h"
+#include "decode/sampler.h"
 #include "model/model.h"
 #include "testutil_model.h"
 
@@ -166,6 +167,109 @@ static void test_graceful(void **state)
     cuda_device_info info;
     assert_int_equal(cuda_get_device_info(0, &info, err, sizeof err), -1);
     assert_true(strlen(err) > 0);
+    float row[3] = {1.0f, 2.0f, 3.0f};
+    int32_t am = -1;
+    err[0] = '\0';
+    assert_int_equal(cuda_argmax_host(0, row, 1, 3, &am, err, sizeof err), -1);
+    assert_true(strlen(err) > 0);
+}
+
+/* The device argmax picks what sampler_argmax picks, NaN and ties included
+ * (rows longer than one block of threads, so the strided loop and the
+ * warp/block reductions all take part). */
+static void test_argmax_like_cpu(void **state)
+{
+    (void)state;
+    if (!have_gpu())
+        skip();
+    char err[512];
+    enum { ROWS = 10, N = 5000 };
+    float *x = malloc((size_t)ROWS * N * sizeof(float));
+    uint64_t st = 99;
+    for (size_t i = 0; i < (size_t)ROWS * N; i++)
+        x[i] = (float)(tmodel_rng(&st) % 2000) / 100.0f - 10.0f;
+    float *r;
+    r = x + 0 * N;   /* NaN at 0, a clear maximum elsewhere: the CPU says 0 */
+    r[0] = NAN;
+    r[17] = 50.0f;
+    r = x + 1 * N;   /* NaN in the middle, after the maximum and before it */
+    r[100] = NAN;
+    r[4000] = 60.0f;
+    r[4001] = NAN;
+    r = x + 2 * N;   /* all NaN */
+    for (int i = 0; i < N; i++)
+        r[i] = NAN;
+    r = x + 3 * N;   /* -inf at 0, NaN everywhere else */
+    for (int i = 0; i < N; i++)
+        r[i] = i ? NAN : -INFINITY;
+    r = x + 4 * N;   /* a tie far apart: the smaller index */
+    r[3333] = 70.0f;
+    r[1234] = 70.0f;
+    r = x + 5 * N;   /* all -inf */
+    for (int i = 0; i < N; i++)
+        r[i] = -INFINITY;
+    r = x + 6 * N;   /* +inf after a NaN, and a second +inf */
+    r[5] = NAN;
+    r[2500] = INFINITY;
+    r[4999] = INFINITY;
+    r = x + 7 * N;   /* the maximum at the last index */
+    r[N - 1] = 80.0f;
+    int32_t am[ROWS];
+    if (cuda_argmax_host(0, x, ROWS, N, am, err, sizeof err) != 0)
+        fail_msg("cuda_argmax_host: %s", err);
+    for (int i = 0; i < ROWS; i++)
+        if (am[i] != sampler_argmax(x + (size_t)i * N, N))
+            fail_msg("row %d: device argmax %d, sampler_argmax %d", i, am[i], sampler_argmax(x + (size_t)i * N, N));
+    assert_int_equal(am[0], 0);
+    assert_int_equal(am[1], 4000);
+    assert_int_equal(am[4], 1234);
+    assert_int_equal(am[6], 2500);
+    free(x);
+}
+
+/* A block with no output rows (logits_from == n_tokens) writes its KV and
+ * launches no head or argmax (a zero-block grid is an error); the next step
+ * then sees that KV as the CPU does. */
+static void test_forward_no_logits(void **state)
+{
+    (void)state;
+    if (!have_gpu())
+        skip();
+    char err[512];
+    tmodel_spec sp = tmodel_default(GGUF_TT_Q8_0);
+    fixture f;
+    fixture_open(&f, &sp, 64, 128);
+    int32_t V = f.m.config.vocab_size, n = 11;
+    int32_t toks[11];
+    make_tokens(toks, n, V, 8);
+    kv_cache kv;
+    assert_int_equal(kv_init(&kv, &f.m.config, 128, err, sizeof err), 0);
+    cuda_kv *gkv = cuda_kv_init(f.cm, 128, err, sizeof err);
+    assert_non_null(gkv);
+    float *lc = malloc((size_t)V * sizeof(float)), *lg = malloc((size_t)V * sizeof(float));
+    lg[0] = 12345.0f;
+    int32_t am = -7;
+    fwd_seq sq = {.tokens = toks, .n_tokens = n, .pos = 0, .kv = &kv, .logits_from = n};
+    assert_int_equal(model_forward(&f.m, &f.s, &sq, 1, NULL, NULL, lc, err, sizeof err), 0);
+    cuda_seq gq = {toks, n, 0, gkv, NULL, 0, n};
+    if (cuda_forward(f.cm, f.cs, &gq, 1, NULL, lg, &am, err, sizeof err) != 0)
+        fail_msg("cuda_forward without output rows: %s", err);
+    assert_int_equal(am, -7);              /* nothing copied back */
+    assert_true(lg[0] == 12345.0f);
+    kv.len = n;
+    cuda_kv_set_len(gkv, n);
+    int32_t t = toks[3];
+    fwd_seq s1 = {.tokens = &t, .n_tokens = 1, .pos = n, .kv = &kv, .logits_from = 0};
+    assert_int_equal(model_forward(&f.m, &f.s, &s1, 1, NULL, NULL, lc, err, sizeof err), 0);
+    cuda_seq g1 = {&t, 1, n, gkv, NULL, 0, 0};
+    if (cuda_forward(f.cm, f.cs, &g1, 1, NULL, lg, &am, err, sizeof err) != 0)
+        fail_msg("cuda_forward after a KV-only block: %s", err);
+    compare_logits(lc, lg, &am, 1, V, "step after a KV-only block");
+    cuda_kv_free(gkv);
+    kv_free(&kv);
+    free(lc);
+    free(lg);
+    fixture_close(&f);
 }
 
 /* Prefill-sized and short blocks, logits at every position. */
@@ -434,6 +538,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_graceful),
+        cmocka_unit_test(test_argmax_like_cpu),
+        cmocka_unit_test(test_forward_no_logits),
         cmocka_unit_test(test_forward_q8),
         cmocka_unit_test(test_forward_tied_padded_mha),
         cmocka_unit_test(test_mask_scratch_batch),

@@ -239,12 +239,20 @@ void launch_swiglu(cudaStream_t st, const float *hb, wt *out, int T, int H)
     k_swiglu<<<dim3(bx < 64 ? bx : 64, T), 256, 0, st>>>(hb, out, H);
 }
 
-/* a better than b: larger value, or equal value and smaller index. */
+/* a better than b: larger value, or equal value and smaller index. A NaN
+ * candidate loses every comparison, so NaN entries are skipped (k_argmax
+ * adds the rule for a NaN at index 0). */
 static __device__ __forceinline__ bool am_better(float av, int ai, float bv, int bi)
 {
     return av > bv || (av == bv && ai < bi);
 }
 
+/* One block per row: the index of the largest of row[0..n), ties to the
+ * smaller index -- exactly sampler_argmax (decode/sampler.c), NaN included.
+ * That loop starts from index 0 and moves only on `row[i] > row[best]`, so:
+ * row[0] NaN -> 0 (no comparison with a NaN is true); otherwise NaN
+ * entries are skipped and the first maximum of the others wins (row[0]
+ * not NaN is a candidate, so a row of -inf and NaN gives 0 as well). */
 __global__ void k_argmax(const float *logits, int ld, int n, int32_t *out)
 {
     __shared__ float sv[32];
@@ -277,7 +285,8 @@ __global__ void k_argmax(const float *logits, int ld, int n, int32_t *out)
                 bv = sv[k];
                 bi = si[k];
             }
-        out[blockIdx.x] = bi == 0x7fffffff ? 0 : bi;   /* all NaN: token 0, as the CPU */
+        /* row[0] NaN (all NaN included): token 0, as the CPU */
+        out[blockIdx.x] = bi == 0x7fffffff || isnan(row[0]) ? 0 : bi;
     }
 }
 

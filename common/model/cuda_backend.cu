@@ -659,8 +659,9 @@ static int gemm_xwt(cuda_model *cm, const wt *W, int rows, int cols, const wt *X
 
 /* The whole forward pass for T tokens whose metadata is already in the
  * state's device buffers, n_out output rows (outrow), logits into s->logits
- * and argmax ids into s->am. Launch configuration depends only on (T, n_out,
- * mask): capturable. */
+ * and argmax ids into s->am. n_out = 0: the layers only (KV written), no
+ * head, no argmax, s->logits and s->am untouched. Launch configuration
+ * depends only on (T, n_out, mask): capturable. */
 static int forward_core(cuda_state *s, int32_t T, int32_t n_out, const layer_mask *mask, char *err, size_t errlen)
 {
     cuda_model *cm = s->cm;
@@ -700,6 +701,11 @@ static int forward_core(cuda_state *s, int32_t T, int32_t n_out, const layer_mas
                 return -1;
         }
     }
+    /* No row wants logits (a prefill chunk before the last, a KV-only
+     * pass): stop here. A grid of zero blocks is an invalid launch
+     * configuration, and cuBLAS has nothing to do for n = 0. */
+    if (n_out <= 0)
+        return 0;
     launch_rmsnorm(st, s->x, s->outrow, cm->out_norm, s->xb, n_out, D, c->norm_eps);
     launchCheck();
     /* logits (n_out, vrows) = xb . output^T; padding rows are zero */
@@ -791,6 +797,33 @@ extern "C" int cuda_forward(cuda_model *cm, cuda_state *s, const cuda_seq *seqs,
         cudaCheck(cudaMemcpyAsync(argmax, s->am, (size_t)n_out * sizeof(int32_t), cudaMemcpyDeviceToHost,
                                   cm->stream));
     cudaCheck(cudaStreamSynchronize(cm->stream));
+    return 0;
+}
+
+extern "C" int cuda_argmax_host(int device, const float *logits, int32_t rows, int32_t n, int32_t *out,
+                                char *err, size_t errlen)
+{
+    if (rows <= 0 || n <= 0 || !logits || !out)
+        return util_err(err, errlen, "cuda_argmax_host: bad arguments (rows %d, n %d)", rows, n);
+    cudaCheck(cudaSetDevice(device));
+    float *d = NULL;
+    int32_t *am = NULL;
+    size_t bytes = (size_t)rows * (size_t)n * sizeof(float);
+    cudaError_t e = cudaMalloc((void **)&d, bytes);
+    if (e == cudaSuccess)
+        e = cudaMalloc((void **)&am, (size_t)rows * sizeof(int32_t));
+    if (e == cudaSuccess)
+        e = cudaMemcpy(d, logits, bytes, cudaMemcpyHostToDevice);
+    if (e == cudaSuccess) {
+        launch_argmax(0, d, n, n, rows, am);
+        e = cudaGetLastError();
+    }
+    if (e == cudaSuccess)
+        e = cudaMemcpy(out, am, (size_t)rows * sizeof(int32_t), cudaMemcpyDeviceToHost);
+    cudaFree(d);
+    cudaFree(am);
+    if (e != cudaSuccess)
+        return util_err(err, errlen, "%s:%d: cuda_argmax_host: %s", __FILE__, __LINE__, cudaGetErrorString(e));
     return 0;
 }
 

@@ -127,11 +127,25 @@ typedef struct {
  * sum of n_tokens - logits_from.
  *   logits: host (rows, vocab_size) floats, or NULL to leave them on the
  *           device (cuda_state_logits) -- tests and the GPU check use it;
- *   argmax: host (rows) token ids (greedy, ties to the smaller id), or NULL.
- * The head is always the model's full output head.
+ *   argmax: host (rows) token ids, or NULL: sampler_argmax on the device
+ *           (ties to the smaller id; NaN as on the CPU, see
+ *           cuda_argmax_host).
+ * The head is always the model's full output head. With no output rows
+ * (every logits_from == n_tokens) only the layers run: KV is written, no
+ * head or argmax kernel is launched, and logits / argmax are not touched.
  */
 int cuda_forward(cuda_model *cm, cuda_state *s, const cuda_seq *seqs, int n_seqs,
                  const layer_mask *mask, float *logits, int32_t *argmax, char *err, size_t errlen);
+
+/*
+ * The device argmax kernel of the decode loops over host rows (tests):
+ * out[r] = index of the largest of logits[r * n .. r * n + n), exactly as
+ * sampler_argmax (decode/sampler.c) picks it: ties to the smaller index, a
+ * NaN at index 0 gives 0, other NaN entries are skipped. rows, n >= 1.
+ * Allocates and frees its own device buffers; synchronous.
+ */
+int cuda_argmax_host(int device, const float *logits, int32_t rows, int32_t n, int32_t *out,
+                     char *err, size_t errlen);
 
 /* Device pointer to the logits of the last cuda_forward: (rows, ld) fp32
  * with ld = the vocabulary rounded up to 16 (returned in *ld). */
@@ -182,9 +196,19 @@ int cuda_generate_selfspec(cuda_model *cm, cuda_state *s, cuda_kv *kv, cuda_kv *
 
 /* ---- timing ---- */
 
-/* Mean milliseconds of one decode step (T tokens at position pos, logits
+/*
+ * Mean milliseconds of one decode step (T tokens at position pos, logits
  * and argmax on the device, nothing copied back) over iters replays of a
- * CUDA graph, after warm-up. mask NULL = full model. */
+ * CUDA graph, after warm-up. mask NULL = full model.
+ * Side effects on the CALLER's caches: every replay (warm-up included)
+ * writes K/V at positions pos .. pos + T - 1 of kv, or, with a mask, of
+ * scratch (positions >= pos go there); the attention reads kv at positions
+ * < pos as they are. The token ids are a placeholder (1), so whatever those
+ * positions held before is overwritten with meaningless entries: time on a
+ * cache whose positions >= pos you do not need, and do not move kv->len
+ * (cuda_kv_len is unchanged; positions < pos are never written).
+ * s's timing graph is rebuilt on every call.
+ */
 int cuda_time_step(cuda_model *cm, cuda_state *s, cuda_kv *kv, cuda_kv *scratch,
                    const layer_mask *mask, int32_t T, int32_t pos, int iters,
                    double *ms, char *err, size_t errlen);

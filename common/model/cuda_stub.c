@@ -70,6 +70,12 @@ int cuda_forward(cuda_model *cm, cuda_state *s, const cuda_seq *seqs, int n_seqs
     return util_err(err, errlen, NO_CUDA);
 }
 
+int cuda_argmax_host(int device, const float *logits, int32_t rows, int32_t n, int32_t *out,
+                     char *err, size_t errlen)
+{
+    return util_err(err, errlen, NO_CUDA);
+}
+
 const float *cuda_state_logits(const cuda_state *s, int32_t *ld)
 {
     if (ld)
