@@ -118,6 +118,17 @@ cat_line() {   # print a file's lines joined into one (no fork)
     mapfile -t l <"$1"
     printf '%s' "${l[@]}"
 }
+members() {   # members DIR: its NN_name.json fragments as JSON object members "name": {...}
+    local f n q sep=""
+    for f in "$1"/*.json; do
+        [ -e "$f" ] || continue
+        n=${f##*/}; n=${n%.json}; n=${n#*_}
+        jstr q "$n"
+        printf '%s\n    %s: ' "$sep" "$q"
+        cat_line "$f"
+        sep=","
+    done
+}
 now() {   # now VAR: seconds since the epoch with 6 decimals
     local t=${EPOCHREALTIME:-}
     if [ -z "$t" ]; then t=$(date +%s.%N); t=${t:0:${#t}-3}; fi
@@ -192,27 +203,11 @@ assemble() {
         printf ',\n  "model": '
         if [ -s "$DIR/model.json" ]; then cat_line "$DIR/model.json"; else printf '{}'; fi
         printf ',\n  "steps": {'
-        sep=""
-        for f in "$DIR"/steps/*.json; do
-            [ -e "$f" ] || continue
-            n=${f##*/}; n=${n%.json}; n=${n#*_}
-            jstr q "$n"
-            printf '%s\n    %s: ' "$sep" "$q"
-            cat_line "$f"
-            sep=","
-        done
+        members "$DIR/steps"
         printf '\n  },\n  "cli": '
         if [ -s "$DIR/cli.json" ]; then cat_line "$DIR/cli.json"; else printf '{"skipped": "not run"}'; fi
         printf ',\n  "measure": {'
-        sep=""
-        for f in "$DIR"/measure/*.json; do
-            [ -e "$f" ] || continue
-            n=${f##*/}; n=${n%.json}; n=${n#*_}
-            jstr q "$n"
-            printf '%s\n    %s: ' "$sep" "$q"
-            cat_line "$f"
-            sep=","
-        done
+        members "$DIR/measure"
         printf '\n  }\n}\n'
     } >"$tmp" && mv -f "$tmp" "$JSON"
     if [ -n "${OUT:-}" ] && [ -d "${OUT:-}" ]; then cp "$JSON" "$OUT/" 2>/dev/null; fi
