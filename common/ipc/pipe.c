@@ -118,6 +118,7 @@ static void kv_views(pipe_shm *s, const model_config *c, int32_t cap, int n_seqs
         kvs[i].cap = cap;
         kvs[i].n_layers = c->n_layers;
         kvs[i].kv_dim = c->kv_dim;
+        kvs[i].head_dim = c->head_dim;
     }
 }
 

@@ -732,6 +732,7 @@ static inline kv_elem *kv_head_row(const fwd_seq *sq, int which, int32_t l, int3
         *stride = pl->head_dim;
         return base + (((blk * pl->n_layers + l) * n_kvh + h) * KV_BLOCK + idx % KV_BLOCK) * pl->head_dim;
     }
+    assert(kv->head_dim > 0 && kv->kv_dim % kv->head_dim == 0);   /* a cache built by hand must say its head size */
     *stride = kv->kv_dim;
     return (which ? kv->v : kv->k) + ((size_t)l * kv->cap + idx) * kv->kv_dim + (size_t)h * kv->head_dim;
 }

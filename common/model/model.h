@@ -129,7 +129,7 @@ typedef struct {
     int32_t *blocks;          /* (cap / KV_BLOCK) pool block of each KV_BLOCK positions */
     int32_t cap;              /* positions it can hold */
     int32_t len;              /* verified length */
-    int32_t n_layers, kv_dim, head_dim;
+    int32_t n_layers, kv_dim, head_dim;   /* a cache built by hand sets all three */
 } kv_cache;
 
 /* One sequence's part of a batch. */

@@ -197,7 +197,7 @@ static int draft_all(const calib_set *cs, const model *m, fwd_state *fs, const l
     float *logits = mallocCheck((size_t)EVAL_BATCH * (width + QMAT_ROWS) * sizeof(float));
     for (int j = 0; j < EVAL_BATCH; j++)
         scratch[j] = (kv_cache){.k = pool_k + j * per, .v = pool_v + j * per, .cap = 1, .len = 0,
-                                .n_layers = c->n_layers, .kv_dim = c->kv_dim};
+                                .n_layers = c->n_layers, .kv_dim = c->kv_dim, .head_dim = c->head_dim};
     int rc = 0;
     int32_t p = 0, nb = 0;
     for (int32_t s = 0; s < cs->n_seqs && rc == 0; s++)
