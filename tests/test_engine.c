@@ -13,7 +13,10 @@
  *    cost), off where they are compute-bound (cost linear in tokens);
  *  - context drafts and chains: forced, equal to gen_selfspec with the same
  *    draft source (greedy and sampled, with and without a skip set); auto,
- *    equal to gen_plain and really drafting from context; per-source totals.
+ *    equal to gen_plain and really drafting from context; per-source totals;
+ *  - a remote draft source (the pipeline's drafter, faked: good and bad
+ *    proposals), with paged KV and with the caller's own caches: equal to
+ *    gen_plain; it is asked about exactly the state it was told of.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -514,6 +517,104 @@ static void test_policy(void **state)
     tiny_close(&t);
 }
 
+/* ---- a remote draft source (the pipeline's drafter, faked) ---- */
+
+typedef struct {
+    req *r;
+    int n;
+    uint64_t rng;
+    int32_t last_pos[16], last_cur[16];   /* what verified() said, per slot; -1: nothing yet */
+    int64_t proposed, calls, verified, accepted;
+} fake_remote;
+
+/* Propose the reference continuation of a request in this state (the
+ * sequence is recognized by its prompt length and its last token), with a
+ * wrong token now and then, or random tokens. */
+static int32_t fake_propose(void *user, int32_t slot, int32_t pos, int32_t cur, int32_t k_max, int32_t end_pos,
+                            float gamma, int32_t *toks)
+{
+    fake_remote *f = user;
+    assert_true(slot >= 0 && slot < 16);
+    assert_true(k_max >= 1 && pos + k_max <= end_pos + 1);
+    assert_true(gamma >= 0.0f && gamma <= 1.0f);
+    /* the state verified() reported is the one asked about, unless a new
+     * request took the slot (its first block: right after its prompt) */
+    int fresh = 0;
+    for (int i = 0; i < f->n; i++)
+        fresh |= pos == f->r[i].n_prompt && f->r[i].n_ref > 0 && cur == f->r[i].ref[0];
+    if (f->last_pos[slot] >= 0 && !fresh) {
+        assert_int_equal(pos, f->last_pos[slot]);
+        assert_int_equal(cur, f->last_cur[slot]);
+    }
+    f->calls++;
+    int32_t n = 1 + (int32_t)(tmodel_rng(&f->rng) % (uint64_t)k_max);
+    const req *hit = NULL;
+    int32_t j = 0;
+    for (int i = 0; i < f->n && !hit; i++) {
+        j = pos - f->r[i].n_prompt;
+        if (j >= 0 && j + 1 < f->r[i].n_ref && f->r[i].ref[j] == cur && f->r[i].gp.sampling.temperature == 0.0f)
+            hit = &f->r[i];
+    }
+    for (int32_t x = 0; x < n; x++)
+        toks[x] = hit && j + 1 + x < hit->n_ref && tmodel_rng(&f->rng) % 5 ? hit->ref[j + 1 + x]
+                                                                           : (int32_t)(tmodel_rng(&f->rng) % 256);
+    f->proposed += n;
+    return n;
+}
+
+static void fake_verified(void *user, int32_t slot, int32_t n, int32_t acc, int32_t pos, int32_t cur, int32_t k_next,
+                          int32_t end_pos, float gamma)
+{
+    fake_remote *f = user;
+    assert_true(acc >= 0 && acc <= n);
+    assert_true(k_next >= 0 && (k_next == 0 || pos + k_next <= end_pos + 1));
+    f->last_pos[slot] = pos;
+    f->last_cur[slot] = cur;
+    f->verified++;
+    f->accepted += acc;
+}
+
+/* Drafts from a remote source (greedy requests; sampled ones decode
+ * plainly): every output equals decoding alone, with the engine's own paged
+ * KV or the caller's contiguous caches (the pipeline's shared ones). */
+static void test_remote_source(void **state)
+{
+    (void)state;
+    tiny t;
+    tiny_open(&t);
+    req *r = calloc(N_REQ, sizeof *r);
+    make_requests(r, N_REQ, 1);
+    reference(&t, r, N_REQ, NULL);
+    int seqs[] = {1, 3, N_REQ};
+    for (int own = 0; own < 2; own++)
+        for (int k = 0; k < 3; k++) {
+            char err[256];
+            fake_remote f = {.r = r, .n = N_REQ, .rng = 5};
+            for (int i = 0; i < 16; i++)
+                f.last_pos[i] = -1;
+            spec_remote rem = {fake_propose, fake_verified, &f};
+            kv_cache kvs[N_REQ];
+            engine_params p;
+            base_params(&p, seqs[k], ENGINE_SPEC, NULL);
+            p.remote = &rem;
+            if (own) {
+                for (int i = 0; i < seqs[k]; i++)
+                    assert_int_equal(kv_init(&kvs[i], &t.m.config, p.ctx + 1, err, sizeof err), 0);
+                p.slot_kv = kvs;
+            }
+            char what[64];
+            snprintf(what, sizeof what, "remote source, %s KV, max-seqs %d", own ? "caller's" : "paged", seqs[k]);
+            run_engine(&t, r, N_REQ, &p, what);
+            assert_true(f.proposed > 0 && f.verified > 0 && f.accepted > 0);
+            print_message("  %s: proposed %lld, accepted %lld\n", what, (long long)f.proposed, (long long)f.accepted);
+            if (own)
+                for (int i = 0; i < seqs[k]; i++)
+                    kv_free(&kvs[i]);
+        }
+    free(r);
+    tiny_close(&t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -523,6 +624,7 @@ int main(void)
         cmocka_unit_test(test_batch_invariant_context),
         cmocka_unit_test(test_admission),
         cmocka_unit_test(test_policy),
+        cmocka_unit_test(test_remote_source),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

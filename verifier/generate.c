@@ -394,8 +394,6 @@ static int run_generate(gen_opts *o)
     int rc = 1;
     model m;
     tokenizer *tok = NULL;
-    fwd_state fs = {0};
-    int have_fs = 0;
     int32_t *ids = NULL;
     size_t n_ids = 0, plen = 0;
     char *prompt = NULL;
@@ -438,9 +436,6 @@ static int run_generate(gen_opts *o)
                 "shorten the prompt, lower -n or raise --ctx\n", n_ids, o->gp.max_tokens, ctx);
         goto free_ids;
     }
-    if (pipeline)   /* the one-process modes decode in the engine, which has its own */
-        fwd_state_init(&fs, &m.config, 256, ctx);
-    have_fs = pipeline;
     o->gp.ignore_eos = o->ignore_eos;
     o->gp.is_eog = is_eog_cb;
     o->gp.eog_ctx = tok;
@@ -493,7 +488,7 @@ static int run_generate(gen_opts *o)
     o->pl.skip_path = ss.source;
     o->pl.draft_head = o->draft_head;
     int grc = pipeline && use_spec
-        ? gen_pipeline(&m, &fs, ctx, &o->sp, &o->pl, ids, (int32_t)n_ids, &o->gp, emit_token, &out, &st, &sps,
+        ? gen_pipeline(&m, ctx, &o->sp, &o->pl, ids, (int32_t)n_ids, &o->gp, emit_token, &out, &st, &sps,
                        &pst, err, sizeof err)
         : o->device >= 0
         ? gen_cuda(&m, o->device, ctx, have_ss ? &ss : NULL, o->sp.max_draft, ids, (int32_t)n_ids, &o->gp,
@@ -517,8 +512,6 @@ static int run_generate(gen_opts *o)
     rc = 0;
 free_all:
     out_text_free(&out.text);
-    if (have_fs)
-        fwd_state_free(&fs);
 free_ids:
     free(ids);
 free_prompt:

@@ -1,8 +1,9 @@
 /*
  * pipeline.c - `selfspec generate --mode pipeline`, the verifier's glue (see
  * pipeline.h): the shared-memory names and signals before the model loads,
- * the verified KV in shared memory, the supervisor (common/ipc/supervisor.h)
- * and the decoding loops (common/ipc/pipe_decode.h), and the --stats JSON.
+ * the verified KV in shared memory, the supervisor (common/ipc/supervisor.h),
+ * the drafter as the engine's draft source (common/ipc/pipe_source.h) and
+ * the --stats JSON.
  */
 #include "pipeline.h"
 
@@ -13,7 +14,8 @@
 #include <unistd.h>
 
 #include "decode/sampler.h"
-#include "ipc/pipe_decode.h"
+#include "engine/engine.h"
+#include "ipc/pipe_source.h"
 #include "util/util.h"
 
 void pipeline_prepare(char *shm_name, size_t n)
@@ -28,16 +30,14 @@ void pipeline_loaded(const char *shm_name)
     shm_unlink(shm_name);   /* the mapping and descriptor stay; nothing is left behind */
 }
 
-static int emit_none(void *ctx, int32_t tok)
+static int stop_requested(void)
 {
-    (void)ctx;
-    (void)tok;
-    return 0;
+    return sup_stopping();
 }
 
-int gen_pipeline(const model *m, fwd_state *fs, int32_t ctx, const spec_params *sp, const pipe_params *pp,
-                 const int32_t *prompt, int32_t n_prompt, const gen_params *gp, gen_emit_fn emit,
-                 void *ectx, gen_stats *st, spec_stats *ss_out, pipe_stats *ps, char *err, size_t errlen)
+int gen_pipeline(const model *m, int32_t ctx, const spec_params *sp, const pipe_params *pp, const int32_t *prompt,
+                 int32_t n_prompt, const gen_params *gp, gen_emit_fn emit, void *ectx, gen_stats *st,
+                 spec_stats *ss_out, pipe_stats *ps, char *err, size_t errlen)
 {
     int rc = -1;
     memset(st, 0, sizeof *st);
@@ -49,39 +49,40 @@ int gen_pipeline(const model *m, fwd_state *fs, int32_t ctx, const spec_params *
         return util_err(err, errlen, "the pipeline needs the weights in shared memory (pipeline_prepare)");
     if (spec_params_check(sp, err, errlen) != 0)
         return -1;
-    sampler smp;
-    if (sampler_init(&smp, &gp->sampling, m->config.vocab_size, err, errlen) != 0)
-        return -1;
     int nseq = pp->n_seqs > 1 ? (pp->n_seqs < PROTO_MAX_SEQS ? pp->n_seqs : PROTO_MAX_SEQS) : 1;
+    /* the verified caches: one per sequence slot, a position to spare past
+     * the last token (the engine reserves it for a verification block) */
+    int32_t kv_cap = ctx + 1;
     kv_cache kvs[PROTO_MAX_SEQS];
-    gen_stats gs[PROTO_MAX_SEQS];
-    spec_run rs[PROTO_MAX_SEQS];
     pipe_shm kvshm = {.fd = -1};
     pipe_sup S = {.w_ro = -1, .kv_ro = -1};
-    float *logits = NULL;
 
     char kvname[64];
     snprintf(kvname, sizeof kvname, "/selfspec-%d-%016llx-kv", (int)getpid(), (unsigned long long)sup_random64());
-    if (pipe_kv_create(&kvshm, kvname, &m->config, ctx, nseq, kvs, err, errlen) != 0)
+    if (pipe_kv_create(&kvshm, kvname, &m->config, kv_cap, nseq, kvs, err, errlen) != 0)
         goto out;
     shm_unlink(kvname);                  /* mapped here, inherited by the drafter */
-    if (sup_open(&S, m, kvshm.fd, ctx, nseq, sp->max_draft, pp, ps, err, errlen) != 0)
+    if (sup_open(&S, m, kvshm.fd, kv_cap, nseq, sp->max_draft, pp, ps, err, errlen) != 0)
         goto out;
     ps->arena_kb = (long)(m->arena.size >> 10);
     ps->kv_kb = (long)(kvshm.size >> 10);
 
     sup_spawn(&S);                       /* starts while the prompt is prefilled */
-    logits = mallocCheck((size_t)(SPEC_MAX_DRAFT + 1) * m->config.vocab_size * sizeof(float));
-    memset(gs, 0, sizeof gs);
-    for (int s = 0; s < nseq; s++)       /* only sequence 0 is printed */
-        rs[s] = (spec_run){.m = m, .fs = fs, .kv = &kvs[s], .sp = sp, .d = NULL, .smp = &smp, .logits = logits,
-                           .gp = gp, .emit = s ? emit_none : emit, .ctx = ectx, .st = nseq > 1 ? &gs[s] : st,
-                           .ss = ss_out};
-    if (nseq > 1)
-        rc = pipe_decode_many(&S, rs, nseq, prompt, n_prompt, st, err, errlen);
-    else
-        rc = pipe_decode_one(&S, &rs[0], pp->overlap, prompt, n_prompt, err, errlen);
-    if (rc != 0 && nseq == 1)
+    pipe_source src;
+    pipe_source_init(&src, &S, pp->overlap);
+    /* the one engine loop, with the drafter process as its draft source and
+     * the shared caches as its sequences' KV; only sequence 0 is printed */
+    engine_params ep;
+    engine_params_default(&ep);
+    ep.max_seqs = nseq;
+    ep.ctx = ctx;
+    ep.mode = ENGINE_SPEC;
+    ep.sp = *sp;
+    ep.calibrate = 0;
+    ep.remote = &src.remote;
+    ep.slot_kv = kvs;
+    rc = engine_run(m, &ep, nseq, prompt, n_prompt, gp, emit, ectx, stop_requested, st, ss_out, err, errlen);
+    if (rc != 0)
         goto out;
     if (sup_stopping())
         ps->terminated = 1;
@@ -91,8 +92,6 @@ int gen_pipeline(const model *m, fwd_state *fs, int32_t ctx, const spec_params *
 out:
     sup_close(&S);
     pipe_shm_unmap(&kvshm);
-    free(logits);
-    sampler_free(&smp);
     return rc;
 }
 

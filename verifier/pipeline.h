@@ -5,8 +5,9 @@
  * the sequence and every verification; bin/selfspec-drafter, started and
  * restarted from here, maps both read-only and drafts blocks on request.
  * Messages: proto/selfspec.proto over ZeroMQ (see common/ipc/pipe.h); the
- * protocol, supervision and decoding loops are common/ipc/protocol.h,
- * supervisor.h and pipe_decode.h; this is the generate-mode glue.
+ * protocol, supervision and the drafter as a draft source are
+ * common/ipc/protocol.h, supervisor.h and pipe_source.h; decoding is the
+ * one engine loop (common/engine/engine.h); this is the generate-mode glue.
  *
  * Output is exactly the full model's (greedy): the drafter only proposes.
  * A dead or hung drafter (no heartbeat within the timeout) is killed; the
@@ -35,11 +36,13 @@
 void pipeline_prepare(char *shm_name, size_t n);
 void pipeline_loaded(const char *shm_name);
 
-/* Greedy generation through the drafter process; same contract as
- * gen_selfspec. m must have been loaded with the name from pipeline_prepare. */
-int gen_pipeline(const model *m, fwd_state *fs, int32_t ctx, const spec_params *sp, const pipe_params *pp,
-                 const int32_t *prompt, int32_t n_prompt, const gen_params *gp, gen_emit_fn emit,
-                 void *ectx, gen_stats *st, spec_stats *ss_out, pipe_stats *ps, char *err, size_t errlen);
+/* Greedy generation through the drafter process, decoded by the engine
+ * (engine_run, pp->n_seqs copies of the prompt); same contract as
+ * engine_generate. m must have been loaded with the name from
+ * pipeline_prepare. SIGTERM/SIGINT end it early (ps->terminated). */
+int gen_pipeline(const model *m, int32_t ctx, const spec_params *sp, const pipe_params *pp, const int32_t *prompt,
+                 int32_t n_prompt, const gen_params *gp, gen_emit_fn emit, void *ectx, gen_stats *st,
+                 spec_stats *ss_out, pipe_stats *ps, char *err, size_t errlen);
 
 /* The "pipeline" member of the --stats JSON (no braces around it). */
 void pipeline_print_stats(FILE *f, const pipe_params *pp, const pipe_stats *ps);

@@ -278,9 +278,33 @@ void spec_nominal_costs(const spec_params *sp, const skip_set *ss, spec_costs *c
 int32_t spec_end_pos(int32_t cap, int32_t pos, int32_t tokens_left);
 int32_t spec_draft_limit(int32_t k_max, int32_t pos, int32_t end_pos);
 
+/*
+ * A draft source outside this process (the pipeline's drafter process,
+ * ipc/pipe_source.h), driven by the engine's loop (engine/engine.h) for
+ * greedy sequences: before each full pass the engine asks it for every
+ * decoding sequence's block, after acceptance it tells it the outcome.
+ * Slots are the engine's sequence slots (0 .. max_seqs - 1), whose verified
+ * KV the source can read (the engine's caller hands those caches in).
+ * Output never depends on what a source proposes, only speed does.
+ */
+typedef struct {
+    /* The draft for the sequence in `slot` this step: up to k_max (>= 1)
+     * tokens continuing cur at position pos (its verified KV holds the
+     * positions before pos), into toks; returns how many (0: a plain step).
+     * end_pos: the sequence's last draft position (spec_end_pos); gamma:
+     * its adaptive exit threshold. */
+    int32_t (*propose)(void *user, int32_t slot, int32_t pos, int32_t cur, int32_t k_max, int32_t end_pos,
+                       float gamma, int32_t *toks);
+    /* The sequence's block of n tokens was verified, acc accepted; it goes
+     * on from cur at pos, drafting at most k_next tokens next step (0: none).
+     * Not called for a sequence that finished. */
+    void (*verified)(void *user, int32_t slot, int32_t n, int32_t acc, int32_t pos, int32_t cur, int32_t k_next,
+                     int32_t end_pos, float gamma);
+    void *user;
+} spec_remote;
+
 /* One sequence being decoded speculatively: what spec_begin_run and
- * spec_step need, shared by gen_selfspec and the pipeline's decode loops.
- * d may be NULL under greedy decoding (the pipeline drafts elsewhere). */
+ * spec_step need (gen_selfspec's loop). */
 typedef struct {
     const model *m;
     fwd_state *fs;

@@ -23,7 +23,8 @@ typedef struct {
     gen_params gp;
     engine_callbacks cb;
     sampler smp;
-    kv_cache kv;               /* paged: prompt + max_tokens positions */
+    kv_cache kv;               /* paged: prompt + max_tokens positions; or the slot's (slot_kv) */
+    int borrowed_kv;           /* kv is the caller's (engine_params.slot_kv): not freed here */
     kv_cache scratch;          /* draft scratch (max_draft + 1), when the engine drafts */
     float *q;                  /* (max_draft, draft width) draft distributions (sampling) */
     int32_t cur;               /* last final token, at position kv.len */
@@ -311,10 +312,15 @@ int engine_init(engine **out, const model *m, const engine_params *p, char *err,
         return util_err(err, errlen, "context must be at least 2 tokens");
     if (spec_params_check(&p->sp, err, errlen) != 0)
         return -1;
+    for (int32_t i = 0; p->slot_kv && i < p->max_seqs; i++)
+        if (p->slot_kv[i].cap != p->slot_kv[0].cap || p->slot_kv[i].pool || p->slot_kv[i].cap < 2)
+            return util_err(err, errlen, "the sequences' own KV caches must be contiguous, of one capacity");
     engine *e = callocCheck(1, sizeof *e);
     e->m = m;
     e->p = *p;
-    if (kv_pool_init(&e->pool, &m->config, p->kv_mem, err, errlen) != 0) {
+    if (p->remote)   /* the remote source drafts by skipping layers; nothing is drafted here */
+        e->p.sp.draft = SPEC_DRAFT_LAYERS;
+    if (!p->slot_kv && kv_pool_init(&e->pool, &m->config, p->kv_mem, err, errlen) != 0) {
         free(e);
         return -1;
     }
@@ -323,7 +329,7 @@ int engine_init(engine **out, const model *m, const engine_params *p, char *err,
     int32_t need = p->max_seqs > p->sp.max_draft + 1 ? p->max_seqs : p->sp.max_draft + 1;
     /* forced speculation: every sequence's full block in one pass, so that a
      * sequence's draft length never depends on what else is in the batch */
-    if (p->mode == ENGINE_SPEC && (p->ss || p->sp.draft != SPEC_DRAFT_LAYERS))
+    if ((p->mode == ENGINE_SPEC && (p->ss || p->sp.draft != SPEC_DRAFT_LAYERS)) || p->remote)
         need = p->max_seqs * (p->sp.max_draft + 1);
     if (e->p.max_batch_tokens < need)
         e->p.max_batch_tokens = need;
@@ -332,9 +338,9 @@ int engine_init(engine **out, const model *m, const engine_params *p, char *err,
     e->batch = callocCheck((size_t)p->max_seqs, sizeof(fwd_seq));
     e->bseq = callocCheck((size_t)p->max_seqs, sizeof(int32_t));
     e->logits = mallocCheck((size_t)e->p.max_batch_tokens * m->config.vocab_size * sizeof(float));
-    e->can_layers = p->mode != ENGINE_PLAIN && p->ss != NULL && p->sp.draft != SPEC_DRAFT_CONTEXT;
-    e->can_ctx = p->mode != ENGINE_PLAIN && p->sp.draft != SPEC_DRAFT_LAYERS;
-    e->can_draft = e->can_layers || e->can_ctx;
+    e->can_layers = p->mode != ENGINE_PLAIN && p->ss != NULL && p->sp.draft != SPEC_DRAFT_CONTEXT && !p->remote;
+    e->can_ctx = p->mode != ENGINE_PLAIN && p->sp.draft != SPEC_DRAFT_LAYERS && !p->remote;
+    e->can_draft = e->can_layers || e->can_ctx || p->remote;
     spec_nominal_costs(&p->sp, p->ss, &e->nominal);
     e->dwidth = m->config.vocab_size;
     if (e->can_layers) {
@@ -361,7 +367,8 @@ static void seq_release(eseq *s)
 {
     free(s->prompt);
     sampler_free(&s->smp);
-    kv_free(&s->kv);
+    if (!s->borrowed_kv)
+        kv_free(&s->kv);
     if (s->scratch.cap)
         kv_free(&s->scratch);
     free(s->q);
@@ -411,7 +418,10 @@ int engine_submit(engine *e, const int32_t *prompt, int32_t n_prompt, const gen_
     if ((int64_t)n_prompt + gp->max_tokens > e->p.ctx)
         return util_err(err, errlen, "prompt (%d tokens) + max_tokens (%d) exceed the context of %d tokens",
                         n_prompt, gp->max_tokens, e->p.ctx);
-    if (kv_blocks_for(seq_cap(n_prompt, gp->max_tokens)) > e->pool.n_blocks)
+    if (e->p.slot_kv && seq_cap(n_prompt, gp->max_tokens) > e->p.slot_kv[0].cap)
+        return util_err(err, errlen, "prompt (%d tokens) + max_tokens (%d) need more positions than a sequence's "
+                        "KV cache holds (%d)", n_prompt, gp->max_tokens, e->p.slot_kv[0].cap - 1);
+    if (!e->p.slot_kv && kv_blocks_for(seq_cap(n_prompt, gp->max_tokens)) > e->pool.n_blocks)
         return util_err(err, errlen, "prompt (%d tokens) + max_tokens (%d) need more KV memory than the whole "
                         "pool holds (%d positions); raise --kv-mem", n_prompt, gp->max_tokens,
                         e->pool.n_blocks * KV_BLOCK);
@@ -458,23 +468,27 @@ static int admit(engine *e, char *err, size_t errlen)
 {
     while (e->n_wait > 0 && e->n_live < e->p.max_seqs) {
         ewait *w = &e->wait[e->head_wait];
-        eseq *s = NULL;
-        for (int32_t i = 0; i < e->p.max_seqs && !s; i++)
-            if (e->seqs[i].state == SEQ_FREE)
-                s = &e->seqs[i];
-        assert(s);
-        if (kv_init_paged(&s->kv, &e->pool, seq_cap(w->n_prompt, w->gp.max_tokens)) != 0)
+        int32_t slot = 0;
+        while (e->seqs[slot].state != SEQ_FREE)
+            slot++;
+        assert(slot < e->p.max_seqs);
+        eseq *s = &e->seqs[slot];
+        if (e->p.slot_kv) {
+            s->kv = e->p.slot_kv[slot];
+            s->kv.len = 0;
+            s->borrowed_kv = 1;
+        } else if (kv_init_paged(&s->kv, &e->pool, seq_cap(w->n_prompt, w->gp.max_tokens)) != 0) {
             break;   /* wait for a running sequence to return its blocks */
+        }
         if (sampler_init(&s->smp, &w->gp.sampling, e->m->config.vocab_size, err, errlen) != 0) {
-            kv_free(&s->kv);
+            seq_release(s);
             return -1;
         }
         int greedy = w->gp.sampling.temperature == 0.0f;
-        s->spec_mode = !e->can_draft ? 0 : e->p.mode == ENGINE_SPEC ? 2 : greedy ? 1 : 0;
+        s->spec_mode = !e->can_draft ? 0 : e->p.remote ? 2 * greedy : e->p.mode == ENGINE_SPEC ? 2 : greedy ? 1 : 0;
         if (s->spec_mode && e->can_layers) {
             if (kv_init(&s->scratch, &e->m->config, e->p.sp.max_draft + 1, err, errlen) != 0) {
-                kv_free(&s->kv);
-                sampler_free(&s->smp);
+                seq_release(s);
                 return -1;
             }
             if (!greedy)
@@ -697,6 +711,27 @@ static int draft(engine *e, char *err, size_t errlen)
     }
 }
 
+/* Drafts from the remote source (engine_params.remote): each decoding
+ * sequence that may draft this step asks for its block. */
+static void remote_drafts(engine *e)
+{
+    const spec_remote *r = e->p.remote;
+    double t0 = util_now();
+    for (int32_t i = 0; i < e->p.max_seqs; i++) {
+        eseq *s = &e->seqs[i];
+        if (s->state != SEQ_DECODE || s->k_max <= 0)
+            continue;
+        int32_t end = spec_end_pos(s->kv.cap, s->kv.len, s->gp.max_tokens - s->res.generated_tokens);
+        int32_t n = r->propose(r->user, i, s->kv.len, s->cur, s->k_max, end, s->ex.gamma, s->blk.tokens);
+        s->blk.n = n < 0 ? 0 : n > s->k_max ? s->k_max : n;
+        s->blk.n_ctx = 0;
+        for (int32_t j = 0; j < s->blk.n; j++)   /* only a range check: a proposal is never trusted */
+            if (s->blk.tokens[j] < 0 || s->blk.tokens[j] >= e->m->config.vocab_size)
+                s->blk.n = j;
+    }
+    e->tot.draft_seconds += util_now() - t0;
+}
+
 /* Emit one final token of s; returns 1 when s is finished. */
 static int emit(eseq *s, int32_t tok)
 {
@@ -772,6 +807,8 @@ int engine_step(engine *e, char *err, size_t errlen)
     plan_drafts(e);
     if (e->can_layers && draft(e, err, errlen) != 0)
         return -1;
+    if (e->p.remote)
+        remote_drafts(e);
     /* the full pass: decode blocks first, then prompt chunks in the budget left */
     int n = 0, any_draft = 0;
     int32_t T = 0;
@@ -856,8 +893,13 @@ int engine_step(engine *e, char *err, size_t errlen)
         for (int32_t i = 0; i <= acc && !done; i++)
             done = emit(s, i < acc ? s->blk.tokens[i] : next);
         s->cur = next;
-        if (done)
+        if (done) {
             finish(e, s);
+        } else if (e->p.remote && s->spec_mode) {
+            int32_t end = spec_end_pos(s->kv.cap, s->kv.len, s->gp.max_tokens - s->res.generated_tokens);
+            e->p.remote->verified(e->p.remote->user, e->bseq[j], s->blk.n, acc, s->kv.len, s->cur,
+                                  spec_draft_limit(e->p.sp.max_draft, s->kv.len, end), end, s->ex.gamma);
+        }
     }
     if (e->step_bucket >= 0 && e->step_n > 0) {   /* what this choice delivered, per sequence */
         int c = e->step_spec, b = e->step_bucket;
@@ -870,23 +912,92 @@ int engine_step(engine *e, char *err, size_t errlen)
     return engine_pending(e);
 }
 
-/* ---- one request alone ---- */
+/* ---- one prompt, alone or as copies ---- */
 
 typedef struct {
-    gen_emit_fn emit;
+    gen_emit_fn emit;          /* copy 0's tokens, else NULL */
     void *ctx;
+    int32_t generated;         /* tokens emitted so far */
+    double t_submit, t_first;  /* t_first: 0 until the first token */
     engine_result res;
+    int done;
 } one_req;
 
 static int one_token(void *user, int32_t tok)
 {
     one_req *o = user;
-    return o->emit(o->ctx, tok);
+    if (o->generated++ == 0)
+        o->t_first = util_now();
+    return o->emit ? o->emit(o->ctx, tok) : 0;
 }
 
 static void one_done(void *user, const engine_result *r)
 {
-    ((one_req *)user)->res = *r;
+    one_req *o = user;
+    o->res = *r;
+    o->done = 1;
+}
+
+int engine_run(const model *m, const engine_params *p, int n, const int32_t *prompt, int32_t n_prompt,
+               const gen_params *gp, gen_emit_fn emit, void *emit_ctx, int (*should_stop)(void), gen_stats *st,
+               spec_stats *sps, char *err, size_t errlen)
+{
+    if (n < 1 || n > p->max_seqs)
+        return util_err(err, errlen, "%d copies do not fit %d sequences", n, p->max_seqs);
+    engine *e;
+    if (engine_init(&e, m, p, err, errlen) != 0)
+        return -1;
+    one_req *o = callocCheck((size_t)n, sizeof *o);
+    int rc = 0;
+    double t0 = util_now();
+    for (int i = 0; i < n && rc == 0; i++) {
+        o[i] = (one_req){.emit = i ? NULL : emit, .ctx = emit_ctx, .t_submit = t0};
+        engine_callbacks cb = {one_token, one_done, &o[i]};
+        rc = engine_submit(e, prompt, n_prompt, gp, &cb, err, errlen);
+    }
+    while (rc == 0 && engine_pending(e) > 0 && !(should_stop && should_stop()))
+        rc = engine_step(e, err, errlen) < 0 ? -1 : 0;
+    if (rc == 0) {
+        const engine_totals *t = engine_get_totals(e);
+        double t_first = t0, t_end = util_now();
+        memset(st, 0, sizeof *st);
+        int64_t verifications = 0;
+        for (int i = 0; i < n; i++) {
+            st->prompt_tokens += n_prompt;
+            st->generated_tokens += o[i].generated;
+            if (o[i].t_first > t_first)
+                t_first = o[i].t_first;
+            verifications += o[i].done ? o[i].res.verifications : 0;
+        }
+        if (o[0].done)
+            t_end = o[0].res.t_done;
+        for (int i = 1; i < n; i++)
+            if (o[i].done && o[i].res.t_done > t_end)
+                t_end = o[i].res.t_done;
+        st->prefill_seconds = t_first - t0;
+        st->decode_seconds = t_end > t_first ? t_end - t_first : 0;
+        if (sps) {
+            memset(sps, 0, sizeof *sps);
+            sps->drafted = t->num_draft_tokens;
+            sps->accepted = t->num_accepted_tokens;
+            sps->verifications = verifications;
+            for (int i = 0; i < SPEC_MAX_DRAFT; i++) {
+                sps->drafted_at[i] = t->drafted_per_pos[i];
+                sps->accepted_at[i] = t->accepted_per_pos[i];
+            }
+            sps->draft_seconds = t->draft_seconds;
+            sps->verify_seconds = st->decode_seconds > t->draft_seconds ? st->decode_seconds - t->draft_seconds : 0;
+            sps->final_gamma = o[0].done ? o[0].res.final_gamma : p->sp.gamma_init;
+            for (int i = 0; i < SPEC_SRC_N; i++) {
+                sps->src_blocks[i] = t->src_blocks[i];
+                sps->src_drafted[i] = t->src_drafted[i];
+                sps->src_accepted[i] = t->src_accepted[i];
+            }
+        }
+    }
+    free(o);
+    engine_free(e);
+    return rc;
 }
 
 int engine_generate(const model *m, int32_t ctx, const skip_set *ss, const spec_params *sp, const int32_t *prompt,
@@ -902,40 +1013,5 @@ int engine_generate(const model *m, int32_t ctx, const skip_set *ss, const spec_
     p.sp = *sp;
     p.calibrate = 0;
     p.kv_mem = kv_pool_block_bytes(&m->config) * (size_t)kv_blocks_for(n_prompt + gp->max_tokens + 1);
-    engine *e;
-    if (engine_init(&e, m, &p, err, errlen) != 0)
-        return -1;
-    one_req o = {.emit = emit, .ctx = emit_ctx};
-    engine_callbacks cb = {one_token, one_done, &o};
-    int rc = engine_submit(e, prompt, n_prompt, gp, &cb, err, errlen);
-    while (rc == 0 && engine_pending(e) > 0)
-        rc = engine_step(e, err, errlen) < 0 ? -1 : 0;
-    if (rc == 0) {
-        const engine_totals *t = engine_get_totals(e);
-        memset(st, 0, sizeof *st);
-        st->prompt_tokens = o.res.prompt_tokens;
-        st->generated_tokens = o.res.generated_tokens;
-        st->prefill_seconds = o.res.t_first - o.res.t_submit;
-        st->decode_seconds = o.res.t_done - o.res.t_first;
-        if (sps) {
-            memset(sps, 0, sizeof *sps);
-            sps->drafted = o.res.draft_tokens;
-            sps->accepted = o.res.accepted_tokens;
-            sps->verifications = o.res.verifications;
-            for (int i = 0; i < SPEC_MAX_DRAFT; i++) {
-                sps->drafted_at[i] = t->drafted_per_pos[i];
-                sps->accepted_at[i] = t->accepted_per_pos[i];
-            }
-            sps->draft_seconds = t->draft_seconds;
-            sps->verify_seconds = st->decode_seconds > t->draft_seconds ? st->decode_seconds - t->draft_seconds : 0;
-            sps->final_gamma = o.res.final_gamma;
-            for (int i = 0; i < SPEC_SRC_N; i++) {
-                sps->src_blocks[i] = t->src_blocks[i];
-                sps->src_drafted[i] = t->src_drafted[i];
-                sps->src_accepted[i] = t->src_accepted[i];
-            }
-        }
-    }
-    engine_free(e);
-    return rc;
+    return engine_run(m, &p, 1, prompt, n_prompt, gp, emit, emit_ctx, NULL, st, sps, err, errlen);
 }

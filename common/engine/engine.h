@@ -82,6 +82,15 @@ typedef struct {
     const skip_set *ss;        /* the draft's skip set and head; NULL: never draft */
     spec_params sp;            /* draft length cap, adaptive exit */
     int calibrate;             /* ENGINE_AUTO: time a few passes at start (1) */
+    /* Where drafts and KV live when the drafter is another process (the
+     * pipeline): remote != NULL makes every greedy sequence take its drafts
+     * from it (decode/spec.h: spec_remote; the engine then drafts nothing
+     * itself and ss is unused), sampled ones decode plainly; slot_kv, when
+     * given, holds max_seqs contiguous caches of one capacity, owned by
+     * the caller, that the sequence in slot i uses instead of pool blocks
+     * (the drafter maps them). kv_mem is then unused. */
+    const spec_remote *remote;
+    kv_cache *slot_kv;
 } engine_params;
 
 /* Defaults: 16 sequences, 256 tokens a pass, 256 MiB of KV, context 4096,
@@ -166,6 +175,20 @@ void engine_cost_observe(engine *e, int draft, int32_t T, double seconds);
  * decode tokens alone: prompt chunks are in the pass either way. */
 int32_t engine_policy_k(const engine *e, int32_t n_spec, float alpha, int32_t n_other, int32_t d_other,
                         int32_t t_prompt);
+
+/*
+ * n copies of one prompt decoded through an engine with parameters p
+ * (p->max_seqs >= n): how `generate` runs one prompt (n = 1, below) and the
+ * pipeline its benchmark of several sequences. emit receives copy 0's
+ * tokens. should_stop (may be NULL) is asked between steps; nonzero ends
+ * the run early, which is not an error. st receives the totals over the
+ * copies (prompt and generated tokens of all; prefill until the last
+ * copy's first token, decode from there to the end), sps (may be NULL) the
+ * speculation figures of decode/stats.h. Returns 0, or -1 with err.
+ */
+int engine_run(const model *m, const engine_params *p, int n, const int32_t *prompt, int32_t n_prompt,
+               const gen_params *gp, gen_emit_fn emit, void *emit_ctx, int (*should_stop)(void), gen_stats *st,
+               spec_stats *sps, char *err, size_t errlen);
 
 /*
  * One request decoded alone through the engine, with the contract of
