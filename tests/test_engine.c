@@ -16,7 +16,10 @@
  *    equal to gen_plain and really drafting from context; per-source totals;
  *  - a remote draft source (the pipeline's drafter, faked: good and bad
  *    proposals), with paged KV and with the caller's own caches: equal to
- *    gen_plain; it is asked about exactly the state it was told of.
+ *    gen_plain; it is asked about exactly the state it was told of;
+ *  - the backend interface: an engine over a backend the caller opened (the
+ *    CPU one, wrapped and counted) decodes exactly the same, closes every
+ *    cache it opened; the CUDA backend fails cleanly without a GPU.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -33,6 +36,7 @@
 #include "decode/spec.h"
 #include "engine/engine.h"
 #include "format/gguf.h"
+#include "model/backend.h"
 #include "model/model.h"
 #include "testutil_model.h"
 
@@ -615,6 +619,99 @@ static void test_remote_source(void **state)
     tiny_close(&t);
 }
 
+/* ---- the backend interface ---- */
+
+/* The CPU backend behind a wrapper that counts what the engine asks of it. */
+typedef struct {
+    model_backend b;
+    cpu_backend cpu;
+    int64_t opens, closes, forwards;
+} counting_backend;
+
+static int cnt_kv_open(model_backend *b, kv_cache *kv, int32_t cap, int scratch, char *err, size_t errlen)
+{
+    counting_backend *c = (counting_backend *)b;
+    int r = c->cpu.b.kv_open(&c->cpu.b, kv, cap, scratch, err, errlen);
+    c->opens += r == 0;
+    return r;
+}
+
+static void cnt_kv_close(model_backend *b, kv_cache *kv)
+{
+    counting_backend *c = (counting_backend *)b;
+    c->closes += kv->cap > 0;
+    c->cpu.b.kv_close(&c->cpu.b, kv);
+}
+
+static int32_t cnt_kv_max(const model_backend *b)
+{
+    const counting_backend *c = (const counting_backend *)b;
+    return c->cpu.b.kv_max(&c->cpu.b);
+}
+
+static void cnt_kv_usage(const model_backend *b, int32_t *used, int32_t *total)
+{
+    const counting_backend *c = (const counting_backend *)b;
+    c->cpu.b.kv_usage(&c->cpu.b, used, total);
+}
+
+static int cnt_forward(model_backend *b, fwd_seq *seqs, int n, const layer_mask *mask, const qmat *head,
+                       float *logits, char *err, size_t errlen)
+{
+    counting_backend *c = (counting_backend *)b;
+    c->forwards++;
+    return c->cpu.b.forward(&c->cpu.b, seqs, n, mask, head, logits, err, errlen);
+}
+
+/* An engine over a backend the caller opened decodes exactly as over its
+ * own (every output equal to decoding alone), opens and closes every cache
+ * it takes, and runs every pass through the backend; the CUDA backend
+ * fails cleanly where there is no GPU. */
+static void test_backend_interface(void **state)
+{
+    (void)state;
+    tiny t;
+    tiny_open(&t);
+    req *r = calloc(N_REQ, sizeof *r);
+    make_requests(r, N_REQ, 1);
+    skip_set ss;
+    half_skip(&ss, t.m.config.n_layers);
+    reference(&t, r, N_REQ, &ss);
+    engine_mode modes[] = {ENGINE_SPEC, ENGINE_AUTO};
+    for (int mi = 0; mi < 2; mi++) {
+        if (modes[mi] == ENGINE_AUTO)
+            reference(&t, r, N_REQ, NULL);   /* auto: the greedy ones speculate, outputs are plain's */
+        engine_params p;
+        base_params(&p, 3, modes[mi], &ss);
+        kv_pool pool;
+        char err[256];
+        assert_int_equal(kv_pool_init(&pool, &t.m.config, p.kv_mem, err, sizeof err), 0);
+        fwd_state fs;
+        fwd_state_init(&fs, &t.m.config, engine_pass_tokens(&p), p.ctx + SPEC_MAX_DRAFT + 2);
+        counting_backend cb = {.b = {.name = "counting", .pruned_head = 1, .kv_open = cnt_kv_open,
+                                     .kv_close = cnt_kv_close, .kv_max = cnt_kv_max, .kv_usage = cnt_kv_usage,
+                                     .forward = cnt_forward}};
+        backend_cpu_init(&cb.cpu, &t.m, &fs, &pool);
+        p.backend = &cb.b;
+        run_engine(&t, r, N_REQ, &p, modes[mi] == ENGINE_SPEC ? "backend, self-spec" : "backend, auto");
+        assert_true(cb.forwards > 0);
+        assert_true(cb.opens >= N_REQ);
+        assert_int_equal(cb.opens, cb.closes);
+        assert_int_equal(pool.n_free, pool.n_blocks);
+        fwd_state_free(&fs);
+        kv_pool_free(&pool);
+    }
+    char err[256] = "";
+    model_backend *g = backend_cuda_open(&t.m, 0, 64, 256, (size_t)1 << 20, err, sizeof err);
+    if (g)
+        backend_cuda_close(g);   /* a machine with a GPU */
+    else
+        assert_true(err[0] != 0);
+    skipset_free(&ss);
+    free(r);
+    tiny_close(&t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -625,6 +722,7 @@ int main(void)
         cmocka_unit_test(test_admission),
         cmocka_unit_test(test_policy),
         cmocka_unit_test(test_remote_source),
+        cmocka_unit_test(test_backend_interface),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -38,6 +38,9 @@
 #include "decode/skipset.h"
 #include "decode/ngram.h"
 #include "engine/engine.h"
+#include "gen_cuda.h"
+#include "model/backend.h"
+#include "model/cuda_backend.h"
 #include "model/model.h"
 #include "serve/job.h"
 #include "text/tokenizer.h"
@@ -52,6 +55,7 @@ typedef struct {
     int32_t draft_head;
     int threads;
     int quiet;
+    int device;                /* --device: -1 the CPU, else the CUDA device */
 } batch_opts;
 
 /* The job: everything the per-request callbacks need. */
@@ -108,13 +112,14 @@ static void usage_batch(FILE *f)
 "      --token-cost C     --mode self-spec --draft auto: nominal cost of one more verified\n"
 "                         token, a share of a step (0.2; auto measures its own)\n"
 "      --draft-max K      most tokens per draft (default 12)\n"
+"      --device DEV       cpu (default) or cuda[:N]: the same engine on a GPU\n"
 "  -t, --threads N        worker threads (default: all cores)\n"
 "  -q, --quiet            no progress on stderr\n"
 "  -h, --help             this help\n");
 }
 
 enum { OPT_MAX_SEQS = 400, OPT_MAX_BATCH_TOKENS, OPT_KV_MEM, OPT_MODE, OPT_SKIP, OPT_DRAFT_HEAD, OPT_DRAFT_MAX,
-       OPT_DRAFT, OPT_NGRAM_MIN, OPT_NGRAM_MAX, OPT_TOKEN_COST };
+       OPT_DRAFT, OPT_NGRAM_MIN, OPT_NGRAM_MAX, OPT_TOKEN_COST, OPT_DEVICE };
 
 static int parse_batch(int argc, char **argv, batch_opts *o)
 {
@@ -128,7 +133,7 @@ static int parse_batch(int argc, char **argv, batch_opts *o)
         {"threads", required_argument, 0, 't'}, {"quiet", no_argument, 0, 'q'}, {"help", no_argument, 0, 'h'},
         {"draft", required_argument, 0, OPT_DRAFT}, {"ngram-min", required_argument, 0, OPT_NGRAM_MIN},
         {"ngram-max", required_argument, 0, OPT_NGRAM_MAX},
-        {"token-cost", required_argument, 0, OPT_TOKEN_COST},
+        {"token-cost", required_argument, 0, OPT_TOKEN_COST}, {"device", required_argument, 0, OPT_DEVICE},
         {0, 0, 0, 0}};
     long v;
     int c;
@@ -138,6 +143,7 @@ static int parse_batch(int argc, char **argv, batch_opts *o)
     o->ep.kv_mem = (size_t)512 << 20;
     o->ep.ctx = 0;   /* the model's, capped, once it is loaded */
     o->draft_head = -1;
+    o->device = -1;
     o->ep.sp.draft = SPEC_DRAFT_AUTO;
     optind = 1;
     while ((c = getopt_long(argc, argv, "i:o:m:c:t:qh", lo, NULL)) != -1) {
@@ -196,6 +202,12 @@ static int parse_batch(int argc, char **argv, batch_opts *o)
             o->threads = (int)v;
             break;
         case 'q': o->quiet = 1; break;
+        case OPT_DEVICE:
+            if (cuda_parse_device(optarg, &o->device)) {
+                fprintf(stderr, "selfspec: --device must be cpu, cuda or cuda:N, got '%s'\n", optarg);
+                return -1;
+            }
+            break;
         case 'h': usage_batch(stdout); exit(0);
         default: usage_batch(stderr); return -1;
         }
@@ -526,6 +538,10 @@ static int run_batch(batch_opts *o)
         have_ss = 0;
     }
     o->ep.ss = have_ss ? &ss : NULL;
+    if (o->device >= 0 && !gen_cuda_backend(&m, o->device, &o->ep, err, sizeof err)) {
+        fprintf(stderr, "selfspec: %s\n", err);
+        goto out;
+    }
     if (engine_init(&e, &m, &o->ep, err, sizeof err) != 0) {
         fprintf(stderr, "selfspec: %s\n", err);
         goto out;
@@ -599,6 +615,7 @@ static int run_batch(batch_opts *o)
     rc = j.write_failed ? 1 : 0;
 out:
     engine_free(e);   /* (on error: requests still in flight are not written) */
+    backend_cuda_close(o->ep.backend);
     if (have_ss)
         skipset_free(&ss);
     batch_idset_free(j.done);

@@ -113,8 +113,8 @@ static void usage_generate(FILE *f)
 "                         plain when none pays), layers (the layer-skipping draft),\n"
 "                         context (what followed the last tokens where they occurred\n"
 "                         earlier in the prompt or output), chain (context tokens,\n"
-"                         then layer-skip drafting on from them); the pipeline and\n"
-"                         --device cuda use layers\n"
+"                         then layer-skip drafting on from them); the pipeline uses\n"
+"                         layers\n"
 "      --ngram-max N      context drafts: longest suffix matched, tried first (3)\n"
 "      --ngram-min N      ... shortest (1)\n"
 "      --token-cost C     --draft auto: what one more verified token costs, as a share\n"
@@ -124,7 +124,7 @@ static void usage_generate(FILE *f)
 "                         probability (default 0.6; adapted while decoding)\n"
 "      --ar-target A      acceptance-rate target of the adaptive exit (0.9)\n"
 "      --gamma-step S     adaptive exit step (0.01)\n"
-"      --device DEV       cpu (default) or cuda[:N]: greedy decoding on a GPU\n"
+"      --device DEV       cpu (default) or cuda[:N]: the same engine on a GPU\n"
 "  -t, --threads N        worker threads (default: all cores)\n"
 "  -c, --ctx N            context length in tokens (default min(model's, 4096))\n"
 "  -h, --help             this help\n"
@@ -402,6 +402,11 @@ static int run_generate(gen_opts *o)
     if (o->threads)
         omp_set_num_threads(o->threads);
     openblas_set_num_threads(1);   /* we parallelize around BLAS ourselves */
+    if (o->device >= 0 && !strcmp(o->mode, "pipeline")) {
+        fprintf(stderr, "selfspec: --mode pipeline runs on the CPU only for now (its CUDA IPC form is not built); "
+                "use --mode self-spec with --device cuda\n");
+        return 1;
+    }
     if (o->device >= 0 && gen_cuda_check_device(o->device, err, sizeof err) != 0) {
         fprintf(stderr, "selfspec: %s\n", err);
         return 1;
@@ -409,7 +414,7 @@ static int run_generate(gen_opts *o)
     if (!o->model_path)
         o->model_path = cli_default_model(mbuf, sizeof mbuf);
     char shm_name[64] = "";
-    int pipeline = !strcmp(o->mode, "pipeline") && o->device < 0;
+    int pipeline = !strcmp(o->mode, "pipeline");
     if (pipeline)
         pipeline_prepare(shm_name, sizeof shm_name);
     if (model_load(&m, o->model_path, pipeline ? shm_name : NULL, err, sizeof err) != 0) {
@@ -450,9 +455,8 @@ static int run_generate(gen_opts *o)
     pipe_stats pst;
     int use_spec = !strcmp(o->mode, "self-spec") || !strcmp(o->mode, "pipeline");
     int have_ss = 0;
-    /* context drafts run in the one-process engine; the pipeline and the
-     * CUDA backend draft with the layer-skipping draft only */
-    if (pipeline || o->device >= 0)
+    /* the pipeline's drafter drafts with the layer-skipping draft only */
+    if (pipeline)
         o->sp.draft = SPEC_DRAFT_LAYERS;
     int ctx_ok = o->sp.draft != SPEC_DRAFT_LAYERS;
     if (use_spec) {
@@ -491,7 +495,7 @@ static int run_generate(gen_opts *o)
         ? gen_pipeline(&m, ctx, &o->sp, &o->pl, ids, (int32_t)n_ids, &o->gp, emit_token, &out, &st, &sps,
                        &pst, err, sizeof err)
         : o->device >= 0
-        ? gen_cuda(&m, o->device, ctx, have_ss ? &ss : NULL, o->sp.max_draft, ids, (int32_t)n_ids, &o->gp,
+        ? gen_cuda(&m, o->device, ctx, have_ss ? &ss : NULL, &o->sp, ids, (int32_t)n_ids, &o->gp,
                    emit_token, &out, &st, use_spec ? &sps : NULL, err, sizeof err)
         : engine_generate(&m, ctx, have_ss ? &ss : NULL, &o->sp, ids, (int32_t)n_ids, &o->gp, emit_token, &out,
                           &st, use_spec ? &sps : NULL, err, sizeof err);

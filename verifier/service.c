@@ -13,6 +13,9 @@
 #include <omp.h>
 
 #include "cli.h"
+#include "gen_cuda.h"
+#include "model/backend.h"
+#include "model/cuda_backend.h"
 
 void svc_opts_default(svc_opts *o)
 {
@@ -22,6 +25,7 @@ void svc_opts_default(svc_opts *o)
     o->ep.kv_mem = (size_t)512 << 20;
     o->ep.ctx = 0;
     o->draft_head = -1;
+    o->device = -1;
 }
 
 int svc_parse_opt(svc_opts *o, int c, const char *optarg)
@@ -30,6 +34,12 @@ int svc_parse_opt(svc_opts *o, int c, const char *optarg)
     switch (c) {
     case 'm': o->model_path = optarg; return 1;
     case 'q': o->quiet = 1; return 1;
+    case SVC_OPT_DEVICE:
+        if (cuda_parse_device(optarg, &o->device)) {
+            fprintf(stderr, "selfspec: --device must be cpu, cuda or cuda:N, got '%s'\n", optarg);
+            return -1;
+        }
+        return 1;
     case SVC_OPT_SKIP: o->skip = optarg; return 1;
     case SVC_OPT_MAX_SEQS:
         if (cli_parse_int(optarg, "--max-seqs", 1, 1024, &v)) return -1;
@@ -109,6 +119,10 @@ int svc_engine_init(svc_engine *s, svc_opts *o)
         s->have_ss = 0;
     }
     o->ep.ss = s->have_ss ? &s->ss : NULL;
+    if (o->device >= 0 && !(s->be = gen_cuda_backend(&s->m, o->device, &o->ep, err, sizeof err))) {
+        fprintf(stderr, "selfspec: %s\n", err);
+        return -1;
+    }
     if (engine_init(&s->e, &s->m, &o->ep, err, sizeof err) != 0) {
         fprintf(stderr, "selfspec: %s\n", err);
         return -1;
@@ -119,6 +133,7 @@ int svc_engine_init(svc_engine *s, svc_opts *o)
 void svc_engine_free(svc_engine *s)
 {
     engine_free(s->e);
+    backend_cuda_close(s->be);
     if (s->have_ss)
         skipset_free(&s->ss);
     tokenizer_free(s->tok);

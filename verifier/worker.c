@@ -354,8 +354,11 @@ static pid_t spawn_child(worker_child *c, int index, long metrics_port, int argc
         av[k++] = "--metrics-port";
         av[k++] = mport;
     }
-    if (c->cuda[0])
+    if (c->cuda[0]) {   /* its one visible GPU is device 0 */
         setenv("CUDA_VISIBLE_DEVICES", c->cuda, 1);
+        av[k++] = "--device";
+        av[k++] = "cuda:0";
+    }
     av[k] = NULL;
     execv("/proc/self/exe", av);
     fprintf(stderr, "selfspec: cannot exec the worker: %s\n", strerror(errno));

@@ -11,6 +11,7 @@
 
 #include "decode/ngram.h"
 #include "decode/sampler.h"
+#include "model/backend.h"
 #include "util/util.h"
 
 enum { SEQ_FREE, SEQ_PREFILL, SEQ_DECODE };
@@ -73,8 +74,10 @@ typedef struct {
 struct engine {
     const model *m;
     engine_params p;
-    kv_pool pool;
+    kv_pool pool;              /* the CPU backend's (no engine_params.backend) */
     fwd_state fs;
+    cpu_backend cpu;
+    model_backend *be;         /* the device: engine_params.backend, else &cpu.b */
     eseq *seqs;                /* (max_seqs) */
     int32_t n_live;
     ewait *wait;               /* FIFO ring of cap_wait */
@@ -263,8 +266,9 @@ static int calibrate(engine *e, char *err, size_t errlen)
     const model_config *c = &e->m->config;
     int32_t top = e->p.max_batch_tokens < 64 ? e->p.max_batch_tokens : 64;
     kv_cache kv;
-    if (kv_init_paged(&kv, &e->pool, top) != 0)
-        return 0;   /* no room: the online estimates will do */
+    int o = e->be->kv_open(e->be, &kv, top, 0, err, errlen);
+    if (o != 0)
+        return o < 0 ? -1 : 0;   /* no room: the online estimates will do */
     int32_t *toks = callocCheck((size_t)top, sizeof(int32_t));
     for (int32_t i = 0; i < top; i++)
         toks[i] = (int32_t)((i * 7919u) % (uint32_t)c->vocab_size);
@@ -273,7 +277,7 @@ static int calibrate(engine *e, char *err, size_t errlen)
         for (int rep = 0; rep < 3 && rc == 0; rep++) {
             fwd_seq sq = {.tokens = toks, .n_tokens = T, .pos = 0, .kv = &kv, .logits_from = T - 1};
             double t0 = util_now();
-            rc = model_forward(e->m, &e->fs, &sq, 1, NULL, NULL, e->logits, err, errlen);
+            rc = e->be->forward(e->be, &sq, 1, NULL, NULL, e->logits, err, errlen);
             if (rep > 0)   /* the first pass warms caches */
                 cost_add(e->full.s, e->full.n, T, util_now() - t0);
         }
@@ -285,21 +289,33 @@ static int calibrate(engine *e, char *err, size_t errlen)
                                         .logits_from = 0};
             for (int rep = 0; rep < 3 && rc == 0; rep++) {
                 double t0 = util_now();
-                rc = model_forward(e->m, &e->fs, e->batch, T, &e->mask, e->head.rows ? &e->head : NULL,
-                                   e->dlogits, err, errlen);
+                rc = e->be->forward(e->be, e->batch, T, &e->mask, e->head.rows ? &e->head : NULL, e->dlogits,
+                                    err, errlen);
                 if (rep > 0)
                     cost_add(e->draft.s, e->draft.n, T, util_now() - t0);
             }
         }
     }
     free(toks);
-    kv_free(&kv);
+    e->be->kv_close(e->be, &kv);
     e->full.shape_only = rc == 0 && e->full.n[1];
     e->draft.shape_only = rc == 0 && e->draft.n[1];
     return rc;
 }
 
 /* ---- set-up ---- */
+
+int32_t engine_pass_tokens(const engine_params *p)
+{
+    /* a pass holds every live sequence's block and a verification needs
+     * k + 1 rows, so never fewer than max_seqs or max_draft + 1 tokens */
+    int32_t need = p->max_seqs > p->sp.max_draft + 1 ? p->max_seqs : p->sp.max_draft + 1;
+    /* forced speculation: every sequence's full block in one pass, so that a
+     * sequence's draft length never depends on what else is in the batch */
+    if ((p->mode == ENGINE_SPEC && (p->ss || p->sp.draft != SPEC_DRAFT_LAYERS)) || p->remote)
+        need = p->max_seqs * (p->sp.max_draft + 1);
+    return p->max_batch_tokens > need ? p->max_batch_tokens : need;
+}
 
 int engine_init(engine **out, const model *m, const engine_params *p, char *err, size_t errlen)
 {
@@ -320,20 +336,13 @@ int engine_init(engine **out, const model *m, const engine_params *p, char *err,
     e->p = *p;
     if (p->remote)   /* the remote source drafts by skipping layers; nothing is drafted here */
         e->p.sp.draft = SPEC_DRAFT_LAYERS;
-    if (!p->slot_kv && kv_pool_init(&e->pool, &m->config, p->kv_mem, err, errlen) != 0) {
+    if (!p->slot_kv && !p->backend && kv_pool_init(&e->pool, &m->config, p->kv_mem, err, errlen) != 0) {
         free(e);
         return -1;
     }
-    /* a pass holds every live sequence's block and a verification needs
-     * k + 1 rows, so never fewer than max_seqs or max_draft + 1 tokens */
-    int32_t need = p->max_seqs > p->sp.max_draft + 1 ? p->max_seqs : p->sp.max_draft + 1;
-    /* forced speculation: every sequence's full block in one pass, so that a
-     * sequence's draft length never depends on what else is in the batch */
-    if ((p->mode == ENGINE_SPEC && (p->ss || p->sp.draft != SPEC_DRAFT_LAYERS)) || p->remote)
-        need = p->max_seqs * (p->sp.max_draft + 1);
-    if (e->p.max_batch_tokens < need)
-        e->p.max_batch_tokens = need;
+    e->p.max_batch_tokens = engine_pass_tokens(p);
     fwd_state_init(&e->fs, &m->config, e->p.max_batch_tokens, p->ctx + SPEC_MAX_DRAFT + 2);
+    e->be = p->backend ? p->backend : backend_cpu_init(&e->cpu, m, &e->fs, &e->pool);
     e->seqs = callocCheck((size_t)p->max_seqs, sizeof(eseq));
     e->batch = callocCheck((size_t)p->max_seqs, sizeof(fwd_seq));
     e->bseq = callocCheck((size_t)p->max_seqs, sizeof(int32_t));
@@ -345,7 +354,7 @@ int engine_init(engine **out, const model *m, const engine_params *p, char *err,
     e->dwidth = m->config.vocab_size;
     if (e->can_layers) {
         skipset_mask(p->ss, &e->mask);
-        if (p->ss->n_head_tokens > 0) {
+        if (p->ss->n_head_tokens > 0 && e->be->pruned_head) {
             if (qmat_gather(&m->w.output, p->ss->head_tokens, p->ss->n_head_tokens, &e->head) != 0) {
                 engine_free(e);
                 return util_err(err, errlen, "cannot build a draft head of %d tokens", p->ss->n_head_tokens);
@@ -363,14 +372,13 @@ int engine_init(engine **out, const model *m, const engine_params *p, char *err,
     return 0;
 }
 
-static void seq_release(eseq *s)
+static void seq_release(engine *e, eseq *s)
 {
     free(s->prompt);
     sampler_free(&s->smp);
     if (!s->borrowed_kv)
-        kv_free(&s->kv);
-    if (s->scratch.cap)
-        kv_free(&s->scratch);
+        e->be->kv_close(e->be, &s->kv);
+    e->be->kv_close(e->be, &s->scratch);
     free(s->q);
     if (s->has_ng)
         ngram_free(&s->ng);
@@ -383,7 +391,7 @@ void engine_free(engine *e)
         return;
     for (int32_t i = 0; i < e->p.max_seqs && e->seqs; i++)
         if (e->seqs[i].state != SEQ_FREE)
-            seq_release(&e->seqs[i]);
+            seq_release(e, &e->seqs[i]);
     for (int32_t i = 0; i < e->n_wait; i++)
         free(e->wait[(e->head_wait + i) % e->cap_wait].prompt);
     free(e->wait);
@@ -421,10 +429,10 @@ int engine_submit(engine *e, const int32_t *prompt, int32_t n_prompt, const gen_
     if (e->p.slot_kv && seq_cap(n_prompt, gp->max_tokens) > e->p.slot_kv[0].cap)
         return util_err(err, errlen, "prompt (%d tokens) + max_tokens (%d) need more positions than a sequence's "
                         "KV cache holds (%d)", n_prompt, gp->max_tokens, e->p.slot_kv[0].cap - 1);
-    if (!e->p.slot_kv && kv_blocks_for(seq_cap(n_prompt, gp->max_tokens)) > e->pool.n_blocks)
+    if (!e->p.slot_kv && seq_cap(n_prompt, gp->max_tokens) > e->be->kv_max(e->be))
         return util_err(err, errlen, "prompt (%d tokens) + max_tokens (%d) need more KV memory than the whole "
                         "pool holds (%d positions); raise --kv-mem", n_prompt, gp->max_tokens,
-                        e->pool.n_blocks * KV_BLOCK);
+                        e->be->kv_max(e->be));
     for (int32_t i = 0; i < n_prompt; i++)
         if (prompt[i] < 0 || prompt[i] >= e->m->config.vocab_size)
             return util_err(err, errlen, "token id %d out of range", prompt[i]);
@@ -457,8 +465,7 @@ const engine_totals *engine_get_totals(const engine *e) { return &e->tot; }
 
 void engine_kv_usage(const engine *e, int32_t *used, int32_t *total)
 {
-    *used = e->pool.n_blocks - e->pool.n_free;
-    *total = e->pool.n_blocks;
+    e->be->kv_usage(e->be, used, total);
 }
 
 /* ---- one step ---- */
@@ -477,18 +484,22 @@ static int admit(engine *e, char *err, size_t errlen)
             s->kv = e->p.slot_kv[slot];
             s->kv.len = 0;
             s->borrowed_kv = 1;
-        } else if (kv_init_paged(&s->kv, &e->pool, seq_cap(w->n_prompt, w->gp.max_tokens)) != 0) {
-            break;   /* wait for a running sequence to return its blocks */
+        } else {
+            int o = e->be->kv_open(e->be, &s->kv, seq_cap(w->n_prompt, w->gp.max_tokens), 0, err, errlen);
+            if (o < 0)
+                return -1;
+            if (o > 0)
+                break;   /* wait for a running sequence to return its KV */
         }
         if (sampler_init(&s->smp, &w->gp.sampling, e->m->config.vocab_size, err, errlen) != 0) {
-            seq_release(s);
+            seq_release(e, s);
             return -1;
         }
         int greedy = w->gp.sampling.temperature == 0.0f;
         s->spec_mode = !e->can_draft ? 0 : e->p.remote ? 2 * greedy : e->p.mode == ENGINE_SPEC ? 2 : greedy ? 1 : 0;
         if (s->spec_mode && e->can_layers) {
-            if (kv_init(&s->scratch, &e->m->config, e->p.sp.max_draft + 1, err, errlen) != 0) {
-                seq_release(s);
+            if (e->be->kv_open(e->be, &s->scratch, e->p.sp.max_draft + 1, 1, err, errlen) != 0) {
+                seq_release(e, s);
                 return -1;
             }
             if (!greedy)
@@ -685,8 +696,8 @@ static int draft(engine *e, char *err, size_t errlen)
         if (n == 0)
             return 0;
         double t0 = util_now();
-        if (model_forward(e->m, &e->fs, e->batch, n, &e->mask, e->head.rows ? &e->head : NULL, e->dlogits,
-                          err, errlen) != 0)
+        if (e->be->forward(e->be, e->batch, n, &e->mask, e->head.rows ? &e->head : NULL, e->dlogits, err,
+                           errlen) != 0)
             return -1;
         double dt = util_now() - t0;
         if (!multi)   /* the table is of one-token passes */
@@ -763,7 +774,7 @@ static void finish(engine *e, eseq *s)
     e->tot.generation_tokens += s->res.generated_tokens;
     if (s->cb.on_done)
         s->cb.on_done(s->cb.user, &s->res);
-    seq_release(s);
+    seq_release(e, s);
     e->n_live--;
 }
 
@@ -848,7 +859,7 @@ int engine_step(engine *e, char *err, size_t errlen)
         off += e->batch[j].n_tokens;
     }
     double t0 = util_now();
-    int rc = model_forward(e->m, &e->fs, e->batch, n, NULL, NULL, e->logits, err, errlen);
+    int rc = e->be->forward(e->be, e->batch, n, NULL, NULL, e->logits, err, errlen);
     double dt = util_now() - t0;
     free(blocks);
     if (rc != 0)

@@ -65,6 +65,7 @@
 #include "decode/generate.h"
 #include "decode/skipset.h"
 #include "decode/spec.h"
+#include "model/backend.h"
 #include "model/model.h"
 
 typedef enum { ENGINE_AUTO, ENGINE_PLAIN, ENGINE_SPEC } engine_mode;
@@ -91,11 +92,21 @@ typedef struct {
      * (the drafter maps them). kv_mem is then unused. */
     const spec_remote *remote;
     kv_cache *slot_kv;
+    /* The device (model/backend.h): NULL for the CPU, over a paged pool of
+     * kv_mem bytes that the engine owns; else a backend the caller opened
+     * (e.g. backend_cuda_open, with its own KV budget) that outlives the
+     * engine. The loop above it is the same. */
+    model_backend *backend;
 } engine_params;
 
 /* Defaults: 16 sequences, 256 tokens a pass, 256 MiB of KV, context 4096,
  * ENGINE_AUTO with no skip set. */
 void engine_params_default(engine_params *p);
+
+/* Tokens one forward pass of an engine with parameters p may hold:
+ * max_batch_tokens, raised so that every sequence's block fits (a device
+ * backend's buffers are sized by it). */
+int32_t engine_pass_tokens(const engine_params *p);
 
 /* What a finished request reports. */
 typedef enum { ENGINE_FINISH_LENGTH, ENGINE_FINISH_STOP } engine_finish;

@@ -130,6 +130,7 @@ typedef struct {
     int32_t cap;              /* positions it can hold */
     int32_t len;              /* verified length */
     int32_t n_layers, kv_dim, head_dim;   /* a cache built by hand sets all three */
+    void *dev;                /* a device backend's own cache (model/backend.h), else NULL */
 } kv_cache;
 
 /* One sequence's part of a batch. */

@@ -1,0 +1,51 @@
+/*
+ * backend.c - the CPU backend (see backend.h): model_forward over a paged
+ * KV pool.
+ */
+#include "model/backend.h"
+
+#include <string.h>
+
+static int cpu_kv_open(model_backend *b, kv_cache *kv, int32_t cap, int scratch, char *err, size_t errlen)
+{
+    cpu_backend *cb = (cpu_backend *)b;
+    memset(kv, 0, sizeof *kv);
+    if (scratch)
+        return kv_init(kv, &cb->m->config, cap, err, errlen) == 0 ? 0 : -1;
+    return kv_init_paged(kv, cb->pool, cap) == 0 ? 0 : 1;
+}
+
+static void cpu_kv_close(model_backend *b, kv_cache *kv)
+{
+    (void)b;
+    if (kv->cap)
+        kv_free(kv);
+    memset(kv, 0, sizeof *kv);
+}
+
+static int32_t cpu_kv_max(const model_backend *b)
+{
+    return ((const cpu_backend *)b)->pool->n_blocks * KV_BLOCK;
+}
+
+static void cpu_kv_usage(const model_backend *b, int32_t *used, int32_t *total)
+{
+    const kv_pool *p = ((const cpu_backend *)b)->pool;
+    *used = p->n_blocks - p->n_free;
+    *total = p->n_blocks;
+}
+
+static int cpu_forward(model_backend *b, fwd_seq *seqs, int n_seqs, const layer_mask *mask, const qmat *head,
+                       float *logits, char *err, size_t errlen)
+{
+    cpu_backend *cb = (cpu_backend *)b;
+    return model_forward(cb->m, cb->fs, seqs, n_seqs, mask, head, logits, err, errlen);
+}
+
+model_backend *backend_cpu_init(cpu_backend *cb, const model *m, fwd_state *fs, kv_pool *p)
+{
+    *cb = (cpu_backend){.b = {.name = "cpu", .pruned_head = 1, .kv_open = cpu_kv_open, .kv_close = cpu_kv_close,
+                              .kv_max = cpu_kv_max, .kv_usage = cpu_kv_usage, .forward = cpu_forward},
+                        .m = m, .fs = fs, .pool = p};
+    return &cb->b;
+}

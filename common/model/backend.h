@@ -1,0 +1,72 @@
+/*
+ * backend.h - the device under the engine's loop: KV caches for its
+ * sequences, and one forward pass over a batch of sequence blocks with a
+ * sublayer mask and an optional pruned head (model_forward's contract).
+ * The decoding policy -- drafting, the adaptive exit, acceptance,
+ * batch-aware speculation, statistics -- exists once, above every backend
+ * (engine/engine.h); a backend only computes.
+ *
+ * Two implementations:
+ *   CPU  (backend_cpu_init): model_forward over a paged KV pool (kv_pool,
+ *        model.h); draft scratch caches are small contiguous ones.
+ *   CUDA (backend_cuda_open, backend_cuda.c): cuda_forward over device
+ *        caches (cuda_backend.h), one per sequence, admitted against a byte
+ *        budget; the kv_cache the engine holds keeps the bookkeeping (cap,
+ *        len) and points to the device cache through kv_cache.dev. No
+ *        pruned head on the device (drafts use the full head). Without nvcc
+ *        it fails to open, with "built without CUDA".
+ *
+ * A backend is driven by one thread at a time. No global state.
+ */
+#ifndef SELFSPEC_BACKEND_H
+#define SELFSPEC_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "model/model.h"
+
+typedef struct model_backend model_backend;
+
+struct model_backend {
+    const char *name;          /* "cpu", "cuda:N" */
+    int pruned_head;           /* forward takes a pruned head (else only NULL) */
+    /* A cache of cap positions into kv (zeroed first: cap set, len 0).
+     * scratch: a draft scratch cache, outside the KV memory budget.
+     * Returns 0; 1 when the KV memory has no room now (nothing taken); -1
+     * with err on failure. */
+    int (*kv_open)(model_backend *b, kv_cache *kv, int32_t cap, int scratch, char *err, size_t errlen);
+    /* Give back a cache from kv_open (a zeroed kv: nothing to do). */
+    void (*kv_close)(model_backend *b, kv_cache *kv);
+    /* The largest cap a sequence's kv_open can ever get (the whole budget). */
+    int32_t (*kv_max)(const model_backend *b);
+    /* KV memory in use and in all, in blocks of KV_BLOCK positions. */
+    void (*kv_usage)(const model_backend *b, int32_t *used, int32_t *total);
+    /* model_forward (model.h) over caches from kv_open; logits on the host. */
+    int (*forward)(model_backend *b, fwd_seq *seqs, int n_seqs, const layer_mask *mask, const qmat *head,
+                   float *logits, char *err, size_t errlen);
+};
+
+/* The CPU backend. */
+typedef struct {
+    model_backend b;
+    const model *m;
+    fwd_state *fs;
+    kv_pool *pool;
+} cpu_backend;
+
+/* A CPU backend over model m, forward state fs and pool p (all three must
+ * outlive it); returns &cb->b. */
+model_backend *backend_cpu_init(cpu_backend *cb, const model *m, fwd_state *fs, kv_pool *p);
+
+/* The CUDA backend on device `device`: m's weights uploaded (cuda_model_load),
+ * activation buffers for passes of up to max_tokens tokens over positions
+ * < ctx, kv_mem bytes of KV for the sequences. Returns the backend, or NULL
+ * with err (no device, built without CUDA, out of memory). */
+model_backend *backend_cuda_open(const model *m, int device, int32_t max_tokens, int32_t ctx, size_t kv_mem,
+                                 char *err, size_t errlen);
+/* Free what backend_cuda_open made (NULL: nothing). Every cache must have
+ * been closed. */
+void backend_cuda_close(model_backend *b);
+
+#endif

@@ -1,0 +1,141 @@
+/*
+ * backend_cuda.c - the CUDA backend under the engine's loop (see
+ * backend.h): device caches, one per sequence, against a byte budget, and
+ * cuda_forward over them. Built on every machine: without nvcc the
+ * cuda_backend.h functions are cuda_stub.c's, and backend_cuda_open fails
+ * with their message. Never run here (no GPU); scripts/gpu_check.sh runs it.
+ */
+#include "model/backend.h"
+
+#include <assert.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model/cuda_backend.h"
+#include "util/util.h"
+
+typedef struct {
+    model_backend b;
+    char name[32];
+    const model *m;
+    cuda_model *cm;
+    cuda_state *st;
+    size_t pos_bytes;          /* K and V of one position, every layer */
+    size_t budget, used;       /* sequences' KV bytes: the budget and in use */
+    cuda_seq *seqs;            /* (cap_seqs) a batch's blocks for cuda_forward */
+    int cap_seqs;
+} cuda_engine_backend;
+
+/* What kv_cache.dev points to. */
+typedef struct {
+    cuda_kv *kv;
+    size_t bytes;              /* counted against the budget (0: a scratch cache) */
+} dev_cache;
+
+static int cuda_b_kv_open(model_backend *b, kv_cache *kv, int32_t cap, int scratch, char *err, size_t errlen)
+{
+    cuda_engine_backend *cb = (cuda_engine_backend *)b;
+    memset(kv, 0, sizeof *kv);
+    size_t bytes = scratch ? 0 : (size_t)cap * cb->pos_bytes;
+    if (cb->used + bytes > cb->budget)
+        return 1;
+    cuda_kv *d = cuda_kv_init(cb->cm, cap, err, errlen);
+    if (!d)
+        return -1;
+    dev_cache *dc = mallocCheck(sizeof *dc);
+    *dc = (dev_cache){d, bytes};
+    cb->used += bytes;
+    const model_config *c = &cb->m->config;
+    *kv = (kv_cache){.cap = cap, .n_layers = c->n_layers, .kv_dim = c->kv_dim, .head_dim = c->head_dim, .dev = dc};
+    return 0;
+}
+
+static void cuda_b_kv_close(model_backend *b, kv_cache *kv)
+{
+    cuda_engine_backend *cb = (cuda_engine_backend *)b;
+    dev_cache *dc = kv->dev;
+    if (dc) {
+        assert(cb->used >= dc->bytes);
+        cb->used -= dc->bytes;
+        cuda_kv_free(dc->kv);
+        free(dc);
+    }
+    memset(kv, 0, sizeof *kv);
+}
+
+static int32_t cuda_b_kv_max(const model_backend *b)
+{
+    const cuda_engine_backend *cb = (const cuda_engine_backend *)b;
+    size_t n = cb->budget / cb->pos_bytes;
+    return n > INT32_MAX ? INT32_MAX : (int32_t)n;
+}
+
+static void cuda_b_kv_usage(const model_backend *b, int32_t *used, int32_t *total)
+{
+    const cuda_engine_backend *cb = (const cuda_engine_backend *)b;
+    size_t blk = cb->pos_bytes * KV_BLOCK;
+    *used = (int32_t)((cb->used + blk - 1) / blk);
+    *total = (int32_t)(cb->budget / blk);
+}
+
+static int cuda_b_forward(model_backend *b, fwd_seq *seqs, int n_seqs, const layer_mask *mask, const qmat *head,
+                          float *logits, char *err, size_t errlen)
+{
+    cuda_engine_backend *cb = (cuda_engine_backend *)b;
+    if (head)
+        return util_err(err, errlen, "the CUDA backend has no pruned head");
+    if (n_seqs > cb->cap_seqs) {
+        free(cb->seqs);
+        cb->cap_seqs = n_seqs;
+        cb->seqs = mallocCheck((size_t)n_seqs * sizeof *cb->seqs);
+    }
+    for (int i = 0; i < n_seqs; i++) {
+        const fwd_seq *q = &seqs[i];
+        dev_cache *kv = q->kv ? q->kv->dev : NULL, *sc = q->scratch ? q->scratch->dev : NULL;
+        if (!kv || (q->scratch && !sc))
+            return util_err(err, errlen, "block %d: a cache that is not on the device", i);
+        /* the device cache's verified length follows the engine's */
+        cuda_kv_set_len(kv->kv, q->kv->len);
+        cb->seqs[i] = (cuda_seq){.tokens = q->tokens, .n_tokens = q->n_tokens, .pos = q->pos, .kv = kv->kv,
+                                 .scratch = sc ? sc->kv : NULL, .scratch_base = q->scratch_base,
+                                 .logits_from = q->logits_from};
+    }
+    return cuda_forward(cb->cm, cb->st, cb->seqs, n_seqs, mask, logits, NULL, err, errlen);
+}
+
+model_backend *backend_cuda_open(const model *m, int device, int32_t max_tokens, int32_t ctx, size_t kv_mem,
+                                 char *err, size_t errlen)
+{
+    cuda_model *cm = cuda_model_load(m, device, err, errlen);
+    if (!cm)
+        return NULL;
+    cuda_state *st = cuda_state_init(cm, max_tokens, ctx, err, errlen);
+    if (!st) {
+        cuda_model_free(cm);
+        return NULL;
+    }
+    cuda_engine_backend *cb = callocCheck(1, sizeof *cb);
+    snprintf(cb->name, sizeof cb->name, "cuda:%d", device);
+    cb->b = (model_backend){.name = cb->name, .pruned_head = 0, .kv_open = cuda_b_kv_open,
+                            .kv_close = cuda_b_kv_close, .kv_max = cuda_b_kv_max, .kv_usage = cuda_b_kv_usage,
+                            .forward = cuda_b_forward};
+    cb->m = m;
+    cb->cm = cm;
+    cb->st = st;
+    cb->pos_bytes = 2 * (size_t)m->config.n_layers * (size_t)m->config.kv_dim * sizeof(kv_elem);
+    cb->budget = kv_mem;
+    return &cb->b;
+}
+
+void backend_cuda_close(model_backend *b)
+{
+    if (!b)
+        return;
+    cuda_engine_backend *cb = (cuda_engine_backend *)b;
+    assert(cb->used == 0);
+    free(cb->seqs);
+    cuda_state_free(cb->st);
+    cuda_model_free(cb->cm);
+    free(cb);
+}
