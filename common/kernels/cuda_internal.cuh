@@ -21,6 +21,7 @@
 extern "C" {
 #include "util/util.h"
 }
+#include "kernels/cuda_order.h"
 
 #if SELFSPEC_CUDA_BF16
 typedef __nv_bfloat16 wt;
@@ -68,8 +69,8 @@ struct dev_seq {
 /* After a kernel launch: a bad configuration shows up here. */
 #define launchCheck() cudaCheck(cudaGetLastError())
 
-#define ATT_MAX_HD 256     /* head_dim limit of the attention kernel */
-#define ATT_WARPS 8
+/* ATT_MAX_HD, PROJ_T_MAX and the other constants of the fixed-order
+ * kernels: kernels/cuda_order.h. */
 
 /* ---- launchers (cuda_kernels.cu); all asynchronous on stream ---- */
 
@@ -87,10 +88,20 @@ void launch_rope_kv(cudaStream_t st, float *qkv, const float *bias, int neox, in
                     const int32_t *seq, const dev_seq *seqs, const float2 *rope, int layer, int n_heads,
                     int n_kv_heads, int head_dim, int dim, int kv_dim);
 /* Causal attention for T tokens x n_heads over positions 0..pos[t]; output
- * heads concatenated, (T, dim) as wt. */
+ * heads concatenated, (T, dim) as wt. Split over positions at multiples of
+ * span = att_span(ctx) (cuda_order.h), at most n_splits = att_splits(ctx,
+ * span) splits; part: (T, n_heads, n_splits) x (2 + head_dim) floats of
+ * scratch (m, l pairs first, then the accumulators; see
+ * cuda_state.att_part). Every token's result depends on its own position,
+ * query and cached rows only (cuda_order.h). */
 void launch_attention(cudaStream_t st, const float *qkv, wt *att, int T, const int32_t *pos,
                       const int32_t *seq, const dev_seq *seqs, int layer, int n_heads, int n_kv_heads,
-                      int head_dim, int dim, int kv_dim);
+                      int head_dim, int dim, int kv_dim, float *part, int span, int n_splits);
+/* Y (T, rows) fp32 = X (T, cols) . W^T (+ Y when accumulate), W (rows, cols)
+ * and X (T, cols) row-major wt, 16-byte aligned rows, cols % PROJ_VEC == 0,
+ * 1 <= T <= PROJ_T_MAX. Row t of Y is bit-identical for every T and every
+ * place of token t in the pass (cuda_order.h). */
+void launch_proj(cudaStream_t st, const wt *W, int rows, int cols, const wt *X, int T, float *Y, int accumulate);
 /* out (T, H) = silu(gate) * up from hb (T, 2H) = gate | up. */
 void launch_swiglu(cudaStream_t st, const float *hb, wt *out, int T, int H);
 /* out[r] = argmax of logits row r (n valid columns of ld), ties to the

@@ -135,92 +135,256 @@ void launch_rope_kv(cudaStream_t st, float *qkv, const float *bias, int neox, in
 }
 
 /*
- * Attention: one block per (token, query head), ATT_WARPS warps. Warp w
- * walks keys w, w + ATT_WARPS, ... up to the token's position with an
- * online softmax (running max m, running sum l, running weighted sum of
- * values acc; lane holds elements lane + 32 j of the head). The warps'
- * partial results are merged through shared memory:
- *   M = max_w m_w,  L = sum_w l_w e^(m_w - M),  out = sum_w acc_w e^(m_w - M) / L.
+ * Decode attention, fixed order (the decomposition and why it does not
+ * depend on T: cuda_order.h). Grid: x = (token, KV head, group of up to
+ * ATT_MAX_GROUP query heads), y = split of span positions; a block whose
+ * split starts after its token's position returns at once (the grid
+ * depends only on T and the state's ctx, so a captured graph stays valid
+ * as positions grow). ATT_THREADS threads:
+ *   load   every thread copies 16-byte pieces of the tile's key and value
+ *          rows (ATT_TILE positions of this KV head) into shared memory;
+ *          the next tile's pieces are loaded into registers before the
+ *          current tile is computed, so the loads overlap the arithmetic;
+ *   score  thread (g = warp, i = lane): s = (q_g . k_i) * scale (att_dot
+ *          order), -inf past the split's end;
+ *   update warp g: tile max, e_i = exp(s_i - m_new), their butterfly sum,
+ *          corr = exp(m - m_new), l = l * corr + sum; e_i to shared;
+ *   values thread j owns outputs (g, d) = idx / hd, idx % hd for
+ *          idx = j + ATT_THREADS * o: acc = acc * corr + sum_i e_i v_i[d]
+ *          in position order.
+ * Each split leaves (m, l) and acc in its slot; k_att_combine merges them.
  */
-#define ATT_J (ATT_MAX_HD / 32)
-
-__global__ void __launch_bounds__(ATT_WARPS * 32)
-k_attention(const float *qkv, wt *att, const int32_t *pos, const int32_t *seq, const dev_seq *seqs,
-            int layer, int n_heads, int group, int head_dim, int dim, int kv_dim, float scale)
+static __device__ __forceinline__ float warp_max(float v)
 {
-    __shared__ float sm_m[ATT_WARPS], sm_l[ATT_WARPS];
-    __shared__ float sm_acc[ATT_WARPS][ATT_MAX_HD];
-    int t = blockIdx.x / n_heads, h = blockIdx.x % n_heads;
-    int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int p = pos[t], kvh = h / group;
+    for (int o = 16; o > 0; o >>= 1)
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+__global__ void __launch_bounds__(ATT_THREADS, 2)
+k_attention(const float *qkv, const int32_t *pos, const int32_t *seq, const dev_seq *seqs, int layer,
+            int n_heads, int n_kv_heads, int group, int n_sub, int head_dim, int dim, int kv_dim, float scale,
+            int span, int n_splits, float2 *part_ml, float *part_acc)
+{
+    __shared__ __align__(16) kvt sk[ATT_TILE][ATT_MAX_HD + ATT_KPAD];
+    __shared__ __align__(16) kvt sv[ATT_TILE][ATT_MAX_HD];
+    __shared__ float sq_[ATT_MAX_GROUP][ATT_MAX_HD];
+    __shared__ float sp[ATT_MAX_GROUP][ATT_TILE];
+    __shared__ float scorr[ATT_MAX_GROUP];
+    int bx = blockIdx.x, split = blockIdx.y;
+    int t = bx / (n_kv_heads * n_sub), rem = bx % (n_kv_heads * n_sub);
+    int kvh = rem / n_sub, sub = rem % n_sub;
+    int h0 = kvh * group + sub * ATT_MAX_GROUP;                 /* first query head */
+    int G = group - sub * ATT_MAX_GROUP < ATT_MAX_GROUP ? group - sub * ATT_MAX_GROUP : ATT_MAX_GROUP;
+    int p = pos[t];
+    int beg = split * span;
+    if (beg > p)
+        return;
+    int end = beg + span - 1 < p ? beg + span - 1 : p;          /* last position of the split */
+    int ntiles = (end - beg) / ATT_TILE + 1;
+    int tid = threadIdx.x, w = tid >> 5, lane = tid & 31;
     const dev_seq sq = seqs[seq[t]];
-    const float *qp = qkv + (size_t)t * (dim + 2 * kv_dim) + (size_t)h * head_dim;
-    float q[ATT_J], acc[ATT_J];
+    const float *qrow = qkv + (size_t)t * (dim + 2 * kv_dim);
+    for (int idx = tid; idx < G * head_dim; idx += ATT_THREADS)
+        sq_[idx / head_dim][idx % head_dim] = qrow[(size_t)(h0 + idx / head_dim) * head_dim + idx % head_dim];
+    int vpr = head_dim / 8;                                     /* 16-byte pieces per row */
+    int npieces = 2 * ATT_TILE * vpr;                           /* keys, then values */
+    uint4 reg[ATT_PIECES];
+    /* pieces of tile tl into reg (positions past end: not loaded) */
+#define ATT_LOAD(tl)                                                                        \
+    do {                                                                                    \
+        _Pragma("unroll") for (int u = 0; u < ATT_PIECES; u++) {                            \
+            int pc = tid + u * ATT_THREADS;                                                 \
+            int isv, r_, c_;                                                                \
+            att_piece(pc, vpr, &isv, &r_, &c_);                                             \
+            int ps = beg + (tl) * ATT_TILE + r_;                                            \
+            if (pc < npieces && ps <= end) {                                                \
+                bool scr;                                                                   \
+                size_t off = kv_off(sq, layer, ps, kv_dim, &scr) + (size_t)kvh * head_dim;  \
+                const kvt *src = (isv ? (scr ? sq.sv : sq.v) : (scr ? sq.sk : sq.k)) + off; \
+                reg[u] = __ldg((const uint4 *)src + c_);                                    \
+            }                                                                               \
+        }                                                                                   \
+    } while (0)
+    ATT_LOAD(0);
+    float m = -INFINITY, l = 0.0f;                              /* warp g: its head's running max, sum */
+    float acc[ATT_OUTS];
 #pragma unroll
-    for (int j = 0; j < ATT_J; j++) {
-        int idx = lane + 32 * j;
-        q[j] = idx < head_dim ? qp[idx] : 0.0f;
-        acc[j] = 0.0f;
-    }
-    float m = -INFINITY, l = 0.0f;
-    for (int i = w; i <= p; i += ATT_WARPS) {
-        bool scr;
-        size_t off = kv_off(sq, layer, i, kv_dim, &scr) + (size_t)kvh * head_dim;
-        const kvt *kr = (scr ? sq.sk : sq.k) + off, *vr = (scr ? sq.sv : sq.v) + off;
-        float d = 0.0f;
+    for (int o = 0; o < ATT_OUTS; o++)
+        acc[o] = 0.0f;
+    for (int tl = 0; tl < ntiles; tl++) {
+        int t0 = beg + tl * ATT_TILE;
+        int nk = end - t0 + 1 < ATT_TILE ? end - t0 + 1 : ATT_TILE;
+        __syncthreads();                                        /* the previous tile is consumed */
 #pragma unroll
-        for (int j = 0; j < ATT_J; j++) {
-            int idx = lane + 32 * j;
-            if (idx < head_dim)
-                d += q[j] * __half2float(kr[idx]);
+        for (int u = 0; u < ATT_PIECES; u++) {
+            int pc = tid + u * ATT_THREADS;
+            int isv, r_, c_;
+            att_piece(pc, vpr, &isv, &r_, &c_);
+            if (pc < npieces && r_ < nk) {
+                if (isv)
+                    *(uint4 *)&sv[r_][c_ * 8] = reg[u];
+                else   /* padded rows: 4-byte stores (the row start is 4-byte aligned only) */
+                    for (int e = 0; e < 4; e++)
+                        ((uint32_t *)&sk[r_][c_ * 8])[e] = ((const uint32_t *)&reg[u])[e];
+            }
         }
-        float s = warp_sum(d) * scale;
-        float mn = fmaxf(m, s);
-        float corr = expf(m - mn);        /* m = -inf on the first key: 0 */
-        float e = expf(s - mn);
-        l = l * corr + e;
-#pragma unroll
-        for (int j = 0; j < ATT_J; j++) {
-            int idx = lane + 32 * j;
-            if (idx < head_dim)
-                acc[j] = acc[j] * corr + e * __half2float(vr[idx]);
+        __syncthreads();
+        if (tl + 1 < ntiles)
+            ATT_LOAD(tl + 1);                                   /* in flight during this tile */
+        if (w < G) {
+            float s = -INFINITY;
+            if (lane < nk) {
+#define ATT_KF(d) __half2float(sk[lane][d])
+                float dot;
+                ATT_DOT_BODY(sq_[w], ATT_KF, head_dim, dot);
+#undef ATT_KF
+                s = dot * scale;
+            }
+            float mn = fmaxf(m, warp_max(s));
+            float e = lane < nk ? expf(s - mn) : 0.0f;
+            float corr = expf(m - mn);                          /* first tile: e^-inf = 0 */
+            l = fmaf(l, corr, warp_sum(e));
+            m = mn;
+            sp[w][lane] = e;
+            if (lane == 0)
+                scorr[w] = corr;
         }
-        m = mn;
-    }
-    if (lane == 0) {
-        sm_m[w] = m;
-        sm_l[w] = l;
-    }
+        __syncthreads();
 #pragma unroll
-    for (int j = 0; j < ATT_J; j++) {
-        int idx = lane + 32 * j;
-        if (idx < head_dim)
-            sm_acc[w][idx] = acc[j];
+        for (int o = 0; o < ATT_OUTS; o++) {
+            int idx = tid + o * ATT_THREADS, g = idx / head_dim, d = idx % head_dim;
+            if (g < G) {
+#define ATT_VF(i) __half2float(sv[i][d])
+                ATT_ACC_BODY(sp[g], ATT_VF, nk, acc[o], scorr[g]);
+#undef ATT_VF
+            }
+        }
     }
-    __syncthreads();
-    float M = sm_m[0];                   /* warp 0 always saw key 0 */
-    for (int k = 1; k < ATT_WARPS; k++)
-        M = fmaxf(M, sm_m[k]);
+#undef ATT_LOAD
+    if (w < G && lane == 0)
+        part_ml[att_part_slot(t, h0 + w, split, n_heads, n_splits)] = make_float2(m, l);
+#pragma unroll
+    for (int o = 0; o < ATT_OUTS; o++) {
+        int idx = tid + o * ATT_THREADS, g = idx / head_dim, d = idx % head_dim;
+        if (g < G)
+            part_acc[att_part_slot(t, h0 + g, split, n_heads, n_splits) * head_dim + d] = acc[o];
+    }
+}
+
+/* One block per (token, query head): the token's splits merged in order,
+ *   M = max_s m_s,  L = sum_s l_s e^(m_s - M),  out = (sum_s acc_s e^(m_s - M)) / L,
+ * sums over s = 0, 1, ... in that order (fmaf). */
+__global__ void k_att_combine(const float2 *part_ml, const float *part_acc, wt *att, const int32_t *pos,
+                              int n_heads, int head_dim, int dim, int span, int n_splits)
+{
+    int t = blockIdx.x / n_heads, h = blockIdx.x % n_heads;
+    int ns = att_nsplit(pos[t], span);
+    size_t s0 = att_part_slot(t, h, 0, n_heads, n_splits);
+    float M = -INFINITY;
+    for (int s = 0; s < ns; s++)
+        M = fmaxf(M, part_ml[s0 + s].x);
     float L = 0.0f;
-    for (int k = 0; k < ATT_WARPS; k++)
-        L += sm_l[k] * expf(sm_m[k] - M);   /* empty warps: l = 0, e^-inf = 0 */
+    for (int s = 0; s < ns; s++)
+        L = fmaf(part_ml[s0 + s].y, expf(part_ml[s0 + s].x - M), L);
     wt *out = att + (size_t)t * dim + (size_t)h * head_dim;
-    for (int idx = threadIdx.x; idx < head_dim; idx += blockDim.x) {
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
         float o = 0.0f;
-        for (int k = 0; k < ATT_WARPS; k++)
-            if (sm_m[k] != -INFINITY)
-                o += sm_acc[k][idx] * expf(sm_m[k] - M);
-        out[idx] = to_wt(o / L);
+        for (int s = 0; s < ns; s++)
+            o = fmaf(part_acc[(s0 + s) * head_dim + d], expf(part_ml[s0 + s].x - M), o);
+        out[d] = to_wt(o / L);
     }
 }
 
 void launch_attention(cudaStream_t st, const float *qkv, wt *att, int T, const int32_t *pos,
                       const int32_t *seq, const dev_seq *seqs, int layer, int n_heads, int n_kv_heads,
-                      int head_dim, int dim, int kv_dim)
+                      int head_dim, int dim, int kv_dim, float *part, int span, int n_splits)
 {
     float scale = 1.0f / sqrtf((float)head_dim);
-    k_attention<<<T * n_heads, ATT_WARPS * 32, 0, st>>>(qkv, att, pos, seq, seqs, layer, n_heads,
-                                                        n_heads / n_kv_heads, head_dim, dim, kv_dim, scale);
+    int group = n_heads / n_kv_heads, n_sub = (group + ATT_MAX_GROUP - 1) / ATT_MAX_GROUP;
+    size_t slots = (size_t)T * n_heads * n_splits;
+    float2 *ml = (float2 *)part;
+    float *acc = part + 2 * slots;
+    k_attention<<<dim3(T * n_kv_heads * n_sub, n_splits), ATT_THREADS, 0, st>>>(
+        qkv, pos, seq, seqs, layer, n_heads, n_kv_heads, group, n_sub, head_dim, dim, kv_dim, scale, span,
+        n_splits, ml, acc);
+    k_att_combine<<<T * n_heads, 128, 0, st>>>(ml, acc, att, pos, n_heads, head_dim, dim, span, n_splits);
+}
+
+/*
+ * Fixed-order projection (cuda_order.h): Y (T, rows) = X . W^T (+ Y), one
+ * block of PROJ_WARPS warps per PROJ_ROWS rows and TT tokens. Lane l reads
+ * 16 bytes of each of its warp's rows per step (chunks l, l + 32, ...: a
+ * warp streams 512 contiguous bytes per row per step) and reuses them for
+ * the TT tokens of the tile, whose chunk it reads through the read-only
+ * cache (every warp of the block reads the same X rows). At T = 1 the
+ * weights stream once; up to TT tokens share each weight load.
+ */
+static __device__ __forceinline__ void unpack8(uint4 u, float *f)
+{
+    const wt *h = (const wt *)&u;
+#pragma unroll
+    for (int e = 0; e < PROJ_VEC; e++)
+        f[e] = from_wt(h[e]);
+}
+
+template <int TT>
+__global__ void __launch_bounds__(PROJ_WARPS * 32)
+k_proj(const wt *W, int rows, int cols, const wt *X, int T, float *Y, int accumulate)
+{
+    int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int r0 = blockIdx.x * PROJ_ROWS + w * PROJ_RPW;
+    int t0 = blockIdx.y * TT;
+    int nt = T - t0 < TT ? T - t0 : TT;
+    int nchunk = cols / PROJ_VEC;
+    float acc[PROJ_RPW][TT];
+#pragma unroll
+    for (int j = 0; j < PROJ_RPW; j++)
+#pragma unroll
+        for (int tt = 0; tt < TT; tt++)
+            acc[j][tt] = 0.0f;
+    const uint4 *Xv = (const uint4 *)(X + (size_t)t0 * cols);
+    for (int c = lane; c < nchunk; c += 32) {
+        float wf[PROJ_RPW][PROJ_VEC];
+#pragma unroll
+        for (int j = 0; j < PROJ_RPW; j++) {
+            int r = r0 + j < rows ? r0 + j : rows - 1;          /* a row past the end: computed, not stored */
+            unpack8(__ldg((const uint4 *)(W + (size_t)r * cols) + c), wf[j]);
+        }
+#pragma unroll
+        for (int tt = 0; tt < TT; tt++) {
+            if (tt < nt) {
+                float xf[PROJ_VEC];
+                unpack8(__ldg(Xv + (size_t)tt * nchunk + c), xf);
+#pragma unroll
+                for (int j = 0; j < PROJ_RPW; j++)
+                    acc[j][tt] = proj_lane_step(acc[j][tt], wf[j], xf);
+            }
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < PROJ_RPW; j++)
+#pragma unroll
+        for (int tt = 0; tt < TT; tt++) {
+            float v = warp_sum(acc[j][tt]);
+            int r = r0 + j;
+            if (lane == 0 && r < rows && tt < nt) {
+                float *y = Y + (size_t)(t0 + tt) * rows + r;
+                *y = accumulate ? *y + v : v;
+            }
+        }
+}
+
+void launch_proj(cudaStream_t st, const wt *W, int rows, int cols, const wt *X, int T, float *Y, int accumulate)
+{
+    int tt = PROJ_TT_FOR(T);
+    dim3 grid(proj_grid_x(rows), proj_grid_y(T, tt));
+    switch (tt) {
+    case 1: k_proj<1><<<grid, PROJ_WARPS * 32, 0, st>>>(W, rows, cols, X, T, Y, accumulate); break;
+    case 4: k_proj<4><<<grid, PROJ_WARPS * 32, 0, st>>>(W, rows, cols, X, T, Y, accumulate); break;
+    case 8: k_proj<8><<<grid, PROJ_WARPS * 32, 0, st>>>(W, rows, cols, X, T, Y, accumulate); break;
+    default: k_proj<16><<<grid, PROJ_WARPS * 32, 0, st>>>(W, rows, cols, X, T, Y, accumulate); break;
+    }
 }
 
 __global__ void k_swiglu(const float *hb, wt *out, int H)

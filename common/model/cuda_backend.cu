@@ -31,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <pthread.h>
 
 extern "C" {
 #include "model/cuda_backend.h"
@@ -91,6 +92,8 @@ struct cuda_state {
     int32_t max_tokens, ctx;
     float *x, *qkv, *hb, *logits;
     wt *xb, *att, *hs;
+    float *att_part;              /* attention splits: (max_tokens, n_heads, att_splits) x (2 + head_dim) */
+    int32_t att_span, att_splits; /* positions per split (att_span(ctx)), splits per token at most */
     float2 *rope;
     void *meta_d, *meta_h;        /* metadata block (device / pinned host) */
     size_t meta_bytes;
@@ -192,6 +195,9 @@ static int config_ok(const model_config *c, char *err, size_t errlen)
         c->hidden_dim <= 0 || c->n_heads % c->n_kv_heads != 0 || c->head_dim * c->n_heads != c->dim ||
         c->kv_dim != c->n_kv_heads * c->head_dim || c->head_dim % 2 != 0)
         return util_err(err, errlen, "inconsistent model shape");
+    if (c->dim % PROJ_VEC != 0 || c->hidden_dim % PROJ_VEC != 0 || c->head_dim % 8 != 0)
+        return util_err(err, errlen, "the CUDA kernels need dim, hidden_dim and head_dim multiples of 8 "
+                        "(%d, %d, %d)", c->dim, c->hidden_dim, c->head_dim);
     if (c->head_dim > ATT_MAX_HD)
         return util_err(err, errlen, "head_dim %d exceeds the CUDA attention kernel's limit %d",
                         c->head_dim, ATT_MAX_HD);
@@ -248,32 +254,138 @@ static int alloc_weights(cuda_model *cm, char *err, size_t errlen)
     return 0;
 }
 
-/* Dequantize a U8A matrix row by row on the host (the CPU reference), to wt,
- * through a pinned staging buffer, in slabs. */
-static int upload_qmat(cuda_model *cm, const qmat *W, int32_t rows, wt *dst, wt *stage, size_t stage_elems,
-                       float *rowbuf, char *err, size_t errlen)
+/*
+ * Weight upload. The U8A matrices are dequantized on the host (the CPU
+ * reference, qmat_dequant_row) to wt in slabs of rows; UPLOAD_THREADS host
+ * threads take slabs from a shared counter, each on its own stream with two
+ * pinned staging buffers: while one buffer's copy runs, the thread fills
+ * the other (it waits on the event of that buffer's previous copy, never on
+ * the stream). Each thread synchronizes its stream once, at its end; the
+ * norm and bias vectors go from one pinned block on the model's stream. The
+ * workers' streams wait for the zeroing memset of alloc_weights (the
+ * padding rows of the vocabulary) before their first copy.
+ */
+#define UPLOAD_THREADS 4
+#define UPLOAD_STAGE_ELEMS ((size_t)4 << 20)   /* wt per staging buffer (8 MiB of fp16) */
+
+struct up_slab {
+    const qmat *W;
+    int32_t r0, n;                /* rows r0 .. r0 + n - 1 */
+    wt *dst;                      /* device row r0 */
+};
+
+struct up_mat {
+    const qmat *W;
+    int32_t rows;
+    wt *dst;
+};
+
+struct up_worker {
+    cuda_model *cm;
+    const up_slab *slabs;
+    int n_slabs;
+    int *next;                    /* next slab to take (shared, atomic) */
+    cudaEvent_t zeroed;           /* recorded after the memset */
+    size_t stage_elems;
+    int32_t maxc;
+    int rc;
+    char err[256];
+};
+
+static int upload_slabs(up_worker *u, cudaStream_t st, wt *const stage[2], const cudaEvent_t done[2], float *rowbuf,
+                        char *err, size_t errlen)
 {
-    int32_t cols = W->cols;
-    int32_t slab = (int32_t)(stage_elems / (size_t)cols);
-    for (int32_t r0 = 0; r0 < rows; r0 += slab) {
-        int32_t n = rows - r0 < slab ? rows - r0 : slab;
-        cudaCheck(cudaStreamSynchronize(cm->stream));   /* stage is free again */
-        for (int32_t r = 0; r < n; r++) {
-            qmat_dequant_row(W, r0 + r, rowbuf);
-            wt *o = stage + (size_t)r * cols;
-            for (int32_t i = 0; i < cols; i++)
-                o[i] = to_wt(rowbuf[i]);
+    cudaCheck(cudaStreamWaitEvent(st, u->zeroed, 0));
+    for (int k = 0;; k++) {
+        int i = __atomic_fetch_add(u->next, 1, __ATOMIC_RELAXED);
+        if (i >= u->n_slabs)
+            break;
+        const up_slab *sl = &u->slabs[i];
+        int b = k & 1;
+        if (k >= 2)
+            cudaCheck(cudaEventSynchronize(done[b]));   /* buffer b's last copy has left */
+        int32_t cols = sl->W->cols;
+        for (int32_t r = 0; r < sl->n; r++) {
+            qmat_dequant_row(sl->W, sl->r0 + r, rowbuf);
+            wt *o = stage[b] + (size_t)r * cols;
+            for (int32_t j = 0; j < cols; j++)
+                o[j] = to_wt(rowbuf[j]);
         }
-        cudaCheck(cudaMemcpyAsync(dst + (size_t)r0 * cols, stage, (size_t)n * cols * sizeof(wt),
-                                  cudaMemcpyHostToDevice, cm->stream));
+        cudaCheck(cudaMemcpyAsync(sl->dst, stage[b], (size_t)sl->n * cols * sizeof(wt), cudaMemcpyHostToDevice, st));
+        cudaCheck(cudaEventRecord(done[b], st));
     }
+    cudaCheck(cudaStreamSynchronize(st));                 /* the thread's one sync */
     return 0;
 }
 
-static int upload_vec(cuda_model *cm, const float *src, float *dst, int32_t n, char *err, size_t errlen)
+static void *upload_worker_run(void *arg)
 {
-    cudaCheck(cudaMemcpyAsync(dst, src, (size_t)n * sizeof(float), cudaMemcpyHostToDevice, cm->stream));
-    cudaCheck(cudaStreamSynchronize(cm->stream));   /* src is pageable: keep it simple */
+    up_worker *u = (up_worker *)arg;
+    char *err = u->err;
+    size_t errlen = sizeof u->err;
+    cudaStream_t st = NULL;
+    wt *stage[2] = {NULL, NULL};
+    cudaEvent_t done[2];
+    int n_ev = 0;
+    float *rowbuf = (float *)malloc((size_t)u->maxc * sizeof(float));
+    u->rc = -1;
+    if (!rowbuf) {
+        util_err(err, errlen, "out of memory");
+        return NULL;
+    }
+    cudaError_t e = cudaSetDevice(u->cm->device);
+    if (e == cudaSuccess)
+        e = cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking);
+    for (int b = 0; b < 2 && e == cudaSuccess; b++)
+        e = cudaMallocHost((void **)&stage[b], u->stage_elems * sizeof(wt));
+    for (int b = 0; b < 2 && e == cudaSuccess; b++)
+        if ((e = cudaEventCreateWithFlags(&done[b], cudaEventDisableTiming)) == cudaSuccess)
+            n_ev++;
+    if (e != cudaSuccess) {
+        util_err(err, errlen, "%s:%d: weight upload set-up: %s", __FILE__, __LINE__, cudaGetErrorString(e));
+        cudaGetLastError();
+    } else {
+        u->rc = upload_slabs(u, st, stage, done, rowbuf, err, errlen);
+    }
+    if (st)
+        cudaStreamSynchronize(st);
+    for (int b = 0; b < n_ev; b++)
+        cudaEventDestroy(done[b]);
+    for (int b = 0; b < 2; b++)
+        if (stage[b])
+            cudaFreeHost(stage[b]);
+    if (st)
+        cudaStreamDestroy(st);
+    free(rowbuf);
+    return NULL;
+}
+
+/* The norm (and bias) vectors: one pinned block, one async copy each on the
+ * model's stream (synchronized by the caller). */
+static int upload_vectors(cuda_model *cm, const model *m, float **pinned, char *err, size_t errlen)
+{
+    const model_config *c = &cm->c;
+    size_t qkv = (size_t)c->dim + 2 * (size_t)c->kv_dim;
+    size_t per = 2 * (size_t)c->dim + (c->qkv_bias ? qkv : 0);
+    size_t total = (size_t)c->dim + (size_t)c->n_layers * per;
+    cudaCheck(cudaMallocHost((void **)pinned, total * sizeof(float)));
+    float *h = *pinned;
+#define VEC(src, dst, n)                                                                          \
+    do {                                                                                          \
+        memcpy(h, (src), (size_t)(n) * sizeof(float));                                            \
+        cudaCheck(cudaMemcpyAsync((dst), h, (size_t)(n) * sizeof(float), cudaMemcpyHostToDevice, cm->stream)); \
+        h += (n);                                                                                 \
+    } while (0)
+    VEC(m->w.out_norm, cm->out_norm, c->dim);
+    for (int32_t l = 0; l < c->n_layers; l++) {
+        const layer_weights *L = &m->w.layers[l];
+        dev_layer *D = &cm->layers[l];
+        VEC(L->attn_norm, D->attn_norm, c->dim);
+        VEC(L->ffn_norm, D->ffn_norm, c->dim);
+        if (D->bqkv)
+            VEC(L->bqkv, D->bqkv, qkv);
+    }
+#undef VEC
     return 0;
 }
 
@@ -282,42 +394,89 @@ static int load_weights(cuda_model *cm, const model *m, char *err, size_t errlen
     const model_config *c = &cm->c;
     const model_weights *w = &m->w;
     int32_t maxc = c->hidden_dim > c->dim ? c->hidden_dim : c->dim;
-    size_t stage_elems = (size_t)8 << 20;
+    size_t stage_elems = UPLOAD_STAGE_ELEMS;
     if (stage_elems < (size_t)maxc * 16)
         stage_elems = (size_t)maxc * 16;
-    wt *stage = NULL;
-    float *rowbuf = (float *)malloc((size_t)maxc * sizeof(float));
-    int rc = -1;
-    if (!rowbuf || cudaMallocHost((void **)&stage, stage_elems * sizeof(wt)) != cudaSuccess) {
-        cudaGetLastError();
-        util_err(err, errlen, "out of pinned host memory for weight staging");
-        goto out;
-    }
-    if (upload_qmat(cm, &w->tok_embd, c->vocab_size, cm->tok_embd, stage, stage_elems, rowbuf, err, errlen) ||
-        (!cm->tied && upload_qmat(cm, &w->output, c->vocab_size, cm->output, stage, stage_elems, rowbuf, err, errlen)) ||
-        upload_vec(cm, w->out_norm, cm->out_norm, c->dim, err, errlen))
-        goto out;
+    /* every matrix, cut into slabs of whole rows that fit a staging buffer */
+    up_mat *mats = (up_mat *)malloc((2 + 4 * (size_t)c->n_layers) * sizeof *mats);
+    int n_mats = 0;
+    if (!mats)
+        return util_err(err, errlen, "out of memory");
+    mats[n_mats++] = {&w->tok_embd, c->vocab_size, cm->tok_embd};
+    if (!cm->tied)
+        mats[n_mats++] = {&w->output, c->vocab_size, cm->output};
     for (int32_t l = 0; l < c->n_layers; l++) {
         const layer_weights *L = &w->layers[l];
         dev_layer *D = &cm->layers[l];
-        if (upload_vec(cm, L->attn_norm, D->attn_norm, c->dim, err, errlen) ||
-            upload_vec(cm, L->ffn_norm, D->ffn_norm, c->dim, err, errlen) ||
-            upload_qmat(cm, &L->wqkv, L->wqkv.rows, D->wqkv, stage, stage_elems, rowbuf, err, errlen) ||
-            (D->bqkv && upload_vec(cm, L->bqkv, D->bqkv, c->dim + 2 * c->kv_dim, err, errlen)) ||
-            upload_qmat(cm, &L->wo, L->wo.rows, D->wo, stage, stage_elems, rowbuf, err, errlen) ||
-            upload_qmat(cm, &L->w_gate_up, L->w_gate_up.rows, D->wgu, stage, stage_elems, rowbuf, err, errlen) ||
-            upload_qmat(cm, &L->w_down, L->w_down.rows, D->wdown, stage, stage_elems, rowbuf, err, errlen))
-            goto out;
+        mats[n_mats++] = {&L->wqkv, L->wqkv.rows, D->wqkv};
+        mats[n_mats++] = {&L->wo, L->wo.rows, D->wo};
+        mats[n_mats++] = {&L->w_gate_up, L->w_gate_up.rows, D->wgu};
+        mats[n_mats++] = {&L->w_down, L->w_down.rows, D->wdown};
     }
-    if (cudaStreamSynchronize(cm->stream) != cudaSuccess) {
-        util_err(err, errlen, "uploading weights: %s", cudaGetErrorString(cudaGetLastError()));
+    int n_slabs = 0;
+    for (int i = 0; i < n_mats; i++) {
+        int32_t slab = (int32_t)(stage_elems / (size_t)mats[i].W->cols);
+        n_slabs += (mats[i].rows + slab - 1) / slab;
+    }
+    up_slab *slabs = (up_slab *)malloc((size_t)n_slabs * sizeof *slabs);
+    float *pinned = NULL;
+    int next = 0, rc = -1, started = 0;
+    up_worker u[UPLOAD_THREADS];
+    pthread_t th[UPLOAD_THREADS];
+    int joinable[UPLOAD_THREADS] = {0};
+    cudaEvent_t zeroed;
+    int have_event = 0;
+    if (!slabs) {
+        util_err(err, errlen, "out of memory");
         goto out;
     }
-    rc = 0;
+    n_slabs = 0;
+    for (int i = 0; i < n_mats; i++) {
+        int32_t cols = mats[i].W->cols, slab = (int32_t)(stage_elems / (size_t)cols);
+        for (int32_t r0 = 0; r0 < mats[i].rows; r0 += slab)
+            slabs[n_slabs++] = {mats[i].W, r0, mats[i].rows - r0 < slab ? mats[i].rows - r0 : slab,
+                                mats[i].dst + (size_t)r0 * cols};
+    }
+    if (cudaEventCreateWithFlags(&zeroed, cudaEventDisableTiming) != cudaSuccess ||
+        cudaEventRecord(zeroed, cm->stream) != cudaSuccess) {
+        util_err(err, errlen, "%s:%d: weight upload: %s", __FILE__, __LINE__, cudaGetErrorString(cudaGetLastError()));
+        goto out;
+    }
+    have_event = 1;
+    for (int i = 0; i < UPLOAD_THREADS; i++) {
+        u[i].cm = cm;
+        u[i].slabs = slabs;
+        u[i].n_slabs = n_slabs;
+        u[i].next = &next;
+        u[i].zeroed = zeroed;
+        u[i].stage_elems = stage_elems;
+        u[i].maxc = maxc;
+        u[i].rc = -1;
+        u[i].err[0] = '\0';
+        joinable[i] = pthread_create(&th[i], NULL, upload_worker_run, &u[i]) == 0;
+        started += joinable[i];
+    }
+    if (!started)              /* no threads to be had: this one does it all */
+        upload_worker_run(&u[0]);
+    rc = upload_vectors(cm, m, &pinned, err, errlen);
+    for (int i = 0; i < UPLOAD_THREADS; i++)
+        if (joinable[i])
+            pthread_join(th[i], NULL);
+    if (rc == 0)
+        for (int i = 0; i < UPLOAD_THREADS; i++)
+            if ((joinable[i] || (!started && i == 0)) && u[i].rc != 0) {
+                rc = util_err(err, errlen, "uploading weights: %s", u[i].err);
+                break;
+            }
+    if (cudaStreamSynchronize(cm->stream) != cudaSuccess && rc == 0)
+        rc = util_err(err, errlen, "uploading weights: %s", cudaGetErrorString(cudaGetLastError()));
 out:
-    if (stage)
-        cudaFreeHost(stage);
-    free(rowbuf);
+    if (have_event)
+        cudaEventDestroy(zeroed);
+    if (pinned)
+        cudaFreeHost(pinned);
+    free(slabs);
+    free(mats);
     return rc;
 }
 
@@ -553,6 +712,10 @@ static int state_alloc(cuda_state *s, char *err, size_t errlen)
     cudaCheck(cudaMalloc((void **)&s->xb, T * D * sizeof(wt)));
     cudaCheck(cudaMalloc((void **)&s->att, T * D * sizeof(wt)));
     cudaCheck(cudaMalloc((void **)&s->hs, T * H * sizeof(wt)));
+    s->att_span = att_span(s->ctx);
+    s->att_splits = att_splits(s->ctx, s->att_span);
+    cudaCheck(cudaMalloc((void **)&s->att_part,
+                         T * c->n_heads * s->att_splits * (2 + (size_t)c->head_dim) * sizeof(float)));
     cudaCheck(cudaMalloc((void **)&s->am, T * sizeof(int32_t)));
     cudaCheck(cudaMalloc((void **)&s->ctl, (2 + 2 * (PLAIN_CHUNK + MAX_DRAFT)) * sizeof(int32_t)));
     cudaCheck(cudaMallocHost((void **)&s->ctl_h, (2 + 2 * (PLAIN_CHUNK + MAX_DRAFT)) * sizeof(int32_t)));
@@ -620,7 +783,8 @@ extern "C" void cuda_state_free(cuda_state *s)
     graph_reset(&s->g_plain);
     graph_reset(&s->g_draft);
     graph_reset(&s->g_time);
-    void *dev[] = {s->x, s->qkv, s->hb, s->logits, s->xb, s->att, s->hs, s->am, s->ctl, s->meta_d, s->rope};
+    void *dev[] = {s->x,  s->qkv, s->hb,  s->logits, s->xb,     s->att,
+                   s->hs, s->am,  s->ctl, s->meta_d, s->rope, s->att_part};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
         if (dev[i])
             cudaFree(dev[i]);
@@ -642,11 +806,18 @@ extern "C" const float *cuda_state_logits(const cuda_state *s, int32_t *ld)
 /* ------------------------------------------------------------------------ */
 /* Forward pass                                                              */
 
-/* Y (T, rows) fp32 = X (T, cols) wt . W^T (+ Y when accumulate). See the
- * top comment for the column-major reasoning. */
+/* Y (T, rows) fp32 = X (T, cols) wt . W^T (+ Y when accumulate). fixed and
+ * T <= PROJ_T_MAX: the fixed-order kernel (every token's row the same bits
+ * whatever T); else cuBLAS (see the top comment for the column-major
+ * reasoning). */
 static int gemm_xwt(cuda_model *cm, const wt *W, int rows, int cols, const wt *X, int T, float *Y,
-                    int accumulate, char *err, size_t errlen)
+                    int accumulate, int fixed, char *err, size_t errlen)
 {
+    if (fixed && T <= PROJ_T_MAX) {
+        launch_proj(cm->stream, W, rows, cols, X, T, Y, accumulate);
+        launchCheck();
+        return 0;
+    }
     const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
     /* m = rows, n = T, k = cols; A = W (col-major cols x rows, ld cols, OP_T),
      * B = X (col-major cols x T, ld cols, OP_N), C = Y (col-major rows x T,
@@ -662,7 +833,8 @@ static int gemm_xwt(cuda_model *cm, const wt *W, int rows, int cols, const wt *X
  * and argmax ids into s->am. n_out = 0: the layers only (KV written), no
  * head, no argmax, s->logits and s->am untouched. Launch configuration
  * depends only on (T, n_out, mask): capturable. */
-static int forward_core(cuda_state *s, int32_t T, int32_t n_out, const layer_mask *mask, char *err, size_t errlen)
+static int forward_core(cuda_state *s, int32_t T, int32_t n_out, const layer_mask *mask, int fixed, char *err,
+                        size_t errlen)
 {
     cuda_model *cm = s->cm;
     const model_config *c = &cm->c;
@@ -676,28 +848,28 @@ static int forward_core(cuda_state *s, int32_t T, int32_t n_out, const layer_mas
             launch_rmsnorm(st, s->x, NULL, L->attn_norm, s->xb, T, D, c->norm_eps);
             launchCheck();
             /* qkv (T, D + 2 KV) = xb . wqkv^T */
-            if (gemm_xwt(cm, L->wqkv, D + 2 * KV, D, s->xb, T, s->qkv, 0, err, errlen))
+            if (gemm_xwt(cm, L->wqkv, D + 2 * KV, D, s->xb, T, s->qkv, 0, fixed, err, errlen))
                 return -1;
             launch_rope_kv(st, s->qkv, L->bqkv, c->rope_neox, T, s->pos, s->seq, s->seqs, s->rope, l,
                            c->n_heads, c->n_kv_heads, c->head_dim, D, KV);
             launchCheck();
             launch_attention(st, s->qkv, s->att, T, s->pos, s->seq, s->seqs, l, c->n_heads, c->n_kv_heads,
-                             c->head_dim, D, KV);
+                             c->head_dim, D, KV, s->att_part, s->att_span, s->att_splits);
             launchCheck();
             /* x += att . wo^T */
-            if (gemm_xwt(cm, L->wo, D, D, s->att, T, s->x, 1, err, errlen))
+            if (gemm_xwt(cm, L->wo, D, D, s->att, T, s->x, 1, fixed, err, errlen))
                 return -1;
         }
         if (!mask || mask->mlp[l]) {
             launch_rmsnorm(st, s->x, NULL, L->ffn_norm, s->xb, T, D, c->norm_eps);
             launchCheck();
             /* hb (T, 2H) = xb . w_gate_up^T */
-            if (gemm_xwt(cm, L->wgu, 2 * H, D, s->xb, T, s->hb, 0, err, errlen))
+            if (gemm_xwt(cm, L->wgu, 2 * H, D, s->xb, T, s->hb, 0, fixed, err, errlen))
                 return -1;
             launch_swiglu(st, s->hb, s->hs, T, H);
             launchCheck();
             /* x += hs . w_down^T */
-            if (gemm_xwt(cm, L->wdown, D, H, s->hs, T, s->x, 1, err, errlen))
+            if (gemm_xwt(cm, L->wdown, D, H, s->hs, T, s->x, 1, fixed, err, errlen))
                 return -1;
         }
     }
@@ -709,7 +881,7 @@ static int forward_core(cuda_state *s, int32_t T, int32_t n_out, const layer_mas
     launch_rmsnorm(st, s->x, s->outrow, cm->out_norm, s->xb, n_out, D, c->norm_eps);
     launchCheck();
     /* logits (n_out, vrows) = xb . output^T; padding rows are zero */
-    if (gemm_xwt(cm, cm->output, cm->vrows, D, s->xb, n_out, s->logits, 0, err, errlen))
+    if (gemm_xwt(cm, cm->output, cm->vrows, D, s->xb, n_out, s->logits, 0, fixed, err, errlen))
         return -1;
     launch_argmax(st, s->logits, cm->vrows, c->vocab_size, n_out, s->am);
     launchCheck();
@@ -776,8 +948,10 @@ static int upload_meta(cuda_state *s, char *err, size_t errlen)
     return 0;
 }
 
-extern "C" int cuda_forward(cuda_model *cm, cuda_state *s, const cuda_seq *seqs, int n_seqs,
-                            const layer_mask *mask, float *logits, int32_t *argmax, char *err, size_t errlen)
+/* cuda_forward; fixed = 0: cuBLAS for every projection (the backend's own
+ * prefill, which plain and self-speculative decoding share). */
+static int forward_batch(cuda_model *cm, cuda_state *s, const cuda_seq *seqs, int n_seqs, const layer_mask *mask,
+                         float *logits, int32_t *argmax, int fixed, char *err, size_t errlen)
 {
     int32_t T = 0, n_out = 0;
     if (s->cm != cm)
@@ -786,7 +960,7 @@ extern "C" int cuda_forward(cuda_model *cm, cuda_state *s, const cuda_seq *seqs,
     cudaCheck(cudaStreamSynchronize(cm->stream));    /* meta_h is free */
     if (pack_batch(s, seqs, n_seqs, &T, &n_out, err, errlen) != 0)
         return -1;
-    if (upload_meta(s, err, errlen) != 0 || forward_core(s, T, n_out, mask, err, errlen) != 0)
+    if (upload_meta(s, err, errlen) != 0 || forward_core(s, T, n_out, mask, fixed, err, errlen) != 0)
         return -1;
     if (logits && n_out > 0)
         /* only for tests / checks: the decode loops never copy logits */
@@ -798,6 +972,15 @@ extern "C" int cuda_forward(cuda_model *cm, cuda_state *s, const cuda_seq *seqs,
                                   cm->stream));
     cudaCheck(cudaStreamSynchronize(cm->stream));
     return 0;
+}
+
+/* Exact by construction: every pass of at most PROJ_T_MAX tokens runs the
+ * fixed-order projections, so a token's logits are the same bits in a plain
+ * step, a verification block or a batch. */
+extern "C" int cuda_forward(cuda_model *cm, cuda_state *s, const cuda_seq *seqs, int n_seqs,
+                            const layer_mask *mask, float *logits, int32_t *argmax, char *err, size_t errlen)
+{
+    return forward_batch(cm, s, seqs, n_seqs, mask, logits, argmax, 1, err, errlen);
 }
 
 extern "C" int cuda_argmax_host(int device, const float *logits, int32_t rows, int32_t n, int32_t *out,
@@ -827,6 +1010,122 @@ extern "C" int cuda_argmax_host(int device, const float *logits, int32_t rows, i
     return 0;
 }
 
+/* Buffers of cuda_proj_check; freed by proj_check_free. */
+struct proj_bufs {
+    wt *W, *X;
+    float *Yf, *Y1, *Yc;          /* (T, rows): fixed, token by token, cuBLAS */
+    float *hf, *h1, *hc;          /* host copies */
+    cudaStream_t st;
+    cublasHandle_t blas;
+    void *ws;
+    cudaEvent_t a, b;
+    int have_events;
+};
+
+static void proj_check_free(proj_bufs *p)
+{
+    if (p->st)
+        cudaStreamSynchronize(p->st);
+    void *dev[] = {p->W, p->X, p->Yf, p->Y1, p->Yc, p->ws};
+    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
+        if (dev[i])
+            cudaFree(dev[i]);
+    free(p->hf);
+    free(p->h1);
+    free(p->hc);
+    if (p->have_events) {
+        cudaEventDestroy(p->a);
+        cudaEventDestroy(p->b);
+    }
+    if (p->blas)
+        cublasDestroy(p->blas);
+    if (p->st)
+        cudaStreamDestroy(p->st);
+    cudaGetLastError();
+}
+
+static int proj_check_run(proj_bufs *p, int32_t rows, int32_t cols, int32_t T, int iters, cuda_proj_report *r,
+                          char *err, size_t errlen)
+{
+    size_t ny = (size_t)T * rows;
+    cudaCheck(cudaStreamCreateWithFlags(&p->st, cudaStreamNonBlocking));
+    cudaCheck(cudaMalloc((void **)&p->W, (size_t)rows * cols * sizeof(wt)));
+    cudaCheck(cudaMalloc((void **)&p->X, (size_t)T * cols * sizeof(wt)));
+    cudaCheck(cudaMalloc((void **)&p->Yf, ny * sizeof(float)));
+    cudaCheck(cudaMalloc((void **)&p->Y1, ny * sizeof(float)));
+    cudaCheck(cudaMalloc((void **)&p->Yc, ny * sizeof(float)));
+    p->hf = (float *)malloc(ny * sizeof(float));
+    p->h1 = (float *)malloc(ny * sizeof(float));
+    p->hc = (float *)malloc(ny * sizeof(float));
+    if (!p->hf || !p->h1 || !p->hc)
+        return util_err(err, errlen, "out of memory");
+    size_t ws = (size_t)32 << 20;
+    cudaCheck(cudaMalloc(&p->ws, ws));
+    cublasCheck(cublasCreate(&p->blas));
+    cublasCheck(cublasSetStream(p->blas, p->st));
+    cublasCheck(cublasSetWorkspace(p->blas, p->ws, ws));
+    cudaCheck(cudaEventCreate(&p->a));
+    cudaCheck(cudaEventCreate(&p->b));
+    p->have_events = 1;
+    launch_fill_uniform(p->st, p->W, (size_t)rows * cols, 17, sqrtf(3.0f / cols));
+    launch_fill_uniform(p->st, p->X, (size_t)T * cols, 29, 1.0f);
+    launchCheck();
+    const float alpha = 1.0f, beta = 0.0f;
+#define PROJ_CUBLAS()                                                                                   \
+    cublasCheck(cublasGemmEx(p->blas, CUBLAS_OP_T, CUBLAS_OP_N, rows, T, cols, &alpha, p->W, WT_CUDA_R, cols, \
+                             p->X, WT_CUDA_R, cols, &beta, p->Yc, CUDA_R_32F, rows, CUBLAS_COMPUTE_32F,    \
+                             CUBLAS_GEMM_DEFAULT))
+    launch_proj(p->st, p->W, rows, cols, p->X, T, p->Yf, 0);
+    for (int32_t t = 0; t < T; t++)
+        launch_proj(p->st, p->W, rows, cols, p->X + (size_t)t * cols, 1, p->Y1 + (size_t)t * rows, 0);
+    launchCheck();
+    PROJ_CUBLAS();
+    cudaCheck(cudaMemcpyAsync(p->hf, p->Yf, ny * sizeof(float), cudaMemcpyDeviceToHost, p->st));
+    cudaCheck(cudaMemcpyAsync(p->h1, p->Y1, ny * sizeof(float), cudaMemcpyDeviceToHost, p->st));
+    cudaCheck(cudaMemcpyAsync(p->hc, p->Yc, ny * sizeof(float), cudaMemcpyDeviceToHost, p->st));
+    cudaCheck(cudaStreamSynchronize(p->st));
+    r->rows_identical = memcmp(p->hf, p->h1, ny * sizeof(float)) == 0;
+    for (size_t i = 0; i < ny; i++) {
+        double d = fabs((double)p->hf[i] - p->hc[i]);
+        r->max_abs_diff = d > r->max_abs_diff || d != d ? d : r->max_abs_diff;
+        r->max_abs = fabs((double)p->hc[i]) > r->max_abs ? fabs((double)p->hc[i]) : r->max_abs;
+    }
+    float ms = 0.0f;
+    cudaCheck(cudaEventRecord(p->a, p->st));
+    for (int i = 0; i < iters; i++)
+        launch_proj(p->st, p->W, rows, cols, p->X, T, p->Yf, 0);
+    cudaCheck(cudaEventRecord(p->b, p->st));
+    cudaCheck(cudaEventSynchronize(p->b));
+    launchCheck();
+    cudaCheck(cudaEventElapsedTime(&ms, p->a, p->b));
+    r->ms_fixed = (double)ms / iters;
+    cudaCheck(cudaEventRecord(p->a, p->st));
+    for (int i = 0; i < iters; i++)
+        PROJ_CUBLAS();
+    cudaCheck(cudaEventRecord(p->b, p->st));
+    cudaCheck(cudaEventSynchronize(p->b));
+    cudaCheck(cudaEventElapsedTime(&ms, p->a, p->b));
+    r->ms_cublas = (double)ms / iters;
+#undef PROJ_CUBLAS
+    return 0;
+}
+
+extern "C" int cuda_proj_check(int device, int32_t rows, int32_t cols, int32_t T, int iters, cuda_proj_report *r,
+                               char *err, size_t errlen)
+{
+    memset(r, 0, sizeof *r);
+    r->tokens_max = PROJ_T_MAX;
+    if (rows <= 0 || cols <= 0 || cols % PROJ_VEC != 0 || T < 1 || T > PROJ_T_MAX || iters <= 0)
+        return util_err(err, errlen, "cuda_proj_check: bad arguments (rows %d, cols %d, T %d)", rows, cols, T);
+    if (check_device(device, err, errlen) != 0)
+        return -1;
+    proj_bufs p;
+    memset(&p, 0, sizeof p);
+    int rc = proj_check_run(&p, rows, cols, T, iters, r, err, errlen);
+    proj_check_free(&p);
+    return rc;
+}
+
 /* ------------------------------------------------------------------------ */
 /* CUDA graphs                                                               */
 
@@ -850,12 +1149,12 @@ static int graph_get(cuda_state *s, graph_slot *g, int kind, int32_t T, const la
     /* Warm-up run outside the capture, so cuBLAS selects and loads its
      * kernels for these shapes first. Idempotent: it writes the same KV
      * entries the step itself will write, and no advance. */
-    if (forward_core(s, T, T, mask, err, errlen) != 0)
+    if (forward_core(s, T, T, mask, 1, err, errlen) != 0)
         return -1;
     cudaCheck(cudaStreamSynchronize(cm->stream));
     cudaGraph_t graph;
     cudaCheck(cudaStreamBeginCapture(cm->stream, cudaStreamCaptureModeThreadLocal));
-    int rc = forward_core(s, T, T, mask, err, errlen);
+    int rc = forward_core(s, T, T, mask, 1, err, errlen);
     if (rc == 0 && advance)
         launch_advance(cm->stream, s->am, s->tok, s->pos, s->ctl + 1, s->ctl);
     cudaError_t e = cudaStreamEndCapture(cm->stream, &graph);
@@ -911,7 +1210,7 @@ static int prefill(cuda_model *cm, cuda_state *s, cuda_kv *kv, const int32_t *pr
     for (int32_t done = 0; done < n;) {
         int32_t chunk = n - done < s->max_tokens ? n - done : s->max_tokens;
         cuda_seq sq = {prompt + done, chunk, done, kv, NULL, 0, chunk - 1};
-        if (cuda_forward(cm, s, &sq, 1, NULL, NULL, first, err, errlen) != 0)
+        if (forward_batch(cm, s, &sq, 1, NULL, NULL, first, 0, err, errlen) != 0)
             return -1;
         done += chunk;
         kv->len = done;
@@ -956,7 +1255,7 @@ extern "C" int cuda_generate_plain(cuda_model *cm, cuda_state *s, cuda_kv *kv, c
             if (use_graph) {
                 cudaCheck(cudaGraphLaunch(s->g_plain.exec, cm->stream));
             } else {
-                if (forward_core(s, 1, 1, NULL, err, errlen) != 0)
+                if (forward_core(s, 1, 1, NULL, 1, err, errlen) != 0)
                     return -1;
                 launch_advance(cm->stream, s->am, s->tok, s->pos, s->ctl + 1, s->ctl);
                 launchCheck();
@@ -1023,7 +1322,7 @@ extern "C" int cuda_generate_selfspec(cuda_model *cm, cuda_state *s, cuda_kv *kv
                 if (use_graph) {
                     cudaCheck(cudaGraphLaunch(s->g_draft.exec, cm->stream));
                 } else {
-                    if (forward_core(s, 1, 1, mask, err, errlen) != 0)
+                    if (forward_core(s, 1, 1, mask, 1, err, errlen) != 0)
                         return -1;
                     launch_advance(cm->stream, s->am, s->tok, s->pos, drafts, s->ctl);
                     launchCheck();
@@ -1040,7 +1339,7 @@ extern "C" int cuda_generate_selfspec(cuda_model *cm, cuda_state *s, cuda_kv *kv
         if (kk >= 1)
             cudaCheck(cudaMemcpyAsync(s->tok + 1, drafts, (size_t)kk * sizeof(int32_t), cudaMemcpyDeviceToDevice,
                                       cm->stream));
-        if (forward_core(s, kk + 1, kk + 1, NULL, err, errlen) != 0)
+        if (forward_core(s, kk + 1, kk + 1, NULL, 1, err, errlen) != 0)
             return -1;
         launch_accept(cm->stream, drafts, s->am, kk, res);
         launchCheck();

@@ -70,6 +70,13 @@ int cuda_forward(cuda_model *cm, cuda_state *s, const cuda_seq *seqs, int n_seqs
     return util_err(err, errlen, NO_CUDA);
 }
 
+int cuda_proj_check(int device, int32_t rows, int32_t cols, int32_t T, int iters, cuda_proj_report *r,
+                    char *err, size_t errlen)
+{
+    memset(r, 0, sizeof *r);
+    return util_err(err, errlen, NO_CUDA);
+}
+
 int cuda_argmax_host(int device, const float *logits, int32_t rows, int32_t n, int32_t *out,
                      char *err, size_t errlen)
 {
