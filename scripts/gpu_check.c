@@ -22,6 +22,12 @@
  *                 bytes one step reads / peak
  *   synthetic_small  SmolLM2-135M shapes, random weights made on the device:
  *                 self-spec = plain, tokens/s, bandwidth, CUDA IPC check
+ *   projection    the fixed-order projection kernel (T <= 256: plain, draft,
+ *                 verification and batched steps) against cuBLAS on the
+ *                 Llama-2-7B matrix shapes at T = 1, 5, 16, 64, 256: ms of
+ *                 each, max |diff|, every token's row equal to its T = 1
+ *                 bits; per T, the projections of one 7B step (32 layers
+ *                 + head) summed for both
  *   llama2_7b, llama2_13b  synthetic weights of those shapes: ms per full
  *                 T=1 step, draft step (mask), verification step (T=5)
  *   summary       failures
@@ -818,6 +824,55 @@ static void synthetic_big(const char *key, model_config c, const int *attn_skip,
     cuda_model_free(cm);
 }
 
+/* The fixed-order projection's cost against cuBLAS (see the top comment). */
+static void projection(void)
+{
+    static const struct { const char *name; int32_t rows, cols, per_step; } mats[] = {
+        {"wqkv", 3 * 4096, 4096, 32}, {"wo", 4096, 4096, 32}, {"w_gate_up", 2 * 11008, 4096, 32},
+        {"w_down", 4096, 11008, 32}, {"output", 32000, 4096, 1}};
+    static const int32_t Ts[] = {1, 5, 16, 64, 256};
+    enum { NM = sizeof mats / sizeof mats[0], NT = sizeof Ts / sizeof Ts[0] };
+    char err[512];
+    double step_fixed[NT] = {0}, step_cublas[NT] = {0};
+    int ok = 1;
+    sec_begin("projection");
+    fprintf(J, "{\"shapes\": \"Llama-2-7B\", \"cases\": [");
+    for (int i = 0; i < NM; i++)
+        for (int k = 0; k < NT; k++) {
+            cuda_proj_report r;
+            int rc = cuda_proj_check(0, mats[i].rows, mats[i].cols, Ts[k], 10, &r, err, sizeof err);
+            fprintf(J, "%s\n    {\"matrix\": \"%s\", \"rows\": %d, \"cols\": %d, \"T\": %d, ", i + k ? "," : "",
+                    mats[i].name, mats[i].rows, mats[i].cols, Ts[k]);
+            if (rc != 0) {
+                fail("projection", err);
+                ok = 0;
+                fprintf(J, "\"error\": ");
+                jstr(J, err);
+                fprintf(J, "}");
+                continue;
+            }
+            int within = r.max_abs_diff <= 1e-3 * (r.max_abs > 1.0 ? r.max_abs : 1.0);
+            if (!r.rows_identical || !within) {
+                fail("projection", !r.rows_identical ? "a token's row differs from its T = 1 bits"
+                                                      : "fixed-order kernel and cuBLAS differ beyond 1e-3");
+                ok = 0;
+            }
+            fprintf(J, "\"fixed_ms\": %.5f, \"cublas_ms\": %.5f, \"fixed_to_cublas\": %.3f, "
+                       "\"max_abs_diff\": %.4g, \"max_abs\": %.4g, \"rows_identical_to_T1\": %s}",
+                    r.ms_fixed, r.ms_cublas, r.ms_cublas > 0 ? r.ms_fixed / r.ms_cublas : 0.0, r.max_abs_diff,
+                    r.max_abs, r.rows_identical ? "true" : "false");
+            step_fixed[k] += mats[i].per_step * r.ms_fixed;
+            step_cublas[k] += mats[i].per_step * r.ms_cublas;
+        }
+    fprintf(J, "],\n    \"step_projections\": [");
+    for (int k = 0; k < NT; k++)
+        fprintf(J, "%s{\"T\": %d, \"fixed_ms\": %.4f, \"cublas_ms\": %.4f, \"fixed_to_cublas\": %.3f}",
+                k ? ", " : "", Ts[k], step_fixed[k], step_cublas[k],
+                step_cublas[k] > 0 ? step_fixed[k] / step_cublas[k] : 0.0);
+    fprintf(J, "],\n    \"ok\": %s}", ok ? "true" : "false");
+    sec_end();
+}
+
 int main(int argc, char **argv)
 {
     if (argc >= 5 && !strcmp(argv[1], "ipc-child"))
@@ -875,6 +930,7 @@ int main(int argc, char **argv)
             sec_end();
         }
         synthetic_small(di.peak_bw_gbs, self);
+        projection();
         if (!skip_big) {
             /* Llama-2-13B: the official Self-SD skip set (REFERENCE.md) */
             static const int a13[] = {3, 5, 6, 8, 10, 11, 14, 15, 18, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 33,

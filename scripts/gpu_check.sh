@@ -52,9 +52,11 @@
 # Steps (each: status ok|failed|timeout|crashed|killed|interrupted|skipped|
 # running, rc, seconds, timeout_s, log tail; "failed_steps" lists the rest):
 #   deps, model_join, build (make all), unit_build + unit_test_cuda
-#   (build/test/test_cuda: CUDA vs CPU on tiny random models), driver_build
+#   (build/test/test_cuda: CUDA vs CPU on tiny random models, the GPU
+#   against itself bit for bit, fixed-order projection vs cuBLAS), driver_build
 #   (scripts/gpu_check.c -> build/gpu_check), measure (build/gpu_check:
-#   device, model, synthetic_small, llama2_7b, llama2_13b; its sections land
+#   device, model, synthetic_small, projection (the fixed-order kernel vs
+#   cuBLAS: ms of each), llama2_7b, llama2_13b; its sections land
 #   under "measure", a crashed section shows {"status": "started"}),
 #   cli_cpu_plain / cli_cuda_plain / cli_cuda_selfspec (bin/selfspec
 #   generate --ids, 64 tokens) compared under "cli"; cli_batch_* (bin/selfspec

@@ -11,6 +11,16 @@
  * compared with |gpu - cpu| <= LOGIT_TOL * max(1, max|cpu|), and top-1 ids
  * must agree wherever the CPU's top-2 margin exceeds twice that bound.
  *
+ * GPU against itself, no tolerance: passes of at most PROJ_T_MAX tokens run
+ * the fixed-order kernels (kernels/cuda_order.h), so a token's logits and
+ * KV are the same bits as a plain T = 1 step, in a verification block, in a
+ * batch with another sequence and in a masked draft batch
+ * (test_exact_blocks, over a context cut into several attention splits),
+ * and self-spec output equals plain output by construction
+ * (test_generate). test_proj_vs_cublas compares the fixed-order kernel with
+ * cuBLAS (tolerance) and prints what each costs. The host ports of the same
+ * kernels (tests/test_cuda_order.c) check the order on every machine.
+ *
  * ASan: CUDA's runtime needs the shadow gap unprotected and leaks driver
  * state at exit, hence the default options below (this binary only).
  */
@@ -429,6 +439,129 @@ static void test_mask_scratch_batch(void **state)
     fixture_close(&f);
 }
 
+/* A token's logits and KV do not depend on the pass it is in: plain T = 1
+ * steps, one verification block, that block batched with another
+ * sequence, and masked draft steps alone and batched, all bit for bit.
+ * The prompt (300 positions, ctx 1024: attention span 256) puts the block
+ * past the first attention split. */
+static void test_exact_blocks(void **state)
+{
+    (void)state;
+    if (!have_gpu())
+        skip();
+    char err[512];
+    enum { N = 300, K = 5, CTX = 1024, CH = 64 };
+    tmodel_spec sp = tmodel_default(GGUF_TT_Q8_0);
+    sp.n_layers = 3;
+    sp.ctx = CTX;
+    fixture f;
+    fixture_open(&f, &sp, CH, CTX);
+    const model_config *c = &f.m.config;
+    int32_t V = c->vocab_size;
+    int32_t *prompt = malloc(N * sizeof(int32_t)), other[40], d[K];
+    make_tokens(prompt, N, V, 71);
+    make_tokens(other, 40, V, 72);
+    make_tokens(d, K, V, 73);
+    cuda_kv *kv = cuda_kv_init(f.cm, CTX, err, sizeof err), *kv2 = cuda_kv_init(f.cm, CTX, err, sizeof err);
+    cuda_kv *scr = cuda_kv_init(f.cm, 8, err, sizeof err), *scr2 = cuda_kv_init(f.cm, 8, err, sizeof err);
+    assert_non_null(kv);
+    assert_non_null(kv2);
+    assert_non_null(scr);
+    assert_non_null(scr2);
+    for (int32_t done = 0; done < N; done += CH) {
+        int32_t n = N - done < CH ? N - done : CH;
+        cuda_seq q = {prompt + done, n, done, kv, NULL, 0, n};
+        if (cuda_forward(f.cm, f.cs, &q, 1, NULL, NULL, NULL, err, sizeof err) != 0)
+            fail_msg("prefill: %s", err);
+    }
+    cuda_seq q2 = {other, 40, 0, kv2, NULL, 0, 40};
+    if (cuda_forward(f.cm, f.cs, &q2, 1, NULL, NULL, NULL, err, sizeof err) != 0)
+        fail_msg("prefill 2: %s", err);
+    float *plain = malloc((size_t)K * V * sizeof(float)), *blk = malloc((size_t)(K + 1) * V * sizeof(float));
+    float *one = malloc((size_t)V * sizeof(float));
+    int32_t am_plain[K], am_blk[K + 1];
+    /* plain: K steps of one token */
+    for (int j = 0; j < K; j++) {
+        cuda_seq q = {&d[j], 1, N + j, kv, NULL, 0, 0};
+        if (cuda_forward(f.cm, f.cs, &q, 1, NULL, plain + (size_t)j * V, &am_plain[j], err, sizeof err) != 0)
+            fail_msg("plain step %d: %s", j, err);
+    }
+    kv_cache k_plain, k_blk;
+    assert_int_equal(kv_init(&k_plain, c, CTX, err, sizeof err), 0);
+    assert_int_equal(kv_init(&k_blk, c, CTX, err, sizeof err), 0);
+    if (cuda_kv_download(kv, &k_plain, N + K, err, sizeof err) != 0)
+        fail_msg("download: %s", err);
+    /* verification: the same K tokens as one block (it rewrites their KV) */
+    cuda_seq qb = {d, K, N, kv, NULL, 0, 0};
+    if (cuda_forward(f.cm, f.cs, &qb, 1, NULL, blk, am_blk, err, sizeof err) != 0)
+        fail_msg("block: %s", err);
+    assert_memory_equal(plain, blk, (size_t)K * V * sizeof(float));
+    assert_memory_equal(am_plain, am_blk, K * sizeof(int32_t));
+    if (cuda_kv_download(kv, &k_blk, N + K, err, sizeof err) != 0)
+        fail_msg("download: %s", err);
+    for (int32_t l = 0; l < c->n_layers; l++) {
+        size_t o = (size_t)l * CTX * c->kv_dim, n = (size_t)(N + K) * c->kv_dim;
+        assert_memory_equal(k_plain.k + o, k_blk.k + o, n * sizeof(k_plain.k[0]));
+        assert_memory_equal(k_plain.v + o, k_blk.v + o, n * sizeof(k_plain.v[0]));
+    }
+    /* the other sequence's next token alone, then both in one batch */
+    int32_t e = other[3];
+    cuda_seq q1 = {&e, 1, 40, kv2, NULL, 0, 0};
+    if (cuda_forward(f.cm, f.cs, &q1, 1, NULL, one, NULL, err, sizeof err) != 0)
+        fail_msg("other alone: %s", err);
+    cuda_seq bq[2] = {{&e, 1, 40, kv2, NULL, 0, 0}, {d, K, N, kv, NULL, 0, 0}};
+    if (cuda_forward(f.cm, f.cs, bq, 2, NULL, blk, am_blk, err, sizeof err) != 0)
+        fail_msg("batch: %s", err);
+    assert_memory_equal(one, blk, (size_t)V * sizeof(float));
+    assert_memory_equal(plain, blk + V, (size_t)K * V * sizeof(float));
+    /* masked draft steps: alone, then batched with the other sequence */
+    uint8_t attn[3] = {1, 0, 1}, mlp[3] = {1, 1, 0};
+    layer_mask mask = {attn, mlp};
+    cuda_seq dq = {&d[0], 1, N, kv, scr, N, 0};
+    if (cuda_forward(f.cm, f.cs, &dq, 1, &mask, plain, NULL, err, sizeof err) != 0)
+        fail_msg("draft alone: %s", err);
+    cuda_seq db[2] = {{&e, 1, 40, kv2, scr2, 40, 0}, {&d[0], 1, N, kv, scr, N, 0}};
+    if (cuda_forward(f.cm, f.cs, db, 2, &mask, blk, NULL, err, sizeof err) != 0)
+        fail_msg("draft batch: %s", err);
+    assert_memory_equal(plain, blk + V, (size_t)V * sizeof(float));
+    printf("  plain = block = batch (logits, argmax, KV) and draft alone = draft batched, bit for bit\n");
+    kv_free(&k_plain);
+    kv_free(&k_blk);
+    cuda_kv_free(kv);
+    cuda_kv_free(kv2);
+    cuda_kv_free(scr);
+    cuda_kv_free(scr2);
+    free(prompt);
+    free(plain);
+    free(blk);
+    free(one);
+    fixture_close(&f);
+}
+
+/* The fixed-order projection against cuBLAS: within tolerance, every
+ * token's row its T = 1 bits; the cost of each printed. */
+static void test_proj_vs_cublas(void **state)
+{
+    (void)state;
+    if (!have_gpu())
+        skip();
+    char err[512];
+    static const struct { int32_t rows, cols, T; } cases[] = {
+        {576, 576, 1}, {576, 576, 5}, {1536, 576, 64}, {49152, 576, 1}, {1000, 1544, 256},
+        {4096, 4096, 1}, {4096, 4096, 5}, {11008, 4096, 16}, {4096, 11008, 64}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        cuda_proj_report r;
+        if (cuda_proj_check(0, cases[i].rows, cases[i].cols, cases[i].T, 20, &r, err, sizeof err) != 0)
+            fail_msg("cuda_proj_check: %s", err);
+        printf("  proj %5d x %5d, T %3d: fixed %.4f ms, cuBLAS %.4f ms (x%.2f), max |diff| %.3g of %.3g\n",
+               cases[i].rows, cases[i].cols, cases[i].T, r.ms_fixed, r.ms_cublas,
+               r.ms_cublas > 0 ? r.ms_fixed / r.ms_cublas : 0.0, r.max_abs_diff, r.max_abs);
+        assert_int_equal(r.tokens_max, 256);
+        assert_true(r.rows_identical);
+        assert_true(r.max_abs_diff <= 1e-3 * fmax(1.0, r.max_abs));
+    }
+}
+
 typedef struct {
     int32_t ids[256];
     int n;
@@ -443,7 +576,9 @@ static int collect_emit(void *ctx, int32_t t)
 }
 
 /* Greedy decoding: graph replay = direct launches = self-spec on the
- * device; and the CPU's greedy tokens wherever its margins are clear. */
+ * device (exact by construction: the fixed-order kernels give the
+ * verification block the plain steps' logits); and the CPU's greedy tokens
+ * wherever its margins are clear. */
 static void test_generate(void **state)
 {
     (void)state;
@@ -543,6 +678,8 @@ int main(void)
         cmocka_unit_test(test_forward_q8),
         cmocka_unit_test(test_forward_tied_padded_mha),
         cmocka_unit_test(test_mask_scratch_batch),
+        cmocka_unit_test(test_exact_blocks),
+        cmocka_unit_test(test_proj_vs_cublas),
         cmocka_unit_test(test_generate),
         cmocka_unit_test(test_synthetic_timing),
     };
