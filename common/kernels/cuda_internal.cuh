@@ -99,7 +99,7 @@ void launch_attention(cudaStream_t st, const float *qkv, wt *att, int T, const i
                       int head_dim, int dim, int kv_dim, float *part, int span, int n_splits);
 /* Y (T, rows) fp32 = X (T, cols) . W^T (+ Y when accumulate), W (rows, cols)
  * and X (T, cols) row-major wt, 16-byte aligned rows, cols % PROJ_VEC == 0,
- * 1 <= T <= PROJ_T_MAX. Row t of Y is bit-identical for every T and every
+ * T >= 1. Row t of Y is bit-identical for every T and every
  * place of token t in the pass (cuda_order.h). */
 void launch_proj(cudaStream_t st, const wt *W, int rows, int cols, const wt *X, int T, float *Y, int accumulate);
 /* out (T, H) = silu(gate) * up from hb (T, 2H) = gate | up. */

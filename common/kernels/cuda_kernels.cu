@@ -1,10 +1,19 @@
 /*
  * cuda_kernels.cu - the CUDA kernels of the forward pass and of the device
- * decoding loops (everything but the matrix products, which are cuBLAS):
- * embedding lookup, RMSNorm, RoPE + KV write, attention over the KV cache
- * (any number of query tokens, each at its own position: prefill, T = 1
- * decoding, T = k + 1 verification), SwiGLU, argmax, the graph "advance"
- * step and the self-speculative acceptance step, random fills.
+ * decoding loops: embedding lookup, RMSNorm, RoPE + KV write, attention
+ * over the KV cache (any number of query tokens, each at its own position:
+ * prefill, T = 1 decoding, T = k + 1 verification; split over positions,
+ * one block per KV head and group of query heads), the fixed-order
+ * projection (k_proj; cuBLAS remains for the decode loops' prefill),
+ * SwiGLU, argmax, the graph "advance" step and the self-speculative
+ * acceptance step, random fills.
+ *
+ * Exactness: every kernel computes each (token, output) from that token's
+ * inputs alone, in an order that does not depend on T; for k_proj and the
+ * attention that order is written down in kernels/cuda_order.h and ported
+ * to the host in tests/test_cuda_order.c. None of this has run on a GPU
+ * yet (no device where it was written): it compiles with nvcc, and the
+ * host ports pass.
  *
  * Every kernel reads token ids, positions and cache locations from device
  * memory (never from launch arguments that change per step), so a decode

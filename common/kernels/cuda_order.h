@@ -25,7 +25,8 @@
  * the tile size, t's place in the tile or the other tokens. Tokens share
  * the weight registers a lane loaded, never a partial sum. So a token gives
  * the same bits alone (T = 1), in a verification block (T = k + 1) or in a
- * batch of 256, and the tile size (PROJ_TT_*) may be chosen per T for speed.
+ * batch of 256, and the tile size (PROJ_TT_FOR) may be chosen per T for
+ * speed.
  *
  * Decode attention (k_attention + k_att_combine): positions 0..p of a token
  * are cut at multiples of span = att_span(ctx) (ctx: the state's context,
@@ -58,10 +59,13 @@
 
 /* ---- projections ---- */
 
-/* Projections of at most this many tokens go through k_proj (plain and
- * draft steps, verification blocks, batched decoding); above it (prompt
- * chunks) and in the backend's own prefill, cuBLAS. */
-#define PROJ_T_MAX 256
+/* Every pass of cuda_forward goes through k_proj, whatever its T (plain
+ * and draft steps, verification blocks, the engine's mixed passes of
+ * decode blocks and prompt chunks); only the one-process decode loops'
+ * own prefill (cuda_generate_*, the same for plain and self-spec) uses
+ * cuBLAS. The kernel takes any T (grid.y = T / 16 blocks); PROJ_T_MAX is
+ * what the checks go up to: the engine's --max-batch-tokens limit. */
+#define PROJ_T_MAX 8192
 #define PROJ_WARPS 4                          /* warps per block */
 #define PROJ_RPW 2                            /* rows per warp */
 #define PROJ_ROWS (PROJ_WARPS * PROJ_RPW)     /* rows per block */

@@ -1,7 +1,9 @@
 /*
  * cuda_backend.cu - the CUDA backend (see cuda_backend.h): device weights in
- * one allocation, KV caches, the forward pass (kernels in cuda_kernels.cu,
- * projections with cuBLAS), CUDA-graph decode loops and CUDA IPC.
+ * one allocation (uploaded from several host threads, see load_weights),
+ * KV caches, the forward pass (kernels in cuda_kernels.cu; projections
+ * through the fixed-order k_proj, cuBLAS only for the decode loops' own
+ * prefill), CUDA-graph decode loops and CUDA IPC.
  *
  * Weight allocation layout (weights_plan): a deterministic walk over the
  * model config, 256-byte aligned pieces, total rounded up to 2 MiB:
@@ -806,14 +808,13 @@ extern "C" const float *cuda_state_logits(const cuda_state *s, int32_t *ld)
 /* ------------------------------------------------------------------------ */
 /* Forward pass                                                              */
 
-/* Y (T, rows) fp32 = X (T, cols) wt . W^T (+ Y when accumulate). fixed and
- * T <= PROJ_T_MAX: the fixed-order kernel (every token's row the same bits
- * whatever T); else cuBLAS (see the top comment for the column-major
- * reasoning). */
+/* Y (T, rows) fp32 = X (T, cols) wt . W^T (+ Y when accumulate). fixed:
+ * the fixed-order kernel (every token's row the same bits whatever T);
+ * else cuBLAS (see the top comment for the column-major reasoning). */
 static int gemm_xwt(cuda_model *cm, const wt *W, int rows, int cols, const wt *X, int T, float *Y,
                     int accumulate, int fixed, char *err, size_t errlen)
 {
-    if (fixed && T <= PROJ_T_MAX) {
+    if (fixed) {
         launch_proj(cm->stream, W, rows, cols, X, T, Y, accumulate);
         launchCheck();
         return 0;
@@ -974,9 +975,9 @@ static int forward_batch(cuda_model *cm, cuda_state *s, const cuda_seq *seqs, in
     return 0;
 }
 
-/* Exact by construction: every pass of at most PROJ_T_MAX tokens runs the
- * fixed-order projections, so a token's logits are the same bits in a plain
- * step, a verification block or a batch. */
+/* Exact by construction: every pass runs the fixed-order projections, so
+ * a token's logits are the same bits in a plain step, a verification block,
+ * a batch, or a pass whose prompt chunk was cut anywhere. */
 extern "C" int cuda_forward(cuda_model *cm, cuda_state *s, const cuda_seq *seqs, int n_seqs,
                             const layer_mask *mask, float *logits, int32_t *argmax, char *err, size_t errlen)
 {
@@ -1114,7 +1115,6 @@ extern "C" int cuda_proj_check(int device, int32_t rows, int32_t cols, int32_t T
                                char *err, size_t errlen)
 {
     memset(r, 0, sizeof *r);
-    r->tokens_max = PROJ_T_MAX;
     if (rows <= 0 || cols <= 0 || cols % PROJ_VEC != 0 || T < 1 || T > PROJ_T_MAX || iters <= 0)
         return util_err(err, errlen, "cuda_proj_check: bad arguments (rows %d, cols %d, T %d)", rows, cols, T);
     if (check_device(device, err, errlen) != 0)

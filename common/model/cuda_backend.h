@@ -13,14 +13,14 @@
  *    (qmat_dequant_row, the CPU reference) to half precision (fp16; a
  *    one-line switch in cuda_backend.cu selects bf16) in ONE 2 MiB-aligned
  *    cudaMalloc allocation, together with the fp32 norm vectors;
- *  - every projection and the output head of a pass of at most PROJ_T_MAX
- *    (256) tokens runs a fixed-order kernel (kernels/cuda_order.h) with
- *    half inputs and fp32 sums: each output's summation order does not
- *    depend on how many tokens share the pass, so plain steps, draft
- *    steps, verification blocks and batches give a token bit-identical
- *    logits; longer passes and the backend's own prefill (which plain and
- *    self-speculative decoding share) use cuBLAS GEMMs (fp32 accumulation
- *    and output); the residual stream is fp32;
+ *  - every projection and the output head of cuda_forward runs a
+ *    fixed-order kernel (kernels/cuda_order.h) with half inputs and fp32
+ *    sums: each output's summation order does not depend on how many
+ *    tokens share the pass, so plain steps, draft steps, verification
+ *    blocks, batches and prompt chunks cut anywhere give a token
+ *    bit-identical logits; only the prefill of cuda_generate_plain /
+ *    cuda_generate_selfspec (the same for both) uses cuBLAS GEMMs (fp32
+ *    accumulation and output); the residual stream is fp32;
  *  - decode attention is split over positions in a fixed, T-independent
  *    way and merged in position order (cuda_order.h);
  *  - the KV cache is IEEE half, (layer, position, kv_dim), as on the CPU.
@@ -158,7 +158,6 @@ int cuda_argmax_host(int device, const float *logits, int32_t rows, int32_t n, i
 /* The fixed-order projection kernel against cuBLAS on random fp16 data
  * (tests, scripts/gpu_check.c). */
 typedef struct {
-    int32_t tokens_max;      /* projections of at most this many tokens are fixed-order (PROJ_T_MAX) */
     int rows_identical;      /* 1: each token's row of the T-token pass equals,
                                 bit for bit, that token alone (T = 1) */
     double max_abs_diff;     /* max |fixed - cuBLAS| over the (T, rows) outputs */
@@ -171,8 +170,7 @@ typedef struct {
  * Y (T, rows) = X (T, cols) . W^T with W uniform(+-sqrt(3/cols)) and X
  * uniform(+-1) in fp16 (seeded, made on the device): once through the
  * fixed-order kernel, once per token alone, once through cuBLAS; then
- * iters timed runs of each (after a warm-up). cols a multiple of 8,
- * 1 <= T <= tokens_max. Allocates and frees its own buffers; synchronous.
+ * iters timed runs of each. cols a multiple of 8, 1 <= T <= 8192. Allocates and frees its own buffers; synchronous.
  */
 int cuda_proj_check(int device, int32_t rows, int32_t cols, int32_t T, int iters, cuda_proj_report *r,
                     char *err, size_t errlen);
