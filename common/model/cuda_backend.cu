@@ -1146,8 +1146,8 @@ static int graph_get(cuda_state *s, graph_slot *g, int kind, int32_t T, const la
     if (g->valid && g->kind == kind && g->T == T && mask_equal(g, mask, n_layers))
         return 0;
     graph_reset(g);
-    /* Warm-up run outside the capture, so cuBLAS selects and loads its
-     * kernels for these shapes first. Idempotent: it writes the same KV
+    /* Warm-up run outside the capture, so every kernel is loaded before
+     * it is captured (the module loads lazily). Idempotent: it writes the same KV
      * entries the step itself will write, and no advance. */
     if (forward_core(s, T, T, mask, 1, err, errlen) != 0)
         return -1;

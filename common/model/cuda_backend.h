@@ -212,8 +212,9 @@ int cuda_generate_plain(cuda_model *cm, cuda_state *s, cuda_kv *kv, const int32_
  * Greedy self-speculative decoding: up to k draft steps (T = 1 with mask,
  * scratch KV; the draft step is a CUDA graph when use_graph), then one
  * verification pass over k + 1 tokens with the full model; acceptance by
- * comparing argmax ids on the device. Output equals plain greedy output
- * whenever the full model's argmax does not depend on the block size.
+ * comparing argmax ids on the device. Output equals plain greedy output:
+ * the fixed-order kernels give the verification block the plain steps'
+ * logits bit for bit (kernels/cuda_order.h).
  * s->max_tokens must be >= k + 1; scratch must hold k positions.
  */
 int cuda_generate_selfspec(cuda_model *cm, cuda_state *s, cuda_kv *kv, cuda_kv *scratch,
