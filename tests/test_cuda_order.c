@@ -448,10 +448,15 @@ static void check_attention(att_shape a, uint64_t seed)
     int tpos[NTOK], tseq[NTOK];
     float *tq = malloc((size_t)NTOK * qkv_w * sizeof(float));
     uint64_t st = seed;
+    assert_int_equal(5 % NSEQ, NSEQ - 1);
     for (int t = 0; t < NTOK; t++) {
         tseq[t] = t % NSEQ;
         int r = (int)(rng_next(&st) % (uint64_t)a.ctx);
-        tpos[t] = t == 0 ? 0 : t == 1 ? a.ctx - 1 : t == 2 ? span - 1 : t == 3 ? span : t == 4 ? 2 * span : r;
+        /* edges: the first position, the last, both sides of the first
+         * split edge, the second edge, and (t = 5: the sequence with a
+         * scratch cache) positions read from the scratch */
+        tpos[t] = t == 0 ? 0 : t == 1 ? a.ctx - 1 : t == 2 ? span - 1 : t == 3 ? span : t == 4 ? 2 * span
+                : t == 5 ? a.ctx - 3 : r;
         for (int j = 0; j < qkv_w; j++)
             tq[(size_t)t * qkv_w + j] = rng_uniform(&st, 1.5f);
     }
