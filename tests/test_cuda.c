@@ -20,6 +20,8 @@
  * (test_generate). test_proj_vs_cublas compares the fixed-order kernel with
  * cuBLAS (tolerance) and prints what each costs. The host ports of the same
  * kernels (tests/test_cuda_order.c) check the order on every machine.
+ * test_engine_on_gpu runs the one engine loop over the CUDA backend:
+ * alone = batched, plain = forced self-spec = auto, under a KV budget.
  *
  * ASan: CUDA's runtime needs the shadow gap unprotected and leaks driver
  * state at exit, hence the default options below (this binary only).
@@ -37,6 +39,9 @@
 
 #include "model/cuda_backend.h"
 #include "decode/generate.h"
+#include "decode/skipset.h"
+#include "engine/engine.h"
+#include "model/backend.h"
 #include "decode/sampler.h"
 #include "model/model.h"
 #include "testutil_model.h"
@@ -661,6 +666,135 @@ static void test_generate(void **state)
     fixture_close(&f);
 }
 
+/* ---- the engine over the CUDA backend (model/backend.h) ---- */
+
+typedef struct {
+    int32_t prompt[40], n_prompt;
+    gen_params gp;
+    int32_t out[64], n_out;
+    int done;
+} ereq;
+
+static int ereq_token(void *user, int32_t tok)
+{
+    ereq *r = user;
+    assert_true(r->n_out < 64);
+    r->out[r->n_out++] = tok;
+    return 0;
+}
+
+static void ereq_done(void *user, const engine_result *res)
+{
+    ereq *r = user;
+    assert_int_equal(res->generated_tokens, r->n_out);
+    r->done = 1;
+}
+
+/* Every request through one engine on the GPU; outputs into r[i].out. */
+static void engine_gpu_run(const model *m, ereq *r, int n, int32_t max_seqs, engine_mode mode, const skip_set *ss)
+{
+    char err[512];
+    engine_params p;
+    engine_params_default(&p);
+    p.max_seqs = max_seqs;
+    p.max_batch_tokens = 32;
+    p.ctx = 128;
+    p.mode = mode;
+    p.ss = ss;
+    p.sp.max_draft = 4;
+    p.calibrate = mode == ENGINE_AUTO;
+    p.kv_mem = (size_t)3 * 128 * 2 * m->config.n_layers * m->config.kv_dim * sizeof(kv_elem);
+    p.backend = backend_cuda_open(m, 0, engine_pass_tokens(&p), p.ctx + SPEC_MAX_DRAFT + 2, p.kv_mem, err,
+                                  sizeof err);
+    if (!p.backend)
+        fail_msg("backend_cuda_open: %s", err);
+    engine *e;
+    if (engine_init(&e, m, &p, err, sizeof err) != 0)
+        fail_msg("engine_init: %s", err);
+    for (int i = 0; i < n; i++) {
+        r[i].n_out = 0;
+        r[i].done = 0;
+        engine_callbacks cb = {ereq_token, ereq_done, &r[i]};
+        if (engine_submit(e, r[i].prompt, r[i].n_prompt, &r[i].gp, &cb, err, sizeof err) != 0)
+            fail_msg("submit: %s", err);
+    }
+    while (engine_pending(e) > 0)
+        if (engine_step(e, err, sizeof err) < 0)
+            fail_msg("engine_step: %s", err);
+    int32_t used, total;
+    engine_kv_usage(e, &used, &total);
+    assert_int_equal(used, 0);   /* every device cache came back */
+    engine_free(e);
+    backend_cuda_close(p.backend);
+    for (int i = 0; i < n; i++)
+        assert_int_equal(r[i].done, 1);
+}
+
+/* The one engine loop on the GPU: every request's tokens are the same bits
+ * alone (max-seqs 1) and batched (6), plain, forced self-spec and auto
+ * (greedy ones; sampled ones with their seeds), and a KV budget of three
+ * sequences makes the others wait, not fail. The engine's plain tokens
+ * equal the backend's own graph loop. */
+static void test_engine_on_gpu(void **state)
+{
+    (void)state;
+    if (!have_gpu())
+        skip();
+    tmodel_spec sp = tmodel_default(GGUF_TT_Q8_0);
+    sp.n_layers = 4;
+    fixture f;
+    fixture_open(&f, &sp, 64, 128);
+    enum { N = 8 };
+    ereq ref[N], got[N];
+    memset(ref, 0, sizeof ref);
+    for (int i = 0; i < N; i++) {
+        ref[i].n_prompt = 3 + 4 * i;
+        make_tokens(ref[i].prompt, ref[i].n_prompt, f.m.config.vocab_size, 100 + (uint64_t)i);
+        ref[i].gp.max_tokens = 10 + 6 * i;
+        ref[i].gp.sampling = (sampler_params){.temperature = 0.0f, .top_k = 0, .top_p = 1.0f, .seed = 0};
+        if (i % 4 == 3)
+            ref[i].gp.sampling = (sampler_params){.temperature = 0.8f, .top_k = 0, .top_p = 0.95f,
+                                                  .seed = 7 + (uint64_t)i};
+    }
+    engine_gpu_run(&f.m, ref, N, 1, ENGINE_PLAIN, NULL);
+    /* the backend's own loop, request 0 */
+    char err[512];
+    cuda_kv *kv = cuda_kv_init(f.cm, 128, err, sizeof err);
+    assert_non_null(kv);
+    collect a = {0};
+    cuda_gen_stats st;
+    if (cuda_generate_plain(f.cm, f.cs, kv, ref[0].prompt, ref[0].n_prompt, ref[0].gp.max_tokens, 1, NULL, NULL,
+                            collect_emit, &a, &st, err, sizeof err))
+        fail_msg("cuda_generate_plain: %s", err);
+    assert_int_equal(a.n, ref[0].n_out);
+    assert_memory_equal(a.ids, ref[0].out, (size_t)a.n * sizeof(int32_t));
+    cuda_kv_free(kv);
+    skip_set ss;
+    skipset_init(&ss, f.m.config.n_layers);
+    ss.attn_skip[1] = 1;
+    ss.mlp_skip[2] = 1;
+    struct { int32_t seqs; engine_mode mode; const skip_set *ss; const char *what; } runs[] = {
+        {6, ENGINE_PLAIN, NULL, "plain, 6 sequences"},
+        {3, ENGINE_SPEC, &ss, "forced self-spec, 3 sequences"},
+        {6, ENGINE_AUTO, &ss, "auto, 6 sequences"},
+    };
+    for (size_t k = 0; k < sizeof runs / sizeof runs[0]; k++) {
+        memcpy(got, ref, sizeof got);
+        engine_gpu_run(&f.m, got, N, runs[k].seqs, runs[k].mode, runs[k].ss);
+        for (int i = 0; i < N; i++) {
+            /* forced self-spec draws differently under sampling (its own
+             * stream, as on the CPU): only greedy requests must match there */
+            if (runs[k].mode == ENGINE_SPEC && ref[i].gp.sampling.temperature > 0.0f)
+                continue;
+            if (got[i].n_out != ref[i].n_out || memcmp(got[i].out, ref[i].out, (size_t)ref[i].n_out * sizeof(int32_t)))
+                fail_msg("%s: request %d differs from decoding it alone", runs[k].what, i);
+        }
+        printf("  engine on the GPU, %s: every output as alone\n", runs[k].what);
+    }
+    skipset_free(&ss);
+    fixture_close(&f);
+}
+
 static void test_synthetic_timing(void **state)
 {
     (void)state;
@@ -704,6 +838,7 @@ int main(void)
         cmocka_unit_test(test_exact_blocks),
         cmocka_unit_test(test_proj_vs_cublas),
         cmocka_unit_test(test_generate),
+        cmocka_unit_test(test_engine_on_gpu),
         cmocka_unit_test(test_synthetic_timing),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
