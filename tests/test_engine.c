@@ -19,7 +19,8 @@
  *    gen_plain; it is asked about exactly the state it was told of;
  *  - the backend interface: an engine over a backend the caller opened (the
  *    CPU one, wrapped and counted) decodes exactly the same, closes every
- *    cache it opened; the CUDA backend fails cleanly without a GPU.
+ *    cache it opened, asks greedy-only passes for argmax ids alone (a
+ *    device keeps its logits); the CUDA backend fails cleanly without a GPU.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -625,7 +626,7 @@ static void test_remote_source(void **state)
 typedef struct {
     model_backend b;
     cpu_backend cpu;
-    int64_t opens, closes, forwards;
+    int64_t opens, closes, forwards, argmax_only;
 } counting_backend;
 
 static int cnt_kv_open(model_backend *b, kv_cache *kv, int32_t cap, int scratch, char *err, size_t errlen)
@@ -656,11 +657,12 @@ static void cnt_kv_usage(const model_backend *b, int32_t *used, int32_t *total)
 }
 
 static int cnt_forward(model_backend *b, fwd_seq *seqs, int n, const layer_mask *mask, const qmat *head,
-                       float *logits, char *err, size_t errlen)
+                       float *logits, int32_t *argmax, char *err, size_t errlen)
 {
     counting_backend *c = (counting_backend *)b;
     c->forwards++;
-    return c->cpu.b.forward(&c->cpu.b, seqs, n, mask, head, logits, err, errlen);
+    c->argmax_only += logits == NULL;
+    return c->cpu.b.forward(&c->cpu.b, seqs, n, mask, head, logits, argmax, err, errlen);
 }
 
 /* An engine over a backend the caller opened decodes exactly as over its
@@ -679,8 +681,10 @@ static void test_backend_interface(void **state)
     reference(&t, r, N_REQ, &ss);
     engine_mode modes[] = {ENGINE_SPEC, ENGINE_AUTO};
     for (int mi = 0; mi < 2; mi++) {
-        if (modes[mi] == ENGINE_AUTO)
-            reference(&t, r, N_REQ, NULL);   /* auto: the greedy ones speculate, outputs are plain's */
+        if (modes[mi] == ENGINE_AUTO) {   /* greedy requests only, outputs are plain's */
+            make_requests(r, N_REQ, 0);
+            reference(&t, r, N_REQ, NULL);
+        }
         engine_params p;
         base_params(&p, 3, modes[mi], &ss);
         kv_pool pool;
@@ -695,6 +699,9 @@ static void test_backend_interface(void **state)
         p.backend = &cb.b;
         run_engine(&t, r, N_REQ, &p, modes[mi] == ENGINE_SPEC ? "backend, self-spec" : "backend, auto");
         assert_true(cb.forwards > 0);
+        if (modes[mi] == ENGINE_AUTO)   /* passes of greedy sequences ask for ids, not logits */
+            assert_true(cb.argmax_only > 0);
+        backend_cpu_free(&cb.cpu);
         assert_true(cb.opens >= N_REQ);
         assert_int_equal(cb.opens, cb.closes);
         assert_int_equal(pool.n_free, pool.n_blocks);

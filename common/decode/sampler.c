@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "model/model.h"
 #include "util/util.h"
 
 /* qsort context-free comparison: order ids by descending logit, ties by id. */
@@ -63,11 +64,7 @@ float sampler_uniform(sampler *s)
 
 int32_t sampler_argmax(const float *logits, int32_t n)
 {
-    int32_t best = 0;
-    for (int32_t i = 1; i < n; i++)
-        if (logits[i] > logits[best])
-            best = i;
-    return best;
+    return model_argmax(logits, n);
 }
 
 float sampler_top1_prob(const float *logits, int32_t n, int32_t *arg)

@@ -260,6 +260,15 @@ int spec_verify(const model *m, fwd_state *fs, kv_cache *kv, int32_t cur, const 
     return 0;
 }
 
+void spec_accept_ids(const int32_t *ids, const spec_block *b, int32_t *accepted, int32_t *next)
+{
+    int32_t n = 0;
+    while (n < b->n && ids[n] == b->tokens[n])
+        n++;
+    *accepted = n;
+    *next = ids[n];
+}
+
 void spec_accept(int32_t V, float *logits, const spec_block *b, const spec_qdist *qd, sampler *smp,
                  int32_t *accepted, int32_t *next)
 {

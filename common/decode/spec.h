@@ -167,6 +167,12 @@ int spec_verify(const model *m, fwd_state *fs, kv_cache *kv, int32_t cur, const 
                 const spec_drafter *d, sampler *smp, float *logits, int32_t *accepted, int32_t *next,
                 char *err, size_t errlen);
 
+/* Greedy acceptance from the argmax of each verification row, ids[0..b->n]
+ * (what spec_accept does with the logits under greedy decoding: the
+ * longest prefix of b's tokens equal to the rows' argmax, then the next
+ * row's argmax). */
+void spec_accept_ids(const int32_t *ids, const spec_block *b, int32_t *accepted, int32_t *next);
+
 /* The acceptance step of spec_verify on logits the caller computed: rows
  * (b->n + 1, V) of the full model for [cur, d1..dk]. Greedy: the longest
  * prefix equal to the argmax, then the argmax after it. Sampling: min(1, p/q)

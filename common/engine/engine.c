@@ -93,6 +93,7 @@ struct engine {
     int32_t dwidth;
     float *dlogits;            /* (max_seqs, dwidth) */
     float *logits;             /* (max_batch_tokens, vocab) */
+    int32_t *am;               /* (max_batch_tokens) argmax of each output row of a full pass */
     fwd_seq *batch;            /* (max_seqs) */
     int32_t *bseq;             /* (max_seqs) sequence index of each batch entry */
     /* cost model: seconds of a full pass of T tokens, of a draft pass of n */
@@ -277,7 +278,7 @@ static int calibrate(engine *e, char *err, size_t errlen)
         for (int rep = 0; rep < 3 && rc == 0; rep++) {
             fwd_seq sq = {.tokens = toks, .n_tokens = T, .pos = 0, .kv = &kv, .logits_from = T - 1};
             double t0 = util_now();
-            rc = e->be->forward(e->be, &sq, 1, NULL, NULL, e->logits, err, errlen);
+            rc = e->be->forward(e->be, &sq, 1, NULL, NULL, e->logits, NULL, err, errlen);
             if (rep > 0)   /* the first pass warms caches */
                 cost_add(e->full.s, e->full.n, T, util_now() - t0);
         }
@@ -290,7 +291,7 @@ static int calibrate(engine *e, char *err, size_t errlen)
             for (int rep = 0; rep < 3 && rc == 0; rep++) {
                 double t0 = util_now();
                 rc = e->be->forward(e->be, e->batch, T, &e->mask, e->head.rows ? &e->head : NULL, e->dlogits,
-                                    err, errlen);
+                                    NULL, err, errlen);
                 if (rep > 0)
                     cost_add(e->draft.s, e->draft.n, T, util_now() - t0);
             }
@@ -347,6 +348,7 @@ int engine_init(engine **out, const model *m, const engine_params *p, char *err,
     e->batch = callocCheck((size_t)p->max_seqs, sizeof(fwd_seq));
     e->bseq = callocCheck((size_t)p->max_seqs, sizeof(int32_t));
     e->logits = mallocCheck((size_t)e->p.max_batch_tokens * m->config.vocab_size * sizeof(float));
+    e->am = mallocCheck((size_t)e->p.max_batch_tokens * sizeof(int32_t));
     e->can_layers = p->mode != ENGINE_PLAIN && p->ss != NULL && p->sp.draft != SPEC_DRAFT_CONTEXT && !p->remote;
     e->can_ctx = p->mode != ENGINE_PLAIN && p->sp.draft != SPEC_DRAFT_LAYERS && !p->remote;
     e->can_draft = e->can_layers || e->can_ctx || p->remote;
@@ -401,6 +403,8 @@ void engine_free(engine *e)
         qmat_free_owned(&e->head);
     free(e->dlogits);
     free(e->logits);
+    free(e->am);
+    backend_cpu_free(&e->cpu);
     free(e->batch);
     free(e->bseq);
     free(e->seqs);
@@ -696,7 +700,7 @@ static int draft(engine *e, char *err, size_t errlen)
         if (n == 0)
             return 0;
         double t0 = util_now();
-        if (e->be->forward(e->be, e->batch, n, &e->mask, e->head.rows ? &e->head : NULL, e->dlogits, err,
+        if (e->be->forward(e->be, e->batch, n, &e->mask, e->head.rows ? &e->head : NULL, e->dlogits, NULL, err,
                            errlen) != 0)
             return -1;
         double dt = util_now() - t0;
@@ -858,8 +862,15 @@ int engine_step(engine *e, char *err, size_t errlen)
         }
         off += e->batch[j].n_tokens;
     }
+    /* a pass whose output rows are all greedy needs only their argmax (a
+     * device keeps its logits); a sampled sequence's rows need the logits */
+    int need_logits = 0;
+    for (int j = 0; j < n && !need_logits; j++) {
+        eseq *s = &e->seqs[e->bseq[j]];
+        need_logits = s->gp.sampling.temperature != 0.0f && e->batch[j].logits_from < e->batch[j].n_tokens;
+    }
     double t0 = util_now();
-    int rc = e->be->forward(e->be, e->batch, n, NULL, NULL, e->logits, err, errlen);
+    int rc = e->be->forward(e->be, e->batch, n, NULL, NULL, need_logits ? e->logits : NULL, e->am, err, errlen);
     double dt = util_now() - t0;
     free(blocks);
     if (rc != 0)
@@ -872,6 +883,7 @@ int engine_step(engine *e, char *err, size_t errlen)
     const int32_t V = e->m->config.vocab_size;
     int64_t emitted = 0;
     float *row = e->logits;
+    const int32_t *am = e->am;   /* row's argmax */
     for (int j = 0; j < n; j++) {
         eseq *s = &e->seqs[e->bseq[j]];
         fwd_seq *sq = &e->batch[j];
@@ -881,21 +893,25 @@ int engine_step(engine *e, char *err, size_t errlen)
             e->tot.prompt_tokens += sq->n_tokens;
             if (s->n_prefilled < s->n_prompt)
                 continue;   /* no logits row for a middle chunk */
-            s->cur = sampler_sample(&s->smp, row);
+            s->cur = need_logits ? sampler_sample(&s->smp, row) : *am;
             row += V;
+            am++;
             s->state = SEQ_DECODE;
             if (emit(s, s->cur))
                 finish(e, s);
             continue;
         }
         int32_t acc = 0, next;
-        if (s->spec_mode == 2 || s->blk.n > 0) {
+        if (!need_logits) {   /* greedy: the argmax rows are all it takes (spec_accept's rule) */
+            spec_accept_ids(am, &s->blk, &acc, &next);
+        } else if (s->spec_mode == 2 || s->blk.n > 0) {
             spec_qdist qd = {s->q, e->dwidth, e->head_tokens};
             spec_accept(V, row, &s->blk, &qd, &s->smp, &acc, &next);
         } else {
             next = sampler_sample(&s->smp, row);   /* a plain step, as gen_plain */
         }
         row += (size_t)(1 + s->blk.n) * V;
+        am += 1 + s->blk.n;
         emitted += acc + 1;
         s->res.verifications++;
         record(e, s, acc);

@@ -42,9 +42,12 @@ struct model_backend {
     int32_t (*kv_max)(const model_backend *b);
     /* KV memory in use and in all, in blocks of KV_BLOCK positions. */
     void (*kv_usage)(const model_backend *b, int32_t *used, int32_t *total);
-    /* model_forward (model.h) over caches from kv_open; logits on the host. */
+    /* model_forward (model.h) over caches from kv_open. logits: host
+     * (rows, width), or NULL when argmax is given (a device then keeps its
+     * logits where they are); argmax: host (rows) ids of each output row's
+     * largest logit (model_argmax's rule), or NULL. */
     int (*forward)(model_backend *b, fwd_seq *seqs, int n_seqs, const layer_mask *mask, const qmat *head,
-                   float *logits, char *err, size_t errlen);
+                   float *logits, int32_t *argmax, char *err, size_t errlen);
 };
 
 /* The CPU backend. */
@@ -53,11 +56,14 @@ typedef struct {
     const model *m;
     fwd_state *fs;
     kv_pool *pool;
+    float *rows;               /* (cap_rows floats) logits when the caller wants argmax only */
+    size_t cap_rows;
 } cpu_backend;
 
 /* A CPU backend over model m, forward state fs and pool p (all three must
- * outlive it); returns &cb->b. */
+ * outlive it); returns &cb->b. backend_cpu_free releases its own buffer. */
 model_backend *backend_cpu_init(cpu_backend *cb, const model *m, fwd_state *fs, kv_pool *p);
+void backend_cpu_free(cpu_backend *cb);
 
 /* The CUDA backend on device `device`: m's weights uploaded (cuda_model_load),
  * activation buffers for passes of up to max_tokens tokens over positions

@@ -80,7 +80,7 @@ static void cuda_b_kv_usage(const model_backend *b, int32_t *used, int32_t *tota
 }
 
 static int cuda_b_forward(model_backend *b, fwd_seq *seqs, int n_seqs, const layer_mask *mask, const qmat *head,
-                          float *logits, char *err, size_t errlen)
+                          float *logits, int32_t *argmax, char *err, size_t errlen)
 {
     cuda_engine_backend *cb = (cuda_engine_backend *)b;
     if (head)
@@ -101,7 +101,9 @@ static int cuda_b_forward(model_backend *b, fwd_seq *seqs, int n_seqs, const lay
                                  .scratch = sc ? sc->kv : NULL, .scratch_base = q->scratch_base,
                                  .logits_from = q->logits_from};
     }
-    return cuda_forward(cb->cm, cb->st, cb->seqs, n_seqs, mask, logits, NULL, err, errlen);
+    /* argmax on the device (cuda_argmax_host's rule = model_argmax's); with
+     * argmax alone the logits stay there */
+    return cuda_forward(cb->cm, cb->st, cb->seqs, n_seqs, mask, logits, argmax, err, errlen);
 }
 
 model_backend *backend_cuda_open(const model *m, int device, int32_t max_tokens, int32_t ctx, size_t kv_mem,

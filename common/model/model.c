@@ -763,6 +763,15 @@ static int32_t kv_runs(const fwd_seq *sq, int32_t l, int32_t n, int32_t h, attn_
     return nr;
 }
 
+int32_t model_argmax(const float *x, int32_t n)
+{
+    int32_t best = 0;
+    for (int32_t i = 1; i < n; i++)
+        if (x[i] > x[best])
+            best = i;
+    return best;
+}
+
 /* Heads per attention task: a whole group of query heads shares its key and
  * value rows, but a batch of few tokens splits the groups so that every
  * thread has work. The split does not change any head's arithmetic. */

@@ -217,6 +217,11 @@ int model_check_block(const model_config *c, int i, const int32_t *tokens, int32
                       int32_t logits_from, int32_t kv_cap, int32_t scratch_cap, int32_t scratch_base,
                       int32_t ctx_cap, char *err, size_t errlen);
 
+/* The index of the largest of x[0..n), ties to the smaller index (a NaN
+ * compares false: NaN at 0 gives 0, later NaN entries are skipped). The
+ * greedy choice everywhere (sampler_argmax, the backends' argmax rows). */
+int32_t model_argmax(const float *x, int32_t n);
+
 /* Weight bytes one forward pass streams (whatever its token count): the
  * matrices and vectors of every computed sublayer under mask (NULL: all)
  * and the logits head (NULL: the model's own), not the embedding rows. */
