@@ -75,7 +75,7 @@ TEST_SUPPORT_OBJ := $(patsubst %.c,$(BUILD)/tst/%.o,$(TEST_SUPPORT))
 TEST_SUPPORT_V3  := $(patsubst %.c,$(BUILD)/tst-v3/%.o,$(TEST_SUPPORT))
 
 .PHONY: all run test test-qwen unit unit-v3 e2e fuzz setup clean bench layers gpu-check-test
-all: $(BIN)/selfspec $(BIN)/selfspec-drafter
+all: $(BIN)/selfspec $(BIN)/selfspec-drafter $(BIN)/selfspec-drafter-cuda
 
 setup:
 	@MODELS="$(MODELS)" scripts/setup.sh
@@ -128,6 +128,16 @@ $(BIN)/selfspec: $(VERIFIER_OBJ) $(BUILD)/libselfspec.a
 	$(CC) $(CFLAGS) $^ $(LIBS) -o $@
 
 $(BIN)/selfspec-drafter: $(DRAFTER_OBJ) $(BUILD)/libselfspec.a
+	@mkdir -p $(BIN)
+	$(CC) $(CFLAGS) $^ $(LIBS) -o $@
+
+# The same drafter with its GPU path (CUDA IPC; the pipeline on a GPU starts
+# it), so that the CPU drafter never loads the CUDA libraries.
+$(BUILD)/rel/drafter/drafter-cuda.o: drafter/drafter.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -DDRAFTER_CUDA -c $< -o $@
+
+$(BIN)/selfspec-drafter-cuda: $(BUILD)/rel/drafter/drafter-cuda.o $(BUILD)/libselfspec.a
 	@mkdir -p $(BIN)
 	$(CC) $(CFLAGS) $^ $(LIBS) -o $@
 

@@ -12,6 +12,12 @@
  * to draft block n+1 assuming block n is accepted whole and its own guess of
  * the bonus token is right; any newer request aborts that speculation.
  *
+ * On a GPU (the Setup carries a CUDA IPC blob) it opens the verifier's
+ * device weights and verified KV through CUDA IPC instead, keeps its scratch
+ * on the device, waits on the verifier's interprocess event before each
+ * block and drafts with masked cuda_forward passes (full head; no
+ * speculation past a block). Compiled, never run here (no GPU).
+ *
  * Nothing it sends is trusted by the verifier beyond "a proposal", so a
  * wrong, late or missing block costs speed, never correctness.
  * Exit: 0 on Shutdown, SIGTERM or the verifier's death; 1 on a setup error.
@@ -35,6 +41,7 @@
 #include "decode/sampler.h"
 #include "decode/skipset.h"
 #include "decode/spec.h"
+#include "model/cuda_backend.h"
 #include "util/util.h"
 
 #define CTX_MAX (2 * SPEC_MAX_DRAFT + 8)
@@ -98,6 +105,14 @@ typedef struct {
     float gamma;
     request pending[MAX_SEQS];   /* newest request per sequence, served oldest first */
     uint64_t seq_epoch[MAX_SEQS];  /* epoch of the last request served per sequence */
+    /* on a GPU (cuda_ipc in the Setup): the verifier's weights and verified
+     * KV opened through CUDA IPC, a device scratch, the draft's mask */
+    int on_gpu;
+    cuda_model *cm;
+    cuda_kv *vkv, *scr;
+    cuda_state *cst;
+    layer_mask mask;
+    float *clogits;              /* (vocab) one draft row */
 } drafter;
 
 static void env_init(drafter *D, Selfspec__Envelope *e, uint32_t seq, uint64_t epoch)
@@ -236,15 +251,54 @@ static int drain(drafter *D)
 
 /* ---- drafting ---- */
 
+/* Draft up to k_max tokens continuing cur at position pos of sequence
+ * D->seq (draft KV in the scratch from base on) into b, stopping after a
+ * token whose top-1 probability is below gamma; *last receives the last
+ * token's. CPU: spec_draft_from; GPU: one masked cuda_forward per token
+ * over the verifier's KV, after waiting on its event. */
+static int draft_from(drafter *D, int32_t base, int32_t pos, int32_t cur, int32_t k_max, float gamma, spec_block *b,
+                      float *last, char *err, size_t errlen)
+{
+    b->n = 0;
+    b->n_ctx = 0;
+    *last = 0.0f;
+    if (!D->on_gpu) {
+        if (spec_draft_from(&D->d, &D->fs, &D->kvs[D->seq], base, pos, cur, k_max, gamma, &D->smp, b, err,
+                            errlen) != 0)
+            return -1;
+        if (b->n > 0)
+            *last = sampler_top1_prob(D->d.logits, D->d.width, NULL);
+        return 0;
+    }
+#ifdef DRAFTER_CUDA
+    if (cuda_ipc_wait(D->cm, err, errlen) != 0)
+        return -1;
+    int32_t tok = cur;
+    while (b->n < k_max) {
+        cuda_seq q = {.tokens = &tok, .n_tokens = 1, .pos = pos + b->n, .kv = D->vkv, .scratch = D->scr,
+                      .scratch_base = base, .logits_from = 0};
+        if (cuda_forward(D->cm, D->cst, &q, 1, &D->mask, D->clogits, NULL, err, errlen) != 0)
+            return -1;
+        *last = sampler_top1_prob(D->clogits, D->vocab, &tok);
+        b->tokens[b->n] = tok;
+        b->q_index[b->n] = tok;
+        b->n++;
+        if (*last < gamma)
+            break;
+    }
+    return 0;
+#else
+    return util_err(err, errlen, "this drafter has no GPU path (selfspec-drafter-cuda has)");
+#endif
+}
+
 /* One draft step: forward ctx[n] at B+n, append the draft's token. */
 static int step(drafter *D, float *conf, char *err, size_t errlen)
 {
     spec_block b;
-    if (spec_draft_from(&D->d, &D->fs, &D->kvs[D->seq], D->B, D->B + D->n, D->ctx[D->n], 1, 0.0f,
-                        &D->smp, &b, err, errlen) != 0)
+    if (draft_from(D, D->B, D->B + D->n, D->ctx[D->n], 1, 0.0f, &b, conf, err, errlen) != 0)
         return -1;
     D->ctx[++D->n] = b.tokens[0];
-    *conf = sampler_top1_prob(D->d.logits, D->d.width, NULL);
     return 0;
 }
 
@@ -361,17 +415,16 @@ static int serve(drafter *D, char *err, size_t errlen)
      * single-process loop drafts (no polling between steps needed). Only
      * the last token's confidence is recomputed (the speculation policy
      * needs it); the others are reported as 0 (unknown). */
-    float probs[SPEC_MAX_DRAFT] = {0};
+    float probs[SPEC_MAX_DRAFT] = {0}, last = 0.0f;
     double t0 = util_now();
     spec_block b = {0};
-    if (k_max > 0 && spec_draft_from(&D->d, &D->fs, &D->kvs[D->seq], D->B, D->B, r.cur, k_max, r.gamma,
-                                     &D->smp, &b, err, errlen) != 0)
+    if (k_max > 0 && draft_from(D, D->B, D->B, r.cur, k_max, r.gamma, &b, &last, err, errlen) != 0)
         return DR_ERROR;
     int n = b.n;
     memcpy(D->ctx + 1, b.tokens, (size_t)n * sizeof(int32_t));
     D->n = n;
-    if (n > 0 && D->overlap)
-        probs[n - 1] = sampler_top1_prob(D->d.logits, D->d.width, NULL);
+    if (n > 0)
+        probs[n - 1] = last;
     send_block(D, r.pos, r.cur, D->ctx + 1, probs, n, 0, util_now() - t0);
     if (D->overlap && n > 0) {
         /* Speculate only past a block that ended confident (cut by the
@@ -389,8 +442,10 @@ static int serve(drafter *D, char *err, size_t errlen)
 
 static int setup(drafter *D, const Selfspec__Setup *s, char *err, size_t errlen)
 {
-    if (!s->model || s->weights_fd < 0 || s->kv_fd < 0 || s->n_seqs < 1 || s->n_seqs > MAX_SEQS ||
-        s->max_draft < 1 || s->max_draft > SPEC_MAX_DRAFT || s->kv_cap < 16 || s->kv_cap > (1u << 24))
+    int gpu = s->cuda_ipc.len > 0;
+    if (!s->model || s->weights_fd < 0 || (s->kv_fd < 0 && !gpu) || s->n_seqs < 1 || s->n_seqs > MAX_SEQS ||
+        s->max_draft < 1 || s->max_draft > SPEC_MAX_DRAFT || s->kv_cap < 16 || s->kv_cap > (1u << 24) ||
+        (gpu && (s->cuda_ipc.len != CUDA_IPC_BLOB_BYTES || s->n_seqs != 1 || s->cuda_device < 0)))
         return util_err(err, errlen, "bad setup message");
     if (s->threads > 0)
         omp_set_num_threads((int)s->threads);
@@ -410,10 +465,11 @@ static int setup(drafter *D, const Selfspec__Setup *s, char *err, size_t errlen)
     D->spec_always = s->speculate == 1;
     D->hb_ms = s->heartbeat_ms ? (int)s->heartbeat_ms : 100;
     D->kvs = callocCheck((size_t)D->n_seqs, sizeof(kv_cache));
-    if (pipe_kv_attach(&D->kvshm, s->kv_fd, c, D->kv_cap, D->n_seqs, D->kvs, err, errlen) != 0)
+    if (!gpu && pipe_kv_attach(&D->kvshm, s->kv_fd, c, D->kv_cap, D->n_seqs, D->kvs, err, errlen) != 0)
         return -1;
     close(s->weights_fd);   /* mapped: the inherited descriptors are no longer needed */
-    close(s->kv_fd);
+    if (s->kv_fd >= 0)
+        close(s->kv_fd);
     /* the verifier's choice, by the same function: "none" or the path, and its --draft-head */
     if (skipset_choose(&D->ss, s->skip_path[0] ? s->skip_path : "none", (int32_t)s->draft_head, "", c, err,
                        errlen) != 0)
@@ -428,6 +484,26 @@ static int setup(drafter *D, const Selfspec__Setup *s, char *err, size_t errlen)
     sampler_params sp = {.temperature = 0.0f, .top_k = 0, .top_p = 1.0f, .seed = 0};
     if (sampler_init(&D->smp, &sp, c->vocab_size, err, errlen) != 0)
         return -1;
+#ifndef DRAFTER_CUDA
+    if (gpu)
+        return util_err(err, errlen, "this drafter has no GPU path (selfspec-drafter-cuda has)");
+#else
+    if (gpu) {   /* the verifier's device memory, a device scratch, the mask */
+        D->cm = cuda_ipc_import(s->cuda_ipc.data, s->cuda_device, &D->vkv, err, errlen);
+        if (!D->cm)
+            return -1;
+        const model_config *g = cuda_model_get_config(D->cm);
+        if (g->n_layers != c->n_layers || g->dim != c->dim || g->vocab_size != c->vocab_size)
+            return util_err(err, errlen, "the CUDA IPC model differs from the verifier's");
+        if (!(D->cst = cuda_state_init(D->cm, 1, D->kv_cap, err, errlen)) ||
+            !(D->scr = cuda_kv_init(D->cm, 2 * (D->max_draft + 1) + 1, err, errlen)))
+            return -1;
+        skipset_mask(&D->ss, &D->mask);
+        D->clogits = mallocCheck((size_t)c->vocab_size * sizeof(float));
+        D->overlap = 0;   /* no device scratch rebase: sequential */
+        D->on_gpu = 1;
+    }
+#endif
     return 0;
 }
 
@@ -578,6 +654,17 @@ done:
     if (D->out) zmq_close(D->out);
     if (D->in) zmq_close(D->in);
     if (D->zctx) zmq_ctx_term(D->zctx);
+#ifdef DRAFTER_CUDA
+    /* the device objects (NULL when none), before the verifier frees what they alias */
+    cuda_kv_free(D->scr);
+    cuda_state_free(D->cst);
+    cuda_kv_free(D->vkv);
+    cuda_model_free(D->cm);
+#endif
+    if (D->clogits) {
+        skipset_mask_free(&D->mask);
+        free(D->clogits);
+    }
     if (D->smp.probs) sampler_free(&D->smp);
     if (D->fs.x) fwd_state_free(&D->fs);
     if (D->d.logits) spec_drafter_free(&D->d);

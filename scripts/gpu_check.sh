@@ -58,8 +58,9 @@
 #   device, model, synthetic_small, projection (the fixed-order kernel vs
 #   cuBLAS: ms of each), llama2_7b, llama2_13b; its sections land
 #   under "measure", a crashed section shows {"status": "started"}),
-#   cli_cpu_plain / cli_cuda_plain / cli_cuda_selfspec (bin/selfspec
-#   generate --ids, 64 tokens) compared under "cli"; cli_batch_* (bin/selfspec
+#   cli_cpu_plain / cli_cuda_plain / cli_cuda_selfspec / cli_cuda_pipeline
+#   (bin/selfspec generate --ids, 64 tokens; the pipeline's drafter over CUDA
+#   IPC) compared under "cli"; cli_batch_* (bin/selfspec
 #   batch --device cuda, 64 requests x 64 tokens at max-seqs 1/8/32/64 plain,
 #   auto at 1 and 64): output tokens/s and batch invariance under "cli.batch".
 #
@@ -585,6 +586,7 @@ if $HAVE_MODEL && $BUILD_OK; then
     gen cli_cpu_plain --mode plain --device cpu
     gen cli_cuda_plain --mode plain --device cuda
     gen cli_cuda_selfspec --mode self-spec --device cuda
+    gen cli_cuda_pipeline --mode pipeline --device cuda   # drafter over CUDA IPC (bin/selfspec-drafter-cuda)
     eq() { [ -s "$DIR/$1.ids" ] && cmp -s "$DIR/$1.ids" "$DIR/$2.ids" && echo true || echo false; }
     # batch through the same engine on the GPU: 64 requests x 64 tokens at
     # max-seqs 1, 8, 32, 64 (plain) and auto at 1 and 64; output tokens/s
@@ -613,7 +615,7 @@ EOF
     same() { [ -s "$DIR/$1.jsonl" ] && cmp -s <(sort "$DIR/$1.jsonl") <(sort "$DIR/$2.jsonl") && echo true || echo false; }
     printf '{"new_tokens": 64, "cuda_plain_equals_cpu_plain": %s, "cuda_selfspec_equals_cuda_plain": %s, "pipeline": %s, "note": %s, "batch": {"requests": 64, "max_tokens": 64, "output_tokens_per_s": {"plain_1": %s, "plain_8": %s, "plain_32": %s, "plain_64": %s, "auto_1": %s, "auto_64": %s}, "plain_8_equals_plain_1": %s, "plain_64_equals_plain_1": %s, "auto_64_equals_plain_1": %s}}\n' \
         "$(eq cli_cuda_plain cli_cpu_plain)" "$(eq cli_cuda_selfspec cli_cuda_plain)" \
-        "$(json_str "not checked: --mode pipeline refuses --device cuda (its CUDA IPC form is not built)")" \
+        "{\"cuda_pipeline_equals_cuda_plain\": $(eq cli_cuda_pipeline cli_cuda_plain)}" \
         "$(json_str "CPU vs CUDA may part at a near-tie; measure.model.greedy applies the margin rule")" \
         "$(tps cli_batch_plain_1)" "$(tps cli_batch_plain_8)" "$(tps cli_batch_plain_32)" "$(tps cli_batch_plain_64)" \
         "$(tps cli_batch_auto_1)" "$(tps cli_batch_auto_64)" \

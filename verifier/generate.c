@@ -402,11 +402,6 @@ static int run_generate(gen_opts *o)
     if (o->threads)
         omp_set_num_threads(o->threads);
     openblas_set_num_threads(1);   /* we parallelize around BLAS ourselves */
-    if (o->device >= 0 && !strcmp(o->mode, "pipeline")) {
-        fprintf(stderr, "selfspec: --mode pipeline runs on the CPU only for now (its CUDA IPC form is not built); "
-                "use --mode self-spec with --device cuda\n");
-        return 1;
-    }
     if (o->device >= 0 && gen_cuda_check_device(o->device, err, sizeof err) != 0) {
         fprintf(stderr, "selfspec: %s\n", err);
         return 1;
@@ -492,7 +487,7 @@ static int run_generate(gen_opts *o)
     o->pl.skip_path = ss.source;
     o->pl.draft_head = o->draft_head;
     int grc = pipeline && use_spec
-        ? gen_pipeline(&m, ctx, &o->sp, &o->pl, ids, (int32_t)n_ids, &o->gp, emit_token, &out, &st, &sps,
+        ? gen_pipeline(&m, o->device, ctx, &o->sp, &o->pl, ids, (int32_t)n_ids, &o->gp, emit_token, &out, &st, &sps,
                        &pst, err, sizeof err)
         : o->device >= 0
         ? gen_cuda(&m, o->device, ctx, have_ss ? &ss : NULL, &o->sp, ids, (int32_t)n_ids, &o->gp,

@@ -16,6 +16,8 @@
 #include "decode/sampler.h"
 #include "engine/engine.h"
 #include "ipc/pipe_source.h"
+#include "model/backend.h"
+#include "model/cuda_backend.h"
 #include "util/util.h"
 
 void pipeline_prepare(char *shm_name, size_t n)
@@ -35,9 +37,19 @@ static int stop_requested(void)
     return sup_stopping();
 }
 
-int gen_pipeline(const model *m, int32_t ctx, const spec_params *sp, const pipe_params *pp, const int32_t *prompt,
-                 int32_t n_prompt, const gen_params *gp, gen_emit_fn emit, void *ectx, gen_stats *st,
-                 spec_stats *ss_out, pipe_stats *ps, char *err, size_t errlen)
+/* Before a request goes out on a GPU: the verified KV changed (the
+ * engine's pass has synchronized its stream); record the interprocess event
+ * the drafter's stream waits on. */
+static void signal_kv(void *ctx)
+{
+    char err[256];
+    if (backend_cuda_ipc_signal((model_backend *)ctx, err, sizeof err) != 0)
+        fprintf(stderr, "selfspec-pipeline: %s\n", err);
+}
+
+int gen_pipeline(const model *m, int device, int32_t ctx, const spec_params *sp, const pipe_params *pp,
+                 const int32_t *prompt, int32_t n_prompt, const gen_params *gp, gen_emit_fn emit, void *ectx,
+                 gen_stats *st, spec_stats *ss_out, pipe_stats *ps, char *err, size_t errlen)
 {
     int rc = -1;
     memset(st, 0, sizeof *st);
@@ -54,24 +66,12 @@ int gen_pipeline(const model *m, int32_t ctx, const spec_params *sp, const pipe_
      * the last token (the engine reserves it for a verification block) */
     int32_t kv_cap = ctx + 1;
     kv_cache kvs[PROTO_MAX_SEQS];
+    memset(kvs, 0, sizeof kvs);
     pipe_shm kvshm = {.fd = -1};
     pipe_sup S = {.w_ro = -1, .kv_ro = -1};
-
-    char kvname[64];
-    snprintf(kvname, sizeof kvname, "/selfspec-%d-%016llx-kv", (int)getpid(), (unsigned long long)sup_random64());
-    if (pipe_kv_create(&kvshm, kvname, &m->config, kv_cap, nseq, kvs, err, errlen) != 0)
-        goto out;
-    shm_unlink(kvname);                  /* mapped here, inherited by the drafter */
-    if (sup_open(&S, m, kvshm.fd, kv_cap, nseq, sp->max_draft, pp, ps, err, errlen) != 0)
-        goto out;
-    ps->arena_kb = (long)(m->arena.size >> 10);
-    ps->kv_kb = (long)(kvshm.size >> 10);
-
-    sup_spawn(&S);                       /* starts while the prompt is prefilled */
-    pipe_source src;
-    pipe_source_init(&src, &S, pp->overlap);
-    /* the one engine loop, with the drafter process as its draft source and
-     * the shared caches as its sequences' KV; only sequence 0 is printed */
+    pipe_params lp = *pp;                /* what the supervisor sends (a GPU changes a few fields) */
+    model_backend *be = NULL;
+    uint8_t blob[CUDA_IPC_BLOB_BYTES];
     engine_params ep;
     engine_params_default(&ep);
     ep.max_seqs = nseq;
@@ -79,8 +79,51 @@ int gen_pipeline(const model *m, int32_t ctx, const spec_params *sp, const pipe_
     ep.mode = ENGINE_SPEC;
     ep.sp = *sp;
     ep.calibrate = 0;
-    ep.remote = &src.remote;
     ep.slot_kv = kvs;
+
+    if (device >= 0) {
+        /* one GPU: the verified KV is a device cache of this backend, the
+         * drafter opens it and the weights through CUDA IPC and drafts on
+         * the device; sequential (no speculation past a block) */
+        size_t kv_bytes = (size_t)kv_cap * 2 * m->config.n_layers * m->config.kv_dim * sizeof(kv_elem);
+        if (nseq > 1)
+            return util_err(err, errlen, "--pipeline-seqs runs on the CPU only; on a GPU the pipeline decodes one "
+                            "sequence");
+        memset(blob, 0, sizeof blob);
+        be = backend_cuda_open(m, device, engine_pass_tokens(&ep), ctx + SPEC_MAX_DRAFT + 2, kv_bytes, err, errlen);
+        if (!be)
+            return -1;
+        if (be->kv_open(be, &kvs[0], kv_cap, 0, err, errlen) != 0 ||
+            backend_cuda_ipc_export(be, &kvs[0], blob, err, errlen) != 0)
+            goto out;
+        lp.cuda_ipc = blob;
+        lp.cuda_ipc_len = sizeof blob;
+        lp.cuda_device = device;
+        lp.overlap = 0;
+        ep.backend = be;
+        ps->kv_kb = (long)(kv_bytes >> 10);
+    } else {
+        char kvname[64];
+        snprintf(kvname, sizeof kvname, "/selfspec-%d-%016llx-kv", (int)getpid(), (unsigned long long)sup_random64());
+        if (pipe_kv_create(&kvshm, kvname, &m->config, kv_cap, nseq, kvs, err, errlen) != 0)
+            goto out;
+        shm_unlink(kvname);              /* mapped here, inherited by the drafter */
+        ps->kv_kb = (long)(kvshm.size >> 10);
+    }
+    if (sup_open(&S, m, kvshm.fd, kv_cap, nseq, sp->max_draft, &lp, ps, err, errlen) != 0)
+        goto out;
+    ps->arena_kb = (long)(m->arena.size >> 10);
+
+    sup_spawn(&S);                       /* starts while the prompt is prefilled */
+    pipe_source src;
+    pipe_source_init(&src, &S, lp.overlap);
+    if (be) {
+        src.before_send = signal_kv;
+        src.before_ctx = be;
+    }
+    /* the one engine loop, with the drafter process as its draft source and
+     * the shared caches as its sequences' KV; only sequence 0 is printed */
+    ep.remote = &src.remote;
     rc = engine_run(m, &ep, nseq, prompt, n_prompt, gp, emit, ectx, stop_requested, st, ss_out, err, errlen);
     if (rc != 0)
         goto out;
@@ -90,8 +133,12 @@ int gen_pipeline(const model *m, int32_t ctx, const spec_params *sp, const pipe_
     if (S.pid > 0 && sup_ready(&S))
         pipe_mem_read(S.pid, &ps->drafter_mem);
 out:
-    sup_close(&S);
+    sup_close(&S);                       /* the drafter exits before its memory goes */
     pipe_shm_unmap(&kvshm);
+    if (be) {
+        be->kv_close(be, &kvs[0]);
+        backend_cuda_close(be);
+    }
     return rc;
 }
 

@@ -39,10 +39,13 @@ void pipeline_loaded(const char *shm_name);
 /* Greedy generation through the drafter process, decoded by the engine
  * (engine_run, pp->n_seqs copies of the prompt); same contract as
  * engine_generate. m must have been loaded with the name from
- * pipeline_prepare. SIGTERM/SIGINT end it early (ps->terminated). */
-int gen_pipeline(const model *m, int32_t ctx, const spec_params *sp, const pipe_params *pp, const int32_t *prompt,
-                 int32_t n_prompt, const gen_params *gp, gen_emit_fn emit, void *ectx, gen_stats *st,
-                 spec_stats *ss_out, pipe_stats *ps, char *err, size_t errlen);
+ * pipeline_prepare. SIGTERM/SIGINT end it early (ps->terminated).
+ * device >= 0: on that GPU (one sequence, no speculation past a block): the
+ * engine verifies over the CUDA backend and the drafter opens its weights
+ * and verified KV through CUDA IPC (never run here: no GPU). */
+int gen_pipeline(const model *m, int device, int32_t ctx, const spec_params *sp, const pipe_params *pp,
+                 const int32_t *prompt, int32_t n_prompt, const gen_params *gp, gen_emit_fn emit, void *ectx,
+                 gen_stats *st, spec_stats *ss_out, pipe_stats *ps, char *err, size_t errlen);
 
 /* The "pipeline" member of the --stats JSON (no braces around it). */
 void pipeline_print_stats(FILE *f, const pipe_params *pp, const pipe_stats *ps);

@@ -20,6 +20,8 @@ static int32_t take(int32_t *toks, const proto_block *b, int32_t k_max)
 
 static void ask(pipe_source *P, int32_t slot, int32_t pos, int32_t cur, int32_t k_max, int32_t end_pos, float gamma)
 {
+    if (P->before_send)
+        P->before_send(P->before_ctx);
     sup_request(P->S, (uint32_t)slot, SELFSPEC__REQUEST_KIND__REQUEST_FRESH, pos, cur, k_max, end_pos, gamma);
     P->asked_pos[slot] = pos;
     P->asked_cur[slot] = cur;
@@ -77,6 +79,8 @@ static void source_verified(void *user, int32_t slot, int32_t n, int32_t acc, in
     if (acc == n && k_next > 0 && sup_wait_block(S, 0, 1) && L->spec.pos == pos && L->spec.cur == cur &&
         L->spec.n > 0) {
         P->adopted[0] = L->spec;
+        if (P->before_send)
+            P->before_send(P->before_ctx);
         sup_request(S, 0, SELFSPEC__REQUEST_KIND__REQUEST_CONTINUE, pos, cur, k_next, end_pos, gamma);
         S->ps->spec_adopted++;
     } else {

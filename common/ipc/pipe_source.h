@@ -43,6 +43,10 @@ typedef struct {
     int32_t asked_pos[PROTO_MAX_SEQS];      /* what each queued fresh request was for */
     int32_t asked_cur[PROTO_MAX_SEQS];
     spec_remote remote;                     /* the engine's view: propose / verified on this */
+    /* called before every request goes out, after the verified KV changed
+     * (on a GPU: record the interprocess event the drafter waits on) */
+    void (*before_send)(void *ctx);
+    void *before_ctx;
 } pipe_source;
 
 /* A source over supervisor S (opened, its drafter spawned), which must

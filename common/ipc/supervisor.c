@@ -58,19 +58,24 @@ void pipe_params_default(pipe_params *p)
     p->draft_head = -1;
 }
 
-static void exe_path(char *buf, size_t n)
+/* The drafter's executable: $SELFSPEC_DRAFTER (on a GPU
+ * $SELFSPEC_DRAFTER_CUDA), else selfspec-drafter (selfspec-drafter-cuda,
+ * the same source built with its GPU path, so that the CPU drafter never
+ * loads the CUDA libraries) beside this executable. */
+static void exe_path(char *buf, size_t n, int gpu)
 {
-    const char *env = getenv("SELFSPEC_DRAFTER");
+    const char *name = gpu ? "selfspec-drafter-cuda" : "selfspec-drafter";
+    const char *env = getenv(gpu ? "SELFSPEC_DRAFTER_CUDA" : "SELFSPEC_DRAFTER");
     if (env && *env) {
         snprintf(buf, n, "%s", env);
         return;
     }
     char self[PATH_MAX];
     if (util_exe_dir(self, sizeof self) != 0) {
-        snprintf(buf, n, "selfspec-drafter");
+        snprintf(buf, n, "%s", name);
         return;
     }
-    snprintf(buf, n, "%s/selfspec-drafter", self);
+    snprintf(buf, n, "%s/%s", self, name);
 }
 
 static int reopen_ro(int fd)
@@ -93,10 +98,10 @@ int sup_open(pipe_sup *S, const model *m, int kv_fd, int32_t kv_cap, int n_seqs,
     S->debug = getenv("SELFSPEC_PIPELINE_DEBUG") ? atoi(getenv("SELFSPEC_PIPELINE_DEBUG")) : 0;
     S->threads = pp->drafter_threads > 0 ? pp->drafter_threads : omp_get_max_threads();
     proto_init(&S->link, sup_random64(), n_seqs, m->config.vocab_size);
-    exe_path(S->exe, sizeof S->exe);
+    exe_path(S->exe, sizeof S->exe, pp->cuda_ipc_len > 0);
     S->w_ro = reopen_ro(m->arena.shm_fd);
-    S->kv_ro = reopen_ro(kv_fd);
-    if (S->w_ro < 0 || S->kv_ro < 0)
+    S->kv_ro = kv_fd >= 0 ? reopen_ro(kv_fd) : -1;
+    if (S->w_ro < 0 || (kv_fd >= 0 && S->kv_ro < 0))
         return util_err(err, errlen, "reopening the shared memory read-only: %s", strerror(errno));
     S->zctx = zmq_ctx_new();
     snprintf(S->v_ep, sizeof S->v_ep, "ipc://@selfspec-%d-%016llx-v", (int)getpid(),
@@ -156,7 +161,8 @@ void sup_spawn(pipe_sup *S)
     pid_t pid = fork();
     if (pid == 0) {
         fcntl(S->w_ro, F_SETFD, 0);     /* inherited across exec */
-        fcntl(S->kv_ro, F_SETFD, 0);
+        if (S->kv_ro >= 0)
+            fcntl(S->kv_ro, F_SETFD, 0);
         execve(S->exe, argv, envp);
         _exit(127);
     }
@@ -198,6 +204,9 @@ static void send_setup(pipe_sup *S)
     s.skip_path = (char *)S->pp->skip_path;
     s.max_draft = (uint32_t)S->max_draft;
     s.overlap = (uint32_t)(S->pp->overlap && S->link.n_seqs == 1);   /* several: overlap across sequences */
+    s.cuda_ipc.data = (uint8_t *)S->pp->cuda_ipc;
+    s.cuda_ipc.len = S->pp->cuda_ipc_len;
+    s.cuda_device = S->pp->cuda_device;
     s.heartbeat_ms = (uint32_t)S->pp->hb_ms;
     s.threads = (uint32_t)S->threads;
     s.draft_head = S->pp->draft_head;

@@ -29,6 +29,11 @@ typedef struct {
     const char *skip_path;  /* skip-set config for the drafter, or "none" */
     int32_t draft_head;     /* --draft-head: -1 the config's, 0 full head, N first N */
     int n_seqs;             /* --pipeline-seqs: the prompt as N sequences (benchmark) */
+    /* on a GPU (gen_pipeline sets these): the CUDA IPC blob the drafter
+     * opens instead of the shared KV, and its device; cuda_ipc_len 0: CPU */
+    const uint8_t *cuda_ipc;
+    size_t cuda_ipc_len;
+    int cuda_device;
 } pipe_params;
 
 typedef struct {
@@ -72,7 +77,8 @@ int sup_stopping(void);
 uint64_t sup_random64(void);
 
 /* Ready S for a drafter of model m (its arena in shared memory) reading
- * n_seqs verified caches of kv_cap positions from the shared object kv_fd:
+ * n_seqs verified caches of kv_cap positions from the shared object kv_fd
+ * (-1 on a GPU: the caches are in pp->cuda_ipc):
  * a new session, read-only copies of both descriptors, the inbox socket, the
  * drafter's path ($SELFSPEC_DRAFTER, else beside this executable). No
  * process yet (sup_spawn). pp and ps must outlive S. Returns 0, or -1 with

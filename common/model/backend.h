@@ -75,4 +75,12 @@ model_backend *backend_cuda_open(const model *m, int device, int32_t max_tokens,
  * been closed. */
 void backend_cuda_close(model_backend *b);
 
+/* The pipeline on a GPU: fill blob (CUDA_IPC_BLOB_BYTES, cuda_backend.h)
+ * with IPC handles of the backend's weights and of kv (a cache from this
+ * backend's kv_open) for the drafter process (cuda_ipc_export); and record
+ * the interprocess event after the verified KV changed, before a request
+ * goes out (cuda_ipc_signal). Return 0, or -1 with err. */
+int backend_cuda_ipc_export(model_backend *b, const kv_cache *kv, void *blob, char *err, size_t errlen);
+int backend_cuda_ipc_signal(model_backend *b, char *err, size_t errlen);
+
 #endif

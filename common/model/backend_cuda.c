@@ -130,6 +130,20 @@ model_backend *backend_cuda_open(const model *m, int device, int32_t max_tokens,
     return &cb->b;
 }
 
+int backend_cuda_ipc_export(model_backend *b, const kv_cache *kv, void *blob, char *err, size_t errlen)
+{
+    cuda_engine_backend *cb = (cuda_engine_backend *)b;
+    const dev_cache *dc = kv->dev;
+    if (!dc)
+        return util_err(err, errlen, "IPC export: a cache that is not on the device");
+    return cuda_ipc_export(cb->cm, dc->kv, blob, err, errlen);
+}
+
+int backend_cuda_ipc_signal(model_backend *b, char *err, size_t errlen)
+{
+    return cuda_ipc_signal(((cuda_engine_backend *)b)->cm, err, errlen);
+}
+
 void backend_cuda_close(model_backend *b)
 {
     if (!b)
