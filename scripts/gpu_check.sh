@@ -587,6 +587,10 @@ if $HAVE_MODEL && $BUILD_OK; then
     gen cli_cuda_plain --mode plain --device cuda
     gen cli_cuda_selfspec --mode self-spec --device cuda
     gen cli_cuda_pipeline --mode pipeline --device cuda   # drafter over CUDA IPC (bin/selfspec-drafter-cuda)
+    : >"$DIR/cli_cuda_plain_nograph.ids"                    # the engine's passes launched directly, no graphs
+    step cli_cuda_plain_nograph 120 bash -c 'o=$1; shift; exec env SELFSPEC_CUDA_GRAPHS=0 "$@" >"$o"' _ \
+        "$DIR/cli_cuda_plain_nograph.ids" bin/selfspec generate -m "$MODEL" -p "$P" -n 64 --ignore-eos --ids \
+        --mode plain --device cuda
     eq() { [ -s "$DIR/$1.ids" ] && cmp -s "$DIR/$1.ids" "$DIR/$2.ids" && echo true || echo false; }
     # batch through the same engine on the GPU: 64 requests x 64 tokens at
     # max-seqs 1, 8, 32, 64 (plain) and auto at 1 and 64; output tokens/s
@@ -613,9 +617,9 @@ EOF
     bat cli_batch_auto_64 64 auto
     tps() { tail -n 1 "$DIR/$1.sum" 2>/dev/null | python3 -c 'import json,sys; print(json.loads(sys.stdin.read())["output_tokens_per_s"])' 2>/dev/null || echo null; }
     same() { [ -s "$DIR/$1.jsonl" ] && cmp -s <(sort "$DIR/$1.jsonl") <(sort "$DIR/$2.jsonl") && echo true || echo false; }
-    printf '{"new_tokens": 64, "cuda_plain_equals_cpu_plain": %s, "cuda_selfspec_equals_cuda_plain": %s, "pipeline": %s, "note": %s, "batch": {"requests": 64, "max_tokens": 64, "output_tokens_per_s": {"plain_1": %s, "plain_8": %s, "plain_32": %s, "plain_64": %s, "auto_1": %s, "auto_64": %s}, "plain_8_equals_plain_1": %s, "plain_64_equals_plain_1": %s, "auto_64_equals_plain_1": %s}}\n' \
+    printf '{"new_tokens": 64, "cuda_plain_equals_cpu_plain": %s, "cuda_selfspec_equals_cuda_plain": %s, "checks": %s, "note": %s, "batch": {"requests": 64, "max_tokens": 64, "output_tokens_per_s": {"plain_1": %s, "plain_8": %s, "plain_32": %s, "plain_64": %s, "auto_1": %s, "auto_64": %s}, "plain_8_equals_plain_1": %s, "plain_64_equals_plain_1": %s, "auto_64_equals_plain_1": %s}}\n' \
         "$(eq cli_cuda_plain cli_cpu_plain)" "$(eq cli_cuda_selfspec cli_cuda_plain)" \
-        "{\"cuda_pipeline_equals_cuda_plain\": $(eq cli_cuda_pipeline cli_cuda_plain)}" \
+        "{\"cuda_pipeline_equals_cuda_plain\": $(eq cli_cuda_pipeline cli_cuda_plain), \"cuda_plain_graphs_equal_no_graphs\": $(eq cli_cuda_plain_nograph cli_cuda_plain)}" \
         "$(json_str "CPU vs CUDA may part at a near-tie; measure.model.greedy applies the margin rule")" \
         "$(tps cli_batch_plain_1)" "$(tps cli_batch_plain_8)" "$(tps cli_batch_plain_32)" "$(tps cli_batch_plain_64)" \
         "$(tps cli_batch_auto_1)" "$(tps cli_batch_auto_64)" \

@@ -81,10 +81,12 @@ struct cuda_kv {
 
 /* Per-batch metadata, laid out identically in pinned host and device memory:
  * tok, pos, seq (max_tokens each), outrow (max_tokens), seqs (max_tokens). */
+#define STEP_GRAPH_T 64
+
 struct graph_slot {
     cudaGraphExec_t exec;
     int valid;
-    int kind;                     /* 1 plain step, 2 draft step, 3 timing */
+    int kind;                     /* 1 plain step, 2 draft step, 3 timing, 4 an engine pass (cuda_forward) */
     int32_t T;
     uint8_t *mask;                /* copy of the mask (2 n_layers), NULL = full */
 };
@@ -105,6 +107,12 @@ struct cuda_state {
     int32_t *ctl;                 /* device: [0] count, [1..] outputs; drafts */
     int32_t *ctl_h;               /* pinned host copy */
     graph_slot g_plain, g_draft, g_time;
+    /* cuda_forward's passes in which every token is an output row (decode
+     * and verification steps, draft passes) of up to STEP_GRAPH_T tokens:
+     * captured at their first run, replayed after ([0] full model, [1] a
+     * mask, recaptured when the mask changes); off with SELFSPEC_CUDA_GRAPHS=0 */
+    graph_slot g_step[2][STEP_GRAPH_T];
+    int graphs_off;
 };
 
 /* ------------------------------------------------------------------------ */
@@ -767,6 +775,8 @@ extern "C" cuda_state *cuda_state_init(cuda_model *cm, int32_t max_tokens, int32
     }
     s->cm = cm;
     s->max_tokens = max_tokens;
+    const char *gv = getenv("SELFSPEC_CUDA_GRAPHS");
+    s->graphs_off = gv && !strcmp(gv, "0");
     s->ctx = ctx;
     if (state_alloc(s, err, errlen) != 0) {
         cudaGetLastError();
@@ -785,6 +795,9 @@ extern "C" void cuda_state_free(cuda_state *s)
     graph_reset(&s->g_plain);
     graph_reset(&s->g_draft);
     graph_reset(&s->g_time);
+    for (int m = 0; m < 2; m++)
+        for (int t = 0; t < STEP_GRAPH_T; t++)
+            graph_reset(&s->g_step[m][t]);
     void *dev[] = {s->x,  s->qkv, s->hb,  s->logits, s->xb,     s->att,
                    s->hs, s->am,  s->ctl, s->meta_d, s->rope, s->att_part};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
@@ -951,6 +964,9 @@ static int upload_meta(cuda_state *s, char *err, size_t errlen)
 
 /* cuda_forward; fixed = 0: cuBLAS for every projection (the backend's own
  * prefill, which plain and self-speculative decoding share). */
+static int step_graph_run(cuda_state *s, int32_t T, int32_t n_out, const layer_mask *mask, char *err,
+                          size_t errlen);
+
 static int forward_batch(cuda_model *cm, cuda_state *s, const cuda_seq *seqs, int n_seqs, const layer_mask *mask,
                          float *logits, int32_t *argmax, int fixed, char *err, size_t errlen)
 {
@@ -961,7 +977,10 @@ static int forward_batch(cuda_model *cm, cuda_state *s, const cuda_seq *seqs, in
     cudaCheck(cudaStreamSynchronize(cm->stream));    /* meta_h is free */
     if (pack_batch(s, seqs, n_seqs, &T, &n_out, err, errlen) != 0)
         return -1;
-    if (upload_meta(s, err, errlen) != 0 || forward_core(s, T, n_out, mask, fixed, err, errlen) != 0)
+    if (upload_meta(s, err, errlen) != 0)
+        return -1;
+    if (fixed ? step_graph_run(s, T, n_out, mask, err, errlen) != 0
+              : forward_core(s, T, n_out, mask, fixed, err, errlen) != 0)
         return -1;
     if (logits && n_out > 0)
         /* only for tests / checks: the decode loops never copy logits */
@@ -1138,6 +1157,54 @@ static int mask_equal(const graph_slot *g, const layer_mask *mask, int n_layers)
 
 /* Capture forward_core(T, n_out = T) [+ advance] into g unless g already
  * holds that graph. advance: append am[0] to ctl and feed it back. */
+/* One cuda_forward pass (fixed order) of T tokens, n_out output rows, over
+ * the metadata already uploaded. A pass in which every token is an output
+ * row and T <= STEP_GRAPH_T replays its captured graph: the kernels read
+ * tokens, positions and cache locations from the state's device metadata
+ * and their grids depend only on T, n_out and the state's context, so one
+ * graph per (T, mask) serves every such pass. On a miss the pass runs
+ * directly, then is captured (capture records, it does not run). */
+static int step_graph_run(cuda_state *s, int32_t T, int32_t n_out, const layer_mask *mask, char *err,
+                          size_t errlen)
+{
+    cuda_model *cm = s->cm;
+    int n_layers = cm->c.n_layers;
+    graph_slot *g = !s->graphs_off && n_out == T && T >= 1 && T <= STEP_GRAPH_T ? &s->g_step[mask != NULL][T - 1]
+                                                                                : NULL;
+    if (g && g->valid && g->kind == 4 && g->T == T && mask_equal(g, mask, n_layers)) {
+        cudaCheck(cudaGraphLaunch(g->exec, cm->stream));
+        return 0;
+    }
+    if (forward_core(s, T, n_out, mask, 1, err, errlen) != 0)
+        return -1;
+    if (!g)
+        return 0;
+    /* modules load lazily: this pass has loaded every kernel; capture next */
+    graph_reset(g);
+    cudaCheck(cudaStreamSynchronize(cm->stream));
+    cudaGraph_t graph;
+    cudaCheck(cudaStreamBeginCapture(cm->stream, cudaStreamCaptureModeThreadLocal));
+    int rc = forward_core(s, T, T, mask, 1, err, errlen);
+    cudaError_t e = cudaStreamEndCapture(cm->stream, &graph);
+    if (rc != 0)
+        return -1;
+    cudaCheck(e);
+    e = cudaGraphInstantiate(&g->exec, graph, 0);
+    cudaGraphDestroy(graph);
+    cudaCheck(e);
+    g->valid = 1;
+    g->kind = 4;
+    g->T = T;
+    if (mask) {
+        g->mask = (uint8_t *)malloc(2 * (size_t)n_layers);
+        if (!g->mask)
+            return util_err(err, errlen, "out of memory");
+        memcpy(g->mask, mask->attn, (size_t)n_layers);
+        memcpy(g->mask + n_layers, mask->mlp, (size_t)n_layers);
+    }
+    return 0;
+}
+
 static int graph_get(cuda_state *s, graph_slot *g, int kind, int32_t T, const layer_mask *mask, int advance,
                      char *err, size_t errlen)
 {
