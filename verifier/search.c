@@ -324,8 +324,9 @@ typedef struct {
 /* Real decoding of n_cfg draft configurations (ss[c] NULL: plain; sp[c]
  * NULL: the default exit) over the prompts, greedy: per configuration the
  * total new tokens / total decode time. The configurations take turns
- * prompt by prompt, so a machine that gets busier or quieter in between
- * moves them all alike. (fs is unused: the engine has its own.) */
+ * prompt by prompt, in an order rotated per prompt, so a machine that gets
+ * busier or quieter in between moves them all alike. (fs is unused: the
+ * engine has its own.) */
 static int measure_many(const model *m, fwd_state *fs, kv_cache *kv, int n_cfg, const skip_set *const *ss,
                         const spec_params *const *sp, int32_t **ids, const int32_t *lens, int32_t n, int32_t n_new,
                         measured *out)
@@ -335,7 +336,8 @@ static int measure_many(const model *m, fwd_state *fs, kv_cache *kv, int n_cfg, 
     double secs[8] = {0}, toks[8] = {0}, drafted[8] = {0}, accepted[8] = {0};
     assert(n_cfg >= 1 && n_cfg <= 8);
     for (int32_t i = 0; i < n; i++)
-        for (int c = 0; c < n_cfg; c++) {
+        for (int k = 0; k < n_cfg; k++) {
+            int c = (k + i) % n_cfg;   /* each configuration first, second, ... equally often */
             spec_params p;
             spec_params_default(&p);
             if (sp[c])
@@ -844,6 +846,7 @@ int cmd_search(int argc, char **argv)
         fprintf(stderr, "selfspec: calibration: %s\n", err);
         goto free_fs;
     }
+    fprintf(stderr, "search: calibration done (%.0f s)\n", util_now() - t0);
     skip_set head_only;
     skipset_init(&head_only, m.config.n_layers);
     qmat head = {0};
@@ -853,9 +856,9 @@ int cmd_search(int argc, char **argv)
     }
     cost_model cm;
     cost_measure(&cm, &m, o.head_size > 0 ? &head : NULL, 12, 15, err, sizeof err);
-    fprintf(stderr, "search: cost model (ms): full step %.2f; draft: base %.2f (pruned head %.2f) + %.3f per attention"
-            " + %.3f per MLP; verify k+1 tokens: k=1 %.2f, k=4 %.2f, k=8 %.2f, k=12 %.2f\n",
-            cm.verify[0] * 1e3, cm.base * 1e3, cm.base_pruned * 1e3, cm.attn * 1e3, cm.mlp * 1e3,
+    fprintf(stderr, "search: cost model (ms, at %.0f s): full step %.2f; draft: base %.2f (pruned head %.2f) + %.3f per "
+            "attention + %.3f per MLP; verify k+1 tokens: k=1 %.2f, k=4 %.2f, k=8 %.2f, k=12 %.2f\n",
+            util_now() - t0, cm.verify[0] * 1e3, cm.base * 1e3, cm.base_pruned * 1e3, cm.attn * 1e3, cm.mlp * 1e3,
             cm.verify[1] * 1e3, cm.verify[4] * 1e3, cm.verify[8] * 1e3, cm.verify[12] * 1e3);
     spec_params sp;
     spec_params_default(&sp);
@@ -932,8 +935,8 @@ tune:;
     measured mm[3] = {{0}};
     measure_many(&m, &fs, &kv, with_before ? 3 : 2, cfg_ss, cfg_sp, ids, lens, np, o.n_new, mm);
     mp = mm[0], ms = mm[1];
-    fprintf(stderr, "search: measured plain %.1f tok/s, self-spec %.1f tok/s (%.2fx), acceptance %.3f\n",
-            mp.tps, ms.tps, ms.tps / mp.tps, ms.accept_rate);
+    fprintf(stderr, "search: measured plain %.1f tok/s, self-spec %.1f tok/s (%.2fx), acceptance %.3f (at %.0f s)\n",
+            mp.tps, ms.tps, ms.tps / mp.tps, ms.accept_rate, util_now() - t0);
     if (tr) {
         tr->plain = mp;
         tr->m_tuned = ms;

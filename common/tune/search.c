@@ -704,10 +704,15 @@ int cost_measure_heads(const model *m, const qmat *heads, int32_t n, int reps, d
     for (int w = 0; w < 3; w++)   /* warm-up */
         time_once(m, &fs, &kv, 1, &none, NULL, logits);
     for (int r = 0; r < reps; r++)
-        for (int32_t i = 0; i < n; i++)
+        for (int32_t j = 0; j < n; j++) {
+            int32_t i = (j + r) % n;   /* each round starts one further: no head always follows another */
             t[(size_t)i * reps + r] = time_once(m, &fs, &kv, 1, &none, heads[i].rows ? &heads[i] : NULL, logits);
-    for (int32_t i = 0; i < n; i++)
-        out[i] = median(t + (size_t)i * reps, reps);
+        }
+    for (int32_t i = 0; i < n; i++) {   /* the fastest round: other processes only ever add time */
+        out[i] = t[(size_t)i * reps];
+        for (int r = 1; r < reps; r++)
+            out[i] = fmin(out[i], t[(size_t)i * reps + r]);
+    }
     free(t);
     free(off);
     free(logits);

@@ -138,7 +138,9 @@ typedef struct {
 
 /* Time a draft step with every sublayer skipped (embedding, norm, head) for
  * each of heads[0..n) (rows == 0: the full head), in reps interleaved
- * rounds; medians into out (n), seconds. n in 1..SEARCH_TUNE_MAX + 1. */
+ * rounds (each round in a rotated order); each head's fastest round into
+ * out (n), seconds: on a shared machine other processes only add time, and
+ * a sub-millisecond step is hit hardest. n in 1..SEARCH_TUNE_MAX + 1. */
 int cost_measure_heads(const model *m, const qmat *heads, int32_t n, int reps, double *out, char *err,
                        size_t errlen);
 
