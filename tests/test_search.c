@@ -64,9 +64,10 @@ static void test_transfer_collapse(void **state)
  * The tune step on a tiny model (vocabulary 256): the head sizes are
  * clipped to what can be built (100 -> 96; 256 and 1024 -> the full head,
  * once; 8 dropped), every point's score is the replay objective of that
- * head and threshold (search_score_set with the head built from the
- * calibration's ranking and the point's measured base cost, bit for bit),
- * and the point chosen is the grid's best.
+ * head and threshold (the full head: search_score_set bit for bit; a
+ * pruned head: scored per fold with the head counted on the other fold,
+ * the point's score between the folds'), and the point chosen is the
+ * grid's best.
  */
 static void test_tune_grid(void **state)
 {
@@ -114,29 +115,48 @@ static void test_tune_grid(void **state)
         assert_true(grid[i].sc.tokens_per_s <= grid[best].sc.tokens_per_s);
         if (grid[i].sc.tokens_per_s == grid[best].sc.tokens_per_s)
             assert_true(i >= best);                       /* the first on ties */
-        /* the same point scored on its own */
-        skip_set h;
-        skipset_init(&h, m.config.n_layers);
-        qmat q = {0};
-        if (grid[i].head_size) {
-            search_head_tokens(&cs, &m, grid[i].head_size, &h);
-            assert_int_equal(h.n_head_tokens, grid[i].head_size);
-            assert_int_equal(qmat_gather(&m.w.output, h.head_tokens, h.n_head_tokens, &q), 0);
-        } else {
-            assert_true(grid[i].draft_base == cm.base);   /* the full head is the cost model's own */
-        }
-        cost_model ci = cm;
-        ci.base_pruned = grid[i].draft_base;
+        /* the same point scored on its own: the full head over all the text;
+         * a pruned head per fold, counted on the other fold (odd / even
+         * sequences), the grid's score between the two folds' */
         spec_params pi = sp;
         pi.gamma_init = grid[i].gamma_init;
         search_score sc;
-        assert_int_equal(search_score_set(&cs, &m, &fs, &ss, grid[i].head_size ? &q : NULL, h.head_tokens, &ci, &pi,
-                                          &sc, err, sizeof err), 0);
-        assert_true(sc.tokens_per_s == grid[i].sc.tokens_per_s);
-        assert_true(sc.accept_rate == grid[i].sc.accept_rate && sc.match_rate == grid[i].sc.match_rate);
-        if (q.rows)
+        if (grid[i].head_size == 0) {
+            assert_true(grid[i].draft_base == cm.base);   /* the full head is the cost model's own */
+            const int32_t order[] = {0, 2, 1};   /* the folds' order: the same sums in the same order */
+            calib_set both;
+            calib_view(&cs, order, 3, &both);
+            assert_int_equal(search_score_set(&both, &m, &fs, &ss, NULL, NULL, &cm, &pi, &sc, err, sizeof err), 0);
+            calib_view_free(&both);
+            assert_true(sc.tokens_per_s == grid[i].sc.tokens_per_s);
+            assert_true(sc.accept_rate == grid[i].sc.accept_rate && sc.match_rate == grid[i].sc.match_rate);
+            continue;
+        }
+        const int32_t even[] = {0, 2}, odd[] = {1};
+        calib_set fold[2];
+        calib_view(&cs, even, 2, &fold[0]);
+        calib_view(&cs, odd, 1, &fold[1]);
+        assert_int_equal(fold[0].n_positions + fold[1].n_positions, cs.n_positions);
+        double lo = 1e300, hi = 0;
+        for (int f = 0; f < 2; f++) {
+            skip_set h;
+            skipset_init(&h, m.config.n_layers);
+            search_head_tokens(&fold[1 - f], &m, grid[i].head_size, &h);
+            assert_int_equal(h.n_head_tokens, grid[i].head_size);
+            qmat q;
+            assert_int_equal(qmat_gather(&m.w.output, h.head_tokens, h.n_head_tokens, &q), 0);
+            cost_model ci = cm;
+            ci.base_pruned = grid[i].draft_base;
+            assert_int_equal(search_score_set(&fold[f], &m, &fs, &ss, &q, h.head_tokens, &ci, &pi, &sc, err,
+                                              sizeof err), 0);
+            lo = sc.tokens_per_s < lo ? sc.tokens_per_s : lo;
+            hi = sc.tokens_per_s > hi ? sc.tokens_per_s : hi;
             qmat_free_owned(&q);
-        skipset_free(&h);
+            skipset_free(&h);
+        }
+        assert_true(grid[i].sc.tokens_per_s >= lo * (1 - 1e-12) && grid[i].sc.tokens_per_s <= hi * (1 + 1e-12));
+        calib_view_free(&fold[0]);
+        calib_view_free(&fold[1]);
     }
     int varies = 0;   /* the grid is not flat: choosing its best means something */
     for (int32_t i = 0; i < n; i++)

@@ -527,6 +527,11 @@ static int run_tune(const search_cli *o, const calib_set *cs, const model *m, fw
         tr->heads[tr->n_heads++] = before_head;
     if (!have_g && tr->n_gammas < SEARCH_TUNE_MAX)
         tr->gammas[tr->n_gammas++] = before_gamma;
+    if (cs->n_seqs < 2) {
+        fprintf(stderr, "selfspec: the tune step needs at least 2 calibration prompts (its heads are counted on one "
+                "half and scored on the other); --no-tune skips it\n");
+        return -1;
+    }
     tune_opts to = {.head_sizes = tr->heads, .n_heads = tr->n_heads, .gammas = tr->gammas,
                     .n_gammas = tr->n_gammas, .reps = 41};
     fprintf(stderr, "search: tune step: %d head sizes x %d exit thresholds for the chosen set...\n", tr->n_heads,

@@ -740,24 +740,79 @@ static int32_t tune_head_sizes(const int32_t *in, int32_t n, int32_t vocab, int3
     return k;
 }
 
+void calib_view(const calib_set *cs, const int32_t *seqs, int32_t n, calib_set *v)
+{
+    memset(v, 0, sizeof *v);
+    v->n_seqs = n;
+    v->len = mallocCheck((size_t)(n ? n : 1) * sizeof(int32_t));
+    v->start = mallocCheck((size_t)(n ? n : 1) * sizeof(int32_t));
+    v->tokens = mallocCheck((size_t)(n ? n : 1) * sizeof(int32_t *));
+    v->full_top1 = mallocCheck((size_t)(n ? n : 1) * sizeof(int32_t *));
+    v->kv = mallocCheck((size_t)(n ? n : 1) * sizeof(kv_cache));
+    for (int32_t i = 0; i < n; i++) {
+        int32_t s = seqs[i];
+        assert(s >= 0 && s < cs->n_seqs);
+        v->len[i] = cs->len[s];
+        v->start[i] = cs->start[s];
+        v->tokens[i] = cs->tokens[s];
+        v->full_top1[i] = cs->full_top1[s];
+        v->kv[i] = cs->kv[s];   /* the same buffers: drafts only read the verified KV */
+        v->n_positions += cs->len[s] - cs->start[s];
+    }
+}
+
+void calib_view_free(calib_set *v)
+{
+    free(v->len);
+    free(v->start);
+    free(v->tokens);
+    free(v->full_top1);
+    free(v->kv);
+    memset(v, 0, sizeof *v);
+}
+
+/* The two folds of cs (sequences of even / odd index) and both in that
+ * order. */
+static void tune_folds(const calib_set *cs, calib_set fold[2], calib_set *both)
+{
+    int32_t *idx = mallocCheck((size_t)(cs->n_seqs ? cs->n_seqs : 1) * sizeof(int32_t)), n = 0;
+    for (int f = 0; f < 2; f++) {
+        int32_t n0 = n;
+        for (int32_t s = f; s < cs->n_seqs; s += 2)
+            idx[n++] = s;
+        calib_view(cs, idx + n0, n - n0, &fold[f]);
+    }
+    calib_view(cs, idx, n, both);
+    free(idx);
+}
+
 int search_tune(const calib_set *cs, const model *m, fwd_state *fs, const skip_set *ss, const cost_model *cm,
                 const spec_params *sp, const tune_opts *o, tune_point *grid, int32_t *n_grid, int32_t *best,
                 char *err, size_t errlen)
 {
     assert(o->n_heads >= 1 && o->n_heads <= SEARCH_TUNE_MAX && o->n_gammas >= 1 && o->n_gammas <= SEARCH_TUNE_MAX);
+    assert(cs->n_seqs >= 2);
     int32_t sizes[SEARCH_TUNE_MAX], nh = tune_head_sizes(o->head_sizes, o->n_heads, m->config.vocab_size, sizes);
     int32_t max_size = 0;
     for (int32_t i = 0; i < nh; i++)
         max_size = sizes[i] > max_size ? sizes[i] : max_size;
-    skip_set ranked;                     /* the calibration's token ranking, longest head needed */
-    skipset_init(&ranked, ss->n_layers);
-    if (max_size > 0)
-        search_head_tokens(cs, m, max_size, &ranked);
-    qmat heads[SEARCH_TUNE_MAX];         /* heads[i].rows == 0: the full head */
+    calib_set fold[2], both;
+    tune_folds(cs, fold, &both);
+    /* ranked[f]: the token ranking of fold f's text, for drafting the other
+     * fold: a head is never scored on the text it was counted on (counted and
+     * scored on one text, a 1024-token head covers nearly every token of a
+     * thousand-position calibration and looks perfect) */
+    skip_set ranked[2];
+    for (int f = 0; f < 2; f++) {
+        skipset_init(&ranked[f], ss->n_layers);
+        if (max_size > 0)
+            search_head_tokens(&fold[f], m, max_size, &ranked[f]);
+    }
+    qmat heads[SEARCH_TUNE_MAX];         /* for timing (rows matter, not which): heads[i].rows == 0: the full head */
     memset(heads, 0, sizeof heads);
     int rc = 0;
     for (int32_t i = 0; i < nh && rc == 0; i++)
-        if (sizes[i] > 0 && qmat_gather(&m->w.output, ranked.head_tokens, sizes[i], &heads[i]) != 0)
+        if (sizes[i] > 0 && qmat_gather(&m->w.output, ranked[0].head_tokens, sizes[i], &heads[i]) != 0)
             rc = util_err(err, errlen, "cannot build a draft head of %d tokens", sizes[i]);
     /* one more column: the full head, timed in the same rounds, so each head's
      * base is cm->base scaled by its cost relative to the full head's here and
@@ -768,23 +823,35 @@ int search_tune(const calib_set *cs, const model *m, fwd_state *fs, const skip_s
     memset(&timed[nh], 0, sizeof timed[nh]);
     if (rc == 0)
         rc = cost_measure_heads(m, timed, nh + 1, o->reps, base, err, errlen);
-    uint8_t *match = mallocCheck((size_t)cs->n_positions);           /* (n_positions) */
-    float *conf = mallocCheck((size_t)cs->n_positions * sizeof(float));
+    uint8_t *match = mallocCheck((size_t)both.n_positions);           /* (n_positions), both's order */
+    float *conf = mallocCheck((size_t)both.n_positions * sizeof(float));
     layer_mask mask;
     skipset_mask(ss, &mask);
     int32_t n = 0;
     *best = -1;
     for (int32_t i = 0; i < nh && rc == 0; i++) {
-        const qmat *h = heads[i].rows ? &heads[i] : NULL;
-        rc = draft_all(cs, m, fs, &mask, h, h ? ranked.head_tokens : NULL, match, conf, err, errlen);
+        if (sizes[i] == 0) {
+            rc = draft_all(&both, m, fs, &mask, NULL, NULL, match, conf, err, errlen);
+        } else {
+            for (int f = 0, off = 0; f < 2 && rc == 0; off += fold[f].n_positions, f++) {
+                const skip_set *r = &ranked[1 - f];   /* counted on the other fold */
+                qmat h;
+                if (qmat_gather(&m->w.output, r->head_tokens, sizes[i], &h) != 0) {
+                    rc = util_err(err, errlen, "cannot build a draft head of %d tokens", sizes[i]);
+                    break;
+                }
+                rc = draft_all(&fold[f], m, fs, &mask, &h, r->head_tokens, match + off, conf + off, err, errlen);
+                qmat_free_owned(&h);
+            }
+        }
         cost_model ci = *cm;
-        ci.base_pruned = h ? cm->base * base[i] / fmax(base[nh], 1e-9) : cm->base;
+        ci.base_pruned = sizes[i] ? cm->base * base[i] / fmax(base[nh], 1e-9) : cm->base;
         for (int32_t j = 0; j < o->n_gammas && rc == 0; j++) {
             spec_params pj = *sp;
             pj.gamma_init = o->gammas[j];
             tune_point *g = &grid[n];
             *g = (tune_point){.head_size = sizes[i], .gamma_init = o->gammas[j], .draft_base = ci.base_pruned};
-            score_drafts(cs, match, conf, draft_seconds(ss, ci.base_pruned, &ci), &ci, &pj, &g->sc);
+            score_drafts(&both, match, conf, draft_seconds(ss, ci.base_pruned, &ci), &ci, &pj, &g->sc);
             if (*best < 0 || g->sc.tokens_per_s > grid[*best].sc.tokens_per_s)
                 *best = n;
             n++;
@@ -797,6 +864,10 @@ int search_tune(const calib_set *cs, const model *m, fwd_state *fs, const skip_s
     for (int32_t i = 0; i < nh; i++)
         if (heads[i].rows)
             qmat_free_owned(&heads[i]);
-    skipset_free(&ranked);
+    for (int f = 0; f < 2; f++) {
+        skipset_free(&ranked[f]);
+        calib_view_free(&fold[f]);
+    }
+    calib_view_free(&both);
     return rc;
 }

@@ -144,13 +144,22 @@ typedef struct {
 int cost_measure_heads(const model *m, const qmat *heads, int32_t n, int reps, double *out, char *err,
                        size_t errlen);
 
+/* The sequences seqs[0..n) of cs, in that order, as a calibration set of
+ * their own that shares cs's buffers (cs must outlive it); free with
+ * calib_view_free, which frees only the view's arrays. */
+void calib_view(const calib_set *cs, const int32_t *seqs, int32_t n, calib_set *v);
+void calib_view_free(calib_set *v);
+
 /* Score the grid head sizes x gammas for ss's sublayers (its own head is
- * not used: each head is the first head_size tokens of search_head_tokens'
- * ranking of cs), other exit constants from sp, drafts costed with cm's
- * sublayer costs and each head's measured base. grid: room for
- * n_heads * n_gammas points, filled head-major; *n_grid: how many;
- * *best: the index of the highest estimated tokens/s (the first on ties).
- * Returns 0, or -1 with err. */
+ * not used), other exit constants from sp, drafts costed with cm's sublayer
+ * costs and each head's measured base. Two folds, cs's sequences of even
+ * and of odd index: a pruned head of N is the first N tokens of
+ * search_head_tokens' ranking of one fold and drafts the other fold, so no
+ * head is scored on the text it was counted on; the full head drafts both.
+ * The score is over both folds (tokens over seconds, summed). cs needs at
+ * least 2 sequences. grid: room for n_heads * n_gammas points, filled
+ * head-major; *n_grid: how many; *best: the index of the highest estimated
+ * tokens/s (the first on ties). Returns 0, or -1 with err. */
 int search_tune(const calib_set *cs, const model *m, fwd_state *fs, const skip_set *ss, const cost_model *cm,
                 const spec_params *sp, const tune_opts *o, tune_point *grid, int32_t *n_grid, int32_t *best,
                 char *err, size_t errlen);
