@@ -45,6 +45,7 @@
  * differing position; 2 on a setup error.
  */
 #include <stdint.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -261,8 +262,8 @@ int main(void)
             return 1;
         }
         cf[0].present = 1;
-        printf("  shipped config: %s (%d sublayers skipped, draft head %d)\n", shipped, skipset_count(&cf[0].ss),
-               cf[0].ss.n_head_tokens);
+        printf("  shipped config: %s (%d sublayers skipped, draft head %d, gamma_init %s)\n", shipped,
+               skipset_count(&cf[0].ss), cf[0].ss.n_head_tokens, isnan(cf[0].ss.exit.gamma_init) ? "default" : "tuned");
     } else {
         printf("  note: no skip-set config for '%s' in %s/: the shipped-config check is skipped\n", m.config.name,
                cfg_dir);
@@ -320,8 +321,10 @@ int main(void)
             gen_stats st;
             spec_stats ss;
             got.n = 0;
-            sp.draft = c->draft;
-            if (gen_selfspec(&m, &fs, &kv, c->no_ss ? NULL : &c->ss, &sp, pids[i], plen[i], &gp, collect, &got, &st,
+            spec_params spc = sp;   /* the shipped config drafts with its own tuned exit, as generate does */
+            spc.draft = c->draft;
+            spec_params_apply_exit(&spc, &c->ss.exit, 0);
+            if (gen_selfspec(&m, &fs, &kv, c->no_ss ? NULL : &c->ss, &spc, pids[i], plen[i], &gp, collect, &got, &st,
                              &ss, err, sizeof err) != 0) {
                 fprintf(stderr, "e2e_selfspec: gen_selfspec (%s), prompt %d: %s\n", c->name, i, err);
                 return 2;

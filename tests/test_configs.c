@@ -3,7 +3,8 @@
  * the skip-set choice (skipset_choose, skipset_set_head, skipset_pays), a
  * foreign config read for --seed-config (skipset_load with no model), the
  * search checkpoint (search_state_read / search_state_write), and the stats
- * JSON line (stats_json).
+ * JSON line (stats_json), and the tuned exit constants a config records
+ * ("exit": saved, read back, validated, applied under the command line's).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -14,10 +15,14 @@
 #include <string.h>
 #include <unistd.h>
 #include <cmocka.h>
+#include <math.h>
 
 #include "decode/skipset.h"
+#include "decode/spec.h"
 #include "decode/stats.h"
 #include "tune/search.h"
+#include "util/util.h"
+#include <cjson/cJSON.h>
 
 static model_config cfg(void)
 {
@@ -192,6 +197,126 @@ static void test_stats_json(void **state)
     cJSON_Delete(j);
 }
 
+
+/* The exit constants and the head size a tuned config records survive
+ * skipset_save / skipset_load exactly; the provenance members ride along,
+ * and one named like a member save writes itself does not replace it. */
+static void test_exit_round_trip(void **state)
+{
+    (void)state;
+    model_config c = cfg();
+    char dir[128], err[256], path[256];
+    write_config(dir, sizeof dir, "tiny.json", TINY_CONFIG);
+    snprintf(path, sizeof path, "%s/tiny.json", dir);
+    skip_set s, back;
+    assert_int_equal(skipset_load(&s, path, &c, err, sizeof err), 0);
+    s.exit = (skip_exit){0.75f, 0.02f, 0.85f, 0.8f};
+    assert_int_equal(skipset_save(&s, path, &c, 16, "{\"tune\": {\"grid\": [1, 2]}, \"exit\": {\"gamma_init\": 0.1},"
+                                  " \"measured\": {\"speedup\": 1.2}}", err, sizeof err), 0);
+    assert_int_equal(skipset_load(&back, path, &c, err, sizeof err), 0);
+    assert_true(back.exit.gamma_init == 0.75f && back.exit.gamma_step == 0.02f);
+    assert_true(back.exit.gamma_ema == 0.85f && back.exit.ar_init == 0.8f);
+    assert_int_equal(back.n_head_tokens, 16);                   /* draft_head_size 16 of the 32 */
+    assert_int_equal(skipset_count(&back), 3);
+    assert_true(fabsf(back.speedup - 1.2f) < 1e-6f);
+    skipset_free(&back);
+    size_t len;
+    char *text = util_read_file(path, &len, err, sizeof err);
+    assert_non_null(text);
+    cJSON *j = cJSON_Parse(text);
+    free(text);
+    assert_non_null(cJSON_GetObjectItem(j, "tune"));
+    assert_true(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "exit"), "gamma_init")->valuedouble == 0.75);
+    cJSON_Delete(j);
+    /* applied: the config's constants, except those the command line set */
+    spec_params p;
+    spec_params_default(&p);
+    p.gamma_init = 0.33f;
+    spec_params_apply_exit(&p, &s.exit, SPEC_GIVEN_GAMMA_INIT);
+    assert_true(p.gamma_init == 0.33f && p.gamma_step == 0.02f && p.gamma_ema == 0.85f && p.ar_init == 0.8f);
+    assert_int_equal(spec_params_check(&p, err, sizeof err), 0);
+    spec_params_apply_exit(&p, &s.exit, 0);
+    assert_true(p.gamma_init == 0.75f);
+    skip_exit e;
+    spec_params_to_exit(&p, &e);
+    assert_true(e.gamma_init == 0.75f && e.ar_init == 0.8f);
+    /* a set with no exit constants writes no "exit" */
+    skipset_free(&s);
+    skipset_init(&s, 4);
+    assert_int_equal(skipset_save(&s, path, &c, 0, NULL, err, sizeof err), 0);
+    text = util_read_file(path, &len, err, sizeof err);
+    assert_null(strstr(text, "\"exit\""));
+    free(text);
+    skipset_free(&s);
+    remove_dir(dir, "tiny.json");
+}
+
+/* A config from before the tune step (no "exit") keeps the defaults; a
+ * partial "exit" sets only its members. */
+static void test_exit_old_and_partial(void **state)
+{
+    (void)state;
+    model_config c = cfg();
+    char dir[128], err[256];
+    write_config(dir, sizeof dir, "tiny.json", TINY_CONFIG);
+    skip_set s;
+    assert_int_equal(skipset_choose(&s, NULL, -1, dir, &c, err, sizeof err), 0);
+    assert_true(isnan(s.exit.gamma_init) && isnan(s.exit.gamma_step) && isnan(s.exit.gamma_ema) &&
+                isnan(s.exit.ar_init));
+    spec_params p, d;
+    spec_params_default(&p);
+    spec_params_default(&d);
+    spec_params_apply_exit(&p, &s.exit, 0);
+    assert_memory_equal(&p, &d, sizeof p);
+    skipset_free(&s);
+    remove_dir(dir, "tiny.json");
+    write_config(dir, sizeof dir, "tiny.json",
+                 "{\"model\": {\"name\": \"tiny\", \"n_layers\": 4, \"dim\": 64, \"vocab_size\": 100},"
+                 " \"exit\": {\"gamma_init\": 0.8}}");
+    assert_int_equal(skipset_choose(&s, NULL, -1, dir, &c, err, sizeof err), 0);
+    spec_params_apply_exit(&p, &s.exit, 0);
+    assert_true(p.gamma_init == 0.8f && p.gamma_step == d.gamma_step && p.ar_init == d.ar_init);
+    skipset_free(&s);
+    skipset_init(&s, 4);   /* "none": no constants either */
+    assert_true(isnan(s.exit.gamma_init));
+    skipset_free(&s);
+    remove_dir(dir, "tiny.json");
+}
+
+/* Bad exit constants are refused with a message naming the member. */
+static void test_exit_bad_values(void **state)
+{
+    (void)state;
+    model_config c = cfg();
+    char dir[128], err[256], path[256];
+    const struct {
+        const char *exit, *says;
+    } bad[] = {
+        {"{\"gamma_init\": 1.5}", "gamma_init must be a number in [0, 1]"},
+        {"{\"gamma_init\": -0.1}", "gamma_init"},
+        {"{\"gamma_step\": 1}", "gamma_step must be a number in [0, 1)"},
+        {"{\"gamma_ema\": \"0.9\"}", "gamma_ema"},
+        {"{\"ar_init\": null}", "ar_init"},
+        {"{\"gamma\": 0.5}", "unknown \"exit\" member \"gamma\""},
+        {"[0.6]", "must be an object"},
+        {"0.6", "must be an object"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        char text[512];
+        snprintf(text, sizeof text, "{\"model\": {\"name\": \"tiny\", \"n_layers\": 4, \"dim\": 64, \"vocab_size\": 100},"
+                 " \"exit\": %s}", bad[i].exit);
+        write_config(dir, sizeof dir, "x.json", text);
+        snprintf(path, sizeof path, "%s/x.json", dir);
+        skip_set s;
+        if (skipset_load(&s, path, &c, err, sizeof err) == 0)
+            fail_msg("accepted \"exit\": %s", bad[i].exit);
+        if (!strstr(err, bad[i].says))
+            fail_msg("\"exit\": %s: message '%s' lacks '%s'", bad[i].exit, err, bad[i].says);
+        assert_int_equal(skipset_choose(&s, path, -1, dir, &c, err, sizeof err), -1);
+        remove_dir(dir, "x.json");
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -199,6 +324,9 @@ int main(void)
         cmocka_unit_test(test_foreign_config_errors),
         cmocka_unit_test(test_checkpoint),
         cmocka_unit_test(test_stats_json),
+        cmocka_unit_test(test_exit_round_trip),
+        cmocka_unit_test(test_exit_old_and_partial),
+        cmocka_unit_test(test_exit_bad_values),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -53,6 +53,7 @@ typedef struct {
     const char *in_path, *out_path, *model_path, *skip;
     engine_params ep;
     int32_t draft_head;
+    unsigned exit_given;       /* SPEC_GIVEN_*: --gamma given (else the config's exit) */
     int threads;
     int quiet;
     int device;                /* --device: -1 the CPU, else the CUDA device */
@@ -112,6 +113,8 @@ static void usage_batch(FILE *f)
 "      --token-cost C     --mode self-spec --draft auto: nominal cost of one more verified\n"
 "                         token, a share of a step (0.2; auto measures its own)\n"
 "      --draft-max K      most tokens per draft (default 12)\n"
+"      --gamma G          initial draft-exit threshold (default: the skip-set\n"
+"                         config's tuned \"exit\", else 0.6)\n"
 "      --device DEV       cpu (default) or cuda[:N]: the same engine on a GPU\n"
 "  -t, --threads N        worker threads (default: all cores)\n"
 "  -q, --quiet            no progress on stderr\n"
@@ -119,7 +122,7 @@ static void usage_batch(FILE *f)
 }
 
 enum { OPT_MAX_SEQS = 400, OPT_MAX_BATCH_TOKENS, OPT_KV_MEM, OPT_MODE, OPT_SKIP, OPT_DRAFT_HEAD, OPT_DRAFT_MAX,
-       OPT_DRAFT, OPT_NGRAM_MIN, OPT_NGRAM_MAX, OPT_TOKEN_COST, OPT_DEVICE };
+       OPT_DRAFT, OPT_NGRAM_MIN, OPT_NGRAM_MAX, OPT_TOKEN_COST, OPT_DEVICE, OPT_GAMMA };
 
 static int parse_batch(int argc, char **argv, batch_opts *o)
 {
@@ -134,6 +137,7 @@ static int parse_batch(int argc, char **argv, batch_opts *o)
         {"draft", required_argument, 0, OPT_DRAFT}, {"ngram-min", required_argument, 0, OPT_NGRAM_MIN},
         {"ngram-max", required_argument, 0, OPT_NGRAM_MAX},
         {"token-cost", required_argument, 0, OPT_TOKEN_COST}, {"device", required_argument, 0, OPT_DEVICE},
+        {"gamma", required_argument, 0, OPT_GAMMA},
         {0, 0, 0, 0}};
     long v;
     int c;
@@ -185,6 +189,10 @@ static int parse_batch(int argc, char **argv, batch_opts *o)
             o->ep.sp.ngram_min = (int32_t)v;
             break;
         case OPT_TOKEN_COST: if (cli_parse_float(optarg, "--token-cost", &o->ep.sp.token_cost)) return -1; break;
+        case OPT_GAMMA:
+            if (cli_parse_float(optarg, "--gamma", &o->ep.sp.gamma_init)) return -1;
+            o->exit_given |= SPEC_GIVEN_GAMMA_INIT;
+            break;
         case OPT_NGRAM_MAX:
             if (cli_parse_int(optarg, "--ngram-max", 1, NGRAM_MAX_N, &v)) return -1;
             o->ep.sp.ngram_max = (int32_t)v;
@@ -523,6 +531,8 @@ static int run_batch(batch_opts *o)
             goto out;
         }
         have_ss = c == 0;
+        if (have_ss)   /* the exit the config's search tuned, under --gamma */
+            spec_params_apply_exit(&o->ep.sp, &ss.exit, o->exit_given);
         if (c > 0 && !o->quiet)
             fprintf(stderr, "selfspec: %s; %s\n", err,
                     o->ep.sp.draft != SPEC_DRAFT_LAYERS ? "drafting from the context only" : "decoding plainly");

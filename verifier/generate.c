@@ -50,6 +50,7 @@ typedef struct {
     int32_t draft_head;        /* --draft-head N: -1 = the config's, 0 = full head */
     pipe_params pl;            /* --mode pipeline */
     spec_params sp;
+    unsigned exit_given;       /* SPEC_GIVEN_*: exit constants set on the command line */
     int chat;
     int ids;
     int stats;
@@ -121,9 +122,10 @@ static void usage_generate(FILE *f)
 "                         of a decode step (default 0.2, this CPU's; about 0 on a GPU)\n"
 "      --draft-max K      most tokens per draft (default 12, at most %d)\n"
 "      --gamma G          initial draft-exit threshold on the draft's top-1\n"
-"                         probability (default 0.6; adapted while decoding)\n"
+"                         probability (default: the skip-set config's tuned\n"
+"                         \"exit\", else 0.6; adapted while decoding)\n"
 "      --ar-target A      acceptance-rate target of the adaptive exit (0.9)\n"
-"      --gamma-step S     adaptive exit step (0.01)\n"
+"      --gamma-step S     adaptive exit step (default: the config's, else 0.01)\n"
 "      --device DEV       cpu (default) or cuda[:N]: the same engine on a GPU\n"
 "  -t, --threads N        worker threads (default: all cores)\n"
 "  -c, --ctx N            context length in tokens (default min(model's, 4096))\n"
@@ -247,9 +249,15 @@ static int parse_generate(int argc, char **argv, gen_opts *o)
             if (cli_parse_int(optarg, "--draft-max", 1, SPEC_MAX_DRAFT, &v)) return -1;
             o->sp.max_draft = (int32_t)v;
             break;
-        case OPT_GAMMA: if (cli_parse_float(optarg, "--gamma", &o->sp.gamma_init)) return -1; break;
+        case OPT_GAMMA:
+            if (cli_parse_float(optarg, "--gamma", &o->sp.gamma_init)) return -1;
+            o->exit_given |= SPEC_GIVEN_GAMMA_INIT;
+            break;
         case OPT_AR_TARGET: if (cli_parse_float(optarg, "--ar-target", &o->sp.ar_target)) return -1; break;
-        case OPT_GAMMA_STEP: if (cli_parse_float(optarg, "--gamma-step", &o->sp.gamma_step)) return -1; break;
+        case OPT_GAMMA_STEP:
+            if (cli_parse_float(optarg, "--gamma-step", &o->sp.gamma_step)) return -1;
+            o->exit_given |= SPEC_GIVEN_GAMMA_STEP;
+            break;
         case OPT_DEVICE:
             if (cuda_parse_device(optarg, &o->device)) {
                 fprintf(stderr, "selfspec: --device must be cpu, cuda or cuda:N, got '%s'\n", optarg);
@@ -463,6 +471,8 @@ static int run_generate(gen_opts *o)
             goto free_all;
         }
         have_ss = c == 0;
+        if (have_ss)   /* the exit the config's search tuned, under what the command line set */
+            spec_params_apply_exit(&o->sp, &ss.exit, o->exit_given);
         if (c > 0 && ctx_ok) {
             fprintf(stderr, "selfspec: %s; drafting from the context only\n", err);
         } else if (c > 0) {

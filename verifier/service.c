@@ -71,6 +71,17 @@ int svc_parse_opt(svc_opts *o, int c, const char *optarg)
         if (cli_parse_int(optarg, "--draft-max", 1, SPEC_MAX_DRAFT, &v)) return -1;
         o->ep.sp.max_draft = (int32_t)v;
         return 1;
+    case SVC_OPT_GAMMA: {
+        float g;
+        if (cli_parse_float(optarg, "--gamma", &g)) return -1;
+        if (!(g >= 0.0f && g <= 1.0f)) {
+            fprintf(stderr, "selfspec: --gamma must be in [0, 1], got %g\n", g);
+            return -1;
+        }
+        o->ep.sp.gamma_init = g;
+        o->exit_given |= SPEC_GIVEN_GAMMA_INIT;
+        return 1;
+    }
     case 't':
         if (cli_parse_int(optarg, "--threads", 1, 1024, &v)) return -1;
         o->threads = (int)v;
@@ -108,6 +119,8 @@ int svc_engine_init(svc_engine *s, svc_opts *o)
             return -1;
         }
         s->have_ss = c == 0;
+        if (s->have_ss)   /* the exit the config's search tuned, under --gamma */
+            spec_params_apply_exit(&o->ep.sp, &s->ss.exit, o->exit_given);
         if (c > 0 && !o->quiet)
             fprintf(stderr, "selfspec: %s; decoding plainly\n", err);
     }

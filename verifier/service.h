@@ -17,6 +17,7 @@ typedef struct {
     const char *model_path, *skip;
     engine_params ep;
     int32_t draft_head;
+    unsigned exit_given;   /* SPEC_GIVEN_*: --gamma given (else the config's exit) */
     int threads;
     int quiet;
     int device;                /* --device: -1 the CPU, else the CUDA device */
@@ -25,7 +26,7 @@ typedef struct {
 /* The long options of svc_opts (ids from SVC_OPT_FIRST), to append to a
  * command's own; the short ones are "m:c:t:q". */
 enum { SVC_OPT_FIRST = 300, SVC_OPT_MAX_SEQS = SVC_OPT_FIRST, SVC_OPT_MAX_BATCH_TOKENS, SVC_OPT_KV_MEM,
-       SVC_OPT_MODE, SVC_OPT_SKIP, SVC_OPT_DRAFT_HEAD, SVC_OPT_DRAFT_MAX, SVC_OPT_DEVICE, SVC_OPT_LAST };
+       SVC_OPT_MODE, SVC_OPT_SKIP, SVC_OPT_DRAFT_HEAD, SVC_OPT_DRAFT_MAX, SVC_OPT_DEVICE, SVC_OPT_GAMMA, SVC_OPT_LAST };
 #define SVC_LONG_OPTIONS                                                                                      \
     {"model", required_argument, 0, 'm'}, {"max-seqs", required_argument, 0, SVC_OPT_MAX_SEQS},              \
         {"max-batch-tokens", required_argument, 0, SVC_OPT_MAX_BATCH_TOKENS},                                 \
@@ -33,6 +34,7 @@ enum { SVC_OPT_FIRST = 300, SVC_OPT_MAX_SEQS = SVC_OPT_FIRST, SVC_OPT_MAX_BATCH_
         {"mode", required_argument, 0, SVC_OPT_MODE}, {"skip", required_argument, 0, SVC_OPT_SKIP},           \
         {"draft-head", required_argument, 0, SVC_OPT_DRAFT_HEAD},                                             \
         {"draft-max", required_argument, 0, SVC_OPT_DRAFT_MAX}, {"threads", required_argument, 0, 't'},       \
+        {"gamma", required_argument, 0, SVC_OPT_GAMMA},                                                       \
         {"quiet", no_argument, 0, 'q'}, {"device", required_argument, 0, SVC_OPT_DEVICE}
 #define SVC_HELP                                                                                              \
     "  -m, --model FILE       GGUF model (default: the default model)\n"                                     \
@@ -45,6 +47,7 @@ enum { SVC_OPT_FIRST = 300, SVC_OPT_MAX_SEQS = SVC_OPT_FIRST, SVC_OPT_MAX_BATCH_
     "      --draft-head N     pruned draft head size (default: the config's)\n"                              \
     "      --draft-max K      most tokens per draft (default 12)\n"                                          \
     "      --device DEV       cpu (default) or cuda[:N]: the same engine on a GPU\n"                        \
+    "      --gamma G          initial draft-exit threshold (default: the config's tuned exit, else 0.6)\n"   \
     "  -t, --threads N        decoding threads (default: all cores)\n"                                       \
     "  -q, --quiet            no progress on stderr\n"
 

@@ -4,6 +4,8 @@
 #include "decode/skipset.h"
 
 #include <dirent.h>
+#include <math.h>
+#include <stdlib.h>
 #include <string.h>
 #include <cjson/cJSON.h>
 
@@ -15,6 +17,7 @@ void skipset_init(skip_set *s, int32_t n_layers)
     s->n_layers = n_layers;
     s->attn_skip = callocCheck((size_t)n_layers, 1);
     s->mlp_skip = callocCheck((size_t)n_layers, 1);
+    s->exit = (skip_exit){NAN, NAN, NAN, NAN};
     snprintf(s->source, sizeof s->source, "none");
 }
 
@@ -91,6 +94,51 @@ static int read_head(const cJSON *root, skip_set *s, const model_config *c, cons
     return rc;
 }
 
+/* The exit constants, by name, with their ranges: [lo, hi], or [lo, hi)
+ * where hi_open. */
+static const struct {
+    const char *name;
+    size_t off;
+    float lo, hi;
+    int hi_open;
+} exit_fields[] = {
+    {"gamma_init", offsetof(skip_exit, gamma_init), 0.0f, 1.0f, 0},
+    {"gamma_step", offsetof(skip_exit, gamma_step), 0.0f, 1.0f, 1},
+    {"gamma_ema", offsetof(skip_exit, gamma_ema), 0.0f, 1.0f, 0},
+    {"ar_init", offsetof(skip_exit, ar_init), 0.0f, 1.0f, 0},
+};
+#define N_EXIT_FIELDS ((int)(sizeof exit_fields / sizeof exit_fields[0]))
+
+static float *exit_field(skip_exit *e, int i)
+{
+    return (float *)((char *)e + exit_fields[i].off);
+}
+
+/* "exit": an object of known members, each a number in its range. */
+static int read_exit(const cJSON *root, skip_exit *e, const char *path, char *err, size_t errlen)
+{
+    const cJSON *o = cJSON_GetObjectItemCaseSensitive(root, "exit");
+    if (!o)
+        return 0;   /* an older config: the defaults */
+    if (!cJSON_IsObject(o))
+        return util_err(err, errlen, "%s: \"exit\" must be an object of draft-exit constants", path);
+    const cJSON *it;
+    cJSON_ArrayForEach(it, o) {
+        int i = 0;
+        while (i < N_EXIT_FIELDS && strcmp(it->string, exit_fields[i].name) != 0)
+            i++;
+        if (i == N_EXIT_FIELDS)
+            return util_err(err, errlen, "%s: unknown \"exit\" member \"%s\" (known: gamma_init, gamma_step, "
+                            "gamma_ema, ar_init)", path, it->string);
+        double v = cJSON_IsNumber(it) ? it->valuedouble : NAN;
+        if (!(v >= exit_fields[i].lo && (exit_fields[i].hi_open ? v < exit_fields[i].hi : v <= exit_fields[i].hi)))
+            return util_err(err, errlen, "%s: \"exit\".%s must be a number in [%g, %g%s", path, it->string,
+                            exit_fields[i].lo, exit_fields[i].hi, exit_fields[i].hi_open ? ")" : "]");
+        *exit_field(e, i) = (float)v;
+    }
+    return 0;
+}
+
 /* The speedup the search recorded: "measured", else "estimated". */
 static float read_speedup(const cJSON *root)
 {
@@ -149,6 +197,8 @@ int skipset_load(skip_set *s, const char *path, const model_config *c, char *err
         rc = read_layers(root, "mlp_skip", n_layers, s->mlp_skip, path, err, errlen);
     if (rc == 0 && c)   /* a foreign config's head is in another vocabulary */
         rc = read_head(root, s, c, path, err, errlen);
+    if (rc == 0)
+        rc = read_exit(root, &s->exit, path, err, errlen);
     s->speedup = read_speedup(root);
     cJSON_Delete(root);
     if (rc != 0) {
@@ -271,12 +321,23 @@ int skipset_save(const skip_set *s, const char *path, const model_config *c, int
         cJSON_AddNumberToObject(root, "draft_head_size", head_size > 0 ? head_size : s->n_head_tokens);
         cJSON_AddItemToObject(root, "draft_head", cJSON_CreateIntArray(s->head_tokens, s->n_head_tokens));
     }
+    cJSON *ex = NULL;
+    skip_exit e = s->exit;
+    for (int i = 0; i < N_EXIT_FIELDS; i++)
+        if (!isnan(*exit_field(&e, i))) {
+            ex = ex ? ex : cJSON_AddObjectToObject(root, "exit");
+            /* the float's shortest decimal, so 0.6f reads back as 0.6f and prints as 0.6 */
+            char num[32];
+            snprintf(num, sizeof num, "%.7g", *exit_field(&e, i));
+            cJSON_AddItemToObject(ex, exit_fields[i].name, cJSON_CreateNumber(strtod(num, NULL)));
+        }
     if (extra_json) {
         cJSON *extra = cJSON_Parse(extra_json);
         cJSON *it = extra ? extra->child : NULL;
         while (it) {
             cJSON *next = it->next;
-            cJSON_AddItemToObject(root, it->string, cJSON_Duplicate(it, 1));
+            if (!cJSON_GetObjectItemCaseSensitive(root, it->string))
+                cJSON_AddItemToObject(root, it->string, cJSON_Duplicate(it, 1));
             it = next;
         }
         cJSON_Delete(extra);

@@ -10,6 +10,10 @@
  *     "mlp_skip": [layer, ...],
  *     "draft_head": [token id, ...],      optional: most frequent tokens first
  *     "draft_head_size": 8192,            optional: how many of them to use
+ *     "exit": {"gamma_init": 0.6,         optional: the adaptive draft exit's
+ *              "gamma_step": 0.01,        constants the search tuned (each
+ *              "gamma_ema": 0.9,          member optional, each in range;
+ *              "ar_init": 0.9},           absent = spec_params_default's)
  *     ... free-form provenance: "calibration", "search", "measured"
  *   }
  */
@@ -21,25 +25,36 @@
 
 #include "model/model.h"
 
+/* The adaptive draft exit's constants a config records (spec_params'
+ * fields of the same names). NAN: not in the config (the default stays). */
+typedef struct {
+    float gamma_init;       /* starting exit threshold, [0, 1] */
+    float gamma_step;       /* adaptive step, [0, 1) */
+    float gamma_ema;        /* smoothing of the threshold, [0, 1] */
+    float ar_init;          /* starting acceptance-rate estimate, [0, 1] */
+} skip_exit;
+
 typedef struct {
     int32_t n_layers;
     uint8_t *attn_skip;     /* (n_layers) 1 = skipped by the draft */
     uint8_t *mlp_skip;      /* (n_layers) */
     int32_t *head_tokens;   /* (n_head_tokens) draft-head vocabulary, or NULL */
     int32_t n_head_tokens;
+    skip_exit exit;         /* the config's exit constants (NAN members: not given) */
     float speedup;          /* speedup over plain decoding the search measured (else
                                estimated) for this set; 0 = unknown */
     char source[512];       /* file it came from, or "none" */
 } skip_set;
 
-/* An empty set (skip nothing) for a model of n_layers. */
+/* An empty set (skip nothing, no exit constants) for a model of n_layers. */
 void skipset_init(skip_set *s, int32_t n_layers);
 void skipset_free(skip_set *s);
 
 #define SKIPSET_MAX_LAYERS 4096
 
 /* Parse a config file and check it against the model (layer count, indices
- * in range, no duplicates, token ids in the vocabulary). c == NULL: a config
+ * in range, no duplicates, token ids in the vocabulary, the "exit" object's
+ * members known numbers in range). c == NULL: a config
  * of another model (seed configs), taken as it is: n_layers from its
  * "model" entry, its layers checked against that, no draft head. On error s
  * holds nothing to free. */
@@ -69,8 +84,11 @@ int skipset_pays(const skip_set *s);
  * vocabulary). Writes its path into out. Returns 0 if found, -1 if none. */
 int skipset_find(const char *dir, const model_config *c, char *out, size_t outlen);
 
-/* Write a config. extra_json: NULL or the text of a JSON object whose
- * members are added (provenance: calibration, search, measured). */
+/* Write a config: the model, the skip lists, the draft head and the exit
+ * constants s->exit holds (an "exit" object of its non-NAN members, none
+ * when all are NAN). extra_json: NULL or the text of a JSON object whose
+ * members are added (provenance: calibration, search, measured, tune);
+ * a member named like one written above is left out. */
 int skipset_save(const skip_set *s, const char *path, const model_config *c, int32_t head_size,
                  const char *extra_json, char *err, size_t errlen);
 

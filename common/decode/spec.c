@@ -30,6 +30,25 @@ void spec_params_default(spec_params *p)
     p->draft_cost = 0.0f;
 }
 
+void spec_params_apply_exit(spec_params *p, const skip_exit *e, unsigned given)
+{
+    if (!e)
+        return;
+    if (!isnan(e->gamma_init) && !(given & SPEC_GIVEN_GAMMA_INIT))
+        p->gamma_init = e->gamma_init;
+    if (!isnan(e->gamma_step) && !(given & SPEC_GIVEN_GAMMA_STEP))
+        p->gamma_step = e->gamma_step;
+    if (!isnan(e->gamma_ema) && !(given & SPEC_GIVEN_GAMMA_EMA))
+        p->gamma_ema = e->gamma_ema;
+    if (!isnan(e->ar_init) && !(given & SPEC_GIVEN_AR_INIT))
+        p->ar_init = e->ar_init;
+}
+
+void spec_params_to_exit(const spec_params *p, skip_exit *e)
+{
+    *e = (skip_exit){p->gamma_init, p->gamma_step, p->gamma_ema, p->ar_init};
+}
+
 int spec_parse_draft(const char *s, int32_t *out)
 {
     static const char *names[] = {"layers", "context", "chain", "auto"};
@@ -59,7 +78,8 @@ int spec_params_check(const spec_params *p, char *err, size_t errlen)
     if (!(p->gamma_init >= 0.0f && p->gamma_init <= 1.0f))
         return util_err(err, errlen, "draft exit threshold must be in [0, 1], got %g", p->gamma_init);
     if (!(p->ar_target > 0.0f && p->ar_target <= 1.0f) || !(p->gamma_step >= 0.0f && p->gamma_step < 1.0f) ||
-        !(p->gamma_ema >= 0.0f && p->gamma_ema <= 1.0f) || !(p->ar_decay >= 0.0f && p->ar_decay <= 1.0f))
+        !(p->gamma_ema >= 0.0f && p->gamma_ema <= 1.0f) || !(p->ar_decay >= 0.0f && p->ar_decay <= 1.0f) ||
+        !(p->ar_init >= 0.0f && p->ar_init <= 1.0f))
         return util_err(err, errlen, "adaptive exit constants out of range");
     if (p->draft < SPEC_DRAFT_LAYERS || p->draft > SPEC_DRAFT_AUTO)
         return util_err(err, errlen, "unknown draft source %d", p->draft);

@@ -79,6 +79,18 @@ const char *spec_source_name(int32_t src);
 void spec_params_default(spec_params *p);
 int spec_params_check(const spec_params *p, char *err, size_t errlen);
 
+/* Which exit constants the user set on the command line (bits of
+ * spec_params_apply_exit's `given`): those keep the user's value. */
+enum { SPEC_GIVEN_GAMMA_INIT = 1, SPEC_GIVEN_GAMMA_STEP = 2, SPEC_GIVEN_GAMMA_EMA = 4, SPEC_GIVEN_AR_INIT = 8 };
+
+/* The exit constants a config recorded (skip_set.exit, validated by
+ * skipset_load) become p's, member by member, except those not in the
+ * config (NAN) and those in `given`. e == NULL changes nothing. */
+void spec_params_apply_exit(spec_params *p, const skip_exit *e, unsigned given);
+
+/* A config's exit constants from p's (all four members set). */
+void spec_params_to_exit(const spec_params *p, skip_exit *e);
+
 typedef struct {
     float gamma;
     float ar;

@@ -11,9 +11,14 @@
  *      sublayers; keep improvements.
  * Every evaluation is appended to a checkpoint file, so an interrupted
  * search restarts with its cache of scores and its best set.
+ *
+ * Tuning (search_tune), for a chosen set: every draft head size drafts the
+ * calibration once (one batched pass), every exit threshold replays those
+ * drafts, and each head's base cost is timed in interleaved rounds.
  */
 #include "tune/search.h"
 
+#include <assert.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -252,6 +257,36 @@ static void replay(const uint8_t *match, const float *conf, int32_t n, const spe
     }
 }
 
+/* The objective from drafted positions: match[p], conf[p] over cs's
+ * positions, drafts costing t_draft each under cm. */
+static void score_drafts(const calib_set *cs, const uint8_t *match, const float *conf, double t_draft,
+                         const cost_model *cm, const spec_params *sp, search_score *out)
+{
+    double tokens = 0, seconds = 0;
+    int64_t drafted = 0, accepted = 0, verifs = 0, matches = 0;
+    for (int32_t p = 0; p < cs->n_positions; p++)
+        matches += match[p];
+    for (int32_t s = 0, off = 0; s < cs->n_seqs; off += cs->len[s] - cs->start[s], s++)
+        replay(match + off, conf + off, cs->len[s] - cs->start[s], sp, cm, t_draft, &tokens, &seconds,
+               &drafted, &accepted, &verifs);
+    out->tokens_per_s = tokens / seconds;
+    out->speedup = out->tokens_per_s * cm->verify[0];
+    out->match_rate = (double)matches / cs->n_positions;
+    out->accept_rate = drafted ? (double)accepted / drafted : 0.0;
+    out->mean_accepted = verifs ? (double)accepted / verifs : 0.0;
+}
+
+/* Seconds of one draft step of ss: base + the kept sublayers. */
+static double draft_seconds(const skip_set *ss, double base, const cost_model *cm)
+{
+    int32_t kept_attn = 0, kept_mlp = 0;
+    for (int32_t l = 0; l < ss->n_layers; l++) {
+        kept_attn += !ss->attn_skip[l];
+        kept_mlp += !ss->mlp_skip[l];
+    }
+    return base + kept_attn * cm->attn + kept_mlp * cm->mlp;
+}
+
 int search_score_set(const calib_set *cs, const model *m, fwd_state *fs, const skip_set *ss,
                      const qmat *head, const int32_t *head_tokens, const cost_model *cm,
                      const spec_params *sp, search_score *out, char *err, size_t errlen)
@@ -261,26 +296,8 @@ int search_score_set(const calib_set *cs, const model *m, fwd_state *fs, const s
     layer_mask mask;
     skipset_mask(ss, &mask);
     int rc = draft_all(cs, m, fs, &mask, head, head_tokens, match, conf, err, errlen);
-    if (rc == 0) {
-        int32_t kept_attn = 0, kept_mlp = 0;
-        for (int32_t l = 0; l < ss->n_layers; l++) {
-            kept_attn += !ss->attn_skip[l];
-            kept_mlp += !ss->mlp_skip[l];
-        }
-        double t_draft = (head ? cm->base_pruned : cm->base) + kept_attn * cm->attn + kept_mlp * cm->mlp;
-        double tokens = 0, seconds = 0;
-        int64_t drafted = 0, accepted = 0, verifs = 0, matches = 0;
-        for (int32_t p = 0; p < cs->n_positions; p++)
-            matches += match[p];
-        for (int32_t s = 0, off = 0; s < cs->n_seqs; off += cs->len[s] - cs->start[s], s++)
-            replay(match + off, conf + off, cs->len[s] - cs->start[s], sp, cm, t_draft, &tokens, &seconds,
-                   &drafted, &accepted, &verifs);
-        out->tokens_per_s = tokens / seconds;
-        out->speedup = out->tokens_per_s * cm->verify[0];
-        out->match_rate = (double)matches / cs->n_positions;
-        out->accept_rate = drafted ? (double)accepted / drafted : 0.0;
-        out->mean_accepted = verifs ? (double)accepted / verifs : 0.0;
-    }
+    if (rc == 0)
+        score_drafts(cs, match, conf, draft_seconds(ss, head ? cm->base_pruned : cm->base, cm), cm, sp, out);
     skipset_mask_free(&mask);
     free(match);
     free(conf);
@@ -663,4 +680,194 @@ void skipset_transfer(const skip_set *src, int32_t n_layers, skip_set *dst)
         dst->attn_skip[t] |= src->attn_skip[l];
         dst->mlp_skip[t] |= src->mlp_skip[l];
     }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Tuning: draft head size x exit threshold                                  */
+
+int cost_measure_heads(const model *m, const qmat *heads, int32_t n, int reps, double *out, char *err,
+                       size_t errlen)
+{
+    const model_config *c = &m->config;
+    assert(n >= 1 && n <= SEARCH_TUNE_MAX);
+    reps = reps > 64 ? 64 : reps < 1 ? 1 : reps;
+    kv_cache kv;
+    fwd_state fs;
+    if (kv_init(&kv, c, 128, err, errlen) != 0)
+        return -1;
+    fwd_state_init(&fs, c, SPEC_MAX_DRAFT + 2, 128);
+    kv.len = 64;
+    float *logits = mallocCheck((size_t)(SPEC_MAX_DRAFT + 2) * (c->vocab_size + QMAT_ROWS) * sizeof(float));
+    uint8_t *off = callocCheck((size_t)c->n_layers, 1);
+    layer_mask none = {off, off};
+    double *t = mallocCheck((size_t)n * reps * sizeof(double));   /* (n, reps) */
+    for (int w = 0; w < 3; w++)   /* warm-up */
+        time_once(m, &fs, &kv, 1, &none, NULL, logits);
+    for (int r = 0; r < reps; r++)
+        for (int32_t j = 0; j < n; j++) {
+            int32_t i = (j + r) % n;   /* each round starts one further: no head always follows another */
+            t[(size_t)i * reps + r] = time_once(m, &fs, &kv, 1, &none, heads[i].rows ? &heads[i] : NULL, logits);
+        }
+    for (int32_t i = 0; i < n; i++) {   /* the fastest round: other processes only ever add time */
+        out[i] = t[(size_t)i * reps];
+        for (int r = 1; r < reps; r++)
+            out[i] = fmin(out[i], t[(size_t)i * reps + r]);
+    }
+    free(t);
+    free(off);
+    free(logits);
+    fwd_state_free(&fs);
+    kv_free(&kv);
+    return 0;
+}
+
+/* The candidate head sizes as they can be built: multiples of QMAT_ROWS
+ * below the vocabulary, the full head (0) for anything at or above it,
+ * each size once, in the order given. Returns their count. */
+static int32_t tune_head_sizes(const int32_t *in, int32_t n, int32_t vocab, int32_t *out)
+{
+    int32_t k = 0;
+    for (int32_t i = 0; i < n; i++) {
+        int32_t h = in[i] >= vocab - vocab % QMAT_ROWS ? 0 : in[i] - in[i] % QMAT_ROWS;
+        if (in[i] > 0 && h == 0 && in[i] < vocab)
+            continue;   /* under one row group */
+        int dup = 0;
+        for (int32_t j = 0; j < k; j++)
+            dup |= out[j] == h;
+        if (!dup && k < SEARCH_TUNE_MAX)
+            out[k++] = h;
+    }
+    return k;
+}
+
+void calib_view(const calib_set *cs, const int32_t *seqs, int32_t n, calib_set *v)
+{
+    memset(v, 0, sizeof *v);
+    v->n_seqs = n;
+    v->len = mallocCheck((size_t)(n ? n : 1) * sizeof(int32_t));
+    v->start = mallocCheck((size_t)(n ? n : 1) * sizeof(int32_t));
+    v->tokens = mallocCheck((size_t)(n ? n : 1) * sizeof(int32_t *));
+    v->full_top1 = mallocCheck((size_t)(n ? n : 1) * sizeof(int32_t *));
+    v->kv = mallocCheck((size_t)(n ? n : 1) * sizeof(kv_cache));
+    for (int32_t i = 0; i < n; i++) {
+        int32_t s = seqs[i];
+        assert(s >= 0 && s < cs->n_seqs);
+        v->len[i] = cs->len[s];
+        v->start[i] = cs->start[s];
+        v->tokens[i] = cs->tokens[s];
+        v->full_top1[i] = cs->full_top1[s];
+        v->kv[i] = cs->kv[s];   /* the same buffers: drafts only read the verified KV */
+        v->n_positions += cs->len[s] - cs->start[s];
+    }
+}
+
+void calib_view_free(calib_set *v)
+{
+    free(v->len);
+    free(v->start);
+    free(v->tokens);
+    free(v->full_top1);
+    free(v->kv);
+    memset(v, 0, sizeof *v);
+}
+
+/* The two folds of cs (sequences of even / odd index) and both in that
+ * order. */
+static void tune_folds(const calib_set *cs, calib_set fold[2], calib_set *both)
+{
+    int32_t *idx = mallocCheck((size_t)(cs->n_seqs ? cs->n_seqs : 1) * sizeof(int32_t)), n = 0;
+    for (int f = 0; f < 2; f++) {
+        int32_t n0 = n;
+        for (int32_t s = f; s < cs->n_seqs; s += 2)
+            idx[n++] = s;
+        calib_view(cs, idx + n0, n - n0, &fold[f]);
+    }
+    calib_view(cs, idx, n, both);
+    free(idx);
+}
+
+int search_tune(const calib_set *cs, const model *m, fwd_state *fs, const skip_set *ss, const cost_model *cm,
+                const spec_params *sp, const tune_opts *o, tune_point *grid, int32_t *n_grid, int32_t *best,
+                char *err, size_t errlen)
+{
+    assert(o->n_heads >= 1 && o->n_heads <= SEARCH_TUNE_MAX && o->n_gammas >= 1 && o->n_gammas <= SEARCH_TUNE_MAX);
+    assert(cs->n_seqs >= 2);
+    int32_t sizes[SEARCH_TUNE_MAX], nh = tune_head_sizes(o->head_sizes, o->n_heads, m->config.vocab_size, sizes);
+    int32_t max_size = 0;
+    for (int32_t i = 0; i < nh; i++)
+        max_size = sizes[i] > max_size ? sizes[i] : max_size;
+    calib_set fold[2], both;
+    tune_folds(cs, fold, &both);
+    /* ranked[f]: the token ranking of fold f's text, for drafting the other
+     * fold: a head is never scored on the text it was counted on (counted and
+     * scored on one text, a 1024-token head covers nearly every token of a
+     * thousand-position calibration and looks perfect) */
+    skip_set ranked[2];
+    for (int f = 0; f < 2; f++) {
+        skipset_init(&ranked[f], ss->n_layers);
+        if (max_size > 0)
+            search_head_tokens(&fold[f], m, max_size, &ranked[f]);
+    }
+    qmat heads[SEARCH_TUNE_MAX];         /* for timing (rows matter, not which): heads[i].rows == 0: the full head */
+    memset(heads, 0, sizeof heads);
+    int rc = 0;
+    for (int32_t i = 0; i < nh && rc == 0; i++)
+        if (sizes[i] > 0 && qmat_gather(&m->w.output, ranked[0].head_tokens, sizes[i], &heads[i]) != 0)
+            rc = util_err(err, errlen, "cannot build a draft head of %d tokens", sizes[i]);
+    /* one more column: the full head, timed in the same rounds, so each head's
+     * base is cm->base scaled by its cost relative to the full head's here and
+     * now (a ratio: a machine busier than when cm was measured moves both) */
+    double base[SEARCH_TUNE_MAX + 1];
+    qmat timed[SEARCH_TUNE_MAX + 1];
+    memcpy(timed, heads, sizeof heads);
+    memset(&timed[nh], 0, sizeof timed[nh]);
+    if (rc == 0)
+        rc = cost_measure_heads(m, timed, nh + 1, o->reps, base, err, errlen);
+    uint8_t *match = mallocCheck((size_t)both.n_positions);           /* (n_positions), both's order */
+    float *conf = mallocCheck((size_t)both.n_positions * sizeof(float));
+    layer_mask mask;
+    skipset_mask(ss, &mask);
+    int32_t n = 0;
+    *best = -1;
+    for (int32_t i = 0; i < nh && rc == 0; i++) {
+        if (sizes[i] == 0) {
+            rc = draft_all(&both, m, fs, &mask, NULL, NULL, match, conf, err, errlen);
+        } else {
+            for (int f = 0, off = 0; f < 2 && rc == 0; off += fold[f].n_positions, f++) {
+                const skip_set *r = &ranked[1 - f];   /* counted on the other fold */
+                qmat h;
+                if (qmat_gather(&m->w.output, r->head_tokens, sizes[i], &h) != 0) {
+                    rc = util_err(err, errlen, "cannot build a draft head of %d tokens", sizes[i]);
+                    break;
+                }
+                rc = draft_all(&fold[f], m, fs, &mask, &h, r->head_tokens, match + off, conf + off, err, errlen);
+                qmat_free_owned(&h);
+            }
+        }
+        cost_model ci = *cm;
+        ci.base_pruned = sizes[i] ? cm->base * base[i] / fmax(base[nh], 1e-9) : cm->base;
+        for (int32_t j = 0; j < o->n_gammas && rc == 0; j++) {
+            spec_params pj = *sp;
+            pj.gamma_init = o->gammas[j];
+            tune_point *g = &grid[n];
+            *g = (tune_point){.head_size = sizes[i], .gamma_init = o->gammas[j], .draft_base = ci.base_pruned};
+            score_drafts(&both, match, conf, draft_seconds(ss, ci.base_pruned, &ci), &ci, &pj, &g->sc);
+            if (*best < 0 || g->sc.tokens_per_s > grid[*best].sc.tokens_per_s)
+                *best = n;
+            n++;
+        }
+    }
+    *n_grid = n;
+    skipset_mask_free(&mask);
+    free(match);
+    free(conf);
+    for (int32_t i = 0; i < nh; i++)
+        if (heads[i].rows)
+            qmat_free_owned(&heads[i]);
+    for (int f = 0; f < 2; f++) {
+        skipset_free(&ranked[f]);
+        calib_view_free(&fold[f]);
+    }
+    calib_view_free(&both);
+    return rc;
 }

@@ -105,6 +105,65 @@ int search_run(const calib_set *cs, const model *m, fwd_state *fs, const cost_mo
                const spec_params *sp, const search_opts *o, skip_set *best, search_score *score,
                char **report_json, char *err, size_t errlen);
 
+/* ---- Tuning the draft's constants for a chosen set ----
+ *
+ * The skip set fixed, a grid of pruned-head sizes x starting exit
+ * thresholds (gamma_init) is scored with the replay objective above. The
+ * head changes both the draft's predictions (tokens outside it cannot be
+ * drafted; its confidence is a softmax over its rows) and its cost, so each
+ * head drafts the calibration text once and its base cost is timed; gamma
+ * changes only the replay. */
+
+#define SEARCH_TUNE_MAX 32   /* head sizes, and thresholds, at most */
+
+typedef struct {
+    int32_t head_size;     /* draft head rows; 0 = the full head */
+    float gamma_init;      /* the exit's starting threshold */
+    double draft_base;     /* a draft step's base cost with this head, s: the cost model's
+                              full-head base times this head's measured cost over the
+                              full head's (timed in the same rounds) */
+    search_score sc;       /* the replay objective at this point */
+} tune_point;
+
+typedef struct {
+    const int32_t *head_sizes;   /* (n_heads) candidates: 0 = the full head; sizes are
+                                    rounded down to a multiple of 16, those at or above
+                                    the vocabulary become the full head, repeats and
+                                    sizes under 16 are dropped */
+    int32_t n_heads;             /* 1..SEARCH_TUNE_MAX */
+    const float *gammas;         /* (n_gammas) gamma_init candidates, each in [0, 1] */
+    int32_t n_gammas;            /* 1..SEARCH_TUNE_MAX */
+    int reps;                    /* timing rounds of the head costs (median) */
+} tune_opts;
+
+/* Time a draft step with every sublayer skipped (embedding, norm, head) for
+ * each of heads[0..n) (rows == 0: the full head), in reps interleaved
+ * rounds (each round in a rotated order); each head's fastest round into
+ * out (n), seconds: on a shared machine other processes only add time, and
+ * a sub-millisecond step is hit hardest. n in 1..SEARCH_TUNE_MAX + 1. */
+int cost_measure_heads(const model *m, const qmat *heads, int32_t n, int reps, double *out, char *err,
+                       size_t errlen);
+
+/* The sequences seqs[0..n) of cs, in that order, as a calibration set of
+ * their own that shares cs's buffers (cs must outlive it); free with
+ * calib_view_free, which frees only the view's arrays. */
+void calib_view(const calib_set *cs, const int32_t *seqs, int32_t n, calib_set *v);
+void calib_view_free(calib_set *v);
+
+/* Score the grid head sizes x gammas for ss's sublayers (its own head is
+ * not used), other exit constants from sp, drafts costed with cm's sublayer
+ * costs and each head's measured base. Two folds, cs's sequences of even
+ * and of odd index: a pruned head of N is the first N tokens of
+ * search_head_tokens' ranking of one fold and drafts the other fold, so no
+ * head is scored on the text it was counted on; the full head drafts both.
+ * The score is over both folds (tokens over seconds, summed). cs needs at
+ * least 2 sequences. grid: room for n_heads * n_gammas points, filled
+ * head-major; *n_grid: how many; *best: the index of the highest estimated
+ * tokens/s (the first on ties). Returns 0, or -1 with err. */
+int search_tune(const calib_set *cs, const model *m, fwd_state *fs, const skip_set *ss, const cost_model *cm,
+                const spec_params *sp, const tune_opts *o, tune_point *grid, int32_t *n_grid, int32_t *best,
+                char *err, size_t errlen);
+
 /* Map a set to a model of n_layers by normalized depth l / (L - 1). */
 void skipset_transfer(const skip_set *src, int32_t n_layers, skip_set *dst);
 
