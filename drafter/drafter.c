@@ -106,10 +106,14 @@ typedef struct {
     request pending[MAX_SEQS];   /* newest request per sequence, served oldest first */
     uint64_t seq_epoch[MAX_SEQS];  /* epoch of the last request served per sequence */
     /* on a GPU (cuda_ipc in the Setup): the verifier's weights and verified
-     * KV opened through CUDA IPC, a device scratch, the draft's mask */
+     * KV opened through CUDA IPC, a device scratch, the draft's mask. On a
+     * second GPU (cuda_draft_device): cm is the drafter's own copy of the
+     * sublayers it runs, pkv the verifier's KV over peer access, and vkv a
+     * local copy of it, valid below position copied */
     int on_gpu;
     cuda_model *cm;
-    cuda_kv *vkv, *scr;
+    cuda_kv *vkv, *scr, *pkv;
+    int32_t copied;
     cuda_state *cst;
     layer_mask mask;
     float *clogits;              /* (vocab) one draft row */
@@ -273,6 +277,16 @@ static int draft_from(drafter *D, int32_t base, int32_t pos, int32_t cur, int32_
 #ifdef DRAFTER_CUDA
     if (cuda_ipc_wait(D->cm, err, errlen) != 0)
         return -1;
+    if (D->pkv) {
+        /* positions below base are verified and final (a verification only
+         * writes at and past the verified length), so the local copy only
+         * ever grows; a base below it means another sequence: copy anew */
+        if (base < D->copied)
+            D->copied = 0;
+        if (cuda_kv_copy(D->cm, D->vkv, D->pkv, &D->mask, D->copied, base, err, errlen) != 0)
+            return -1;
+        D->copied = base;
+    }
     int32_t tok = cur;
     while (b->n < k_max) {
         cuda_seq q = {.tokens = &tok, .n_tokens = 1, .pos = pos + b->n, .kv = D->vkv, .scratch = D->scr,
@@ -302,10 +316,15 @@ static int step(drafter *D, float *conf, char *err, size_t errlen)
     return 0;
 }
 
-/* Drop the scratch positions before new_base (now verified). */
-static void rebase(drafter *D, int32_t new_base)
+/* Drop the scratch positions before new_base (now verified). Returns 0, or
+ * -1 with err (a device copy failed). */
+static int rebase(drafter *D, int32_t new_base, char *err, size_t errlen)
 {
     int32_t shift = new_base - D->B;
+#ifdef DRAFTER_CUDA
+    if (D->on_gpu && cuda_kv_shift(D->scr, shift, D->n, err, errlen) != 0)
+        return -1;
+#endif
     kv_cache *s = &D->d.scratch;
     size_t row = (size_t)s->kv_dim;
     for (int32_t l = 0; l < s->n_layers; l++) {
@@ -316,6 +335,7 @@ static void rebase(drafter *D, int32_t new_base)
     memmove(D->ctx, D->ctx + shift, (size_t)(D->n - shift + 1) * sizeof(int32_t));
     D->n -= shift;
     D->B = new_base;
+    return 0;
 }
 
 /* Draft up to k_max tokens after ctx[n] with the usual exit rule (stop
@@ -396,7 +416,8 @@ static int serve(drafter *D, char *err, size_t errlen)
             D->spec_valid = 0;
             return 0;
         }
-        rebase(D, r.pos);
+        if (rebase(D, r.pos, err, errlen) != 0)
+            return DR_ERROR;
         if (!D->spec_always && D->spec_last_conf < D->gamma) {   /* it ended unsure: likely cut, do not build on it */
             D->spec_valid = 0;
             send_block(D, D->B + D->n + 1, -1, NULL, NULL, 0, 1, 0.0);
@@ -489,8 +510,15 @@ static int setup(drafter *D, const Selfspec__Setup *s, char *err, size_t errlen)
         return util_err(err, errlen, "this drafter has no GPU path (selfspec-drafter-cuda has)");
 #else
     if (gpu) {   /* the verifier's device memory, a device scratch, the mask */
-        D->cm = cuda_ipc_import(s->cuda_ipc.data, s->cuda_device, &D->vkv, err, errlen);
-        if (!D->cm)
+        skipset_mask(&D->ss, &D->mask);
+        int own = s->cuda_draft_device - 1;   /* two GPUs: the drafter's own device */
+        if (own >= 0 && own != s->cuda_device) {
+            /* its own copy of the sublayers it runs, the verified KV copied as it grows */
+            if (!(D->cm = cuda_model_load_masked(&D->m, own, &D->mask, err, errlen)) ||
+                !(D->pkv = cuda_ipc_import_kv(D->cm, s->cuda_ipc.data, err, errlen)) ||
+                !(D->vkv = cuda_kv_init(D->cm, cuda_kv_cap(D->pkv), err, errlen)))
+                return -1;
+        } else if (!(D->cm = cuda_ipc_import(s->cuda_ipc.data, s->cuda_device, &D->vkv, err, errlen)))
             return -1;
         const model_config *g = cuda_model_get_config(D->cm);
         if (g->n_layers != c->n_layers || g->dim != c->dim || g->vocab_size != c->vocab_size)
@@ -498,9 +526,11 @@ static int setup(drafter *D, const Selfspec__Setup *s, char *err, size_t errlen)
         if (!(D->cst = cuda_state_init(D->cm, 1, D->kv_cap, err, errlen)) ||
             !(D->scr = cuda_kv_init(D->cm, 2 * (D->max_draft + 1) + 1, err, errlen)))
             return -1;
-        skipset_mask(&D->ss, &D->mask);
         D->clogits = mallocCheck((size_t)c->vocab_size * sizeof(float));
-        D->overlap = 0;   /* no device scratch rebase: sequential */
+        /* one GPU: sequential (the drafter's kernels would only take the
+         * verifier's SMs without MPS); two: the verifier's overlap choice */
+        if (!D->pkv)
+            D->overlap = 0;
         D->on_gpu = 1;
     }
 #endif
@@ -659,12 +689,12 @@ done:
     cuda_kv_free(D->scr);
     cuda_state_free(D->cst);
     cuda_kv_free(D->vkv);
+    cuda_kv_free(D->pkv);
     cuda_model_free(D->cm);
 #endif
-    if (D->clogits) {
+    if (D->mask.attn)
         skipset_mask_free(&D->mask);
-        free(D->clogits);
-    }
+    free(D->clogits);
     if (D->smp.probs) sampler_free(&D->smp);
     if (D->fs.x) fwd_state_free(&D->fs);
     if (D->d.logits) spec_drafter_free(&D->d);

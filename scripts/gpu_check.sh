@@ -587,6 +587,14 @@ if $HAVE_MODEL && $BUILD_OK; then
     gen cli_cuda_plain --mode plain --device cuda
     gen cli_cuda_selfspec --mode self-spec --device cuda
     gen cli_cuda_pipeline --mode pipeline --device cuda   # drafter over CUDA IPC (bin/selfspec-drafter-cuda)
+    # two GPUs: the drafter on its own device (its own copy of the draft's
+    # sublayers, the verified KV copied over peer access), overlapped
+    NGPU=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+    if [ "${NGPU:-0}" -ge 2 ]; then
+        gen cli_cuda_pipeline_2gpu --mode pipeline --device cuda:0 --draft-device cuda:1
+    else
+        skip_step cli_cuda_pipeline_2gpu "fewer than two GPUs"
+    fi
     : >"$DIR/cli_cuda_plain_nograph.ids"                    # the engine's passes launched directly, no graphs
     step cli_cuda_plain_nograph 120 bash -c 'o=$1; shift; exec env SELFSPEC_CUDA_GRAPHS=0 "$@" >"$o"' _ \
         "$DIR/cli_cuda_plain_nograph.ids" bin/selfspec generate -m "$MODEL" -p "$P" -n 64 --ignore-eos --ids \
@@ -619,7 +627,7 @@ EOF
     same() { [ -s "$DIR/$1.jsonl" ] && cmp -s <(sort "$DIR/$1.jsonl") <(sort "$DIR/$2.jsonl") && echo true || echo false; }
     printf '{"new_tokens": 64, "cuda_plain_equals_cpu_plain": %s, "cuda_selfspec_equals_cuda_plain": %s, "checks": %s, "note": %s, "batch": {"requests": 64, "max_tokens": 64, "output_tokens_per_s": {"plain_1": %s, "plain_8": %s, "plain_32": %s, "plain_64": %s, "auto_1": %s, "auto_64": %s}, "plain_8_equals_plain_1": %s, "plain_64_equals_plain_1": %s, "auto_64_equals_plain_1": %s}}\n' \
         "$(eq cli_cuda_plain cli_cpu_plain)" "$(eq cli_cuda_selfspec cli_cuda_plain)" \
-        "{\"cuda_pipeline_equals_cuda_plain\": $(eq cli_cuda_pipeline cli_cuda_plain), \"cuda_plain_graphs_equal_no_graphs\": $(eq cli_cuda_plain_nograph cli_cuda_plain)}" \
+        "{\"cuda_pipeline_equals_cuda_plain\": $(eq cli_cuda_pipeline cli_cuda_plain), \"cuda_plain_graphs_equal_no_graphs\": $(eq cli_cuda_plain_nograph cli_cuda_plain), \"cuda_pipeline_2gpu_equals_cuda_plain\": $([ "${NGPU:-0}" -ge 2 ] && eq cli_cuda_pipeline_2gpu cli_cuda_plain || echo null)}" \
         "$(json_str "CPU vs CUDA may part at a near-tie; measure.model.greedy applies the margin rule")" \
         "$(tps cli_batch_plain_1)" "$(tps cli_batch_plain_8)" "$(tps cli_batch_plain_32)" "$(tps cli_batch_plain_64)" \
         "$(tps cli_batch_auto_1)" "$(tps cli_batch_auto_64)" \

@@ -444,6 +444,86 @@ static void test_mask_scratch_batch(void **state)
     fixture_close(&f);
 }
 
+/* The drafter's pieces on a second GPU, run here on device 0: a copy of
+ * the model with only the draft's sublayers (cuda_model_load_masked) drafts
+ * the same bits as the full copy under the same mask and refuses a pass
+ * that needs what it lacks; the verified KV copied to its own cache
+ * (cuda_kv_copy, in two increments) serves the same draft; cuda_kv_shift
+ * moves scratch rows as the drafter's rebase does. */
+static void test_partial_copy_kv_ops(void **state)
+{
+    (void)state;
+    if (!have_gpu())
+        skip();
+    char err[512];
+    tmodel_spec sp = tmodel_default(GGUF_TT_Q8_0);
+    sp.n_layers = 3;
+    fixture f;
+    fixture_open(&f, &sp, 64, 128);
+    const model_config *c = &f.m.config;
+    int32_t V = c->vocab_size, n = 12;
+    uint8_t attn[3] = {1, 0, 1}, mlp[3] = {1, 1, 0};
+    layer_mask mask = {attn, mlp};
+    cuda_model *pm = cuda_model_load_masked(&f.m, 0, &mask, err, sizeof err);
+    if (!pm)
+        fail_msg("cuda_model_load_masked: %s", err);
+    assert_true(cuda_model_weight_bytes(pm) < cuda_model_weight_bytes(f.cm));
+    cuda_state *ps = cuda_state_init(pm, 64, 128, err, sizeof err);
+    assert_non_null(ps);
+    int32_t toks[12];
+    make_tokens(toks, n, V, 3);
+    cuda_kv *vkv = cuda_kv_init(f.cm, 64, err, sizeof err), *scr = cuda_kv_init(f.cm, 8, err, sizeof err);
+    cuda_kv *own = cuda_kv_init(pm, 64, err, sizeof err), *pscr = cuda_kv_init(pm, 8, err, sizeof err);
+    assert_true(vkv && scr && own && pscr);
+    /* the verifier prefills; the drafter's copy follows in two increments */
+    cuda_seq pre = {toks, n, 0, vkv, NULL, 0, n - 1};
+    assert_int_equal(cuda_forward(f.cm, f.cs, &pre, 1, NULL, NULL, NULL, err, sizeof err), 0);
+    assert_int_equal(cuda_kv_copy(pm, own, vkv, &mask, 0, 5, err, sizeof err), 0);
+    assert_int_equal(cuda_kv_copy(pm, own, vkv, &mask, 5, n, err, sizeof err), 0);
+    assert_int_equal(cuda_kv_copy(pm, own, vkv, &mask, 3, 65, err, sizeof err), -1);   /* past the cache */
+    float *la = malloc((size_t)V * sizeof(float)), *lb = malloc((size_t)V * sizeof(float));
+    int32_t d = toks[n - 1], ama, amb;
+    for (int j = 0; j < 3; j++) {
+        cuda_seq qa = {&d, 1, n + j, vkv, scr, n, 0}, qb = {&d, 1, n + j, own, pscr, n, 0};
+        if (cuda_forward(f.cm, f.cs, &qa, 1, &mask, la, &ama, err, sizeof err) != 0 ||
+            cuda_forward(pm, ps, &qb, 1, &mask, lb, &amb, err, sizeof err) != 0)
+            fail_msg("draft step: %s", err);
+        assert_memory_equal(la, lb, (size_t)V * sizeof(float));
+        assert_int_equal(ama, amb);
+        d = ama;
+    }
+    /* the full model on the partial copy: a clear error */
+    cuda_seq full = {&d, 1, n, own, NULL, 0, 0};
+    assert_int_equal(cuda_forward(pm, ps, &full, 1, NULL, NULL, NULL, err, sizeof err), -1);
+    assert_non_null(strstr(err, "does not hold"));
+    /* shift the drafter's scratch by 2 (its rows 0..2 hold the three draft
+     * positions): row 2 moves to row 0, in every layer, K and V */
+    kv_cache before, after;
+    assert_int_equal(kv_init(&before, c, 8, err, sizeof err), 0);
+    assert_int_equal(kv_init(&after, c, 8, err, sizeof err), 0);
+    assert_int_equal(cuda_kv_download(pscr, &before, 3, err, sizeof err), 0);
+    assert_int_equal(cuda_kv_shift(pscr, 2, 3, err, sizeof err), 0);
+    assert_int_equal(cuda_kv_shift(pscr, 4, 3, err, sizeof err), -1);
+    assert_int_equal(cuda_kv_download(pscr, &after, 1, err, sizeof err), 0);
+    size_t row = (size_t)c->kv_dim;
+    for (int l = 0; l < c->n_layers; l++) {
+        size_t at = (size_t)l * 8 * row;
+        assert_memory_equal(after.k + at, before.k + at + 2 * row, row * sizeof(kv_elem));
+        assert_memory_equal(after.v + at, before.v + at + 2 * row, row * sizeof(kv_elem));
+    }
+    kv_free(&before);
+    kv_free(&after);
+    free(la);
+    free(lb);
+    cuda_kv_free(own);
+    cuda_kv_free(pscr);
+    cuda_kv_free(vkv);
+    cuda_kv_free(scr);
+    cuda_state_free(ps);
+    cuda_model_free(pm);
+    fixture_close(&f);
+}
+
 /* A token's logits and KV do not depend on the pass it is in: a prompt
  * prefilled in chunks of 64 or of 37, plain T = 1 steps, one verification
  * block, that block batched with another sequence, and masked draft steps
@@ -835,6 +915,7 @@ int main(void)
         cmocka_unit_test(test_forward_q8),
         cmocka_unit_test(test_forward_tied_padded_mha),
         cmocka_unit_test(test_mask_scratch_batch),
+        cmocka_unit_test(test_partial_copy_kv_ops),
         cmocka_unit_test(test_exact_blocks),
         cmocka_unit_test(test_proj_vs_cublas),
         cmocka_unit_test(test_generate),

@@ -354,6 +354,23 @@ def test_signals(base: list[str], reference: str) -> None:
     no_leftovers(r.p.pid, [int(s["pid"]) for s in r.spawns], "SIGKILL of the verifier")
 
 
+def test_device_flags(base: list[str]) -> None:
+    """--draft-device (the two-GPU pipeline) is refused with a clear error
+    where it cannot run: without --mode pipeline or --device cuda, and on a
+    machine without that GPU; the CPU pipeline's stats name no devices."""
+    for extra, want in [(["--mode", "pipeline", "--draft-device", "cuda:1"], "needs --mode pipeline and --device"),
+                        (["--mode", "self-spec", "--device", "cuda", "--draft-device", "cuda:1"], "needs --mode pipeline"),
+                        (["--mode", "pipeline", "--draft-device", "cpu"], "must be cuda"),
+                        (["--mode", "pipeline", "--device", "cuda:0", "--draft-device", "cuda:7"], "")]:
+        p = subprocess.run([BIN, "generate"] + base + ["-p", "Hi", "-n", "4"] + extra,
+                           capture_output=True, text=True, timeout=60)
+        check(p.returncode != 0 and "selfspec:" in p.stderr and want in p.stderr,
+              "%s: refused with a clear error (%s)" % (" ".join(extra), p.stderr.strip()[:120]))
+    rc, _, st = run_sync(base + ["-p", "Hi", "-n", "8", "--mode", "pipeline"])
+    check(rc == 0 and st is not None and st["pipeline"]["device"] == -1 and st["pipeline"]["draft_device"] == -1
+          and st["pipeline"]["overlap"] is True, "CPU pipeline stats: device -1, draft_device -1, overlap on")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=os.path.join(ROOT, "models", "SmolLM2-135M-Instruct.Q4_1.gguf"))
@@ -372,6 +389,7 @@ def main() -> int:
             json.dump(SKIP, f)
         base = ["-m", args.model, "--skip", skip, "--ids", "--stats", "-t", "2"]
         test_identical(base)
+        test_device_flags(base)
         long_args = base + ["-p", "Write a long story about a dragon and a knight.", "-n", "160", "--ignore-eos"]
         rc, reference, _ = run_sync(long_args + ["--mode", "plain"])
         check(rc == 0 and len(reference.split()) == 160, "reference run (plain, 160 tokens)")

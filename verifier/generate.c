@@ -104,6 +104,9 @@ static void usage_generate(FILE *f)
 "      --pipeline-seqs N  benchmark: decode the prompt as N sequences at once (the\n"
 "                         drafter drafts one while another is verified); prints\n"
 "                         sequence 0, --stats counts all\n"
+"      --draft-device cuda:N  with --device cuda: the drafter on its own GPU (its\n"
+"                         own copy of the sublayers it runs, the verified KV\n"
+"                         copied to it as it grows; the GPUs must be peers)\n"
 "      --skip FILE|none   skip-set config for self-spec (default: the config in\n"
 "                         configs/ matching the model; 'none' drafts with the\n"
 "                         full model); without a config, plain decoding is used\n"
@@ -139,7 +142,8 @@ static void usage_generate(FILE *f)
 enum { OPT_CHAT = 256, OPT_SYSTEM, OPT_TEMP, OPT_TOPK, OPT_TOPP, OPT_SEED, OPT_STOP,
        OPT_IGNORE_EOS, OPT_IDS, OPT_STATS, OPT_MODE, OPT_SKIP, OPT_DRAFT_MAX, OPT_GAMMA,
        OPT_AR_TARGET, OPT_GAMMA_STEP, OPT_DEVICE, OPT_DRAFT_HEAD, OPT_PIPE_SEQ, OPT_HB_MS,
-       OPT_HB_TIMEOUT, OPT_DRAFTER_THREADS, OPT_PIPE_SEQS, OPT_DRAFT, OPT_NGRAM_MIN, OPT_NGRAM_MAX, OPT_TOKEN_COST };
+       OPT_HB_TIMEOUT, OPT_DRAFTER_THREADS, OPT_PIPE_SEQS, OPT_DRAFT, OPT_NGRAM_MIN, OPT_NGRAM_MAX, OPT_TOKEN_COST,
+       OPT_DRAFT_DEVICE };
 
 static int parse_generate(int argc, char **argv, gen_opts *o)
 {
@@ -161,6 +165,7 @@ static int parse_generate(int argc, char **argv, gen_opts *o)
         {"hb-timeout-ms", required_argument, 0, OPT_HB_TIMEOUT},
         {"drafter-threads", required_argument, 0, OPT_DRAFTER_THREADS},
         {"pipeline-seqs", required_argument, 0, OPT_PIPE_SEQS},
+        {"draft-device", required_argument, 0, OPT_DRAFT_DEVICE},
         {"draft", required_argument, 0, OPT_DRAFT}, {"ngram-min", required_argument, 0, OPT_NGRAM_MIN},
         {"ngram-max", required_argument, 0, OPT_NGRAM_MAX},
         {"token-cost", required_argument, 0, OPT_TOKEN_COST},
@@ -261,6 +266,12 @@ static int parse_generate(int argc, char **argv, gen_opts *o)
         case OPT_DEVICE:
             if (cuda_parse_device(optarg, &o->device)) {
                 fprintf(stderr, "selfspec: --device must be cpu, cuda or cuda:N, got '%s'\n", optarg);
+                return -1;
+            }
+            break;
+        case OPT_DRAFT_DEVICE:
+            if (cuda_parse_device(optarg, &o->pl.cuda_draft_device) || o->pl.cuda_draft_device < 0) {
+                fprintf(stderr, "selfspec: --draft-device must be cuda or cuda:N, got '%s'\n", optarg);
                 return -1;
             }
             break;
@@ -410,6 +421,10 @@ static int run_generate(gen_opts *o)
     if (o->threads)
         omp_set_num_threads(o->threads);
     openblas_set_num_threads(1);   /* we parallelize around BLAS ourselves */
+    if (o->pl.cuda_draft_device >= 0 && (strcmp(o->mode, "pipeline") != 0 || o->device < 0)) {
+        fprintf(stderr, "selfspec: --draft-device needs --mode pipeline and --device cuda[:N]\n");
+        return 1;
+    }
     if (o->device >= 0 && gen_cuda_check_device(o->device, err, sizeof err) != 0) {
         fprintf(stderr, "selfspec: %s\n", err);
         return 1;
@@ -418,6 +433,10 @@ static int run_generate(gen_opts *o)
         o->model_path = cli_default_model(mbuf, sizeof mbuf);
     char shm_name[64] = "";
     int pipeline = !strcmp(o->mode, "pipeline");
+    if (o->pl.cuda_draft_device >= 0 && gen_cuda_check_device(o->pl.cuda_draft_device, err, sizeof err) != 0) {
+        fprintf(stderr, "selfspec: --draft-device: %s\n", err);
+        return 1;
+    }
     if (pipeline)
         pipeline_prepare(shm_name, sizeof shm_name);
     if (model_load(&m, o->model_path, pipeline ? shm_name : NULL, err, sizeof err) != 0) {

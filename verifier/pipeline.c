@@ -84,7 +84,11 @@ int gen_pipeline(const model *m, int device, int32_t ctx, const spec_params *sp,
     if (device >= 0) {
         /* one GPU: the verified KV is a device cache of this backend, the
          * drafter opens it and the weights through CUDA IPC and drafts on
-         * the device; sequential (no speculation past a block) */
+         * the device; sequential (no speculation past a block: without MPS
+         * its kernels would only queue behind the verifier's). Two GPUs
+         * (--draft-device): the drafter loads its own copy of the sublayers
+         * it runs on its device, copies the verified KV as it grows over
+         * peer access, and overlaps as on the CPU. */
         size_t kv_bytes = (size_t)kv_cap * 2 * m->config.n_layers * m->config.kv_dim * sizeof(kv_elem);
         if (nseq > 1)
             return util_err(err, errlen, "--pipeline-seqs runs on the CPU only; on a GPU the pipeline decodes one "
@@ -99,7 +103,10 @@ int gen_pipeline(const model *m, int device, int32_t ctx, const spec_params *sp,
         lp.cuda_ipc = blob;
         lp.cuda_ipc_len = sizeof blob;
         lp.cuda_device = device;
-        lp.overlap = 0;
+        if (lp.cuda_draft_device == device)
+            lp.cuda_draft_device = -1;
+        if (lp.cuda_draft_device < 0)
+            lp.overlap = 0;
         ep.backend = be;
         ps->kv_kb = (long)(kv_bytes >> 10);
     } else {
@@ -110,6 +117,9 @@ int gen_pipeline(const model *m, int device, int32_t ctx, const spec_params *sp,
         shm_unlink(kvname);              /* mapped here, inherited by the drafter */
         ps->kv_kb = (long)(kvshm.size >> 10);
     }
+    ps->overlap = lp.overlap;
+    ps->device = device;
+    ps->draft_device = device < 0 ? -1 : lp.cuda_draft_device >= 0 ? lp.cuda_draft_device : device;
     if (sup_open(&S, m, kvshm.fd, kv_cap, nseq, sp->max_draft, &lp, ps, err, errlen) != 0)
         goto out;
     ps->arena_kb = (long)(m->arena.size >> 10);
@@ -161,11 +171,11 @@ void pipeline_print_stats(FILE *f, const pipe_params *pp, const pipe_stats *ps)
             "\"plain_steps\": %lld, \"wait_seconds\": %.4f, \"drafter_seconds\": %.4f, "
             "\"drafter_starts\": %lld, \"drafter_deaths\": %lld, "
             "\"drafter_timeouts\": %lld, \"last_drafter_pid\": %d, \"terminated\": %s, \"arena_kb\": %ld, "
-            "\"kv_kb\": %ld, ",
-            pp->overlap ? "true" : "false", (long long)ps->blocks, (long long)ps->spec_adopted,
+            "\"kv_kb\": %ld, \"device\": %d, \"draft_device\": %d, ",
+            ps->overlap ? "true" : "false", (long long)ps->blocks, (long long)ps->spec_adopted,
             (long long)ps->spec_missed, (long long)ps->plain_steps, ps->wait_seconds, ps->drafter_seconds,
             (long long)ps->drafter_starts, (long long)ps->drafter_deaths, (long long)ps->drafter_timeouts,
-            ps->last_drafter_pid, ps->terminated ? "true" : "false", ps->arena_kb, ps->kv_kb);
+            ps->last_drafter_pid, ps->terminated ? "true" : "false", ps->arena_kb, ps->kv_kb, ps->device, ps->draft_device);
     print_counters(f, "verifier_rejected", &ps->rx);
     fprintf(f, ", ");
     print_counters(f, "drafter_rejected", &ps->drafter_rx);

@@ -56,6 +56,8 @@ void pipe_params_default(pipe_params *p)
     p->max_restarts = 8;
     p->skip_path = "none";
     p->draft_head = -1;
+    p->cuda_device = -1;
+    p->cuda_draft_device = -1;
 }
 
 /* The drafter's executable: $SELFSPEC_DRAFTER (on a GPU
@@ -207,6 +209,7 @@ static void send_setup(pipe_sup *S)
     s.cuda_ipc.data = (uint8_t *)S->pp->cuda_ipc;
     s.cuda_ipc.len = S->pp->cuda_ipc_len;
     s.cuda_device = S->pp->cuda_device;
+    s.cuda_draft_device = S->pp->cuda_draft_device >= 0 ? S->pp->cuda_draft_device + 1 : 0;
     s.heartbeat_ms = (uint32_t)S->pp->hb_ms;
     s.threads = (uint32_t)S->threads;
     s.draft_head = S->pp->draft_head;

@@ -34,6 +34,7 @@ typedef struct {
     const uint8_t *cuda_ipc;
     size_t cuda_ipc_len;
     int cuda_device;
+    int cuda_draft_device;  /* --draft-device: the drafter's own GPU (-1: cuda_device) */
 } pipe_params;
 
 typedef struct {
@@ -47,6 +48,8 @@ typedef struct {
     pipe_mem verifier_mem, drafter_mem;   /* at the end of generation */
     long arena_kb, kv_kb;
     int terminated;             /* stopped early by SIGTERM/SIGINT */
+    int overlap;                /* what ran (a GPU pipeline on one device is sequential) */
+    int device, draft_device;   /* CUDA devices of the verifier and the drafter, -1: CPU */
 } pipe_stats;
 
 /* The defaults noted above; overlap on, skip_path "none", draft_head -1. */

@@ -68,6 +68,8 @@ struct cuda_model {
     cudaEvent_t ipc_event;        /* interprocess event (export or import) */
     int has_ipc_event;
     void *ipc_kv_base;            /* importer: opened KV allocation */
+    uint8_t *keep;                /* (2 n_layers: attention, then MLP) the sublayers this
+                                   * copy holds (cuda_model_load_masked); NULL: all */
 };
 
 struct cuda_kv {
@@ -187,13 +189,14 @@ static size_t weights_plan(cuda_model *cm, uint8_t *base)
     cm->out_norm = AT(float, D * sizeof(float));
     for (int l = 0; l < c->n_layers; l++) {
         dev_layer *L = &cm->layers[l];
+        int attn = !cm->keep || cm->keep[l], mlp = !cm->keep || cm->keep[c->n_layers + l];
         L->attn_norm = AT(float, D * sizeof(float));
         L->ffn_norm = AT(float, D * sizeof(float));
-        L->wqkv = AT(wt, (D + 2 * KV) * D * sizeof(wt));
-        L->bqkv = c->qkv_bias ? AT(float, (D + 2 * KV) * sizeof(float)) : NULL;
-        L->wo = AT(wt, D * D * sizeof(wt));
-        L->wgu = AT(wt, 2 * H * D * sizeof(wt));
-        L->wdown = AT(wt, D * H * sizeof(wt));
+        L->wqkv = attn ? AT(wt, (D + 2 * KV) * D * sizeof(wt)) : NULL;
+        L->bqkv = attn && c->qkv_bias ? AT(float, (D + 2 * KV) * sizeof(float)) : NULL;
+        L->wo = attn ? AT(wt, D * D * sizeof(wt)) : NULL;
+        L->wgu = mlp ? AT(wt, 2 * H * D * sizeof(wt)) : NULL;
+        L->wdown = mlp ? AT(wt, D * H * sizeof(wt)) : NULL;
     }
 #undef AT
     return (off + ALIGN_ALLOC - 1) & ~(ALIGN_ALLOC - 1);
@@ -418,10 +421,14 @@ static int load_weights(cuda_model *cm, const model *m, char *err, size_t errlen
     for (int32_t l = 0; l < c->n_layers; l++) {
         const layer_weights *L = &w->layers[l];
         dev_layer *D = &cm->layers[l];
-        mats[n_mats++] = {&L->wqkv, L->wqkv.rows, D->wqkv};
-        mats[n_mats++] = {&L->wo, L->wo.rows, D->wo};
-        mats[n_mats++] = {&L->w_gate_up, L->w_gate_up.rows, D->wgu};
-        mats[n_mats++] = {&L->w_down, L->w_down.rows, D->wdown};
+        if (D->wqkv) {   /* a sublayer this copy does not hold (keep) has no matrices */
+            mats[n_mats++] = {&L->wqkv, L->wqkv.rows, D->wqkv};
+            mats[n_mats++] = {&L->wo, L->wo.rows, D->wo};
+        }
+        if (D->wgu) {
+            mats[n_mats++] = {&L->w_gate_up, L->w_gate_up.rows, D->wgu};
+            mats[n_mats++] = {&L->w_down, L->w_down.rows, D->wdown};
+        }
     }
     int n_slabs = 0;
     for (int i = 0; i < n_mats; i++) {
@@ -492,6 +499,12 @@ out:
 
 extern "C" cuda_model *cuda_model_load(const model *m, int device, char *err, size_t errlen)
 {
+    return cuda_model_load_masked(m, device, NULL, err, errlen);
+}
+
+extern "C" cuda_model *cuda_model_load_masked(const model *m, int device, const layer_mask *keep, char *err,
+                                              size_t errlen)
+{
     const model_config *c = &m->config;
     int tied = m->w.output.q == m->w.tok_embd.q;
     const layer_weights *L0 = &m->w.layers[0];
@@ -503,6 +516,15 @@ extern "C" cuda_model *cuda_model_load(const model *m, int device, char *err, si
     cuda_model *cm = model_new(c, tied, device, err, errlen);
     if (!cm)
         return NULL;
+    if (keep) {
+        if (!(cm->keep = (uint8_t *)malloc(2 * (size_t)c->n_layers))) {
+            util_err(err, errlen, "out of memory");
+            cuda_model_free(cm);
+            return NULL;
+        }
+        memcpy(cm->keep, keep->attn, (size_t)c->n_layers);
+        memcpy(cm->keep + c->n_layers, keep->mlp, (size_t)c->n_layers);
+    }
     if (alloc_weights(cm, err, errlen) != 0 || load_weights(cm, m, err, errlen) != 0) {
         cuda_model_free(cm);
         return NULL;
@@ -578,6 +600,7 @@ extern "C" void cuda_model_free(cuda_model *cm)
     if (cm->stream)
         cudaStreamDestroy(cm->stream);
     cudaGetLastError();
+    free(cm->keep);
     free(cm->layers);
     free(cm);
 }
@@ -842,6 +865,18 @@ static int gemm_xwt(cuda_model *cm, const wt *W, int rows, int cols, const wt *X
     return 0;
 }
 
+/* Whether cm holds every sublayer mask computes (NULL: the full model). */
+static int mask_held(const cuda_model *cm, const layer_mask *mask)
+{
+    if (!cm->keep)
+        return 1;
+    int n = cm->c.n_layers;
+    for (int l = 0; l < n; l++)
+        if ((cm->keep[l] == 0 && (!mask || mask->attn[l])) || (cm->keep[n + l] == 0 && (!mask || mask->mlp[l])))
+            return 0;
+    return 1;
+}
+
 /* The whole forward pass for T tokens whose metadata is already in the
  * state's device buffers, n_out output rows (outrow), logits into s->logits
  * and argmax ids into s->am. n_out = 0: the layers only (KV written), no
@@ -851,6 +886,8 @@ static int forward_core(cuda_state *s, int32_t T, int32_t n_out, const layer_mas
                         size_t errlen)
 {
     cuda_model *cm = s->cm;
+    if (!mask_held(cm, mask))
+        return util_err(err, errlen, "the pass computes sublayers this copy of the model does not hold");
     const model_config *c = &cm->c;
     cudaStream_t st = cm->stream;
     int D = c->dim, H = c->hidden_dim, KV = c->kv_dim;
@@ -1155,69 +1192,17 @@ static int mask_equal(const graph_slot *g, const layer_mask *mask, int n_layers)
     return !memcmp(g->mask, mask->attn, (size_t)n_layers) && !memcmp(g->mask + n_layers, mask->mlp, (size_t)n_layers);
 }
 
-/* Capture forward_core(T, n_out = T) [+ advance] into g unless g already
- * holds that graph. advance: append am[0] to ctl and feed it back. */
-/* One cuda_forward pass (fixed order) of T tokens, n_out output rows, over
- * the metadata already uploaded. A pass in which every token is an output
- * row and T <= STEP_GRAPH_T replays its captured graph: the kernels read
- * tokens, positions and cache locations from the state's device metadata
- * and their grids depend only on T, n_out and the state's context, so one
- * graph per (T, mask) serves every such pass. On a miss the pass runs
- * directly, then is captured (capture records, it does not run). */
-static int step_graph_run(cuda_state *s, int32_t T, int32_t n_out, const layer_mask *mask, char *err,
-                          size_t errlen)
+/* Capture forward_core(T, n_out = T) [+ advance: append am[0] to ctl and
+ * feed it back] into g as a graph of this kind, replacing what g held. The
+ * kernels must be loaded already (modules load lazily, and loading cannot
+ * be captured): run the same pass once before. Capture records, it does
+ * not run. */
+static int graph_capture(cuda_state *s, graph_slot *g, int kind, int32_t T, const layer_mask *mask, int advance,
+                         char *err, size_t errlen)
 {
     cuda_model *cm = s->cm;
     int n_layers = cm->c.n_layers;
-    graph_slot *g = !s->graphs_off && n_out == T && T >= 1 && T <= STEP_GRAPH_T ? &s->g_step[mask != NULL][T - 1]
-                                                                                : NULL;
-    if (g && g->valid && g->kind == 4 && g->T == T && mask_equal(g, mask, n_layers)) {
-        cudaCheck(cudaGraphLaunch(g->exec, cm->stream));
-        return 0;
-    }
-    if (forward_core(s, T, n_out, mask, 1, err, errlen) != 0)
-        return -1;
-    if (!g)
-        return 0;
-    /* modules load lazily: this pass has loaded every kernel; capture next */
     graph_reset(g);
-    cudaCheck(cudaStreamSynchronize(cm->stream));
-    cudaGraph_t graph;
-    cudaCheck(cudaStreamBeginCapture(cm->stream, cudaStreamCaptureModeThreadLocal));
-    int rc = forward_core(s, T, T, mask, 1, err, errlen);
-    cudaError_t e = cudaStreamEndCapture(cm->stream, &graph);
-    if (rc != 0)
-        return -1;
-    cudaCheck(e);
-    e = cudaGraphInstantiate(&g->exec, graph, 0);
-    cudaGraphDestroy(graph);
-    cudaCheck(e);
-    g->valid = 1;
-    g->kind = 4;
-    g->T = T;
-    if (mask) {
-        g->mask = (uint8_t *)malloc(2 * (size_t)n_layers);
-        if (!g->mask)
-            return util_err(err, errlen, "out of memory");
-        memcpy(g->mask, mask->attn, (size_t)n_layers);
-        memcpy(g->mask + n_layers, mask->mlp, (size_t)n_layers);
-    }
-    return 0;
-}
-
-static int graph_get(cuda_state *s, graph_slot *g, int kind, int32_t T, const layer_mask *mask, int advance,
-                     char *err, size_t errlen)
-{
-    cuda_model *cm = s->cm;
-    int n_layers = cm->c.n_layers;
-    if (g->valid && g->kind == kind && g->T == T && mask_equal(g, mask, n_layers))
-        return 0;
-    graph_reset(g);
-    /* Warm-up run outside the capture, so every kernel is loaded before
-     * it is captured (the module loads lazily). Idempotent: it writes the same KV
-     * entries the step itself will write, and no advance. */
-    if (forward_core(s, T, T, mask, 1, err, errlen) != 0)
-        return -1;
     cudaCheck(cudaStreamSynchronize(cm->stream));
     cudaGraph_t graph;
     cudaCheck(cudaStreamBeginCapture(cm->stream, cudaStreamCaptureModeThreadLocal));
@@ -1242,6 +1227,41 @@ static int graph_get(cuda_state *s, graph_slot *g, int kind, int32_t T, const la
         memcpy(g->mask + n_layers, mask->mlp, (size_t)n_layers);
     }
     return 0;
+}
+
+/* One cuda_forward pass (fixed order) of T tokens, n_out output rows, over
+ * the metadata already uploaded. A pass in which every token is an output
+ * row and T <= STEP_GRAPH_T replays its captured graph: the kernels read
+ * tokens, positions and cache locations from the state's device metadata
+ * and their grids depend only on T, n_out and the state's context, so one
+ * graph per (T, mask) serves every such pass. On a miss the pass runs
+ * directly (which loads its kernels), then is captured. */
+static int step_graph_run(cuda_state *s, int32_t T, int32_t n_out, const layer_mask *mask, char *err,
+                          size_t errlen)
+{
+    cuda_model *cm = s->cm;
+    graph_slot *g = !s->graphs_off && n_out == T && T >= 1 && T <= STEP_GRAPH_T ? &s->g_step[mask != NULL][T - 1]
+                                                                                : NULL;
+    if (g && g->valid && g->kind == 4 && g->T == T && mask_equal(g, mask, cm->c.n_layers)) {
+        cudaCheck(cudaGraphLaunch(g->exec, cm->stream));
+        return 0;
+    }
+    if (forward_core(s, T, n_out, mask, 1, err, errlen) != 0)
+        return -1;
+    return g ? graph_capture(s, g, 4, T, mask, 0, err, errlen) : 0;
+}
+
+/* Make g hold the graph (kind, T, mask, advance) unless it already does.
+ * The warm-up run before the capture is idempotent: it writes the same KV
+ * entries the step itself will write, and no advance. */
+static int graph_get(cuda_state *s, graph_slot *g, int kind, int32_t T, const layer_mask *mask, int advance,
+                     char *err, size_t errlen)
+{
+    if (g->valid && g->kind == kind && g->T == T && mask_equal(g, mask, s->cm->c.n_layers))
+        return 0;
+    if (forward_core(s, T, T, mask, 1, err, errlen) != 0)
+        return -1;
+    return graph_capture(s, g, kind, T, mask, advance, err, errlen);
 }
 
 /* Metadata for one T = 1 decode block of sequence 0 at pos (token on the
@@ -1485,6 +1505,8 @@ extern "C" int cuda_ipc_export(cuda_model *cm, cuda_kv *kv, void *blob, char *er
 {
     if (cm->imported || kv->imported || kv->cm != cm)
         return util_err(err, errlen, "cuda_ipc_export: only the owner of the allocations can export them");
+    if (cm->keep)
+        return util_err(err, errlen, "cuda_ipc_export: a partial copy of the model cannot be exported");
     cudaCheck(cudaSetDevice(cm->device));
     ipc_blob b;
     memset(&b, 0, sizeof b);
@@ -1575,4 +1597,98 @@ extern "C" cuda_model *cuda_ipc_import(const void *blob, int device, cuda_kv **k
     }
     *kv_out = kv;
     return cm;
+}
+
+/* Two GPUs: the drafter's own model (on its device) opens only the
+ * exporter's verified KV and event; the weights stay where they are. */
+extern "C" cuda_kv *cuda_ipc_import_kv(cuda_model *cm, const void *blob, char *err, size_t errlen)
+{
+    ipc_blob b;
+    memcpy(&b, blob, sizeof b);
+    if (b.magic != IPC_MAGIC || b.version != 1 || b.kv_cap <= 0) {
+        util_err(err, errlen, "IPC: not a selfspec CUDA IPC blob");
+        return NULL;
+    }
+    const model_config *c = &cm->c;
+    if (b.c.n_layers != c->n_layers || b.c.kv_dim != c->kv_dim || b.c.dim != c->dim ||
+        b.c.vocab_size != c->vocab_size) {
+        util_err(err, errlen, "IPC: the exporter's model differs from this one");
+        return NULL;
+    }
+    size_t n = (size_t)c->n_layers * b.kv_cap * c->kv_dim;
+    if (b.kv_bytes < 2 * n * sizeof(kvt) || cm->ipc_kv_base || cm->has_ipc_event) {
+        util_err(err, errlen, "IPC: bad KV size, or this model has imported already");
+        return NULL;
+    }
+    cuda_kv *kv = (cuda_kv *)calloc(1, sizeof *kv);
+    if (!kv) {
+        util_err(err, errlen, "out of memory");
+        return NULL;
+    }
+    cudaError_t e = cudaSetDevice(cm->device);
+    if (e == cudaSuccess)   /* another device's memory: peer access, enabled as needed */
+        e = cudaIpcOpenMemHandle(&cm->ipc_kv_base, b.kv, cudaIpcMemLazyEnablePeerAccess);
+    if (e == cudaSuccess && (e = cudaIpcOpenEventHandle(&cm->ipc_event, b.event)) == cudaSuccess)
+        cm->has_ipc_event = 1;
+    if (e != cudaSuccess) {
+        util_err(err, errlen, "IPC: opening the verifier's KV on device %d: %s (are the devices peers?)", cm->device,
+                 cudaGetErrorString(e));
+        cudaGetLastError();
+        free(kv);
+        return NULL;
+    }
+    kv->cm = cm;
+    kv->base = cm->ipc_kv_base;
+    kv->bytes = b.kv_bytes;
+    kv->cap = b.kv_cap;
+    kv->k = (kvt *)kv->base;
+    kv->v = kv->k + n;
+    kv->imported = 1;
+    return kv;
+}
+
+extern "C" int cuda_kv_shift(cuda_kv *kv, int32_t shift, int32_t n, char *err, size_t errlen)
+{
+    if (shift < 0 || n < shift || n > kv->cap)
+        return util_err(err, errlen, "cuda_kv_shift: %d of %d rows by %d", n, kv->cap, shift);
+    if (shift == 0 || n == shift)
+        return 0;
+    cuda_model *cm = kv->cm;
+    const model_config *c = &cm->c;
+    size_t row = (size_t)c->kv_dim, layer = (size_t)kv->cap * row;
+    cudaCheck(cudaSetDevice(cm->device));
+    /* rows [shift, n) to [0, n - shift) in pieces of at most shift rows, in
+     * order on one stream: no piece's source overlaps its destination */
+    for (int l = 0; l < c->n_layers; l++)
+        for (int32_t r = 0; r < n - shift; r += shift) {
+            int32_t m = n - shift - r < shift ? n - shift - r : shift;
+            size_t dst = (size_t)l * layer + (size_t)r * row, src = dst + (size_t)shift * row;
+            size_t bytes = (size_t)m * row * sizeof(kvt);
+            cudaCheck(cudaMemcpyAsync(kv->k + dst, kv->k + src, bytes, cudaMemcpyDeviceToDevice, cm->stream));
+            cudaCheck(cudaMemcpyAsync(kv->v + dst, kv->v + src, bytes, cudaMemcpyDeviceToDevice, cm->stream));
+        }
+    return 0;
+}
+
+extern "C" int cuda_kv_copy(cuda_model *cm, cuda_kv *dst, const cuda_kv *src, const layer_mask *layers,
+                            int32_t from, int32_t to, char *err, size_t errlen)
+{
+    if (dst->cap != src->cap || from < 0 || to > dst->cap || from > to)
+        return util_err(err, errlen, "cuda_kv_copy: positions %d..%d of caches of %d and %d", from, to, dst->cap,
+                        src->cap);
+    if (from == to)
+        return 0;
+    const model_config *c = &cm->c;
+    size_t layer = (size_t)src->cap * c->kv_dim, off = (size_t)from * c->kv_dim;
+    size_t bytes = (size_t)(to - from) * c->kv_dim * sizeof(kvt);
+    cudaCheck(cudaSetDevice(cm->device));
+    for (int l = 0; l < c->n_layers; l++) {
+        if (layers && !layers->attn[l])
+            continue;   /* a layer whose attention the draft skips reads no KV */
+        size_t at = (size_t)l * layer + off;
+        /* unified addressing: a copy between devices goes over the peer link */
+        cudaCheck(cudaMemcpyAsync(dst->k + at, src->k + at, bytes, cudaMemcpyDefault, cm->stream));
+        cudaCheck(cudaMemcpyAsync(dst->v + at, src->v + at, bytes, cudaMemcpyDefault, cm->stream));
+    }
+    return 0;
 }

@@ -80,6 +80,11 @@ int cuda_parse_device(const char *s, int *device);
  * half precision (one allocation, 2 MiB aligned). The CPU model may be freed
  * afterwards. */
 cuda_model *cuda_model_load(const model *cpu_model, int device, char *err, size_t errlen);
+/* The same with only the sublayers keep computes (the embeddings, the head
+ * and every norm always): the drafter's own copy on a second GPU. A pass
+ * that computes a sublayer this copy lacks fails with an error. */
+cuda_model *cuda_model_load_masked(const model *cpu_model, int device, const layer_mask *keep, char *err,
+                                   size_t errlen);
 
 /* Random weights of the given shapes generated on the device (timing only;
  * no CPU copy exists). c must have dim, hidden_dim, n_layers, n_heads,
@@ -271,6 +276,24 @@ cuda_model *cuda_ipc_import(const void *blob, int device, cuda_kv **kv, char *er
 /* Make the importer's stream wait for the exporter's last cuda_ipc_signal
  * (call on receiving the message that followed it). */
 int cuda_ipc_wait(cuda_model *cm, char *err, size_t errlen);
+
+/*
+ * Two GPUs, in the drafter: cm is the drafter's own model on its own
+ * device (cuda_model_load_masked); open only the exporter's verified KV
+ * (over peer access) and its event into cm, once. Returns a cache aliasing
+ * the exporter's (read it only through cuda_kv_copy), or NULL with err
+ * (the devices cannot be peers, another model, opened already). After
+ * this, cuda_ipc_wait(cm) waits for the exporter's signal.
+ */
+cuda_kv *cuda_ipc_import_kv(cuda_model *cm, const void *blob, char *err, size_t errlen);
+/* Move rows [shift, n) of kv to [0, n - shift) in every layer, on its
+ * model's stream (the drafter's scratch after the verifier adopted a block). */
+int cuda_kv_shift(cuda_kv *kv, int32_t shift, int32_t n, char *err, size_t errlen);
+/* Copy positions [from, to) of src's layers into dst (same capacity), on
+ * cm's stream (cm owns dst): the drafter's incremental copy of the verified
+ * KV. layers: only the layers whose attention it computes (NULL: all). */
+int cuda_kv_copy(cuda_model *cm, cuda_kv *dst, const cuda_kv *src, const layer_mask *layers, int32_t from,
+                 int32_t to, char *err, size_t errlen);
 
 #ifdef __cplusplus
 }

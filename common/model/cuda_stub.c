@@ -130,3 +130,27 @@ cuda_model *cuda_ipc_import(const void *blob, int device, cuda_kv **kv, char *er
     util_err(err, errlen, NO_CUDA);
     return NULL;
 }
+
+cuda_model *cuda_model_load_masked(const model *cpu_model, int device, const layer_mask *keep, char *err,
+                                   size_t errlen)
+{
+    util_err(err, errlen, NO_CUDA);
+    return NULL;
+}
+
+cuda_kv *cuda_ipc_import_kv(cuda_model *cm, const void *blob, char *err, size_t errlen)
+{
+    util_err(err, errlen, NO_CUDA);
+    return NULL;
+}
+
+int cuda_kv_copy(cuda_model *cm, cuda_kv *dst, const cuda_kv *src, const layer_mask *layers, int32_t from,
+                 int32_t to, char *err, size_t errlen)
+{
+    return util_err(err, errlen, NO_CUDA);
+}
+
+int cuda_kv_shift(cuda_kv *kv, int32_t shift, int32_t n, char *err, size_t errlen)
+{
+    return util_err(err, errlen, NO_CUDA);
+}
