@@ -92,6 +92,14 @@ static void fixture_open(fixture *f, const tmodel_spec *sp, int32_t max_tokens, 
         fail_msg("cuda_state_init: %s", err);
 }
 
+/* The three-layer Q8_0 test model, passes of up to 64 tokens, context 128. */
+static void fixture_open_small(fixture *f)
+{
+    tmodel_spec sp = tmodel_default(GGUF_TT_Q8_0);
+    sp.n_layers = 3;
+    fixture_open(f, &sp, 64, 128);
+}
+
 static void fixture_close(fixture *f)
 {
     cuda_state_free(f->cs);
@@ -377,10 +385,8 @@ static void test_mask_scratch_batch(void **state)
     if (!have_gpu())
         skip();
     char err[512];
-    tmodel_spec sp = tmodel_default(GGUF_TT_Q8_0);
-    sp.n_layers = 3;
     fixture f;
-    fixture_open(&f, &sp, 64, 128);
+    fixture_open_small(&f);
     const model_config *c = &f.m.config;
     int32_t V = c->vocab_size, n = 12;
     int32_t toks[2][12];
@@ -456,10 +462,8 @@ static void test_partial_copy_kv_ops(void **state)
     if (!have_gpu())
         skip();
     char err[512];
-    tmodel_spec sp = tmodel_default(GGUF_TT_Q8_0);
-    sp.n_layers = 3;
     fixture f;
-    fixture_open(&f, &sp, 64, 128);
+    fixture_open_small(&f);
     const model_config *c = &f.m.config;
     int32_t V = c->vocab_size, n = 12;
     uint8_t attn[3] = {1, 0, 1}, mlp[3] = {1, 1, 0};
