@@ -612,22 +612,31 @@ with open(sys.argv[1], "w") as f:
         text = " ".join(words[(i * 7 + j * 3) % len(words)] for j in range(90))
         f.write(json.dumps({"custom_id": "r%02d" % i, "method": "POST", "url": "/v1/completions",
                             "body": {"prompt": text, "max_tokens": 64, "temperature": 0}}) + "\n")
+# the same requests sampled on the device (temperature 0.8, top-p 0.95, a seed each)
+with open(sys.argv[1].replace("batch_in", "batch_samp"), "w") as f:
+    for i in range(64):
+        text = " ".join(words[(i * 7 + j * 3) % len(words)] for j in range(90))
+        f.write(json.dumps({"custom_id": "s%02d" % i, "method": "POST", "url": "/v1/completions",
+                            "body": {"prompt": text, "max_tokens": 64, "temperature": 0.8, "top_p": 0.95,
+                                     "seed": 100 + i}}) + "\n")
 EOF
-    bat() {   # bat NAME MAX_SEQS MODE: results into $DIR/NAME.jsonl, summary into $DIR/NAME.sum
-        local name=$1 seqs=$2 mode=$3
+    bat() {   # bat NAME MAX_SEQS MODE [INPUT]: results into $DIR/NAME.jsonl, summary into $DIR/NAME.sum
+        local name=$1 seqs=$2 mode=$3 in=${4:-batch_in}
         rm -f "$DIR/$name.jsonl"
         step "$name" 120 bash -c 'o=$1; shift; exec "$@" 2>"$o"' _ "$DIR/$name.sum" \
-            bin/selfspec batch -m "$MODEL" -i "$DIR/batch_in.jsonl" -o "$DIR/$name.jsonl" --device cuda \
+            bin/selfspec batch -m "$MODEL" -i "$DIR/$in.jsonl" -o "$DIR/$name.jsonl" --device cuda \
             --max-seqs "$seqs" --mode "$mode"
     }
     for n in 1 8 32 64; do bat "cli_batch_plain_$n" "$n" plain; done
     bat cli_batch_auto_1 1 auto
     bat cli_batch_auto_64 64 auto
+    bat cli_batch_sampled_1 1 auto batch_samp     # sampled on the device, alone and in a batch of 64
+    bat cli_batch_sampled_64 64 auto batch_samp
     tps() { tail -n 1 "$DIR/$1.sum" 2>/dev/null | python3 -c 'import json,sys; print(json.loads(sys.stdin.read())["output_tokens_per_s"])' 2>/dev/null || echo null; }
     same() { [ -s "$DIR/$1.jsonl" ] && cmp -s <(sort "$DIR/$1.jsonl") <(sort "$DIR/$2.jsonl") && echo true || echo false; }
     printf '{"new_tokens": 64, "cuda_plain_equals_cpu_plain": %s, "cuda_selfspec_equals_cuda_plain": %s, "checks": %s, "note": %s, "batch": {"requests": 64, "max_tokens": 64, "output_tokens_per_s": {"plain_1": %s, "plain_8": %s, "plain_32": %s, "plain_64": %s, "auto_1": %s, "auto_64": %s}, "plain_8_equals_plain_1": %s, "plain_64_equals_plain_1": %s, "auto_64_equals_plain_1": %s}}\n' \
         "$(eq cli_cuda_plain cli_cpu_plain)" "$(eq cli_cuda_selfspec cli_cuda_plain)" \
-        "{\"cuda_pipeline_equals_cuda_plain\": $(eq cli_cuda_pipeline cli_cuda_plain), \"cuda_plain_graphs_equal_no_graphs\": $(eq cli_cuda_plain_nograph cli_cuda_plain), \"cuda_pipeline_2gpu_equals_cuda_plain\": $([ "${NGPU:-0}" -ge 2 ] && eq cli_cuda_pipeline_2gpu cli_cuda_plain || echo null)}" \
+        "{\"cuda_pipeline_equals_cuda_plain\": $(eq cli_cuda_pipeline cli_cuda_plain), \"cuda_plain_graphs_equal_no_graphs\": $(eq cli_cuda_plain_nograph cli_cuda_plain), \"cuda_pipeline_2gpu_equals_cuda_plain\": $([ "${NGPU:-0}" -ge 2 ] && eq cli_cuda_pipeline_2gpu cli_cuda_plain || echo null), \"sampled_64_equals_sampled_1\": $(same cli_batch_sampled_64 cli_batch_sampled_1)}" \
         "$(json_str "CPU vs CUDA may part at a near-tie; measure.model.greedy applies the margin rule")" \
         "$(tps cli_batch_plain_1)" "$(tps cli_batch_plain_8)" "$(tps cli_batch_plain_32)" "$(tps cli_batch_plain_64)" \
         "$(tps cli_batch_auto_1)" "$(tps cli_batch_auto_64)" \

@@ -450,6 +450,45 @@ static void test_mask_scratch_batch(void **state)
     fixture_close(&f);
 }
 
+/* Sampling on the device: for the rows of one pass and a grid of
+ * uniforms, k_sample draws what samp_reference (the rule's sequential
+ * host form, checked against the host sampler in test_cuda_order) draws
+ * from the same logits, but for a rare u at a boundary, where the device's
+ * tree-ordered sums round differently; greedy rows keep the argmax; a
+ * request for more rows than the pass left is refused. */
+static void test_sample_on_gpu(void **state)
+{
+    (void)state;
+    if (!have_gpu())
+        skip();
+    char err[512];
+    fixture f;
+    fixture_open_small(&f);
+    int32_t V = f.m.config.vocab_size, toks[4], am[4], ids[4];
+    make_tokens(toks, 4, V, 5);
+    cuda_kv *kv = cuda_kv_init(f.cm, 64, err, sizeof err);
+    assert_non_null(kv);
+    cuda_seq sq = {toks, 4, 0, kv, NULL, 0, 0};
+    float *lg = malloc((size_t)4 * V * sizeof(float));
+    assert_int_equal(cuda_forward(f.cm, f.cs, &sq, 1, NULL, lg, am, err, sizeof err), 0);
+    int differ = 0, n = 0;
+    for (int j = 0; j < 64; j++) {
+        samp_req rq[4] = {{0.0f, 0, 1.0f, 0.3f}, {1.0f, 0, 1.0f, (j + 0.5f) / 64}, {0.8f, 10, 0.9f, (j + 0.5f) / 64},
+                          {2.0f, 0, 0.95f, (j + 0.25f) / 64}};
+        assert_int_equal(cuda_sample_rows(f.cs, rq, 4, ids, err, sizeof err), 0);
+        assert_int_equal(ids[0], am[0]);
+        for (int r = 1; r < 4; r++, n++)
+            differ += ids[r] != samp_reference(lg + (size_t)r * V, V, &rq[r], am[r]);
+    }
+    if (differ > 2)
+        fail_msg("device draws differ from the rule's in %d of %d", differ, n);
+    samp_req five[5] = {{0}};
+    assert_int_equal(cuda_sample_rows(f.cs, five, 5, ids, err, sizeof err), -1);
+    free(lg);
+    cuda_kv_free(kv);
+    fixture_close(&f);
+}
+
 /* The drafter's pieces on a second GPU, run here on device 0: a copy of
  * the model with only the draft's sublayers (cuda_model_load_masked) drafts
  * the same bits as the full copy under the same mask and refuses a pass
@@ -920,6 +959,7 @@ int main(void)
         cmocka_unit_test(test_forward_tied_padded_mha),
         cmocka_unit_test(test_mask_scratch_batch),
         cmocka_unit_test(test_partial_copy_kv_ops),
+        cmocka_unit_test(test_sample_on_gpu),
         cmocka_unit_test(test_exact_blocks),
         cmocka_unit_test(test_proj_vs_cublas),
         cmocka_unit_test(test_generate),

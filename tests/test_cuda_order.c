@@ -39,7 +39,9 @@
 #include <string.h>
 #include <cmocka.h>
 
+#include "decode/sampler.h"
 #include "kernels/cuda_order.h"
+#include "kernels/cuda_sample.h"
 #include "kernels/f16.h"
 
 /* ---- helpers ---- */
@@ -559,12 +561,67 @@ static void test_order_constants(void **state)
     free(used);
 }
 
+/* (d) Sampling on the device (k_sample, its rule in kernels/cuda_sample.h,
+ * run here as samp_reference): the draw is the inverse CDF of the host
+ * sampler's warped distribution. For rows of distinct random logits and
+ * temperature / top-k / top-p settings, u on a grid of N quantiles hits each
+ * token in proportion to sampler_probs' probability (within the grid's
+ * step), never a token sampler_probs gives 0; greedy rows and rows with no
+ * finite logit take the argmax given. */
+static void test_sample_rule(void **state)
+{
+    (void)state;
+    enum { V = 300, N = 20000 };
+    char err[128];
+    float x[V], probs[V];
+    int32_t hits[V];
+    uint64_t rng = 7;
+    struct { float t; int32_t k; float p; } cases[] = {
+        {1.0f, 0, 1.0f}, {0.7f, 0, 0.9f}, {1.3f, 17, 1.0f}, {1.0f, 40, 0.8f}, {2.5f, 0, 0.5f}, {0.3f, 1, 1.0f},
+        {1.0f, V - 1, 1.0f}, {1.0f, V + 5, 0.999f}};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        for (int32_t i = 0; i < V; i++) {
+            rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+            x[i] = (float)((rng >> 11) * (1.0 / 9007199254740992.0)) * 12.0f - 6.0f;
+        }
+        sampler sm;
+        sampler_params sp = {.temperature = cases[c].t, .top_k = cases[c].k, .top_p = cases[c].p, .seed = 1};
+        assert_int_equal(sampler_init(&sm, &sp, V, err, sizeof err), 0);
+        sampler_probs(&sm, x, V, probs);
+        memset(hits, 0, sizeof hits);
+        for (int j = 0; j < N; j++) {
+            samp_req q = {cases[c].t, cases[c].k, cases[c].p, (float)((j + 0.5) / N)};
+            int32_t tok = samp_reference(x, V, &q, -1);
+            assert_true(tok >= 0 && tok < V);
+            hits[tok]++;
+        }
+        for (int32_t i = 0; i < V; i++) {
+            if (probs[i] == 0.0f)
+                assert_int_equal(hits[i], 0);
+            else if (fabs(hits[i] / (double)N - probs[i]) > 2.0 / N + 1e-4 * probs[i])
+                fail_msg("case %zu token %d: drawn %.5f, sampler_probs %.5f", c, i, hits[i] / (double)N, probs[i]);
+        }
+        sampler_free(&sm);
+    }
+    samp_req greedy = {0.0f, 0, 1.0f, 0.5f};
+    assert_int_equal(samp_reference(x, V, &greedy, 42), 42);
+    for (int32_t i = 0; i < V; i++)
+        x[i] = -INFINITY;
+    samp_req hot = {1.0f, 0, 1.0f, 0.5f};
+    assert_int_equal(samp_reference(x, V, &hot, 3), 3);
+    /* the key order is the float order */
+    float vals[] = {-INFINITY, -3.5f, -1e-30f, -0.0f, 0.0f, 1e-30f, 2.0f, INFINITY};
+    for (size_t i = 1; i < sizeof vals / sizeof vals[0]; i++)
+        assert_true(samp_key(vals[i - 1]) < samp_key(vals[i]));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_order_constants),
         cmocka_unit_test(test_proj_order),
         cmocka_unit_test(test_attention_order),
+        cmocka_unit_test(test_sample_rule),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

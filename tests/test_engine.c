@@ -164,6 +164,8 @@ static void on_done(void *user, const engine_result *res)
 }
 
 /* Run every request through one engine and compare with the references. */
+/* Run the requests through one engine; with check, each output must equal
+ * its reference (ref); requests with n_ref < 0 take their output as it. */
 static void run_engine(tiny *t, req *r, int n, engine_params *p, const char *what)
 {
     char err[256];
@@ -188,6 +190,10 @@ static void run_engine(tiny *t, req *r, int n, engine_params *p, const char *wha
     assert_int_equal(used, 0);                       /* every block came back */
     for (int i = 0; i < n; i++) {
         assert_int_equal(r[i].done, 1);
+        if (r[i].n_ref < 0) {   /* no reference yet: this run makes it */
+            memcpy(r[i].ref, r[i].out, (size_t)r[i].n_out * sizeof(int32_t));
+            r[i].n_ref = r[i].n_out;
+        }
         int32_t d = 0;
         while (d < r[i].n_out && d < r[i].n_ref && r[i].out[d] == r[i].ref[d])
             d++;
@@ -627,6 +633,7 @@ typedef struct {
     model_backend b;
     cpu_backend cpu;
     int64_t opens, closes, forwards, argmax_only;
+    int64_t samples, sampled_rows;   /* sample calls, rows drawn (temperature > 0) */
 } counting_backend;
 
 static int cnt_kv_open(model_backend *b, kv_cache *kv, int32_t cap, int scratch, char *err, size_t errlen)
@@ -663,6 +670,79 @@ static int cnt_forward(model_backend *b, fwd_seq *seqs, int n, const layer_mask 
     c->forwards++;
     c->argmax_only += logits == NULL;
     return c->cpu.b.forward(&c->cpu.b, seqs, n, mask, head, logits, argmax, err, errlen);
+}
+
+/* A stand-in for a device that samples: the rule of kernels/cuda_sample.h
+ * (samp_reference) over the logits the CPU backend kept from the last
+ * forward (argmax only: its own rows). */
+static int cnt_sample(model_backend *b, const samp_req *rq, int32_t n_rows, int32_t *ids, char *err, size_t errlen)
+{
+    counting_backend *c = (counting_backend *)b;
+    int32_t V = c->cpu.m->config.vocab_size;
+    assert_true((size_t)n_rows * V <= c->cpu.cap_rows);
+    c->samples++;
+    for (int32_t i = 0; i < n_rows; i++) {
+        c->sampled_rows += rq[i].temperature > 0.0f;
+        ids[i] = samp_reference(c->cpu.rows + (size_t)i * V, V, &rq[i], ids[i]);
+    }
+    return 0;
+}
+
+/* Sampling on the device (a backend with .sample): the engine hands it the
+ * sampled rows of plain steps and first tokens and takes only ids, never
+ * logits; each draw takes its sequence's own uniforms, so a request's
+ * tokens are the same alone and in batches of 3 and 7, and greedy requests
+ * keep plain decoding's tokens. */
+static void test_device_sampling(void **state)
+{
+    (void)state;
+    tiny t;
+    tiny_open(&t);
+    req *r = calloc(N_REQ, sizeof *r);
+    make_requests(r, N_REQ, 1);
+    reference(&t, r, N_REQ, NULL);   /* greedy requests: plain's tokens */
+    int n_sampled = 0;
+    for (int i = 0; i < N_REQ; i++)
+        if (r[i].gp.sampling.temperature > 0.0f) {   /* hot enough that draws differ from the argmax */
+            r[i].gp.sampling = (sampler_params){.temperature = 2.0f, .top_k = i % 4 == 1 ? 24 : 0,
+                                                .top_p = 0.98f, .seed = 500 + (uint64_t)i};
+            r[i].n_ref = -1;   /* the run alone sets it */
+            n_sampled++;
+        }
+    assert_true(n_sampled >= 3);
+    int max_seqs[] = {1, 3, 7};
+    for (int k = 0; k < 3; k++) {
+        engine_params p;
+        base_params(&p, max_seqs[k], ENGINE_AUTO, NULL);
+        kv_pool pool;
+        char err[256];
+        assert_int_equal(kv_pool_init(&pool, &t.m.config, p.kv_mem, err, sizeof err), 0);
+        fwd_state fs;
+        fwd_state_init(&fs, &t.m.config, engine_pass_tokens(&p), p.ctx + SPEC_MAX_DRAFT + 2);
+        counting_backend cb = {.b = {.name = "sampling", .pruned_head = 1, .kv_open = cnt_kv_open,
+                                     .kv_close = cnt_kv_close, .kv_max = cnt_kv_max, .kv_usage = cnt_kv_usage,
+                                     .forward = cnt_forward, .sample = cnt_sample}};
+        backend_cpu_init(&cb.cpu, &t.m, &fs, &pool);
+        p.backend = &cb.b;
+        run_engine(&t, r, N_REQ, &p, "device sampling");
+        assert_int_equal(cb.argmax_only, cb.forwards);   /* no logits ever came back */
+        assert_true(cb.samples > 0 && cb.sampled_rows > 0);
+        backend_cpu_free(&cb.cpu);
+        fwd_state_free(&fs);
+        kv_pool_free(&pool);
+    }
+    /* the draws are draws: a sampled request does not follow greedy decoding */
+    int differs = 0;
+    for (int i = 0; i < N_REQ; i++)
+        if (r[i].gp.sampling.temperature > 0.0f) {
+            req g = r[i];
+            g.gp.sampling = (sampler_params){.temperature = 0.0f, .top_k = 0, .top_p = 1.0f, .seed = 0};
+            reference(&t, &g, 1, NULL);
+            differs |= g.n_ref != r[i].n_out || memcmp(g.ref, r[i].out, (size_t)g.n_ref * sizeof(int32_t)) != 0;
+        }
+    assert_true(differs);
+    free(r);
+    tiny_close(&t);
 }
 
 /* An engine over a backend the caller opened decodes exactly as over its
@@ -730,6 +810,7 @@ int main(void)
         cmocka_unit_test(test_policy),
         cmocka_unit_test(test_remote_source),
         cmocka_unit_test(test_backend_interface),
+        cmocka_unit_test(test_device_sampling),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -94,6 +94,7 @@ struct engine {
     float *dlogits;            /* (max_seqs, dwidth) */
     float *logits;             /* (max_batch_tokens, vocab) */
     int32_t *am;               /* (max_batch_tokens) argmax of each output row of a full pass */
+    samp_req *srq;             /* (max_batch_tokens) their sampling requests (a backend that samples) */
     fwd_seq *batch;            /* (max_seqs) */
     int32_t *bseq;             /* (max_seqs) sequence index of each batch entry */
     /* cost model: seconds of a full pass of T tokens, of a draft pass of n */
@@ -349,6 +350,7 @@ int engine_init(engine **out, const model *m, const engine_params *p, char *err,
     e->bseq = callocCheck((size_t)p->max_seqs, sizeof(int32_t));
     e->logits = mallocCheck((size_t)e->p.max_batch_tokens * m->config.vocab_size * sizeof(float));
     e->am = mallocCheck((size_t)e->p.max_batch_tokens * sizeof(int32_t));
+    e->srq = mallocCheck((size_t)e->p.max_batch_tokens * sizeof(samp_req));
     e->can_layers = p->mode != ENGINE_PLAIN && p->ss != NULL && p->sp.draft != SPEC_DRAFT_CONTEXT && !p->remote;
     e->can_ctx = p->mode != ENGINE_PLAIN && p->sp.draft != SPEC_DRAFT_LAYERS && !p->remote;
     e->can_draft = e->can_layers || e->can_ctx || p->remote;
@@ -404,6 +406,7 @@ void engine_free(engine *e)
     free(e->dlogits);
     free(e->logits);
     free(e->am);
+    free(e->srq);
     backend_cpu_free(&e->cpu);
     free(e->batch);
     free(e->bseq);
@@ -811,6 +814,26 @@ static void record(engine *e, eseq *s, int32_t acc)
         s->alpha = spec_alpha_update(s->alpha, k - c, acc - c);
 }
 
+/* The requests of the last pass's output rows, in batch order (a decode
+ * block's 1 + n rows, a last prompt chunk's one), to the backend's sampler;
+ * the tokens replace e->am. A sampled row takes one uniform from its
+ * sequence's own generator, so what it draws does not depend on the batch. */
+static int sample_on_device(engine *e, int n, char *err, size_t errlen)
+{
+    int32_t rows = 0;
+    for (int j = 0; j < n; j++) {
+        eseq *s = &e->seqs[e->bseq[j]];
+        const fwd_seq *sq = &e->batch[j];
+        const sampler_params *p = &s->smp.p;
+        for (int32_t t = sq->logits_from; t < sq->n_tokens; t++, rows++) {
+            int sampled = p->temperature != 0.0f;
+            e->srq[rows] = (samp_req){.temperature = sampled ? p->temperature : 0.0f, .top_k = p->top_k,
+                                      .top_p = p->top_p, .u = sampled ? sampler_uniform(&s->smp) : 0.0f};
+        }
+    }
+    return rows ? e->be->sample(e->be, e->srq, rows, e->am, err, errlen) : 0;
+}
+
 int engine_step(engine *e, char *err, size_t errlen)
 {
     if (admit(e, err, errlen) != 0)
@@ -869,8 +892,22 @@ int engine_step(engine *e, char *err, size_t errlen)
         eseq *s = &e->seqs[e->bseq[j]];
         need_logits = s->gp.sampling.temperature != 0.0f && e->batch[j].logits_from < e->batch[j].n_tokens;
     }
+    /* a backend that samples (a device) draws the sampled rows of plain
+     * steps and of first tokens itself: only ids come back. Speculative
+     * sampling (a sampled sequence's draft block) needs the rows here. */
+    int dev_sample = need_logits && e->be->sample;
+    for (int j = 0; j < n && dev_sample; j++) {
+        eseq *s = &e->seqs[e->bseq[j]];
+        dev_sample = !(s->state == SEQ_DECODE && s->gp.sampling.temperature != 0.0f &&
+                       (s->spec_mode == 2 || s->blk.n > 0));
+    }
     double t0 = util_now();
-    int rc = e->be->forward(e->be, e->batch, n, NULL, NULL, need_logits ? e->logits : NULL, e->am, err, errlen);
+    int rc = e->be->forward(e->be, e->batch, n, NULL, NULL, need_logits && !dev_sample ? e->logits : NULL, e->am,
+                            err, errlen);
+    if (rc == 0 && dev_sample) {
+        rc = sample_on_device(e, n, err, errlen);
+        need_logits = 0;   /* e->am holds every output row's token */
+    }
     double dt = util_now() - t0;
     free(blocks);
     if (rc != 0)

@@ -12,6 +12,7 @@
 #ifndef SELFSPEC_CUDA_INTERNAL_CUH
 #define SELFSPEC_CUDA_INTERNAL_CUH
 
+#include "kernels/cuda_sample.h"
 #include <stdint.h>
 #include <cuda_runtime.h>
 #include <cuda_fp16.h>
@@ -107,6 +108,10 @@ void launch_swiglu(cudaStream_t st, const float *hb, wt *out, int T, int H);
 /* out[r] = argmax of logits row r (n valid columns of ld), ties to the
  * smaller id. */
 void launch_argmax(cudaStream_t st, const float *logits, int ld, int n, int rows, int32_t *out);
+/* Rows [0, rows) of logits (leading dimension ld, V entries): the token of
+ * each request (kernels/cuda_sample.h; greedy rows take am's). */
+void launch_sample(cudaStream_t st, const float *logits, int ld, int V, int rows, const samp_req *rq,
+                   const int32_t *am, int32_t *out);
 /* One graph-replayed decode step is done: out[*count] = am[0];
  * tok[0] = am[0]; pos[0] += 1; (*count)++. */
 void launch_advance(cudaStream_t st, const int32_t *am, int32_t *tok, int32_t *pos, int32_t *out,

@@ -26,6 +26,7 @@
  * SwiGLU g / (1 + exp(-g)) * u.
  */
 #include "kernels/cuda_internal.cuh"
+#include "kernels/cuda_sample.h"
 
 #include <math.h>
 
@@ -466,6 +467,125 @@ __global__ void k_argmax(const float *logits, int ld, int n, int32_t *out)
 void launch_argmax(cudaStream_t st, const float *logits, int ld, int n, int rows, int32_t *out)
 {
     k_argmax<<<rows, 1024, 0, st>>>(logits, ld, n, out);
+}
+
+/* ---- sampling on the device (the rule: kernels/cuda_sample.h) ---- */
+
+static __device__ float block_max(float v, float *red)
+{
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0)
+        red[w] = v;
+    __syncthreads();
+    v = lane < nw ? red[lane] : -INFINITY;
+    return warp_max(v);
+}
+
+/* The weight of entry i after temperature and top-k (0 outside the kept set). */
+static __device__ __forceinline__ float samp_weight(float xi, float m, float inv_t, uint32_t kt)
+{
+    return isnan(xi) || samp_key(xi) < kt ? 0.0f : expf((xi - m) * inv_t);
+}
+
+static __device__ __forceinline__ float samp_kept(float w, uint32_t pt)
+{
+    return w > 0.0f && samp_key(w) >= pt ? w : 0.0f;
+}
+
+/* One block of SAMP_THREADS per output row: the token of request rq[row]
+ * (greedy rows: the pass's argmax am[row]). */
+__global__ void __launch_bounds__(SAMP_THREADS) k_sample(const float *logits, int ld, int V, const samp_req *rq,
+                                                         const int32_t *am, int32_t *out)
+{
+    __shared__ float red[32];
+    __shared__ float chunk[SAMP_THREADS];
+    const int r = blockIdx.x;
+    const float *x = logits + (size_t)r * ld;
+    const samp_req q = rq[r];
+    if (!(q.temperature > 0.0f)) {
+        if (threadIdx.x == 0)
+            out[r] = am[r];
+        return;
+    }
+    float m = -INFINITY;
+    for (int i = threadIdx.x; i < V; i += blockDim.x)
+        m = fmaxf(m, x[i]);            /* fmaxf passes over NaN */
+    m = block_max(m, red);
+    if (!(m > -INFINITY)) {            /* nothing to draw from: the argmax rule */
+        if (threadIdx.x == 0)
+            out[r] = am[r];
+        return;
+    }
+    uint32_t kt = 0;
+    if (q.top_k > 0 && q.top_k < V)
+        for (int bit = 31; bit >= 0; bit--) {
+            uint32_t cand = kt | (1u << bit);
+            float c = 0.0f;
+            for (int i = threadIdx.x; i < V; i += blockDim.x)
+                c += !isnan(x[i]) && samp_key(x[i]) >= cand;
+            kt = samp_search_step(kt, bit, block_sum(c, red), (float)q.top_k);
+        }
+    const float inv_t = 1.0f / q.temperature;
+    uint32_t pt = 0;
+    if (q.top_p < 1.0f) {
+        float z = 0.0f;   /* the whole distribution's mass, as the host's top-p */
+        for (int i = threadIdx.x; i < V; i += blockDim.x)
+            z += samp_weight(x[i], m, inv_t, 0);
+        z = block_sum(z, red);
+        for (int bit = 31; bit >= 0; bit--) {
+            uint32_t cand = pt | (1u << bit);
+            float mass = 0.0f;
+            for (int i = threadIdx.x; i < V; i += blockDim.x) {
+                float w = samp_weight(x[i], m, inv_t, kt);
+                mass += w > 0.0f && samp_key(w) >= cand ? w : 0.0f;
+            }
+            pt = samp_search_step(pt, bit, block_sum(mass, red), q.top_p * z);
+        }
+    }
+    /* the draw: chunk sums, their prefix in chunk order, one walk */
+    const int C = samp_chunk(V), lo = threadIdx.x * C, hi = lo + C < V ? lo + C : V;
+    float cs = 0.0f;
+    for (int i = lo; i < hi; i++)
+        cs += samp_kept(samp_weight(x[i], m, inv_t, kt), pt);
+    chunk[threadIdx.x] = cs;
+    __syncthreads();
+    if (threadIdx.x != 0)
+        return;
+    float tot = 0.0f;
+    for (int j = 0; j < SAMP_THREADS; j++)
+        tot += chunk[j];
+    const float target = q.u * tot;
+    float run = 0.0f;
+    int pick = -1, last_j = -1;
+    for (int j = 0; j < SAMP_THREADS && pick < 0; j++) {
+        if (!(chunk[j] > 0.0f))
+            continue;
+        last_j = j;
+        if (run + chunk[j] <= target) {
+            run += chunk[j];
+            continue;
+        }
+        for (int i = j * C; i < V && i < (j + 1) * C; i++) {
+            float w = samp_kept(samp_weight(x[i], m, inv_t, kt), pt);
+            if (w > 0.0f && (run += w) > target) {
+                pick = i;
+                break;
+            }
+        }
+    }
+    /* rounding left the target beyond the last sum: the last kept entry */
+    for (int i = (last_j + 1) * C - 1; pick < 0 && last_j >= 0 && i >= last_j * C; i--)
+        if (i < V && samp_kept(samp_weight(x[i], m, inv_t, kt), pt) > 0.0f)
+            pick = i;
+    out[r] = pick >= 0 ? pick : am[r];
+}
+
+void launch_sample(cudaStream_t st, const float *logits, int ld, int V, int rows, const samp_req *rq,
+                   const int32_t *am, int32_t *out)
+{
+    k_sample<<<rows, SAMP_THREADS, 0, st>>>(logits, ld, V, rq, am, out);
 }
 
 __global__ void k_advance(const int32_t *am, int32_t *tok, int32_t *pos, int32_t *out, int32_t *count)

@@ -24,6 +24,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kernels/cuda_sample.h"
 #include "model/model.h"
 
 typedef struct model_backend model_backend;
@@ -48,6 +49,12 @@ struct model_backend {
      * largest logit (model_argmax's rule), or NULL. */
     int (*forward)(model_backend *b, fwd_seq *seqs, int n_seqs, const layer_mask *mask, const qmat *head,
                    float *logits, int32_t *argmax, char *err, size_t errlen);
+    /* Optional (NULL: the engine samples on the host from logits rows): the
+     * tokens of output rows [0, n_rows) of the last forward, called with
+     * argmax and no logits, one request per row (kernels/cuda_sample.h;
+     * greedy rows keep that forward's argmax). The device keeps its logits;
+     * only the ids come back. Returns 0, or -1 with err. */
+    int (*sample)(model_backend *b, const samp_req *rq, int32_t n_rows, int32_t *ids, char *err, size_t errlen);
 };
 
 /* The CPU backend. */

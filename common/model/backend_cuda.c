@@ -106,6 +106,12 @@ static int cuda_b_forward(model_backend *b, fwd_seq *seqs, int n_seqs, const lay
     return cuda_forward(cb->cm, cb->st, cb->seqs, n_seqs, mask, logits, argmax, err, errlen);
 }
 
+static int cuda_b_sample(model_backend *b, const samp_req *rq, int32_t n_rows, int32_t *ids, char *err,
+                         size_t errlen)
+{
+    return cuda_sample_rows(((cuda_engine_backend *)b)->st, rq, n_rows, ids, err, errlen);
+}
+
 model_backend *backend_cuda_open(const model *m, int device, int32_t max_tokens, int32_t ctx, size_t kv_mem,
                                  char *err, size_t errlen)
 {
@@ -121,7 +127,8 @@ model_backend *backend_cuda_open(const model *m, int device, int32_t max_tokens,
     snprintf(cb->name, sizeof cb->name, "cuda:%d", device);
     cb->b = (model_backend){.name = cb->name, .pruned_head = 0, .kv_open = cuda_b_kv_open,
                             .kv_close = cuda_b_kv_close, .kv_max = cuda_b_kv_max, .kv_usage = cuda_b_kv_usage,
-                            .forward = cuda_b_forward};
+                            .forward = cuda_b_forward,
+                            .sample = cuda_b_sample};
     cb->m = m;
     cb->cm = cm;
     cb->st = st;

@@ -115,6 +115,9 @@ struct cuda_state {
      * mask, recaptured when the mask changes); off with SELFSPEC_CUDA_GRAPHS=0 */
     graph_slot g_step[2][STEP_GRAPH_T];
     int graphs_off;
+    int32_t last_out;             /* output rows of the last cuda_forward (logits, am) */
+    samp_req *samp;               /* device: (max_tokens) sampling requests */
+    int32_t *samp_ids;            /* device: (max_tokens) their tokens */
 };
 
 /* ------------------------------------------------------------------------ */
@@ -750,6 +753,8 @@ static int state_alloc(cuda_state *s, char *err, size_t errlen)
     cudaCheck(cudaMalloc((void **)&s->att_part,
                          T * c->n_heads * s->att_splits * (2 + (size_t)c->head_dim) * sizeof(float)));
     cudaCheck(cudaMalloc((void **)&s->am, T * sizeof(int32_t)));
+    cudaCheck(cudaMalloc((void **)&s->samp, T * sizeof(samp_req)));
+    cudaCheck(cudaMalloc((void **)&s->samp_ids, T * sizeof(int32_t)));
     cudaCheck(cudaMalloc((void **)&s->ctl, (2 + 2 * (PLAIN_CHUNK + MAX_DRAFT)) * sizeof(int32_t)));
     cudaCheck(cudaMallocHost((void **)&s->ctl_h, (2 + 2 * (PLAIN_CHUNK + MAX_DRAFT)) * sizeof(int32_t)));
     size_t o_pos, o_seq, o_out, o_seqs;
@@ -822,7 +827,7 @@ extern "C" void cuda_state_free(cuda_state *s)
         for (int t = 0; t < STEP_GRAPH_T; t++)
             graph_reset(&s->g_step[m][t]);
     void *dev[] = {s->x,  s->qkv, s->hb,  s->logits, s->xb,     s->att,
-                   s->hs, s->am,  s->ctl, s->meta_d, s->rope, s->att_part};
+                   s->hs, s->am,  s->ctl, s->meta_d, s->rope, s->att_part, s->samp, s->samp_ids};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
         if (dev[i])
             cudaFree(dev[i]);
@@ -1016,9 +1021,11 @@ static int forward_batch(cuda_model *cm, cuda_state *s, const cuda_seq *seqs, in
         return -1;
     if (upload_meta(s, err, errlen) != 0)
         return -1;
+    s->last_out = 0;
     if (fixed ? step_graph_run(s, T, n_out, mask, err, errlen) != 0
               : forward_core(s, T, n_out, mask, fixed, err, errlen) != 0)
         return -1;
+    s->last_out = n_out;
     if (logits && n_out > 0)
         /* only for tests / checks: the decode loops never copy logits */
         cudaCheck(cudaMemcpy2DAsync(logits, (size_t)cm->c.vocab_size * sizeof(float), s->logits,
@@ -1690,5 +1697,25 @@ extern "C" int cuda_kv_copy(cuda_model *cm, cuda_kv *dst, const cuda_kv *src, co
         cudaCheck(cudaMemcpyAsync(dst->k + at, src->k + at, bytes, cudaMemcpyDefault, cm->stream));
         cudaCheck(cudaMemcpyAsync(dst->v + at, src->v + at, bytes, cudaMemcpyDefault, cm->stream));
     }
+    return 0;
+}
+
+extern "C" int cuda_sample_rows(cuda_state *s, const samp_req *rq, int32_t n_rows, int32_t *ids, char *err,
+                                size_t errlen)
+{
+    if (n_rows <= 0 || n_rows > s->last_out)
+        return util_err(err, errlen, "cuda_sample_rows: %d rows, the last pass left %d", n_rows, s->last_out);
+    for (int32_t i = 0; i < n_rows; i++)
+        if (rq[i].temperature > 0.0f && (!(rq[i].u >= 0.0f && rq[i].u < 1.0f) || !(rq[i].top_p > 0.0f) ||
+                                         rq[i].top_k < 0))
+            return util_err(err, errlen, "cuda_sample_rows: row %d: bad request", i);
+    cuda_model *cm = s->cm;
+    cudaCheck(cudaSetDevice(cm->device));
+    cudaCheck(cudaMemcpyAsync(s->samp, rq, (size_t)n_rows * sizeof *rq, cudaMemcpyHostToDevice, cm->stream));
+    launch_sample(cm->stream, s->logits, cm->vrows, cm->c.vocab_size, n_rows, s->samp, s->am, s->samp_ids);
+    launchCheck();
+    cudaCheck(cudaMemcpyAsync(ids, s->samp_ids, (size_t)n_rows * sizeof(int32_t), cudaMemcpyDeviceToHost,
+                              cm->stream));
+    cudaCheck(cudaStreamSynchronize(cm->stream));
     return 0;
 }

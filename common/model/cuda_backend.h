@@ -43,6 +43,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kernels/cuda_sample.h"
 #include "model/model.h"
 
 #ifdef __cplusplus
@@ -246,6 +247,15 @@ int cuda_generate_selfspec(cuda_model *cm, cuda_state *s, cuda_kv *kv, cuda_kv *
 int cuda_time_step(cuda_model *cm, cuda_state *s, cuda_kv *kv, cuda_kv *scratch,
                    const layer_mask *mask, int32_t T, int32_t pos, int iters,
                    double *ms, char *err, size_t errlen);
+
+/*
+ * Sampling on the device: the tokens of output rows [0, n_rows) of the last
+ * cuda_forward on s, one request per row (kernels/cuda_sample.h: greedy
+ * rows take that pass's argmax; sampled rows a draw from the warped
+ * distribution with the host's uniform u). Only the ids come back. Returns
+ * 0, or -1 with err (more rows than the pass left, a bad request).
+ */
+int cuda_sample_rows(cuda_state *s, const samp_req *rq, int32_t n_rows, int32_t *ids, char *err, size_t errlen);
 
 /* ---- CUDA IPC (verifier <-> drafter) ---- */
 
