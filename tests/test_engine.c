@@ -688,6 +688,23 @@ static int cnt_sample(model_backend *b, const samp_req *rq, int32_t n_rows, int3
     return 0;
 }
 
+/* A counting backend over the CPU backend, with its own pool and forward
+ * state sized for p; sampling: also a stand-in device sampler (cnt_sample).
+ * p->backend is set to it. */
+static void counting_open(counting_backend *cb, tiny *t, engine_params *p, kv_pool *pool, fwd_state *fs,
+                          int sampling)
+{
+    char err[256];
+    assert_int_equal(kv_pool_init(pool, &t->m.config, p->kv_mem, err, sizeof err), 0);
+    fwd_state_init(fs, &t->m.config, engine_pass_tokens(p), p->ctx + SPEC_MAX_DRAFT + 2);
+    *cb = (counting_backend){.b = {.name = sampling ? "sampling" : "counting", .pruned_head = 1,
+                                   .kv_open = cnt_kv_open, .kv_close = cnt_kv_close, .kv_max = cnt_kv_max,
+                                   .kv_usage = cnt_kv_usage, .forward = cnt_forward,
+                                   .sample = sampling ? cnt_sample : NULL}};
+    backend_cpu_init(&cb->cpu, &t->m, fs, pool);
+    p->backend = &cb->b;
+}
+
 /* Sampling on the device (a backend with .sample): the engine hands it the
  * sampled rows of plain steps and first tokens and takes only ids, never
  * logits; each draw takes its sequence's own uniforms, so a request's
@@ -715,15 +732,9 @@ static void test_device_sampling(void **state)
         engine_params p;
         base_params(&p, max_seqs[k], ENGINE_AUTO, NULL);
         kv_pool pool;
-        char err[256];
-        assert_int_equal(kv_pool_init(&pool, &t.m.config, p.kv_mem, err, sizeof err), 0);
         fwd_state fs;
-        fwd_state_init(&fs, &t.m.config, engine_pass_tokens(&p), p.ctx + SPEC_MAX_DRAFT + 2);
-        counting_backend cb = {.b = {.name = "sampling", .pruned_head = 1, .kv_open = cnt_kv_open,
-                                     .kv_close = cnt_kv_close, .kv_max = cnt_kv_max, .kv_usage = cnt_kv_usage,
-                                     .forward = cnt_forward, .sample = cnt_sample}};
-        backend_cpu_init(&cb.cpu, &t.m, &fs, &pool);
-        p.backend = &cb.b;
+        counting_backend cb;
+        counting_open(&cb, &t, &p, &pool, &fs, 1);
         run_engine(&t, r, N_REQ, &p, "device sampling");
         assert_int_equal(cb.argmax_only, cb.forwards);   /* no logits ever came back */
         assert_true(cb.samples > 0 && cb.sampled_rows > 0);
@@ -768,15 +779,9 @@ static void test_backend_interface(void **state)
         engine_params p;
         base_params(&p, 3, modes[mi], &ss);
         kv_pool pool;
-        char err[256];
-        assert_int_equal(kv_pool_init(&pool, &t.m.config, p.kv_mem, err, sizeof err), 0);
         fwd_state fs;
-        fwd_state_init(&fs, &t.m.config, engine_pass_tokens(&p), p.ctx + SPEC_MAX_DRAFT + 2);
-        counting_backend cb = {.b = {.name = "counting", .pruned_head = 1, .kv_open = cnt_kv_open,
-                                     .kv_close = cnt_kv_close, .kv_max = cnt_kv_max, .kv_usage = cnt_kv_usage,
-                                     .forward = cnt_forward}};
-        backend_cpu_init(&cb.cpu, &t.m, &fs, &pool);
-        p.backend = &cb.b;
+        counting_backend cb;
+        counting_open(&cb, &t, &p, &pool, &fs, 0);
         run_engine(&t, r, N_REQ, &p, modes[mi] == ENGINE_SPEC ? "backend, self-spec" : "backend, auto");
         assert_true(cb.forwards > 0);
         if (modes[mi] == ENGINE_AUTO)   /* passes of greedy sequences ask for ids, not logits */
