@@ -489,6 +489,87 @@ static void test_sample_on_gpu(void **state)
     fixture_close(&f);
 }
 
+/* Paged KV on the device: two sequences over views of pool blocks handed
+ * out by a ledger, as the backend keeps one (not starting at block 0) give the bits of the same passes over contiguous caches -- prompt
+ * blocks cut at an odd place, then single steps across a block edge,
+ * batched together -- and the KV they wrote downloads the same; the
+ * contiguous-only operations refuse a paged cache. */
+static void test_paged_kv(void **state)
+{
+    (void)state;
+    if (!have_gpu())
+        skip();
+    char err[512];
+    fixture f;
+    fixture_open_small(&f);
+    int32_t V = f.m.config.vocab_size, toks[2][40];
+    make_tokens(toks[0], 40, V, 11);
+    make_tokens(toks[1], 40, V, 12);
+    cuda_kv_pool *pool = cuda_kv_pool_init(f.cm, 16, err, sizeof err);
+    assert_non_null(pool);
+    kv_pool ledger;
+    kv_ledger_init(&ledger, &f.m.config, 16);
+    kv_cache spare, hk[2];
+    assert_int_equal(kv_init_paged(&spare, &ledger, 3 * KV_BLOCK), 0);   /* the others start mid-pool */
+    cuda_kv *pg[2], *ct[2];
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(kv_init_paged(&hk[i], &ledger, 48), 0);
+        pg[i] = cuda_kv_paged(pool, hk[i].blocks, 3, err, sizeof err);
+        ct[i] = cuda_kv_init(f.cm, 48, err, sizeof err);
+        assert_non_null(pg[i]);
+        assert_non_null(ct[i]);
+        assert_int_equal(cuda_kv_is_paged(pg[i]), 1);
+    }
+    kv_free(&spare);
+    int32_t bad = 99;
+    assert_null(cuda_kv_paged(pool, &bad, 1, err, sizeof err));
+    float *la = malloc((size_t)40 * V * sizeof(float)), *lb = malloc((size_t)40 * V * sizeof(float));
+    int32_t ama[40], amb[40];
+    /* prompts of 19 and 23 tokens in one pass, then steps to position 36 */
+    int32_t len[2] = {19, 23};
+    for (int step = 0; step < 15; step++) {
+        cuda_seq a[2], b[2];
+        for (int i = 0; i < 2; i++) {
+            int32_t pos = step == 0 ? 0 : len[i] + step - 1, n = step == 0 ? len[i] : 1;
+            a[i] = (cuda_seq){toks[i] + pos, n, pos, pg[i], NULL, 0, 0};
+            b[i] = (cuda_seq){toks[i] + pos, n, pos, ct[i], NULL, 0, 0};
+        }
+        assert_int_equal(cuda_forward(f.cm, f.cs, a, 2, NULL, la, ama, err, sizeof err), 0);
+        assert_int_equal(cuda_forward(f.cm, f.cs, b, 2, NULL, lb, amb, err, sizeof err), 0);
+        int32_t rows = a[0].n_tokens + a[1].n_tokens;
+        if (memcmp(la, lb, (size_t)rows * V * sizeof(float)) || memcmp(ama, amb, (size_t)rows * sizeof(int32_t)))
+            fail_msg("paged and contiguous caches differ at step %d", step);
+    }
+    for (int i = 0; i < 2; i++) {
+        kv_cache x, y;
+        assert_int_equal(kv_init(&x, &f.m.config, 48, err, sizeof err), 0);
+        assert_int_equal(kv_init(&y, &f.m.config, 48, err, sizeof err), 0);
+        int32_t n = len[i] + 14;
+        assert_int_equal(cuda_kv_download(pg[i], &x, n, err, sizeof err), 0);
+        assert_int_equal(cuda_kv_download(ct[i], &y, n, err, sizeof err), 0);
+        for (int32_t l = 0; l < f.m.config.n_layers; l++) {
+            size_t o = (size_t)l * 48 * f.m.config.kv_dim, bytes = (size_t)n * f.m.config.kv_dim * sizeof(kv_elem);
+            assert_memory_equal(x.k + o, y.k + o, bytes);
+            assert_memory_equal(x.v + o, y.v + o, bytes);
+        }
+        kv_free(&x);
+        kv_free(&y);
+    }
+    assert_int_equal(cuda_kv_shift(pg[0], 1, 4, err, sizeof err), -1);
+    assert_int_equal(cuda_kv_copy(f.cm, ct[0], pg[0], NULL, 0, 4, err, sizeof err), -1);
+    for (int i = 0; i < 2; i++) {
+        cuda_kv_free(pg[i]);
+        cuda_kv_free(ct[i]);
+        kv_free(&hk[i]);
+    }
+    assert_int_equal(ledger.n_free, 16);
+    kv_pool_free(&ledger);
+    cuda_kv_pool_free(pool);
+    free(la);
+    free(lb);
+    fixture_close(&f);
+}
+
 /* The drafter's pieces on a second GPU, run here on device 0: a copy of
  * the model with only the draft's sublayers (cuda_model_load_masked) drafts
  * the same bits as the full copy under the same mask and refuses a pass
@@ -958,6 +1039,7 @@ int main(void)
         cmocka_unit_test(test_forward_q8),
         cmocka_unit_test(test_forward_tied_padded_mha),
         cmocka_unit_test(test_mask_scratch_batch),
+        cmocka_unit_test(test_paged_kv),
         cmocka_unit_test(test_partial_copy_kv_ops),
         cmocka_unit_test(test_sample_on_gpu),
         cmocka_unit_test(test_exact_blocks),

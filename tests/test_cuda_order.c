@@ -235,20 +235,16 @@ static void test_proj_order(void **state)
 
 /* ---- k_attention + k_att_combine ---- */
 
-/* dev_seq and kv_off of cuda_kernels.cu, one layer stride apart. */
+/* dev_seq of cuda_internal.cuh: the pointers, and the device's own row
+ * rule (kv_where, kv_row of cuda_order.h). */
 typedef struct {
     const f16_t *k, *v, *sk, *sv;
-    int cap, scap, scratch_base;
+    kv_where w;
 } port_seq;
 
 static size_t port_kv_off(const port_seq *sq, int layer, int p, int kv_dim, int *scr)
 {
-    if (sq->sk && p >= sq->scratch_base) {
-        *scr = 1;
-        return ((size_t)layer * sq->scap + (size_t)(p - sq->scratch_base)) * kv_dim;
-    }
-    *scr = 0;
-    return ((size_t)layer * sq->cap + p) * kv_dim;
+    return kv_row(&sq->w, layer, p, kv_dim, scr);
 }
 
 typedef struct {
@@ -438,12 +434,45 @@ static void check_attention(att_shape a, uint64_t seed)
             kvbuf[i][j] = malloc(cnt * sizeof(f16_t));
             fill_f16(kvbuf[i][j], cnt, seed * 31 + (uint64_t)(i * 4 + j), j & 1 ? 1.0f : 2.0f);
         }
-        seqs[i] = (port_seq){kvbuf[i][0], kvbuf[i][1], NULL, NULL, a.ctx, scap, 0};
+        seqs[i] = (port_seq){kvbuf[i][0], kvbuf[i][1], NULL, NULL, {.cap = a.ctx, .n_layers = layers}};
         if (i == NSEQ - 1) {
             seqs[i].sk = kvbuf[i][2];
             seqs[i].sv = kvbuf[i][3];
-            seqs[i].scratch_base = a.ctx - scap;
+            seqs[i].w.scap = scap;
+            seqs[i].w.scratch_base = a.ctx - scap;
         }
+    }
+    /* the same rows in a paged pool, (n_blocks, layers, CO_KV_BLOCK,
+     * kv_dim), the sequences' blocks interleaved in a shuffled order */
+    int nbs = (a.ctx + CO_KV_BLOCK - 1) / CO_KV_BLOCK, npool = NSEQ * nbs;
+    size_t bstride = (size_t)layers * CO_KV_BLOCK * a.kv_dim;
+    f16_t *pk = calloc((size_t)npool * bstride, sizeof(f16_t)), *pv = calloc((size_t)npool * bstride, sizeof(f16_t));
+    int32_t *bt = malloc((size_t)npool * sizeof(int32_t));
+    uint64_t bst = seed ^ 0x9e37;
+    for (int j = 0; j < npool; j++)
+        bt[j] = j;
+    for (int j = npool - 1; j > 0; j--) {
+        int r = (int)(rng_next(&bst) % (uint64_t)(j + 1)), x = bt[j];
+        bt[j] = bt[r];
+        bt[r] = x;
+    }
+    port_seq pseqs[NSEQ];
+    for (int i = 0; i < NSEQ; i++) {
+        pseqs[i] = seqs[i];
+        pseqs[i].k = pk;
+        pseqs[i].v = pv;
+        pseqs[i].w.bt = bt + (size_t)i * nbs;
+        for (int l = 0; l < layers; l++)
+            for (int p = 0; p < a.ctx; p++) {
+                int scr;
+                size_t to = port_kv_off(&pseqs[i], l, p, a.kv_dim, &scr);
+                size_t from = ((size_t)l * a.ctx + p) * a.kv_dim;
+                if (scr)
+                    continue;   /* that row is read from the scratch */
+                assert_true(to + a.kv_dim <= (size_t)npool * bstride);
+                memcpy(pk + to, seqs[i].k + from, (size_t)a.kv_dim * sizeof(f16_t));
+                memcpy(pv + to, seqs[i].v + from, (size_t)a.kv_dim * sizeof(f16_t));
+            }
     }
     /* NTOK tokens: positions spread over the context (split edges among
      * them), queries of order 1 */
@@ -504,8 +533,16 @@ static void check_attention(att_shape a, uint64_t seed)
                     fail_msg("attention: token %d (pos %d) differs in a batch of %d at %d", pick[j], tpos[pick[j]], T,
                              j);
         }
-    printf("  attention %d:%d heads x %d, ctx %d (span %d, %d splits): bit-identical alone and in batches of 5 "
-           "and 64; max |err| vs float64 %.2g\n",
+    /* (d) the paged layout: the same bits as the contiguous caches */
+    port_attention(&a, tq, NTOK, tpos, tseq, pseqs, ob);
+    for (int t = 0; t < NTOK; t++)
+        if (memcmp(ob + (size_t)t * a.dim, o1 + (size_t)t * a.dim, (size_t)a.dim * sizeof(float)))
+            fail_msg("attention: token %d (pos %d) differs over a paged cache", t, tpos[t]);
+    free(pk);
+    free(pv);
+    free(bt);
+    printf("  attention %d:%d heads x %d, ctx %d (span %d, %d splits): bit-identical alone, in batches of 5 "
+           "and 64 and over a paged cache; max |err| vs float64 %.2g\n",
            a.n_heads, a.n_kv_heads, a.head_dim, a.ctx, span, att_splits(a.ctx, span), worst);
     for (int i = 0; i < NSEQ; i++)
         for (int j = 0; j < 4; j++)

@@ -282,6 +282,18 @@ static void test_paged_kv_same_logits(void **state)
     assert_int_equal(pool.n_free, 8);
     kv_free(&a);
     kv_pool_free(&pool);
+    /* a ledger (the CUDA backend's): the same ids, no memory */
+    kv_pool led;
+    kv_ledger_init(&led, &t.m.config, 4);
+    assert_null(led.k);
+    assert_int_equal(kv_init_paged(&hold, &led, 20), 0);
+    assert_int_equal(hold.cap, 32);
+    assert_int_equal(hold.blocks[0], 0);
+    assert_int_equal(hold.blocks[1], 1);
+    assert_int_equal(kv_init_paged(&no, &led, 40), -1);      /* 3 blocks asked, 2 free */
+    kv_free(&hold);
+    assert_int_equal(led.n_free, 4);
+    kv_pool_free(&led);
     free(la);
     free(lb);
     tiny_close(&t);

@@ -97,7 +97,7 @@ int gen_pipeline(const model *m, int device, int32_t ctx, const spec_params *sp,
         be = backend_cuda_open(m, device, engine_pass_tokens(&ep), ctx + SPEC_MAX_DRAFT + 2, kv_bytes, err, errlen);
         if (!be)
             return -1;
-        if (be->kv_open(be, &kvs[0], kv_cap, 0, err, errlen) != 0 ||
+        if (backend_cuda_kv_open_shared(be, &kvs[0], kv_cap, err, errlen) != 0 ||
             backend_cuda_ipc_export(be, &kvs[0], blob, err, errlen) != 0)
             goto out;
         lp.cuda_ipc = blob;

@@ -41,12 +41,13 @@ static __host__ __device__ inline float from_wt(wt h) { return __half2float(h); 
 /* KV entries: IEEE half, as the CPU kv_elem. */
 typedef __half kvt;
 
-/* Where one sequence of a batch keeps its keys and values. Layer stride is
- * cap * kv_dim elements. sk == NULL: no scratch. */
+/* Where one sequence of a batch keeps its keys and values: k and v are its
+ * contiguous cache or the device pool's K and V (w.bt set), sk and sv its
+ * scratch (w.scap > 0); kv_row (cuda_order.h) finds a row. */
 struct dev_seq {
     kvt *k, *v;
     kvt *sk, *sv;
-    int32_t cap, scap, scratch_base, pad;
+    kv_where w;
 };
 
 /* Errors: record "file:line: call: reason" into (err, errlen), which must be

@@ -89,16 +89,15 @@ void launch_rmsnorm(cudaStream_t st, const float *x, const int32_t *map, const f
     k_rmsnorm<<<rows, 256, 0, st>>>(x, map, w, out, dim, eps);
 }
 
-/* Cache row of (layer, position p) for sequence sq: its scratch for
- * positions >= scratch_base when it has one. */
+/* Cache row of (layer, position p) for sequence sq (kv_row, cuda_order.h):
+ * its scratch for positions >= scratch_base when it has one, a pool block
+ * when it is paged. */
 static __device__ __forceinline__ size_t kv_off(const dev_seq &sq, int layer, int p, int kv_dim, bool *scr)
 {
-    if (sq.sk && p >= sq.scratch_base) {
-        *scr = true;
-        return ((size_t)layer * sq.scap + (p - sq.scratch_base)) * kv_dim;
-    }
-    *scr = false;
-    return ((size_t)layer * sq.cap + p) * kv_dim;
+    int s;
+    size_t off = kv_row(&sq.w, layer, p, kv_dim, &s);
+    *scr = s != 0;
+    return off;
 }
 
 __global__ void k_rope_kv(float *qkv, const float *bias, int neox, const int32_t *pos, const int32_t *seq,

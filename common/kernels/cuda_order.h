@@ -49,6 +49,7 @@
 #define SELFSPEC_CUDA_ORDER_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <math.h>
 
 #ifdef __CUDACC__
@@ -156,5 +157,43 @@ CO_FN size_t att_part_slot(int t, int h, int s, int n_heads, int n_splits)
             a_ = fmaf((p)[i_], vf(i_), a_);                                      \
         (acc) = fmaf((acc), (corr), a_);                                         \
     } while (0)
+
+/* ---- where a cache row lives ---- */
+
+/* Positions per block of a paged device cache (= KV_BLOCK of model.h). */
+#define CO_KV_BLOCK 16
+
+/* The integer part of a sequence's cache descriptor (dev_seq in
+ * cuda_internal.cuh adds the K and V pointers). Three places a row of
+ * (layer, position p) can be:
+ *   scratch     scap > 0 and p >= scratch_base: the draft scratch cache,
+ *               (n_layers, scap, kv_dim), at p - scratch_base;
+ *   paged       bt != NULL: a block of the device pool, the pool laid out
+ *               (n_blocks, n_layers, CO_KV_BLOCK, kv_dim); bt[p / CO_KV_BLOCK]
+ *               is the block of p;
+ *   contiguous  else: (n_layers, cap, kv_dim). */
+typedef struct {
+    const int32_t *bt;        /* paged: block table (device memory), else NULL */
+    int32_t cap;              /* contiguous: positions per layer */
+    int32_t scap;             /* scratch positions per layer; 0: no scratch */
+    int32_t scratch_base;
+    int32_t n_layers;         /* paged: layers per block */
+} kv_where;
+
+/* Element offset of the row of (layer, p), and whether it is in the
+ * scratch (*scr). */
+CO_FN size_t kv_row(const kv_where *w, int layer, int p, int kv_dim, int *scr)
+{
+    if (w->scap > 0 && p >= w->scratch_base) {
+        *scr = 1;
+        return ((size_t)layer * w->scap + (size_t)(p - w->scratch_base)) * kv_dim;
+    }
+    *scr = 0;
+    if (w->bt) {
+        size_t blk = (size_t)w->bt[p / CO_KV_BLOCK];
+        return ((blk * w->n_layers + layer) * CO_KV_BLOCK + p % CO_KV_BLOCK) * kv_dim;
+    }
+    return ((size_t)layer * w->cap + p) * kv_dim;
+}
 
 #endif

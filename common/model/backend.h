@@ -9,12 +9,15 @@
  * Two implementations:
  *   CPU  (backend_cpu_init): model_forward over a paged KV pool (kv_pool,
  *        model.h); draft scratch caches are small contiguous ones.
- *   CUDA (backend_cuda_open, backend_cuda.c): cuda_forward over device
- *        caches (cuda_backend.h), one per sequence, admitted against a byte
- *        budget; the kv_cache the engine holds keeps the bookkeeping (cap,
- *        len) and points to the device cache through kv_cache.dev. No
- *        pruned head on the device (drafts use the full head). Without nvcc
- *        it fails to open, with "built without CUDA".
+ *   CUDA (backend_cuda_open, backend_cuda.c): cuda_forward over paged
+ *        device KV: one device pool of KV_BLOCK-position blocks (made at
+ *        the first sequence from the byte budget), the blocks handed out by
+ *        a host ledger (kv_ledger_init) into the kv_cache the engine holds,
+ *        which points to the device view through kv_cache.dev; every pass
+ *        uploads the block tables it needs with its other metadata. Draft
+ *        scratch caches are small contiguous ones. No pruned head on the
+ *        device (drafts use the full head). Without nvcc it fails to open,
+ *        with "built without CUDA".
  *
  * A backend is driven by one thread at a time. No global state.
  */
@@ -87,6 +90,12 @@ void backend_cuda_close(model_backend *b);
  * backend's kv_open) for the drafter process (cuda_ipc_export); and record
  * the interprocess event after the verified KV changed, before a request
  * goes out (cuda_ipc_signal). Return 0, or -1 with err. */
+/* A contiguous device cache of cap positions for the pipeline (IPC export
+ * and the drafter's copies address it as one allocation), counted against
+ * the budget; open it before any sequence (the paged pool takes the rest).
+ * kv_close gives it back. Returns 0, or -1 with err. */
+int backend_cuda_kv_open_shared(model_backend *b, kv_cache *kv, int32_t cap, char *err, size_t errlen);
+
 int backend_cuda_ipc_export(model_backend *b, const kv_cache *kv, void *blob, char *err, size_t errlen);
 int backend_cuda_ipc_signal(model_backend *b, char *err, size_t errlen);
 

@@ -1,7 +1,9 @@
 /*
  * backend_cuda.c - the CUDA backend under the engine's loop (see
- * backend.h): device caches, one per sequence, against a byte budget, and
- * cuda_forward over them. Built on every machine: without nvcc the
+ * backend.h): paged device KV (a pool of KV_BLOCK-position blocks in one
+ * allocation, made at the first sequence; a host ledger says whose block
+ * is whose, as the CPU's kv_pool), contiguous scratch caches for drafts,
+ * and cuda_forward over them. Built on every machine: without nvcc the
  * cuda_backend.h functions are cuda_stub.c's, and backend_cuda_open fails
  * with their message. Never run here (no GPU); scripts/gpu_check.sh runs it.
  */
@@ -22,7 +24,9 @@ typedef struct {
     cuda_model *cm;
     cuda_state *st;
     size_t pos_bytes;          /* K and V of one position, every layer */
-    size_t budget, used;       /* sequences' KV bytes: the budget and in use */
+    size_t budget, used;       /* KV bytes: the budget, and what contiguous shared caches and the pool took */
+    cuda_kv_pool *pool;        /* the paged KV, made at the first kv_open of a sequence; NULL before */
+    kv_pool ledger;            /* its blocks: who holds which (no memory behind it) */
     cuda_seq *seqs;            /* (cap_seqs) a batch's blocks for cuda_forward */
     int cap_seqs;
 } cuda_engine_backend;
@@ -30,14 +34,15 @@ typedef struct {
 /* What kv_cache.dev points to. */
 typedef struct {
     cuda_kv *kv;
-    size_t bytes;              /* counted against the budget (0: a scratch cache) */
+    size_t bytes;              /* a contiguous cache counted against the budget (0: scratch, or paged) */
 } dev_cache;
 
-static int cuda_b_kv_open(model_backend *b, kv_cache *kv, int32_t cap, int scratch, char *err, size_t errlen)
+/* A contiguous device cache of cap positions in kv; bytes: what it counts
+ * against the budget. 0, 1 (no room), or -1 with err. */
+static int open_contiguous(cuda_engine_backend *cb, kv_cache *kv, int32_t cap, size_t bytes, char *err,
+                           size_t errlen)
 {
-    cuda_engine_backend *cb = (cuda_engine_backend *)b;
     memset(kv, 0, sizeof *kv);
-    size_t bytes = scratch ? 0 : (size_t)cap * cb->pos_bytes;
     if (cb->used + bytes > cb->budget)
         return 1;
     cuda_kv *d = cuda_kv_init(cb->cm, cap, err, errlen);
@@ -51,6 +56,46 @@ static int cuda_b_kv_open(model_backend *b, kv_cache *kv, int32_t cap, int scrat
     return 0;
 }
 
+/* The pool takes what is left of the budget, once. */
+static int pool_make(cuda_engine_backend *cb, char *err, size_t errlen)
+{
+    size_t blk = cb->pos_bytes * KV_BLOCK, n = (cb->budget - cb->used) / blk;
+    if (n > INT32_MAX / KV_BLOCK)
+        n = INT32_MAX / KV_BLOCK;
+    if (n < 1)
+        return 1;
+    cb->pool = cuda_kv_pool_init(cb->cm, (int32_t)n, err, errlen);
+    if (!cb->pool)
+        return -1;
+    kv_ledger_init(&cb->ledger, &cb->m->config, (int32_t)n);
+    cb->used += n * blk;
+    return 0;
+}
+
+static int cuda_b_kv_open(model_backend *b, kv_cache *kv, int32_t cap, int scratch, char *err, size_t errlen)
+{
+    cuda_engine_backend *cb = (cuda_engine_backend *)b;
+    if (scratch)   /* small, outside the budget */
+        return open_contiguous(cb, kv, cap, 0, err, errlen);
+    memset(kv, 0, sizeof *kv);
+    if (!cb->pool) {
+        int rc = pool_make(cb, err, errlen);
+        if (rc != 0)
+            return rc;
+    }
+    if (kv_init_paged(kv, &cb->ledger, cap) != 0)
+        return 1;   /* the pool has too few free blocks now */
+    cuda_kv *d = cuda_kv_paged(cb->pool, kv->blocks, kv_blocks_for(cap), err, errlen);
+    if (!d) {
+        kv_free(kv);
+        return -1;
+    }
+    dev_cache *dc = mallocCheck(sizeof *dc);
+    *dc = (dev_cache){d, 0};
+    kv->dev = dc;
+    return 0;
+}
+
 static void cuda_b_kv_close(model_backend *b, kv_cache *kv)
 {
     cuda_engine_backend *cb = (cuda_engine_backend *)b;
@@ -58,16 +103,19 @@ static void cuda_b_kv_close(model_backend *b, kv_cache *kv)
     if (dc) {
         assert(cb->used >= dc->bytes);
         cb->used -= dc->bytes;
-        cuda_kv_free(dc->kv);
+        cuda_kv_free(dc->kv);   /* the view's last pass has finished: cuda_forward syncs */
         free(dc);
     }
+    kv->dev = NULL;
+    if (kv->pool)
+        kv_free(kv);   /* its blocks back to the ledger */
     memset(kv, 0, sizeof *kv);
 }
 
 static int32_t cuda_b_kv_max(const model_backend *b)
 {
     const cuda_engine_backend *cb = (const cuda_engine_backend *)b;
-    size_t n = cb->budget / cb->pos_bytes;
+    size_t n = cb->pool ? (size_t)cb->ledger.n_blocks * KV_BLOCK : (cb->budget - cb->used) / cb->pos_bytes;
     return n > INT32_MAX ? INT32_MAX : (int32_t)n;
 }
 
@@ -75,8 +123,17 @@ static void cuda_b_kv_usage(const model_backend *b, int32_t *used, int32_t *tota
 {
     const cuda_engine_backend *cb = (const cuda_engine_backend *)b;
     size_t blk = cb->pos_bytes * KV_BLOCK;
-    *used = (int32_t)((cb->used + blk - 1) / blk);
+    size_t shared = cb->used - (cb->pool ? (size_t)cb->ledger.n_blocks * blk : 0);
+    size_t held = cb->pool ? (size_t)(cb->ledger.n_blocks - cb->ledger.n_free) : 0;
+    *used = (int32_t)(held + (shared + blk - 1) / blk);
     *total = (int32_t)(cb->budget / blk);
+}
+
+int backend_cuda_kv_open_shared(model_backend *b, kv_cache *kv, int32_t cap, char *err, size_t errlen)
+{
+    cuda_engine_backend *cb = (cuda_engine_backend *)b;
+    int rc = open_contiguous(cb, kv, cap, (size_t)cap * cb->pos_bytes, err, errlen);
+    return rc == 1 ? util_err(err, errlen, "no room for a shared %d-position KV cache in the budget", cap) : rc;
 }
 
 static int cuda_b_forward(model_backend *b, fwd_seq *seqs, int n_seqs, const layer_mask *mask, const qmat *head,
@@ -156,8 +213,10 @@ void backend_cuda_close(model_backend *b)
     if (!b)
         return;
     cuda_engine_backend *cb = (cuda_engine_backend *)b;
-    assert(cb->used == 0);
+    assert(!cb->pool || cb->ledger.n_free == cb->ledger.n_blocks);
     free(cb->seqs);
+    cuda_kv_pool_free(cb->pool);
+    kv_pool_free(&cb->ledger);
     cuda_state_free(cb->st);
     cuda_model_free(cb->cm);
     free(cb);

@@ -28,6 +28,7 @@
  */
 #include "kernels/cuda_internal.cuh"
 
+#include <assert.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -74,12 +75,26 @@ struct cuda_model {
 
 struct cuda_kv {
     cuda_model *cm;
-    void *base;                   /* K (n_layers, cap, kv_dim) then V */
+    void *base;                   /* K (n_layers, cap, kv_dim) then V; NULL for a paged view */
     size_t bytes;
-    kvt *k, *v;
+    kvt *k, *v;                   /* a paged view: the pool's K and V */
     int32_t cap, len;
     int imported;                 /* aliases another process's cache */
+    const int32_t *blocks;        /* a paged view: host (cap / CO_KV_BLOCK) pool blocks, borrowed */
 };
+
+/* Paged KV: one allocation of n_blocks blocks, K then V, each
+ * (n_blocks, n_layers, CO_KV_BLOCK, kv_dim) (kv_where, cuda_order.h). The
+ * pool only holds memory; which block belongs to whom is the caller's
+ * ledger (kv_ledger_init, model.h). */
+struct cuda_kv_pool {
+    cuda_model *cm;
+    void *base;
+    size_t bytes;
+    kvt *k, *v;
+    int32_t n_blocks;
+};
+static_assert(CO_KV_BLOCK == KV_BLOCK, "device and host KV blocks differ");
 
 /* Per-batch metadata, laid out identically in pinned host and device memory:
  * tok, pos, seq (max_tokens each), outrow (max_tokens), seqs (max_tokens). */
@@ -118,6 +133,11 @@ struct cuda_state {
     int32_t last_out;             /* output rows of the last cuda_forward (logits, am) */
     samp_req *samp;               /* device: (max_tokens) sampling requests */
     int32_t *samp_ids;            /* device: (max_tokens) their tokens */
+    /* paged caches' block tables of the current pass: pinned host and
+     * device, bt_cap entries, grown as a pass needs (dev_seq.w.bt points
+     * into bt_d; values, not kernel arguments, so graphs stay valid) */
+    int32_t *bt_h, *bt_d;
+    size_t bt_cap, bt_used;
 };
 
 /* ------------------------------------------------------------------------ */
@@ -671,6 +691,74 @@ extern "C" cuda_kv *cuda_kv_init(cuda_model *cm, int32_t cap, char *err, size_t 
     return kv;
 }
 
+extern "C" cuda_kv_pool *cuda_kv_pool_init(cuda_model *cm, int32_t n_blocks, char *err, size_t errlen)
+{
+    if (n_blocks <= 0 || n_blocks > INT32_MAX / CO_KV_BLOCK) {
+        util_err(err, errlen, "KV pool of %d blocks", n_blocks);
+        return NULL;
+    }
+    cuda_kv_pool *p = (cuda_kv_pool *)calloc(1, sizeof *p);
+    if (!p) {
+        util_err(err, errlen, "out of memory");
+        return NULL;
+    }
+    size_t n = (size_t)n_blocks * cm->c.n_layers * CO_KV_BLOCK * cm->c.kv_dim;
+    p->cm = cm;
+    p->n_blocks = n_blocks;
+    p->bytes = (2 * n * sizeof(kvt) + ALIGN_ALLOC - 1) & ~(ALIGN_ALLOC - 1);
+    cudaError_t e = cudaSetDevice(cm->device);
+    if (e == cudaSuccess)
+        e = cudaMalloc(&p->base, p->bytes);
+    if (e != cudaSuccess) {
+        util_err(err, errlen, "allocating a KV pool of %d blocks (%zu MB): %s", n_blocks, p->bytes >> 20,
+                 cudaGetErrorString(e));
+        cudaGetLastError();
+        free(p);
+        return NULL;
+    }
+    /* no zero fill: a position is always written before any pass reads it */
+    p->k = (kvt *)p->base;
+    p->v = p->k + n;
+    return p;
+}
+
+extern "C" void cuda_kv_pool_free(cuda_kv_pool *p)
+{
+    if (!p)
+        return;
+    cudaSetDevice(p->cm->device);
+    cudaStreamSynchronize(p->cm->stream);
+    cudaFree(p->base);
+    free(p);
+}
+
+extern "C" cuda_kv *cuda_kv_paged(cuda_kv_pool *p, const int32_t *blocks, int32_t n_blocks, char *err,
+                                  size_t errlen)
+{
+    if (n_blocks <= 0 || n_blocks > INT32_MAX / CO_KV_BLOCK) {
+        util_err(err, errlen, "paged KV cache of %d blocks", n_blocks);
+        return NULL;
+    }
+    for (int32_t i = 0; i < n_blocks; i++)
+        if (blocks[i] < 0 || blocks[i] >= p->n_blocks) {
+            util_err(err, errlen, "paged KV cache: block %d is not in the pool of %d", blocks[i], p->n_blocks);
+            return NULL;
+        }
+    cuda_kv *kv = (cuda_kv *)calloc(1, sizeof *kv);
+    if (!kv) {
+        util_err(err, errlen, "out of memory");
+        return NULL;
+    }
+    kv->cm = p->cm;
+    kv->k = p->k;
+    kv->v = p->v;
+    kv->cap = n_blocks * CO_KV_BLOCK;
+    kv->blocks = blocks;
+    return kv;
+}
+
+extern "C" int cuda_kv_is_paged(const cuda_kv *kv) { return kv->blocks != NULL; }
+
 extern "C" void cuda_kv_free(cuda_kv *kv)
 {
     if (!kv)
@@ -698,11 +786,22 @@ extern "C" void cuda_kv_set_len(cuda_kv *kv, int32_t len)
 extern "C" int cuda_kv_download(const cuda_kv *kv, kv_cache *dst, int32_t n, char *err, size_t errlen)
 {
     const model_config *c = &kv->cm->c;
-    if (n > kv->cap || n > dst->cap || dst->kv_dim != c->kv_dim || dst->n_layers != c->n_layers)
-        return util_err(err, errlen, "KV download: shapes differ");
+    if (n > kv->cap || n > dst->cap || dst->kv_dim != c->kv_dim || dst->n_layers != c->n_layers || dst->pool)
+        return util_err(err, errlen, "KV download: shapes differ (or a paged host cache)");
     cudaCheck(cudaSetDevice(kv->cm->device));
     cudaCheck(cudaStreamSynchronize(kv->cm->stream));
     size_t row = (size_t)c->kv_dim * sizeof(kvt);
+    if (kv->blocks) {   /* a block's rows of one layer are contiguous */
+        for (int l = 0; l < c->n_layers; l++)
+            for (int32_t p = 0; p < n; p += CO_KV_BLOCK) {
+                int32_t m = n - p < CO_KV_BLOCK ? n - p : CO_KV_BLOCK;
+                size_t src = (((size_t)kv->blocks[p / CO_KV_BLOCK] * c->n_layers + l) * CO_KV_BLOCK) * c->kv_dim;
+                size_t at = ((size_t)l * dst->cap + p) * c->kv_dim;
+                cudaCheck(cudaMemcpy(dst->k + at, kv->k + src, (size_t)m * row, cudaMemcpyDeviceToHost));
+                cudaCheck(cudaMemcpy(dst->v + at, kv->v + src, (size_t)m * row, cudaMemcpyDeviceToHost));
+            }
+        return 0;
+    }
     for (int l = 0; l < c->n_layers; l++) {
         cudaCheck(cudaMemcpy(dst->k + (size_t)l * dst->cap * c->kv_dim, kv->k + (size_t)l * kv->cap * c->kv_dim,
                              (size_t)n * row, cudaMemcpyDeviceToHost));
@@ -833,6 +932,10 @@ extern "C" void cuda_state_free(cuda_state *s)
             cudaFree(dev[i]);
     if (s->meta_h)
         cudaFreeHost(s->meta_h);
+    if (s->bt_d)
+        cudaFree(s->bt_d);
+    if (s->bt_h)
+        cudaFreeHost(s->bt_h);
     if (s->ctl_h)
         cudaFreeHost(s->ctl_h);
     cudaGetLastError();
@@ -944,20 +1047,44 @@ static int forward_core(cuda_state *s, int32_t T, int32_t n_out, const layer_mas
     return 0;
 }
 
-static dev_seq seq_desc(const cuda_kv *kv, const cuda_kv *scratch, int32_t scratch_base)
+/* The descriptor of one sequence; bt: where a paged kv's block table is
+ * in device memory (NULL for a contiguous one). */
+static dev_seq seq_desc(const cuda_kv *kv, const int32_t *bt, const cuda_kv *scratch, int32_t scratch_base)
 {
     dev_seq d;
     memset(&d, 0, sizeof d);
     d.k = kv->k;
     d.v = kv->v;
-    d.cap = kv->cap;
+    d.w.cap = kv->cap;
+    d.w.bt = bt;
+    d.w.n_layers = kv->cm->c.n_layers;
     if (scratch) {
         d.sk = scratch->k;
         d.sv = scratch->v;
-        d.scap = scratch->cap;
-        d.scratch_base = scratch_base;
+        d.w.scap = scratch->cap;
+        d.w.scratch_base = scratch_base;
     }
     return d;
+}
+
+/* Room for n block-table entries in the state (the stream is idle). */
+static int bt_reserve(cuda_state *s, size_t n, char *err, size_t errlen)
+{
+    if (n <= s->bt_cap)
+        return 0;
+    size_t cap = s->bt_cap ? s->bt_cap : 1024;
+    while (cap < n)
+        cap *= 2;
+    if (s->bt_d)
+        cudaCheck(cudaFree(s->bt_d));
+    if (s->bt_h)
+        cudaCheck(cudaFreeHost(s->bt_h));
+    s->bt_d = s->bt_h = NULL;
+    s->bt_cap = 0;
+    cudaCheck(cudaMalloc((void **)&s->bt_d, cap * sizeof(int32_t)));
+    cudaCheck(cudaMallocHost((void **)&s->bt_h, cap * sizeof(int32_t)));
+    s->bt_cap = cap;
+    return 0;
 }
 
 /* Validate a batch and write its metadata into the pinned block; returns
@@ -972,8 +1099,15 @@ static int pack_batch(cuda_state *s, const cuda_seq *seqs, int n_seqs, int32_t *
     int32_t *outrow = (int32_t *)(b + o_out);
     dev_seq *ds = (dev_seq *)(b + o_seqs);
     int32_t T = 0, no = 0;
+    size_t nbt = 0;   /* block-table entries of the pass */
     if (n_seqs <= 0 || n_seqs > s->max_tokens)
         return util_err(err, errlen, "bad batch of %d sequences", n_seqs);
+    for (int i = 0; i < n_seqs; i++)
+        if (seqs[i].kv && seqs[i].kv->blocks)
+            nbt += (size_t)seqs[i].kv->cap / CO_KV_BLOCK;
+    if (bt_reserve(s, nbt, err, errlen) != 0)
+        return -1;
+    s->bt_used = 0;
     for (int i = 0; i < n_seqs; i++) {
         const cuda_seq *sq = &seqs[i];
         if (!sq->kv || sq->kv->cm->device != s->cm->device)
@@ -983,7 +1117,16 @@ static int pack_batch(cuda_state *s, const cuda_seq *seqs, int n_seqs, int32_t *
             return -1;
         if (T + sq->n_tokens > s->max_tokens)
             return util_err(err, errlen, "batch of more than %d tokens", s->max_tokens);
-        ds[i] = seq_desc(sq->kv, sq->scratch, sq->scratch_base);
+        const int32_t *bt = NULL;
+        if (sq->kv->blocks) {   /* only the blocks this pass reaches */
+            size_t nb = (size_t)(sq->pos + sq->n_tokens + CO_KV_BLOCK - 1) / CO_KV_BLOCK;
+            if (nb > (size_t)sq->kv->cap / CO_KV_BLOCK)   /* the rest is in its scratch */
+                nb = (size_t)sq->kv->cap / CO_KV_BLOCK;
+            memcpy(s->bt_h + s->bt_used, sq->kv->blocks, nb * sizeof(int32_t));
+            bt = s->bt_d + s->bt_used;
+            s->bt_used += nb;
+        }
+        ds[i] = seq_desc(sq->kv, bt, sq->scratch, sq->scratch_base);
         for (int32_t j = 0; j < sq->n_tokens; j++) {
             tok[T + j] = sq->tokens[j];
             pos[T + j] = sq->pos + j;
@@ -1001,6 +1144,9 @@ static int pack_batch(cuda_state *s, const cuda_seq *seqs, int n_seqs, int32_t *
 static int upload_meta(cuda_state *s, char *err, size_t errlen)
 {
     cudaCheck(cudaMemcpyAsync(s->meta_d, s->meta_h, s->meta_bytes, cudaMemcpyHostToDevice, s->cm->stream));
+    if (s->bt_used > 0)
+        cudaCheck(cudaMemcpyAsync(s->bt_d, s->bt_h, s->bt_used * sizeof(int32_t), cudaMemcpyHostToDevice,
+                                  s->cm->stream));
     return 0;
 }
 
@@ -1273,6 +1419,15 @@ static int graph_get(cuda_state *s, graph_slot *g, int kind, int32_t T, const la
 
 /* Metadata for one T = 1 decode block of sequence 0 at pos (token on the
  * device already, or tok >= 0 to set it). */
+/* The operations that address a cache as one (n_layers, cap, kv_dim)
+ * allocation: the one-sequence loops, shifts, copies, IPC. */
+static int contiguous_only(const cuda_kv *kv, const char *what, char *err, size_t errlen)
+{
+    if (kv && kv->blocks)
+        return util_err(err, errlen, "%s: takes a contiguous KV cache, not a paged one", what);
+    return 0;
+}
+
 static void pack_step(cuda_state *s, int32_t tok, int32_t pos, const cuda_kv *kv, const cuda_kv *scratch,
                       int32_t scratch_base, int32_t T)
 {
@@ -1285,7 +1440,9 @@ static void pack_step(cuda_state *s, int32_t tok, int32_t pos, const cuda_kv *kv
         ((int32_t *)(b + o_seq))[j] = 0;
         ((int32_t *)(b + o_out))[j] = j;
     }
-    ((dev_seq *)(b + o_seqs))[0] = seq_desc(kv, scratch, scratch_base);
+    assert(!kv->blocks);   /* the one-sequence loops take contiguous caches */
+    s->bt_used = 0;
+    ((dev_seq *)(b + o_seqs))[0] = seq_desc(kv, NULL, scratch, scratch_base);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1318,6 +1475,8 @@ extern "C" int cuda_generate_plain(cuda_model *cm, cuda_state *s, cuda_kv *kv, c
                                    cuda_gen_stats *st, char *err, size_t errlen)
 {
     memset(st, 0, sizeof *st);
+    if (contiguous_only(kv, "cuda_generate_plain", err, errlen) != 0)
+        return -1;
     if (max_new <= 0)
         return 0;
     if ((int64_t)n_prompt + max_new > kv->cap || n_prompt + max_new > s->ctx)
@@ -1378,6 +1537,9 @@ extern "C" int cuda_generate_selfspec(cuda_model *cm, cuda_state *s, cuda_kv *kv
                                       cuda_gen_stats *st, char *err, size_t errlen)
 {
     memset(st, 0, sizeof *st);
+    if (contiguous_only(kv, "cuda_generate_selfspec", err, errlen) != 0 ||
+        contiguous_only(scratch, "cuda_generate_selfspec", err, errlen) != 0)
+        return -1;
     if (k < 1 || k > MAX_DRAFT || k + 1 > s->max_tokens || !scratch || scratch->cap < k || !mask)
         return util_err(err, errlen, "self-spec: need 1 <= k <= %d, k + 1 <= max_tokens, a mask and a "
                         "scratch cache of k positions", MAX_DRAFT);
@@ -1467,6 +1629,9 @@ extern "C" int cuda_time_step(cuda_model *cm, cuda_state *s, cuda_kv *kv, cuda_k
     if (T <= 0 || T > s->max_tokens || pos < 0 || pos + T > kv->cap || pos + T > s->ctx || iters <= 0 ||
         (mask && (!scratch || scratch->cap < T)))
         return util_err(err, errlen, "cuda_time_step: bad arguments");
+    if (contiguous_only(kv, "cuda_time_step", err, errlen) != 0 ||
+        contiguous_only(scratch, "cuda_time_step", err, errlen) != 0)
+        return -1;
     cudaCheck(cudaSetDevice(cm->device));
     cudaCheck(cudaStreamSynchronize(cm->stream));
     pack_step(s, 1, pos, kv, mask ? scratch : NULL, pos, T);
@@ -1514,6 +1679,8 @@ extern "C" int cuda_ipc_export(cuda_model *cm, cuda_kv *kv, void *blob, char *er
         return util_err(err, errlen, "cuda_ipc_export: only the owner of the allocations can export them");
     if (cm->keep)
         return util_err(err, errlen, "cuda_ipc_export: a partial copy of the model cannot be exported");
+    if (contiguous_only(kv, "cuda_ipc_export", err, errlen) != 0)
+        return -1;
     cudaCheck(cudaSetDevice(cm->device));
     ipc_blob b;
     memset(&b, 0, sizeof b);
@@ -1656,6 +1823,8 @@ extern "C" cuda_kv *cuda_ipc_import_kv(cuda_model *cm, const void *blob, char *e
 
 extern "C" int cuda_kv_shift(cuda_kv *kv, int32_t shift, int32_t n, char *err, size_t errlen)
 {
+    if (contiguous_only(kv, "cuda_kv_shift", err, errlen) != 0)
+        return -1;
     if (shift < 0 || n < shift || n > kv->cap)
         return util_err(err, errlen, "cuda_kv_shift: %d of %d rows by %d", n, kv->cap, shift);
     if (shift == 0 || n == shift)
@@ -1680,6 +1849,8 @@ extern "C" int cuda_kv_shift(cuda_kv *kv, int32_t shift, int32_t n, char *err, s
 extern "C" int cuda_kv_copy(cuda_model *cm, cuda_kv *dst, const cuda_kv *src, const layer_mask *layers,
                             int32_t from, int32_t to, char *err, size_t errlen)
 {
+    if (contiguous_only(dst, "cuda_kv_copy", err, errlen) != 0 || contiguous_only(src, "cuda_kv_copy", err, errlen) != 0)
+        return -1;
     if (dst->cap != src->cap || from < 0 || to > dst->cap || from > to)
         return util_err(err, errlen, "cuda_kv_copy: positions %d..%d of caches of %d and %d", from, to, dst->cap,
                         src->cap);

@@ -114,8 +114,31 @@ int32_t cuda_kv_cap(const cuda_kv *kv);
 /* Set the verified length (truncation, or after a forward pass that wrote
  * positions len..new_len-1). 0 <= len <= cap. */
 void cuda_kv_set_len(cuda_kv *kv, int32_t len);
-/* Copy positions [0, n) of every layer into a CPU cache (tests). */
+/* Copy positions [0, n) of every layer into a contiguous CPU cache
+ * (tests); kv may be contiguous or paged. */
 int cuda_kv_download(const cuda_kv *kv, kv_cache *dst, int32_t n, char *err, size_t errlen);
+
+/* Paged KV (as the CPU's kv_pool, model.h): a pool of n_blocks blocks of
+ * KV_BLOCK positions of every layer in one device allocation, and caches
+ * that are views of some of its blocks. The pool holds memory only: which
+ * blocks a sequence gets is the caller's ledger (kv_ledger_init +
+ * kv_init_paged, model.h). Only cuda_forward, cuda_kv_download and
+ * cuda_kv_free take a paged cache; the one-sequence loops, cuda_time_step,
+ * shifts, copies and IPC take contiguous ones and refuse paged ones with an
+ * error. */
+typedef struct cuda_kv_pool cuda_kv_pool;
+cuda_kv_pool *cuda_kv_pool_init(cuda_model *cm, int32_t n_blocks, char *err, size_t errlen);
+/* Free the pool (every view of it must be freed first or not used again). */
+void cuda_kv_pool_free(cuda_kv_pool *p);
+/* A cache of n_blocks * KV_BLOCK positions over the pool blocks
+ * blocks[0..n_blocks) (positions [i KV_BLOCK, (i+1) KV_BLOCK) in block
+ * blocks[i]). blocks is borrowed: it must stay unchanged while the view
+ * lives. Its contents are whatever the blocks held before (every position
+ * is written before a pass reads it). NULL with err for a block outside
+ * the pool. Free with cuda_kv_free (the blocks stay in the pool). */
+cuda_kv *cuda_kv_paged(cuda_kv_pool *p, const int32_t *blocks, int32_t n_blocks, char *err, size_t errlen);
+/* 1 for a view from cuda_kv_paged. */
+int cuda_kv_is_paged(const cuda_kv *kv);
 
 /* ---- forward pass ---- */
 

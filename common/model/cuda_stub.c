@@ -56,6 +56,22 @@ int cuda_kv_download(const cuda_kv *kv, kv_cache *dst, int32_t n, char *err, siz
     return util_err(err, errlen, NO_CUDA);
 }
 
+cuda_kv_pool *cuda_kv_pool_init(cuda_model *cm, int32_t n_blocks, char *err, size_t errlen)
+{
+    util_err(err, errlen, NO_CUDA);
+    return NULL;
+}
+
+void cuda_kv_pool_free(cuda_kv_pool *p) { (void)p; }
+
+cuda_kv *cuda_kv_paged(cuda_kv_pool *p, const int32_t *blocks, int32_t n_blocks, char *err, size_t errlen)
+{
+    util_err(err, errlen, NO_CUDA);
+    return NULL;
+}
+
+int cuda_kv_is_paged(const cuda_kv *kv) { return 0; }
+
 cuda_state *cuda_state_init(cuda_model *cm, int32_t max_tokens, int32_t ctx, char *err, size_t errlen)
 {
     util_err(err, errlen, NO_CUDA);

@@ -565,6 +565,17 @@ int32_t kv_blocks_for(int32_t cap)
     return (cap + KV_BLOCK - 1) / KV_BLOCK;
 }
 
+/* Every block free, block 0 handed out first. */
+static void pool_ids_init(kv_pool *p, const model_config *c, int32_t n)
+{
+    p->n_blocks = p->n_free = n;
+    for (int32_t i = 0; i < n; i++)
+        p->free_ids[i] = n - 1 - i;
+    p->n_layers = c->n_layers;
+    p->kv_dim = c->kv_dim;
+    p->head_dim = c->head_dim;
+}
+
 int kv_pool_init(kv_pool *p, const model_config *c, size_t bytes, char *err, size_t errlen)
 {
     memset(p, 0, sizeof *p);
@@ -581,13 +592,16 @@ int kv_pool_init(kv_pool *p, const model_config *c, size_t bytes, char *err, siz
         kv_pool_free(p);
         return util_err(err, errlen, "out of memory for a KV pool of %zu MB", (n * bb) >> 20);
     }
-    p->n_blocks = p->n_free = (int32_t)n;
-    for (int32_t i = 0; i < p->n_blocks; i++)
-        p->free_ids[i] = p->n_blocks - 1 - i;   /* block 0 is handed out first */
-    p->n_layers = c->n_layers;
-    p->kv_dim = c->kv_dim;
-    p->head_dim = c->head_dim;
+    pool_ids_init(p, c, (int32_t)n);
     return 0;
+}
+
+void kv_ledger_init(kv_pool *p, const model_config *c, int32_t n_blocks)
+{
+    assert(n_blocks >= 1 && n_blocks <= INT32_MAX / KV_BLOCK);
+    memset(p, 0, sizeof *p);
+    p->free_ids = mallocCheck((size_t)n_blocks * sizeof(int32_t));
+    pool_ids_init(p, c, n_blocks);
 }
 
 void kv_pool_free(kv_pool *p)

@@ -193,6 +193,12 @@ void kv_free(kv_cache *kv);
 /* A pool of as many KV blocks as fit in `bytes` (at least one). */
 int kv_pool_init(kv_pool *p, const model_config *c, size_t bytes, char *err, size_t errlen);
 void kv_pool_free(kv_pool *p);
+/* A ledger: a pool of n_blocks (>= 1) block ids with no memory behind
+ * them (k and v NULL), for a device that holds the blocks (the CUDA
+ * backend's pool). kv_init_paged and kv_free hand its ids out and take them
+ * back; such a cache is never given to model_forward. Free with
+ * kv_pool_free. */
+void kv_ledger_init(kv_pool *p, const model_config *c, int32_t n_blocks);
 /* Bytes of one block (both K and V, every layer). */
 size_t kv_pool_block_bytes(const model_config *c);
 /* Blocks a cache of cap positions takes. */
