@@ -632,11 +632,15 @@ EOF
     bat cli_batch_auto_64 64 auto
     bat cli_batch_sampled_1 1 auto batch_samp     # sampled on the device, alone and in a batch of 64
     bat cli_batch_sampled_64 64 auto batch_samp
+    # speculative sampling on the device: drafts, q rows and acceptance tests
+    # stay there (k_draft, k_sample's test rows); alone and in a batch of 64
+    bat cli_batch_spec_sampled_1 1 self-spec batch_samp
+    bat cli_batch_spec_sampled_64 64 self-spec batch_samp
     tps() { tail -n 1 "$DIR/$1.sum" 2>/dev/null | python3 -c 'import json,sys; print(json.loads(sys.stdin.read())["output_tokens_per_s"])' 2>/dev/null || echo null; }
     same() { [ -s "$DIR/$1.jsonl" ] && cmp -s <(sort "$DIR/$1.jsonl") <(sort "$DIR/$2.jsonl") && echo true || echo false; }
     printf '{"new_tokens": 64, "cuda_plain_equals_cpu_plain": %s, "cuda_selfspec_equals_cuda_plain": %s, "checks": %s, "note": %s, "batch": {"requests": 64, "max_tokens": 64, "output_tokens_per_s": {"plain_1": %s, "plain_8": %s, "plain_32": %s, "plain_64": %s, "auto_1": %s, "auto_64": %s}, "plain_8_equals_plain_1": %s, "plain_64_equals_plain_1": %s, "auto_64_equals_plain_1": %s}}\n' \
         "$(eq cli_cuda_plain cli_cpu_plain)" "$(eq cli_cuda_selfspec cli_cuda_plain)" \
-        "{\"cuda_pipeline_equals_cuda_plain\": $(eq cli_cuda_pipeline cli_cuda_plain), \"cuda_plain_graphs_equal_no_graphs\": $(eq cli_cuda_plain_nograph cli_cuda_plain), \"cuda_pipeline_2gpu_equals_cuda_plain\": $([ "${NGPU:-0}" -ge 2 ] && eq cli_cuda_pipeline_2gpu cli_cuda_plain || echo null), \"sampled_64_equals_sampled_1\": $(same cli_batch_sampled_64 cli_batch_sampled_1)}" \
+        "{\"cuda_pipeline_equals_cuda_plain\": $(eq cli_cuda_pipeline cli_cuda_plain), \"cuda_plain_graphs_equal_no_graphs\": $(eq cli_cuda_plain_nograph cli_cuda_plain), \"cuda_pipeline_2gpu_equals_cuda_plain\": $([ "${NGPU:-0}" -ge 2 ] && eq cli_cuda_pipeline_2gpu cli_cuda_plain || echo null), \"sampled_64_equals_sampled_1\": $(same cli_batch_sampled_64 cli_batch_sampled_1), \"spec_sampled_64_equals_spec_sampled_1\": $(same cli_batch_spec_sampled_64 cli_batch_spec_sampled_1)}" \
         "$(json_str "CPU vs CUDA may part at a near-tie; measure.model.greedy applies the margin rule")" \
         "$(tps cli_batch_plain_1)" "$(tps cli_batch_plain_8)" "$(tps cli_batch_plain_32)" "$(tps cli_batch_plain_64)" \
         "$(tps cli_batch_auto_1)" "$(tps cli_batch_auto_64)" \

@@ -473,9 +473,11 @@ static void test_sample_on_gpu(void **state)
     assert_int_equal(cuda_forward(f.cm, f.cs, &sq, 1, NULL, lg, am, err, sizeof err), 0);
     int differ = 0, n = 0;
     for (int j = 0; j < 64; j++) {
-        samp_req rq[4] = {{0.0f, 0, 1.0f, 0.3f}, {1.0f, 0, 1.0f, (j + 0.5f) / 64}, {0.8f, 10, 0.9f, (j + 0.5f) / 64},
-                          {2.0f, 0, 0.95f, (j + 0.25f) / 64}};
-        assert_int_equal(cuda_sample_rows(f.cs, rq, 4, ids, err, sizeof err), 0);
+        samp_req rq[4] = {{.temperature = 0.0f, .top_p = 1.0f, .u = 0.3f},
+                          {.temperature = 1.0f, .top_p = 1.0f, .u = (j + 0.5f) / 64},
+                          {.temperature = 0.8f, .top_k = 10, .top_p = 0.9f, .u = (j + 0.5f) / 64},
+                          {.temperature = 2.0f, .top_p = 0.95f, .u = (j + 0.25f) / 64}};
+        assert_int_equal(cuda_sample_rows(f.cs, rq, 4, ids, NULL, err, sizeof err), 0);
         assert_int_equal(ids[0], am[0]);
         for (int r = 1; r < 4; r++, n++)
             differ += ids[r] != samp_reference(lg + (size_t)r * V, V, &rq[r], am[r]);
@@ -483,8 +485,71 @@ static void test_sample_on_gpu(void **state)
     if (differ > 2)
         fail_msg("device draws differ from the rule's in %d of %d", differ, n);
     samp_req five[5] = {{0}};
-    assert_int_equal(cuda_sample_rows(f.cs, five, 5, ids, err, sizeof err), -1);
+    assert_int_equal(cuda_sample_rows(f.cs, five, 5, ids, NULL, err, sizeof err), -1);
     free(lg);
+    cuda_kv_free(kv);
+    fixture_close(&f);
+}
+
+/* Speculative sampling on the device: a draft pass's rows through
+ * k_draft (cuda_draft_rows) give samp_draft_reference's conf and q rows
+ * (to float rounding of sums taken in another order) and mostly its
+ * tokens; a verification's test rows through k_sample give
+ * samp_reference_row's verdicts and replacements but for a rare boundary;
+ * a test row whose slot no draft filled is refused. */
+static void test_spec_on_gpu(void **state)
+{
+    (void)state;
+    if (!have_gpu())
+        skip();
+    char err[512];
+    fixture f;
+    fixture_open_small(&f);
+    int32_t V = f.m.config.vocab_size, toks[4], am[4], ids[4];
+    float conf[4], rconf;
+    make_tokens(toks, 4, V, 9);
+    cuda_kv *kv = cuda_kv_init(f.cm, 64, err, sizeof err);
+    assert_non_null(kv);
+    cuda_seq sq = {toks, 4, 0, kv, NULL, 0, 0};
+    float *lg = malloc((size_t)4 * V * sizeof(float)), *qr = malloc((size_t)4 * V * sizeof(float));
+    assert_int_equal(cuda_forward(f.cm, f.cs, &sq, 1, NULL, lg, am, err, sizeof err), 0);
+    samp_req te = {.temperature = 1.0f, .top_p = 1.0f, .kind = SAMP_TEST, .x = 1, .q_slot = 5, .u = 0.5f,
+                   .u_acc = 0.5f};
+    assert_int_equal(cuda_sample_rows(f.cs, &te, 1, ids, NULL, err, sizeof err), -1);   /* slot 5 is empty */
+    samp_req dq[4] = {{.temperature = 0.0f, .top_p = 1.0f},
+                      {.temperature = 0.9f, .top_p = 0.95f, .u = 0.3f},
+                      {.temperature = 1.1f, .top_k = 20, .top_p = 1.0f, .u = 0.7f},
+                      {.temperature = 0.7f, .top_p = 0.9f, .u = 0.1f}};
+    int32_t slot[4] = {-1, 0, 1, 2};
+    assert_int_equal(cuda_draft_rows(f.cs, dq, slot, 4, ids, conf, err, sizeof err), 0);
+    int differ = 0;
+    for (int r = 0; r < 4; r++) {
+        int32_t t = samp_draft_reference(lg + (size_t)r * V, V, &dq[r], am[r], qr + (size_t)r * V, &rconf);
+        assert_true(fabsf(conf[r] - rconf) <= 1e-5f * rconf);
+        differ += t != ids[r];
+    }
+    assert_int_equal(ids[0], am[0]);
+    assert_true(differ <= 1);
+    /* test rows against those slots, and a context token's */
+    int mismatch = 0, n = 0;
+    for (int j = 0; j < 32; j++) {
+        samp_req tr[4];
+        for (int r = 0; r < 4; r++)
+            tr[r] = (samp_req){.temperature = r ? dq[r].temperature : 0.8f, .top_k = dq[r].top_k,
+                               .top_p = dq[r].top_p, .u = (j + 0.5f) / 32, .kind = r ? SAMP_TEST : SAMP_TEST_CTX,
+                               .x = (am[r] + j % 3) % V, .q_slot = r ? slot[r] : -1, .u_acc = (j + 0.25f) / 32};
+        uint8_t acc[4];
+        assert_int_equal(cuda_sample_rows(f.cs, tr, 4, ids, acc, err, sizeof err), 0);
+        for (int r = 0; r < 4; r++, n++) {
+            int a;
+            int32_t t = samp_reference_row(lg + (size_t)r * V, V, &tr[r], am[r], qr + (size_t)r * V, &a);
+            mismatch += t != ids[r] || a != acc[r];
+        }
+    }
+    if (mismatch > 3)
+        fail_msg("device test rows differ from the rule's in %d of %d", mismatch, n);
+    free(lg);
+    free(qr);
     cuda_kv_free(kv);
     fixture_close(&f);
 }
@@ -1039,6 +1104,7 @@ int main(void)
         cmocka_unit_test(test_forward_q8),
         cmocka_unit_test(test_forward_tied_padded_mha),
         cmocka_unit_test(test_mask_scratch_batch),
+        cmocka_unit_test(test_spec_on_gpu),
         cmocka_unit_test(test_paged_kv),
         cmocka_unit_test(test_partial_copy_kv_ops),
         cmocka_unit_test(test_sample_on_gpu),

@@ -627,7 +627,7 @@ static void test_sample_rule(void **state)
         sampler_probs(&sm, x, V, probs);
         memset(hits, 0, sizeof hits);
         for (int j = 0; j < N; j++) {
-            samp_req q = {cases[c].t, cases[c].k, cases[c].p, (float)((j + 0.5) / N)};
+            samp_req q = {.temperature = cases[c].t, .top_k = cases[c].k, .top_p = cases[c].p, .u = (float)((j + 0.5) / N)};
             int32_t tok = samp_reference(x, V, &q, -1);
             assert_true(tok >= 0 && tok < V);
             hits[tok]++;
@@ -640,16 +640,95 @@ static void test_sample_rule(void **state)
         }
         sampler_free(&sm);
     }
-    samp_req greedy = {0.0f, 0, 1.0f, 0.5f};
+    samp_req greedy = {.temperature = 0.0f, .top_p = 1.0f, .u = 0.5f};
     assert_int_equal(samp_reference(x, V, &greedy, 42), 42);
     for (int32_t i = 0; i < V; i++)
         x[i] = -INFINITY;
-    samp_req hot = {1.0f, 0, 1.0f, 0.5f};
+    samp_req hot = {.temperature = 1.0f, .top_p = 1.0f, .u = 0.5f};
     assert_int_equal(samp_reference(x, V, &hot, 3), 3);
     /* the key order is the float order */
     float vals[] = {-INFINITY, -3.5f, -1e-30f, -0.0f, 0.0f, 1e-30f, 2.0f, INFINITY};
     for (size_t i = 1; i < sizeof vals / sizeof vals[0]; i++)
         assert_true(samp_key(vals[i - 1]) < samp_key(vals[i]));
+}
+
+/* (e) Speculative sampling on the device (test rows, samp_reference_row;
+ * draft rows, samp_draft_reference): a draft token drawn from the draft's
+ * warped q, tested against the target row, and replaced from the residual
+ * when it fails, is distributed exactly as the target's warped p (within
+ * sampling noise over N draws: 5 sigma per token), for a draft that is
+ * close to the target, one that is far, one with a different top-k, and a
+ * context token (one-hot q at a fixed token); draft rows keep a q that
+ * sums to 1 and give conf = the top-1 probability at temperature 1. */
+static void test_spec_rule(void **state)
+{
+    (void)state;
+    enum { V = 40, N = 200000 };
+    char err[128];
+    float xt[V], xd[V], p[V], q[V];
+    uint64_t rng = 99;
+#define U01() (rng = rng * 6364136223846793005ull + 1442695040888963407ull, \
+               (float)((rng >> 40) * (1.0 / 16777216.0)))
+    struct { float t; int32_t k; float tp; float noise; int ctx; } cases[] = {
+        {1.0f, 0, 1.0f, 0.3f, 0}, {0.8f, 0, 0.9f, 3.0f, 0}, {1.2f, 12, 1.0f, 1.0f, 0}, {1.0f, 0, 0.95f, 0.0f, 1}};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        for (int32_t i = 0; i < V; i++) {
+            xt[i] = U01() * 8.0f - 4.0f;
+            xd[i] = xt[i] + (U01() - 0.5f) * 2.0f * cases[c].noise;
+        }
+        sampler sm;
+        sampler_params sp = {.temperature = cases[c].t, .top_k = cases[c].k, .top_p = cases[c].tp, .seed = 1};
+        assert_int_equal(sampler_init(&sm, &sp, V, err, sizeof err), 0);
+        sampler_probs(&sm, xt, V, p);
+        sampler_free(&sm);
+        samp_req dq = {.temperature = cases[c].t, .top_k = cases[c].k ? cases[c].k + 5 : 0, .top_p = cases[c].tp};
+        float conf;
+        int32_t am = 0;
+        for (int32_t i = 1; i < V; i++)
+            am = xd[i] > xd[am] ? i : am;
+        (void)samp_draft_reference(xd, V, &dq, am, q, &conf);
+        double qs = 0.0, z = 0.0;
+        for (int32_t i = 0; i < V; i++) {
+            qs += q[i];
+            z += exp((double)xd[i] - xd[am]);
+        }
+        assert_true(fabs(qs - 1.0) < 1e-5);
+        assert_true(fabs(conf - 1.0 / z) < 1e-5);
+        static int32_t hits[V];
+        memset(hits, 0, sizeof hits);
+        int32_t acc = 0, xfix = am;
+        for (int j = 0; j < N; j++) {
+            samp_req d = dq;
+            d.u = U01();
+            float qj[V];
+            int32_t x = cases[c].ctx ? xfix : samp_draft_reference(xd, V, &d, am, qj, &conf);
+            samp_req tr = {cases[c].t, cases[c].k, cases[c].tp, U01(), cases[c].ctx ? SAMP_TEST_CTX : SAMP_TEST,
+                           x, 0, U01()};
+            int a;
+            int32_t tok = samp_reference_row(xt, V, &tr, -1, q, &a);
+            assert_true(tok >= 0 && tok < V);
+            assert_true(!a || tok == x);
+            acc += a;
+            hits[tok]++;
+        }
+        for (int32_t i = 0; i < V; i++) {
+            double f = hits[i] / (double)N, sd = sqrt(p[i] * (1.0 - p[i]) / N);
+            if (p[i] == 0.0f)
+                assert_int_equal(hits[i], 0);
+            else if (fabs(f - p[i]) > 5.0 * sd + 1e-6)
+                fail_msg("case %zu token %d: emitted %.5f, target %.5f (5 sigma %.5f)", c, i, f, p[i], 5 * sd);
+        }
+        printf("  speculative sampling case %zu: accepted %.3f of drafts; tokens distributed as the target\n", c,
+               acc / (double)N);
+    }
+#undef U01
+    /* greedy test rows: accepted exactly when the argmax is the draft */
+    samp_req g = {0.0f, 0, 1.0f, 0.5f, SAMP_TEST, 7, 0, 0.5f};
+    int a;
+    assert_int_equal(samp_reference_row(xt, V, &g, 7, q, &a), 7);
+    assert_int_equal(a, 1);
+    assert_int_equal(samp_reference_row(xt, V, &g, 3, q, &a), 3);
+    assert_int_equal(a, 0);
 }
 
 int main(void)
@@ -659,6 +738,7 @@ int main(void)
         cmocka_unit_test(test_proj_order),
         cmocka_unit_test(test_attention_order),
         cmocka_unit_test(test_sample_rule),
+        cmocka_unit_test(test_spec_rule),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

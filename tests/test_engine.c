@@ -646,6 +646,10 @@ typedef struct {
     cpu_backend cpu;
     int64_t opens, closes, forwards, argmax_only;
     int64_t samples, sampled_rows;   /* sample calls, rows drawn (temperature > 0) */
+    int64_t drafts, tests, accepted; /* draft_take calls; test rows and their acceptances */
+    int64_t ctx_tests;               /* test rows of context tokens */
+    float *qs;                       /* (q_slots, V) the stand-in's q store */
+    int32_t q_slots;
 } counting_backend;
 
 static int cnt_kv_open(model_backend *b, kv_cache *kv, int32_t cap, int scratch, char *err, size_t errlen)
@@ -687,7 +691,8 @@ static int cnt_forward(model_backend *b, fwd_seq *seqs, int n, const layer_mask 
 /* A stand-in for a device that samples: the rule of kernels/cuda_sample.h
  * (samp_reference) over the logits the CPU backend kept from the last
  * forward (argmax only: its own rows). */
-static int cnt_sample(model_backend *b, const samp_req *rq, int32_t n_rows, int32_t *ids, char *err, size_t errlen)
+static int cnt_sample(model_backend *b, const samp_req *rq, int32_t n_rows, int32_t *ids, uint8_t *accepted,
+                      char *err, size_t errlen)
 {
     counting_backend *c = (counting_backend *)b;
     int32_t V = c->cpu.m->config.vocab_size;
@@ -695,24 +700,63 @@ static int cnt_sample(model_backend *b, const samp_req *rq, int32_t n_rows, int3
     c->samples++;
     for (int32_t i = 0; i < n_rows; i++) {
         c->sampled_rows += rq[i].temperature > 0.0f;
-        ids[i] = samp_reference(c->cpu.rows + (size_t)i * V, V, &rq[i], ids[i]);
+        const float *qrow = NULL;
+        if (rq[i].kind == SAMP_TEST) {
+            assert_true(rq[i].q_slot >= 0 && rq[i].q_slot < c->q_slots);
+            qrow = c->qs + (size_t)rq[i].q_slot * V;
+        }
+        int a;
+        ids[i] = samp_reference_row(c->cpu.rows + (size_t)i * V, V, &rq[i], ids[i], qrow, &a);
+        if (rq[i].kind != SAMP_DRAW) {
+            assert_non_null(accepted);
+            accepted[i] = (uint8_t)a;
+            c->tests++;
+            c->accepted += a;
+            c->ctx_tests += rq[i].kind == SAMP_TEST_CTX;
+        }
+    }
+    return 0;
+}
+
+/* ... and one that takes draft tokens: samp_draft_reference over the
+ * CPU backend's kept rows, q rows into the stand-in's store. */
+static int cnt_draft_take(model_backend *b, const samp_req *rq, const int32_t *slot, int32_t n_rows, int32_t *ids,
+                          float *conf, char *err, size_t errlen)
+{
+    counting_backend *c = (counting_backend *)b;
+    int32_t V = c->cpu.m->config.vocab_size;
+    assert_true((size_t)n_rows * V <= c->cpu.cap_rows);
+    c->drafts++;
+    for (int32_t i = 0; i < n_rows; i++) {
+        float *qrow = NULL;
+        if (rq[i].temperature > 0.0f) {
+            if (slot[i] >= c->q_slots) {
+                int32_t n = slot[i] + 1;
+                c->qs = realloc(c->qs, (size_t)n * V * sizeof(float));
+                c->q_slots = n;
+            }
+            qrow = c->qs + (size_t)slot[i] * V;
+        }
+        ids[i] = samp_draft_reference(c->cpu.rows + (size_t)i * V, V, &rq[i], ids[i], qrow, &conf[i]);
     }
     return 0;
 }
 
 /* A counting backend over the CPU backend, with its own pool and forward
- * state sized for p; sampling: also a stand-in device sampler (cnt_sample).
- * p->backend is set to it. */
+ * state sized for p; sampling: also a stand-in device sampler (cnt_sample),
+ * and with sampling 2 one that takes draft tokens too (cnt_draft_take; no
+ * pruned head, as a device). p->backend is set to it. */
 static void counting_open(counting_backend *cb, tiny *t, engine_params *p, kv_pool *pool, fwd_state *fs,
                           int sampling)
 {
     char err[256];
     assert_int_equal(kv_pool_init(pool, &t->m.config, p->kv_mem, err, sizeof err), 0);
     fwd_state_init(fs, &t->m.config, engine_pass_tokens(p), p->ctx + SPEC_MAX_DRAFT + 2);
-    *cb = (counting_backend){.b = {.name = sampling ? "sampling" : "counting", .pruned_head = 1,
+    *cb = (counting_backend){.b = {.name = sampling ? "sampling" : "counting", .pruned_head = sampling < 2,
                                    .kv_open = cnt_kv_open, .kv_close = cnt_kv_close, .kv_max = cnt_kv_max,
                                    .kv_usage = cnt_kv_usage, .forward = cnt_forward,
-                                   .sample = sampling ? cnt_sample : NULL}};
+                                   .sample = sampling ? cnt_sample : NULL,
+                                   .draft_take = sampling == 2 ? cnt_draft_take : NULL}};
     backend_cpu_init(&cb->cpu, &t->m, fs, pool);
     p->backend = &cb->b;
 }
@@ -751,6 +795,7 @@ static void test_device_sampling(void **state)
         assert_int_equal(cb.argmax_only, cb.forwards);   /* no logits ever came back */
         assert_true(cb.samples > 0 && cb.sampled_rows > 0);
         backend_cpu_free(&cb.cpu);
+        free(cb.qs);
         fwd_state_free(&fs);
         kv_pool_free(&pool);
     }
@@ -764,6 +809,65 @@ static void test_device_sampling(void **state)
             differs |= g.n_ref != r[i].n_out || memcmp(g.ref, r[i].out, (size_t)g.n_ref * sizeof(int32_t)) != 0;
         }
     assert_true(differs);
+    free(r);
+    tiny_close(&t);
+}
+
+/* Speculative sampling on the device (a backend with .draft_take and
+ * .sample): sampled requests draft from the skip set and from context on
+ * the device (their q stays there), the verification's test rows decide
+ * acceptance there, and no pass ever returns logits; each request's tokens
+ * are the same alone and in batches of 3 and 7 (every decision takes only
+ * its own row and its own generator's uniforms), greedy requests keep
+ * plain decoding's tokens, and drafts are both accepted and rejected. That
+ * the rule keeps the target distribution: test_cuda_order's
+ * test_spec_rule. */
+static void test_device_spec_sampling(void **state)
+{
+    (void)state;
+    tiny t;
+    tiny_open(&t);
+    req *r = calloc(N_REQ, sizeof *r);
+    make_requests(r, N_REQ, 1);
+    add_repeats(r, N_REQ);
+    skip_set ss;
+    half_skip(&ss, t.m.config.n_layers);
+    reference(&t, r, N_REQ, NULL);   /* greedy requests: plain's tokens */
+    for (int i = 0; i < N_REQ; i++)
+        if (r[i].gp.sampling.temperature > 0.0f) {
+            r[i].gp.sampling = (sampler_params){.temperature = 0.7f, .top_k = i % 4 == 1 ? 24 : 0,
+                                                .top_p = 0.95f, .seed = 900 + (uint64_t)i};
+            r[i].n_ref = -1;   /* the run alone sets it */
+        }
+    int max_seqs[] = {1, 3, 7};
+    spec_draft_kind kinds[] = {SPEC_DRAFT_LAYERS, SPEC_DRAFT_CHAIN, SPEC_DRAFT_CONTEXT};
+    for (int d = 0; d < 3; d++) {
+        for (int i = 0; i < N_REQ; i++)   /* each draft source makes its own draws */
+            if (r[i].gp.sampling.temperature > 0.0f)
+                r[i].n_ref = -1;
+        for (int k = 0; k < 3; k++) {
+            engine_params p;
+            base_params(&p, max_seqs[k], ENGINE_SPEC, &ss);
+            p.sp.draft = kinds[d];
+            kv_pool pool;
+            fwd_state fs;
+            counting_backend cb;
+            counting_open(&cb, &t, &p, &pool, &fs, 2);
+            run_engine(&t, r, N_REQ, &p, "device speculative sampling");
+            assert_int_equal(cb.argmax_only, cb.forwards);   /* no logits ever came back */
+            assert_true(cb.tests > 0 && cb.accepted > 0 && cb.accepted < cb.tests);
+            assert_true(kinds[d] == SPEC_DRAFT_CONTEXT ? cb.drafts == 0 : cb.drafts > 0);
+            assert_true(kinds[d] == SPEC_DRAFT_LAYERS ? cb.ctx_tests == 0 : cb.ctx_tests > 0);
+            print_message("  %s drafts, max-seqs %d: %lld draft passes, %lld test rows (%lld of context "
+                          "tokens), %lld accepted\n", spec_draft_name(kinds[d]), max_seqs[k], (long long)cb.drafts,
+                          (long long)cb.tests, (long long)cb.ctx_tests, (long long)cb.accepted);
+            backend_cpu_free(&cb.cpu);
+            free(cb.qs);
+            fwd_state_free(&fs);
+            kv_pool_free(&pool);
+        }
+    }
+    skipset_free(&ss);
     free(r);
     tiny_close(&t);
 }
@@ -799,6 +903,7 @@ static void test_backend_interface(void **state)
         if (modes[mi] == ENGINE_AUTO)   /* passes of greedy sequences ask for ids, not logits */
             assert_true(cb.argmax_only > 0);
         backend_cpu_free(&cb.cpu);
+        free(cb.qs);
         assert_true(cb.opens >= N_REQ);
         assert_int_equal(cb.opens, cb.closes);
         assert_int_equal(pool.n_free, pool.n_blocks);
@@ -828,6 +933,7 @@ int main(void)
         cmocka_unit_test(test_remote_source),
         cmocka_unit_test(test_backend_interface),
         cmocka_unit_test(test_device_sampling),
+        cmocka_unit_test(test_device_spec_sampling),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -28,6 +28,7 @@ typedef struct {
     int borrowed_kv;           /* kv is the caller's (engine_params.slot_kv): not freed here */
     kv_cache scratch;          /* draft scratch (max_draft + 1), when the engine drafts */
     float *q;                  /* (max_draft, draft width) draft distributions (sampling) */
+    int q_dev;                 /* this step's layer-draft q rows are on the device (draft_take) */
     int32_t cur;               /* last final token, at position kv.len */
     spec_exit ex;              /* adaptive draft exit */
     float alpha;               /* acceptance-rate estimate (policy) */
@@ -95,6 +96,11 @@ struct engine {
     float *logits;             /* (max_batch_tokens, vocab) */
     int32_t *am;               /* (max_batch_tokens) argmax of each output row of a full pass */
     samp_req *srq;             /* (max_batch_tokens) their sampling requests (a backend that samples) */
+    uint8_t *acc;              /* (max_batch_tokens) test rows: accepted (a backend that samples) */
+    int dev_draft;             /* draft tokens are taken on the device (backend.draft_take) */
+    samp_req *drq;             /* (max_seqs) a draft pass's requests, */
+    int32_t *dslot, *dids;     /* (max_seqs) q slots and tokens, */
+    float *dconf;              /* (max_seqs) top-1 probabilities (dev_draft) */
     fwd_seq *batch;            /* (max_seqs) */
     int32_t *bseq;             /* (max_seqs) sequence index of each batch entry */
     /* cost model: seconds of a full pass of T tokens, of a draft pass of n */
@@ -351,6 +357,7 @@ int engine_init(engine **out, const model *m, const engine_params *p, char *err,
     e->logits = mallocCheck((size_t)e->p.max_batch_tokens * m->config.vocab_size * sizeof(float));
     e->am = mallocCheck((size_t)e->p.max_batch_tokens * sizeof(int32_t));
     e->srq = mallocCheck((size_t)e->p.max_batch_tokens * sizeof(samp_req));
+    e->acc = mallocCheck((size_t)e->p.max_batch_tokens);
     e->can_layers = p->mode != ENGINE_PLAIN && p->ss != NULL && p->sp.draft != SPEC_DRAFT_CONTEXT && !p->remote;
     e->can_ctx = p->mode != ENGINE_PLAIN && p->sp.draft != SPEC_DRAFT_LAYERS && !p->remote;
     e->can_draft = e->can_layers || e->can_ctx || p->remote;
@@ -368,6 +375,13 @@ int engine_init(engine **out, const model *m, const engine_params *p, char *err,
         }
     }
     e->dlogits = mallocCheck((size_t)p->max_seqs * e->dwidth * sizeof(float));
+    /* a device that takes draft tokens itself keeps the draft rows there
+     * (full-width drafts only: no device has a pruned head) */
+    e->dev_draft = e->be->draft_take && e->be->sample && !e->head.rows;
+    e->drq = mallocCheck((size_t)p->max_seqs * sizeof(samp_req));
+    e->dslot = mallocCheck((size_t)p->max_seqs * sizeof(int32_t));
+    e->dids = mallocCheck((size_t)p->max_seqs * sizeof(int32_t));
+    e->dconf = mallocCheck((size_t)p->max_seqs * sizeof(float));
     if (e->p.mode == ENGINE_AUTO && p->calibrate && calibrate(e, err, errlen) != 0) {
         engine_free(e);
         return -1;
@@ -407,6 +421,11 @@ void engine_free(engine *e)
     free(e->logits);
     free(e->am);
     free(e->srq);
+    free(e->acc);
+    free(e->drq);
+    free(e->dslot);
+    free(e->dids);
+    free(e->dconf);
     backend_cpu_free(&e->cpu);
     free(e->batch);
     free(e->bseq);
@@ -669,6 +688,28 @@ static void plan_drafts(engine *e)
     }
 }
 
+/* The q slot of draft row `step` of the sequence in slot i. */
+static int32_t q_slot(const engine *e, int32_t i, int32_t step) { return i * e->p.sp.max_draft + step; }
+
+/* A draft pass on a device that takes its tokens itself: the forward keeps
+ * its logits there, then per row its confidence and token (a sampled
+ * sequence's draw, from its own generator's uniform, leaves its q on the
+ * device for the verification's test rows) into e->dconf, e->dids. */
+static int draft_on_device(engine *e, int n, int32_t step, char *err, size_t errlen)
+{
+    if (e->be->forward(e->be, e->batch, n, &e->mask, NULL, NULL, e->dids, err, errlen) != 0)
+        return -1;
+    for (int j = 0; j < n; j++) {
+        eseq *s = &e->seqs[e->bseq[j]];
+        const sampler_params *p = &s->smp.p;
+        int sampled = s->q != NULL;
+        e->drq[j] = (samp_req){.temperature = sampled ? p->temperature : 0.0f, .top_k = p->top_k, .top_p = p->top_p,
+                               .u = sampled ? sampler_uniform(&s->smp) : 0.0f};
+        e->dslot[j] = sampled ? q_slot(e, e->bseq[j], step) : -1;
+    }
+    return e->be->draft_take(e->be, e->drq, e->dslot, n, e->dids, e->dconf, err, errlen);
+}
+
 /* Batched drafting: pass i feeds every still-drafting sequence's token at
  * position L + i through the masked model; each stops at its cap or when
  * its draft's top-1 probability falls below its exit threshold. A chained
@@ -703,8 +744,9 @@ static int draft(engine *e, char *err, size_t errlen)
         if (n == 0)
             return 0;
         double t0 = util_now();
-        if (e->be->forward(e->be, e->batch, n, &e->mask, e->head.rows ? &e->head : NULL, e->dlogits, NULL, err,
-                           errlen) != 0)
+        if (e->dev_draft ? draft_on_device(e, n, step, err, errlen) != 0
+                         : e->be->forward(e->be, e->batch, n, &e->mask, e->head.rows ? &e->head : NULL, e->dlogits,
+                                          NULL, err, errlen) != 0)
             return -1;
         double dt = util_now() - t0;
         if (!multi)   /* the table is of one-token passes */
@@ -714,8 +756,15 @@ static int draft(engine *e, char *err, size_t errlen)
             eseq *s = &e->seqs[e->bseq[j]];
             const float *row = e->dlogits + (size_t)j * e->dwidth;
             int32_t arg;
-            float conf = sampler_top1_prob(row, e->dwidth, &arg);
-            if (s->q) {   /* sampling: draw from the warped draft distribution */
+            float conf;
+            if (e->dev_draft) {
+                arg = e->dids[j];
+                conf = e->dconf[j];
+                s->q_dev = s->q != NULL;
+            } else {
+                conf = sampler_top1_prob(row, e->dwidth, &arg);
+            }
+            if (s->q && !e->dev_draft) {   /* sampling: draw from the warped draft distribution */
                 float *q = s->q + (size_t)step * e->dwidth;
                 sampler_probs(&s->smp, row, e->dwidth, q);
                 arg = sampler_draw(&s->smp, q, e->dwidth);
@@ -816,8 +865,12 @@ static void record(engine *e, eseq *s, int32_t acc)
 
 /* The requests of the last pass's output rows, in batch order (a decode
  * block's 1 + n rows, a last prompt chunk's one), to the backend's sampler;
- * the tokens replace e->am. A sampled row takes one uniform from its
- * sequence's own generator, so what it draws does not depend on the batch. */
+ * the tokens replace e->am, e->acc says which test rows accepted. A
+ * sampled decode block's row i < n tests its draft token (speculative
+ * sampling on the device: against the q its draft row left, or a one-hot q
+ * for a context token), its last row draws the next token; other sampled
+ * rows draw. Every row takes its uniforms from its sequence's own
+ * generator, so what it decides does not depend on the batch. */
 static int sample_on_device(engine *e, int n, char *err, size_t errlen)
 {
     int32_t rows = 0;
@@ -825,13 +878,23 @@ static int sample_on_device(engine *e, int n, char *err, size_t errlen)
         eseq *s = &e->seqs[e->bseq[j]];
         const fwd_seq *sq = &e->batch[j];
         const sampler_params *p = &s->smp.p;
+        int block = s->state == SEQ_DECODE;
         for (int32_t t = sq->logits_from; t < sq->n_tokens; t++, rows++) {
             int sampled = p->temperature != 0.0f;
-            e->srq[rows] = (samp_req){.temperature = sampled ? p->temperature : 0.0f, .top_k = p->top_k,
-                                      .top_p = p->top_p, .u = sampled ? sampler_uniform(&s->smp) : 0.0f};
+            samp_req *q = &e->srq[rows];
+            *q = (samp_req){.temperature = sampled ? p->temperature : 0.0f, .top_k = p->top_k, .top_p = p->top_p};
+            if (!sampled)
+                continue;
+            if (block && t < s->blk.n) {
+                q->kind = t < s->blk.n_ctx ? SAMP_TEST_CTX : SAMP_TEST;
+                q->x = s->blk.tokens[t];
+                q->q_slot = t < s->blk.n_ctx ? -1 : q_slot(e, e->bseq[j], t - s->blk.n_ctx);
+                q->u_acc = sampler_uniform(&s->smp);
+            }
+            q->u = sampler_uniform(&s->smp);
         }
     }
-    return rows ? e->be->sample(e->be, e->srq, rows, e->am, err, errlen) : 0;
+    return rows ? e->be->sample(e->be, e->srq, rows, e->am, e->acc, err, errlen) : 0;
 }
 
 int engine_step(engine *e, char *err, size_t errlen)
@@ -896,10 +959,10 @@ int engine_step(engine *e, char *err, size_t errlen)
      * steps and of first tokens itself: only ids come back. Speculative
      * sampling (a sampled sequence's draft block) needs the rows here. */
     int dev_sample = need_logits && e->be->sample;
-    for (int j = 0; j < n && dev_sample; j++) {
+    for (int j = 0; j < n && dev_sample; j++) {   /* ... and tests draft tokens whose q it holds */
         eseq *s = &e->seqs[e->bseq[j]];
-        dev_sample = !(s->state == SEQ_DECODE && s->gp.sampling.temperature != 0.0f &&
-                       (s->spec_mode == 2 || s->blk.n > 0));
+        dev_sample = !(s->state == SEQ_DECODE && s->gp.sampling.temperature != 0.0f && s->blk.n > s->blk.n_ctx &&
+                       !s->q_dev);
     }
     double t0 = util_now();
     int rc = e->be->forward(e->be, e->batch, n, NULL, NULL, need_logits && !dev_sample ? e->logits : NULL, e->am,
@@ -920,7 +983,8 @@ int engine_step(engine *e, char *err, size_t errlen)
     const int32_t V = e->m->config.vocab_size;
     int64_t emitted = 0;
     float *row = e->logits;
-    const int32_t *am = e->am;   /* row's argmax */
+    const int32_t *am = e->am;   /* row's argmax (or the device's token) */
+    const uint8_t *af = e->acc;  /* a device test row's verdict */
     for (int j = 0; j < n; j++) {
         eseq *s = &e->seqs[e->bseq[j]];
         fwd_seq *sq = &e->batch[j];
@@ -933,13 +997,18 @@ int engine_step(engine *e, char *err, size_t errlen)
             s->cur = need_logits ? sampler_sample(&s->smp, row) : *am;
             row += V;
             am++;
+            af++;
             s->state = SEQ_DECODE;
             if (emit(s, s->cur))
                 finish(e, s);
             continue;
         }
         int32_t acc = 0, next;
-        if (!need_logits) {   /* greedy: the argmax rows are all it takes (spec_accept's rule) */
+        if (dev_sample && s->gp.sampling.temperature != 0.0f) {   /* the device's verdicts */
+            while (acc < s->blk.n && af[acc])
+                acc++;
+            next = am[acc];
+        } else if (!need_logits) {   /* greedy: the argmax rows are all it takes (spec_accept's rule) */
             spec_accept_ids(am, &s->blk, &acc, &next);
         } else if (s->spec_mode == 2 || s->blk.n > 0) {
             spec_qdist qd = {s->q, e->dwidth, e->head_tokens};
@@ -949,6 +1018,8 @@ int engine_step(engine *e, char *err, size_t errlen)
         }
         row += (size_t)(1 + s->blk.n) * V;
         am += 1 + s->blk.n;
+        af += 1 + s->blk.n;
+        s->q_dev = 0;
         emitted += acc + 1;
         s->res.verifications++;
         record(e, s, acc);

@@ -110,9 +110,15 @@ void launch_swiglu(cudaStream_t st, const float *hb, wt *out, int T, int H);
  * smaller id. */
 void launch_argmax(cudaStream_t st, const float *logits, int ld, int n, int rows, int32_t *out);
 /* Rows [0, rows) of logits (leading dimension ld, V entries): the token of
- * each request (kernels/cuda_sample.h; greedy rows take am's). */
+ * each request (kernels/cuda_sample.h; greedy rows take am's), and for a
+ * test row whether its draft token was accepted (acc); qs: the q store,
+ * qld floats per slot. */
 void launch_sample(cudaStream_t st, const float *logits, int ld, int V, int rows, const samp_req *rq,
-                   const int32_t *am, int32_t *out);
+                   const int32_t *am, const float *qs, size_t qld, int32_t *out, uint8_t *acc);
+/* Draft rows [0, rows): conf of each, its token (greedy: am's), and for a
+ * sampled row its warped distribution into slot slot[row] of qs. */
+void launch_draft(cudaStream_t st, const float *logits, int ld, int V, int rows, const samp_req *rq,
+                  const int32_t *slot, const int32_t *am, float *qs, size_t qld, int32_t *out, float *conf);
 /* One graph-replayed decode step is done: out[*count] = am[0];
  * tok[0] = am[0]; pos[0] += 1; (*count)++. */
 void launch_advance(cudaStream_t st, const int32_t *am, int32_t *tok, int32_t *pos, int32_t *out,

@@ -28,6 +28,22 @@
  * as the projections are. It is a draw from the same warped distribution
  * as sampler_sample (decode/sampler.h), not the same token for the same u:
  * the host sorts before it walks, this walks in index order.
+ *
+ * Speculative sampling on the device uses the same steps:
+ *   draft rows (k_draft, cuda_draft_rows): conf = 1 / sum_i exp(x_i - x_am)
+ *      (the top-1 probability at temperature 1, the adaptive exit's test);
+ *      a greedy row keeps the argmax; a sampled row draws as in step 5 and
+ *      keeps its warped distribution q_i = K_i / Z' (K: the kept weights of
+ *      steps 2-4) in a slot of the device's q store;
+ *   test rows (kind SAMP_TEST, or SAMP_TEST_CTX for a context token, whose
+ *      q is one-hot at x): with Z' the row's kept mass, x is accepted when
+ *      u_acc q_x Z' < K_x (u_acc q_x < p_x, Leviathan et al.); else the
+ *      replacement is drawn as in step 5 from the residual weights
+ *      R_i = max(0, K_i - q_i Z') (= Z' max(0, p_i - q_i)) with u; no
+ *      residual mass (p = q): x itself, as spec_accept's rule;
+ *   the bonus row after a block is a plain draw.
+ * Each test row takes two uniforms and every row is decided by its own
+ * logits, q row and uniforms, so acceptance is batch-invariant too.
  */
 #ifndef SELFSPEC_CUDA_SAMPLE_H
 #define SELFSPEC_CUDA_SAMPLE_H
@@ -40,12 +56,26 @@
 
 #define SAMP_THREADS 1024
 
+enum { SAMP_DRAW = 0, SAMP_TEST = 1, SAMP_TEST_CTX = 2 };
+
 typedef struct {
     float temperature;   /* <= 0: greedy (the pass's argmax) */
     int32_t top_k;       /* 0: off */
     float top_p;         /* 1: off */
-    float u;             /* uniform in [0, 1) */
+    float u;             /* uniform in [0, 1): the draw */
+    int32_t kind;        /* SAMP_DRAW; SAMP_TEST: is draft token x accepted against the q
+                            store's slot q_slot; SAMP_TEST_CTX: against a one-hot q at x */
+    int32_t x;           /* test rows: the draft token */
+    int32_t q_slot;      /* SAMP_TEST: the slot its draft row left (cuda_draft_rows) */
+    float u_acc;         /* test rows: uniform in [0, 1) for the acceptance test */
 } samp_req;
+
+/* The warp of one row (steps 1-4): the max, 1 / T, the top-k threshold key
+ * and the top-p threshold key on the weights. */
+typedef struct {
+    float m, inv_t;
+    uint32_t kt, pt;
+} samp_warp;
 
 /* An order-preserving map of floats to unsigned keys: a < b <=> key(a) <
  * key(b) (for non-NaN values; -0 sorts just below +0). */
@@ -66,19 +96,30 @@ CO_FN uint32_t samp_search_step(uint32_t t, int bit, float have, float need)
     return have >= need ? t | (1u << bit) : t;
 }
 
-/* The rule in plain sequential C (steps 1-5 above, sums in index order
- * rather than the block's tree): the reference the tests compare the
- * device's draws with, and a stand-in device for tests of the engine. am:
- * the row's argmax (the greedy answer). */
-static inline int32_t samp_reference(const float *x, int32_t V, const samp_req *q, int32_t am)
+/* K_i: entry i's weight after temperature, top-k and top-p (0 outside). */
+CO_FN float samp_kept_weight(float xi, const samp_warp *w)
 {
-    if (!(q->temperature > 0.0f))
-        return am;
+    if (isnan(xi) || samp_key(xi) < w->kt)
+        return 0.0f;
+    float e = expf((xi - w->m) * w->inv_t);
+    return e > 0.0f && samp_key(e) >= w->pt ? e : 0.0f;
+}
+
+/* R_i = max(0, K_i - q_i Z'). */
+CO_FN float samp_resid(float k, float q, float tot) { return fmaxf(0.0f, fmaf(-q, tot, k)); }
+
+/* Is the draft token accepted: u_acc q_x Z' < K_x. */
+CO_FN int samp_accepts(float u_acc, float qx, float tot, float kx) { return u_acc * qx * tot < kx; }
+
+/* Steps 1-4 in plain sequential C (sums in index order); 0 when the row
+ * has nothing to draw from (every entry -inf or NaN). */
+static inline int samp_ref_warp(const float *x, int32_t V, const samp_req *q, samp_warp *out)
+{
     float m = -INFINITY;
     for (int32_t i = 0; i < V; i++)
         m = fmaxf(m, x[i]);
     if (!(m > -INFINITY))
-        return am;
+        return 0;
     uint32_t kt = 0;
     if (q->top_k > 0 && q->top_k < V)
         for (int bit = 31; bit >= 0; bit--) {
@@ -105,23 +146,99 @@ static inline int32_t samp_reference(const float *x, int32_t V, const samp_req *
             pt = samp_search_step(pt, bit, mass, q->top_p * z);
         }
     }
-#define SAMP_K(i) (SAMP_W(i) > 0.0f && samp_key(SAMP_W(i)) >= pt ? SAMP_W(i) : 0.0f)
+#undef SAMP_W
+    *out = (samp_warp){m, inv_t, kt, pt};
+    return 1;
+}
+
+/* Step 5 in index order over the weights K_i (q_tot == 0) or the residual
+ * R_i against q (qrow, or one-hot at xt when qrow is NULL) and q_tot = Z';
+ * fallback when no weight is positive. */
+static inline int32_t samp_ref_walk(const float *x, int32_t V, const samp_warp *w, const float *qrow, int32_t xt,
+                                    float q_tot, float u, int32_t fallback)
+{
+#define SAMP_R(i) (q_tot > 0.0f ? samp_resid(samp_kept_weight(x[i], w), qrow ? qrow[i] : (i) == xt ? 1.0f : 0.0f, \
+                                             q_tot)                                                          \
+                                : samp_kept_weight(x[i], w))
     float tot = 0.0f;
     for (int32_t i = 0; i < V; i++)
-        tot += SAMP_K(i);
-    float target = q->u * tot, run = 0.0f;
+        tot += SAMP_R(i);
+    float target = u * tot, run = 0.0f;
     int32_t last = -1;
     for (int32_t i = 0; i < V; i++) {
-        float w = SAMP_K(i);
-        if (!(w > 0.0f))
+        float r = SAMP_R(i);
+        if (!(r > 0.0f))
             continue;
         last = i;
-        if ((run += w) > target)
+        if ((run += r) > target)
             return i;
     }
-#undef SAMP_K
-#undef SAMP_W
-    return last >= 0 ? last : am;
+#undef SAMP_R
+    return last >= 0 ? last : fallback;
+}
+
+/* The rule in plain sequential C (sums in index order rather than the
+ * block's tree): the reference the tests compare the device's tokens with,
+ * and a stand-in device for tests of the engine. am: the row's argmax (the
+ * greedy answer); qrow: a SAMP_TEST row's q (V); *accepted (may be NULL):
+ * for test rows, whether x was accepted (greedy: am == x). */
+static inline int32_t samp_reference_row(const float *x, int32_t V, const samp_req *q, int32_t am, const float *qrow,
+                                         int *accepted)
+{
+    int test = q->kind == SAMP_TEST || q->kind == SAMP_TEST_CTX;
+    if (accepted)
+        *accepted = 0;
+    samp_warp w;
+    if (!(q->temperature > 0.0f) || !samp_ref_warp(x, V, q, &w)) {
+        if (accepted)
+            *accepted = test && am == q->x;
+        return am;
+    }
+    if (!test)
+        return samp_ref_walk(x, V, &w, NULL, -1, 0.0f, q->u, am);
+    const float *qr = q->kind == SAMP_TEST ? qrow : NULL;
+    float tot = 0.0f;
+    for (int32_t i = 0; i < V; i++)
+        tot += samp_kept_weight(x[i], &w);
+    if (samp_accepts(q->u_acc, qr ? qr[q->x] : 1.0f, tot, samp_kept_weight(x[q->x], &w))) {
+        if (accepted)
+            *accepted = 1;
+        return q->x;
+    }
+    return samp_ref_walk(x, V, &w, qr, q->x, tot, q->u, q->x);
+}
+
+/* A plain draw (SAMP_DRAW rows). */
+static inline int32_t samp_reference(const float *x, int32_t V, const samp_req *q, int32_t am)
+{
+    return samp_reference_row(x, V, q, am, NULL, NULL);
+}
+
+/* The draft rule of one row: *conf, and the token (greedy: am; sampled: a
+ * draw), with q_out (V; may be NULL for greedy rows) the warped
+ * distribution a sampled row keeps (one-hot at am when the row has
+ * nothing to draw from). */
+static inline int32_t samp_draft_reference(const float *x, int32_t V, const samp_req *q, int32_t am, float *q_out,
+                                           float *conf)
+{
+    float z = 0.0f;
+    for (int32_t i = 0; i < V; i++)
+        z += isnan(x[i]) ? 0.0f : expf(x[i] - x[am]);
+    *conf = 1.0f / z;
+    samp_warp w;
+    if (!(q->temperature > 0.0f))
+        return am;
+    if (!samp_ref_warp(x, V, q, &w)) {
+        for (int32_t i = 0; i < V; i++)
+            q_out[i] = i == am ? 1.0f : 0.0f;
+        return am;
+    }
+    float tot = 0.0f;
+    for (int32_t i = 0; i < V; i++)
+        tot += samp_kept_weight(x[i], &w);
+    for (int32_t i = 0; i < V; i++)
+        q_out[i] = samp_kept_weight(x[i], &w) / tot;
+    return samp_ref_walk(x, V, &w, NULL, -1, 0.0f, q->u, am);
 }
 
 #endif

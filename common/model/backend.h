@@ -55,9 +55,22 @@ struct model_backend {
     /* Optional (NULL: the engine samples on the host from logits rows): the
      * tokens of output rows [0, n_rows) of the last forward, called with
      * argmax and no logits, one request per row (kernels/cuda_sample.h;
-     * greedy rows keep that forward's argmax). The device keeps its logits;
-     * only the ids come back. Returns 0, or -1 with err. */
-    int (*sample)(model_backend *b, const samp_req *rq, int32_t n_rows, int32_t *ids, char *err, size_t errlen);
+     * greedy rows keep that forward's argmax; test rows decide a draft
+     * token by speculative sampling against the q a draft_take left, and
+     * set accepted[row]). The device keeps its logits; only ids and flags
+     * come back. accepted may be NULL when no row tests. Returns 0, or -1
+     * with err. */
+    int (*sample)(model_backend *b, const samp_req *rq, int32_t n_rows, int32_t *ids, uint8_t *accepted, char *err,
+                  size_t errlen);
+    /* Optional (NULL: the engine takes draft tokens on the host from logits
+     * rows); only for full-width drafts (no pruned head): the draft tokens
+     * of output rows [0, n_rows) of the last (draft) forward, called with
+     * argmax and no logits: conf[row], the top-1 probability at temperature
+     * 1, and ids[row], the argmax for greedy requests or a draw whose
+     * warped distribution the device keeps under slot[row] for a later
+     * sample() test row. Returns 0, or -1 with err. */
+    int (*draft_take)(model_backend *b, const samp_req *rq, const int32_t *slot, int32_t n_rows, int32_t *ids,
+                      float *conf, char *err, size_t errlen);
 };
 
 /* The CPU backend. */

@@ -163,10 +163,16 @@ static int cuda_b_forward(model_backend *b, fwd_seq *seqs, int n_seqs, const lay
     return cuda_forward(cb->cm, cb->st, cb->seqs, n_seqs, mask, logits, argmax, err, errlen);
 }
 
-static int cuda_b_sample(model_backend *b, const samp_req *rq, int32_t n_rows, int32_t *ids, char *err,
-                         size_t errlen)
+static int cuda_b_sample(model_backend *b, const samp_req *rq, int32_t n_rows, int32_t *ids, uint8_t *accepted,
+                         char *err, size_t errlen)
 {
-    return cuda_sample_rows(((cuda_engine_backend *)b)->st, rq, n_rows, ids, err, errlen);
+    return cuda_sample_rows(((cuda_engine_backend *)b)->st, rq, n_rows, ids, accepted, err, errlen);
+}
+
+static int cuda_b_draft_take(model_backend *b, const samp_req *rq, const int32_t *slot, int32_t n_rows, int32_t *ids,
+                             float *conf, char *err, size_t errlen)
+{
+    return cuda_draft_rows(((cuda_engine_backend *)b)->st, rq, slot, n_rows, ids, conf, err, errlen);
 }
 
 model_backend *backend_cuda_open(const model *m, int device, int32_t max_tokens, int32_t ctx, size_t kv_mem,
@@ -185,7 +191,7 @@ model_backend *backend_cuda_open(const model *m, int device, int32_t max_tokens,
     cb->b = (model_backend){.name = cb->name, .pruned_head = 0, .kv_open = cuda_b_kv_open,
                             .kv_close = cuda_b_kv_close, .kv_max = cuda_b_kv_max, .kv_usage = cuda_b_kv_usage,
                             .forward = cuda_b_forward,
-                            .sample = cuda_b_sample};
+                            .sample = cuda_b_sample, .draft_take = cuda_b_draft_take};
     cb->m = m;
     cb->cm = cm;
     cb->st = st;

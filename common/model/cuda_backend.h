@@ -275,10 +275,26 @@ int cuda_time_step(cuda_model *cm, cuda_state *s, cuda_kv *kv, cuda_kv *scratch,
  * Sampling on the device: the tokens of output rows [0, n_rows) of the last
  * cuda_forward on s, one request per row (kernels/cuda_sample.h: greedy
  * rows take that pass's argmax; sampled rows a draw from the warped
- * distribution with the host's uniform u). Only the ids come back. Returns
- * 0, or -1 with err (more rows than the pass left, a bad request).
+ * distribution with the host's uniform u; test rows the speculative-
+ * sampling test of a draft token, against the q a cuda_draft_rows left in
+ * the request's slot, and the replacement when it fails). accepted (may be
+ * NULL): per row, 1 when a test row's draft token was accepted. Only ids
+ * and flags come back. Returns 0, or -1 with err (more rows than the pass
+ * left, a bad request, a slot no draft filled).
  */
-int cuda_sample_rows(cuda_state *s, const samp_req *rq, int32_t n_rows, int32_t *ids, char *err, size_t errlen);
+int cuda_sample_rows(cuda_state *s, const samp_req *rq, int32_t n_rows, int32_t *ids, uint8_t *accepted,
+                     char *err, size_t errlen);
+
+/*
+ * Draft tokens on the device: for output rows [0, n_rows) of the last
+ * cuda_forward on s (a draft pass), conf[row] = the top-1 probability at
+ * temperature 1 and ids[row] = the token (greedy requests: the argmax;
+ * sampled: a draw with u, its warped distribution kept in the q store under
+ * slot[row] >= 0 for a later test row). The store grows to the largest slot
+ * asked (V floats each). Returns 0, or -1 with err.
+ */
+int cuda_draft_rows(cuda_state *s, const samp_req *rq, const int32_t *slot, int32_t n_rows, int32_t *ids,
+                    float *conf, char *err, size_t errlen);
 
 /* ---- CUDA IPC (verifier <-> drafter) ---- */
 

@@ -171,7 +171,14 @@ int cuda_kv_shift(cuda_kv *kv, int32_t shift, int32_t n, char *err, size_t errle
     return util_err(err, errlen, NO_CUDA);
 }
 
-int cuda_sample_rows(cuda_state *s, const samp_req *rq, int32_t n_rows, int32_t *ids, char *err, size_t errlen)
+int cuda_sample_rows(cuda_state *s, const samp_req *rq, int32_t n_rows, int32_t *ids, uint8_t *accepted,
+                     char *err, size_t errlen)
+{
+    return util_err(err, errlen, NO_CUDA);
+}
+
+int cuda_draft_rows(cuda_state *s, const samp_req *rq, const int32_t *slot, int32_t n_rows, int32_t *ids,
+                    float *conf, char *err, size_t errlen)
 {
     return util_err(err, errlen, NO_CUDA);
 }
