@@ -555,9 +555,10 @@ static void test_spec_on_gpu(void **state)
 }
 
 /* Paged KV on the device: two sequences over views of pool blocks handed
- * out by a ledger, as the backend keeps one (not starting at block 0) give the bits of the same passes over contiguous caches -- prompt
- * blocks cut at an odd place, then single steps across a block edge,
- * batched together -- and the KV they wrote downloads the same; the
+ * out by a ledger, as the backend keeps one (not starting at block 0),
+ * give the bits of the same passes over contiguous caches -- prompt blocks
+ * cut at an odd place, then single steps across a block edge, batched
+ * together -- and the KV they wrote downloads the same; the
  * contiguous-only operations refuse a paged cache. */
 static void test_paged_kv(void **state)
 {

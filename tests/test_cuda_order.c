@@ -598,6 +598,56 @@ static void test_order_constants(void **state)
     free(used);
 }
 
+/* k_sample's row on the host: the warp of steps 1-4 (sequential sums where
+ * the block uses its tree), then the kernel's own chunking: thread j's
+ * chunk summed in index order, the chunk sums added in chunk order, and
+ * SAMP_CHUNK_WALK, the text the kernel runs. */
+static float port_chunk[SAMP_THREADS];
+#define PORT_CHUNK_SUMS(W, V, tot)                                   \
+    do {                                                             \
+        int C_ = samp_chunk(V);                                      \
+        (tot) = 0.0f;                                                \
+        for (int j_ = 0; j_ < SAMP_THREADS; j_++) {                  \
+            float cs_ = 0.0f;                                        \
+            for (int i_ = j_ * C_; i_ < (j_ + 1) * C_ && i_ < (V); i_++) \
+                cs_ += W(i_);                                        \
+            port_chunk[j_] = cs_;                                    \
+        }                                                            \
+        for (int j_ = 0; j_ < SAMP_THREADS; j_++)                    \
+            (tot) += port_chunk[j_];                                 \
+    } while (0)
+
+static int32_t port_sample_row(const float *x, int32_t V, const samp_req *q, int32_t am, const float *qrow, int *acc)
+{
+    int test = q->kind != SAMP_DRAW;
+    samp_warp w;
+    *acc = 0;
+    if (!(q->temperature > 0.0f) || !samp_ref_warp(x, V, q, &w)) {
+        *acc = test && am == q->x;
+        return am;
+    }
+#define PORT_K(i) samp_kept_weight(x[i], &w)
+    float tot;
+    int pick;
+    PORT_CHUNK_SUMS(PORT_K, V, tot);
+    if (!test) {
+        SAMP_CHUNK_WALK(PORT_K, V, port_chunk, tot, q->u, pick);
+        return pick >= 0 ? pick : am;
+    }
+    const float *qr = q->kind == SAMP_TEST ? qrow : NULL;
+    if (samp_accepts(q->u_acc, qr ? qr[q->x] : 1.0f, tot, PORT_K(q->x))) {
+        *acc = 1;
+        return q->x;
+    }
+#define PORT_R(i) samp_resid(PORT_K(i), qr ? qr[i] : (i) == q->x ? 1.0f : 0.0f, tot)
+    float rtot;
+    PORT_CHUNK_SUMS(PORT_R, V, rtot);
+    SAMP_CHUNK_WALK(PORT_R, V, port_chunk, rtot, q->u, pick);
+#undef PORT_R
+#undef PORT_K
+    return pick >= 0 ? pick : q->x;
+}
+
 /* (d) Sampling on the device (k_sample, its rule in kernels/cuda_sample.h,
  * run here as samp_reference): the draw is the inverse CDF of the host
  * sampler's warped distribution. For rows of distinct random logits and
@@ -626,11 +676,15 @@ static void test_sample_rule(void **state)
         assert_int_equal(sampler_init(&sm, &sp, V, err, sizeof err), 0);
         sampler_probs(&sm, x, V, probs);
         memset(hits, 0, sizeof hits);
+        int walk_differ = 0;
         for (int j = 0; j < N; j++) {
             samp_req q = {.temperature = cases[c].t, .top_k = cases[c].k, .top_p = cases[c].p, .u = (float)((j + 0.5) / N)};
             int32_t tok = samp_reference(x, V, &q, -1);
             assert_true(tok >= 0 && tok < V);
             hits[tok]++;
+            int pa;
+            if (j % 8 == 0)
+                walk_differ += port_sample_row(x, V, &q, -1, NULL, &pa) != tok;
         }
         for (int32_t i = 0; i < V; i++) {
             if (probs[i] == 0.0f)
@@ -639,6 +693,8 @@ static void test_sample_rule(void **state)
                 fail_msg("case %zu token %d: drawn %.5f, sampler_probs %.5f", c, i, hits[i] / (double)N, probs[i]);
         }
         sampler_free(&sm);
+        if (walk_differ > N / 8 / 500)   /* the kernel's chunked walk: the same token but at rounding boundaries */
+            fail_msg("case %zu: the chunked walk differs from the sequential one in %d of %d", c, walk_differ, N);
     }
     samp_req greedy = {.temperature = 0.0f, .top_p = 1.0f, .u = 0.5f};
     assert_int_equal(samp_reference(x, V, &greedy, 42), 42);
@@ -656,17 +712,18 @@ static void test_sample_rule(void **state)
  * draft rows, samp_draft_reference): a draft token drawn from the draft's
  * warped q, tested against the target row, and replaced from the residual
  * when it fails, is distributed exactly as the target's warped p (within
- * sampling noise over N draws: 5 sigma per token), for a draft that is
+ * sampling noise over 40k draws: 5 sigma per token), for a draft that is
  * close to the target, one that is far, one with a different top-k, and a
  * context token (one-hot q at a fixed token); draft rows keep a q that
  * sums to 1 and give conf = the top-1 probability at temperature 1. */
 static void test_spec_rule(void **state)
 {
     (void)state;
-    enum { V = 40, N = 200000 };
+    enum { V = 40, N = 40000 };
     char err[128];
     float xt[V], xd[V], p[V], q[V];
     uint64_t rng = 99;
+    float conf_unused;
 #define U01() (rng = rng * 6364136223846793005ull + 1442695040888963407ull, \
                (float)((rng >> 40) * (1.0 / 16777216.0)))
     struct { float t; int32_t k; float tp; float noise; int ctx; } cases[] = {
@@ -696,21 +753,34 @@ static void test_spec_rule(void **state)
         assert_true(fabs(conf - 1.0 / z) < 1e-5);
         static int32_t hits[V];
         memset(hits, 0, sizeof hits);
-        int32_t acc = 0, xfix = am;
+        int32_t acc = 0, xfix = am, port_differ = 0;
         for (int j = 0; j < N; j++) {
-            samp_req d = dq;
-            d.u = U01();
-            float qj[V];
-            int32_t x = cases[c].ctx ? xfix : samp_draft_reference(xd, V, &d, am, qj, &conf);
+            /* the draft token: q's inverse CDF in index order (the draw
+             * samp_draft_reference makes from the same q) */
+            int32_t x = xfix;
+            if (!cases[c].ctx) {
+                float ud = U01(), run = 0.0f;
+                for (x = 0; x < V - 1 && !(q[x] > 0.0f && (run += q[x]) > ud); x++)
+                    ;
+                while (!(q[x] > 0.0f))
+                    x--;
+            }
             samp_req tr = {cases[c].t, cases[c].k, cases[c].tp, U01(), cases[c].ctx ? SAMP_TEST_CTX : SAMP_TEST,
                            x, 0, U01()};
-            int a;
+            int a, pa;
             int32_t tok = samp_reference_row(xt, V, &tr, -1, q, &a);
             assert_true(tok >= 0 && tok < V);
             assert_true(!a || tok == x);
             acc += a;
             hits[tok]++;
+            /* the kernel's chunked walk: the same verdict and token but
+             * where a uniform falls within rounding of a boundary */
+            if (j < N / 4) {
+                int32_t ptok = port_sample_row(xt, V, &tr, -1, q, &pa);
+                port_differ += ptok != tok || pa != a;
+            }
         }
+        assert_true(port_differ <= N / 4 / 1000);
         for (int32_t i = 0; i < V; i++) {
             double f = hits[i] / (double)N, sd = sqrt(p[i] * (1.0 - p[i]) / N);
             if (p[i] == 0.0f)
@@ -718,8 +788,39 @@ static void test_spec_rule(void **state)
             else if (fabs(f - p[i]) > 5.0 * sd + 1e-6)
                 fail_msg("case %zu token %d: emitted %.5f, target %.5f (5 sigma %.5f)", c, i, f, p[i], 5 * sd);
         }
-        printf("  speculative sampling case %zu: accepted %.3f of drafts; tokens distributed as the target\n", c,
-               acc / (double)N);
+        printf("  speculative sampling case %zu: accepted %.3f of drafts; tokens distributed as the target; the "
+               "kernel's chunked walk differs in %d of %d\n", c, acc / (double)N, port_differ, N / 4);
+    }
+    /* a vocabulary of several entries per chunk (C = 5, a short last
+     * chunk): the chunked walk still gives the sequential walk's token and
+     * verdict but at rounding boundaries, for draws and test rows */
+    {
+        enum { BV = 5003, BN = 600 };
+        float *bx = malloc(BV * sizeof(float)), *bd = malloc(BV * sizeof(float)), *bq = malloc(BV * sizeof(float));
+        for (int32_t i = 0; i < BV; i++) {
+            bx[i] = U01() * 10.0f - 5.0f;
+            bd[i] = bx[i] + U01() - 0.5f;
+        }
+        samp_req d = {.temperature = 1.0f, .top_p = 0.9f};
+        int32_t bam = 0;
+        for (int32_t i = 1; i < BV; i++)
+            bam = bd[i] > bd[bam] ? i : bam;
+        (void)samp_draft_reference(bd, BV, &d, bam, bq, &conf_unused);
+        int differ = 0;
+        for (int j = 0; j < BN; j++) {
+            samp_req tr = {.temperature = 1.0f, .top_p = j % 2 ? 0.9f : 1.0f, .u = U01(),
+                           .kind = j % 3 == 0 ? SAMP_DRAW : SAMP_TEST, .x = (int32_t)(U01() * BV), .u_acc = U01()};
+            int a, pa;
+            int32_t t = samp_reference_row(bx, BV, &tr, -1, bq, &a);
+            differ += port_sample_row(bx, BV, &tr, -1, bq, &pa) != t || pa != a;
+        }
+        if (differ > BN / 200)
+            fail_msg("V %d: the chunked walk differs from the sequential one in %d of %d", BV, differ, BN);
+        printf("  V %d (chunks of %d): the kernel's chunked walk differs in %d of %d rows\n", BV, samp_chunk(BV),
+               differ, BN);
+        free(bx);
+        free(bd);
+        free(bq);
     }
 #undef U01
     /* greedy test rows: accepted exactly when the argmax is the draft */

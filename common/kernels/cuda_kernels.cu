@@ -563,35 +563,12 @@ template <class W> static __device__ float chunk_sums(const W &wf, int V, float 
     return *bcast;
 }
 
-/* Thread 0 only, after chunk_sums of the same weights: the first index at
- * which the running sum passes u tot (the prefix over chunks in order, then
- * one walk inside the chunk that crosses); rounding that leaves the target
- * beyond the last sum takes the last positive entry; -1 when none is. */
+/* Thread 0 only, after chunk_sums of the same weights: SAMP_CHUNK_WALK
+ * (cuda_sample.h), -1 when no weight is positive. */
 template <class W> static __device__ int chunk_walk(const W &wf, int V, const float *chunk, float tot, float u)
 {
-    const int C = samp_chunk(V);
-    const float target = u * tot;
-    float run = 0.0f;
-    int pick = -1, last_j = -1;
-    for (int j = 0; j < SAMP_THREADS && pick < 0; j++) {
-        if (!(chunk[j] > 0.0f))
-            continue;
-        last_j = j;
-        if (run + chunk[j] <= target) {
-            run += chunk[j];
-            continue;
-        }
-        for (int i = j * C; i < V && i < (j + 1) * C; i++) {
-            float w = wf(i);
-            if (w > 0.0f && (run += w) > target) {
-                pick = i;
-                break;
-            }
-        }
-    }
-    for (int i = (last_j + 1) * C - 1; pick < 0 && last_j >= 0 && i >= last_j * C; i--)
-        if (i < V && wf(i) > 0.0f)
-            pick = i;
+    int pick;
+    SAMP_CHUNK_WALK(wf, V, chunk, tot, u, pick);
     return pick;
 }
 

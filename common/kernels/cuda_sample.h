@@ -96,6 +96,42 @@ CO_FN uint32_t samp_search_step(uint32_t t, int bit, float have, float need)
     return have >= need ? t | (1u << bit) : t;
 }
 
+/* Step 5's walk over chunk sums (k_sample, k_draft; the host port in
+ * tests/test_cuda_order.c runs the same text): chunk[j] holds the sum of
+ * the weights W(i) of entries [j C, (j + 1) C), C = samp_chunk(V); pick
+ * becomes the first index at which the running sum (the prefix over chunks
+ * in order, then one walk inside the chunk that crosses) passes u tot;
+ * rounding that leaves the target beyond the last sum takes the last
+ * positive entry of the last positive chunk; -1 when no weight is
+ * positive. */
+#define SAMP_CHUNK_WALK(W, V, chunk, tot, u, pick)                                          \
+    do {                                                                                    \
+        const int C_ = samp_chunk(V);                                                       \
+        const float target_ = (u) * (tot);                                                  \
+        float run_ = 0.0f;                                                                  \
+        int last_j_ = -1;                                                                   \
+        (pick) = -1;                                                                        \
+        for (int j_ = 0; j_ < SAMP_THREADS && (pick) < 0; j_++) {                           \
+            if (!((chunk)[j_] > 0.0f))                                                      \
+                continue;                                                                   \
+            last_j_ = j_;                                                                   \
+            if (run_ + (chunk)[j_] <= target_) {                                            \
+                run_ += (chunk)[j_];                                                        \
+                continue;                                                                   \
+            }                                                                               \
+            for (int i_ = j_ * C_; i_ < (V) && i_ < (j_ + 1) * C_; i_++) {                  \
+                float w_ = W(i_);                                                           \
+                if (w_ > 0.0f && (run_ += w_) > target_) {                                  \
+                    (pick) = i_;                                                            \
+                    break;                                                                  \
+                }                                                                           \
+            }                                                                               \
+        }                                                                                   \
+        for (int i_ = (last_j_ + 1) * C_ - 1; (pick) < 0 && last_j_ >= 0 && i_ >= last_j_ * C_; i_--) \
+            if (i_ < (V) && W(i_) > 0.0f)                                                   \
+                (pick) = i_;                                                                \
+    } while (0)
+
 /* K_i: entry i's weight after temperature, top-k and top-p (0 outside). */
 CO_FN float samp_kept_weight(float xi, const samp_warp *w)
 {
