@@ -2,7 +2,8 @@
  * backend_cuda.c - the CUDA backend under the engine's loop (see
  * backend.h): paged device KV (a pool of KV_BLOCK-position blocks in one
  * allocation, made at the first sequence; a host ledger says whose block
- * is whose, as the CPU's kv_pool), contiguous scratch caches for drafts,
+ * is whose, as the CPU's kv_pool), contiguous scratch caches for drafts
+ * (closed ones kept for the next sequence),
  * and cuda_forward over them. Built on every machine: without nvcc the
  * cuda_backend.h functions are cuda_stub.c's, and backend_cuda_open fails
  * with their message. Never run here (no GPU); scripts/gpu_check.sh runs it.
@@ -17,6 +18,8 @@
 #include "model/cuda_backend.h"
 #include "util/util.h"
 
+#define SPARE_SCRATCH 256
+
 typedef struct {
     model_backend b;
     char name[32];
@@ -27,6 +30,11 @@ typedef struct {
     size_t budget, used;       /* KV bytes: the budget, and what contiguous shared caches and the pool took */
     cuda_kv_pool *pool;        /* the paged KV, made at the first kv_open of a sequence; NULL before */
     kv_pool ledger;            /* its blocks: who holds which (no memory behind it) */
+    /* closed draft scratch caches kept for the next sequence (a cudaMalloc,
+     * a memset and a device sync saved per admission, a cudaFree's sync per
+     * finish); all have the same cap in practice (max_draft + 1) */
+    cuda_kv *spare[SPARE_SCRATCH];
+    int n_spare;
     cuda_seq *seqs;            /* (cap_seqs) a batch's blocks for cuda_forward */
     int cap_seqs;
 } cuda_engine_backend;
@@ -45,9 +53,16 @@ static int open_contiguous(cuda_engine_backend *cb, kv_cache *kv, int32_t cap, s
     memset(kv, 0, sizeof *kv);
     if (cb->used + bytes > cb->budget)
         return 1;
-    cuda_kv *d = cuda_kv_init(cb->cm, cap, err, errlen);
-    if (!d)
+    cuda_kv *d = NULL;
+    if (bytes == 0)   /* a scratch: a spare of that cap, when one is kept */
+        for (int i = cb->n_spare - 1; i >= 0 && !d; i--)
+            if (cuda_kv_cap(cb->spare[i]) == cap) {
+                d = cb->spare[i];
+                cb->spare[i] = cb->spare[--cb->n_spare];
+            }
+    if (!d && !(d = cuda_kv_init(cb->cm, cap, err, errlen)))
         return -1;
+    cuda_kv_set_len(d, 0);
     dev_cache *dc = mallocCheck(sizeof *dc);
     *dc = (dev_cache){d, bytes};
     cb->used += bytes;
@@ -103,7 +118,10 @@ static void cuda_b_kv_close(model_backend *b, kv_cache *kv)
     if (dc) {
         assert(cb->used >= dc->bytes);
         cb->used -= dc->bytes;
-        cuda_kv_free(dc->kv);   /* the view's last pass has finished: cuda_forward syncs */
+        if (!kv->pool && dc->bytes == 0 && cb->n_spare < SPARE_SCRATCH)
+            cb->spare[cb->n_spare++] = dc->kv;   /* a scratch, kept for the next sequence */
+        else
+            cuda_kv_free(dc->kv);   /* the last pass has finished: cuda_forward syncs */
         free(dc);
     }
     kv->dev = NULL;
@@ -220,6 +238,8 @@ void backend_cuda_close(model_backend *b)
         return;
     cuda_engine_backend *cb = (cuda_engine_backend *)b;
     assert(!cb->pool || cb->ledger.n_free == cb->ledger.n_blocks);
+    for (int i = 0; i < cb->n_spare; i++)
+        cuda_kv_free(cb->spare[i]);
     free(cb->seqs);
     cuda_kv_pool_free(cb->pool);
     kv_pool_free(&cb->ledger);
