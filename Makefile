@@ -149,10 +149,22 @@ $(BUILD)/test-v3/%: $(BUILD)/tst-v3/tests/%.o $(TEST_SUPPORT_V3) $(BUILD)/libsel
 	@mkdir -p $(dir $@)
 	$(CC) $(TCFLAGS_NOARCH) $(V3ARCH) $^ $(LIBS) -lcmocka -o $@
 
+# The GGUF fuzz seeds (small valid files of every metadata type, tensors,
+# a llama model) are written by tests/fuzz/make_seeds.c at build time, not
+# tracked; test_fuzz_corpus replays them with tests/fuzz/corpus/.
+SEEDS_DIR := $(BUILD)/fuzz-seeds
+$(BUILD)/make_seeds: $(BUILD)/tst/tests/fuzz/make_seeds.o $(BUILD)/tst/tests/testutil_gguf.o $(BUILD)/libselfspec-test.a
+	$(CC) $(TCFLAGS) $^ $(LIBS) -o $@
+
+$(SEEDS_DIR)/.stamp: $(BUILD)/make_seeds
+	@rm -rf $(SEEDS_DIR); mkdir -p $(SEEDS_DIR)
+	$< $(SEEDS_DIR)
+	@touch $@
+
 # One thread: the tiny test models gain nothing from two, and a busy machine
 # makes spinning OpenMP workers very slow under the sanitizers.
-unit: $(TEST_BIN)
-	@set -e; for t in $(TEST_BIN); do echo "== $$t"; OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $$t; done
+unit: $(TEST_BIN) $(SEEDS_DIR)/.stamp
+	@set -e; for t in $(TEST_BIN); do echo "== $$t"; OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} SELFSPEC_FUZZ_SEEDS=$(SEEDS_DIR) $$t; done
 	@$(MAKE) --no-print-directory gpu-check-test
 
 # scripts/gpu_check.sh's JSON when steps fail, crash, time out or the run is

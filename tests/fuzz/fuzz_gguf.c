@@ -6,7 +6,8 @@
  * block. Build: make fuzz (or by hand with clang -fsanitize=fuzzer,address,
  * undefined tests/fuzz/fuzz_gguf.c common/util/util.c common/format/gguf.c
  * -Icommon -lm).
- * Run: build/fuzz/fuzz_gguf -max_total_time=300 tests/fuzz/corpus-work tests/fuzz/corpus
+ * Run: build/fuzz/fuzz_gguf -max_total_time=300 tests/fuzz/corpus-work \
+ *          tests/fuzz/corpus build/fuzz-seeds   (the seeds: make unit)
  */
 #include <stddef.h>
 #include <stdint.h>

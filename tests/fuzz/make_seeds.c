@@ -2,8 +2,9 @@
  * make_seeds.c - write small valid GGUF files as a seed corpus for fuzz_gguf.
  *
  * Usage: make_seeds DIR   (writes DIR/seed_*.gguf)
- * Build: cc -std=c11 -D_GNU_SOURCE -Icommon -Itests tests/fuzz/make_seeds.c \
- *           tests/testutil_gguf.c common/gguf.c -lm -o build/make_seeds
+ * Built and run by `make unit` (build/make_seeds, into build/fuzz-seeds/):
+ * the seeds are build outputs, never tracked. test_fuzz_corpus replays them
+ * with the fuzzer's minimised inputs in tests/fuzz/corpus/.
  */
 #include <stdio.h>
 #include <stdlib.h>
