@@ -17,6 +17,7 @@
 #include <cmocka.h>
 #include <math.h>
 
+#include "decode/setup.h"
 #include "decode/skipset.h"
 #include "decode/spec.h"
 #include "decode/stats.h"
@@ -317,10 +318,95 @@ static void test_exit_bad_values(void **state)
     }
 }
 
+/* The one speculation set-up every command calls (decode/setup.h): mode,
+ * the set's own record, the draft sources, --skip, the exit constants. */
+static void setup_case(const spec_want *w, const char *dir, int32_t draft, spec_setup *s, spec_params *p)
+{
+    model_config c = cfg();
+    char err[256];
+    spec_params_default(p);
+    p->draft = draft;
+    assert_int_equal(spec_setup_choose(s, w, &c, dir, p, err, sizeof err), 0);
+}
+
+static void test_setup(void **state)
+{
+    (void)state;
+    char dir[128], path[256], err[256];
+    write_config(dir, sizeof dir, "tiny.json",
+                 "{\"model\": {\"name\": \"tiny\", \"n_layers\": 4, \"dim\": 64, \"vocab_size\": 100},"
+                 " \"attn_skip\": [1], \"mlp_skip\": [2], \"exit\": {\"gamma_init\": 0.8, \"gamma_step\": 0.05},"
+                 " \"measured\": {\"speedup\": 0.9}}");
+    snprintf(path, sizeof path, "%s/tiny.json", dir);
+    spec_setup s;
+    spec_params p;
+    /* plain: nothing at all, whatever the sources */
+    setup_case(&(spec_want){.draft_head = -1, .plain = 1}, dir, SPEC_DRAFT_AUTO, &s, &p);
+    assert_int_equal(s.speculate, 0);
+    assert_null(spec_setup_skipset(&s));
+    assert_int_equal(p.draft, SPEC_DRAFT_LAYERS);
+    assert_string_equal(s.note, "");
+    spec_setup_free(&s);
+    /* auto, the set measured 0.9x: dropped; context drafts go on ... */
+    setup_case(&(spec_want){.draft_head = -1}, dir, SPEC_DRAFT_AUTO, &s, &p);
+    assert_int_equal(s.speculate, 1);
+    assert_null(spec_setup_skipset(&s));
+    assert_int_equal(p.draft, SPEC_DRAFT_AUTO);
+    assert_non_null(strstr(s.note, "measured 0.90x"));
+    assert_non_null(strstr(s.note, "context only"));
+    assert_string_equal(spec_setup_source(&s), "");
+    spec_setup_free(&s);
+    /* ... and with layer drafts only it decodes plainly */
+    setup_case(&(spec_want){.draft_head = -1}, dir, SPEC_DRAFT_LAYERS, &s, &p);
+    assert_int_equal(s.speculate, 0);
+    assert_non_null(strstr(s.note, "decoding plainly"));
+    spec_setup_free(&s);
+    /* forced: the set is kept, its tuned exit applied under the user's gamma */
+    spec_want forced = {.draft_head = -1, .forced = 1, .exit_given = SPEC_GIVEN_GAMMA_INIT};
+    setup_case(&forced, dir, SPEC_DRAFT_LAYERS, &s, &p);
+    assert_int_equal(s.speculate, 1);
+    assert_non_null(spec_setup_skipset(&s));
+    assert_int_equal(skipset_count(spec_setup_skipset(&s)), 2);
+    assert_true(p.gamma_init == 0.6f);    /* given on the command line: kept */
+    assert_true(p.gamma_step == 0.05f);   /* from the config */
+    assert_string_equal(spec_setup_source(&s), path);
+    assert_string_equal(s.note, "");
+    spec_setup_free(&s);
+    /* an explicit --skip is what the user asked for: never dropped */
+    setup_case(&(spec_want){.skip = path, .draft_head = -1}, dir, SPEC_DRAFT_AUTO, &s, &p);
+    assert_non_null(spec_setup_skipset(&s));
+    assert_true(p.gamma_init == 0.8f);
+    spec_setup_free(&s);
+    /* the pipeline: layer drafts only, whatever was asked */
+    setup_case(&(spec_want){.draft_head = -1, .forced = 1, .layers_only = 1}, dir, SPEC_DRAFT_AUTO, &s, &p);
+    assert_int_equal(p.draft, SPEC_DRAFT_LAYERS);
+    assert_non_null(spec_setup_skipset(&s));
+    spec_setup_free(&s);
+    /* no config for the model: context drafts, or plain with layers only */
+    setup_case(&(spec_want){.draft_head = -1}, "/nonexistent", SPEC_DRAFT_CHAIN, &s, &p);
+    assert_int_equal(s.speculate, 1);
+    assert_int_equal(p.draft, SPEC_DRAFT_CHAIN);
+    assert_non_null(strstr(s.note, "no skip-set config"));
+    spec_setup_free(&s);
+    setup_case(&(spec_want){.draft_head = -1, .layers_only = 1}, "/nonexistent", SPEC_DRAFT_AUTO, &s, &p);
+    assert_int_equal(s.speculate, 0);
+    assert_non_null(strstr(s.note, "selfspec search"));
+    spec_setup_free(&s);
+    /* errors: a bad --skip file, a bad head size */
+    model_config c = cfg();
+    spec_params_default(&p);
+    assert_int_equal(spec_setup_choose(&s, &(spec_want){.skip = "/nonexistent.json", .draft_head = -1}, &c, dir, &p,
+                                       err, sizeof err), -1);
+    assert_non_null(strstr(err, "bad skip set"));
+    assert_int_equal(spec_setup_choose(&s, &(spec_want){.draft_head = 17}, &c, dir, &p, err, sizeof err), -1);
+    remove_dir(dir, "tiny.json");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_choose),
+        cmocka_unit_test(test_setup),
         cmocka_unit_test(test_foreign_config_errors),
         cmocka_unit_test(test_checkpoint),
         cmocka_unit_test(test_stats_json),

@@ -216,6 +216,7 @@ static void base_params(engine_params *p, int max_seqs, engine_mode mode, const 
     p->mode = mode;
     p->ss = ss;
     p->sp.max_draft = 4;
+    p->sp.draft = SPEC_DRAFT_LAYERS;   /* the references below draft layers unless a test says otherwise */
     p->calibrate = 0;
 }
 

@@ -54,10 +54,13 @@ PROMPTS = [("completion", "The capital of France is"), ("chat", "Name a color.")
            ("completion", "def add(a, b):"), ("chat", "What is two plus two?"),
            ("completion", "The best way to learn is"), ("chat", "Say hello in French.")]
 MAX_TOKENS = 12
+REPEAT_PROMPT = ("The list: apple, banana, cherry, grape, lemon, mango, apple, banana, cherry, grape, lemon, mango, "
+                 "apple, banana, cherry, grape, lemon, mango, apple, banana,")
+REPEAT_TOKENS = 40
 
 
-def generate(model, kind, prompt):
-    args = [BIN, "generate", "-m", model, "--mode", "plain", "-t", "1", "-n", str(MAX_TOKENS), "-p", prompt]
+def generate(model, kind, prompt, max_tokens=MAX_TOKENS):
+    args = [BIN, "generate", "-m", model, "--mode", "plain", "-t", "1", "-n", str(max_tokens), "-p", prompt]
     if kind == "chat":
         args.append("--chat")
     p = subprocess.run(args, capture_output=True, timeout=120)
@@ -100,6 +103,7 @@ def run(model):
     import openai
     t0 = time.time()
     want = [generate(model, k, p) for k, p in PROMPTS]
+    want_repeat = generate(model, "completion", REPEAT_PROMPT, REPEAT_TOKENS)
     print(f"     (generate references: {time.time() - t0:.1f}s)", flush=True)
     port = free_port()
     log = open(os.devnull, "wb") if not os.environ.get("SERVE_LOG") else open(os.environ["SERVE_LOG"], "wb")
@@ -120,6 +124,18 @@ def run(model):
         if not up:
             return
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0, timeout=120)
+        # speculation as batch sets it up: a prompt with repeats drafts from the
+        # context, and its text is plain decoding's (first: the measured policy
+        # has seen nothing yet that could switch drafting off)
+        got = client.completions.create(model="selfspec", prompt=REPEAT_PROMPT, max_tokens=REPEAT_TOKENS,
+                                        temperature=0).choices[0].text
+        check("a prompt with repeats: same text as plain generate", got == want_repeat, f"{got!r}")
+        st, data = raw(port, "GET", "/metrics", key=None)
+        ctx = [l for l in data.decode().splitlines()
+               if l.startswith("selfspec:spec_decode_num_accepted_tokens_by_source_total{") and 'source="context"' in l]
+        check("/metrics reports the context drafts that were accepted", ctx and float(ctx[0].rsplit(" ", 1)[1]) > 0,
+              "\n".join(ctx))
+
         models = client.models.list()
         check("/v1/models lists the model", len(models.data) == 1 and models.data[0].id)
         for stream in (False, True):

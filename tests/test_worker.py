@@ -299,6 +299,56 @@ def test_kills_and_restart(model, tmp, n_jobs):
     rd.stop()
 
 
+REPEAT_PROMPT = ("The list: apple, banana, cherry, grape, lemon, mango, apple, banana, cherry, grape, lemon, mango, "
+                 "apple, banana, cherry, grape, lemon, mango, apple, banana,")
+
+
+def metric_sum(text, prefix):
+    return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines() if l.startswith(prefix))
+
+
+def test_context_drafts(model, tmp):
+    """A queued job on a prompt with repeats drafts from the context (the worker
+    sets speculation up as batch does) and its result is plain decoding's."""
+    import redis
+    jobs = [{"custom_id": f"rep-{i}", "method": "POST", "url": "/v1/completions",
+             "body": {"prompt": REPEAT_PROMPT + (" apple," * i), "max_tokens": 40, "temperature": 0}}
+            for i in range(2)]
+    inp = os.path.join(tmp, "repeat.jsonl")
+    with open(inp, "w") as f:
+        for j in jobs:
+            f.write(json.dumps(j) + "\n")
+    os.utime(inp, (CREATED, CREATED))
+    ref_out = os.path.join(tmp, "repeat-plain.jsonl")
+    p = subprocess.run([BIN, "batch", "-m", model, "-i", inp, "-o", ref_out, "-q", "-t", "1", "--mode", "plain"],
+                       capture_output=True, timeout=300)
+    ref = {json.loads(l)["custom_id"]: l for l in open(ref_out)} if p.returncode == 0 else {}
+    rd = Redis(tmp)
+    r = redis.Redis(port=rd.port)
+    subprocess.run([sys.executable, QUEUE, "--redis", rd.url(), "--stream", "jobs", "submit", inp],
+                   capture_output=True, timeout=120)
+    port = free_port()
+    w = Worker(model, rd.url(), "ctx", tmp, ["--metrics-port", str(port)])
+    done = wait_until(lambda: r.xlen("jobs:results") >= len(jobs), 180)
+    text = ""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+    except Exception as e:
+        text = f"error: {e}"
+    w.p.send_signal(signal.SIGTERM)
+    w.p.wait(timeout=60)
+    got = {f[b"custom_id"].decode(): f[b"result"].decode() for _, f in r.xrange("jobs:results")}
+    check("worker on prompts with repeats: results identical to plain decoding",
+          done and len(ref) == len(jobs) and got == ref, f"{len(got)} results")
+    drafts = metric_sum(text, 'selfspec:spec_decode_num_drafts_by_source_total{') if text else 0
+    ctx = [l for l in text.splitlines() if l.startswith("selfspec:spec_decode_num_accepted_tokens_by_source_total{")
+           and 'source="context"' in l]
+    check("worker /metrics reports context drafts (drafted and accepted)",
+          drafts > 0 and ctx and float(ctx[0].rsplit(" ", 1)[1]) > 0, text[-800:])
+    rd.stop()
+
+
 def test_devices(model, tmp):
     """--devices cpu:0,cpu:1: two pinned children; one SIGKILLed is restarted; SIGTERM drains both.
     The Redis here wants an ACL user (alice) and the workers use db 2: redis://alice:pw@host:port/2."""
@@ -385,6 +435,7 @@ def main():
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         try:
+            test_context_drafts(a.model, tmp)
             test_kills_and_restart(a.model, tmp, a.jobs)
             test_devices(a.model, tmp)
         finally:

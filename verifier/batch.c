@@ -18,7 +18,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
-#include <limits.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -27,42 +26,26 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
-#include <cblas.h>
-#include <omp.h>
 
 #include "api/batchio.h"
 #include "cli.h"
 #include "commands.h"
-#include "decode/output.h"
-#include "decode/sampler.h"
-#include "decode/skipset.h"
-#include "decode/ngram.h"
 #include "engine/engine.h"
-#include "gen_cuda.h"
-#include "model/backend.h"
-#include "model/cuda_backend.h"
-#include "model/model.h"
 #include "serve/job.h"
-#include "text/tokenizer.h"
+#include "service.h"
 #include "util/util.h"
 
 static volatile sig_atomic_t g_stop;
 static void on_signal(int sig) { (void)sig; g_stop = 1; }
 
 typedef struct {
-    const char *in_path, *out_path, *model_path, *skip;
-    engine_params ep;
-    int32_t draft_head;
-    unsigned exit_given;       /* SPEC_GIVEN_*: --gamma given (else the config's exit) */
-    int threads;
-    int quiet;
-    int device;                /* --device: -1 the CPU, else the CUDA device */
+    const char *in_path, *out_path;
+    svc_opts so;               /* the engine options every command shares */
 } batch_opts;
 
 /* The job: everything the per-request callbacks need. */
 typedef struct {
     const batch_opts *o;
-    const tokenizer *tok;
     const char *model_name;
     int64_t created;
     int out_fd;
@@ -73,16 +56,6 @@ typedef struct {
     int64_t prompt_tokens, output_tokens;
     int write_failed;
 } batch_job;
-
-/* One request in flight. */
-typedef struct {
-    batch_job *job;
-    char *custom_id;
-    batch_kind kind;
-    char *stops[BATCH_MAX_STOP];
-    int n_stops;
-    out_text text;
-} batch_req;
 
 static void usage_batch(FILE *f)
 {
@@ -96,126 +69,28 @@ static void usage_batch(FILE *f)
 "\n"
 "  -i, --input FILE       requests, one JSON object a line ('-' = stdin, read as it arrives)\n"
 "  -o, --output FILE      results ('-' = stdout)\n"
-"  -m, --model FILE       GGUF model (default: the default model)\n"
-"      --max-seqs N       sequences decoded at once (default 32)\n"
-"      --max-batch-tokens N  tokens in one forward pass at most (default 256)\n"
-"      --kv-mem MB        KV memory in MiB (default 512)\n"
-"  -c, --ctx N            longest request, prompt + max_tokens (default min(model's, 4096))\n"
-"      --mode MODE        auto (default: speculation where the measured cost model says\n"
-"                         it pays), plain, or self-spec (always draft)\n"
-"      --skip FILE|none   skip-set config (default: the model's config in configs/)\n"
-"      --draft-head N     pruned draft head size (default: the config's)\n"
-"      --draft SRC        draft sources: auto (default: per step and sequence the source\n"
-"                         with the most expected tokens per unit of measured cost),\n"
-"                         layers (layer-skipping draft), context (what followed the\n"
-"                         last tokens earlier in the prompt or output), chain\n"
-"      --ngram-max N      context drafts: longest suffix matched (3); --ngram-min N (1)\n"
-"      --token-cost C     --mode self-spec --draft auto: nominal cost of one more verified\n"
-"                         token, a share of a step (0.2; auto measures its own)\n"
-"      --draft-max K      most tokens per draft (default 12)\n"
-"      --gamma G          initial draft-exit threshold (default: the skip-set\n"
-"                         config's tuned \"exit\", else 0.6)\n"
-"      --device DEV       cpu (default) or cuda[:N]: the same engine on a GPU\n"
-"  -t, --threads N        worker threads (default: all cores)\n"
-"  -q, --quiet            no progress on stderr\n"
+SVC_HELP
 "  -h, --help             this help\n");
 }
-
-enum { OPT_MAX_SEQS = 400, OPT_MAX_BATCH_TOKENS, OPT_KV_MEM, OPT_MODE, OPT_SKIP, OPT_DRAFT_HEAD, OPT_DRAFT_MAX,
-       OPT_DRAFT, OPT_NGRAM_MIN, OPT_NGRAM_MAX, OPT_TOKEN_COST, OPT_DEVICE, OPT_GAMMA };
 
 static int parse_batch(int argc, char **argv, batch_opts *o)
 {
     static const struct option lo[] = {
-        {"input", required_argument, 0, 'i'}, {"output", required_argument, 0, 'o'},
-        {"model", required_argument, 0, 'm'}, {"max-seqs", required_argument, 0, OPT_MAX_SEQS},
-        {"max-batch-tokens", required_argument, 0, OPT_MAX_BATCH_TOKENS},
-        {"kv-mem", required_argument, 0, OPT_KV_MEM}, {"ctx", required_argument, 0, 'c'},
-        {"mode", required_argument, 0, OPT_MODE}, {"skip", required_argument, 0, OPT_SKIP},
-        {"draft-head", required_argument, 0, OPT_DRAFT_HEAD}, {"draft-max", required_argument, 0, OPT_DRAFT_MAX},
-        {"threads", required_argument, 0, 't'}, {"quiet", no_argument, 0, 'q'}, {"help", no_argument, 0, 'h'},
-        {"draft", required_argument, 0, OPT_DRAFT}, {"ngram-min", required_argument, 0, OPT_NGRAM_MIN},
-        {"ngram-max", required_argument, 0, OPT_NGRAM_MAX},
-        {"token-cost", required_argument, 0, OPT_TOKEN_COST}, {"device", required_argument, 0, OPT_DEVICE},
-        {"gamma", required_argument, 0, OPT_GAMMA},
-        {0, 0, 0, 0}};
-    long v;
+        {"input", required_argument, 0, 'i'}, {"output", required_argument, 0, 'o'}, SVC_LONG_OPTIONS,
+        {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     int c;
     memset(o, 0, sizeof *o);
-    engine_params_default(&o->ep);
-    o->ep.max_seqs = 32;
-    o->ep.kv_mem = (size_t)512 << 20;
-    o->ep.ctx = 0;   /* the model's, capped, once it is loaded */
-    o->draft_head = -1;
-    o->device = -1;
-    o->ep.sp.draft = SPEC_DRAFT_AUTO;
+    svc_opts_default(&o->so);
     optind = 1;
     while ((c = getopt_long(argc, argv, "i:o:m:c:t:qh", lo, NULL)) != -1) {
+        int r = svc_parse_opt(&o->so, c, optarg);
+        if (r < 0)
+            return -1;
+        if (r > 0)
+            continue;
         switch (c) {
         case 'i': o->in_path = optarg; break;
         case 'o': o->out_path = optarg; break;
-        case 'm': o->model_path = optarg; break;
-        case OPT_MAX_SEQS:
-            if (cli_parse_int(optarg, "--max-seqs", 1, 1024, &v)) return -1;
-            o->ep.max_seqs = (int32_t)v;
-            break;
-        case OPT_MAX_BATCH_TOKENS:
-            if (cli_parse_int(optarg, "--max-batch-tokens", 1, 8192, &v)) return -1;
-            o->ep.max_batch_tokens = (int32_t)v;
-            break;
-        case OPT_KV_MEM:
-            if (cli_parse_int(optarg, "--kv-mem", 1, 1 << 20, &v)) return -1;
-            o->ep.kv_mem = (size_t)v << 20;
-            break;
-        case 'c':
-            if (cli_parse_int(optarg, "--ctx", 16, 1 << 20, &v)) return -1;
-            o->ep.ctx = (int32_t)v;
-            break;
-        case OPT_MODE:
-            if (engine_parse_mode(optarg, &o->ep.mode) != 0) {
-                fprintf(stderr, "selfspec: unknown --mode '%s' (available: auto, plain, self-spec)\n", optarg);
-                return -1;
-            }
-            break;
-        case OPT_SKIP: o->skip = optarg; break;
-        case OPT_DRAFT:
-            if (spec_parse_draft(optarg, &o->ep.sp.draft) != 0) {
-                fprintf(stderr, "selfspec: unknown --draft '%s' (available: auto, layers, context, chain)\n", optarg);
-                return -1;
-            }
-            break;
-        case OPT_NGRAM_MIN:
-            if (cli_parse_int(optarg, "--ngram-min", 1, NGRAM_MAX_N, &v)) return -1;
-            o->ep.sp.ngram_min = (int32_t)v;
-            break;
-        case OPT_TOKEN_COST: if (cli_parse_float(optarg, "--token-cost", &o->ep.sp.token_cost)) return -1; break;
-        case OPT_GAMMA:
-            if (cli_parse_float(optarg, "--gamma", &o->ep.sp.gamma_init)) return -1;
-            o->exit_given |= SPEC_GIVEN_GAMMA_INIT;
-            break;
-        case OPT_NGRAM_MAX:
-            if (cli_parse_int(optarg, "--ngram-max", 1, NGRAM_MAX_N, &v)) return -1;
-            o->ep.sp.ngram_max = (int32_t)v;
-            break;
-        case OPT_DRAFT_HEAD:
-            if (cli_parse_int(optarg, "--draft-head", 0, 1 << 24, &v)) return -1;
-            o->draft_head = (int32_t)v;
-            break;
-        case OPT_DRAFT_MAX:
-            if (cli_parse_int(optarg, "--draft-max", 1, SPEC_MAX_DRAFT, &v)) return -1;
-            o->ep.sp.max_draft = (int32_t)v;
-            break;
-        case 't':
-            if (cli_parse_int(optarg, "--threads", 1, 1024, &v)) return -1;
-            o->threads = (int)v;
-            break;
-        case 'q': o->quiet = 1; break;
-        case OPT_DEVICE:
-            if (cuda_parse_device(optarg, &o->device)) {
-                fprintf(stderr, "selfspec: --device must be cpu, cuda or cuda:N, got '%s'\n", optarg);
-                return -1;
-            }
-            break;
         case 'h': usage_batch(stdout); exit(0);
         default: usage_batch(stderr); return -1;
         }
@@ -262,40 +137,23 @@ static void write_error(batch_job *j, const char *custom_id, const char *msg)
     write_line(j, batch_format_error(custom_id, j->line_no, 400, msg));
 }
 
-static int on_token(void *user, int32_t token)
+/* A job finished: its line goes out. */
+static void on_done(void *user, const job_outcome *o)
 {
-    batch_req *r = user;
-    return out_text_push(&r->text, token);
-}
-
-static void on_done(void *user, const engine_result *res)
-{
-    batch_req *r = user;
-    batch_job *j = r->job;
-    out_text_finish(&r->text);
-    r->text.text[r->text.final] = '\0';   /* the text ends before any stop string */
-    batch_result br = {.custom_id = r->custom_id, .kind = r->kind, .model = j->model_name,
-                       .created = j->created, .text = r->text.text,
-                       .finish = res->finish == ENGINE_FINISH_LENGTH ? BATCH_FINISH_LENGTH : BATCH_FINISH_STOP,
-                       .prompt_tokens = res->prompt_tokens, .completion_tokens = res->generated_tokens};
+    batch_job *j = user;
     char err[256];
-    char *line = batch_format_result(&br, err, sizeof err);
+    char *line = job_format_result(o, j->model_name, j->created, err, sizeof err);
     if (!line)
-        fprintf(stderr, "selfspec: cannot format the result of '%s': %s\n", r->custom_id, err);
+        fprintf(stderr, "selfspec: cannot format the result of '%s': %s\n", o->custom_id, err);
     write_line(j, line);
     j->n_ok++;
-    j->prompt_tokens += res->prompt_tokens;
-    j->output_tokens += res->generated_tokens;
-    out_text_free(&r->text);
-    for (int i = 0; i < r->n_stops; i++)
-        free(r->stops[i]);
-    free(r->custom_id);
-    free(r);
+    j->prompt_tokens += o->res.prompt_tokens;
+    j->output_tokens += o->res.generated_tokens;
 }
 
 /* ---- one input line ---- */
 
-static void handle_line(batch_job *j, engine *e, const char *line, size_t len)
+static void handle_line(batch_job *j, engine *e, const tokenizer *tok, const char *line, size_t len)
 {
     char err[512];
     batch_request q;
@@ -322,43 +180,9 @@ static void handle_line(batch_job *j, engine *e, const char *line, size_t len)
         batch_request_free(&q);
         return;
     }
-    gen_params gp = {.max_tokens = q.max_tokens, .ignore_eos = q.ignore_eos, .is_eog = job_is_eog, .eog_ctx = j->tok,
-                     .sampling = {.temperature = (float)q.temperature, .top_k = q.top_k, .top_p = (float)q.top_p,
-                                  .seed = q.has_seed ? q.seed : 0}};
-    int32_t *ids = NULL;
-    size_t n_ids = 0;
-    char *text = job_prompt_text(j->tok, &q, err, sizeof err);
-    int ok = text && sampler_params_check(&gp.sampling, err, sizeof err) == 0 &&
-             tokenizer_encode(j->tok, text, strlen(text), tokenizer_add_bos(j->tok), q.kind == BATCH_CHAT, &ids,
-                              &n_ids, err, sizeof err) == 0;
-    free(text);
-    batch_req *r = NULL;
-    if (ok) {
-        r = callocCheck(1, sizeof *r);
-        r->job = j;
-        r->kind = q.kind;
-        r->n_stops = q.n_stop;
-        for (int i = 0; i < q.n_stop; i++)
-            r->stops[i] = strdup(q.stop[i]);
-        ok = out_text_init(&r->text, j->tok, (const char *const *)r->stops, r->n_stops, q.ignore_eos, err,
-                           sizeof err) == 0;
-        engine_callbacks cb = {on_token, on_done, r};
-        ok = ok && engine_submit(e, ids, (int32_t)n_ids, &gp, &cb, err, sizeof err) == 0;
-        if (ok) {
-            r->custom_id = q.custom_id;
-            q.custom_id = NULL;   /* owned by r now */
-        }
-    }
-    if (!ok) {
+    job_hooks hooks = {.on_done = on_done, .user = j};
+    if (job_submit(e, tok, &q, &hooks, err, sizeof err) != 0)
         write_error(j, q.custom_id, err);
-        if (r) {
-            out_text_free(&r->text);
-            for (int i = 0; i < r->n_stops; i++)
-                free(r->stops[i]);
-            free(r);
-        }
-    }
-    free(ids);
     batch_request_free(&q);
 }
 
@@ -432,7 +256,7 @@ static int next_line(line_reader *r, int wait, const char **line, size_t *n)
 
 static void progress(const batch_job *j, const engine *e, double t0, int final)
 {
-    if (j->o->quiet)
+    if (j->o->so.quiet)
         return;
     double el = util_now() - t0;
     int64_t done = j->n_ok + j->n_err;
@@ -471,7 +295,7 @@ static void print_summary(const batch_job *j, const engine *e, double secs, cons
             (long long)j->n_read, (long long)j->n_ok, (long long)j->n_err, (long long)j->n_skipped, secs,
             secs > 0 ? (j->n_ok + j->n_err) / secs : 0.0, (long long)j->prompt_tokens, (long long)j->output_tokens,
             secs > 0 ? j->prompt_tokens / secs : 0.0, secs > 0 ? j->output_tokens / secs : 0.0,
-            engine_mode_name(j->o->ep.mode), skip_src, (long long)t->steps, (long long)t->spec_steps,
+            engine_mode_name(j->o->so.ep.mode), skip_src, (long long)t->steps, (long long)t->spec_steps,
             (long long)t->num_drafts, (long long)t->num_draft_tokens, (long long)t->num_accepted_tokens,
             t->num_drafts ? 1.0 + (double)t->num_accepted_tokens / t->num_drafts : 0.0);
     int last = 0;
@@ -480,7 +304,7 @@ static void print_summary(const batch_job *j, const engine *e, double secs, cons
             last = i + 1;
     for (int i = 0; i < last; i++)
         fprintf(stderr, "%s%lld", i ? ", " : "", (long long)t->accepted_per_pos[i]);
-    fprintf(stderr, "], \"draft\": \"%s\", \"sources\": {", spec_draft_name(j->o->ep.sp.draft));
+    fprintf(stderr, "], \"draft\": \"%s\", \"sources\": {", spec_draft_name(j->o->so.ep.sp.draft));
     int first = 1;
     for (int i = 0; i < SPEC_SRC_N; i++) {
         if (!t->src_blocks[i])
@@ -499,63 +323,15 @@ static void print_summary(const batch_job *j, const engine *e, double secs, cons
 
 static int run_batch(batch_opts *o)
 {
-    char err[512], mbuf[PATH_MAX + 64], dir[PATH_MAX];
+    char err[512];
     int rc = 1;
-    if (o->threads)
-        omp_set_num_threads(o->threads);
-    openblas_set_num_threads(1);
-    if (!o->model_path)
-        o->model_path = cli_default_model(mbuf, sizeof mbuf);
     batch_job j = {.o = o, .out_fd = -1};
     line_reader rd = {.fd = -1};
-    model m;
-    if (model_load(&m, o->model_path, NULL, err, sizeof err) != 0) {
-        fprintf(stderr, "selfspec: cannot load model '%s': %s\n", o->model_path, err);
-        return 1;
-    }
-    tokenizer *tok = cli_load_tokenizer(o->model_path);
-    engine *e = NULL;
-    skip_set ss = {0};
-    int have_ss = 0;
-    if (!tok)
+    svc_engine se;
+    if (svc_engine_init(&se, &o->so) != 0)
         goto out;
-    j.tok = tok;
-    j.model_name = m.config.name[0] ? m.config.name : "selfspec";
-    if (!o->ep.ctx)
-        o->ep.ctx = m.config.ctx_train < 4096 ? m.config.ctx_train : 4096;
-    if (o->ep.mode != ENGINE_PLAIN) {
-        cli_configs_dir(dir, sizeof dir);
-        int c = skipset_choose(&ss, o->skip, o->draft_head, dir, &m.config, err, sizeof err);
-        if (c < 0) {
-            fprintf(stderr, "selfspec: bad skip set: %s\n", err);
-            goto out;
-        }
-        have_ss = c == 0;
-        if (have_ss)   /* the exit the config's search tuned, under --gamma */
-            spec_params_apply_exit(&o->ep.sp, &ss.exit, o->exit_given);
-        if (c > 0 && !o->quiet)
-            fprintf(stderr, "selfspec: %s; %s\n", err,
-                    o->ep.sp.draft != SPEC_DRAFT_LAYERS ? "drafting from the context only" : "decoding plainly");
-    }
-    if (have_ss && o->ep.mode == ENGINE_AUTO && !o->skip && !skipset_pays(&ss)) {
-        /* as generate: where the set's own search measured speculation
-         * slower than plain decoding, auto starts from that measurement */
-        if (!o->quiet)
-            fprintf(stderr, "batch: the skip set in %s measured %.2fx plain decoding on the machine it was searched "
-                    "on; --mode auto %s (--mode self-spec forces speculation)\n", ss.source, ss.speedup,
-                    o->ep.sp.draft != SPEC_DRAFT_LAYERS ? "drafts from the context only" : "decodes plainly");
-        skipset_free(&ss);
-        have_ss = 0;
-    }
-    o->ep.ss = have_ss ? &ss : NULL;
-    if (o->device >= 0 && !gen_cuda_backend(&m, o->device, &o->ep, err, sizeof err)) {
-        fprintf(stderr, "selfspec: %s\n", err);
-        goto out;
-    }
-    if (engine_init(&e, &m, &o->ep, err, sizeof err) != 0) {
-        fprintf(stderr, "selfspec: %s\n", err);
-        goto out;
-    }
+    engine *e = se.e;
+    j.model_name = se.model_name;
     /* output, resuming a killed job */
     j.done = batch_idset_new();
     j.seen = batch_idset_new();
@@ -570,7 +346,7 @@ static int run_batch(batch_opts *o)
             fprintf(stderr, "selfspec: cannot open '%s' for writing: %s\n", o->out_path, strerror(errno));
             goto out;
         }
-        if (batch_idset_count(j.done) && !o->quiet)
+        if (batch_idset_count(j.done) && !o->so.quiet)
             fprintf(stderr, "batch: resuming: %zu requests already done in %s\n", batch_idset_count(j.done),
                     o->out_path);
     } else {
@@ -589,19 +365,14 @@ static int run_batch(batch_opts *o)
         rd.fd = 0;
         j.created = (int64_t)time(NULL);
     }
-    struct sigaction sa = {0};
-    sa.sa_handler = on_signal;
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
     double t0 = util_now(), t_prog = t0;
-    int32_t ahead = 2 * o->ep.max_seqs;
+    int32_t ahead = 2 * o->so.ep.max_seqs;
     for (;;) {
         const char *line;
         size_t n;
         while (!g_stop && !j.write_failed && engine_pending(e) < ahead &&
                next_line(&rd, engine_pending(e) == 0, &line, &n))
-            handle_line(&j, e, line, n);
+            handle_line(&j, e, se.tok, line, n);
         if (j.write_failed)
             break;
         if (engine_pending(e) == 0) {
@@ -620,14 +391,11 @@ static int run_batch(batch_opts *o)
         }
     }
     progress(&j, e, t0, 1);
-    if (!o->quiet)
-        print_summary(&j, e, util_now() - t0, have_ss ? ss.source : "");
+    if (!o->so.quiet)
+        print_summary(&j, e, util_now() - t0, spec_setup_source(&se.setup));
     rc = j.write_failed ? 1 : 0;
 out:
-    engine_free(e);   /* (on error: requests still in flight are not written) */
-    backend_cuda_close(o->ep.backend);
-    if (have_ss)
-        skipset_free(&ss);
+    svc_engine_free(&se);   /* (on error: requests still in flight are not written) */
     batch_idset_free(j.done);
     batch_idset_free(j.seen);
     if (j.out_fd > 1)
@@ -635,8 +403,6 @@ out:
     if (rd.fd > 0)
         close(rd.fd);
     free(rd.buf);
-    tokenizer_free(tok);
-    model_free(&m);
     return rc;
 }
 
@@ -645,5 +411,11 @@ int cmd_batch(int argc, char **argv)
     batch_opts o;
     if (parse_batch(argc, argv, &o) != 0)
         return 2;
+    /* before anything is loaded: a signal during the load ends the job cleanly */
+    struct sigaction sa = {0};
+    sa.sa_handler = on_signal;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
     return run_batch(&o);
 }

@@ -15,10 +15,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#include <cblas.h>
 #include <omp.h>
 
 #include "cli.h"
+#include "service.h"
 #include "commands.h"
 #include "model/cuda_backend.h"
 #include "gen_cuda.h"
@@ -40,24 +40,16 @@
 #define MAX_STOPS OUT_MAX_STOPS
 
 typedef struct {
-    const char *model_path;
+    svc_opts so;               /* the engine options every command shares (so.ep.sp: speculation) */
     const char *prompt;
     const char *prompt_file;
     const char *system;
-    const char *mode;
-    int mode_given;            /* --mode on the command line */
-    const char *skip;          /* --skip FILE|none; NULL = the model's config */
-    int32_t draft_head;        /* --draft-head N: -1 = the config's, 0 = full head */
+    int pipeline;              /* --mode pipeline: the draft in a second process */
     pipe_params pl;            /* --mode pipeline */
-    spec_params sp;
-    unsigned exit_given;       /* SPEC_GIVEN_*: exit constants set on the command line */
     int chat;
     int ids;
     int stats;
-    int threads;
-    int32_t ctx;
     int ignore_eos;
-    int device;                /* --device: -1 cpu, else the CUDA device */
     gen_params gp;
     const char *stops[MAX_STOPS];
     int n_stops;
@@ -79,8 +71,6 @@ static void usage_generate(FILE *f)
 "\n"
 "Generate a continuation of a prompt and stream it to stdout.\n"
 "\n"
-"  -m, --model FILE       GGUF model (default: $SELFSPEC_MODEL, else\n"
-"                         " DEFAULT_MODEL_REL " next to bin/)\n"
 "  -p, --prompt TEXT      the prompt\n"
 "  -f, --prompt-file FILE read the prompt from FILE ('-' = stdin)\n"
 "      --chat             wrap the prompt in the model's chat template\n"
@@ -94,9 +84,9 @@ static void usage_generate(FILE *f)
 "      --ignore-eos       do not stop at end-of-generation tokens\n"
 "      --ids              print generated token ids (space-separated), not text\n"
 "      --stats            print one JSON line of statistics on stderr\n"
-"      --mode MODE        self-spec (default), plain, or pipeline: self-spec with the\n"
-"                         draft in a second process (bin/selfspec-drafter, started\n"
-"                         here) sharing the weights; greedy only\n"
+"      --mode pipeline    self-spec with the draft in a second process\n"
+"                         (bin/selfspec-drafter, started here) sharing the weights;\n"
+"                         greedy, layer drafts only (other modes: below)\n"
 "      --pipeline-sequential  pipeline without overlap (draft, then verify)\n"
 "      --hb-ms MS         drafter heartbeat interval (default 100)\n"
 "      --hb-timeout-ms MS drafter silence before it is killed and restarted (1000)\n"
@@ -107,83 +97,57 @@ static void usage_generate(FILE *f)
 "      --draft-device cuda:N  with --device cuda: the drafter on its own GPU (its\n"
 "                         own copy of the sublayers it runs, the verified KV\n"
 "                         copied to it as it grows; the GPUs must be peers)\n"
-"      --skip FILE|none   skip-set config for self-spec (default: the config in\n"
-"                         configs/ matching the model; 'none' drafts with the\n"
-"                         full model); without a config, plain decoding is used\n"
-"      --draft-head N     pruned draft head: the config's N most frequent tokens\n"
-"                         (0 = full vocabulary; default: the config's size)\n"
-"      --draft SRC        draft sources of self-spec: auto (default: per step the\n"
-"                         source with the most expected tokens per unit of cost,\n"
-"                         plain when none pays), layers (the layer-skipping draft),\n"
-"                         context (what followed the last tokens where they occurred\n"
-"                         earlier in the prompt or output), chain (context tokens,\n"
-"                         then layer-skip drafting on from them); the pipeline uses\n"
-"                         layers\n"
-"      --ngram-max N      context drafts: longest suffix matched, tried first (3)\n"
-"      --ngram-min N      ... shortest (1)\n"
-"      --token-cost C     --draft auto: what one more verified token costs, as a share\n"
-"                         of a decode step (default 0.2, this CPU's; about 0 on a GPU)\n"
-"      --draft-max K      most tokens per draft (default 12, at most %d)\n"
-"      --gamma G          initial draft-exit threshold on the draft's top-1\n"
-"                         probability (default: the skip-set config's tuned\n"
-"                         \"exit\", else 0.6; adapted while decoding)\n"
-"      --ar-target A      acceptance-rate target of the adaptive exit (0.9)\n"
-"      --gamma-step S     adaptive exit step (default: the config's, else 0.01)\n"
-"      --device DEV       cpu (default) or cuda[:N]: the same engine on a GPU\n"
-"  -t, --threads N        worker threads (default: all cores)\n"
-"  -c, --ctx N            context length in tokens (default min(model's, 4096))\n"
+SVC_SPEC_HELP
 "  -h, --help             this help\n"
 "\n"
 "Output is exactly the full model's: self-spec only changes speed. --stats adds\n"
 "drafted/accepted counts, acceptance by draft position and the final threshold.\n",
-            MAX_STOPS, SPEC_MAX_DRAFT);
+            MAX_STOPS);
 }
 
-enum { OPT_CHAT = 256, OPT_SYSTEM, OPT_TEMP, OPT_TOPK, OPT_TOPP, OPT_SEED, OPT_STOP,
-       OPT_IGNORE_EOS, OPT_IDS, OPT_STATS, OPT_MODE, OPT_SKIP, OPT_DRAFT_MAX, OPT_GAMMA,
-       OPT_AR_TARGET, OPT_GAMMA_STEP, OPT_DEVICE, OPT_DRAFT_HEAD, OPT_PIPE_SEQ, OPT_HB_MS,
-       OPT_HB_TIMEOUT, OPT_DRAFTER_THREADS, OPT_PIPE_SEQS, OPT_DRAFT, OPT_NGRAM_MIN, OPT_NGRAM_MAX, OPT_TOKEN_COST,
-       OPT_DRAFT_DEVICE };
+enum { OPT_CHAT = 256, OPT_SYSTEM, OPT_TEMP, OPT_TOPK, OPT_TOPP, OPT_SEED, OPT_STOP, OPT_IGNORE_EOS, OPT_IDS,
+       OPT_STATS, OPT_PIPE_SEQ, OPT_HB_MS, OPT_HB_TIMEOUT, OPT_DRAFTER_THREADS, OPT_PIPE_SEQS, OPT_DRAFT_DEVICE };
+_Static_assert((int)OPT_DRAFT_DEVICE < (int)SVC_OPT_FIRST, "generate's option ids collide with the engine options'");
 
 static int parse_generate(int argc, char **argv, gen_opts *o)
 {
     static const struct option longopts[] = {
-        {"model", required_argument, 0, 'm'}, {"prompt", required_argument, 0, 'p'},
+        {"prompt", required_argument, 0, 'p'},
         {"prompt-file", required_argument, 0, 'f'}, {"chat", no_argument, 0, OPT_CHAT},
         {"system", required_argument, 0, OPT_SYSTEM}, {"max-tokens", required_argument, 0, 'n'},
         {"temperature", required_argument, 0, OPT_TEMP}, {"top-k", required_argument, 0, OPT_TOPK},
         {"top-p", required_argument, 0, OPT_TOPP}, {"seed", required_argument, 0, OPT_SEED},
         {"stop", required_argument, 0, OPT_STOP}, {"ignore-eos", no_argument, 0, OPT_IGNORE_EOS},
         {"ids", no_argument, 0, OPT_IDS}, {"stats", no_argument, 0, OPT_STATS},
-        {"mode", required_argument, 0, OPT_MODE}, {"threads", required_argument, 0, 't'},
-        {"ctx", required_argument, 0, 'c'}, {"help", no_argument, 0, 'h'},
-        {"skip", required_argument, 0, OPT_SKIP}, {"draft-max", required_argument, 0, OPT_DRAFT_MAX},
-        {"gamma", required_argument, 0, OPT_GAMMA}, {"ar-target", required_argument, 0, OPT_AR_TARGET},
-        {"gamma-step", required_argument, 0, OPT_GAMMA_STEP}, {"device", required_argument, 0, OPT_DEVICE},
-        {"draft-head", required_argument, 0, OPT_DRAFT_HEAD},
+        {"help", no_argument, 0, 'h'},
         {"pipeline-sequential", no_argument, 0, OPT_PIPE_SEQ}, {"hb-ms", required_argument, 0, OPT_HB_MS},
         {"hb-timeout-ms", required_argument, 0, OPT_HB_TIMEOUT},
         {"drafter-threads", required_argument, 0, OPT_DRAFTER_THREADS},
         {"pipeline-seqs", required_argument, 0, OPT_PIPE_SEQS},
         {"draft-device", required_argument, 0, OPT_DRAFT_DEVICE},
-        {"draft", required_argument, 0, OPT_DRAFT}, {"ngram-min", required_argument, 0, OPT_NGRAM_MIN},
-        {"ngram-max", required_argument, 0, OPT_NGRAM_MAX},
-        {"token-cost", required_argument, 0, OPT_TOKEN_COST},
+        SVC_SPEC_LONG_OPTIONS,
         {0, 0, 0, 0}};
     long v;
     int c;
     o->gp.max_tokens = 256;
     o->gp.sampling = (sampler_params){.temperature = 0.0f, .top_k = 0, .top_p = 1.0f, .seed = 0};
-    o->mode = "self-spec";
     pipe_params_default(&o->pl);
-    o->device = -1;
-    o->draft_head = -1;   /* the config's head (before, an unset 0 meant the full head) */
-    spec_params_default(&o->sp);
-    o->sp.draft = SPEC_DRAFT_AUTO;
+    svc_opts_default(&o->so);
     optind = 1;
     while ((c = getopt_long(argc, argv, "m:p:f:n:t:c:h", longopts, NULL)) != -1) {
+        if (c == SVC_OPT_MODE && !strcmp(optarg, "pipeline")) {
+            o->pipeline = 1;
+            o->so.ep.mode = ENGINE_SPEC;   /* the drafter always drafts */
+            continue;
+        }
+        if (c == SVC_OPT_MODE)
+            o->pipeline = 0;
+        int r = svc_parse_opt(&o->so, c, optarg);
+        if (r < 0)
+            return -1;
+        if (r > 0)
+            continue;
         switch (c) {
-        case 'm': o->model_path = optarg; break;
         case 'p': o->prompt = optarg; break;
         case 'f': o->prompt_file = optarg; break;
         case OPT_CHAT: o->chat = 1; break;
@@ -212,7 +176,6 @@ static int parse_generate(int argc, char **argv, gen_opts *o)
         case OPT_IGNORE_EOS: o->ignore_eos = 1; break;
         case OPT_IDS: o->ids = 1; break;
         case OPT_STATS: o->stats = 1; break;
-        case OPT_MODE: o->mode = optarg; o->mode_given = 1; break;
         case OPT_PIPE_SEQ: o->pl.overlap = 0; break;
         case OPT_HB_MS:
             if (cli_parse_int(optarg, "--hb-ms", 1, 60000, &v)) return -1;
@@ -230,58 +193,11 @@ static int parse_generate(int argc, char **argv, gen_opts *o)
             if (cli_parse_int(optarg, "--drafter-threads", 1, 1024, &v)) return -1;
             o->pl.drafter_threads = (int)v;
             break;
-        case OPT_SKIP: o->skip = optarg; break;
-        case OPT_DRAFT:
-            if (spec_parse_draft(optarg, &o->sp.draft) != 0) {
-                fprintf(stderr, "selfspec: unknown --draft '%s' (available: auto, layers, context, chain)\n", optarg);
-                return -1;
-            }
-            break;
-        case OPT_NGRAM_MIN:
-            if (cli_parse_int(optarg, "--ngram-min", 1, NGRAM_MAX_N, &v)) return -1;
-            o->sp.ngram_min = (int32_t)v;
-            break;
-        case OPT_TOKEN_COST: if (cli_parse_float(optarg, "--token-cost", &o->sp.token_cost)) return -1; break;
-        case OPT_NGRAM_MAX:
-            if (cli_parse_int(optarg, "--ngram-max", 1, NGRAM_MAX_N, &v)) return -1;
-            o->sp.ngram_max = (int32_t)v;
-            break;
-        case OPT_DRAFT_HEAD:
-            if (cli_parse_int(optarg, "--draft-head", 0, 1 << 24, &v)) return -1;
-            o->draft_head = (int32_t)v;   /* checked against the config by skipset_set_head */
-            break;
-        case OPT_DRAFT_MAX:
-            if (cli_parse_int(optarg, "--draft-max", 1, SPEC_MAX_DRAFT, &v)) return -1;
-            o->sp.max_draft = (int32_t)v;
-            break;
-        case OPT_GAMMA:
-            if (cli_parse_float(optarg, "--gamma", &o->sp.gamma_init)) return -1;
-            o->exit_given |= SPEC_GIVEN_GAMMA_INIT;
-            break;
-        case OPT_AR_TARGET: if (cli_parse_float(optarg, "--ar-target", &o->sp.ar_target)) return -1; break;
-        case OPT_GAMMA_STEP:
-            if (cli_parse_float(optarg, "--gamma-step", &o->sp.gamma_step)) return -1;
-            o->exit_given |= SPEC_GIVEN_GAMMA_STEP;
-            break;
-        case OPT_DEVICE:
-            if (cuda_parse_device(optarg, &o->device)) {
-                fprintf(stderr, "selfspec: --device must be cpu, cuda or cuda:N, got '%s'\n", optarg);
-                return -1;
-            }
-            break;
         case OPT_DRAFT_DEVICE:
             if (cuda_parse_device(optarg, &o->pl.cuda_draft_device) || o->pl.cuda_draft_device < 0) {
                 fprintf(stderr, "selfspec: --draft-device must be cuda or cuda:N, got '%s'\n", optarg);
                 return -1;
             }
-            break;
-        case 't':
-            if (cli_parse_int(optarg, "--threads", 1, 1024, &v)) return -1;
-            o->threads = (int)v;
-            break;
-        case 'c':
-            if (cli_parse_int(optarg, "--ctx", 16, 1 << 20, &v)) return -1;
-            o->ctx = (int32_t)v;
             break;
         case 'h': usage_generate(stdout); exit(0);
         default: usage_generate(stderr); return -1;
@@ -295,13 +211,9 @@ static int parse_generate(int argc, char **argv, gen_opts *o)
         fprintf(stderr, "selfspec: give exactly one of -p/--prompt and -f/--prompt-file\n");
         return -1;
     }
-    if (strcmp(o->mode, "plain") != 0 && strcmp(o->mode, "self-spec") != 0 && strcmp(o->mode, "pipeline") != 0) {
-        fprintf(stderr, "selfspec: unknown --mode '%s' (available: self-spec, plain, pipeline)\n", o->mode);
-        return -1;
-    }
     char err[256];
     if (sampler_params_check(&o->gp.sampling, err, sizeof err) != 0 ||
-        spec_params_check(&o->sp, err, sizeof err) != 0) {
+        spec_params_check(&o->so.ep.sp, err, sizeof err) != 0) {
         fprintf(stderr, "selfspec: %s\n", err);
         return -1;
     }
@@ -377,10 +289,10 @@ static char *load_prompt(const gen_opts *o, const tokenizer *tok, size_t *len)
     return chat;
 }
 
-static void print_stats(const gen_opts *o, const model *m, const gen_stats *st, const spec_stats *sp,
+static void print_stats(const char *mode, const model *m, const gen_stats *st, const spec_stats *sp,
                         const char *skip_src, const pipe_params *pp, const pipe_stats *pst)
 {
-    cJSON *j = stats_json(o->mode, omp_get_max_threads(), st, sp, skip_src);
+    cJSON *j = stats_json(mode, omp_get_max_threads(), st, sp, skip_src);
     /* weight bytes one full step streams (the bandwidth bound of plain decoding) */
     cJSON_AddNumberToObject(j, "arena_bytes_per_token", (double)model_step_bytes(m, NULL, NULL));
     if (pst) {   /* the pipeline's own fields, merged in */
@@ -418,34 +330,34 @@ static int run_generate(gen_opts *o)
     char *prompt = NULL;
     gen_out out = {0};
 
-    if (o->threads)
-        omp_set_num_threads(o->threads);
-    openblas_set_num_threads(1);   /* we parallelize around BLAS ourselves */
-    if (o->pl.cuda_draft_device >= 0 && (strcmp(o->mode, "pipeline") != 0 || o->device < 0)) {
+    svc_opts *so = &o->so;
+    if (so->threads)
+        omp_set_num_threads(so->threads);
+    if (o->pl.cuda_draft_device >= 0 && (!o->pipeline || so->device < 0)) {
         fprintf(stderr, "selfspec: --draft-device needs --mode pipeline and --device cuda[:N]\n");
         return 1;
     }
-    if (o->device >= 0 && gen_cuda_check_device(o->device, err, sizeof err) != 0) {
+    if (so->device >= 0 && gen_cuda_check_device(so->device, err, sizeof err) != 0) {
         fprintf(stderr, "selfspec: %s\n", err);
         return 1;
     }
-    if (!o->model_path)
-        o->model_path = cli_default_model(mbuf, sizeof mbuf);
+    if (!so->model_path)
+        so->model_path = cli_default_model(mbuf, sizeof mbuf);
     char shm_name[64] = "";
-    int pipeline = !strcmp(o->mode, "pipeline");
+    int pipeline = o->pipeline;
     if (o->pl.cuda_draft_device >= 0 && gen_cuda_check_device(o->pl.cuda_draft_device, err, sizeof err) != 0) {
         fprintf(stderr, "selfspec: --draft-device: %s\n", err);
         return 1;
     }
     if (pipeline)
         pipeline_prepare(shm_name, sizeof shm_name);
-    if (model_load(&m, o->model_path, pipeline ? shm_name : NULL, err, sizeof err) != 0) {
-        fprintf(stderr, "selfspec: cannot load model '%s': %s\n", o->model_path, err);
+    if (model_load(&m, so->model_path, pipeline ? shm_name : NULL, err, sizeof err) != 0) {
+        fprintf(stderr, "selfspec: cannot load model '%s': %s\n", so->model_path, err);
         return 1;
     }
     if (pipeline)
         pipeline_loaded(shm_name);
-    if (!(tok = cli_load_tokenizer(o->model_path)))
+    if (!(tok = cli_load_tokenizer(so->model_path)))
         goto free_model;
     if (!(prompt = load_prompt(o, tok, &plen)))
         goto free_tok;
@@ -457,7 +369,8 @@ static int run_generate(gen_opts *o)
         fprintf(stderr, "selfspec: the prompt is empty\n");
         goto free_ids;
     }
-    int32_t ctx = o->ctx ? o->ctx : (m.config.ctx_train < 4096 ? m.config.ctx_train : 4096);
+    engine_params_resolve(&so->ep, &m.config);
+    int32_t ctx = so->ep.ctx;
     if ((int64_t)n_ids + o->gp.max_tokens > ctx) {
         fprintf(stderr, "selfspec: prompt (%zu tokens) + max tokens (%d) exceed the context of %d tokens; "
                 "shorten the prompt, lower -n or raise --ctx\n", n_ids, o->gp.max_tokens, ctx);
@@ -473,60 +386,36 @@ static int run_generate(gen_opts *o)
     }
     gen_stats st;
     spec_stats sps;
-    skip_set ss = {0};
     pipe_stats pst;
-    int use_spec = !strcmp(o->mode, "self-spec") || !strcmp(o->mode, "pipeline");
-    int have_ss = 0;
-    /* the pipeline's drafter drafts with the layer-skipping draft only */
-    if (pipeline)
-        o->sp.draft = SPEC_DRAFT_LAYERS;
-    int ctx_ok = o->sp.draft != SPEC_DRAFT_LAYERS;
-    if (use_spec) {
-        char dir[PATH_MAX];
-        cli_configs_dir(dir, sizeof dir);
-        int c = skipset_choose(&ss, o->skip, o->draft_head, dir, &m.config, err, sizeof err);
-        if (c < 0) {
-            fprintf(stderr, "selfspec: bad skip set: %s\n", err);
-            goto free_all;
-        }
-        have_ss = c == 0;
-        if (have_ss)   /* the exit the config's search tuned, under what the command line set */
-            spec_params_apply_exit(&o->sp, &ss.exit, o->exit_given);
-        if (c > 0 && ctx_ok) {
-            fprintf(stderr, "selfspec: %s; drafting from the context only\n", err);
-        } else if (c > 0) {
-            fprintf(stderr, "selfspec: %s; using plain decoding (make one with 'selfspec search', or pass --skip)\n",
-                    err);
-            use_spec = 0, pipeline = 0, o->mode = "plain";
-        }
-        if (have_ss && !o->mode_given && !o->skip && !skipset_pays(&ss)) {
-            /* speculation switches itself off where its own search found it costs */
-            fprintf(stderr, "selfspec: the skip set in %s measured %.2fx plain decoding for this model on the "
-                    "machine it was searched on; %s (--mode self-spec forces speculation)\n",
-                    ss.source, ss.speedup, ctx_ok ? "drafting from the context only" : "decoding plainly");
-            skipset_free(&ss);
-            have_ss = 0;
-            if (!ctx_ok)
-                use_spec = 0, o->mode = "plain";
-        }
+    spec_setup setup;
+    char dir[PATH_MAX];
+    cli_configs_dir(dir, sizeof dir);
+    spec_want w = svc_spec_want(so);
+    w.layers_only = pipeline;   /* the drafter process drafts by skipping layers only */
+    if (spec_setup_choose(&setup, &w, &m.config, dir, &so->ep.sp, err, sizeof err) != 0) {
+        fprintf(stderr, "selfspec: %s\n", err);
+        goto free_all;
     }
-    if (!use_spec)
-        o->sp.draft = SPEC_DRAFT_LAYERS;   /* engine_generate: plain */
-    o->pl.model_path = o->model_path;
-    o->pl.skip_path = ss.source;
-    o->pl.draft_head = o->draft_head;
-    int grc = pipeline && use_spec
-        ? gen_pipeline(&m, o->device, ctx, &o->sp, &o->pl, ids, (int32_t)n_ids, &o->gp, emit_token, &out, &st, &sps,
-                       &pst, err, sizeof err)
-        : o->device >= 0
-        ? gen_cuda(&m, o->device, ctx, have_ss ? &ss : NULL, &o->sp, ids, (int32_t)n_ids, &o->gp,
-                   emit_token, &out, &st, use_spec ? &sps : NULL, err, sizeof err)
-        : engine_generate(&m, ctx, have_ss ? &ss : NULL, &o->sp, ids, (int32_t)n_ids, &o->gp, emit_token, &out,
-                          &st, use_spec ? &sps : NULL, err, sizeof err);
+    if (setup.note[0])
+        fprintf(stderr, "selfspec: %s\n", setup.note);
+    int use_spec = setup.speculate;
+    pipeline = pipeline && use_spec;
+    const char *mode = pipeline ? "pipeline" : use_spec ? "self-spec" : "plain";
+    const skip_set *ss = spec_setup_skipset(&setup);
+    o->pl.model_path = so->model_path;
+    o->pl.skip_path = ss ? ss->source : "none";
+    o->pl.draft_head = so->draft_head;
+    int grc = pipeline
+        ? gen_pipeline(&m, so->device, ctx, &so->ep.sp, &o->pl, ids, (int32_t)n_ids, &o->gp, emit_token, &out, &st,
+                       &sps, &pst, err, sizeof err)
+        : so->device >= 0
+        ? gen_cuda(&m, so->device, ctx, ss, &so->ep.sp, ids, (int32_t)n_ids, &o->gp, emit_token, &out, &st,
+                   use_spec ? &sps : NULL, err, sizeof err)
+        : engine_generate(&m, ctx, ss, &so->ep.sp, ids, (int32_t)n_ids, &o->gp, emit_token, &out, &st,
+                          use_spec ? &sps : NULL, err, sizeof err);
     if (grc != 0) {
         fprintf(stderr, "\nselfspec: generation failed: %s\n", err);
-        if (have_ss)
-            skipset_free(&ss);
+        spec_setup_free(&setup);
         goto free_all;
     }
     out_text_finish(&out.text);
@@ -534,9 +423,9 @@ static int run_generate(gen_opts *o)
     printf("\n");
     fflush(stdout);
     if (o->stats)
-        print_stats(o, &m, &st, use_spec ? &sps : NULL, have_ss ? ss.source : "", &o->pl, pipeline ? &pst : NULL);
-    if (have_ss)
-        skipset_free(&ss);
+        print_stats(mode, &m, &st, use_spec ? &sps : NULL, spec_setup_source(&setup), &o->pl,
+                    pipeline ? &pst : NULL);
+    spec_setup_free(&setup);
     rc = 0;
 free_all:
     out_text_free(&out.text);

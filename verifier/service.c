@@ -1,18 +1,16 @@
 /*
- * service.c - engine options and set-up shared by `worker` and `serve`
- * (service.h); the same choices as `batch` (verifier/batch.c): the model's
- * context capped at 4096, the skip set from configs/, --mode auto decoding
- * plainly where the set's own search measured no speedup.
+ * service.c - the engine options every command shares and the set-up of
+ * what a command decodes with (service.h).
  */
 #include "service.h"
 
 #include <limits.h>
 #include <stdio.h>
 #include <string.h>
-#include <cblas.h>
 #include <omp.h>
 
 #include "cli.h"
+#include "decode/ngram.h"
 #include "gen_cuda.h"
 #include "model/backend.h"
 #include "model/cuda_backend.h"
@@ -21,11 +19,22 @@ void svc_opts_default(svc_opts *o)
 {
     memset(o, 0, sizeof *o);
     engine_params_default(&o->ep);
-    o->ep.max_seqs = 32;
-    o->ep.kv_mem = (size_t)512 << 20;
-    o->ep.ctx = 0;
     o->draft_head = -1;
     o->device = -1;
+}
+
+/* A float in [0, 1] for option `what`. */
+static int parse_unit(const char *arg, const char *what, float *out)
+{
+    float g;
+    if (cli_parse_float(arg, what, &g))
+        return -1;
+    if (!(g >= 0.0f && g <= 1.0f)) {
+        fprintf(stderr, "selfspec: %s must be in [0, 1], got %g\n", what, g);
+        return -1;
+    }
+    *out = g;
+    return 0;
 }
 
 int svc_parse_opt(svc_opts *o, int c, const char *optarg)
@@ -71,17 +80,34 @@ int svc_parse_opt(svc_opts *o, int c, const char *optarg)
         if (cli_parse_int(optarg, "--draft-max", 1, SPEC_MAX_DRAFT, &v)) return -1;
         o->ep.sp.max_draft = (int32_t)v;
         return 1;
-    case SVC_OPT_GAMMA: {
-        float g;
-        if (cli_parse_float(optarg, "--gamma", &g)) return -1;
-        if (!(g >= 0.0f && g <= 1.0f)) {
-            fprintf(stderr, "selfspec: --gamma must be in [0, 1], got %g\n", g);
-            return -1;
-        }
-        o->ep.sp.gamma_init = g;
+    case SVC_OPT_GAMMA:
+        if (parse_unit(optarg, "--gamma", &o->ep.sp.gamma_init)) return -1;
         o->exit_given |= SPEC_GIVEN_GAMMA_INIT;
         return 1;
-    }
+    case SVC_OPT_GAMMA_STEP:
+        if (parse_unit(optarg, "--gamma-step", &o->ep.sp.gamma_step)) return -1;
+        o->exit_given |= SPEC_GIVEN_GAMMA_STEP;
+        return 1;
+    case SVC_OPT_AR_TARGET:
+        if (parse_unit(optarg, "--ar-target", &o->ep.sp.ar_target)) return -1;
+        return 1;
+    case SVC_OPT_DRAFT:
+        if (spec_parse_draft(optarg, &o->ep.sp.draft) != 0) {
+            fprintf(stderr, "selfspec: unknown --draft '%s' (available: auto, layers, context, chain)\n", optarg);
+            return -1;
+        }
+        return 1;
+    case SVC_OPT_NGRAM_MIN:
+        if (cli_parse_int(optarg, "--ngram-min", 1, NGRAM_MAX_N, &v)) return -1;
+        o->ep.sp.ngram_min = (int32_t)v;
+        return 1;
+    case SVC_OPT_NGRAM_MAX:
+        if (cli_parse_int(optarg, "--ngram-max", 1, NGRAM_MAX_N, &v)) return -1;
+        o->ep.sp.ngram_max = (int32_t)v;
+        return 1;
+    case SVC_OPT_TOKEN_COST:
+        if (cli_parse_float(optarg, "--token-cost", &o->ep.sp.token_cost)) return -1;
+        return 1;
     case 't':
         if (cli_parse_int(optarg, "--threads", 1, 1024, &v)) return -1;
         o->threads = (int)v;
@@ -91,13 +117,18 @@ int svc_parse_opt(svc_opts *o, int c, const char *optarg)
     }
 }
 
+spec_want svc_spec_want(const svc_opts *o)
+{
+    return (spec_want){.skip = o->skip, .draft_head = o->draft_head, .exit_given = o->exit_given,
+                       .plain = o->ep.mode == ENGINE_PLAIN, .forced = o->ep.mode == ENGINE_SPEC};
+}
+
 int svc_engine_init(svc_engine *s, svc_opts *o)
 {
     char err[512], mbuf[PATH_MAX + 64], dir[PATH_MAX];
     memset(s, 0, sizeof *s);
     if (o->threads)
         omp_set_num_threads(o->threads);
-    openblas_set_num_threads(1);
     if (!o->model_path)
         o->model_path = cli_default_model(mbuf, sizeof mbuf);
     if (model_load(&s->m, o->model_path, NULL, err, sizeof err) != 0) {
@@ -109,29 +140,16 @@ int svc_engine_init(svc_engine *s, svc_opts *o)
     if (!s->tok)
         return -1;
     s->model_name = s->m.config.name[0] ? s->m.config.name : "selfspec";
-    if (!o->ep.ctx)
-        o->ep.ctx = s->m.config.ctx_train < 4096 ? s->m.config.ctx_train : 4096;
-    if (o->ep.mode != ENGINE_PLAIN) {
-        cli_configs_dir(dir, sizeof dir);
-        int c = skipset_choose(&s->ss, o->skip, o->draft_head, dir, &s->m.config, err, sizeof err);
-        if (c < 0) {
-            fprintf(stderr, "selfspec: bad skip set: %s\n", err);
-            return -1;
-        }
-        s->have_ss = c == 0;
-        if (s->have_ss)   /* the exit the config's search tuned, under --gamma */
-            spec_params_apply_exit(&o->ep.sp, &s->ss.exit, o->exit_given);
-        if (c > 0 && !o->quiet)
-            fprintf(stderr, "selfspec: %s; decoding plainly\n", err);
+    engine_params_resolve(&o->ep, &s->m.config);
+    cli_configs_dir(dir, sizeof dir);
+    spec_want w = svc_spec_want(o);
+    if (spec_setup_choose(&s->setup, &w, &s->m.config, dir, &o->ep.sp, err, sizeof err) != 0) {
+        fprintf(stderr, "selfspec: %s\n", err);
+        return -1;
     }
-    if (s->have_ss && o->ep.mode == ENGINE_AUTO && !o->skip && !skipset_pays(&s->ss)) {
-        if (!o->quiet)
-            fprintf(stderr, "selfspec: the skip set in %s measured %.2fx plain decoding; --mode auto decodes "
-                    "plainly (--mode self-spec forces speculation)\n", s->ss.source, s->ss.speedup);
-        skipset_free(&s->ss);
-        s->have_ss = 0;
-    }
-    o->ep.ss = s->have_ss ? &s->ss : NULL;
+    if (s->setup.note[0] && !o->quiet)
+        fprintf(stderr, "selfspec: %s\n", s->setup.note);
+    o->ep.ss = spec_setup_skipset(&s->setup);
     if (o->device >= 0 && !(s->be = gen_cuda_backend(&s->m, o->device, &o->ep, err, sizeof err))) {
         fprintf(stderr, "selfspec: %s\n", err);
         return -1;
@@ -147,8 +165,7 @@ void svc_engine_free(svc_engine *s)
 {
     engine_free(s->e);
     backend_cuda_close(s->be);
-    if (s->have_ss)
-        skipset_free(&s->ss);
+    spec_setup_free(&s->setup);
     tokenizer_free(s->tok);
     if (s->loaded)
         model_free(&s->m);

@@ -349,6 +349,17 @@ char *metrics_render(metrics *m)
     for (int i = 0; i < e->n_pos; i++)
         metrics_printf(&b, "%sspec_decode_num_accepted_tokens_per_pos_total{model_name=\"%s\",position=\"%d\"} %lld\n",
                        m->prefix, m->model_label, i, (long long)e->accepted_per_pos[i]);
+    static const struct { const char *name, *help; } by_src[3] = {
+        {"spec_decode_num_drafts_by_source_total", "Spec decoding drafts, by draft source."},
+        {"spec_decode_num_draft_tokens_by_source_total", "Draft tokens, by draft source."},
+        {"spec_decode_num_accepted_tokens_by_source_total", "Accepted tokens, by draft source."}};
+    for (int k = 0; k < 3; k++) {
+        const int64_t *v = k == 0 ? e->src_drafts : k == 1 ? e->src_draft_tokens : e->src_accepted;
+        metrics_head(&b, m, by_src[k].name, "counter", by_src[k].help);
+        for (int i = 0; i < SPEC_SRC_N; i++)
+            metrics_printf(&b, "%s%s{model_name=\"%s\",source=\"%s\"} %lld\n", m->prefix, by_src[k].name,
+                           m->model_label, spec_source_name(i), (long long)v[i]);
+    }
     for (int i = 0; i < m->n_extra; i++)
         metrics_scalar(&b, m, m->extra[i].name, m->extra[i].type == METRICS_COUNTER ? "counter" : "gauge",
                        m->extra[i].help[0] ? m->extra[i].help : "-", m->extra[i].value);

@@ -14,6 +14,10 @@
  *   <p>spec_decode_num_drafts_total, <p>spec_decode_num_draft_tokens_total,
  *   <p>spec_decode_num_accepted_tokens_total                   counters
  *   <p>spec_decode_num_accepted_tokens_per_pos_total{position="i"} counter
+ *   <p>spec_decode_num_drafts_by_source_total{source="layers"|"context"|"chain"},
+ *   <p>spec_decode_num_draft_tokens_by_source_total{source=...},
+ *   <p>spec_decode_num_accepted_tokens_by_source_total{source=...} counters
+ *                                      (selfspec's own: which draft source paid)
  *
  * plus up to METRICS_MAX_EXTRA gauges or counters of the caller's own (the
  * worker's stream lag, pending and dead-lettered entries). Every series
@@ -30,6 +34,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "decode/spec.h"
+
 #define METRICS_MAX_POS 32       /* draft positions reported */
 #define METRICS_MAX_EXTRA 16     /* caller-defined series */
 #define METRICS_MAX_REASONS 8    /* distinct failure reasons */
@@ -41,6 +47,8 @@ typedef struct {
     int64_t num_drafts, num_draft_tokens, num_accepted_tokens;
     int64_t accepted_per_pos[METRICS_MAX_POS];
     int32_t n_pos;                      /* entries of accepted_per_pos in use */
+    /* per draft source (spec_source): blocks with >= 1 draft token, their tokens, accepted */
+    int64_t src_drafts[SPEC_SRC_N], src_draft_tokens[SPEC_SRC_N], src_accepted[SPEC_SRC_N];
 } metrics_engine;
 
 typedef enum { METRICS_GAUGE = 0, METRICS_COUNTER = 1 } metrics_type;

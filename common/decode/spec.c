@@ -66,11 +66,6 @@ const char *spec_draft_name(int32_t kind)
          : kind == SPEC_DRAFT_AUTO ? "auto" : "layers";
 }
 
-const char *spec_source_name(int32_t src)
-{
-    return src == SPEC_SRC_CONTEXT ? "context" : src == SPEC_SRC_CHAIN ? "chain" : "layers";
-}
-
 int spec_params_check(const spec_params *p, char *err, size_t errlen)
 {
     if (p->max_draft < 1 || p->max_draft > SPEC_MAX_DRAFT)

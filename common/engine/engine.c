@@ -138,13 +138,20 @@ const char *engine_mode_name(engine_mode m)
 void engine_params_default(engine_params *p)
 {
     memset(p, 0, sizeof *p);
-    p->max_seqs = 16;
+    p->max_seqs = 32;
     p->max_batch_tokens = 256;
-    p->kv_mem = (size_t)256 << 20;
-    p->ctx = 4096;
+    p->kv_mem = (size_t)512 << 20;
+    p->ctx = 0;                       /* the model's, at most ENGINE_DEFAULT_CTX */
     p->mode = ENGINE_AUTO;
     spec_params_default(&p->sp);
+    p->sp.draft = SPEC_DRAFT_AUTO;    /* every source, chosen per step by cost */
     p->calibrate = 1;
+}
+
+void engine_params_resolve(engine_params *p, const model_config *c)
+{
+    if (p->ctx <= 0)
+        p->ctx = c->ctx_train > 0 && c->ctx_train < ENGINE_DEFAULT_CTX ? c->ctx_train : ENGINE_DEFAULT_CTX;
 }
 
 /* ---- cost model ---- */
@@ -325,9 +332,12 @@ int32_t engine_pass_tokens(const engine_params *p)
     return p->max_batch_tokens > need ? p->max_batch_tokens : need;
 }
 
-int engine_init(engine **out, const model *m, const engine_params *p, char *err, size_t errlen)
+int engine_init(engine **out, const model *m, const engine_params *params, char *err, size_t errlen)
 {
     *out = NULL;
+    engine_params resolved = *params;
+    engine_params_resolve(&resolved, &m->config);
+    const engine_params *p = &resolved;
     if (p->max_seqs < 1 || p->max_seqs > 4096)
         return util_err(err, errlen, "max-seqs must be in [1, 4096], got %d", p->max_seqs);
     if (p->max_batch_tokens < 1 || p->max_batch_tokens > 8192)

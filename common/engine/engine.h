@@ -99,9 +99,19 @@ typedef struct {
     model_backend *backend;
 } engine_params;
 
-/* Defaults: 16 sequences, 256 tokens a pass, 256 MiB of KV, context 4096,
- * ENGINE_AUTO with no skip set. */
+/* The defaults of every command (the one place they are set): 32
+ * sequences, 256 tokens a pass, 512 MiB of KV, the model's context capped
+ * at ENGINE_DEFAULT_CTX (ctx 0 until engine_params_resolve), ENGINE_AUTO,
+ * spec_params_default with every draft source (SPEC_DRAFT_AUTO), no skip
+ * set. */
+#define ENGINE_DEFAULT_CTX 4096
 void engine_params_default(engine_params *p);
+
+/* Fill what the defaults leave to the model: ctx 0 becomes the model's
+ * training context, at most ENGINE_DEFAULT_CTX. engine_init does it on its
+ * copy; a caller that sizes things by p->ctx first (a device backend) calls
+ * it itself. */
+void engine_params_resolve(engine_params *p, const model_config *c);
 
 /* Tokens one forward pass of an engine with parameters p may hold:
  * max_batch_tokens, raised so that every sequence's block fits (a device

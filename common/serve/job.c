@@ -1,7 +1,6 @@
 /*
  * job.c - a parsed OpenAI request into the engine, its text out (job.h).
- * The prompt path is the one of `selfspec batch` (verifier/batch.c):
- * chat_render for chat, tokenizer_encode with the model's BOS rule (and
+ * The prompt path: chat_render for chat, tokenizer_encode with the model's BOS rule (and
  * special tokens parsed for chat), sampler_params_check, engine_submit.
  */
 #include "serve/job.h"
@@ -148,4 +147,24 @@ char *job_format_body(const job_outcome *o, const char *model, int64_t created, 
     if (!s)
         util_err(err, errlen, "out of memory formatting a response body");
     return s;
+}
+
+void job_metrics_snapshot(const engine *e, metrics_engine *out)
+{
+    const engine_totals *t = engine_get_totals(e);
+    memset(out, 0, sizeof *out);
+    out->running = engine_live(e);
+    out->waiting = engine_waiting(e);
+    engine_kv_usage(e, &out->kv_used, &out->kv_total);
+    out->num_drafts = t->num_drafts;
+    out->num_draft_tokens = t->num_draft_tokens;
+    out->num_accepted_tokens = t->num_accepted_tokens;
+    for (int i = 0; i < SPEC_MAX_DRAFT && i < METRICS_MAX_POS; i++)
+        if ((out->accepted_per_pos[i] = t->accepted_per_pos[i]) || t->drafted_per_pos[i])
+            out->n_pos = i + 1;
+    for (int i = 0; i < SPEC_SRC_N; i++) {
+        out->src_drafts[i] = t->src_blocks[i];
+        out->src_draft_tokens[i] = t->src_drafted[i];
+        out->src_accepted[i] = t->src_accepted[i];
+    }
 }

@@ -1,7 +1,7 @@
 /*
  * job.h - one OpenAI request (a parsed batch_request) into the engine and
- * its text back out: the path every front end of the engine shares (the
- * Redis worker, the HTTP server; `batch` has its own copy in verifier/).
+ * its text back out: the path every front end of the engine shares (`batch`,
+ * the Redis worker, the HTTP server).
  *
  * job_submit renders the prompt (chat: the model's template), tokenizes it,
  * checks the sampling parameters and queues it on the engine with
@@ -20,6 +20,7 @@
 #include <stdint.h>
 
 #include "api/batchio.h"
+#include "api/metrics.h"
 #include "engine/engine.h"
 #include "text/tokenizer.h"
 
@@ -67,5 +68,8 @@ char *job_format_result(const job_outcome *o, const char *model, int64_t created
 /* The OpenAI response body alone (the "body" member of that line, one line,
  * no '\n'), malloc'd; NULL with err on failure. */
 char *job_format_body(const job_outcome *o, const char *model, int64_t created, char *err, size_t errlen);
+
+/* The engine's gauges and speculation counters now, for metrics_set_engine. */
+void job_metrics_snapshot(const engine *e, metrics_engine *out);
 
 #endif

@@ -239,14 +239,8 @@ static void oai_publish(oai_server *s)
 {
     if (!s->mx)
         return;
-    const engine_totals *t = engine_get_totals(s->e);
-    metrics_engine m = {.running = engine_live(s->e), .waiting = engine_waiting(s->e),
-                        .num_drafts = t->num_drafts, .num_draft_tokens = t->num_draft_tokens,
-                        .num_accepted_tokens = t->num_accepted_tokens};
-    engine_kv_usage(s->e, &m.kv_used, &m.kv_total);
-    for (int i = 0; i < SPEC_MAX_DRAFT && i < METRICS_MAX_POS; i++)
-        if ((m.accepted_per_pos[i] = t->accepted_per_pos[i]) || t->drafted_per_pos[i])
-            m.n_pos = i + 1;
+    metrics_engine m;
+    job_metrics_snapshot(s->e, &m);
     metrics_set_engine(s->mx, &m);
 }
 

@@ -247,14 +247,8 @@ static void qworker_metrics(qworker *w, double *t_info)
 {
     if (!w->mx)
         return;
-    const engine_totals *t = engine_get_totals(w->e);
-    metrics_engine s = {.running = engine_live(w->e), .waiting = engine_waiting(w->e),
-                        .num_drafts = t->num_drafts, .num_draft_tokens = t->num_draft_tokens,
-                        .num_accepted_tokens = t->num_accepted_tokens};
-    engine_kv_usage(w->e, &s.kv_used, &s.kv_total);
-    for (int i = 0; i < SPEC_MAX_DRAFT && i < METRICS_MAX_POS; i++)
-        if ((s.accepted_per_pos[i] = t->accepted_per_pos[i]) || t->drafted_per_pos[i])
-            s.n_pos = i + 1;
+    metrics_engine s;
+    job_metrics_snapshot(w->e, &s);
     metrics_set_engine(w->mx, &s);
     metrics_set_extra(w->mx, "worker_dead_lettered_total", "Stream entries this worker dead-lettered.",
                       METRICS_COUNTER, (double)w->st->dead);
