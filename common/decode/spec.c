@@ -143,20 +143,24 @@ int spec_draft(spec_drafter *d, fwd_state *fs, kv_cache *kv, int32_t L, int32_t 
     return spec_draft_from(d, fs, kv, L, L, cur, k_max, gamma, smp, out, err, errlen);
 }
 
+float spec_draft_token(const float *row, int32_t width, sampler *smp, float *q, int32_t *index)
+{
+    float conf = sampler_top1_prob(row, width, index);
+    if (q) {
+        sampler_probs(smp, row, width, q);
+        *index = sampler_draw(smp, q, width);
+    }
+    return conf;
+}
+
 /* Append the draft token of the logits in d->logits to out (q row
  * out->n - out->n_ctx under sampling); returns its top-1 probability. */
 static float take_token(spec_drafter *d, sampler *smp, spec_block *out)
 {
     int32_t j;
-    float conf = sampler_top1_prob(d->logits, d->width, &j);
-    if (smp->p.temperature != 0.0f) {
-        float *q = d->q + (size_t)(out->n - out->n_ctx) * d->width;
-        sampler_probs(smp, d->logits, d->width, q);
-        j = sampler_draw(smp, q, d->width);
-    }
-    out->tokens[out->n] = d->head_tokens ? d->head_tokens[j] : j;
-    out->q_index[out->n] = j;
-    out->n++;
+    float *q = smp->p.temperature != 0.0f ? d->q + (size_t)(out->n - out->n_ctx) * d->width : NULL;
+    float conf = spec_draft_token(d->logits, d->width, smp, q, &j);
+    spec_block_push(out, d->head_tokens, j);
     return conf;
 }
 
@@ -180,7 +184,7 @@ int spec_draft_from(spec_drafter *d, fwd_state *fs, kv_cache *kv, int32_t base, 
             return -1;
         float conf = take_token(d, smp, out);
         tok = out->tokens[i];
-        if (conf < gamma)
+        if (spec_exit_now(conf, gamma))
             break;
     }
     return 0;
@@ -204,7 +208,7 @@ int spec_draft_chain(spec_drafter *d, fwd_state *fs, kv_cache *kv, int32_t L, in
         return -1;
     for (;;) {
         float conf = take_token(d, smp, b);
-        if (b->n >= n_max || conf < gamma)
+        if (b->n >= n_max || spec_exit_now(conf, gamma))
             return 0;
         if (draft_pass(d, fs, kv, L, L + b->n, &b->tokens[b->n - 1], 1, err, errlen) != 0)
             return -1;
@@ -392,8 +396,7 @@ void spec_record_block(spec_stats *ss, spec_exit *ex, spec_src_state *src, const
         spec_exit_update(ex, sp, k, accepted - c);
 }
 
-/* 1 + a + a^2 + ... + a^k */
-static double geo_sum(double a, int32_t k)
+double spec_expected_tokens(double a, int32_t k)
 {
     double s = 1.0, t = 1.0;
     for (int32_t i = 0; i < k; i++)
@@ -411,7 +414,7 @@ spec_choice spec_choose(int32_t kind, const spec_costs *c, float alpha_ctx, floa
     n_ctx_avail = n_ctx_avail < 0 ? 0 : n_ctx_avail > lim ? lim : n_ctx_avail;
     n_ctx_hist = n_ctx_hist < 0 ? 0 : n_ctx_hist > n_ctx_avail ? n_ctx_avail : n_ctx_hist;
     k_layers = !can_layers || k_layers < 0 ? 0 : k_layers > lim ? lim : k_layers;
-    double plain = c->n_base / c->base, best_rate = plain * 1.02, more = c->n_base - 1.0;
+    double plain = c->n_base / c->base, best_rate = plain * SPEC_PAY_MARGIN, more = c->n_base - 1.0;
     if (force && kind != SPEC_DRAFT_AUTO) {
         if (kind == SPEC_DRAFT_LAYERS || (kind == SPEC_DRAFT_CHAIN && n_ctx_avail == 0)) {
             best.k_layers = k_layers;
@@ -419,7 +422,7 @@ spec_choice spec_choose(int32_t kind, const spec_costs *c, float alpha_ctx, floa
             /* context: the length with the best rate, at least one token */
             best.n_ctx = n_ctx_avail > 0;
             for (int32_t x = 1, r0 = 0; x <= n_ctx_avail; x++) {
-                double r = (more + geo_sum(alpha_ctx, x)) / (c->base + c->extra[x]);
+                double r = (more + spec_expected_tokens(alpha_ctx, x)) / (c->base + c->extra[x]);
                 if (!r0 || r > best_rate)
                     best_rate = r, best.n_ctx = x, r0 = 1;
             }
@@ -433,20 +436,20 @@ spec_choice spec_choose(int32_t kind, const spec_costs *c, float alpha_ctx, floa
     int chain_ok = kind == SPEC_DRAFT_CHAIN || kind == SPEC_DRAFT_AUTO;
     for (int32_t x = 1; (ctx_ok || chain_ok) && x <= n_ctx_avail; x++) {
         /* x context tokens alone (for a chain: its k = 0) */
-        double e_ctx = geo_sum(alpha_ctx, x), r = (more + e_ctx) / (c->base + c->extra[x]);
+        double e_ctx = spec_expected_tokens(alpha_ctx, x), r = (more + e_ctx) / (c->base + c->extra[x]);
         if (r > best_rate)
             best_rate = r, best = (spec_choice){x, 0};
         /* then k drafted tokens, tested only when all x were accepted */
         double all = pow(alpha_ctx, x);
         for (int32_t k = 1; chain_ok && k <= k_layers && x + k <= lim; k++) {
-            double e = e_ctx + all * (geo_sum(alpha_layers, k) - 1.0);
+            double e = e_ctx + all * (spec_expected_tokens(alpha_layers, k) - 1.0);
             r = (more + e) / (c->base + c->extra[x + k] + k * c->draft);
             if (r > best_rate)
                 best_rate = r, best = (spec_choice){x, k};
         }
     }
     for (int32_t k = 1; lay_ok && k <= k_layers; k++) {
-        double r = (more + geo_sum(alpha_layers, k)) / (c->base + c->extra[k] + k * c->draft);
+        double r = (more + spec_expected_tokens(alpha_layers, k)) / (c->base + c->extra[k] + k * c->draft);
         if (r > best_rate)
             best_rate = r, best = (spec_choice){0, k};
     }

@@ -82,6 +82,23 @@ static inline const char *spec_source_name(int32_t src)
 }
 
 void spec_params_default(spec_params *p);
+
+/* The policy's arithmetic, one definition for spec_choose and the engine.
+ * Expected tokens one verification of a k-token draft emits when each
+ * drafted token is accepted with probability a (and acceptance stops at
+ * the first rejection): 1 + a + a^2 + ... + a^k. */
+double spec_expected_tokens(double a, int32_t k);
+
+/* A draft is taken only where its expected tokens per second beat plain
+ * decoding's by this factor: a margin against noise in the measured costs. */
+#define SPEC_PAY_MARGIN 1.02
+
+/* The adaptive exit: drafting stops after a token whose draft top-1
+ * probability conf is below the sequence's threshold gamma. */
+static inline int spec_exit_now(float conf, float gamma)
+{
+    return conf < gamma;
+}
 int spec_params_check(const spec_params *p, char *err, size_t errlen);
 
 /* Which exit constants the user set on the command line (bits of
@@ -139,6 +156,22 @@ typedef struct {
 static inline int32_t spec_block_source(const spec_block *b)
 {
     return b->n_ctx == 0 ? SPEC_SRC_LAYERS : b->n_ctx == b->n ? SPEC_SRC_CONTEXT : SPEC_SRC_CHAIN;
+}
+
+/* One draft step's token, the same for one sequence (spec_draft) and for a
+ * batch (the engine): from the draft's logits row (width entries), the
+ * argmax under greedy; with q given (sampling), q receives the warped row
+ * and the token is drawn from it with smp. *index: the row index taken.
+ * Returns the row's top-1 probability, for spec_exit_now. */
+float spec_draft_token(const float *row, int32_t width, sampler *smp, float *q, int32_t *index);
+
+/* Append row index j of the draft head to b: token head_tokens[j] (a
+ * pruned head) or j (head_tokens NULL: the full vocabulary). */
+static inline void spec_block_push(spec_block *b, const int32_t *head_tokens, int32_t j)
+{
+    b->tokens[b->n] = head_tokens ? head_tokens[j] : j;
+    b->q_index[b->n] = j;
+    b->n++;
 }
 
 int spec_drafter_init(spec_drafter *d, const model *m, const skip_set *ss, int32_t max_draft,

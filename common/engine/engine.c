@@ -227,16 +227,6 @@ void engine_cost_observe(engine *e, int draft, int32_t T, double seconds)
     curve_observe(draft ? &e->draft : &e->full, T, seconds);
 }
 
-/* Expected tokens emitted by one verification of a k-token draft whose
- * tokens are each accepted with probability a: 1 + a + a^2 + ... + a^k. */
-static double expected_emitted(double a, int32_t k)
-{
-    double s = 1.0, t = 1.0;
-    for (int32_t i = 0; i < k; i++)
-        s += (t *= a);
-    return s;
-}
-
 /* Seconds of a pass's decode tokens (d of them, prompt chunks left out):
  * the plain cost a draft is weighed against. Prompt chunks are in the
  * pass whatever the policy decides; charging them to the plain choice
@@ -265,8 +255,8 @@ int32_t engine_policy_k(const engine *e, int32_t n_spec, float alpha, int32_t n_
         if (T0 + n_spec * k > e->p.max_batch_tokens)
             break;
         double secs = base + extra_cost(e, T0, n_spec * k) + k * curve_get(&e->draft, n_spec);
-        double rate = (n_spec * expected_emitted(alpha, k) + n_other) / secs;
-        if (rate > best * 1.02) {   /* a margin: speculate only where it clearly pays */
+        double rate = (n_spec * spec_expected_tokens(alpha, k) + n_other) / secs;
+        if (rate > best * SPEC_PAY_MARGIN) {
             best = rate;
             best_k = k;
         }
@@ -666,7 +656,7 @@ static void plan_drafts(engine *e)
         if (++e->since_other[b] % 2 == 0)
             want = 0;   /* the prediction says speculate: measure plain steps here too */
     } else if (e->rate_n[0][b] >= RATE_MIN_SAMPLES && e->rate_n[1][b] >= RATE_MIN_SAMPLES) {
-        int spec_pays = e->rate[1][b] > 1.02 * e->rate[0][b];
+        int spec_pays = e->rate[1][b] > SPEC_PAY_MARGIN * e->rate[0][b];
         int explore = ++e->since_other[b] >= RATE_EXPLORE;
         if (want && !spec_pays && !explore)
             want = 0;
@@ -771,18 +761,11 @@ static int draft(engine *e, char *err, size_t errlen)
                 arg = e->dids[j];
                 conf = e->dconf[j];
                 s->q_dev = s->q != NULL;
-            } else {
-                conf = sampler_top1_prob(row, e->dwidth, &arg);
+            } else {   /* sampling (s->q): drawn from the warped draft distribution */
+                conf = spec_draft_token(row, e->dwidth, &s->smp, s->q ? s->q + (size_t)step * e->dwidth : NULL, &arg);
             }
-            if (s->q && !e->dev_draft) {   /* sampling: draw from the warped draft distribution */
-                float *q = s->q + (size_t)step * e->dwidth;
-                sampler_probs(&s->smp, row, e->dwidth, q);
-                arg = sampler_draw(&s->smp, q, e->dwidth);
-            }
-            s->blk.tokens[s->blk.n] = e->head_tokens ? e->head_tokens[arg] : arg;
-            s->blk.q_index[s->blk.n] = arg;
-            s->blk.n++;
-            if (s->blk.n >= s->k_max || conf < s->ex.gamma)
+            spec_block_push(&s->blk, e->head_tokens, arg);
+            if (s->blk.n >= s->k_max || spec_exit_now(conf, s->ex.gamma))
                 s->drafting = 0;
         }
     }
