@@ -1,9 +1,10 @@
 # selfspec build.
 #   make            build bin/selfspec (release, -O3 -march=native)
 #   make run        set-up + build + generate a reply on the default model
-#   make test       layering check, unit tests (ASan+UBSan build), the
-#                   exactness tests again for a CPU without AVX-512
-#                   (-march=x86-64-v3), fixture checks, e2e tests
+#   make check      release build + the fast unit tests (about a minute)
+#   make test       everything: layering check, unit tests (ASan+UBSan build),
+#                   the exactness tests again for a CPU without AVX-512
+#                   (-march=x86-64-v3), fixture checks, e2e tests; no set-up
 #   make fuzz       build the libFuzzer targets (clang) into $(BUILD)/fuzz/
 #   make setup      install dependencies and fetch the default model
 #   make layers     check that no file includes a header of a higher layer
@@ -32,19 +33,21 @@ TCFLAGS_NOARCH := $(CFLAGS_BASE) -O1 -g -fsanitize=address,undefined -fno-omit-f
 TCFLAGS := $(TCFLAGS_NOARCH) $(ARCH)
 # The second test build: a CPU without AVX-512 (and so without VNNI).
 V3ARCH  := -march=x86-64-v3
-LIBS    := -lopenblas -lutf8proc -lcjson -lzmq -lprotobuf-c -lhiredis -lmicrohttpd -lm -lpthread -lrt
+LIBS    := -lutf8proc -lcjson -lzmq -lprotobuf-c -lhiredis -lmicrohttpd -lm -lpthread -lrt
+# OpenBLAS: only scripts/bench_kernels (its sgemm baseline).
+BLAS_LIBS := -lopenblas
 MODEL   ?= models/SmolLM2-135M-Instruct.Q4_1.gguf
 MODELS  ?= smollm2
 QWEN    ?= models/Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf
 
-LAYERS     := util format kernels model text decode tune ipc api engine serve
+LAYERS     := util format kernels model cuda text decode tune ipc api engine serve
 COMMON_SRC := $(wildcard $(patsubst %,common/%/*.c,$(LAYERS)))
 PROTO_SRC  := $(wildcard proto/*.proto)
 PROTO_C    := $(patsubst proto/%.proto,$(BUILD)/proto/%.pb-c.c,$(PROTO_SRC))
 PROTO_H    := $(PROTO_C:.c=.h)
 LIB_SRC    := $(COMMON_SRC) $(PROTO_C)
-# CUDA backend (common/*/*.cu): built with nvcc when it is found (PATH, else
-# /usr/local/cuda), else common/model/cuda_stub.c stands in. `make NVCC=`
+# CUDA backend (common/cuda/*.cu): built with nvcc when it is found (PATH,
+# else /usr/local/cuda), else common/cuda/stub.c stands in. `make NVCC=`
 # forces the stub. The CUDA objects are not sanitized and go into every library.
 NVCC ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
 ifneq ($(strip $(NVCC)),)
@@ -53,7 +56,7 @@ CUDA_LIBDIR ?= $(firstword $(wildcard $(CUDA_HOME)/lib64 $(CUDA_HOME)/targets/x8
 CUDA_ARCH   ?= -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90
 NV_WERROR   := $(if $(strip $(WERROR)),$(COMMA)-Werror)
 NVFLAGS     := -O3 -std=c++17 $(CUDA_ARCH) $(DEFS) -Icommon -Xcompiler -Wall,-Wextra,-Wno-unused-parameter$(NV_WERROR) -MMD -MP
-LIB_SRC     := $(filter-out common/model/cuda_stub.c,$(LIB_SRC))
+LIB_SRC     := $(filter-out common/cuda/stub.c,$(LIB_SRC))
 CUDA_OBJ    := $(patsubst %.cu,$(BUILD)/cuda/%.o,$(wildcard common/*/*.cu))
 LIBS        += -L$(CUDA_LIBDIR) -Wl,-rpath,$(CUDA_LIBDIR) -lcublas -lcudart -lstdc++
 endif
@@ -74,7 +77,7 @@ TEST_SUPPORT := $(filter-out $(TEST_SRC) $(E2E_SRC),$(wildcard tests/*.c))
 TEST_SUPPORT_OBJ := $(patsubst %.c,$(BUILD)/tst/%.o,$(TEST_SUPPORT))
 TEST_SUPPORT_V3  := $(patsubst %.c,$(BUILD)/tst-v3/%.o,$(TEST_SUPPORT))
 
-.PHONY: all run test test-qwen unit unit-v3 e2e fuzz setup clean bench layers gpu-check-test
+.PHONY: all run check test test-qwen unit unit-v3 e2e fuzz setup clean bench layers gpu-check-test
 all: $(BIN)/selfspec $(BIN)/selfspec-drafter $(BIN)/selfspec-drafter-cuda
 
 setup:
@@ -89,7 +92,8 @@ layers:
 # generated sources are kept (make would delete them as intermediates); the
 # .proto.sha256 beside them lets scripts/gpu_check.sh check a carried copy
 # on a machine without protoc-c
-.SECONDARY: $(PROTO_C) $(PROTO_H)
+# (and so are the tests' objects, which make check and make test share)
+.SECONDARY:
 
 $(BUILD)/proto/%.pb-c.c $(BUILD)/proto/%.pb-c.h: proto/%.proto
 	@mkdir -p $(BUILD)/proto
@@ -101,6 +105,11 @@ $(BUILD)/proto/%.pb-c.c $(BUILD)/proto/%.pb-c.h: proto/%.proto
 $(BUILD)/rel/%.o: %.c | $(PROTO_H)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
+
+# tests/ in the release build (make check, e2e): their own headers too
+$(BUILD)/rel/tests/%.o: tests/%.c | $(PROTO_H)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itests -c $< -o $@
 
 $(BUILD)/tst/%.o: %.c | $(PROTO_H)
 	@mkdir -p $(dir $@)
@@ -149,6 +158,41 @@ $(BUILD)/test-v3/%: $(BUILD)/tst-v3/tests/%.o $(TEST_SUPPORT_V3) $(BUILD)/libsel
 	@mkdir -p $(dir $@)
 	$(CC) $(TCFLAGS_NOARCH) $(V3ARCH) $^ $(LIBS) -lcmocka -o $@
 
+# ---- test tiers ----
+# make check: the release build and the fast unit tests (tiny models made by
+#   the tests themselves; no sanitizers, no network, no downloaded model).
+# make test:  everything: the layer check, every unit test under ASan/UBSan,
+#   the exactness tests again from the x86-64-v3 build, the GPU-check script's
+#   own test, llama.cpp fixture checks, end-to-end tests on the real models.
+#   It does not run set-up (`make setup`, which .ci/run does first).
+# Both run their suites through tests/run_suites.py: each suite's verdict and
+# time, then `N passed, N failed`. Unit tests run on one thread: the tiny
+# test models gain nothing from two, and a busy machine makes spinning OpenMP
+# workers very slow under the sanitizers.
+SUITES    := python3 tests/run_suites.py
+ONE       := OMP_NUM_THREADS=1
+CHECK_TESTS := $(filter-out test_fixtures,$(patsubst tests/%.c,%,$(TEST_SRC)))
+CHECK_BIN := $(patsubst %,$(BUILD)/check/%,$(CHECK_TESTS))
+CHECK_SUPPORT := $(patsubst %.c,$(BUILD)/rel/%.o,$(TEST_SUPPORT))
+CHECK_SEEDS := $(BUILD)/check/fuzz-seeds
+
+$(BUILD)/check/%: $(BUILD)/rel/tests/%.o $(CHECK_SUPPORT) $(BUILD)/libselfspec.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $^ $(LIBS) -lcmocka -o $@
+
+$(BUILD)/check/make_seeds: $(BUILD)/rel/tests/fuzz/make_seeds.o $(BUILD)/rel/tests/testutil_gguf.o $(BUILD)/libselfspec.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $^ $(LIBS) -o $@
+
+$(CHECK_SEEDS)/.stamp: $(BUILD)/check/make_seeds
+	@rm -rf $(CHECK_SEEDS); mkdir -p $(CHECK_SEEDS)
+	$< $(CHECK_SEEDS)
+	@touch $@
+
+check: all $(CHECK_BIN) $(CHECK_SEEDS)/.stamp
+	@$(SUITES) 'layers=python3 scripts/check_layers.py' \
+	    $(foreach t,$(CHECK_BIN),'$(notdir $(t))=$(ONE) SELFSPEC_FUZZ_SEEDS=$(CHECK_SEEDS) $(t)')
+
 # The GGUF fuzz seeds (small valid files of every metadata type, tensors,
 # a llama model) are written by tests/fuzz/make_seeds.c at build time, not
 # tracked; test_fuzz_corpus replays them with tests/fuzz/corpus/.
@@ -161,62 +205,59 @@ $(SEEDS_DIR)/.stamp: $(BUILD)/make_seeds
 	$< $(SEEDS_DIR)
 	@touch $@
 
-# One thread: the tiny test models gain nothing from two, and a busy machine
-# makes spinning OpenMP workers very slow under the sanitizers.
-unit: $(TEST_BIN) $(SEEDS_DIR)/.stamp
-	@set -e; for t in $(TEST_BIN); do echo "== $$t"; OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} SELFSPEC_FUZZ_SEEDS=$(SEEDS_DIR) $$t; done
-	@$(MAKE) --no-print-directory gpu-check-test
-
-# scripts/gpu_check.sh's JSON when steps fail, crash, time out or the run is
-# killed, and the model's split/join for two device calls: no GPU, nothing
-# compiled, ~15 s.
-gpu-check-test:
-	@echo "== tests/test_gpu_check.sh"; bash tests/test_gpu_check.sh
-
-# On a CPU without AVX-512 the native run above already is the x86-64-v3 run.
+UNIT_SUITES := $(foreach t,$(TEST_BIN),'$(notdir $(t))=$(ONE) SELFSPEC_FUZZ_SEEDS=$(SEEDS_DIR) $(t)') \
+               'test_gpu_check.sh=bash tests/test_gpu_check.sh'
+# On a CPU without AVX-512 the native unit run already is the x86-64-v3 run.
 NATIVE_AVX512 := $(shell $(CC) $(ARCH) -dM -E - </dev/null 2>/dev/null | grep -c __AVX512F__)
 ifeq ($(NATIVE_AVX512),0)
-unit-v3:
-	@echo "== x86-64-v3 exactness run: this CPU has no AVX-512, so 'make unit' already ran the AVX2 kernels"
+V3_NEEDED :=
+V3_SUITES := 'x86-64-v3=echo "this CPU has no AVX-512: the unit run above already ran the AVX2 kernels"'
 else
-unit-v3: $(V3_BIN)
-	@set -e; for t in $(V3_BIN); do echo "== $$t (x86-64-v3)"; OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $$t; done
+V3_NEEDED := $(V3_BIN)
+V3_SUITES := $(foreach t,$(V3_BIN),'$(notdir $(t))-v3=$(ONE) $(t)')
 endif
-
-# End-to-end checks on the real model: release build, no sanitizers.
-$(BUILD)/e2e/%: $(BUILD)/rel/tests/%.o $(BUILD)/libselfspec.a
-	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $^ $(LIBS) -o $@
-
-e2e: $(E2E_BIN)
-	@set -e; for t in $(E2E_BIN); do echo "== $$t"; SELFSPEC_MODEL=$(MODEL) $$t; done
-
-test: setup layers all unit unit-v3 e2e test-qwen
-	python3 tests/run_e2e.py --model $(MODEL)
-	SELFSPEC_MODEL=$(MODEL) python3 tests/test_pipeline.py
-	python3 tests/test_batch.py --model $(MODEL)
-	python3 tests/test_serve.py --model $(MODEL)
-	python3 tests/test_worker.py --model $(MODEL)
-
+E2E_SUITES := $(foreach t,$(E2E_BIN),'$(notdir $(t))=SELFSPEC_MODEL=$(MODEL) $(t)')
 # Qwen2.5-Coder-1.5B against llama.cpp (tokens, logits, greedy) and greedy
 # self-spec == plain on it. Needs the model (`make setup MODELS="smollm2 qwen"`,
 # which .ci/run does); skipped with a message where it was not fetched.
 # The logit test runs from the release build (1.5 B weights under ASan are slow).
+ifneq ($(wildcard $(QWEN)),)
+QWEN_SUITES := 'qwen-tokenizer=SELFSPEC_MODEL=$(QWEN) SELFSPEC_TOKEN_FIXTURE=tests/fixtures/qwen_tokens.json $(BUILD)/test/test_tokenizer' \
+               'qwen-logits=SELFSPEC_MODEL=$(QWEN) SELFSPEC_LOGIT_FIXTURE=tests/fixtures/qwen_logits.json $(BUILD)/e2e/test_fixtures' \
+               'qwen-selfspec=SELFSPEC_MODEL=$(QWEN) E2E_PROMPTS=2 E2E_EXTREME_PROMPTS=1 E2E_NEW=32 $(BUILD)/e2e/e2e_selfspec'
+else
+QWEN_SUITES := 'qwen=echo "SKIPPING the Qwen2.5-Coder-1.5B checks: $(QWEN) not fetched (make setup MODELS=\"smollm2 qwen\")"'
+endif
+PY_SUITES := 'run_e2e.py=python3 tests/run_e2e.py --model $(MODEL)' \
+             'test_pipeline.py=SELFSPEC_MODEL=$(MODEL) python3 tests/test_pipeline.py' \
+             'test_batch.py=python3 tests/test_batch.py --model $(MODEL)' \
+             'test_serve.py=python3 tests/test_serve.py --model $(MODEL)' \
+             'test_worker.py=python3 tests/test_worker.py --model $(MODEL)'
+
+# End-to-end checks on the real model: release build, no sanitizers.
+$(BUILD)/e2e/%: $(BUILD)/rel/tests/%.o $(BUILD)/rel/tests/oracle.o $(BUILD)/libselfspec.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $^ $(LIBS) -o $@
+
 $(BUILD)/e2e/test_fixtures: $(BUILD)/rel/tests/test_fixtures.o $(BUILD)/libselfspec.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $^ $(LIBS) -lcmocka -o $@
 
+test: all $(TEST_BIN) $(SEEDS_DIR)/.stamp $(V3_NEEDED) $(E2E_BIN) $(BUILD)/e2e/test_fixtures
+	@$(SUITES) --keep-going 'layers=python3 scripts/check_layers.py' $(UNIT_SUITES) $(V3_SUITES) \
+	    $(E2E_SUITES) $(QWEN_SUITES) $(PY_SUITES)
+
+# Parts of `make test` alone.
+unit: $(TEST_BIN) $(SEEDS_DIR)/.stamp
+	@$(SUITES) $(UNIT_SUITES)
+unit-v3: $(V3_NEEDED)
+	@$(SUITES) $(V3_SUITES)
+e2e: $(E2E_BIN)
+	@$(SUITES) $(E2E_SUITES)
 test-qwen: all $(BUILD)/test/test_tokenizer $(BUILD)/e2e/test_fixtures $(BUILD)/e2e/e2e_selfspec
-	@if [ ! -f $(QWEN) ]; then \
-	    echo "== SKIPPING the Qwen2.5-Coder-1.5B checks: $(QWEN) not fetched (make setup MODELS=\"smollm2 qwen\")"; \
-	else set -e; \
-	    echo "== Qwen tokenizer vs llama.cpp"; \
-	    SELFSPEC_MODEL=$(QWEN) SELFSPEC_TOKEN_FIXTURE=tests/fixtures/qwen_tokens.json $(BUILD)/test/test_tokenizer; \
-	    echo "== Qwen logits and greedy vs llama.cpp"; \
-	    SELFSPEC_MODEL=$(QWEN) SELFSPEC_LOGIT_FIXTURE=tests/fixtures/qwen_logits.json $(BUILD)/e2e/test_fixtures; \
-	    echo "== Qwen greedy self-spec == plain (2 prompts x 32 tokens, extreme sets on 1)"; \
-	    SELFSPEC_MODEL=$(QWEN) E2E_PROMPTS=2 E2E_EXTREME_PROMPTS=1 E2E_NEW=32 $(BUILD)/e2e/e2e_selfspec; \
-	fi
+	@$(SUITES) $(QWEN_SUITES)
+gpu-check-test:
+	@$(SUITES) 'test_gpu_check.sh=bash tests/test_gpu_check.sh'
 
 # Each fuzzer links the layers it exercises, nothing above them: the GGUF
 # fuzzer util+format, the batch-line fuzzer (fuzz_batchline) util+api, the
@@ -244,7 +285,7 @@ clean:
 	rm -rf $(BUILD) $(BIN)
 
 $(BUILD)/bench_kernels: $(BUILD)/rel/scripts/bench_kernels.o $(BUILD)/libselfspec.a
-	$(CC) $(CFLAGS) $^ $(LIBS) -o $@
+	$(CC) $(CFLAGS) $^ $(LIBS) $(BLAS_LIBS) -o $@
 
 $(BUILD)/bench_verify: $(BUILD)/rel/scripts/bench_verify.o $(BUILD)/libselfspec.a
 	$(CC) $(CFLAGS) $^ $(LIBS) -o $@

@@ -15,8 +15,10 @@
  * On a GPU (the Setup carries a CUDA IPC blob) it opens the verifier's
  * device weights and verified KV through CUDA IPC instead, keeps its scratch
  * on the device, waits on the verifier's interprocess event before each
- * block and drafts with masked cuda_forward passes (full head; no
- * speculation past a block). Compiled, never run here (no GPU).
+ * block and drafts through the CUDA backend's interface (model/backend.h:
+ * masked forward passes, the draft rows' tokens and top-1 probabilities
+ * taken on the device by draft_take, so no logits row comes back; full
+ * head; no speculation past a block). Compiled, never run here (no GPU).
  *
  * Nothing it sends is trusted by the verifier beyond "a proposal", so a
  * wrong, late or missing block costs speed, never correctness.
@@ -34,13 +36,13 @@
 #include <unistd.h>
 #include <omp.h>
 #include <zmq.h>
-#include <cblas.h>
 
 #include "ipc/pipe.h"
 #include "ipc/protocol.h"
 #include "decode/sampler.h"
 #include "decode/skipset.h"
 #include "decode/spec.h"
+#include "model/backend.h"
 #include "model/cuda_backend.h"
 #include "util/util.h"
 
@@ -109,14 +111,15 @@ typedef struct {
      * KV opened through CUDA IPC, a device scratch, the draft's mask. On a
      * second GPU (cuda_draft_device): cm is the drafter's own copy of the
      * sublayers it runs, pkv the verifier's KV over peer access, and vkv a
-     * local copy of it, valid below position copied */
+     * local copy of it, valid below position copied. The passes go through
+     * be, the CUDA backend over cm, to which gvkv and gscr show vkv and scr */
     int on_gpu;
     cuda_model *cm;
     cuda_kv *vkv, *scr, *pkv;
     int32_t copied;
-    cuda_state *cst;
+    model_backend *be;
+    kv_cache gvkv, gscr;
     layer_mask mask;
-    float *clogits;              /* (vocab) one draft row */
 } drafter;
 
 static void env_init(drafter *D, Selfspec__Envelope *e, uint32_t seq, uint64_t epoch)
@@ -258,8 +261,9 @@ static int drain(drafter *D)
 /* Draft up to k_max tokens continuing cur at position pos of sequence
  * D->seq (draft KV in the scratch from base on) into b, stopping after a
  * token whose top-1 probability is below gamma; *last receives the last
- * token's. CPU: spec_draft_from; GPU: one masked cuda_forward per token
- * over the verifier's KV, after waiting on its event. */
+ * token's. CPU: spec_draft_from; GPU: one masked pass of the backend per
+ * token over the verifier's KV, after waiting on its event, its token and
+ * top-1 probability taken on the device (draft_take, greedy). */
 static int draft_from(drafter *D, int32_t base, int32_t pos, int32_t cur, int32_t k_max, float gamma, spec_block *b,
                       float *last, char *err, size_t errlen)
 {
@@ -287,17 +291,17 @@ static int draft_from(drafter *D, int32_t base, int32_t pos, int32_t cur, int32_
             return -1;
         D->copied = base;
     }
-    int32_t tok = cur;
+    int32_t tok = cur, am, slot = -1;
+    const samp_req greedy = {.temperature = 0.0f, .top_k = 0, .top_p = 1.0f, .kind = SAMP_DRAW};
+    D->gvkv.len = base;   /* verified below base; the draft's rows go to the scratch */
     while (b->n < k_max) {
-        cuda_seq q = {.tokens = &tok, .n_tokens = 1, .pos = pos + b->n, .kv = D->vkv, .scratch = D->scr,
-                      .scratch_base = base, .logits_from = 0};
-        if (cuda_forward(D->cm, D->cst, &q, 1, &D->mask, D->clogits, NULL, err, errlen) != 0)
+        fwd_seq q = {.tokens = &tok, .n_tokens = 1, .pos = pos + b->n, .kv = &D->gvkv, .scratch = &D->gscr,
+                     .scratch_base = base, .logits_from = 0};
+        if (D->be->forward(D->be, &q, 1, &D->mask, NULL, NULL, &am, err, errlen) != 0 ||
+            D->be->draft_take(D->be, &greedy, &slot, 1, &tok, last, err, errlen) != 0)
             return -1;
-        *last = sampler_top1_prob(D->clogits, D->vocab, &tok);
-        b->tokens[b->n] = tok;
-        b->q_index[b->n] = tok;
-        b->n++;
-        if (*last < gamma)
+        spec_block_push(b, NULL, tok);
+        if (spec_exit_now(*last, gamma))
             break;
     }
     return 0;
@@ -355,7 +359,7 @@ static int draft_run(drafter *D, int32_t k_max, float *probs, char *err, size_t 
             return DR_ABORT;
         if (step(D, &probs[i], err, errlen) != 0)
             return DR_ERROR;
-        if (probs[i++] < D->gamma)
+        if (spec_exit_now(probs[i++], D->gamma))
             break;
     }
     return i;
@@ -418,7 +422,7 @@ static int serve(drafter *D, char *err, size_t errlen)
         }
         if (rebase(D, r.pos, err, errlen) != 0)
             return DR_ERROR;
-        if (!D->spec_always && D->spec_last_conf < D->gamma) {   /* it ended unsure: likely cut, do not build on it */
+        if (!D->spec_always && spec_exit_now(D->spec_last_conf, D->gamma)) {   /* it ended unsure: likely cut, do not build on it */
             D->spec_valid = 0;
             send_block(D, D->B + D->n + 1, -1, NULL, NULL, 0, 1, 0.0);
             return 0;
@@ -523,10 +527,19 @@ static int setup(drafter *D, const Selfspec__Setup *s, char *err, size_t errlen)
         const model_config *g = cuda_model_get_config(D->cm);
         if (g->n_layers != c->n_layers || g->dim != c->dim || g->vocab_size != c->vocab_size)
             return util_err(err, errlen, "the CUDA IPC model differs from the verifier's");
-        if (!(D->cst = cuda_state_init(D->cm, 1, D->kv_cap, err, errlen)) ||
-            !(D->scr = cuda_kv_init(D->cm, 2 * (D->max_draft + 1) + 1, err, errlen)))
+        /* the backend over the device model (borrowed), no KV budget of its
+         * own: the caches are the verifier's KV and this scratch, viewed;
+         * SELFSPEC_CUDA_GRAPHS=0 launches every pass directly, as in the
+         * verifier's commands */
+        const char *gv = getenv("SELFSPEC_CUDA_GRAPHS");
+        backend_cuda_params bp = {.device = own >= 0 ? own : (int)s->cuda_device, .max_tokens = 1,
+                                  .ctx = D->kv_cap, .kv_mem = 0, .graphs = !(gv && !strcmp(gv, "0")),
+                                  .cm = D->cm};
+        if (!(D->scr = cuda_kv_init(D->cm, 2 * (D->max_draft + 1) + 1, err, errlen)) ||
+            !(D->be = backend_cuda_open_params(&D->m, &bp, err, errlen)) ||
+            backend_cuda_kv_wrap(D->be, &D->gvkv, D->vkv, err, errlen) != 0 ||
+            backend_cuda_kv_wrap(D->be, &D->gscr, D->scr, err, errlen) != 0)
             return -1;
-        D->clogits = mallocCheck((size_t)c->vocab_size * sizeof(float));
         /* one GPU: sequential (the drafter's kernels would only take the
          * verifier's SMs without MPS); two: the verifier's overlap choice */
         if (!D->pkv)
@@ -583,7 +596,6 @@ int main(int argc, char **argv)
     prctl(PR_SET_PDEATHSIG, SIGTERM);
     if (getppid() != D->parent)
         return 0;
-    openblas_set_num_threads(1);
 
     char err[512];
     int rc = 1;
@@ -686,15 +698,18 @@ done:
     if (D->zctx) zmq_ctx_term(D->zctx);
 #ifdef DRAFTER_CUDA
     /* the device objects (NULL when none), before the verifier frees what they alias */
+    if (D->be) {
+        D->be->kv_close(D->be, &D->gvkv);   /* the views only */
+        D->be->kv_close(D->be, &D->gscr);
+        backend_cuda_close(D->be);          /* not D->cm: borrowed */
+    }
     cuda_kv_free(D->scr);
-    cuda_state_free(D->cst);
     cuda_kv_free(D->vkv);
     cuda_kv_free(D->pkv);
     cuda_model_free(D->cm);
 #endif
     if (D->mask.attn)
         skipset_mask_free(&D->mask);
-    free(D->clogits);
     if (D->smp.probs) sampler_free(&D->smp);
     if (D->fs.x) fwd_state_free(&D->fs);
     if (D->d.logits) spec_drafter_free(&D->d);

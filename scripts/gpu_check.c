@@ -22,6 +22,11 @@
  *                 bytes one step reads / peak
  *   synthetic_small  SmolLM2-135M shapes, random weights made on the device:
  *                 self-spec = plain, tokens/s, bandwidth, CUDA IPC check
+ * Decoding (greedy, "decode" and "greedy") runs through the one decode loop,
+ * the engine (engine_run, one sequence) over the CUDA backend
+ * (backend_cuda_open_params over the device model): plain, and forced
+ * self-spec with the skip set at most DRAFT_K tokens a draft under the
+ * engine's adaptive exit.
  *   projection    the fixed-order projection kernel (T <= 256: plain, draft,
  *                 verification and batched steps) against cuBLAS on the
  *                 Llama-2-7B matrix shapes at T = 1, 5, 16, 64, 256: ms of
@@ -61,10 +66,13 @@
 #include <unistd.h>
 
 #include "model/cuda_backend.h"
+#include "engine/engine.h"
+#include "model/backend.h"
 #include "decode/generate.h"
 #include "decode/sampler.h"
 #include "model/model.h"
 #include "decode/skipset.h"
+#include "decode/spec.h"
 #include "util/util.h"
 
 /* See the top comment for the rules and their origin. */
@@ -287,32 +295,95 @@ static void default_mask(int32_t L, layer_mask *m)
     }
 }
 
-/* Plain vs self-spec on the device: identical ids, tokens/s, bandwidth. */
-static void decode_bench(cuda_model *cm, const layer_mask *mask, const int32_t *prompt, int32_t n_prompt,
+/* The same as a skip set (what the engine drafts with). */
+static void default_skipset(int32_t L, skip_set *ss)
+{
+    layer_mask m;
+    default_mask(L, &m);
+    skipset_init(ss, L);
+    for (int32_t l = 0; l < L; l++) {
+        ss->attn_skip[l] = !m.attn[l];
+        ss->mlp_skip[l] = !m.mlp[l];
+    }
+    free(m.attn);
+    free(m.mlp);
+}
+
+/* The model the engine sees for device weights with no CPU copy (a
+ * synthetic model): the shapes only (the CUDA backend has no pruned head,
+ * so the engine never reads weights). */
+static model config_only(const cuda_model *cm)
+{
+    model m;
+    memset(&m, 0, sizeof m);
+    m.config = *cuda_model_get_config(cm);
+    return m;
+}
+
+/* The engine's parameters for one greedy request on the GPU: plain when ss
+ * is NULL, else forced self-spec with ss (at most DRAFT_K tokens a draft). */
+static engine_params decode_params(const model *m, const skip_set *ss, int32_t ctx)
+{
+    engine_params p;
+    engine_params_default(&p);
+    p.max_seqs = 1;
+    p.ctx = ctx;
+    p.mode = ss ? ENGINE_SPEC : ENGINE_PLAIN;
+    p.ss = ss;
+    p.sp.max_draft = DRAFT_K;
+    p.calibrate = 0;
+    p.kv_mem = kv_pool_block_bytes(&m->config) * (size_t)kv_blocks_for(ctx);
+    return p;
+}
+
+/* The CUDA backend over cm (borrowed) for decode_params(m, ss, ctx) with
+ * either ss (the pass size and KV of plain and self-spec are the same);
+ * NULL with err. */
+static model_backend *decode_backend(const model *m, cuda_model *cm, const skip_set *ss, int32_t ctx, char *err,
+                                     size_t errlen)
+{
+    engine_params p = decode_params(m, ss, ctx);
+    backend_cuda_params bp = {.device = 0, .max_tokens = engine_pass_tokens(&p), .ctx = ctx + SPEC_MAX_DRAFT + 2,
+                              .kv_mem = p.kv_mem, .graphs = 1, .cm = cm};
+    return backend_cuda_open_params(m, &bp, err, errlen);
+}
+
+/* One greedy request of max_new tokens through the engine on backend be:
+ * its ids into out (reset first), its figures into st / sps. */
+static int engine_decode(const model *m, model_backend *be, const skip_set *ss, int32_t ctx, const int32_t *prompt,
+                         int32_t n_prompt, int32_t max_new, collect *out, gen_stats *st, spec_stats *sps, char *err,
+                         size_t errlen)
+{
+    engine_params p = decode_params(m, ss, ctx);
+    p.backend = be;
+    gen_params gp = {.max_tokens = max_new, .ignore_eos = 1,
+                     .sampling = {.temperature = 0.0f, .top_k = 0, .top_p = 1.0f, .seed = 0}};
+    out->n = 0;
+    return engine_run(m, &p, 1, prompt, n_prompt, &gp, collect_emit, out, NULL, st, sps, err, errlen);
+}
+
+/* Plain vs self-spec on the device, both through the engine: identical
+ * ids, tokens/s, bandwidth. m: the model the engine sees (cm's shapes). */
+static void decode_bench(const model *m, cuda_model *cm, const skip_set *ss, const int32_t *prompt, int32_t n_prompt,
                          double peak, const char *indent)
 {
     char err[512];
-    cuda_state *s = cuda_state_init(cm, 256, 2048, err, sizeof err);
-    cuda_kv *kv = s ? cuda_kv_init(cm, 2048, err, sizeof err) : NULL;
-    cuda_kv *scr = kv ? cuda_kv_init(cm, DRAFT_K + 1, err, sizeof err) : NULL;
-    if (!scr) {
+    const int32_t ctx = 2048;
+    model_backend *be = decode_backend(m, cm, ss, ctx, err, sizeof err);
+    if (!be) {
         fail("decode bench setup", err);
-        goto out;
+        return;
     }
     collect *a = calloc(1, sizeof *a), *b = calloc(1, sizeof *b);
-    cuda_gen_stats sp, ss;
-    int ok = cuda_generate_plain(cm, s, kv, prompt, n_prompt, 16, 1, NULL, NULL, collect_emit, a, &sp, err,
-                                 sizeof err) == 0;   /* warm-up: graphs, cuBLAS */
-    a->n = 0;
-    ok = ok && cuda_generate_plain(cm, s, kv, prompt, n_prompt, GEN_BENCH, 1, NULL, NULL, collect_emit, a, &sp,
-                                   err, sizeof err) == 0;
+    gen_stats sp, ss_st;
+    spec_stats sps;
+    /* a warm-up run of each first (graph capture of its pass sizes) */
+    int ok = engine_decode(m, be, NULL, ctx, prompt, n_prompt, 16, a, &sp, NULL, err, sizeof err) == 0 &&
+             engine_decode(m, be, NULL, ctx, prompt, n_prompt, GEN_BENCH, a, &sp, NULL, err, sizeof err) == 0;
     if (!ok)
         fail("plain decode", err);
-    ok = ok && cuda_generate_selfspec(cm, s, kv, scr, mask, DRAFT_K, prompt, n_prompt, 16, 1, NULL, NULL,
-                                      collect_emit, b, &ss, err, sizeof err) == 0;
-    b->n = 0;
-    ok = ok && cuda_generate_selfspec(cm, s, kv, scr, mask, DRAFT_K, prompt, n_prompt, GEN_BENCH, 1, NULL, NULL,
-                                      collect_emit, b, &ss, err, sizeof err) == 0;
+    ok = ok && engine_decode(m, be, ss, ctx, prompt, n_prompt, 16, b, &ss_st, &sps, err, sizeof err) == 0 &&
+         engine_decode(m, be, ss, ctx, prompt, n_prompt, GEN_BENCH, b, &ss_st, &sps, err, sizeof err) == 0;
     if (!ok) {
         fail("self-spec decode", err);
     } else {
@@ -326,22 +397,20 @@ static void decode_bench(cuda_model *cm, const layer_mask *mask, const int32_t *
         if (!same)
             n_fail++;
         double ptps = (sp.generated_tokens - 1) / sp.decode_seconds;
-        double stps = (ss.generated_tokens - 1) / ss.decode_seconds;
+        double stps = (ss_st.generated_tokens - 1) / ss_st.decode_seconds;
         double bytes = (double)cuda_model_step_bytes(cm, NULL);
-        fprintf(J, "%s\"decode\": {\"new_tokens\": %d, \"plain_tokens_per_s\": %.2f, \"selfspec_tokens_per_s\": %.2f, "
+        fprintf(J, "%s\"decode\": {\"path\": \"engine\", \"new_tokens\": %d, \"plain_tokens_per_s\": %.2f, "
+                   "\"selfspec_tokens_per_s\": %.2f, "
                    "\"speedup\": %.3f, \"selfspec_identical_to_plain\": %s, \"first_difference\": %d, "
                    "\"draft_k\": %d, \"drafted\": %lld, \"accepted\": %lld, \"acceptance\": %.4f, "
                    "\"step_bytes\": %.0f, \"plain_achieved_gbs\": %.2f, \"plain_bandwidth_fraction\": %.4f},\n",
                 indent, GEN_BENCH, ptps, stps, stps / ptps, same ? "true" : "false", first_diff, DRAFT_K,
-                (long long)ss.drafted, (long long)ss.accepted, ss.drafted ? (double)ss.accepted / ss.drafted : 0.0,
+                (long long)sps.counts.num_draft_tokens, (long long)sps.counts.num_accepted_tokens, sps.counts.num_draft_tokens ? (double)sps.counts.num_accepted_tokens / sps.counts.num_draft_tokens : 0.0,
                 bytes, ptps * bytes / 1e9, peak > 0 ? ptps * bytes / 1e9 / peak : 0.0);
     }
     free(a);
     free(b);
-out:
-    cuda_kv_free(scr);
-    cuda_kv_free(kv);
-    cuda_state_free(s);
+    backend_cuda_close(be);
 }
 
 /* ---- the real model: CUDA vs CPU ---- */
@@ -441,7 +510,7 @@ static void check_model(const char *path, const char *prompts, double peak)
     fprintf(J, ", \"weight_bytes\": %zu, \"prompts\": %d,\n", cuda_model_weight_bytes(cm), np);
     fwd_state fs;
     fwd_state_init(&fs, c, 256, 2048);
-    cuda_state *s = cuda_state_init(cm, 256, 2048, err, sizeof err);
+    cuda_state *s = cuda_state_init(cm, 256, 2048, 1, err, sizeof err);
     kv_cache kv;
     int kv_ok = kv_init(&kv, c, 2048, err, sizeof err) == 0;
     cuda_kv *gkv = s && kv_ok ? cuda_kv_init(cm, 2048, err, sizeof err) : NULL;
@@ -523,35 +592,35 @@ static void check_model(const char *path, const char *prompts, double peak)
             max_full <= rel ? "true" : "false", rel, LOGIT_TOL, MARGIN_TOL, pass ? "true" : "false");
     fflush(J);
 
-    /* greedy: GPU plain vs CPU plain vs GPU self-spec, per prompt */
+    /* greedy: GPU plain vs CPU plain vs GPU self-spec, per prompt (the GPU
+     * through the engine over the CUDA backend) */
     skip_set ss;
-    layer_mask mask;
     char cfg[1024];
     const char *mask_src = "default (gpu_check.c)";
-    if (skipset_find("configs", c, cfg, sizeof cfg) == 0 && skipset_load(&ss, cfg, c, err, sizeof err) == 0) {
-        skipset_mask(&ss, &mask);
-        skipset_free(&ss);
+    if (skipset_find("configs", c, cfg, sizeof cfg) == 0 && skipset_load(&ss, cfg, c, err, sizeof err) == 0)
         mask_src = cfg;
-    } else {
-        default_mask(c->n_layers, &mask);
-    }
-    cuda_kv *scr = gkv ? cuda_kv_init(cm, DRAFT_K + 1, err, sizeof err) : NULL;
+    else
+        default_skipset(c->n_layers, &ss);
+    model_backend *be = gkv ? decode_backend(&m, cm, &ss, 2048, err, sizeof err) : NULL;
+    if (gkv && !be)
+        fail("greedy setup", err);
     int all_spec_same = 1, all_cpu_same = 1, cpu_rule_ok = 1, ran = 0;
-    fprintf(J, "    \"greedy\": {\"new_tokens\": %d, \"mask\": ", GEN_CHECK);
+    spec_params cpu_sp;   /* the CPU reference: the same engine, plain, on the CPU backend */
+    spec_params_default(&cpu_sp);
+    fprintf(J, "    \"greedy\": {\"path\": \"engine\", \"new_tokens\": %d, \"mask\": ", GEN_CHECK);
     jstr(J, mask_src);
     fprintf(J, ", \"per_prompt\": [");
-    for (int i = 0; i < np && scr; i++) {
+    for (int i = 0; i < np && be; i++) {
         collect *g = calloc(1, sizeof *g), *sp = calloc(1, sizeof *sp), *cpu = calloc(1, sizeof *cpu);
-        cuda_gen_stats st;
-        gen_stats cst;
+        gen_stats st, cst;
+        spec_stats sps;
         gen_params gp = {.max_tokens = GEN_CHECK, .ignore_eos = 1,
                         .sampling = {.temperature = 0.0f, .top_k = 0, .top_p = 1.0f, .seed = 0}};
         int32_t n = pn[i] < 1024 ? pn[i] : 1024;
-        if (cuda_generate_plain(cm, s, gkv, pp[i], n, GEN_CHECK, 1, NULL, NULL, collect_emit, g, &st, err,
-                                sizeof err) != 0 ||
-            cuda_generate_selfspec(cm, s, gkv, scr, &mask, DRAFT_K, pp[i], n, GEN_CHECK, 1, NULL, NULL,
-                                   collect_emit, sp, &st, err, sizeof err) != 0 ||
-            gen_plain(&m, &fs, &kv, pp[i], n, &gp, collect_emit, cpu, &cst, err, sizeof err) != 0) {
+        if (engine_decode(&m, be, NULL, 2048, pp[i], n, GEN_CHECK, g, &st, NULL, err, sizeof err) != 0 ||
+            engine_decode(&m, be, &ss, 2048, pp[i], n, GEN_CHECK, sp, &st, &sps, err, sizeof err) != 0 ||
+            engine_generate(&m, 2048, NULL, &cpu_sp, pp[i], n, &gp, collect_emit, cpu, &cst, NULL, err,
+                            sizeof err) != 0) {
             fail("greedy", err);
             all_spec_same = all_cpu_same = cpu_rule_ok = 0;
         } else {
@@ -580,7 +649,7 @@ static void check_model(const char *path, const char *prompts, double peak)
             if (parted)
                 fprintf(J, "\"cpu_margin_where_parted\": %.4f, \"parted_at_near_tie\": %s, ", mg,
                         near_tie ? "true" : "false");
-            fprintf(J, "\"acceptance\": %.3f}", st.drafted ? (double)st.accepted / st.drafted : 0.0);
+            fprintf(J, "\"acceptance\": %.3f}", sps.counts.num_draft_tokens ? (double)sps.counts.num_accepted_tokens / sps.counts.num_draft_tokens : 0.0);
         }
         free(g);
         free(sp);
@@ -594,12 +663,11 @@ static void check_model(const char *path, const char *prompts, double peak)
                "\"gpu_cpu_agree_under_near_tie_rule\": %s},\n",
             all_spec_same ? "true" : "false", all_cpu_same ? "true" : "false", cpu_rule_ok ? "true" : "false");
     fflush(J);
-    cuda_kv_free(scr);
-    decode_bench(cm, &mask, pp[0], pn[0] < 512 ? pn[0] : 512, peak, "    ");
+    backend_cuda_close(be);
+    decode_bench(&m, cm, &ss, pp[0], pn[0] < 512 ? pn[0] : 512, peak, "    ");
     fprintf(J, "    \"ok\": true}");
     sec_end();
-    free(mask.attn);
-    free(mask.mlp);
+    skipset_free(&ss);
     for (int i = 0; i < np; i++)
         free(pp[i]);
     cuda_kv_free(gkv);
@@ -639,7 +707,7 @@ static int draft4(cuda_model *cm, cuda_kv *kv, int32_t pos, int32_t tok, int32_t
     const model_config *c = cuda_model_get_config(cm);
     layer_mask mask;
     default_mask(c->n_layers, &mask);
-    cuda_state *s = cuda_state_init(cm, 8, pos + 8, err, errlen);
+    cuda_state *s = cuda_state_init(cm, 8, pos + 8, 1, err, errlen);
     cuda_kv *scr = s ? cuda_kv_init(cm, 8, err, errlen) : NULL;
     int rc = scr ? 0 : -1;
     for (int j = 0; j < 4 && rc == 0; j++) {
@@ -685,7 +753,7 @@ static void check_ipc(cuda_model *cm, const char *self)
     int32_t prompt[32];
     for (int i = 0; i < 32; i++)
         prompt[i] = (i * 131 + 7) % cuda_model_get_config(cm)->vocab_size;
-    cuda_state *s = cuda_state_init(cm, 64, 256, err, sizeof err);
+    cuda_state *s = cuda_state_init(cm, 64, 256, 1, err, sizeof err);
     cuda_kv *kv = s ? cuda_kv_init(cm, 256, err, sizeof err) : NULL;
     int32_t next = 0, mine[4], theirs[4] = {-1, -1, -1, -1};
     uint8_t blob[CUDA_IPC_BLOB_BYTES];
@@ -754,18 +822,18 @@ static void synthetic_small(double peak, const char *self)
         return;
     }
     fprintf(J, "{\"shape\": \"SmolLM2-135M (576/1536/30 layers/9:3 heads/49152 tied)\",\n");
-    layer_mask mask;
-    default_mask(c.n_layers, &mask);
+    skip_set ss;
+    default_skipset(c.n_layers, &ss);
+    model shapes = config_only(cm);   /* no CPU copy of random device weights */
     int32_t prompt[64];
     for (int i = 0; i < 64; i++)
         prompt[i] = (i * 977 + 3) % c.vocab_size;
-    decode_bench(cm, &mask, prompt, 64, peak, "    ");
+    decode_bench(&shapes, cm, &ss, prompt, 64, peak, "    ");
     fflush(J);
     check_ipc(cm, self);
     fprintf(J, "    \"ok\": true}");
     sec_end();
-    free(mask.attn);
-    free(mask.mlp);
+    skipset_free(&ss);
     cuda_model_free(cm);
 }
 
@@ -792,7 +860,7 @@ static void synthetic_big(const char *key, model_config c, const int *attn_skip,
         mask.attn[attn_skip[i]] = 0;
     for (int i = 0; i < n_ms; i++)
         mask.mlp[mlp_skip[i]] = 0;
-    cuda_state *s = cuda_state_init(cm, 8, 1024, err, sizeof err);
+    cuda_state *s = cuda_state_init(cm, 8, 1024, 1, err, sizeof err);
     cuda_kv *kv = s ? cuda_kv_init(cm, 1024, err, sizeof err) : NULL;
     cuda_kv *scr = kv ? cuda_kv_init(cm, 8, err, sizeof err) : NULL;
     double full = 0, draft = 0, verify = 0;

@@ -403,7 +403,7 @@ DEPS_USED=false
 PROTO_MODE="protoc-c"
 probe_libs() {
     local h l
-    for h in cblas.h:openblas utf8proc.h:utf8proc cjson/cJSON.h:cjson zmq.h:zmq \
+    for h in utf8proc.h:utf8proc cjson/cJSON.h:cjson zmq.h:zmq \
              protobuf-c/protobuf-c.h:protobuf-c hiredis/hiredis.h:hiredis microhttpd.h:microhttpd; do
         l=${h#*:}
         printf '#include <stddef.h>\n#include <stdint.h>\n#include <sys/socket.h>\n#include <%s>\nint main(void){return 0;}\n' \
@@ -531,7 +531,7 @@ DRIVER_OK=false
 if $BUILD_OK; then
     step driver_build 120 gcc -std=c11 -O2 -march=native -Wall -Wextra -Wno-unused-parameter \
         -Wno-format-truncation -D_GNU_SOURCE -Icommon -fopenmp -pthread scripts/gpu_check.c build/libselfspec.a \
-        -lopenblas -lutf8proc -lcjson -lzmq -lprotobuf-c -lhiredis -lmicrohttpd -lm -lpthread -lrt \
+        -lutf8proc -lcjson -lzmq -lprotobuf-c -lhiredis -lmicrohttpd -lm -lpthread -lrt \
         -L"$CUDA_LIBDIR" -Wl,-rpath,"$CUDA_LIBDIR" -lcublas -lcudart -lstdc++ -o build/gpu_check && DRIVER_OK=true
 else
     skip_step driver_build "build failed"

@@ -17,8 +17,7 @@
 # gpu_check.sh uses .gpudeps only for what the GPU machine's system lacks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PKGS="libopenblas0-pthread libopenblas-pthread-dev libgfortran5 libquadmath0
-libutf8proc2 libutf8proc-dev libcjson1 libcjson-dev
+PKGS="libutf8proc2 libutf8proc-dev libcjson1 libcjson-dev
 libzmq5 libzmq3-dev libsodium23 libpgm-5.3-0 libnorm1
 libprotobuf-c1 libprotobuf-c-dev libhiredis0.14 libhiredis-dev
 libmicrohttpd12 libmicrohttpd-dev libcmocka0 libcmocka-dev"
@@ -28,13 +27,7 @@ trap 'rm -rf "$tmp"' EXIT
 rm -rf .gpudeps
 mkdir -p .gpudeps
 for d in "$tmp"/*.deb; do dpkg -x "$d" .gpudeps; done
-rm -rf .gpudeps/usr/share .gpudeps/usr/lib/x86_64-linux-gnu/openblas-pthread/liblapack* \
-       .gpudeps/usr/lib/x86_64-linux-gnu/openblas-pthread/cmake \
-       .gpudeps/usr/lib/x86_64-linux-gnu/*.a .gpudeps/usr/lib/x86_64-linux-gnu/openblas-pthread/*.a
-# the dev package's libopenblas.so is reached through Debian's alternatives;
-# give the linker plain names next to the library
-ob=.gpudeps/usr/lib/x86_64-linux-gnu/openblas-pthread
-[ -e "$ob/libopenblas.so" ] || ln -sf libopenblas.so.0 "$ob/libopenblas.so"
+rm -rf .gpudeps/usr/share .gpudeps/usr/lib/x86_64-linux-gnu/*.a
 mkdir -p .gpucarry/call1
 tar cJf .gpucarry/call1/gpudeps.tar.xz -C .gpudeps .
 make -B build/proto/selfspec.pb-c.c >/dev/null

@@ -14,8 +14,10 @@ cd "$(dirname "$0")/.."
 PKGS="build-essential libzmq3-dev libprotobuf-c-dev protobuf-c-compiler libopenblas-dev \
 libcmocka-dev libutf8proc-dev libcjson-dev clang libclang-rt-14-dev unzip \
 libhiredis-dev libmicrohttpd-dev redis-server"
-# Python packages the worker/server tests and scripts use (selfspec_queue.py, test_serve.py)
-PY_PKGS="openai redis"
+# Python packages the worker/server tests and scripts use (selfspec_queue.py,
+# test_serve.py) and the benchmark and report scripts (numpy: bench_plain.py,
+# bench_models.py; matplotlib: skip_report.py, transfer_report.py plots)
+PY_PKGS="openai redis numpy matplotlib"
 MODELS=${MODELS:-smollm2}
 
 missing=""

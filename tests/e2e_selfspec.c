@@ -51,14 +51,15 @@
 #include <string.h>
 #include <unistd.h>
 
-#include <cjson/cJSON.h>
 
 #include "decode/generate.h"
 #include "format/gguf.h"
 #include "model/model.h"
 #include "decode/skipset.h"
 #include "decode/spec.h"
+#include "oracle.h"
 #include "text/chat.h"
+#include "text/prompts.h"
 #include "text/tokenizer.h"
 #include "util/util.h"
 
@@ -93,28 +94,19 @@ static int is_eog(const void *ctx, int32_t tok)
 }
 
 /* Read up to max prompts of a JSONL file into out[]; returns how many. */
+/* The first `max` prompts of a JSONL prompt file (text/prompts.h). */
 static int read_prompts(const char *path, int max, char **out)
 {
-    char err[256];
-    size_t len;
-    char *text = util_read_file(path, &len, err, sizeof err);
-    if (!text) {
+    char err[512], *all[256];
+    int n = prompts_load_jsonl(path, all, 256, err, sizeof err);
+    if (n < 0) {
         fprintf(stderr, "e2e_selfspec: %s\n", err);
         return -1;
     }
-    int n = 0;
-    char *save = NULL;
-    for (char *line = strtok_r(text, "\n", &save); line && n < max; line = strtok_r(NULL, "\n", &save)) {
-        cJSON *j = cJSON_Parse(line);
-        const cJSON *p = j ? cJSON_GetObjectItemCaseSensitive(j, "prompt") : NULL;
-        if (cJSON_IsString(p))
-            out[n++] = strdup(p->valuestring);
-        else if (line[strspn(line, " \t\r")] != '\0')
-            fprintf(stderr, "e2e_selfspec: %s: skipping a line without a \"prompt\" string\n", path);
-        cJSON_Delete(j);
-    }
-    free(text);
-    return n;
+    int keep = n < max ? n : max;
+    memcpy(out, all, (size_t)keep * sizeof *out);
+    prompts_free(all + keep, n - keep);
+    return keep;
 }
 
 typedef struct {
@@ -329,8 +321,8 @@ int main(void)
                 fprintf(stderr, "e2e_selfspec: gen_selfspec (%s), prompt %d: %s\n", c->name, i, err);
                 return 2;
             }
-            c->drafted += ss.drafted;
-            c->accepted += ss.accepted;
+            c->drafted += ss.counts.num_draft_tokens;
+            c->accepted += ss.counts.num_accepted_tokens;
             c->verifications += ss.verifications;
             c->generated += st.generated_tokens;
             c->seconds += st.prefill_seconds + st.decode_seconds;

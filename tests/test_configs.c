@@ -173,11 +173,11 @@ static void test_stats_json(void **state)
     gen_stats st = {.prompt_tokens = 10, .generated_tokens = 21, .prefill_seconds = 0.5, .decode_seconds = 2.0};
     spec_stats sp;
     memset(&sp, 0, sizeof sp);
-    sp.drafted = 40;
-    sp.accepted = 30;
+    sp.counts.num_draft_tokens = 40;
+    sp.counts.num_accepted_tokens = 30;
     sp.verifications = 10;
-    sp.drafted_at[0] = 10, sp.accepted_at[0] = 9;
-    sp.drafted_at[1] = 8, sp.accepted_at[1] = 6;
+    sp.counts.drafted_per_pos[0] = 10, sp.counts.accepted_per_pos[0] = 9;
+    sp.counts.drafted_per_pos[1] = 8, sp.counts.accepted_per_pos[1] = 6;
     cJSON *j = stats_json("self-spec", 2, &st, &sp, "configs/x.json");
     char *s = cJSON_PrintUnformatted(j);
     cJSON *back = cJSON_Parse(s);

@@ -16,12 +16,15 @@
  * KV are the same bits as a plain T = 1 step, in a verification block, in a
  * batch with another sequence and in a masked draft batch
  * (test_exact_blocks, over a context cut into several attention splits),
- * and self-spec output equals plain output by construction
- * (test_generate). test_proj_vs_cublas compares the fixed-order kernel with
- * cuBLAS (tolerance) and prints what each costs. The host ports of the same
- * kernels (tests/test_cuda_order.c) check the order on every machine.
- * test_engine_on_gpu runs the one engine loop over the CUDA backend:
- * alone = batched, plain = forced self-spec = auto, under a KV budget.
+ * and through the engine (the one decode loop) over the CUDA backend
+ * self-spec output equals plain output by construction, graph replay
+ * equals direct launches (test_generate). test_proj_vs_cublas compares the
+ * fixed-order kernel with cuBLAS (tolerance) and prints what each costs.
+ * The host ports of the same kernels (tests/test_cuda_order.c) check the
+ * order on every machine. test_engine_on_gpu runs the engine over the CUDA
+ * backend: alone = batched, plain = forced self-spec = auto, under a KV
+ * budget. test_backend_device_caches drafts as the GPU drafter does: the
+ * backend over a borrowed (masked) device model and caches it views.
  *
  * ASan: CUDA's runtime needs the shadow gap unprotected and leaks driver
  * state at exit, hence the default options below (this binary only).
@@ -87,7 +90,7 @@ static void fixture_open(fixture *f, const tmodel_spec *sp, int32_t max_tokens, 
     f->cm = cuda_model_load(&f->m, 0, err, sizeof err);
     if (!f->cm)
         fail_msg("cuda_model_load: %s", err);
-    f->cs = cuda_state_init(f->cm, max_tokens, ctx, err, sizeof err);
+    f->cs = cuda_state_init(f->cm, max_tokens, ctx, 1, err, sizeof err);
     if (!f->cs)
         fail_msg("cuda_state_init: %s", err);
 }
@@ -194,6 +197,10 @@ static void test_graceful(void **state)
     int32_t am = -1;
     err[0] = '\0';
     assert_int_equal(cuda_argmax_host(0, row, 1, 3, &am, err, sizeof err), -1);
+    assert_true(strlen(err) > 0);
+    backend_cuda_params bp = {.device = 0, .max_tokens = 8, .ctx = 64, .kv_mem = 1 << 20, .graphs = 1, .cm = NULL};
+    err[0] = '\0';
+    assert_null(backend_cuda_open_params(NULL, &bp, err, sizeof err));
     assert_true(strlen(err) > 0);
 }
 
@@ -658,7 +665,7 @@ static void test_partial_copy_kv_ops(void **state)
     if (!pm)
         fail_msg("cuda_model_load_masked: %s", err);
     assert_true(cuda_model_weight_bytes(pm) < cuda_model_weight_bytes(f.cm));
-    cuda_state *ps = cuda_state_init(pm, 64, 128, err, sizeof err);
+    cuda_state *ps = cuda_state_init(pm, 64, 128, 1, err, sizeof err);
     assert_non_null(ps);
     int32_t toks[12];
     make_tokens(toks, n, V, 3);
@@ -873,10 +880,40 @@ static int collect_emit(void *ctx, int32_t t)
     return 0;
 }
 
-/* Greedy decoding: graph replay = direct launches = self-spec on the
- * device (exact by construction: the fixed-order kernels give the
- * verification block the plain steps' logits); and the CPU's greedy tokens
- * wherever its margins are clear. */
+/* One greedy request through the engine (the one decode loop) over a CUDA
+ * backend on f's device model: plain when ss is NULL, else forced
+ * self-spec (drafts of at most 4); graphs: the backend's choice. */
+static void engine_greedy(fixture *f, const skip_set *ss, int graphs, const int32_t *prompt, int32_t n_prompt,
+                          int32_t max_new, collect *out, spec_stats *sps)
+{
+    char err[512];
+    engine_params p;
+    engine_params_default(&p);
+    p.max_seqs = 1;
+    p.ctx = 128;
+    p.mode = ss ? ENGINE_SPEC : ENGINE_PLAIN;
+    p.ss = ss;
+    p.sp.max_draft = 4;
+    p.calibrate = 0;
+    p.kv_mem = kv_pool_block_bytes(&f->m.config) * (size_t)kv_blocks_for(p.ctx);
+    backend_cuda_params bp = {.device = 0, .max_tokens = engine_pass_tokens(&p), .ctx = p.ctx + SPEC_MAX_DRAFT + 2,
+                              .kv_mem = p.kv_mem, .graphs = graphs, .cm = f->cm};
+    p.backend = backend_cuda_open_params(&f->m, &bp, err, sizeof err);
+    if (!p.backend)
+        fail_msg("backend_cuda_open_params: %s", err);
+    gen_params gp = {.max_tokens = max_new, .ignore_eos = 1,
+                     .sampling = {.temperature = 0.0f, .top_k = 0, .top_p = 1.0f, .seed = 0}};
+    gen_stats st;
+    memset(out, 0, sizeof *out);
+    if (engine_run(&f->m, &p, 1, prompt, n_prompt, &gp, collect_emit, out, NULL, &st, sps, err, sizeof err) != 0)
+        fail_msg("engine_run on the GPU: %s", err);
+    backend_cuda_close(p.backend);   /* f->cm is borrowed: it stays */
+}
+
+/* Greedy decoding through the engine on the GPU: graph replay = direct
+ * launches = self-spec (exact by construction: the fixed-order kernels
+ * give the verification block the plain steps' logits); and the CPU's
+ * greedy tokens wherever its margins are clear. */
 static void test_generate(void **state)
 {
     (void)state;
@@ -889,30 +926,25 @@ static void test_generate(void **state)
     fixture_open(&f, &sp, 64, 128);
     int32_t prompt[9];
     make_tokens(prompt, 9, f.m.config.vocab_size, 5);
-    cuda_kv *kv = cuda_kv_init(f.cm, 128, err, sizeof err), *scr = cuda_kv_init(f.cm, 8, err, sizeof err);
-    assert_non_null(kv);
-    assert_non_null(scr);
-    collect a = {0}, b = {0}, c = {0};
-    cuda_gen_stats st;
-    if (cuda_generate_plain(f.cm, f.cs, kv, prompt, 9, 40, 1, NULL, NULL, collect_emit, &a, &st, err, sizeof err))
-        fail_msg("plain (graph): %s", err);
+    collect a, b, c;
+    spec_stats sps;
+    engine_greedy(&f, NULL, 1, prompt, 9, 40, &a, NULL);
     assert_int_equal(a.n, 40);
-    assert_int_equal(cuda_kv_len(kv), 9 + 39);
-    if (cuda_generate_plain(f.cm, f.cs, kv, prompt, 9, 40, 0, NULL, NULL, collect_emit, &b, &st, err, sizeof err))
-        fail_msg("plain (no graph): %s", err);
+    engine_greedy(&f, NULL, 0, prompt, 9, 40, &b, NULL);
+    assert_int_equal(b.n, 40);
     assert_memory_equal(a.ids, b.ids, 40 * sizeof(int32_t));
-    uint8_t attn[4] = {1, 0, 1, 1}, mlp[4] = {1, 1, 0, 1};
-    layer_mask mask = {attn, mlp};
+    skip_set ss;
+    skipset_init(&ss, 4);
+    ss.attn_skip[1] = 1;   /* the mask {1, 0, 1, 1} / {1, 1, 0, 1} */
+    ss.mlp_skip[2] = 1;
     for (int g = 0; g < 2; g++) {
-        memset(&c, 0, sizeof c);
-        if (cuda_generate_selfspec(f.cm, f.cs, kv, scr, &mask, 4, prompt, 9, 40, g, NULL, NULL, collect_emit, &c,
-                                   &st, err, sizeof err))
-            fail_msg("self-spec: %s", err);
+        engine_greedy(&f, &ss, g, prompt, 9, 40, &c, &sps);
         assert_int_equal(c.n, 40);
         assert_memory_equal(a.ids, c.ids, 40 * sizeof(int32_t));
-        printf("  self-spec (graph %d): %lld drafted, %lld accepted in %lld rounds\n", g, (long long)st.drafted,
-               (long long)st.accepted, (long long)st.rounds);
+        printf("  self-spec (graphs %d): %lld drafted, %lld accepted in %lld verifications\n", g,
+               (long long)sps.counts.num_draft_tokens, (long long)sps.counts.num_accepted_tokens, (long long)sps.verifications);
     }
+    skipset_free(&ss);
     /* CPU greedy, compared while the CPU's top-2 margin is clear */
     kv_cache ckv;
     assert_int_equal(kv_init(&ckv, &f.m.config, 128, err, sizeof err), 0);
@@ -931,8 +963,80 @@ static void test_generate(void **state)
     }
     free(lg);
     kv_free(&ckv);
-    cuda_kv_free(kv);
+    fixture_close(&f);
+}
+
+/* The GPU drafter's path (drafter/drafter.c): the backend over a device
+ * model it does not own (here the masked copy, as on a second GPU) and
+ * caches it only views (backend_cuda_kv_wrap); masked passes with the
+ * draft rows taken on the device (draft_take) give the tokens of
+ * cuda_forward's argmax on the same caches, and the top-1 probability of
+ * its logits row. Closing the views and the backend leaves model and
+ * caches usable. */
+static void test_backend_device_caches(void **state)
+{
+    (void)state;
+    if (!have_gpu())
+        skip();
+    char err[512];
+    fixture f;
+    fixture_open_small(&f);
+    const model_config *c = &f.m.config;
+    int32_t V = c->vocab_size, n = 12;
+    uint8_t attn[3] = {1, 0, 1}, mlp[3] = {1, 1, 0};
+    layer_mask mask = {attn, mlp};
+    cuda_model *pm = cuda_model_load_masked(&f.m, 0, &mask, err, sizeof err);
+    if (!pm)
+        fail_msg("cuda_model_load_masked: %s", err);
+    int32_t toks[12];
+    make_tokens(toks, n, V, 3);
+    cuda_kv *vkv = cuda_kv_init(f.cm, 64, err, sizeof err), *scr = cuda_kv_init(f.cm, 8, err, sizeof err);
+    cuda_kv *own = cuda_kv_init(pm, 64, err, sizeof err), *pscr = cuda_kv_init(pm, 8, err, sizeof err);
+    assert_true(vkv && scr && own && pscr);
+    cuda_seq pre = {toks, n, 0, vkv, NULL, 0, n - 1};
+    assert_int_equal(cuda_forward(f.cm, f.cs, &pre, 1, NULL, NULL, NULL, err, sizeof err), 0);
+    assert_int_equal(cuda_kv_copy(pm, own, vkv, &mask, 0, n, err, sizeof err), 0);
+    backend_cuda_params bp = {.device = 0, .max_tokens = 1, .ctx = 64, .kv_mem = 0, .graphs = 1, .cm = pm};
+    model_backend *be = backend_cuda_open_params(&f.m, &bp, err, sizeof err);
+    if (!be)
+        fail_msg("backend over a borrowed model: %s", err);
+    kv_cache gk, gs;
+    assert_int_equal(backend_cuda_kv_wrap(be, &gk, own, err, sizeof err), 0);
+    assert_int_equal(backend_cuda_kv_wrap(be, &gs, pscr, err, sizeof err), 0);
+    assert_int_equal(gk.cap, 64);
+    float *la = malloc((size_t)V * sizeof(float));
+    int32_t d = toks[n - 1], e = d, ama, amb, slot = -1;
+    const samp_req greedy = {.temperature = 0.0f, .top_k = 0, .top_p = 1.0f, .kind = SAMP_DRAW};
+    gk.len = n;
+    for (int j = 0; j < 3; j++) {
+        cuda_seq qa = {&d, 1, n + j, vkv, scr, n, 0};
+        fwd_seq qb = {.tokens = &e, .n_tokens = 1, .pos = n + j, .kv = &gk, .scratch = &gs, .scratch_base = n,
+                      .logits_from = 0};
+        float conf = -1.0f;
+        if (cuda_forward(f.cm, f.cs, &qa, 1, &mask, la, &ama, err, sizeof err) != 0 ||
+            be->forward(be, &qb, 1, &mask, NULL, NULL, &amb, err, sizeof err) != 0 ||
+            be->draft_take(be, &greedy, &slot, 1, &e, &conf, err, sizeof err) != 0)
+            fail_msg("draft step: %s", err);
+        assert_int_equal(ama, amb);
+        assert_int_equal(e, ama);
+        assert_true(fabsf(conf - sampler_top1_prob(la, V, NULL)) <= 1e-5f);
+        d = ama;
+    }
+    be->kv_close(be, &gk);
+    be->kv_close(be, &gs);
+    backend_cuda_close(be);
+    /* model and caches are still the caller's and still work */
+    cuda_seq again = {&d, 1, n, own, pscr, n, 0};
+    cuda_state *ps = cuda_state_init(pm, 8, 64, 0, err, sizeof err);
+    assert_non_null(ps);
+    assert_int_equal(cuda_forward(pm, ps, &again, 1, &mask, NULL, &ama, err, sizeof err), 0);
+    free(la);
+    cuda_state_free(ps);
+    cuda_kv_free(vkv);
     cuda_kv_free(scr);
+    cuda_kv_free(own);
+    cuda_kv_free(pscr);
+    cuda_model_free(pm);
     fixture_close(&f);
 }
 
@@ -1003,8 +1107,7 @@ static void engine_gpu_run(const model *m, ereq *r, int n, int32_t max_seqs, eng
 /* The one engine loop on the GPU: every request's tokens are the same bits
  * alone (max-seqs 1) and batched (6), plain, forced self-spec and auto
  * (greedy ones; sampled ones with their seeds), and a KV budget of three
- * sequences makes the others wait, not fail. The engine's plain tokens
- * equal the backend's own graph loop. */
+ * sequences makes the others wait, not fail. */
 static void test_engine_on_gpu(void **state)
 {
     (void)state;
@@ -1027,18 +1130,6 @@ static void test_engine_on_gpu(void **state)
                                                   .seed = 7 + (uint64_t)i};
     }
     engine_gpu_run(&f.m, ref, N, 1, ENGINE_PLAIN, NULL);
-    /* the backend's own loop, request 0 */
-    char err[512];
-    cuda_kv *kv = cuda_kv_init(f.cm, 128, err, sizeof err);
-    assert_non_null(kv);
-    collect a = {0};
-    cuda_gen_stats st;
-    if (cuda_generate_plain(f.cm, f.cs, kv, ref[0].prompt, ref[0].n_prompt, ref[0].gp.max_tokens, 1, NULL, NULL,
-                            collect_emit, &a, &st, err, sizeof err))
-        fail_msg("cuda_generate_plain: %s", err);
-    assert_int_equal(a.n, ref[0].n_out);
-    assert_memory_equal(a.ids, ref[0].out, (size_t)a.n * sizeof(int32_t));
-    cuda_kv_free(kv);
     skip_set ss;
     skipset_init(&ss, f.m.config.n_layers);
     ss.attn_skip[1] = 1;
@@ -1077,7 +1168,7 @@ static void test_synthetic_timing(void **state)
     if (!cm)
         fail_msg("synthetic: %s", err);
     assert_true(cuda_model_weight_bytes(cm) % (2u << 20) == 0);
-    cuda_state *s = cuda_state_init(cm, 8, 256, err, sizeof err);
+    cuda_state *s = cuda_state_init(cm, 8, 256, 1, err, sizeof err);
     cuda_kv *kv = cuda_kv_init(cm, 256, err, sizeof err), *scr = cuda_kv_init(cm, 8, err, sizeof err);
     assert_non_null(s);
     assert_non_null(kv);
@@ -1112,6 +1203,7 @@ int main(void)
         cmocka_unit_test(test_exact_blocks),
         cmocka_unit_test(test_proj_vs_cublas),
         cmocka_unit_test(test_generate),
+        cmocka_unit_test(test_backend_device_caches),
         cmocka_unit_test(test_engine_on_gpu),
         cmocka_unit_test(test_synthetic_timing),
     };

@@ -1,6 +1,7 @@
 /*
  * test_cuda_order.c - host ports of the CUDA backend's fixed-order kernels
- * (k_proj, k_attention + k_att_combine in common/kernels/cuda_kernels.cu),
+ * (k_proj in common/cuda/k_proj.cu, k_attention + k_att_combine in
+ * common/cuda/k_attention.cu),
  * run on every machine: no GPU, no CUDA needed.
  *
  * Each port walks the kernel's grid, warps and lanes in plain C and does
@@ -235,7 +236,7 @@ static void test_proj_order(void **state)
 
 /* ---- k_attention + k_att_combine ---- */
 
-/* dev_seq of cuda_internal.cuh: the pointers, and the device's own row
+/* dev_seq of cuda/cuda_common.cuh: the pointers, and the device's own row
  * rule (kv_where, kv_row of cuda_order.h). */
 typedef struct {
     const f16_t *k, *v, *sk, *sv;

@@ -35,6 +35,7 @@
 #include "decode/generate.h"
 #include "decode/skipset.h"
 #include "decode/spec.h"
+#include "oracle.h"
 #include "engine/engine.h"
 #include "format/gguf.h"
 #include "model/backend.h"
@@ -361,7 +362,7 @@ static void test_batch_invariant_spec(void **state)
     }
     while (engine_pending(e) > 0)
         assert_true(engine_step(e, err, sizeof err) >= 0);
-    assert_true(engine_get_totals(e)->num_drafts > 0);   /* it did speculate */
+    assert_true(engine_get_totals(e)->spec.num_drafts > 0);   /* it did speculate */
     for (int i = 0; i < N_REQ; i++) {
         assert_int_equal(r[i].n_out, r[i].n_ref);
         assert_memory_equal(r[i].out, r[i].ref, (size_t)r[i].n_ref * sizeof(int32_t));
@@ -426,16 +427,16 @@ static void test_batch_invariant_context(void **state)
         const engine_totals *tot = engine_get_totals(e);
         int64_t b = 0, d = 0, a = 0;
         for (int i = 0; i < SPEC_SRC_N; i++)
-            b += tot->src_blocks[i], d += tot->src_drafted[i], a += tot->src_accepted[i];
-        assert_int_equal(b, tot->num_drafts);
-        assert_int_equal(d, tot->num_draft_tokens);
-        assert_int_equal(a, tot->num_accepted_tokens);
+            b += tot->spec.src_blocks[i], d += tot->spec.src_drafted[i], a += tot->spec.src_accepted[i];
+        assert_int_equal(b, tot->spec.num_drafts);
+        assert_int_equal(d, tot->spec.num_draft_tokens);
+        assert_int_equal(a, tot->spec.num_accepted_tokens);
         printf("  auto, draft %s: blocks layers %lld, context %lld, chain %lld; accepted %lld of %lld\n",
-               spec_draft_name(kinds[ki]), (long long)tot->src_blocks[0], (long long)tot->src_blocks[1],
-               (long long)tot->src_blocks[2], (long long)a, (long long)d);
-        assert_true(tot->src_blocks[SPEC_SRC_CONTEXT] + tot->src_blocks[SPEC_SRC_CHAIN] > 0);
+               spec_draft_name(kinds[ki]), (long long)tot->spec.src_blocks[0], (long long)tot->spec.src_blocks[1],
+               (long long)tot->spec.src_blocks[2], (long long)a, (long long)d);
+        assert_true(tot->spec.src_blocks[SPEC_SRC_CONTEXT] + tot->spec.src_blocks[SPEC_SRC_CHAIN] > 0);
         if (kinds[ki] == SPEC_DRAFT_CONTEXT)
-            assert_int_equal(tot->src_blocks[SPEC_SRC_LAYERS] + tot->src_blocks[SPEC_SRC_CHAIN], 0);
+            assert_int_equal(tot->spec.src_blocks[SPEC_SRC_LAYERS] + tot->spec.src_blocks[SPEC_SRC_CHAIN], 0);
         for (int i = 0; i < N_REQ; i++) {
             assert_int_equal(r[i].n_out, r[i].n_ref);
             assert_memory_equal(r[i].out, r[i].ref, (size_t)r[i].n_ref * sizeof(int32_t));

@@ -40,9 +40,10 @@ static void test_names_and_values(void **state)
     metrics_request_failed(m, "invalid");
     metrics_request_failed(m, "invalid");
     metrics_request_failed(m, "Bad Reason!");        /* only [a-z_] kept: "adeason" */
-    metrics_engine e = {.running = 3, .waiting = 2, .kv_used = 1, .kv_total = 4, .num_drafts = 9,
-                        .num_draft_tokens = 30, .num_accepted_tokens = 21, .n_pos = 2,
-                        .accepted_per_pos = {8, 5}};
+    metrics_engine e = {.running = 3, .waiting = 2, .kv_used = 1, .kv_total = 4,
+                        .spec = {.num_drafts = 9, .num_draft_tokens = 30, .num_accepted_tokens = 21,
+                                 .drafted_per_pos = {9, 7}, .accepted_per_pos = {8, 5},
+                                 .src_blocks = {4, 5, 0}, .src_drafted = {10, 20, 0}, .src_accepted = {6, 15, 0}}};
     metrics_set_engine(m, &e);
     assert_int_equal(metrics_set_extra(m, "stream_pending", "Entries pending.", METRICS_GAUGE, 4), 0);
     assert_int_equal(metrics_set_extra(m, "stream_pending", "Entries pending.", METRICS_GAUGE, 6), 0);
@@ -80,6 +81,12 @@ static void test_names_and_values(void **state)
     assert_true(sample(t, S("selfspec:spec_decode_num_accepted_tokens_total{%s}", L)) == 21);
     assert_true(sample(t, S("selfspec:spec_decode_num_accepted_tokens_per_pos_total{%s,position=\"0\"}", L)) == 8);
     assert_true(sample(t, S("selfspec:spec_decode_num_accepted_tokens_per_pos_total{%s,position=\"1\"}", L)) == 5);
+    assert_null(strstr(t, "position=\"2\""));   /* only positions ever drafted */
+    assert_true(sample(t, S("selfspec:spec_decode_num_drafts_by_source_total{%s,source=\"context\"}", L)) == 5);
+    assert_true(sample(t, S("selfspec:spec_decode_num_draft_tokens_by_source_total{%s,source=\"layers\"}", L)) == 10);
+    assert_true(sample(t, S("selfspec:spec_decode_num_accepted_tokens_by_source_total{%s,source=\"context\"}", L)) ==
+                15);
+    assert_true(sample(t, S("selfspec:spec_decode_num_accepted_tokens_by_source_total{%s,source=\"chain\"}", L)) == 0);
     assert_null(strstr(t, "position=\"2\""));
     assert_true(sample(t, S("selfspec:stream_pending{%s}", L)) == 6);
     assert_true(sample(t, S("selfspec:dead_lettered_total{%s}", L)) == 2);

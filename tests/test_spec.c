@@ -56,6 +56,7 @@
 #include "decode/sampler.h"
 #include "decode/skipset.h"
 #include "decode/spec.h"
+#include "oracle.h"
 #include "testutil_gguf.h"
 #include "testutil_model.h"
 
@@ -167,8 +168,8 @@ static void run_spec(tiny *t, kv_cache *kv, const skip_set *ss, const spec_param
         fail_msg("gen_selfspec: %s", err);
     assert_int_equal(st.generated_tokens, out->n);
     assert_int_equal(st.prompt_tokens, n);
-    assert_true(sps->accepted <= sps->drafted);
-    assert_true(sps->drafted <= (int64_t)sps->verifications * sp->max_draft);
+    assert_true(sps->counts.num_accepted_tokens <= sps->counts.num_draft_tokens);
+    assert_true(sps->counts.num_draft_tokens <= (int64_t)sps->verifications * sp->max_draft);
 }
 
 static void assert_same_ids(const sink *want, const sink *got, const char *what)
@@ -374,32 +375,32 @@ static void greedy_all_sets(uint32_t wtype, uint64_t seed)
                 /* the statistics add up */
                 int64_t sum_d = 0, sum_a = 0;
                 for (int i = 0; i < SPEC_MAX_DRAFT; i++) {
-                    sum_d += sps.drafted_at[i];
-                    sum_a += sps.accepted_at[i];
-                    assert_true(sps.accepted_at[i] <= sps.drafted_at[i]);
+                    sum_d += sps.counts.drafted_per_pos[i];
+                    sum_a += sps.counts.accepted_per_pos[i];
+                    assert_true(sps.counts.accepted_per_pos[i] <= sps.counts.drafted_per_pos[i]);
                     if (i >= sp.max_draft)
-                        assert_int_equal(sps.drafted_at[i], 0);
+                        assert_int_equal(sps.counts.drafted_per_pos[i], 0);
                 }
-                assert_int_equal(sum_d, sps.drafted);
-                assert_int_equal(sum_a, sps.accepted);
+                assert_int_equal(sum_d, sps.counts.num_draft_tokens);
+                assert_int_equal(sum_a, sps.counts.num_accepted_tokens);
                 /* the first token, then each counted verification emits its
                  * accepted tokens plus one; a last verification with nothing
                  * drafted (one token left) is not counted */
-                int64_t emitted = 1 + sps.accepted + sps.verifications;
+                int64_t emitted = 1 + sps.counts.num_accepted_tokens + sps.verifications;
                 assert_true(emitted == G_NEW || emitted + 1 == G_NEW);
-                drafted += sps.drafted;
-                accepted += sps.accepted;
+                drafted += sps.counts.num_draft_tokens;
+                accepted += sps.counts.num_accepted_tokens;
                 /* a run with blocks accepted in part, two tokens or more */
-                if (sps.accepted < sps.drafted && sps.accepted_at[1] > 0)
+                if (sps.counts.num_accepted_tokens < sps.counts.num_draft_tokens && sps.counts.accepted_per_pos[1] > 0)
                     partial_runs++;
-                if (s == 0 && h == 0 && p == 0 && sps.drafted)
-                    ar_none = (double)sps.accepted / sps.drafted;
-                if (s == 1 && h == 0 && p == 0 && sps.drafted)
-                    ar_all = (double)sps.accepted / sps.drafted;
+                if (s == 0 && h == 0 && p == 0 && sps.counts.num_draft_tokens)
+                    ar_none = (double)sps.counts.num_accepted_tokens / sps.counts.num_draft_tokens;
+                if (s == 1 && h == 0 && p == 0 && sps.counts.num_draft_tokens)
+                    ar_all = (double)sps.counts.num_accepted_tokens / sps.counts.num_draft_tokens;
                 /* skip nothing, full head: the draft is the full model, so
                  * every drafted token is accepted */
                 if (s == 0 && h == 0)
-                    assert_int_equal(sps.accepted, sps.drafted);
+                    assert_int_equal(sps.counts.num_accepted_tokens, sps.counts.num_draft_tokens);
                 runs++;
             }
         }
@@ -797,8 +798,8 @@ static void sample_spec(sampling_fixture *f, const sampler_params *smp, uint64_t
     run_spec(&f->t, &f->kv, &f->ss, &sp, f->prompt, S_PROMPT, &gp, &s, &st);
     assert_int_equal(s.n, S_MAX_TOKENS);
     memcpy(out, s.ids, S_TOKENS * sizeof(int32_t));
-    acc->drafted += st.drafted;
-    acc->accepted += st.accepted;
+    acc->counts.num_draft_tokens += st.counts.num_draft_tokens;
+    acc->counts.num_accepted_tokens += st.counts.num_accepted_tokens;
     acc->verifications += st.verifications;
 }
 
@@ -906,7 +907,7 @@ static void check_sampling(const char *name, const sampler_params *smp, int head
             }
         }
     }
-    double ar = acc.drafted ? (double)acc.accepted / acc.drafted : 0.0;
+    double ar = acc.counts.num_draft_tokens ? (double)acc.counts.num_accepted_tokens / acc.counts.num_draft_tokens : 0.0;
     double x[3];
     int df[3];
     double p01 = homogeneity(plain->joint01, spec->joint01, S_VOCAB * S_VOCAB, &x[0], &df[0]);
@@ -914,7 +915,7 @@ static void check_sampling(const char *name, const sampler_params *smp, int head
     double p3 = homogeneity(plain->marg3, spec->marg3, S_VOCAB, &x[2], &df[2]);
     printf("  %s: acceptance %.3f (%lld/%lld); plain vs self-spec p = %.4f (t0,t1: chi2 %.1f df %d), "
            "%.4f (t1,t2: %.1f df %d), %.4f (t3: %.1f df %d)\n",
-           name, ar, (long long)acc.accepted, (long long)acc.drafted, p01, x[0], df[0], p12, x[1], df[1], p3,
+           name, ar, (long long)acc.counts.num_accepted_tokens, (long long)acc.counts.num_draft_tokens, p01, x[0], df[0], p12, x[1], df[1], p3,
            x[2], df[2]);
     /* power: the draft alone (half as many runs) must be told apart */
     double xd[3];
@@ -997,12 +998,12 @@ static void test_seed_reproduces(void **state)
     run_spec(&g->t, &g->kv, &ss, &sp, g->prompts[1], g->plens[1], &gp, &b, &sb);
     assert_int_equal(a.n, 64);
     assert_same_ids(&a, &b, "same seed");
-    assert_int_equal(sa.drafted, sb.drafted);
-    assert_int_equal(sa.accepted, sb.accepted);
+    assert_int_equal(sa.counts.num_draft_tokens, sb.counts.num_draft_tokens);
+    assert_int_equal(sa.counts.num_accepted_tokens, sb.counts.num_accepted_tokens);
     assert_int_equal(sa.verifications, sb.verifications);
     assert_true(sa.final_gamma == sb.final_gamma);
-    assert_memory_equal(sa.drafted_at, sb.drafted_at, sizeof sa.drafted_at);
-    assert_memory_equal(sa.accepted_at, sb.accepted_at, sizeof sa.accepted_at);
+    assert_memory_equal(sa.counts.drafted_per_pos, sb.counts.drafted_per_pos, sizeof sa.counts.drafted_per_pos);
+    assert_memory_equal(sa.counts.accepted_per_pos, sb.counts.accepted_per_pos, sizeof sa.counts.accepted_per_pos);
     /* another seed gives another run */
     gp.sampling.seed = 43;
     run_spec(&g->t, &g->kv, &ss, &sp, g->prompts[1], g->plens[1], &gp, &c, &sc);
@@ -1105,17 +1106,17 @@ static void test_context_greedy_matches_plain(void **state)
                 kv_assert_prefix_equal(&kv, &kv_plain[p], kv.len, what);
                 int64_t b = 0, d = 0, a = 0;
                 for (int i = 0; i < SPEC_SRC_N; i++) {
-                    b += sps.src_blocks[i], d += sps.src_drafted[i], a += sps.src_accepted[i];
-                    assert_true(sps.src_accepted[i] <= sps.src_drafted[i]);
-                    src_b[i] += sps.src_blocks[i], src_d[i] += sps.src_drafted[i], src_a[i] += sps.src_accepted[i];
+                    b += sps.counts.src_blocks[i], d += sps.counts.src_drafted[i], a += sps.counts.src_accepted[i];
+                    assert_true(sps.counts.src_accepted[i] <= sps.counts.src_drafted[i]);
+                    src_b[i] += sps.counts.src_blocks[i], src_d[i] += sps.counts.src_drafted[i], src_a[i] += sps.counts.src_accepted[i];
                 }
-                assert_int_equal(d, sps.drafted);
-                assert_int_equal(a, sps.accepted);
+                assert_int_equal(d, sps.counts.num_draft_tokens);
+                assert_int_equal(a, sps.counts.num_accepted_tokens);
                 assert_true(b <= sps.verifications);
                 if (kinds[ki] == SPEC_DRAFT_CONTEXT || s == NS)   /* no drafter: context blocks only */
-                    assert_int_equal(sps.src_blocks[SPEC_SRC_LAYERS] + sps.src_blocks[SPEC_SRC_CHAIN], 0);
-                if (sps.src_accepted[SPEC_SRC_CONTEXT] > 0 &&
-                    sps.src_accepted[SPEC_SRC_CONTEXT] < sps.src_drafted[SPEC_SRC_CONTEXT])
+                    assert_int_equal(sps.counts.src_blocks[SPEC_SRC_LAYERS] + sps.counts.src_blocks[SPEC_SRC_CHAIN], 0);
+                if (sps.counts.src_accepted[SPEC_SRC_CONTEXT] > 0 &&
+                    sps.counts.src_accepted[SPEC_SRC_CONTEXT] < sps.counts.src_drafted[SPEC_SRC_CONTEXT])
                     partial_ctx++;
                 runs++;
             }
@@ -1289,9 +1290,9 @@ static void sample_ctx_spec(ctx_fixture *f, const sampler_params *smp, uint64_t 
     assert_int_equal(s.n, S_MAX_TOKENS);
     memcpy(out, s.ids, S_TOKENS * sizeof(int32_t));
     for (int i = 0; i < SPEC_SRC_N; i++) {
-        acc->src_blocks[i] += st.src_blocks[i];
-        acc->src_drafted[i] += st.src_drafted[i];
-        acc->src_accepted[i] += st.src_accepted[i];
+        acc->counts.src_blocks[i] += st.counts.src_blocks[i];
+        acc->counts.src_drafted[i] += st.counts.src_drafted[i];
+        acc->counts.src_accepted[i] += st.counts.src_accepted[i];
     }
 }
 
@@ -1388,8 +1389,8 @@ static void test_sampling_context(void **state)
             tables_add(wrong, toks);
         }
     }
-    double ar = acx.src_drafted[SPEC_SRC_CONTEXT] ? (double)acx.src_accepted[SPEC_SRC_CONTEXT] /
-                                                        acx.src_drafted[SPEC_SRC_CONTEXT] : 0.0;
+    double ar = acx.counts.src_drafted[SPEC_SRC_CONTEXT] ? (double)acx.counts.src_accepted[SPEC_SRC_CONTEXT] /
+                                                        acx.counts.src_drafted[SPEC_SRC_CONTEXT] : 0.0;
     double x[3];
     int df[3];
     const char *names[2] = {"context", "chain"};
@@ -1407,11 +1408,11 @@ static void test_sampling_context(void **state)
     double w12 = homogeneity(plain->joint12, wrong->joint12, S_VOCAB * S_VOCAB, &x[1], &df[1]);
     double w3 = homogeneity(plain->marg3, wrong->marg3, S_VOCAB, &x[2], &df[2]);
     printf("  context acceptance %.3f (%lld blocks); chain blocks %lld, context-only %lld; wrong rule p = %.3g, "
-           "%.3g, %.3g (must be detected)\n", ar, (long long)acx.src_blocks[SPEC_SRC_CONTEXT],
-           (long long)ach.src_blocks[SPEC_SRC_CHAIN], (long long)ach.src_blocks[SPEC_SRC_CONTEXT], w01, w12, w3);
+           "%.3g, %.3g (must be detected)\n", ar, (long long)acx.counts.src_blocks[SPEC_SRC_CONTEXT],
+           (long long)ach.counts.src_blocks[SPEC_SRC_CHAIN], (long long)ach.counts.src_blocks[SPEC_SRC_CONTEXT], w01, w12, w3);
     if (!(ar > 0.05 && ar < 0.95))
         fail_msg("context acceptance %.3f outside (0.05, 0.95): rejections not exercised", ar);
-    assert_true(ach.src_blocks[SPEC_SRC_CHAIN] > C_N / 4);   /* chained blocks really happened */
+    assert_true(ach.counts.src_blocks[SPEC_SRC_CHAIN] > C_N / 4);   /* chained blocks really happened */
     if (!(pmin[0] > 0.001 && pmin[1] > 0.001))
         fail_msg("sampling with context drafts differs from plain (p = %.3g context, %.3g chain)", pmin[0], pmin[1]);
     if (!(min3(w01, w12, w3) < 0.001))

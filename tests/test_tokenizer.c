@@ -1,5 +1,6 @@
 /*
- * test_tokenizer.c - unit tests for common/text/: tokenizer.c, chat.c, utf8.c.
+ * test_tokenizer.c - unit tests for common/text/: tokenizer.c, chat.c, utf8.c
+ * (the byte stream on its own, and the detokenizer over it).
  *
  * The real-model tests load the vocabulary of a GGUF (path from
  * $SELFSPEC_MODEL, default models/SmolLM2-135M-Instruct.Q4_1.gguf; skipped
@@ -481,6 +482,32 @@ static void test_speed(void **state)
 }
 
 /* ------------------------------------------------------ tests without a model */
+
+/* The byte stream alone (no tokenizer: utf8.c is a leaf of the text
+ * layer): a character split over pushes waits, invalid bytes become
+ * U+FFFD, an empty push changes nothing, the flush ends a cut character. */
+static void test_utf8_stream_bytes(void **state)
+{
+    (void)state;
+    char out[64];
+    utf8_stream s;
+    utf8_stream_init(&s);
+    assert_int_equal(utf8_stream_push_bytes(&s, "h\xC3", 2, out, sizeof out), 1);
+    assert_memory_equal(out, "h", 1);
+    assert_int_equal(s.n_pending, 1);
+    assert_int_equal(utf8_stream_push_bytes(&s, NULL, 0, out, sizeof out), 0);
+    assert_int_equal(s.n_pending, 1);
+    assert_int_equal(utf8_stream_push_bytes(&s, "\xA9\xE2\x82", 3, out, sizeof out), 2);   /* é, then 2 of € */
+    assert_memory_equal(out, "\xC3\xA9", 2);
+    assert_int_equal(utf8_stream_push_bytes(&s, "\xAC!", 2, out, sizeof out), 4);
+    assert_memory_equal(out, "\xE2\x82\xAC!", 4);
+    assert_int_equal(utf8_stream_push_bytes(&s, "\xFFx", 2, out, sizeof out), 4);
+    assert_memory_equal(out, "\xEF\xBF\xBDx", 4);
+    assert_int_equal(utf8_stream_push_bytes(&s, "\xF0\x9F", 2, out, sizeof out), 0);
+    assert_int_equal(utf8_stream_flush(&s, out, sizeof out), 3);
+    assert_memory_equal(out, "\xEF\xBF\xBD", 3);
+    assert_int_equal(s.n_pending, 0);
+}
 
 static void test_utf8_validate(void **state)
 {
@@ -985,6 +1012,7 @@ int main(void)
     };
     const struct CMUnitTest unit_tests[] = {
         cmocka_unit_test(test_utf8_validate),
+        cmocka_unit_test(test_utf8_stream_bytes),
         cmocka_unit_test(test_spm_vocab),
         cmocka_unit_test(test_gpt2_synthetic),
         cmocka_unit_test(test_chat_chatml),

@@ -349,6 +349,29 @@ def test_context_drafts(model, tmp):
     rd.stop()
 
 
+def test_stop_while_loading(model, tmp):
+    """SIGTERM while a worker (or a --devices supervisor) is still loading:
+    it exits 0 with nothing in flight, not by the signal. No Redis needed:
+    it stops before its first read."""
+    qwen = "models/Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf"
+    big = qwen if os.path.exists(qwen) else model   # a longer load, a wider window
+    base = [BIN, "worker", "-m", big, "--redis", "redis://127.0.0.1:1", "--stream", "s", "--group", "g", "-t", "1"]
+    for extra, delay in (([], 0.05), (["--devices", "cpu:0,cpu:1"], 0.01), (["--devices", "cpu:0,cpu:1"], 0.5)):
+        log_path = os.path.join(tmp, "stop-loading.log")
+        with open(log_path, "wb") as log:
+            p = subprocess.Popen(base + extra, stdout=subprocess.DEVNULL, stderr=log)
+            time.sleep(delay)
+            p.send_signal(signal.SIGTERM)
+            try:
+                rc = p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                rc = "hung"
+        text = open(log_path, errors="replace").read()
+        check(f"SIGTERM {delay}s into loading{' (' + extra[1] + ')' if extra else ''}: exits 0", rc == 0,
+              f"rc {rc}: {text[-400:]}")
+
+
 def test_devices(model, tmp):
     """--devices cpu:0,cpu:1: two pinned children; one SIGKILLed is restarted; SIGTERM drains both.
     The Redis here wants an ACL user (alice) and the workers use db 2: redis://alice:pw@host:port/2."""
@@ -435,6 +458,7 @@ def main():
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         try:
+            test_stop_while_loading(a.model, tmp)
             test_context_drafts(a.model, tmp)
             test_kills_and_restart(a.model, tmp, a.jobs)
             test_devices(a.model, tmp)

@@ -296,24 +296,24 @@ static void print_summary(const batch_job *j, const engine *e, double secs, cons
             secs > 0 ? (j->n_ok + j->n_err) / secs : 0.0, (long long)j->prompt_tokens, (long long)j->output_tokens,
             secs > 0 ? j->prompt_tokens / secs : 0.0, secs > 0 ? j->output_tokens / secs : 0.0,
             engine_mode_name(j->o->so.ep.mode), skip_src, (long long)t->steps, (long long)t->spec_steps,
-            (long long)t->num_drafts, (long long)t->num_draft_tokens, (long long)t->num_accepted_tokens,
-            t->num_drafts ? 1.0 + (double)t->num_accepted_tokens / t->num_drafts : 0.0);
+            (long long)t->spec.num_drafts, (long long)t->spec.num_draft_tokens, (long long)t->spec.num_accepted_tokens,
+            t->spec.num_drafts ? 1.0 + (double)t->spec.num_accepted_tokens / t->spec.num_drafts : 0.0);
     int last = 0;
     for (int i = 0; i < SPEC_MAX_DRAFT; i++)
-        if (t->accepted_per_pos[i])
+        if (t->spec.accepted_per_pos[i])
             last = i + 1;
     for (int i = 0; i < last; i++)
-        fprintf(stderr, "%s%lld", i ? ", " : "", (long long)t->accepted_per_pos[i]);
+        fprintf(stderr, "%s%lld", i ? ", " : "", (long long)t->spec.accepted_per_pos[i]);
     fprintf(stderr, "], \"draft\": \"%s\", \"sources\": {", spec_draft_name(j->o->so.ep.sp.draft));
     int first = 1;
     for (int i = 0; i < SPEC_SRC_N; i++) {
-        if (!t->src_blocks[i])
+        if (!t->spec.src_blocks[i])
             continue;
         fprintf(stderr, "%s\"%s\": {\"blocks\": %lld, \"drafted\": %lld, \"accepted\": %lld, "
                 "\"acceptance_rate\": %.4f, \"mean_accepted\": %.3f}", first ? "" : ", ", spec_source_name(i),
-                (long long)t->src_blocks[i], (long long)t->src_drafted[i], (long long)t->src_accepted[i],
-                t->src_drafted[i] ? (double)t->src_accepted[i] / t->src_drafted[i] : 0.0,
-                (double)t->src_accepted[i] / t->src_blocks[i]);
+                (long long)t->spec.src_blocks[i], (long long)t->spec.src_drafted[i], (long long)t->spec.src_accepted[i],
+                t->spec.src_drafted[i] ? (double)t->spec.src_accepted[i] / t->spec.src_drafted[i] : 0.0,
+                (double)t->spec.src_accepted[i] / t->spec.src_blocks[i]);
         first = 0;
     }
     fprintf(stderr, "}}\n");

@@ -4,6 +4,7 @@
  */
 #include "gen_cuda.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 #include "engine/engine.h"
@@ -28,8 +29,13 @@ model_backend *gen_cuda_backend(const model *m, int device, engine_params *ep, c
 {
     if (gen_cuda_check_device(device, err, errlen) != 0)
         return NULL;
-    ep->backend = backend_cuda_open(m, device, engine_pass_tokens(ep), ep->ctx + SPEC_MAX_DRAFT + 2, ep->kv_mem,
-                                    err, errlen);
+    /* SELFSPEC_CUDA_GRAPHS=0: every pass launched directly (the GPU check
+     * compares that with graph replay); the library reads no environment */
+    const char *gv = getenv("SELFSPEC_CUDA_GRAPHS");
+    backend_cuda_params bp = {.device = device, .max_tokens = engine_pass_tokens(ep),
+                              .ctx = ep->ctx + SPEC_MAX_DRAFT + 2, .kv_mem = ep->kv_mem,
+                              .graphs = !(gv && !strcmp(gv, "0")), .cm = NULL};
+    ep->backend = backend_cuda_open_params(m, &bp, err, errlen);
     return ep->backend;
 }
 

@@ -10,6 +10,7 @@
  */
 #include <errno.h>
 #include <getopt.h>
+#include <signal.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -54,6 +55,9 @@ typedef struct {
     const char *stops[MAX_STOPS];
     int n_stops;
 } gen_opts;
+
+static volatile sig_atomic_t g_stop;
+static void on_signal(int sig) { (void)sig; g_stop = 1; }
 
 /* What the emit callback needs: the text with its stop strings, and the
  * ids already printed (--ids). */
@@ -242,7 +246,7 @@ static int emit_token(void *ctx, int32_t token)
         fflush(stdout);
     }
     print_final(g);
-    return stop;
+    return stop || g_stop;   /* SIGINT/SIGTERM: end here, what was generated stays printed */
 }
 
 static int is_eog_cb(const void *ctx, int32_t token)
@@ -445,5 +449,10 @@ int cmd_generate(int argc, char **argv)
     gen_opts o = {0};
     if (parse_generate(argc, argv, &o) != 0)
         return 2;
+    /* before anything is loaded: a signal ends generation at its next token */
+    struct sigaction sa = {0};
+    sa.sa_handler = on_signal;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
     return run_generate(&o);
 }

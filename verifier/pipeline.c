@@ -3,10 +3,13 @@
  * pipeline.h): the shared-memory names and signals before the model loads,
  * the verified KV in shared memory, the supervisor (common/ipc/supervisor.h),
  * the drafter as the engine's draft source (common/ipc/pipe_source.h) and
- * the --stats JSON.
+ * the --stats JSON. The process's side of the supervisor lives here: its
+ * SIGTERM/SIGINT flag and the environment it reads (the library reads
+ * neither; pipe_params carries them).
  */
 #include "pipeline.h"
 
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,10 +23,17 @@
 #include "model/cuda_backend.h"
 #include "util/util.h"
 
+static volatile sig_atomic_t g_term;
+static void on_term(int sig) { (void)sig; g_term = 1; }
+
 void pipeline_prepare(char *shm_name, size_t n)
 {
+    struct sigaction sa = {0};
+    sa.sa_handler = on_term;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
     pipe_reap_orphans();
-    sup_catch_signals();
     snprintf(shm_name, n, "/selfspec-%d-%016llx-w", (int)getpid(), (unsigned long long)sup_random64());
 }
 
@@ -34,7 +44,23 @@ void pipeline_loaded(const char *shm_name)
 
 static int stop_requested(void)
 {
-    return sup_stopping();
+    return g_term != 0;
+}
+
+/* What the supervisor takes from this process's environment and signals
+ * (pipe_params' caller fields), for a drafter on a GPU or not. */
+static void env_params(pipe_params *lp, int gpu)
+{
+    const char *dbg = getenv("SELFSPEC_PIPELINE_DEBUG");
+    const char *pol = getenv("SELFSPEC_PIPELINE_SPECULATE");   /* benchmark knob: "always" */
+    lp->drafter_exe = getenv(gpu ? "SELFSPEC_DRAFTER_CUDA" : "SELFSPEC_DRAFTER");
+    lp->debug = dbg ? atoi(dbg) : 0;
+    lp->speculate_always = pol && !strcmp(pol, "always");
+    /* Two OpenMP teams share the cores: a drafter whose idle workers spin
+     * (libgomp's default) takes the cores from the verifier. Unless the user
+     * chose a policy, the drafter's workers spin briefly, then sleep. */
+    lp->drafter_env = !getenv("OMP_WAIT_POLICY") && !getenv("GOMP_SPINCOUNT") ? "GOMP_SPINCOUNT=3000" : NULL;
+    lp->stop = &g_term;
 }
 
 /* Before a request goes out on a GPU: the verified KV changed (the
@@ -117,6 +143,7 @@ int gen_pipeline(const model *m, int device, int32_t ctx, const spec_params *sp,
         shm_unlink(kvname);              /* mapped here, inherited by the drafter */
         ps->kv_kb = (long)(kvshm.size >> 10);
     }
+    env_params(&lp, lp.cuda_ipc_len > 0);
     ps->overlap = lp.overlap;
     ps->device = device;
     ps->draft_device = device < 0 ? -1 : lp.cuda_draft_device >= 0 ? lp.cuda_draft_device : device;
@@ -137,7 +164,7 @@ int gen_pipeline(const model *m, int device, int32_t ctx, const spec_params *sp,
     rc = engine_run(m, &ep, nseq, prompt, n_prompt, gp, emit, ectx, stop_requested, st, ss_out, err, errlen);
     if (rc != 0)
         goto out;
-    if (sup_stopping())
+    if (g_term)
         ps->terminated = 1;
     pipe_mem_read(getpid(), &ps->verifier_mem);
     if (S.pid > 0 && sup_ready(&S))

@@ -8,14 +8,14 @@
  * as `batch` uses the input file's mtime). Its result, the batch output line,
  * goes to the results stream with fields custom_id and result.
  *
- * --devices cpu:0,cpu:1 (or cpu:0-3, cuda:0, ...): the supervisor execs
- * this binary once per device with the same options, consumer
- * "<consumer>-<device>" (stable, so a restarted child reads its own pending
- * entries first), pinned to the device's cores (sched_setaffinity, one
- * OpenMP thread per core) or, for cuda:N, with CUDA_VISIBLE_DEVICES=N;
- * --metrics-port N gives device i port N + i. A child that dies is
- * restarted (backoff up to 30 s); SIGTERM/SIGINT is passed
- * to every child, which drains, and the supervisor exits when all have.
+ * --devices cpu:0,cpu:1 (or cpu:0-3, cuda:0, ...): the supervisor
+ * (common/serve/devices.h, which states its contract) execs this binary once
+ * per device with the same options; SIGTERM/SIGINT is passed to every
+ * child, which drains, and the supervisor exits when all have.
+ *
+ * Signals come first: the SIGTERM/SIGINT handlers are installed before
+ * anything is parsed or loaded, so a worker stopped while it loads the model
+ * exits 0 with nothing in flight instead of dying by the signal.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -25,15 +25,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "api/metrics.h"
 #include "cli.h"
 #include "commands.h"
 #include "service.h"
+#include "serve/devices.h"
 #include "serve/httpd.h"
 #include "serve/qworker.h"
 #include "util/util.h"
@@ -41,7 +39,21 @@
 static volatile sig_atomic_t g_stop;
 static void on_signal(int sig) { (void)sig; g_stop = 1; }
 
-#define WORKER_MAX_DEVICES 64
+/* SIGTERM/SIGINT set g_stop (a worker drains, the supervisor passes it on);
+ * a peer gone mid-write is an error return, not a signal. */
+static void catch_signals(void)
+{
+    struct sigaction sa = {0};
+    sa.sa_handler = on_signal;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    sigset_t term;   /* a --devices child starts with them blocked (serve/devices.h) */
+    sigemptyset(&term);
+    sigaddset(&term, SIGTERM);
+    sigaddset(&term, SIGINT);
+    sigprocmask(SIG_UNBLOCK, &term, NULL);
+}
 
 typedef struct {
     svc_opts so;
@@ -154,38 +166,6 @@ static int parse_worker(int argc, char **argv, worker_opts *o)
     return 0;
 }
 
-/* "0", "0-3", "0,2,5-6" into a CPU set; -1 when malformed. */
-static int parse_cpus(const char *s, cpu_set_t *set, int *count)
-{
-    CPU_ZERO(set);
-    *count = 0;
-    const char *p = s;
-    while (*p) {
-        char *end;
-        long a = strtol(p, &end, 10), b;
-        if (end == p || a < 0 || a >= CPU_SETSIZE)
-            return -1;
-        b = a;
-        if (*end == '-') {
-            p = end + 1;
-            b = strtol(p, &end, 10);
-            if (end == p || b < a || b >= CPU_SETSIZE)
-                return -1;
-        }
-        for (long i = a; i <= b; i++)
-            if (!CPU_ISSET((int)i, set)) {
-                CPU_SET((int)i, set);
-                (*count)++;
-            }
-        if (*end == ',')
-            end++;
-        else if (*end)
-            return -1;
-        p = end;
-    }
-    return *count > 0 ? 0 : -1;
-}
-
 /* ---- one worker ---- */
 
 static int run_worker(worker_opts *o)
@@ -194,7 +174,7 @@ static int run_worker(worker_opts *o)
     if (o->pin) {
         cpu_set_t set;
         int n = 0;
-        if (parse_cpus(o->pin, &set, &n) != 0) {
+        if (devices_parse_cpus(o->pin, &set, &n) != 0) {
             fprintf(stderr, "selfspec: bad --pin-cpus '%s'\n", o->pin);
             return 2;
         }
@@ -224,18 +204,18 @@ static int run_worker(worker_opts *o)
     q.names = (redisq_names){.stream = o->stream, .group = o->group, .consumer = o->consumer,
                              .results = o->results ? o->results : results, .dead = o->dead ? o->dead : dead,
                              .done = o->done ? o->done : done};
-    struct sigaction sa = {0};
-    sa.sa_handler = on_signal;
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
-
     svc_engine se;
     int rc = 1;
     metrics *mx = NULL;
     httpd *hd = NULL;
     if (svc_engine_init(&se, &o->so) != 0)
         goto out;
+    if (g_stop) {   /* stopped while loading: nothing was read, nothing is in flight */
+        if (!o->so.quiet)
+            fprintf(stderr, "selfspec: worker: stopped before its first read\n");
+        rc = 0;
+        goto out;
+    }
     q.max_jobs = o->so.ep.max_seqs;
     q.model_name = se.model_name;
     mx = metrics_new("selfspec:", se.model_name);
@@ -268,108 +248,13 @@ out:
     return rc;
 }
 
-/* ---- the supervisor ---- */
-
-typedef struct {
-    char name[64];       /* "cpu:0" */
-    char pin[64];        /* cores, or "" */
-    char cuda[16];       /* CUDA_VISIBLE_DEVICES, or "" */
-    pid_t pid;
-    double started, backoff, restart_at;
-} worker_child;
-
-static int parse_devices(const char *list, worker_child *ch, int *n)
-{
-    *n = 0;
-    char buf[1024];
-    snprintf(buf, sizeof buf, "%s", list);
-    char *save = NULL;
-    for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-        /* devices are split at commas; within cpu:, "+" joins core ranges (cpu:0-1+4-5) */
-        if (*n == WORKER_MAX_DEVICES)
-            return -1;
-        worker_child *c = &ch[*n];
-        memset(c, 0, sizeof *c);
-        snprintf(c->name, sizeof c->name, "%s", tok);
-        cpu_set_t set;
-        int cnt;
-        if (!strncmp(tok, "cpu:", 4)) {
-            snprintf(c->pin, sizeof c->pin, "%s", tok + 4);
-            for (char *p = c->pin; *p; p++)
-                if (*p == '+')
-                    *p = ',';
-            if (parse_cpus(c->pin, &set, &cnt) != 0)
-                return -1;
-        } else if (!strncmp(tok, "cuda:", 5)) {
-            char *end;
-            long d = strtol(tok + 5, &end, 10);
-            if (end == tok + 5 || *end || d < 0 || d > 1024)
-                return -1;
-            snprintf(c->cuda, sizeof c->cuda, "%ld", d);
-        } else {
-            return -1;
-        }
-        c->backoff = 1;
-        (*n)++;
-    }
-    return *n > 0 ? 0 : -1;
-}
-
-static pid_t spawn_child(worker_child *c, int index, long metrics_port, int argc, char **argv, const char *base)
-{
-    char consumer[320], mport[16];
-    snprintf(consumer, sizeof consumer, "%s-%s", base, c->name);
-    for (char *p = consumer; *p; p++)
-        if (*p == ':')
-            *p = '-';
-    pid_t pid = fork();
-    if (pid != 0)
-        return pid;
-    /* the child: this binary, the same options without --devices/--consumer/--metrics-port */
-    prctl(PR_SET_PDEATHSIG, SIGTERM);
-    char **av = calloc((size_t)argc + 12, sizeof *av);
-    int k = 0;
-    av[k++] = "selfspec";
-    av[k++] = "worker";
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        int skip_val = !strcmp(a, "--devices") || !strcmp(a, "--consumer") || !strcmp(a, "--metrics-port") ||
-                       !strcmp(a, "--pin-cpus");
-        if (skip_val) {
-            i++;
-            continue;
-        }
-        if (!strncmp(a, "--devices=", 10) || !strncmp(a, "--consumer=", 11) || !strncmp(a, "--metrics-port=", 15))
-            continue;
-        av[k++] = argv[i];
-    }
-    av[k++] = "--consumer";
-    av[k++] = consumer;
-    if (c->pin[0]) {
-        av[k++] = "--pin-cpus";
-        av[k++] = c->pin;
-    }
-    if (metrics_port) {   /* child i serves its metrics on port + i */
-        snprintf(mport, sizeof mport, "%ld", metrics_port + index);
-        av[k++] = "--metrics-port";
-        av[k++] = mport;
-    }
-    if (c->cuda[0]) {   /* its one visible GPU is device 0 */
-        setenv("CUDA_VISIBLE_DEVICES", c->cuda, 1);
-        av[k++] = "--device";
-        av[k++] = "cuda:0";
-    }
-    av[k] = NULL;
-    execv("/proc/self/exe", av);
-    fprintf(stderr, "selfspec: cannot exec the worker: %s\n", strerror(errno));
-    _exit(127);
-}
+/* ---- the supervisor (serve/devices.h) ---- */
 
 static int run_supervisor(worker_opts *o, int argc, char **argv)
 {
-    worker_child ch[WORKER_MAX_DEVICES];
+    device_child ch[DEVICES_MAX];
     int n = 0;
-    if (parse_devices(o->devices, ch, &n) != 0) {
+    if (devices_parse(o->devices, ch, &n) != 0) {
         fprintf(stderr, "selfspec: bad --devices '%s' (e.g. cpu:0,cpu:1 or cpu:0-3,cpu:4-7 or cuda:0,cuda:1)\n",
                 o->devices);
         return 2;
@@ -387,75 +272,14 @@ static int run_supervisor(worker_opts *o, int argc, char **argv)
         host[sizeof host - 1] = '\0';
         snprintf(base, sizeof base, "%s", host);
     }
-    struct sigaction sa = {0};
-    sa.sa_handler = on_signal;
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    for (int i = 0; i < n; i++) {
-        ch[i].pid = spawn_child(&ch[i], i, o->metrics_port, argc, argv, base);
-        ch[i].started = util_now();
-        if (!o->so.quiet)
-            fprintf(stderr, "worker: started %s (pid %d)\n", ch[i].name, (int)ch[i].pid);
-    }
-    int draining = 0, rc = 0;
-    for (;;) {
-        if (g_stop && !draining) {
-            draining = 1;
-            if (!o->so.quiet)
-                fprintf(stderr, "worker: draining %d worker(s)\n", n);
-            for (int i = 0; i < n; i++)
-                if (ch[i].pid > 0)
-                    kill(ch[i].pid, SIGTERM);
-        }
-        int status;
-        pid_t pid = waitpid(-1, &status, WNOHANG);
-        if (pid > 0) {
-            for (int i = 0; i < n; i++) {
-                if (ch[i].pid != pid)
-                    continue;
-                ch[i].pid = 0;
-                int ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
-                if (draining) {
-                    if (!ok)
-                        rc = 1;
-                    break;
-                }
-                double now = util_now();
-                if (now - ch[i].started > 60)
-                    ch[i].backoff = 1;   /* it ran a good while: not a crash loop */
-                ch[i].restart_at = now + ch[i].backoff;
-                if (!o->so.quiet)
-                    fprintf(stderr, "worker: %s (pid %d) %s %d; restarting in %.0fs\n", ch[i].name, (int)pid,
-                            WIFSIGNALED(status) ? "killed by signal" : "exited with",
-                            WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status), ch[i].backoff);
-                ch[i].backoff = ch[i].backoff * 2 > 30 ? 30 : ch[i].backoff * 2;
-            }
-            continue;
-        }
-        int alive = 0;
-        double now = util_now();
-        for (int i = 0; i < n; i++) {
-            if (ch[i].pid > 0)
-                alive++;
-            else if (!draining && ch[i].restart_at > 0 && now >= ch[i].restart_at) {
-                ch[i].restart_at = 0;
-                ch[i].pid = spawn_child(&ch[i], i, o->metrics_port, argc, argv, base);
-                ch[i].started = now;
-                alive++;
-                if (!o->so.quiet)
-                    fprintf(stderr, "worker: restarted %s (pid %d)\n", ch[i].name, (int)ch[i].pid);
-            }
-        }
-        if (draining && alive == 0)
-            break;
-        struct timespec ts = {0, 50 * 1000000L};
-        nanosleep(&ts, NULL);
-    }
-    return rc;
+    devices_opts d = {.consumer_base = base, .metrics_port = o->metrics_port, .argc = argc, .argv = argv,
+                      .quiet = o->so.quiet};
+    return devices_supervise(ch, n, &d, &g_stop);
 }
 
 int cmd_worker(int argc, char **argv)
 {
+    catch_signals();   /* first: a stop while loading drains (exit 0), not a death by the signal */
     worker_opts o;
     if (parse_worker(argc, argv, &o) != 0)
         return 2;

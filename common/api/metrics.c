@@ -189,10 +189,6 @@ void metrics_set_engine(metrics *m, const metrics_engine *s)
 {
     pthread_mutex_lock(&m->mu);
     m->eng = *s;
-    if (m->eng.n_pos < 0)
-        m->eng.n_pos = 0;
-    if (m->eng.n_pos > METRICS_MAX_POS)
-        m->eng.n_pos = METRICS_MAX_POS;
     pthread_mutex_unlock(&m->mu);
 }
 
@@ -339,22 +335,25 @@ char *metrics_render(metrics *m)
     metrics_hist_render(&b, m, "e2e_request_latency_seconds", "Histogram of end to end request latency in seconds.",
                         &m->e2e);
     metrics_scalar(&b, m, "spec_decode_num_drafts_total", "counter", "Number of spec decoding drafts.",
-                   (double)e->num_drafts);
+                   (double)e->spec.num_drafts);
     metrics_scalar(&b, m, "spec_decode_num_draft_tokens_total", "counter", "Number of draft tokens.",
-                   (double)e->num_draft_tokens);
+                   (double)e->spec.num_draft_tokens);
     metrics_scalar(&b, m, "spec_decode_num_accepted_tokens_total", "counter", "Number of accepted tokens.",
-                   (double)e->num_accepted_tokens);
+                   (double)e->spec.num_accepted_tokens);
     metrics_head(&b, m, "spec_decode_num_accepted_tokens_per_pos_total", "counter",
                  "Accepted tokens per draft position.");
-    for (int i = 0; i < e->n_pos; i++)
+    int n_pos = 0;   /* positions ever drafted */
+    while (n_pos < SPEC_MAX_DRAFT && e->spec.drafted_per_pos[n_pos])
+        n_pos++;
+    for (int i = 0; i < n_pos; i++)
         metrics_printf(&b, "%sspec_decode_num_accepted_tokens_per_pos_total{model_name=\"%s\",position=\"%d\"} %lld\n",
-                       m->prefix, m->model_label, i, (long long)e->accepted_per_pos[i]);
+                       m->prefix, m->model_label, i, (long long)e->spec.accepted_per_pos[i]);
     static const struct { const char *name, *help; } by_src[3] = {
         {"spec_decode_num_drafts_by_source_total", "Spec decoding drafts, by draft source."},
         {"spec_decode_num_draft_tokens_by_source_total", "Draft tokens, by draft source."},
         {"spec_decode_num_accepted_tokens_by_source_total", "Accepted tokens, by draft source."}};
     for (int k = 0; k < 3; k++) {
-        const int64_t *v = k == 0 ? e->src_drafts : k == 1 ? e->src_draft_tokens : e->src_accepted;
+        const int64_t *v = k == 0 ? e->spec.src_blocks : k == 1 ? e->spec.src_drafted : e->spec.src_accepted;
         metrics_head(&b, m, by_src[k].name, "counter", by_src[k].help);
         for (int i = 0; i < SPEC_SRC_N; i++)
             metrics_printf(&b, "%s%s{model_name=\"%s\",source=\"%s\"} %lld\n", m->prefix, by_src[k].name,

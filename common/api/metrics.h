@@ -36,7 +36,6 @@
 
 #include "decode/spec.h"
 
-#define METRICS_MAX_POS 32       /* draft positions reported */
 #define METRICS_MAX_EXTRA 16     /* caller-defined series */
 #define METRICS_MAX_REASONS 8    /* distinct failure reasons */
 
@@ -44,11 +43,7 @@
 typedef struct {
     int32_t running, waiting;
     int32_t kv_used, kv_total;          /* blocks */
-    int64_t num_drafts, num_draft_tokens, num_accepted_tokens;
-    int64_t accepted_per_pos[METRICS_MAX_POS];
-    int32_t n_pos;                      /* entries of accepted_per_pos in use */
-    /* per draft source (spec_source): blocks with >= 1 draft token, their tokens, accepted */
-    int64_t src_drafts[SPEC_SRC_N], src_draft_tokens[SPEC_SRC_N], src_accepted[SPEC_SRC_N];
+    spec_counts spec;                   /* speculation counters (decode/spec.h) */
 } metrics_engine;
 
 typedef enum { METRICS_GAUGE = 0, METRICS_COUNTER = 1 } metrics_type;

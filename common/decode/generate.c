@@ -1,5 +1,5 @@
 /*
- * generate.c - prompt prefill and plain decoding (see generate.h).
+ * generate.c - prompt prefill and the stop rule (see generate.h).
  */
 #include "decode/generate.h"
 
@@ -30,42 +30,4 @@ int gen_prefill(const model *m, fwd_state *s, kv_cache *kv, const int32_t *promp
         kv->len = done;
     }
     return 0;
-}
-
-int gen_plain(const model *m, fwd_state *s, kv_cache *kv, const int32_t *prompt, int32_t n_prompt,
-              const gen_params *gp, gen_emit_fn emit, void *ctx, gen_stats *st,
-              char *err, size_t errlen)
-{
-    int rc = -1;
-    sampler smp;
-    memset(st, 0, sizeof *st);
-    if (sampler_init(&smp, &gp->sampling, m->config.vocab_size, err, errlen) != 0)
-        return -1;
-    float *logits = mallocCheck((size_t)m->config.vocab_size * sizeof(float));
-    double t0 = util_now();
-    if (gen_prefill(m, s, kv, prompt, n_prompt, logits, err, errlen) != 0)
-        goto out;
-    st->prompt_tokens = n_prompt;
-    double t1 = util_now();
-    st->prefill_seconds = t1 - t0;
-    for (int32_t i = 0; i < gp->max_tokens; i++) {
-        int32_t tok = sampler_sample(&smp, logits);
-        st->generated_tokens++;
-        if (emit(ctx, tok) || gen_is_stop(gp, tok) || i + 1 == gp->max_tokens)
-            break;
-        if (kv->len + 1 >= kv->cap) {
-            fprintf(stderr, "selfspec: context full after %d tokens; stopping\n", kv->len + 1);
-            break;
-        }
-        fwd_seq sq = {.tokens = &tok, .n_tokens = 1, .pos = kv->len, .kv = kv, .logits_from = 0};
-        if (model_forward(m, s, &sq, 1, NULL, NULL, logits, err, errlen) != 0)
-            goto out;
-        kv->len++;
-    }
-    st->decode_seconds = util_now() - t1;
-    rc = 0;
-out:
-    free(logits);
-    sampler_free(&smp);
-    return rc;
 }

@@ -1,7 +1,9 @@
 /*
- * generate.h - the decoding loops on top of model_forward: prompt prefill,
- * plain decoding, and (spec.h) self-speculative decoding. Every loop hands
- * tokens to the caller through a callback as soon as they are final.
+ * generate.h - what every decoding loop shares: the request's generation
+ * parameters, the callback that receives each final token, the figures a
+ * run reports, prompt prefill and the stop rule. The one loop that decodes
+ * is the engine's (engine/engine.h); tests/oracle.h keeps the sequential
+ * references it is tested against.
  */
 #ifndef SELFSPEC_GENERATE_H
 #define SELFSPEC_GENERATE_H
@@ -35,13 +37,6 @@ typedef struct {
  * Chunks the prompt by s->max_tokens. */
 int gen_prefill(const model *m, fwd_state *s, kv_cache *kv, const int32_t *prompt, int32_t n,
                 float *last_logits, char *err, size_t errlen);
-
-/* Plain decoding: prefill, then one full forward pass per token. The
- * simplest sequential loop: the reference the engine (engine/engine.h, which
- * `generate`, `batch` and `search` decode with) is tested against. */
-int gen_plain(const model *m, fwd_state *s, kv_cache *kv, const int32_t *prompt, int32_t n_prompt,
-              const gen_params *gp, gen_emit_fn emit, void *ctx, gen_stats *st,
-              char *err, size_t errlen);
 
 /* Whether generation must stop after `token` (EOG unless ignored). */
 int gen_is_stop(const gen_params *gp, int32_t token);

@@ -29,6 +29,32 @@ void skipset_free(skip_set *s)
     memset(s, 0, sizeof *s);
 }
 
+void skipset_copy(skip_set *dst, const skip_set *s)
+{
+    skipset_init(dst, s->n_layers);
+    memcpy(dst->attn_skip, s->attn_skip, (size_t)s->n_layers);
+    memcpy(dst->mlp_skip, s->mlp_skip, (size_t)s->n_layers);
+    if (s->head_tokens) {
+        dst->head_tokens = mallocCheck((size_t)s->n_head_tokens * sizeof(int32_t));
+        memcpy(dst->head_tokens, s->head_tokens, (size_t)s->n_head_tokens * sizeof(int32_t));
+    }
+    dst->n_head_tokens = s->n_head_tokens;
+    dst->exit = s->exit;
+    dst->speedup = s->speedup;
+    snprintf(dst->source, sizeof dst->source, "%s", s->source);
+}
+
+void skipset_default_path(const char *dir, const model_config *c, char *out, size_t outlen)
+{
+    char slug[128];
+    size_t k = 0;
+    for (const char *p = c->name; *p && k < sizeof slug - 1; p++)
+        slug[k++] = (char)((*p >= 'A' && *p <= 'Z') ? *p + 32
+                           : ((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9')) ? *p : '-');
+    slug[k] = '\0';
+    snprintf(out, outlen, "%s/%s.json", dir, k ? slug : "model");
+}
+
 int32_t skipset_count(const skip_set *s)
 {
     int32_t n = 0;

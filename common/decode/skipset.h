@@ -49,6 +49,8 @@ typedef struct {
 /* An empty set (skip nothing, no exit constants) for a model of n_layers. */
 void skipset_init(skip_set *s, int32_t n_layers);
 void skipset_free(skip_set *s);
+/* dst = a copy of s with arrays of its own (free both). */
+void skipset_copy(skip_set *dst, const skip_set *s);
 
 #define SKIPSET_MAX_LAYERS 4096
 
@@ -83,6 +85,11 @@ int skipset_pays(const skip_set *s);
 /* Find the config in dir whose "model" entry matches c (name, layers, dim,
  * vocabulary). Writes its path into out. Returns 0 if found, -1 if none. */
 int skipset_find(const char *dir, const model_config *c, char *out, size_t outlen);
+
+/* The path a new config of the model c gets in dir: "<dir>/<slug>.json",
+ * the slug c->name lower-cased with every other character than a-z and
+ * 0-9 as '-' (at most 127 of them; "model" for an empty name). */
+void skipset_default_path(const char *dir, const model_config *c, char *out, size_t outlen);
 
 /* Write a config: the model, the skip lists, the draft head and the exit
  * constants s->exit holds (an "exit" object of its non-NAN members, none

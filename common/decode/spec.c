@@ -347,18 +347,22 @@ int spec_begin(const model *m, fwd_state *fs, kv_cache *kv, sampler *smp, const 
     return spec_emit(gp, emit, ctx, st, *cur);
 }
 
-void spec_record(spec_stats *ss, spec_exit *ex, const spec_params *sp, int32_t drafted, int32_t accepted)
+void spec_counts_add(spec_counts *c, const spec_block *b, int32_t accepted)
 {
-    ss->verifications++;
-    if (drafted <= 0)
+    assert(accepted >= 0 && accepted <= b->n);
+    if (b->n <= 0)
         return;
-    ss->drafted += drafted;
-    ss->accepted += accepted;
-    for (int32_t i = 0; i < drafted; i++)
-        ss->drafted_at[i]++;
+    int32_t s = spec_block_source(b);
+    c->num_drafts++;
+    c->num_draft_tokens += b->n;
+    c->num_accepted_tokens += accepted;
+    for (int32_t i = 0; i < b->n; i++)
+        c->drafted_per_pos[i]++;
     for (int32_t i = 0; i < accepted; i++)
-        ss->accepted_at[i]++;
-    spec_exit_update(ex, sp, drafted, accepted);
+        c->accepted_per_pos[i]++;
+    c->src_blocks[s]++;
+    c->src_drafted[s] += b->n;
+    c->src_accepted[s] += accepted;
 }
 
 float spec_alpha_update(float a, int32_t drafted, int32_t accepted)
@@ -377,18 +381,7 @@ void spec_record_block(spec_stats *ss, spec_exit *ex, spec_src_state *src, const
     int32_t c = b->n_ctx, k = b->n - c;
     if (ss) {
         ss->verifications++;
-        if (b->n > 0) {
-            int32_t s = spec_block_source(b);
-            ss->drafted += b->n;
-            ss->accepted += accepted;
-            for (int32_t i = 0; i < b->n; i++)
-                ss->drafted_at[i]++;
-            for (int32_t i = 0; i < accepted; i++)
-                ss->accepted_at[i]++;
-            ss->src_blocks[s]++;
-            ss->src_drafted[s] += b->n;
-            ss->src_accepted[s] += accepted;
-        }
+        spec_counts_add(&ss->counts, b, accepted);
     }
     if (c > 0)
         src->alpha_ctx = spec_alpha_update(src->alpha_ctx, c, accepted < c ? accepted : c);
@@ -483,113 +476,4 @@ int32_t spec_draft_limit(int32_t k_max, int32_t pos, int32_t end_pos)
 {
     int32_t k = k_max < end_pos - pos ? k_max : end_pos - pos;
     return k > 0 ? k : 0;
-}
-
-int spec_begin_run(spec_run *r, const int32_t *prompt, int32_t n_prompt, double *t_decode, char *err, size_t errlen)
-{
-    r->ex = (spec_exit){r->sp->gamma_init, r->sp->ar_init};
-    r->src = (spec_src_state){r->sp->ctx_alpha_init};
-    return spec_begin(r->m, r->fs, r->kv, r->smp, prompt, n_prompt, r->gp, r->emit, r->ctx, r->st, r->logits,
-                      &r->cur, t_decode, err, errlen);
-}
-
-int spec_step(spec_run *r, const spec_block *b, double t_draft, int32_t *accepted, char *err, size_t errlen)
-{
-    double tb = util_now();
-    int32_t acc, next;
-    if (spec_verify(r->m, r->fs, r->kv, r->cur, b, r->d, r->smp, r->logits, &acc, &next, err, errlen) != 0)
-        return -1;
-    r->ss->draft_seconds += tb - t_draft;
-    r->ss->verify_seconds += util_now() - tb;
-    spec_record_block(r->ss, &r->ex, &r->src, r->sp, b, acc);
-    int stop = spec_emit_block(b, acc, next, r->gp, r->emit, r->ctx, r->st, NULL, NULL);
-    r->cur = next;
-    if (accepted)
-        *accepted = acc;
-    return stop;
-}
-
-/* gen_selfspec's emit: every final token enters the context index first. */
-typedef struct {
-    gen_emit_fn emit;
-    void *ctx;
-    ngram_index *ng;
-} ctx_emit;
-
-static int ctx_emit_token(void *user, int32_t tok)
-{
-    ctx_emit *c = user;
-    if (c->ng)
-        ngram_push(c->ng, tok);
-    return c->emit(c->ctx, tok);
-}
-
-int gen_selfspec(const model *m, fwd_state *fs, kv_cache *kv, const skip_set *ss, const spec_params *sp,
-                 const int32_t *prompt, int32_t n_prompt, const gen_params *gp, gen_emit_fn emit,
-                 void *ctx, gen_stats *st, spec_stats *ss_out, char *err, size_t errlen)
-{
-    int rc = -1;
-    sampler smp;
-    spec_drafter d;
-    memset(&d, 0, sizeof d);
-    memset(st, 0, sizeof *st);
-    memset(ss_out, 0, sizeof *ss_out);
-    if (spec_params_check(sp, err, errlen) != 0)
-        return -1;
-    int can_layers = ss != NULL && sp->draft != SPEC_DRAFT_CONTEXT;
-    int can_ctx = sp->draft != SPEC_DRAFT_LAYERS;
-    if (!ss && !can_ctx)
-        return util_err(err, errlen, "layer-skipping drafts need a skip set");
-    if (sampler_init(&smp, &gp->sampling, m->config.vocab_size, err, errlen) != 0)
-        return -1;
-    if (can_layers && spec_drafter_init(&d, m, ss, sp->max_draft, err, errlen) != 0)
-        goto free_sampler;
-    ngram_index ng;
-    if (can_ctx) {
-        ngram_init(&ng, sp->ngram_min, sp->ngram_max);
-        ngram_push_many(&ng, prompt, n_prompt);
-    }
-    ctx_emit ce = {emit, ctx, can_ctx ? &ng : NULL};
-    spec_costs nominal;
-    spec_nominal_costs(sp, ss, &nominal);
-    float *logits = mallocCheck((size_t)(SPEC_MAX_DRAFT + 1) * m->config.vocab_size * sizeof(float));
-    spec_run r = {.m = m, .fs = fs, .kv = kv, .sp = sp, .d = can_layers ? &d : NULL, .smp = &smp,
-                  .logits = logits, .gp = gp, .emit = ctx_emit_token, .ctx = &ce, .st = st, .ss = ss_out};
-    double t1;
-    int stop = spec_begin_run(&r, prompt, n_prompt, &t1, err, errlen);
-    if (stop < 0)
-        goto free_all;
-    while (!stop) {
-        int32_t L = kv->len;
-        if (L + 1 >= kv->cap) {
-            fprintf(stderr, "selfspec: context full after %d tokens; stopping\n", L + 1);
-            break;
-        }
-        int32_t k_max = spec_draft_limit(sp->max_draft, L, spec_end_pos(kv->cap, L, gp->max_tokens - st->generated_tokens));
-        spec_block b = {0};
-        double ta = util_now();
-        int32_t hist = 0, avail = can_ctx ? ngram_draft(&ng, k_max, b.tokens, NULL, &hist) : 0;
-        spec_choice ch = spec_choose(sp->draft, &nominal, r.src.alpha_ctx, r.ex.ar, avail, hist, k_max, k_max,
-                                     can_layers, 1);
-        b.n = b.n_ctx = ch.n_ctx;
-        if (avail > 0 && ch.n_ctx == 0)
-            spec_src_idle(&r.src, sp);
-        if (ch.k_layers > 0 &&
-            spec_draft_chain(&d, fs, kv, L, r.cur, ch.n_ctx + ch.k_layers, r.ex.gamma, &smp, &b, err, errlen) != 0)
-            goto free_all;
-        if ((stop = spec_step(&r, &b, ta, NULL, err, errlen)) < 0)
-            goto free_all;
-    }
-    st->decode_seconds = util_now() - t1;
-    ss_out->final_gamma = r.ex.gamma;
-    rc = 0;
-free_all:
-    free(logits);
-    if (can_ctx)
-        ngram_free(&ng);
-    if (can_layers)
-        spec_drafter_free(&d);
-free_sampler:
-    sampler_free(&smp);
-    return rc;
 }

@@ -9,7 +9,8 @@
  *   spec_verify  - one full-model pass over [cur, d1..dk], writing the
  *                  verified KV; greedy or speculative-sampling acceptance;
  *   spec_exit_update - the adaptive draft-exit threshold.
- * gen_selfspec strings them together in one process.
+ * The engine (engine/engine.h) strings them together for many sequences;
+ * tests/oracle.h holds the one-sequence reference loop (gen_selfspec).
  *
  * Draft sources (spec_draft_kind, spec_choose): the layer-skipping draft
  * above; a context draft (decode/ngram.h: what followed the last few tokens
@@ -121,14 +122,25 @@ typedef struct {
 /* After a verification that accepted `accepted` of `drafted` tokens. */
 void spec_exit_update(spec_exit *e, const spec_params *p, int32_t drafted, int32_t accepted);
 
+/* The speculation counters, one vocabulary for every figure selfspec reports
+ * (vLLM's names): the one-sequence figures (spec_stats), the engine's
+ * totals, the stats JSON, the batch summary and the Prometheus metrics. */
 typedef struct {
-    int64_t drafted, accepted, verifications;
-    int64_t drafted_at[SPEC_MAX_DRAFT];    /* blocks that drafted position i */
-    int64_t accepted_at[SPEC_MAX_DRAFT];   /* ... in which it was accepted */
-    double draft_seconds, verify_seconds;
-    float final_gamma;
+    int64_t num_drafts;                         /* verified blocks with >= 1 draft token */
+    int64_t num_draft_tokens;
+    int64_t num_accepted_tokens;
+    int64_t drafted_per_pos[SPEC_MAX_DRAFT];    /* blocks that drafted position i */
+    int64_t accepted_per_pos[SPEC_MAX_DRAFT];   /* ... in which it was accepted */
     /* per source (spec_source) of the blocks with >= 1 draft token */
     int64_t src_blocks[SPEC_SRC_N], src_drafted[SPEC_SRC_N], src_accepted[SPEC_SRC_N];
+} spec_counts;
+
+/* One sequence's (or a run's) figures. */
+typedef struct {
+    spec_counts counts;
+    int64_t verifications;                 /* decode steps, each one full pass over its block */
+    double draft_seconds, verify_seconds;
+    float final_gamma;
 } spec_stats;
 
 /* The drafter's state: its mask, optional pruned head, and scratch KV. */
@@ -157,6 +169,10 @@ static inline int32_t spec_block_source(const spec_block *b)
 {
     return b->n_ctx == 0 ? SPEC_SRC_LAYERS : b->n_ctx == b->n ? SPEC_SRC_CONTEXT : SPEC_SRC_CHAIN;
 }
+
+/* Count one verified block b of which `accepted` tokens were accepted (an
+ * empty block, a plain step, counts nothing). */
+void spec_counts_add(spec_counts *c, const spec_block *b, int32_t accepted);
 
 /* One draft step's token, the same for one sequence (spec_draft) and for a
  * batch (the engine): from the draft's logits row (width entries), the
@@ -258,18 +274,14 @@ int spec_begin(const model *m, fwd_state *fs, kv_cache *kv, sampler *smp, const 
                int32_t n_prompt, const gen_params *gp, gen_emit_fn emit, void *ctx, gen_stats *st,
                float *logits, int32_t *cur, double *t_decode, char *err, size_t errlen);
 
-/* Record one verification (counts, acceptance by position) and, when
- * something was drafted, adapt the exit threshold. */
-void spec_record(spec_stats *ss, spec_exit *ex, const spec_params *sp, int32_t drafted, int32_t accepted);
-
 /* What a sequence has shown each source: running per-token acceptance
  * estimates (the layer-skipping draft's is the adaptive exit's ar). */
 typedef struct {
     float alpha_ctx;
 } spec_src_state;
 
-/* After verifying b with `accepted` tokens accepted: spec_record's counts
- * and the per-source counts into ss (may be NULL); alpha_ctx from the
+/* After verifying b with `accepted` tokens accepted: the verification and
+ * spec_counts_add into ss (may be NULL); alpha_ctx from the
  * context tokens (when any); the exit threshold from the layer-skipping
  * tokens, only when they were tested (every context token accepted). */
 void spec_record_block(spec_stats *ss, spec_exit *ex, spec_src_state *src, const spec_params *sp,
@@ -358,45 +370,5 @@ typedef struct {
                      int32_t end_pos, float gamma);
     void *user;
 } spec_remote;
-
-/* One sequence being decoded speculatively: what spec_begin_run and
- * spec_step need (gen_selfspec's loop). */
-typedef struct {
-    const model *m;
-    fwd_state *fs;
-    kv_cache *kv;
-    const spec_params *sp;
-    const spec_drafter *d;
-    sampler *smp;
-    float *logits;            /* (SPEC_MAX_DRAFT + 1, vocab) scratch */
-    const gen_params *gp;
-    gen_emit_fn emit;
-    void *ctx;
-    gen_stats *st;
-    spec_stats *ss;
-    spec_exit ex;             /* set by spec_begin_run */
-    spec_src_state src;       /* set by spec_begin_run */
-    int32_t cur;              /* last accepted token, at position kv->len */
-} spec_run;
-
-/* spec_begin on r (prefill, first token into r->cur, emitted) and the exit
- * threshold at its starting values. Returns as spec_begin. */
-int spec_begin_run(spec_run *r, const int32_t *prompt, int32_t n_prompt, double *t_decode, char *err, size_t errlen);
-
-/* One decoding step after the draft b (b->n may be 0: a plain step) whose
- * drafting began at clock t_draft: spec_verify, the draft and verification
- * times into r->ss, spec_record, spec_emit_block; r->cur becomes the full
- * model's next token. *accepted (may be NULL) receives the accepted count.
- * Returns 1 when generation must stop, 0 to go on, -1 on error. */
-int spec_step(spec_run *r, const spec_block *b, double t_draft, int32_t *accepted, char *err, size_t errlen);
-
-/* Self-speculative generation of one sequence, spec_draft then spec_step
- * per block; same contract as gen_plain. The sequential reference of the
- * engine's forced self-spec mode (tests/test_engine.c). The draft source
- * per step is spec_choose over sp->draft with the nominal costs; ss may be
- * NULL when sp->draft is SPEC_DRAFT_CONTEXT or AUTO (context drafts only). */
-int gen_selfspec(const model *m, fwd_state *fs, kv_cache *kv, const skip_set *ss, const spec_params *sp,
-                 const int32_t *prompt, int32_t n_prompt, const gen_params *gp, gen_emit_fn emit,
-                 void *ctx, gen_stats *st, spec_stats *ss_out, char *err, size_t errlen);
 
 #endif

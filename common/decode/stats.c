@@ -34,28 +34,28 @@ cJSON *stats_json(const char *mode, int threads, const gen_stats *st, const spec
     if (!sp)
         return o;
     cJSON_AddStringToObject(o, "skip_config", skip_src ? skip_src : "");
-    cJSON_AddNumberToObject(o, "drafted", (double)sp->drafted);
-    cJSON_AddNumberToObject(o, "accepted", (double)sp->accepted);
+    cJSON_AddNumberToObject(o, "drafted", (double)sp->counts.num_draft_tokens);
+    cJSON_AddNumberToObject(o, "accepted", (double)sp->counts.num_accepted_tokens);
     cJSON_AddNumberToObject(o, "verifications", (double)sp->verifications);
-    stats_add_number(o, "acceptance_rate", ratio((double)sp->accepted, (double)sp->drafted), 4);
-    stats_add_number(o, "mean_accepted_per_verify", ratio((double)sp->accepted, (double)sp->verifications), 3);
+    stats_add_number(o, "acceptance_rate", ratio((double)sp->counts.num_accepted_tokens, (double)sp->counts.num_draft_tokens), 4);
+    stats_add_number(o, "mean_accepted_per_verify", ratio((double)sp->counts.num_accepted_tokens, (double)sp->verifications), 3);
     stats_add_number(o, "final_gamma", sp->final_gamma, 4);
     stats_add_number(o, "draft_seconds", sp->draft_seconds, 4);
     stats_add_number(o, "verify_seconds", sp->verify_seconds, 4);
     cJSON *src = cJSON_AddObjectToObject(o, "sources");
     for (int i = 0; i < SPEC_SRC_N; i++) {
-        if (!sp->src_blocks[i])
+        if (!sp->counts.src_blocks[i])
             continue;
         cJSON *one = cJSON_AddObjectToObject(src, spec_source_name(i));
-        cJSON_AddNumberToObject(one, "blocks", (double)sp->src_blocks[i]);
-        cJSON_AddNumberToObject(one, "drafted", (double)sp->src_drafted[i]);
-        cJSON_AddNumberToObject(one, "accepted", (double)sp->src_accepted[i]);
-        stats_add_number(one, "acceptance_rate", ratio((double)sp->src_accepted[i], (double)sp->src_drafted[i]), 4);
-        stats_add_number(one, "mean_accepted", ratio((double)sp->src_accepted[i], (double)sp->src_blocks[i]), 3);
+        cJSON_AddNumberToObject(one, "blocks", (double)sp->counts.src_blocks[i]);
+        cJSON_AddNumberToObject(one, "drafted", (double)sp->counts.src_drafted[i]);
+        cJSON_AddNumberToObject(one, "accepted", (double)sp->counts.src_accepted[i]);
+        stats_add_number(one, "acceptance_rate", ratio((double)sp->counts.src_accepted[i], (double)sp->counts.src_drafted[i]), 4);
+        stats_add_number(one, "mean_accepted", ratio((double)sp->counts.src_accepted[i], (double)sp->counts.src_blocks[i]), 3);
     }
     cJSON *by_pos = cJSON_AddArrayToObject(o, "acceptance_by_position");
-    for (int i = 0; i < SPEC_MAX_DRAFT && sp->drafted_at[i]; i++)
-        cJSON_AddItemToArray(by_pos, cJSON_CreateNumber(round(1e4 * (double)sp->accepted_at[i] /
-                                                                 (double)sp->drafted_at[i]) / 1e4));
+    for (int i = 0; i < SPEC_MAX_DRAFT && sp->counts.drafted_per_pos[i]; i++)
+        cJSON_AddItemToArray(by_pos, cJSON_CreateNumber(round(1e4 * (double)sp->counts.accepted_per_pos[i] /
+                                                                 (double)sp->counts.drafted_per_pos[i]) / 1e4));
     return o;
 }

@@ -1,121 +1,15 @@
 /*
- * engine.c - the continuous-batching engine (see engine.h): admission,
- * batched drafting, one full forward pass per step, acceptance, emission,
- * and the measured cost model behind the speculation policy.
+ * engine.c - the continuous-batching engine (see engine.h): set-up,
+ * admission, one full forward pass per step, acceptance, emission; the
+ * cost model is engine_cost.c, the step's plan and drafting engine_plan.c.
  */
-#include "engine/engine.h"
+#include "engine/engine_impl.h"
 
 #include <assert.h>
 #include <math.h>
 #include <string.h>
 
-#include "decode/ngram.h"
-#include "decode/sampler.h"
-#include "model/backend.h"
 #include "util/util.h"
-
-enum { SEQ_FREE, SEQ_PREFILL, SEQ_DECODE };
-
-/* One live sequence. */
-typedef struct {
-    int state;
-    int32_t *prompt;           /* (n_prompt) owned copy */
-    int32_t n_prompt, n_prefilled;
-    gen_params gp;
-    engine_callbacks cb;
-    sampler smp;
-    kv_cache kv;               /* paged: prompt + max_tokens positions; or the slot's (slot_kv) */
-    int borrowed_kv;           /* kv is the caller's (engine_params.slot_kv): not freed here */
-    kv_cache scratch;          /* draft scratch (max_draft + 1), when the engine drafts */
-    float *q;                  /* (max_draft, draft width) draft distributions (sampling) */
-    int q_dev;                 /* this step's layer-draft q rows are on the device (draft_take) */
-    int32_t cur;               /* last final token, at position kv.len */
-    spec_exit ex;              /* adaptive draft exit */
-    float alpha;               /* acceptance-rate estimate (policy) */
-    int spec_mode;             /* this sequence drafts: 0 never, 1 by the policy, 2 always */
-    spec_block blk;            /* this step's draft (context tokens first) */
-    int32_t k_max;             /* this step's draft length cap */
-    int drafting;
-    /* context drafts (when the engine may draft from context) */
-    ngram_index ng;            /* the history: prompt + final tokens */
-    int has_ng;
-    float alpha_ctx;           /* context drafts' acceptance estimate */
-    int32_t ctx_avail;         /* this step: context tokens proposed */
-    int32_t ctx_hist;          /* ... of them read from the history itself */
-    int32_t plan_ctx, plan_n;  /* this step (ENGINE_AUTO): the choice, context tokens and block length */
-    int32_t dtok[SPEC_MAX_DRAFT + 1];   /* a chained draft's first pass: [cur, ctx...] */
-    engine_result res;
-} eseq;
-
-/* A request waiting for admission. */
-typedef struct {
-    int32_t *prompt;
-    int32_t n_prompt;
-    gen_params gp;
-    engine_callbacks cb;
-    double t_submit;
-} ewait;
-
-#define COST_MAX_T 1024
-/* Seconds of a pass as a function of its tokens: a table (measured T,
- * interpolated between), learned from the passes; or, once calibrated at
- * start, the calibration's table as the shape times a scale that follows
- * the real passes. */
-typedef struct {
-    double s[COST_MAX_T + 1];
-    uint8_t n[COST_MAX_T + 1];
-    int shape_only;
-    double scale;
-    uint32_t n_scale;
-} cost_curve;
-#define RATE_BUCKETS 12
-#define RATE_MIN_SAMPLES 4       /* steps of each kind before measurements overrule */
-#define RATE_EXPLORE 64          /* try the other choice again after this many steps */
-
-struct engine {
-    const model *m;
-    engine_params p;
-    kv_pool pool;              /* the CPU backend's (no engine_params.backend) */
-    fwd_state fs;
-    cpu_backend cpu;
-    model_backend *be;         /* the device: engine_params.backend, else &cpu.b */
-    eseq *seqs;                /* (max_seqs) */
-    int32_t n_live;
-    ewait *wait;               /* FIFO ring of cap_wait */
-    int32_t n_wait, head_wait, cap_wait;
-    /* drafting, shared by every sequence: mask and pruned head */
-    int can_draft;             /* some draft source is on: can_layers || can_ctx */
-    int can_layers;            /* layer-skipping drafts (a skip set, sp.draft != context) */
-    int can_ctx;               /* context drafts (sp.draft != layers) */
-    spec_costs nominal;        /* forced mode's draft-source choice, as gen_selfspec */
-    layer_mask mask;
-    qmat head;                 /* rows == 0: full head */
-    const int32_t *head_tokens;
-    int32_t dwidth;
-    float *dlogits;            /* (max_seqs, dwidth) */
-    float *logits;             /* (max_batch_tokens, vocab) */
-    int32_t *am;               /* (max_batch_tokens) argmax of each output row of a full pass */
-    samp_req *srq;             /* (max_batch_tokens) their sampling requests (a backend that samples) */
-    uint8_t *acc;              /* (max_batch_tokens) test rows: accepted (a backend that samples) */
-    int dev_draft;             /* draft tokens are taken on the device (backend.draft_take) */
-    samp_req *drq;             /* (max_seqs) a draft pass's requests, */
-    int32_t *dslot, *dids;     /* (max_seqs) q slots and tokens, */
-    float *dconf;              /* (max_seqs) top-1 probabilities (dev_draft) */
-    fwd_seq *batch;            /* (max_seqs) */
-    int32_t *bseq;             /* (max_seqs) sequence index of each batch entry */
-    /* cost model: seconds of a full pass of T tokens, of a draft pass of n */
-    cost_curve full, draft;
-    /* what speculation really delivered: tokens emitted per second of pure
-     * decode steps, [0] plain and [1] speculating, by log2 of the number of
-     * policy sequences; the policy's prediction is overruled by these */
-    double rate[2][RATE_BUCKETS];
-    uint32_t rate_n[2][RATE_BUCKETS];
-    uint32_t since_other[RATE_BUCKETS];   /* steps since the other choice was tried */
-    int32_t step_bucket;                  /* this step: the bucket, or -1 (not pure decode) */
-    int32_t step_n;                       /* ... its policy sequences */
-    int step_spec;
-    engine_totals tot;
-};
 
 int engine_parse_mode(const char *s, engine_mode *out)
 {
@@ -152,160 +46,6 @@ void engine_params_resolve(engine_params *p, const model_config *c)
 {
     if (p->ctx <= 0)
         p->ctx = c->ctx_train > 0 && c->ctx_train < ENGINE_DEFAULT_CTX ? c->ctx_train : ENGINE_DEFAULT_CTX;
-}
-
-/* ---- cost model ---- */
-
-static void cost_add(double *tab, uint8_t *cnt, int32_t T, double s)
-{
-    if (T < 1 || T > COST_MAX_T || !(s > 0))
-        return;
-    /* the first few samples are averaged, then an EMA follows drift */
-    double w = cnt[T] < 4 ? 1.0 / (cnt[T] + 1) : 0.2;
-    tab[T] = cnt[T] ? (1 - w) * tab[T] + w * s : s;
-    if (cnt[T] < 255)
-        cnt[T]++;
-}
-
-/* Estimated seconds for T: measured, else interpolated between the nearest
- * measured neighbours, else extrapolated linearly from the two largest. */
-static double cost_get(const double *tab, const uint8_t *cnt, int32_t T)
-{
-    if (T < 1)
-        return 0.0;
-    if (T > COST_MAX_T)
-        T = COST_MAX_T;
-    if (cnt[T])
-        return tab[T];
-    int32_t lo = T - 1, hi = T + 1;
-    while (lo >= 1 && !cnt[lo])
-        lo--;
-    while (hi <= COST_MAX_T && !cnt[hi])
-        hi++;
-    if (lo >= 1 && hi <= COST_MAX_T)
-        return tab[lo] + (tab[hi] - tab[lo]) * (T - lo) / (double)(hi - lo);
-    if (lo >= 1) {   /* beyond the largest measured: slope of the last two */
-        int32_t lo2 = lo - 1;
-        while (lo2 >= 1 && !cnt[lo2])
-            lo2--;
-        double slope = lo2 >= 1 ? (tab[lo] - tab[lo2]) / (lo - lo2) : tab[lo] / lo;
-        return tab[lo] + slope * (T - lo);
-    }
-    if (hi <= COST_MAX_T)
-        return tab[hi] * T / hi;
-    return 1e-3 * T;  /* nothing measured yet */
-}
-
-/* A pass of T took s seconds. A calibrated curve keeps its table as the
- * shape and follows the passes with one scale: the calibration ran at
- * position 0, real passes attend over hundreds of positions and share the
- * machine, and mixing the two in one table made the few-token steps beyond
- * the last real measurement look nearly free. */
-static void curve_observe(cost_curve *c, int32_t T, double s)
-{
-    if (!c->shape_only) {
-        cost_add(c->s, c->n, T, s);
-        return;
-    }
-    double ref = cost_get(c->s, c->n, T);
-    if (!(ref > 0) || !(s > 0))
-        return;
-    double w = c->n_scale < 4 ? 1.0 / (c->n_scale + 1) : 0.1;
-    c->scale = c->n_scale ? (1 - w) * c->scale + w * (s / ref) : s / ref;
-    if (c->n_scale < UINT32_MAX)
-        c->n_scale++;
-}
-
-static double curve_get(const cost_curve *c, int32_t T)
-{
-    double v = cost_get(c->s, c->n, T);
-    return c->shape_only && c->n_scale ? v * c->scale : v;
-}
-
-void engine_cost_observe(engine *e, int draft, int32_t T, double seconds)
-{
-    curve_observe(draft ? &e->draft : &e->full, T, seconds);
-}
-
-/* Seconds of a pass's decode tokens (d of them, prompt chunks left out):
- * the plain cost a draft is weighed against. Prompt chunks are in the
- * pass whatever the policy decides; charging them to the plain choice
- * would make every extra token look cheap in a prefill step. */
-static double plain_cost(const engine *e, int32_t d)
-{
-    double c = curve_get(&e->full, d);
-    return c > 1e-9 ? c : 1e-9;
-}
-
-/* What x more tokens add to a pass that already holds T tokens. */
-static double extra_cost(const engine *e, int32_t T, int32_t x)
-{
-    double d = curve_get(&e->full, T + x) - curve_get(&e->full, T);
-    return d > 0 ? d : 0;
-}
-
-int32_t engine_policy_k(const engine *e, int32_t n_spec, float alpha, int32_t n_other, int32_t d_other,
-                        int32_t t_prompt)
-{
-    if (!e->can_layers || n_spec <= 0)
-        return 0;
-    int32_t best_k = 0, T0 = d_other + t_prompt + n_spec;
-    double base = plain_cost(e, d_other + n_spec), best = (n_spec + n_other) / base;
-    for (int32_t k = 1; k <= e->p.sp.max_draft; k++) {
-        if (T0 + n_spec * k > e->p.max_batch_tokens)
-            break;
-        double secs = base + extra_cost(e, T0, n_spec * k) + k * curve_get(&e->draft, n_spec);
-        double rate = (n_spec * spec_expected_tokens(alpha, k) + n_other) / secs;
-        if (rate > best * SPEC_PAY_MARGIN) {
-            best = rate;
-            best_k = k;
-        }
-    }
-    return best_k;
-}
-
-/* Time a few passes at start: full passes of T tokens, draft passes of n
- * one-token sequences, at position 0 of a throwaway paged cache. */
-static int calibrate(engine *e, char *err, size_t errlen)
-{
-    const model_config *c = &e->m->config;
-    int32_t top = e->p.max_batch_tokens < 64 ? e->p.max_batch_tokens : 64;
-    kv_cache kv;
-    int o = e->be->kv_open(e->be, &kv, top, 0, err, errlen);
-    if (o != 0)
-        return o < 0 ? -1 : 0;   /* no room: the online estimates will do */
-    int32_t *toks = callocCheck((size_t)top, sizeof(int32_t));
-    for (int32_t i = 0; i < top; i++)
-        toks[i] = (int32_t)((i * 7919u) % (uint32_t)c->vocab_size);
-    int rc = 0;
-    for (int32_t T = 1; T <= top && rc == 0; T *= 2) {
-        for (int rep = 0; rep < 3 && rc == 0; rep++) {
-            fwd_seq sq = {.tokens = toks, .n_tokens = T, .pos = 0, .kv = &kv, .logits_from = T - 1};
-            double t0 = util_now();
-            rc = e->be->forward(e->be, &sq, 1, NULL, NULL, e->logits, NULL, err, errlen);
-            if (rep > 0)   /* the first pass warms caches */
-                cost_add(e->full.s, e->full.n, T, util_now() - t0);
-        }
-        if (e->can_layers && T <= e->p.max_seqs && rc == 0) {
-            /* T one-token draft sequences sharing the throwaway cache, each
-             * at its own position (no two write the same KV row) */
-            for (int32_t i = 0; i < T; i++)
-                e->batch[i] = (fwd_seq){.tokens = &toks[i], .n_tokens = 1, .pos = i, .kv = &kv,
-                                        .logits_from = 0};
-            for (int rep = 0; rep < 3 && rc == 0; rep++) {
-                double t0 = util_now();
-                rc = e->be->forward(e->be, e->batch, T, &e->mask, e->head.rows ? &e->head : NULL, e->dlogits,
-                                    NULL, err, errlen);
-                if (rep > 0)
-                    cost_add(e->draft.s, e->draft.n, T, util_now() - t0);
-            }
-        }
-    }
-    free(toks);
-    e->be->kv_close(e->be, &kv);
-    e->full.shape_only = rc == 0 && e->full.n[1];
-    e->draft.shape_only = rc == 0 && e->draft.n[1];
-    return rc;
 }
 
 /* ---- set-up ---- */
@@ -553,245 +293,6 @@ static int admit(engine *e, char *err, size_t errlen)
     return 0;
 }
 
-/* A match went unused this step: alpha_ctx drifts back (spec_src_idle). */
-static void ctx_idle(engine *e, eseq *s)
-{
-    spec_src_state st = {s->alpha_ctx};
-    spec_src_idle(&st, &e->p.sp);
-    s->alpha_ctx = st.alpha_ctx;
-}
-
-/* Context-draft choice for the policy sequences of an ENGINE_AUTO step,
- * from the measured cost model: per sequence, spec_choose with the step's
- * plain cost as the base (n_policy tokens), what more tokens add to the
- * full pass, and this sequence's share of a draft pass; the layer option
- * is the joint policy's k (0: layer drafts do not pay). Decode tokens stay
- * within the pass budget. Returns whether any sequence drafts. */
-static int plan_context(engine *e, int32_t n_policy, int32_t n_other, int32_t t_prompt, int32_t dec_other,
-                        int32_t k)
-{
-    spec_costs c;
-    memset(&c, 0, sizeof c);
-    int32_t T0 = dec_other + t_prompt + n_policy;
-    c.base = plain_cost(e, dec_other + n_policy);
-    c.n_base = n_policy + n_other;
-    for (int32_t x = 0; x <= e->p.sp.max_draft; x++)
-        c.extra[x] = extra_cost(e, T0, x);
-    c.draft = curve_get(&e->draft, n_policy) / n_policy;
-    int32_t budget = e->p.max_batch_tokens - dec_other - n_policy;
-    int want = 0;
-    for (int32_t i = 0; i < e->p.max_seqs; i++) {
-        eseq *s = &e->seqs[i];
-        if (s->state != SEQ_DECODE || s->spec_mode != 1)
-            continue;
-        int32_t cap = s->k_max < budget ? s->k_max : budget;
-        if (cap < 0)
-            cap = 0;
-        spec_choice ch = spec_choose(e->p.sp.draft, &c, s->alpha_ctx, s->alpha, s->ctx_avail, s->ctx_hist, k, cap,
-                                     e->can_layers && k > 0, 0);
-        s->plan_ctx = ch.n_ctx;
-        s->plan_n = ch.n_ctx + ch.k_layers;
-        budget -= s->plan_n;
-        want |= s->plan_n > 0;
-    }
-    return want;
-}
-
-/* Decide each decoding sequence's draft cap (and context tokens) for this
- * step. */
-static void plan_drafts(engine *e)
-{
-    int32_t n_policy = 0, n_other = 0, t_prompt = 0, dec_other = 0;
-    int any_prefill = 0;
-    double alpha_sum = 0;
-    for (int32_t i = 0; i < e->p.max_seqs; i++) {
-        eseq *s = &e->seqs[i];
-        if (s->state == SEQ_PREFILL) {
-            t_prompt += s->n_prompt - s->n_prefilled;   /* an upper bound of its chunk */
-            any_prefill = 1;
-            continue;
-        }
-        if (s->state != SEQ_DECODE)
-            continue;
-        int32_t L = s->kv.len;
-        int32_t lim = spec_draft_limit(e->p.sp.max_draft, L,
-                                       spec_end_pos(s->kv.cap, L, s->gp.max_tokens - s->res.generated_tokens));
-        s->k_max = s->spec_mode ? lim : 0;
-        s->blk.n = 0;
-        s->blk.n_ctx = 0;
-        s->ctx_hist = 0;
-        s->ctx_avail = s->has_ng ? ngram_draft(&s->ng, lim, s->blk.tokens, NULL, &s->ctx_hist) : 0;
-        if (s->spec_mode == 2 && e->p.sp.draft != SPEC_DRAFT_LAYERS) {
-            /* forced: the source by the nominal rule, exactly as gen_selfspec */
-            spec_choice ch = spec_choose(e->p.sp.draft, &e->nominal, s->alpha_ctx, s->ex.ar, s->ctx_avail, s->ctx_hist,
-                                         lim, lim, e->can_layers, 1);
-            s->blk.n = s->blk.n_ctx = ch.n_ctx;
-            s->k_max = ch.n_ctx + ch.k_layers;
-            if (s->ctx_avail > 0 && ch.n_ctx == 0)
-                ctx_idle(e, s);
-        }
-        if (s->spec_mode == 1) {
-            n_policy++;
-            alpha_sum += s->alpha;
-        } else {
-            n_other++;
-            dec_other += 1 + s->k_max;
-        }
-    }
-    if (dec_other > e->p.max_batch_tokens)
-        dec_other = e->p.max_batch_tokens;
-    if (t_prompt > e->p.max_batch_tokens - dec_other)
-        t_prompt = e->p.max_batch_tokens - dec_other;
-    if (n_policy == 0)
-        return;
-    int32_t k = engine_policy_k(e, n_policy, (float)(alpha_sum / n_policy), n_other, dec_other, t_prompt);
-    int ctx_policy = e->p.sp.draft != SPEC_DRAFT_LAYERS;
-    int want = ctx_policy ? plan_context(e, n_policy, n_other, t_prompt, dec_other, k) : k > 0;
-    /* measured goodput overrules the prediction once both choices have been
-     * seen at this batch size; the other choice is retried now and then */
-    int32_t b = 0;
-    while (b + 1 < RATE_BUCKETS && (1 << (b + 1)) <= n_policy)
-        b++;
-    if (want && e->rate_n[0][b] < RATE_MIN_SAMPLES && !any_prefill) {
-        if (++e->since_other[b] % 2 == 0)
-            want = 0;   /* the prediction says speculate: measure plain steps here too */
-    } else if (e->rate_n[0][b] >= RATE_MIN_SAMPLES && e->rate_n[1][b] >= RATE_MIN_SAMPLES) {
-        int spec_pays = e->rate[1][b] > SPEC_PAY_MARGIN * e->rate[0][b];
-        int explore = ++e->since_other[b] >= RATE_EXPLORE;
-        if (want && !spec_pays && !explore)
-            want = 0;
-        else if (want && spec_pays && explore)
-            want = 0;   /* refresh the plain figure */
-        if (explore)
-            e->since_other[b] = 0;
-    }
-    e->step_bucket = any_prefill ? -1 : b;   /* steps with prompt chunks are not compared */
-    e->step_n = n_policy;
-    e->step_spec = want;
-    if (!want)
-        k = 0;
-    for (int32_t i = 0; i < e->p.max_seqs; i++) {
-        eseq *s = &e->seqs[i];
-        if (s->state != SEQ_DECODE || s->spec_mode != 1)
-            continue;
-        if (!ctx_policy) {
-            if (s->k_max > k)
-                s->k_max = k;
-        } else if (!want) {
-            s->k_max = 0;
-        } else {
-            s->blk.n = s->blk.n_ctx = s->plan_ctx;
-            s->k_max = s->plan_n;
-        }
-        if (ctx_policy && s->ctx_avail > 0 && s->blk.n_ctx == 0)
-            ctx_idle(e, s);
-    }
-}
-
-/* The q slot of draft row `step` of the sequence in slot i. */
-static int32_t q_slot(const engine *e, int32_t i, int32_t step) { return i * e->p.sp.max_draft + step; }
-
-/* A draft pass on a device that takes its tokens itself: the forward keeps
- * its logits there, then per row its confidence and token (a sampled
- * sequence's draw, from its own generator's uniform, leaves its q on the
- * device for the verification's test rows) into e->dconf, e->dids. */
-static int draft_on_device(engine *e, int n, int32_t step, char *err, size_t errlen)
-{
-    if (e->be->forward(e->be, e->batch, n, &e->mask, NULL, NULL, e->dids, err, errlen) != 0)
-        return -1;
-    for (int j = 0; j < n; j++) {
-        eseq *s = &e->seqs[e->bseq[j]];
-        const sampler_params *p = &s->smp.p;
-        int sampled = s->q != NULL;
-        e->drq[j] = (samp_req){.temperature = sampled ? p->temperature : 0.0f, .top_k = p->top_k, .top_p = p->top_p,
-                               .u = sampled ? sampler_uniform(&s->smp) : 0.0f};
-        e->dslot[j] = sampled ? q_slot(e, e->bseq[j], step) : -1;
-    }
-    return e->be->draft_take(e->be, e->drq, e->dslot, n, e->dids, e->dconf, err, errlen);
-}
-
-/* Batched drafting: pass i feeds every still-drafting sequence's token at
- * position L + i through the masked model; each stops at its cap or when
- * its draft's top-1 probability falls below its exit threshold. A chained
- * draft's first pass feeds [cur, ctx_1..ctx_c] (its scratch then holds the
- * context tokens' draft KV) and drafts on from the last of them. */
-static int draft(engine *e, char *err, size_t errlen)
-{
-    for (int32_t i = 0; i < e->p.max_seqs; i++) {
-        eseq *s = &e->seqs[i];
-        s->drafting = s->state == SEQ_DECODE && s->k_max > s->blk.n;
-    }
-    for (int32_t step = 0;; step++) {
-        int n = 0, multi = 0;
-        for (int32_t i = 0; i < e->p.max_seqs; i++) {
-            eseq *s = &e->seqs[i];
-            if (!s->drafting)
-                continue;
-            if (step == 0) {
-                int32_t c = s->blk.n_ctx;
-                s->dtok[0] = s->cur;
-                memcpy(s->dtok + 1, s->blk.tokens, (size_t)c * sizeof(int32_t));
-                e->batch[n] = (fwd_seq){.tokens = s->dtok, .n_tokens = 1 + c, .pos = s->kv.len, .kv = &s->kv,
-                                        .scratch = &s->scratch, .scratch_base = s->kv.len, .logits_from = c};
-                multi |= c > 0;
-            } else {
-                e->batch[n] = (fwd_seq){.tokens = &s->blk.tokens[s->blk.n - 1], .n_tokens = 1,
-                                        .pos = s->kv.len + s->blk.n, .kv = &s->kv, .scratch = &s->scratch,
-                                        .scratch_base = s->kv.len, .logits_from = 0};
-            }
-            e->bseq[n++] = i;
-        }
-        if (n == 0)
-            return 0;
-        double t0 = util_now();
-        if (e->dev_draft ? draft_on_device(e, n, step, err, errlen) != 0
-                         : e->be->forward(e->be, e->batch, n, &e->mask, e->head.rows ? &e->head : NULL, e->dlogits,
-                                          NULL, err, errlen) != 0)
-            return -1;
-        double dt = util_now() - t0;
-        if (!multi)   /* the table is of one-token passes */
-            curve_observe(&e->draft, n, dt);
-        e->tot.draft_seconds += dt;
-        for (int j = 0; j < n; j++) {
-            eseq *s = &e->seqs[e->bseq[j]];
-            const float *row = e->dlogits + (size_t)j * e->dwidth;
-            int32_t arg;
-            float conf;
-            if (e->dev_draft) {
-                arg = e->dids[j];
-                conf = e->dconf[j];
-                s->q_dev = s->q != NULL;
-            } else {   /* sampling (s->q): drawn from the warped draft distribution */
-                conf = spec_draft_token(row, e->dwidth, &s->smp, s->q ? s->q + (size_t)step * e->dwidth : NULL, &arg);
-            }
-            spec_block_push(&s->blk, e->head_tokens, arg);
-            if (s->blk.n >= s->k_max || spec_exit_now(conf, s->ex.gamma))
-                s->drafting = 0;
-        }
-    }
-}
-
-/* Drafts from the remote source (engine_params.remote): each decoding
- * sequence that may draft this step asks for its block. */
-static void remote_drafts(engine *e)
-{
-    const spec_remote *r = e->p.remote;
-    double t0 = util_now();
-    for (int32_t i = 0; i < e->p.max_seqs; i++) {
-        eseq *s = &e->seqs[i];
-        if (s->state != SEQ_DECODE || s->k_max <= 0)
-            continue;
-        int32_t end = spec_end_pos(s->kv.cap, s->kv.len, s->gp.max_tokens - s->res.generated_tokens);
-        int32_t n = r->propose(r->user, i, s->kv.len, s->cur, s->k_max, end, s->ex.gamma, s->blk.tokens);
-        s->blk.n = n < 0 ? 0 : n > s->k_max ? s->k_max : n;
-        s->blk.n_ctx = 0;
-        for (int32_t j = 0; j < s->blk.n; j++)   /* only a range check: a proposal is never trusted */
-            if (s->blk.tokens[j] < 0 || s->blk.tokens[j] >= e->m->config.vocab_size)
-                s->blk.n = j;
-    }
-    e->tot.draft_seconds += util_now() - t0;
-}
-
 /* Emit one final token of s; returns 1 when s is finished. */
 static int emit(eseq *s, int32_t tok)
 {
@@ -833,17 +334,7 @@ static void record(engine *e, eseq *s, int32_t acc)
     int32_t k = s->blk.n, c = s->blk.n_ctx;
     if (k <= 0)
         return;
-    int32_t src = spec_block_source(&s->blk);
-    e->tot.src_blocks[src]++;
-    e->tot.src_drafted[src] += k;
-    e->tot.src_accepted[src] += acc;
-    e->tot.num_drafts++;
-    e->tot.num_draft_tokens += k;
-    e->tot.num_accepted_tokens += acc;
-    for (int32_t i = 0; i < acc; i++)
-        e->tot.accepted_per_pos[i]++;
-    for (int32_t i = 0; i < k; i++)
-        e->tot.drafted_per_pos[i]++;
+    spec_counts_add(&e->tot.spec, &s->blk, acc);
     s->res.drafts++;
     s->res.draft_tokens += k;
     s->res.accepted_tokens += acc;
@@ -910,12 +401,17 @@ int engine_step(engine *e, char *err, size_t errlen)
         eseq *s = &e->seqs[i];
         if (s->state != SEQ_DECODE)
             continue;
+        /* the block: at most the plan's cap, context tokens first, room in the KV */
+        assert(s->blk.n >= 0 && s->blk.n <= s->k_max && s->k_max <= e->p.sp.max_draft);
+        assert(s->blk.n_ctx >= 0 && s->blk.n_ctx <= s->blk.n);
+        assert(s->kv.len + 1 + s->blk.n <= s->kv.cap);
         any_draft |= s->blk.n > 0;
         e->batch[n] = (fwd_seq){.tokens = NULL, .n_tokens = 1 + s->blk.n, .pos = s->kv.len, .kv = &s->kv,
                                 .logits_from = 0};
         e->bseq[n++] = i;
         T += 1 + s->blk.n;
     }
+    assert(T <= e->p.max_batch_tokens);   /* decode and verification tokens fit the pass */
     for (int32_t i = 0; i < e->p.max_seqs && T < e->p.max_batch_tokens; i++) {
         eseq *s = &e->seqs[i];
         if (s->state != SEQ_PREFILL)
@@ -1029,6 +525,12 @@ int engine_step(engine *e, char *err, size_t errlen)
                                   spec_draft_limit(e->p.sp.max_draft, s->kv.len, end), end, s->ex.gamma);
         }
     }
+    assert(T <= e->p.max_batch_tokens);
+#ifndef NDEBUG
+    int32_t used, total;   /* the pool: nothing held beyond what it has */
+    e->be->kv_usage(e->be, &used, &total);
+    assert(used >= 0 && used <= total);
+#endif
     if (e->step_bucket >= 0 && e->step_n > 0) {   /* what this choice delivered, per sequence */
         int c = e->step_spec, b = e->step_bucket;
         double r = emitted / (util_now() - t_step) / e->step_n;
@@ -1106,21 +608,11 @@ int engine_run(const model *m, const engine_params *p, int n, const int32_t *pro
         st->decode_seconds = t_end > t_first ? t_end - t_first : 0;
         if (sps) {
             memset(sps, 0, sizeof *sps);
-            sps->drafted = t->num_draft_tokens;
-            sps->accepted = t->num_accepted_tokens;
+            sps->counts = t->spec;
             sps->verifications = verifications;
-            for (int i = 0; i < SPEC_MAX_DRAFT; i++) {
-                sps->drafted_at[i] = t->drafted_per_pos[i];
-                sps->accepted_at[i] = t->accepted_per_pos[i];
-            }
             sps->draft_seconds = t->draft_seconds;
             sps->verify_seconds = st->decode_seconds > t->draft_seconds ? st->decode_seconds - t->draft_seconds : 0;
             sps->final_gamma = o[0].done ? o[0].res.final_gamma : p->sp.gamma_init;
-            for (int i = 0; i < SPEC_SRC_N; i++) {
-                sps->src_blocks[i] = t->src_blocks[i];
-                sps->src_drafted[i] = t->src_drafted[i];
-                sps->src_accepted[i] = t->src_accepted[i];
-            }
         }
     }
     free(o);

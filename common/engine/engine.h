@@ -140,16 +140,10 @@ typedef struct {
     void *user;
 } engine_callbacks;
 
-/* Speculation metrics, vLLM's names (spec_decode/metrics.py). */
+/* What the engine did since it started. */
 typedef struct {
-    int64_t num_drafts;                       /* verifications with >= 1 draft token */
-    int64_t num_draft_tokens;
-    int64_t num_accepted_tokens;
-    int64_t accepted_per_pos[SPEC_MAX_DRAFT]; /* accepted at draft position i */
-    int64_t drafted_per_pos[SPEC_MAX_DRAFT];  /* drafted at draft position i */
+    spec_counts spec;                         /* speculation counters (decode/spec.h) */
     int64_t steps, spec_steps;                /* forward passes; of them with drafts */
-    /* per draft source (spec_source) of the blocks with >= 1 draft token */
-    int64_t src_blocks[SPEC_SRC_N], src_drafted[SPEC_SRC_N], src_accepted[SPEC_SRC_N];
     int64_t prompt_tokens, generation_tokens;
     int64_t requests_done;
     double forward_seconds, draft_seconds;

@@ -22,21 +22,10 @@
 #define STARTUP_TIMEOUT_S 20.0
 #define BLOCK_TIMEOUTS 5      /* a block later than 5 heartbeat timeouts: stuck */
 
-static volatile sig_atomic_t g_term;
-static void on_term(int sig) { (void)sig; g_term = 1; }
-
-void sup_catch_signals(void)
+/* The caller's stop flag (pipe_params.stop) is set. */
+static int stopping(const pipe_sup *S)
 {
-    struct sigaction sa = {0};
-    sa.sa_handler = on_term;
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
-}
-
-int sup_stopping(void)
-{
-    return g_term != 0;
+    return S->pp->stop && *S->pp->stop != 0;
 }
 
 uint64_t sup_random64(void)
@@ -60,16 +49,15 @@ void pipe_params_default(pipe_params *p)
     p->cuda_draft_device = -1;
 }
 
-/* The drafter's executable: $SELFSPEC_DRAFTER (on a GPU
- * $SELFSPEC_DRAFTER_CUDA), else selfspec-drafter (selfspec-drafter-cuda,
- * the same source built with its GPU path, so that the CPU drafter never
- * loads the CUDA libraries) beside this executable. */
-static void exe_path(char *buf, size_t n, int gpu)
+/* The drafter's executable: the caller's (pp->drafter_exe), else
+ * selfspec-drafter (selfspec-drafter-cuda, the same source built with its
+ * GPU path, so that the CPU drafter never loads the CUDA libraries) beside
+ * this executable. */
+static void exe_path(char *buf, size_t n, const char *given, int gpu)
 {
     const char *name = gpu ? "selfspec-drafter-cuda" : "selfspec-drafter";
-    const char *env = getenv(gpu ? "SELFSPEC_DRAFTER_CUDA" : "SELFSPEC_DRAFTER");
-    if (env && *env) {
-        snprintf(buf, n, "%s", env);
+    if (given && *given) {
+        snprintf(buf, n, "%s", given);
         return;
     }
     char self[PATH_MAX];
@@ -97,10 +85,10 @@ int sup_open(pipe_sup *S, const model *m, int kv_fd, int32_t kv_cap, int n_seqs,
     S->kv_cap = kv_cap;
     S->max_draft = max_draft;
     S->w_ro = S->kv_ro = -1;
-    S->debug = getenv("SELFSPEC_PIPELINE_DEBUG") ? atoi(getenv("SELFSPEC_PIPELINE_DEBUG")) : 0;
+    S->debug = pp->debug;
     S->threads = pp->drafter_threads > 0 ? pp->drafter_threads : omp_get_max_threads();
     proto_init(&S->link, sup_random64(), n_seqs, m->config.vocab_size);
-    exe_path(S->exe, sizeof S->exe, pp->cuda_ipc_len > 0);
+    exe_path(S->exe, sizeof S->exe, pp->drafter_exe, pp->cuda_ipc_len > 0);
     S->w_ro = reopen_ro(m->arena.shm_fd);
     S->kv_ro = kv_fd >= 0 ? reopen_ro(kv_fd) : -1;
     if (S->w_ro < 0 || (kv_fd >= 0 && S->kv_ro < 0))
@@ -148,17 +136,17 @@ void sup_spawn(pipe_sup *S)
     snprintf(parent, sizeof parent, "%d", (int)getpid());
     char *argv[] = {S->exe, "--connect", S->v_ep, "--bind", S->d_ep, "--session", sess,
                     "--incarnation", incs, "--parent", parent, NULL};
-    /* Two OpenMP teams share the cores: a drafter whose idle workers spin
-     * (libgomp's default) takes the cores from the verifier. Unless the user
-     * chose a policy, the drafter's workers spin briefly, then sleep. */
+    /* This process's environment, plus the caller's one extra entry (the
+     * pipeline's: two OpenMP teams share the cores, so unless the user chose
+     * a wait policy the drafter's idle workers spin briefly, then sleep). */
     extern char **environ;
     size_t ne = 0;
     while (environ[ne])
         ne++;
     char **envp = mallocCheck((ne + 2) * sizeof(char *));
     memcpy(envp, environ, ne * sizeof(char *));
-    if (!getenv("OMP_WAIT_POLICY") && !getenv("GOMP_SPINCOUNT"))
-        envp[ne++] = "GOMP_SPINCOUNT=3000";
+    if (S->pp->drafter_env && *S->pp->drafter_env)
+        envp[ne++] = (char *)S->pp->drafter_env;
     envp[ne] = NULL;
     pid_t pid = fork();
     if (pid == 0) {
@@ -213,8 +201,7 @@ static void send_setup(pipe_sup *S)
     s.heartbeat_ms = (uint32_t)S->pp->hb_ms;
     s.threads = (uint32_t)S->threads;
     s.draft_head = S->pp->draft_head;
-    const char *pol = getenv("SELFSPEC_PIPELINE_SPECULATE");   /* benchmark knob: "always" */
-    s.speculate = pol && !strcmp(pol, "always");
+    s.speculate = S->pp->speculate_always != 0;   /* benchmark knob */
     proto_envelope(&S->link, &e, 0, 0);
     e.body_case = SELFSPEC__ENVELOPE__BODY_SETUP;
     e.setup = &s;
@@ -286,7 +273,7 @@ void sup_check(pipe_sup *S)
         S->ps->drafter_timeouts++;
         gone(S, 1);
     }
-    if (L->state == PROTO_NONE && !g_term) {
+    if (L->state == PROTO_NONE && !stopping(S)) {
         if (S->restarts < S->pp->max_restarts) {
             if (S->ps->drafter_starts > 0)
                 S->restarts++;
@@ -304,7 +291,7 @@ int sup_ready(const pipe_sup *S)
 
 void sup_wait_ready(pipe_sup *S)
 {
-    while (!g_term && S->link.state != PROTO_READY && S->link.state != PROTO_FAILED && S->ps->drafter_deaths == 0) {
+    while (!stopping(S) && S->link.state != PROTO_READY && S->link.state != PROTO_FAILED && S->ps->drafter_deaths == 0) {
         sup_pump(S, 20);
         sup_check(S);
     }
@@ -331,7 +318,7 @@ int sup_wait_block(pipe_sup *S, uint32_t seq, int speculative)
             r = 1;
             break;
         }
-        if (L->state != PROTO_READY || L->req_inc[seq] != L->inc || g_term)
+        if (L->state != PROTO_READY || L->req_inc[seq] != L->inc || stopping(S))
             break;
         if ((util_now() - t0) * 1000.0 > BLOCK_TIMEOUTS * S->pp->hb_timeout_ms) {
             /* alive (heartbeats) but no block: stuck, or its channel broken */

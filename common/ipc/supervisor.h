@@ -5,12 +5,15 @@
  * the Setup it gets, the inbox pump that feeds the protocol
  * (ipc/protocol.h), liveness (heartbeats, startup and block deadlines), kill
  * and restart, waiting for a block, sending requests, and shutdown.
- * SIGTERM/SIGINT end generation early, cleanly (sup_catch_signals).
+ * The library reads no environment and owns no signal flag: the caller
+ * passes what it read (drafter path, debug, the speculation knob, the
+ * drafter's extra environment) and its stop flag in pipe_params.
  */
 #ifndef SELFSPEC_SUPERVISOR_H
 #define SELFSPEC_SUPERVISOR_H
 
 #include <limits.h>
+#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -35,6 +38,18 @@ typedef struct {
     size_t cuda_ipc_len;
     int cuda_device;
     int cuda_draft_device;  /* --draft-device: the drafter's own GPU (-1: cuda_device) */
+    /* what the caller read from its environment and its signal flag (the
+     * verifier's pipeline.c: $SELFSPEC_DRAFTER / $SELFSPEC_DRAFTER_CUDA,
+     * $SELFSPEC_PIPELINE_DEBUG, $SELFSPEC_PIPELINE_SPECULATE, its
+     * SIGTERM/SIGINT flag); pipe_params_default leaves them 0 / NULL */
+    const char *drafter_exe;    /* NULL or "": selfspec-drafter (with cuda_ipc_len > 0
+                                   selfspec-drafter-cuda) beside this executable */
+    const char *drafter_env;    /* NULL, or one "NAME=value" added to the drafter's
+                                   environment (which is this process's otherwise) */
+    int debug;                  /* > 0: spawns, deaths and kills on stderr; > 1: more */
+    int speculate_always;       /* the Setup's speculate flag (a benchmark knob) */
+    const volatile sig_atomic_t *stop;   /* nonzero: stop waiting and restarting
+                                            (the caller's SIGTERM flag); NULL: never */
 } pipe_params;
 
 typedef struct {
@@ -52,7 +67,8 @@ typedef struct {
     int device, draft_device;   /* CUDA devices of the verifier and the drafter, -1: CPU */
 } pipe_stats;
 
-/* The defaults noted above; overlap on, skip_path "none", draft_head -1. */
+/* The defaults noted above; overlap on, skip_path "none", draft_head -1,
+ * no stop flag, nothing from the environment. */
 void pipe_params_default(pipe_params *p);
 
 typedef struct {
@@ -70,12 +86,6 @@ typedef struct {
     int w_ro, kv_ro;            /* read-only descriptors the drafter inherits */
 } pipe_sup;
 
-/* Catch SIGTERM/SIGINT (they make sup_stopping() true) and ignore SIGPIPE. */
-void sup_catch_signals(void);
-
-/* 1 once SIGTERM or SIGINT arrived. */
-int sup_stopping(void);
-
 /* A random nonzero 64-bit number (getrandom, else pid and clock). */
 uint64_t sup_random64(void);
 
@@ -83,7 +93,7 @@ uint64_t sup_random64(void);
  * n_seqs verified caches of kv_cap positions from the shared object kv_fd
  * (-1 on a GPU: the caches are in pp->cuda_ipc):
  * a new session, read-only copies of both descriptors, the inbox socket, the
- * drafter's path ($SELFSPEC_DRAFTER, else beside this executable). No
+ * drafter's path (pp->drafter_exe, else beside this executable). No
  * process yet (sup_spawn). pp and ps must outlive S. Returns 0, or -1 with
  * err; sup_close(S) is safe either way. */
 int sup_open(pipe_sup *S, const model *m, int kv_fd, int32_t kv_cap, int n_seqs, int32_t max_draft,
@@ -105,8 +115,8 @@ void sup_check(pipe_sup *S);
 /* 1 when the drafter is set up and answering. */
 int sup_ready(const pipe_sup *S);
 
-/* Wait until the drafter is ready, has failed, has died once, or a signal
- * came (only the first start blocks generation). */
+/* Wait until the drafter is ready, has failed, has died once, or the stop
+ * flag is set (only the first start blocks generation). */
 void sup_wait_ready(pipe_sup *S);
 
 /* Send sequence seq's request (proto_request); a request that cannot even
@@ -117,7 +127,7 @@ void sup_request(pipe_sup *S, uint32_t seq, Selfspec__RequestKind kind, int32_t 
 /* Wait for the block answering sequence seq's current request: its fresh
  * slot, or (speculative, seq 0) the speculative slot. Returns 1 when it is
  * there; 0 when the drafter died or went silent, the request went to an
- * earlier incarnation, or a signal came. A live drafter that sends no block
+ * earlier incarnation, or the stop flag is set. A live drafter that sends no block
  * for 5 heartbeat timeouts is killed. The wait counts into wait_seconds. */
 int sup_wait_block(pipe_sup *S, uint32_t seq, int speculative);
 

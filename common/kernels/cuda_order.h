@@ -1,8 +1,8 @@
 /*
  * cuda_order.h - how the CUDA backend's fixed-order kernels split their work
- * and in which order they sum, shared by cuda_kernels.cu (the kernels) and
- * tests/test_cuda_order.c (host ports of the same decomposition in plain C,
- * run by `make unit` on every machine). Plain C: no CUDA types, nothing that
+ * and in which order they sum, shared by the kernels (common/cuda/k_proj.cu,
+ * k_attention.cu) and tests/test_cuda_order.c (host ports of the same
+ * decomposition in plain C, run by `make unit` on every machine). Plain C: no CUDA types, nothing that
  * needs nvcc. CO_FN marks the helpers both sides call, so the index math the
  * test checks is the very code the device runs.
  *
@@ -62,9 +62,8 @@
 
 /* Every pass of cuda_forward goes through k_proj, whatever its T (plain
  * and draft steps, verification blocks, the engine's mixed passes of
- * decode blocks and prompt chunks); only the one-process decode loops'
- * own prefill (cuda_generate_*, the same for plain and self-spec) uses
- * cuBLAS. The kernel takes any T (grid.y = T / 16 blocks); PROJ_T_MAX is
+ * decode blocks and prompt chunks, prompt chunks alone); cuBLAS is only
+ * the reference of cuda_proj_check. The kernel takes any T (grid.y = T / 16 blocks); PROJ_T_MAX is
  * what the checks go up to: the engine's --max-batch-tokens limit. */
 #define PROJ_T_MAX 8192
 #define PROJ_WARPS 4                          /* warps per block */
@@ -164,7 +163,7 @@ CO_FN size_t att_part_slot(int t, int h, int s, int n_heads, int n_splits)
 #define CO_KV_BLOCK 16
 
 /* The integer part of a sequence's cache descriptor (dev_seq in
- * cuda_internal.cuh adds the K and V pointers). Three places a row of
+ * cuda/cuda_common.cuh adds the K and V pointers). Three places a row of
  * (layer, position p) can be:
  *   scratch     scap > 0 and p >= scratch_base: the draft scratch cache,
  *               (n_layers, scap, kv_dim), at p - scratch_base;

@@ -1,5 +1,5 @@
 /*
- * cuda_sample.h - sampling on the device (k_sample in cuda_kernels.cu), the
+ * cuda_sample.h - sampling on the device (k_sample in cuda/k_sample.cu), the
  * rule shared with its host port in tests/test_cuda_order.c. Plain C, no
  * CUDA types; CO_FN (cuda_order.h) marks what both sides call.
  *

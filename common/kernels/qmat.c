@@ -13,16 +13,15 @@
  * token gets the same bits whatever else is in its block. The activation
  * quantization likewise has AVX512, AVX2 and scalar forms giving equal
  * bytes, and quantizes each token from its own row only (so the threads may
- * share it). qmat_matmul_blas (dequantize + sgemm) is not on any forward
- * path: its float sums come out in an order that depends on T; it is kept
- * for scripts/bench_kernels.c and for a tolerance test.
+ * share it). (A dequantize + sgemm product, whose float sums come out in
+ * an order that depends on T, is on no forward path: it lives in
+ * scripts/bench_kernels.c, the one program that links BLAS.)
  */
 #include "kernels/qmat.h"
 
 #include <assert.h>
 #include <math.h>
 #include <string.h>
-#include <cblas.h>
 #include <omp.h>
 #if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
@@ -37,7 +36,6 @@
 #include "util/util.h"
 
 #define QMAT_VNNI_TILE 8  /* tokens sharing one pass over a weight panel (VNNI) */
-#define QMAT_PANEL 128   /* rows dequantized per BLAS call (multiple of 16) */
 #define QMAT_PAR_QUANT_T 16  /* from this many tokens on, the threads share the quantization */
 #define GROUP_BYTES (QMAT_ROWS * QMAT_BLOCK)   /* q bytes of one block of a group, U8 */
 #define GROUP_BYTES_U4 (GROUP_BYTES / 2)       /* the same, U4 */
@@ -695,27 +693,4 @@ void qmat_matmul_portable(const qmat *W, const float *X, int ldx, int T, float *
     act_q a = quantize_acts(X, ldx, T, W->cols, scratch);
     for (int32_t g = 0; g < W->rows / QMAT_ROWS; g++)
         group_tile_portable(W, g, &a, 0, Y, ldy, T);
-}
-
-/* ------------------------------------------------------------------------ */
-/* Long blocks: dequantize panels of rows and let BLAS multiply.             */
-
-void qmat_matmul_blas(const qmat *W, const float *X, int ldx, int T, float *Y, int ldy)
-{
-    int32_t n_panels = (W->rows + QMAT_PANEL - 1) / QMAT_PANEL;
-    #pragma omp parallel if (!omp_in_parallel())
-    {
-        float *panel = alignedCheck((size_t)QMAT_PANEL * W->cols * sizeof(float));
-        #pragma omp for schedule(dynamic, 1)
-        for (int32_t p = 0; p < n_panels; p++) {
-            int32_t r0 = p * QMAT_PANEL;
-            int32_t np = W->rows - r0 < QMAT_PANEL ? W->rows - r0 : QMAT_PANEL;
-            for (int32_t i = 0; i < np; i++)
-                qmat_dequant_row(W, r0 + i, panel + (size_t)i * W->cols);
-            /* Y[:, r0:r0+np] = X (T, cols) . panel(np, cols)^T */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, np, W->cols, 1.0f,
-                        X, ldx, panel, W->cols, 0.0f, Y + r0, ldy);
-        }
-        free(panel);
-    }
 }

@@ -55,7 +55,7 @@
  * builds, and the two forms of one matrix, agree bit for bit. There is no
  * limit on T but the scratch size.
  * BLAS (dequantized panels + sgemm) sums floats in an order that depends on
- * T; it is on no forward path and kept only as qmat_matmul_blas.
+ * T; it is on no forward path (scripts/bench_kernels.c times it).
  * Threads: qmat_matmul parallelizes over 16-row groups with OpenMP (dynamic
  * chunks of consecutive groups, about 8 per thread; from 16 tokens on the
  * threads also share the activation quantization).
@@ -127,10 +127,5 @@ void qmat_matmul(const qmat *W, const float *X, int ldx, int T, float *Y, int ld
  * the same bits as qmat_matmul (tests compare them), one (row, token) at a
  * time, slow. */
 void qmat_matmul_portable(const qmat *W, const float *X, int ldx, int T, float *Y, int ldy, void *scratch);
-
-/* Dequantized float panels times X with BLAS sgemm. Not bit-exact across T
- * (sgemm's summation order depends on the shape): for benchmarks and
- * tolerance tests only, never on a forward path. */
-void qmat_matmul_blas(const qmat *W, const float *X, int ldx, int T, float *Y, int ldy);
 
 #endif

@@ -4,9 +4,11 @@
  * allocation, made at the first sequence; a host ledger says whose block
  * is whose, as the CPU's kv_pool), contiguous scratch caches for drafts
  * (closed ones kept for the next sequence),
- * and cuda_forward over them. Built on every machine: without nvcc the
- * cuda_backend.h functions are cuda_stub.c's, and backend_cuda_open fails
- * with their message. Never run here (no GPU); scripts/gpu_check.sh runs it.
+ * and cuda_forward over them; device caches the caller owns can be viewed
+ * (backend_cuda_kv_wrap: the GPU drafter's imported KV and scratch). Built
+ * on every machine: without nvcc the cuda_backend.h functions are
+ * common/cuda/stub.c's, and backend_cuda_open fails with their message.
+ * Never run here (no GPU); scripts/gpu_check.sh runs it.
  */
 #include "model/backend.h"
 
@@ -23,8 +25,9 @@
 typedef struct {
     model_backend b;
     char name[32];
-    const model *m;
+    const model_config *c;     /* the device model's */
     cuda_model *cm;
+    int own_cm;                /* cm was loaded here (else borrowed: backend_cuda_params.cm) */
     cuda_state *st;
     size_t pos_bytes;          /* K and V of one position, every layer */
     size_t budget, used;       /* KV bytes: the budget, and what contiguous shared caches and the pool took */
@@ -43,6 +46,7 @@ typedef struct {
 typedef struct {
     cuda_kv *kv;
     size_t bytes;              /* a contiguous cache counted against the budget (0: scratch, or paged) */
+    int borrowed;              /* backend_cuda_kv_wrap: the caller's, never freed here */
 } dev_cache;
 
 /* A contiguous device cache of cap positions in kv; bytes: what it counts
@@ -64,9 +68,9 @@ static int open_contiguous(cuda_engine_backend *cb, kv_cache *kv, int32_t cap, s
         return -1;
     cuda_kv_set_len(d, 0);
     dev_cache *dc = mallocCheck(sizeof *dc);
-    *dc = (dev_cache){d, bytes};
+    *dc = (dev_cache){d, bytes, 0};
     cb->used += bytes;
-    const model_config *c = &cb->m->config;
+    const model_config *c = cb->c;
     *kv = (kv_cache){.cap = cap, .n_layers = c->n_layers, .kv_dim = c->kv_dim, .head_dim = c->head_dim, .dev = dc};
     return 0;
 }
@@ -82,7 +86,7 @@ static int pool_make(cuda_engine_backend *cb, char *err, size_t errlen)
     cb->pool = cuda_kv_pool_init(cb->cm, (int32_t)n, err, errlen);
     if (!cb->pool)
         return -1;
-    kv_ledger_init(&cb->ledger, &cb->m->config, (int32_t)n);
+    kv_ledger_init(&cb->ledger, cb->c, (int32_t)n);
     cb->used += n * blk;
     return 0;
 }
@@ -106,7 +110,7 @@ static int cuda_b_kv_open(model_backend *b, kv_cache *kv, int32_t cap, int scrat
         return -1;
     }
     dev_cache *dc = mallocCheck(sizeof *dc);
-    *dc = (dev_cache){d, 0};
+    *dc = (dev_cache){d, 0, 0};
     kv->dev = dc;
     return 0;
 }
@@ -118,7 +122,9 @@ static void cuda_b_kv_close(model_backend *b, kv_cache *kv)
     if (dc) {
         assert(cb->used >= dc->bytes);
         cb->used -= dc->bytes;
-        if (!kv->pool && dc->bytes == 0 && cb->n_spare < SPARE_SCRATCH)
+        if (dc->borrowed)
+            ;   /* the caller's cache: only the view goes */
+        else if (!kv->pool && dc->bytes == 0 && cb->n_spare < SPARE_SCRATCH)
             cb->spare[cb->n_spare++] = dc->kv;   /* a scratch, kept for the next sequence */
         else
             cuda_kv_free(dc->kv);   /* the last pass has finished: cuda_forward syncs */
@@ -193,29 +199,57 @@ static int cuda_b_draft_take(model_backend *b, const samp_req *rq, const int32_t
     return cuda_draft_rows(((cuda_engine_backend *)b)->st, rq, slot, n_rows, ids, conf, err, errlen);
 }
 
-model_backend *backend_cuda_open(const model *m, int device, int32_t max_tokens, int32_t ctx, size_t kv_mem,
-                                 char *err, size_t errlen)
+model_backend *backend_cuda_open_params(const model *m, const backend_cuda_params *p, char *err, size_t errlen)
 {
-    cuda_model *cm = cuda_model_load(m, device, err, errlen);
-    if (!cm)
-        return NULL;
-    cuda_state *st = cuda_state_init(cm, max_tokens, ctx, err, errlen);
-    if (!st) {
-        cuda_model_free(cm);
+    cuda_model *cm = p->cm;
+    if (!cm && !m) {
+        util_err(err, errlen, "backend_cuda_open: neither a model nor device weights");
         return NULL;
     }
+    if (!cm && !(cm = cuda_model_load(m, p->device, err, errlen)))
+        return NULL;
+    cuda_state *st = cuda_state_init(cm, p->max_tokens, p->ctx, p->graphs, err, errlen);
+    if (!st) {
+        if (cm != p->cm)
+            cuda_model_free(cm);
+        return NULL;
+    }
+    const model_config *c = cuda_model_get_config(cm);
     cuda_engine_backend *cb = callocCheck(1, sizeof *cb);
-    snprintf(cb->name, sizeof cb->name, "cuda:%d", device);
+    snprintf(cb->name, sizeof cb->name, "cuda:%d", p->device);
     cb->b = (model_backend){.name = cb->name, .pruned_head = 0, .kv_open = cuda_b_kv_open,
                             .kv_close = cuda_b_kv_close, .kv_max = cuda_b_kv_max, .kv_usage = cuda_b_kv_usage,
                             .forward = cuda_b_forward,
                             .sample = cuda_b_sample, .draft_take = cuda_b_draft_take};
-    cb->m = m;
+    cb->c = c;
     cb->cm = cm;
+    cb->own_cm = cm != p->cm;
     cb->st = st;
-    cb->pos_bytes = 2 * (size_t)m->config.n_layers * (size_t)m->config.kv_dim * sizeof(kv_elem);
-    cb->budget = kv_mem;
+    cb->pos_bytes = 2 * (size_t)c->n_layers * (size_t)c->kv_dim * sizeof(kv_elem);
+    cb->budget = p->kv_mem;
     return &cb->b;
+}
+
+model_backend *backend_cuda_open(const model *m, int device, int32_t max_tokens, int32_t ctx, size_t kv_mem,
+                                 char *err, size_t errlen)
+{
+    backend_cuda_params p = {.device = device, .max_tokens = max_tokens, .ctx = ctx, .kv_mem = kv_mem,
+                             .graphs = 1, .cm = NULL};
+    return backend_cuda_open_params(m, &p, err, errlen);
+}
+
+int backend_cuda_kv_wrap(model_backend *b, kv_cache *kv, cuda_kv *d, char *err, size_t errlen)
+{
+    cuda_engine_backend *cb = (cuda_engine_backend *)b;
+    memset(kv, 0, sizeof *kv);
+    if (!d || cuda_kv_is_paged(d))
+        return util_err(err, errlen, "backend_cuda_kv_wrap: not a contiguous device cache");
+    dev_cache *dc = mallocCheck(sizeof *dc);
+    *dc = (dev_cache){d, 0, 1};
+    const model_config *c = cb->c;
+    *kv = (kv_cache){.cap = cuda_kv_cap(d), .n_layers = c->n_layers, .kv_dim = c->kv_dim, .head_dim = c->head_dim,
+                     .dev = dc};
+    return 0;
 }
 
 int backend_cuda_ipc_export(model_backend *b, const kv_cache *kv, void *blob, char *err, size_t errlen)
@@ -244,6 +278,7 @@ void backend_cuda_close(model_backend *b)
     cuda_kv_pool_free(cb->pool);
     kv_pool_free(&cb->ledger);
     cuda_state_free(cb->st);
-    cuda_model_free(cb->cm);
+    if (cb->own_cm)
+        cuda_model_free(cb->cm);
     free(cb);
 }

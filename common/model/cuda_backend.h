@@ -2,25 +2,30 @@
  * cuda_backend.h - the CUDA backend: the same forward pass as model.h on an
  * NVIDIA GPU, behind a plain C API (no CUDA types here; usable from C11).
  *
- * Implementation: common/cuda_backend.cu (weights, KV, forward, decoding
- * loops, IPC) and common/cuda_kernels.cu (the kernels). When the library is
- * built without nvcc, common/cuda_stub.c provides every function below:
- * cuda_available() and cuda_device_count() return 0 and the others fail
- * with "built without CUDA".
+ * Implementation: common/cuda/, one file per job (weights.cu, kv.cu,
+ * forward.cu, graphs.cu, sample.cu, ipc.cu, checks.cu, device.cu; the
+ * kernels by family in k_*.cu; common/cuda/backend.cuh lists them) and
+ * model/backend_cuda.c (the backend under the engine, below and
+ * model/backend.h). When the library is built without nvcc,
+ * common/cuda/stub.c provides every function below: cuda_available() and
+ * cuda_device_count() return 0 and the others fail with "built without
+ * CUDA".
  *
- * Numerics (see cuda_backend.cu for the details):
+ * There is no decoding loop here: the one loop is the engine's
+ * (engine/engine.h), over model/backend.h; this API computes passes.
+ *
+ * Numerics (the details: common/cuda/, kernels/cuda_order.h):
  *  - weights: the U8A matrices of the CPU arena are dequantized once at load
  *    (qmat_dequant_row, the CPU reference) to half precision (fp16; a
- *    one-line switch in cuda_backend.cu selects bf16) in ONE 2 MiB-aligned
- *    cudaMalloc allocation, together with the fp32 norm vectors;
+ *    one-line switch in cuda/cuda_common.cuh selects bf16) in ONE 2 MiB-
+ *    aligned cudaMalloc allocation, together with the fp32 norm vectors;
  *  - every projection and the output head of cuda_forward runs a
  *    fixed-order kernel (kernels/cuda_order.h) with half inputs and fp32
  *    sums: each output's summation order does not depend on how many
  *    tokens share the pass, so plain steps, draft steps, verification
  *    blocks, batches and prompt chunks cut anywhere give a token
- *    bit-identical logits; only the prefill of cuda_generate_plain /
- *    cuda_generate_selfspec (the same for both) uses cuBLAS GEMMs (fp32
- *    accumulation and output); the residual stream is fp32;
+ *    bit-identical logits (cuBLAS only in cuda_proj_check, as the
+ *    reference); the residual stream is fp32;
  *  - decode attention is split over positions in a fixed, T-independent
  *    way and merged in position order (cuda_order.h);
  *  - the KV cache is IEEE half, (layer, position, kv_dim), as on the CPU.
@@ -28,9 +33,10 @@
  * does not, so logits agree to a tolerance, not bit for bit.
  *
  * Positions, tokens and cache locations of a batch live in device buffers of
- * the state, so a decode step can be captured once in a CUDA graph and
- * replayed (cuda_generate_plain / cuda_generate_selfspec): the argmax kernel
- * feeds the next step's token on the device and only token ids come back.
+ * the state, so a pass whose every token is an output row (a decode step, a
+ * verification block, a draft pass) is captured once per (T, mask) in a
+ * CUDA graph and replayed (cuda_state_init's graphs); a greedy pass brings
+ * back its argmax ids alone, the logits stay on the device.
  *
  * Conventions: functions that can fail take (char *err, size_t errlen) and
  * return 0 / a non-NULL pointer, or -1 / NULL with a one-line reason.
@@ -50,7 +56,7 @@
 extern "C" {
 #endif
 
-typedef struct cuda_model cuda_model;   /* weights on one device + cuBLAS */
+typedef struct cuda_model cuda_model;   /* weights on one device, its stream */
 typedef struct cuda_kv cuda_kv;         /* a KV cache in device memory */
 typedef struct cuda_state cuda_state;   /* activations, metadata, graphs */
 
@@ -123,9 +129,8 @@ int cuda_kv_download(const cuda_kv *kv, kv_cache *dst, int32_t n, char *err, siz
  * that are views of some of its blocks. The pool holds memory only: which
  * blocks a sequence gets is the caller's ledger (kv_ledger_init +
  * kv_init_paged, model.h). Only cuda_forward, cuda_kv_download and
- * cuda_kv_free take a paged cache; the one-sequence loops, cuda_time_step,
- * shifts, copies and IPC take contiguous ones and refuse paged ones with an
- * error. */
+ * cuda_kv_free take a paged cache; cuda_time_step, shifts, copies and IPC
+ * take contiguous ones and refuse paged ones with an error. */
 typedef struct cuda_kv_pool cuda_kv_pool;
 cuda_kv_pool *cuda_kv_pool_init(cuda_model *cm, int32_t n_blocks, char *err, size_t errlen);
 /* Free the pool (every view of it must be freed first or not used again). */
@@ -143,8 +148,12 @@ int cuda_kv_is_paged(const cuda_kv *kv);
 /* ---- forward pass ---- */
 
 /* Activation buffers for batches of up to max_tokens tokens over positions
- * < ctx. */
-cuda_state *cuda_state_init(cuda_model *cm, int32_t max_tokens, int32_t ctx, char *err, size_t errlen);
+ * < ctx. graphs: 1 to capture cuda_forward's passes whose every token is an
+ * output row (up to 64 tokens) in CUDA graphs at their first run and replay
+ * them after; 0 to launch every pass directly (a command's
+ * SELFSPEC_CUDA_GRAPHS=0; the library reads no environment). */
+cuda_state *cuda_state_init(cuda_model *cm, int32_t max_tokens, int32_t ctx, int graphs, char *err,
+                            size_t errlen);
 void cuda_state_free(cuda_state *s);
 
 /* One sequence's part of a batch: fwd_seq of model.h with device caches. */
@@ -175,7 +184,7 @@ int cuda_forward(cuda_model *cm, cuda_state *s, const cuda_seq *seqs, int n_seqs
                  const layer_mask *mask, float *logits, int32_t *argmax, char *err, size_t errlen);
 
 /*
- * The device argmax kernel of the decode loops over host rows (tests):
+ * The device argmax kernel of every pass over host rows (tests):
  * out[r] = index of the largest of logits[r * n .. r * n + n), exactly as
  * sampler_argmax (decode/sampler.c) picks it: ties to the smaller index, a
  * NaN at index 0 gives 0, other NaN entries are skipped. rows, n >= 1.
@@ -192,7 +201,7 @@ typedef struct {
     double max_abs_diff;     /* max |fixed - cuBLAS| over the (T, rows) outputs */
     double max_abs;          /* max |cuBLAS| (the scale of that difference) */
     double ms_fixed;         /* mean ms per product: the fixed-order kernel */
-    double ms_cublas;        /* mean ms per product: cublasGemmEx (what prefill uses) */
+    double ms_cublas;        /* mean ms per product: cublasGemmEx (the reference) */
 } cuda_proj_report;
 
 /*
@@ -207,50 +216,6 @@ int cuda_proj_check(int device, int32_t rows, int32_t cols, int32_t T, int iters
 /* Device pointer to the logits of the last cuda_forward: (rows, ld) fp32
  * with ld = the vocabulary rounded up to 16 (returned in *ld). */
 const float *cuda_state_logits(const cuda_state *s, int32_t *ld);
-
-/* ---- decoding loops on the device (greedy) ---- */
-
-typedef struct {
-    int32_t prompt_tokens;
-    int32_t generated_tokens;
-    double prefill_seconds;
-    double decode_seconds;
-    /* self-speculative only */
-    int64_t drafted;         /* draft tokens proposed */
-    int64_t accepted;        /* of them accepted */
-    int64_t rounds;          /* verification passes */
-} cuda_gen_stats;
-
-/* Called per final token in order; nonzero stops generation. */
-typedef int (*cuda_emit_fn)(void *ctx, int32_t token);
-/* End-of-generation test; NULL = never stop on a token. */
-typedef int (*cuda_stop_fn)(const void *ctx, int32_t token);
-
-/*
- * Greedy plain decoding: prefill (in chunks of the state's max_tokens), then
- * one full step per token replayed from a CUDA graph (use_graph) or launched
- * directly. Only token ids cross to the host, in chunks of a few steps.
- * max_new: new tokens at most; kv is reset.
- */
-int cuda_generate_plain(cuda_model *cm, cuda_state *s, cuda_kv *kv, const int32_t *prompt,
-                        int32_t n_prompt, int32_t max_new, int use_graph,
-                        cuda_stop_fn is_stop, const void *stop_ctx, cuda_emit_fn emit, void *emit_ctx,
-                        cuda_gen_stats *st, char *err, size_t errlen);
-
-/*
- * Greedy self-speculative decoding: up to k draft steps (T = 1 with mask,
- * scratch KV; the draft step is a CUDA graph when use_graph), then one
- * verification pass over k + 1 tokens with the full model; acceptance by
- * comparing argmax ids on the device. Output equals plain greedy output:
- * the fixed-order kernels give the verification block the plain steps'
- * logits bit for bit (kernels/cuda_order.h).
- * s->max_tokens must be >= k + 1; scratch must hold k positions.
- */
-int cuda_generate_selfspec(cuda_model *cm, cuda_state *s, cuda_kv *kv, cuda_kv *scratch,
-                           const layer_mask *mask, int32_t k, const int32_t *prompt,
-                           int32_t n_prompt, int32_t max_new, int use_graph,
-                           cuda_stop_fn is_stop, const void *stop_ctx, cuda_emit_fn emit, void *emit_ctx,
-                           cuda_gen_stats *st, char *err, size_t errlen);
 
 /* ---- timing ---- */
 
@@ -343,6 +308,41 @@ int cuda_kv_shift(cuda_kv *kv, int32_t shift, int32_t n, char *err, size_t errle
  * KV. layers: only the layers whose attention it computes (NULL: all). */
 int cuda_kv_copy(cuda_model *cm, cuda_kv *dst, const cuda_kv *src, const layer_mask *layers, int32_t from,
                  int32_t to, char *err, size_t errlen);
+
+/* ---- the backend under the engine (model/backend.h, backend_cuda.c) ---- */
+
+typedef struct model_backend model_backend;
+
+/* What backend_cuda_open_params sets up. backend_cuda_open (backend.h) is
+ * it with cm = NULL and graphs = 1. */
+typedef struct {
+    int device;              /* the device m's weights go to (cm == NULL), or cm's
+                                (then only the backend's name, "cuda:N") */
+    int32_t max_tokens;      /* tokens of one pass at most (engine_pass_tokens) */
+    int32_t ctx;             /* positions < ctx */
+    size_t kv_mem;           /* bytes of KV for the sequences (kv_open) */
+    int graphs;              /* cuda_state_init's graphs: 1 replays CUDA graphs,
+                                0 launches every pass directly */
+    cuda_model *cm;          /* NULL: upload m's weights (cuda_model_load); else
+                                weights already on a device (a synthetic model, an
+                                IPC import, a masked copy), borrowed: it must
+                                outlive the backend, which uses its device */
+} backend_cuda_params;
+
+/* The CUDA backend with every choice given (see backend.h's
+ * backend_cuda_open): m is the CPU model whose weights are uploaded when
+ * p->cm is NULL (else unused: NULL will do; the shapes are the device
+ * model's). Returns the backend, or NULL with err. Close it with
+ * backend_cuda_close (which frees the weights only when it loaded them). */
+model_backend *backend_cuda_open_params(const model *m, const backend_cuda_params *p, char *err, size_t errlen);
+
+/* A kv_cache the backend's forward takes that views a contiguous device
+ * cache the caller owns and keeps (an IPC import, the drafter's scratch):
+ * kv gets cap, the shape and dev, len 0; the backend's kv_close frees the
+ * view only, never d, which must belong to the backend's model (it is
+ * its caller's to keep them together). Returns 0, or -1 with err (a paged
+ * cache). */
+int backend_cuda_kv_wrap(model_backend *b, kv_cache *kv, cuda_kv *d, char *err, size_t errlen);
 
 #ifdef __cplusplus
 }

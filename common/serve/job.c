@@ -156,15 +156,5 @@ void job_metrics_snapshot(const engine *e, metrics_engine *out)
     out->running = engine_live(e);
     out->waiting = engine_waiting(e);
     engine_kv_usage(e, &out->kv_used, &out->kv_total);
-    out->num_drafts = t->num_drafts;
-    out->num_draft_tokens = t->num_draft_tokens;
-    out->num_accepted_tokens = t->num_accepted_tokens;
-    for (int i = 0; i < SPEC_MAX_DRAFT && i < METRICS_MAX_POS; i++)
-        if ((out->accepted_per_pos[i] = t->accepted_per_pos[i]) || t->drafted_per_pos[i])
-            out->n_pos = i + 1;
-    for (int i = 0; i < SPEC_SRC_N; i++) {
-        out->src_drafts[i] = t->src_blocks[i];
-        out->src_draft_tokens[i] = t->src_drafted[i];
-        out->src_accepted[i] = t->src_accepted[i];
-    }
+    out->spec = t->spec;
 }

@@ -94,7 +94,8 @@ static int chat_template_uses(const tokenizer *t, const char *name)
 /* ------------------------------------------------------------------------ */
 /* Output buffer                                                            */
 
-/* A growing string; `oom` sticks once an append fails. */
+/* A growing string; `oom` sticks once an append would overflow size_t
+ * (allocation failure exits, reallocCheck). */
 typedef struct {
     char *v;
     size_t n, cap;
@@ -115,12 +116,7 @@ static void chat_put(chat_buf *b, const char *s, size_t len)
         while (cap < b->n + len + 1) {
             cap = cap > SIZE_MAX / 2 ? SIZE_MAX : cap * 2;
         }
-        char *v = realloc(b->v, cap);
-        if (!v) {
-            b->oom = 1;
-            return;
-        }
-        b->v = v;
+        b->v = reallocCheck(b->v, cap);
         b->cap = cap;
     }
     memcpy(b->v + b->n, s, len);

@@ -713,6 +713,13 @@ const char *tokenizer_piece(const tokenizer *t, int32_t id, size_t *len)
     return tok_pool_str(&t->piece, (size_t)id);
 }
 
+size_t utf8_stream_push(utf8_stream *s, const tokenizer *t, int32_t id, char *out, size_t cap)
+{
+    size_t plen = 0;
+    const char *p = tokenizer_piece(t, id, &plen);
+    return utf8_stream_push_bytes(s, p, p ? plen : 0, out, cap);
+}
+
 size_t tokenizer_max_piece_len(const tokenizer *t)
 {
     return t->max_piece;
@@ -754,11 +761,7 @@ static int tok_ids_push(tok_ids *a, int32_t id)
         if (cap < a->cap || cap > SIZE_MAX / sizeof *a->v) {
             return -1;
         }
-        int32_t *v = realloc(a->v, cap * sizeof *v);
-        if (!v) {
-            return -1;
-        }
-        a->v = v;
+        a->v = reallocCheck(a->v, cap * sizeof *a->v);
         a->cap = cap;
     }
     a->v[a->n++] = id;
@@ -824,11 +827,7 @@ static int tok_reserve(void **p, size_t *cap, size_t n, size_t elem)
     if (c > SIZE_MAX / elem) {
         return -1;
     }
-    void *q = realloc(*p, c * elem);
-    if (!q) {
-        return -1;
-    }
-    *p = q;
+    *p = reallocCheck(*p, c * elem);
     *cap = c;
     return 0;
 }

@@ -8,7 +8,8 @@
  * llama.cpp's llama_tokenize on the same file.
  *
  * Related modules of this layer: text/chat.h (chat templates: messages ->
- * prompt text) and text/utf8.h (streaming detokenization, UTF-8 validation).
+ * prompt text) and text/utf8.h (the UTF-8 byte stream, validation), which
+ * this module builds the streaming detokenizer on (utf8_stream_push).
  */
 #ifndef SELFSPEC_TOKENIZER_H
 #define SELFSPEC_TOKENIZER_H
@@ -16,6 +17,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "format/gguf.h"
+#include "text/utf8.h"
 
 typedef struct tokenizer tokenizer;
 
@@ -53,6 +55,13 @@ const char *tokenizer_piece(const tokenizer *t, int32_t id, size_t *len);
  * utf8_stream_push output buffer of 3 * (tokenizer_max_piece_len() + 8)
  * bytes always suffices). */
 size_t tokenizer_max_piece_len(const tokenizer *t);
+
+/* The streaming detokenizer: appends the bytes of token id (its
+ * tokenizer_piece; an out-of-range id adds none) to the stream s and writes
+ * to out (capacity cap) what is complete UTF-8 (utf8_stream_push_bytes;
+ * utf8_stream_flush at the end). cap >= 3 * (tokenizer_max_piece_len + 8)
+ * is always enough. */
+size_t utf8_stream_push(utf8_stream *s, const tokenizer *t, int32_t id, char *out, size_t cap);
 
 /* Id of the token whose vocabulary text is exactly text[0..len) (e.g.
  * "<|im_start|>"; for byte-level BPE the text is in the mapped alphabet),

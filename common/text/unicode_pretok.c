@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "text/unicode_cpt.h"
+#include "util/util.h"
 
 static const char *const upretok_digit_names[] = {
     "smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva",
@@ -65,7 +66,8 @@ void upretok_pieces_free(upretok_pieces *p)
     p->n = p->cap = 0;
 }
 
-/* Append piece length len (> 0) to p. Returns 0, or -1 on allocation failure. */
+/* Append piece length len (> 0) to p. Returns 0, or -1 when the size would overflow
+ * (out of memory exits: reallocCheck). */
 static int upretok_push(upretok_pieces *p, size_t len)
 {
     if (p->n == p->cap) {
@@ -73,11 +75,7 @@ static int upretok_push(upretok_pieces *p, size_t len)
         if (cap < p->cap || cap > SIZE_MAX / sizeof *p->v) {
             return -1;
         }
-        size_t *v = realloc(p->v, cap * sizeof *v);
-        if (!v) {
-            return -1;
-        }
-        p->v = v;
+        p->v = reallocCheck(p->v, cap * sizeof *p->v);
         p->cap = cap;
     }
     p->v[p->n++] = len;

@@ -1,17 +1,17 @@
 /*
- * utf8.c - streaming detokenization and UTF-8 validation (see utf8.h).
+ * utf8.c - the UTF-8 byte stream and UTF-8 validation (see utf8.h).
  *
  * A token's piece may end inside a multi-byte character (byte-level BPE and
  * <0xNN> byte tokens split characters freely), so the stream keeps the bytes
- * of an incomplete character pending until the following tokens complete
+ * of an incomplete character pending until the following bytes complete
  * it. Decoding is unicode_cpt.c's strict ucpt_next, so "valid" here means
- * the same as for the tokenizer's input.
+ * the same as for the tokenizer's input. Nothing here knows tokens: the
+ * tokenizer feeds a token's piece (utf8_stream_push, tokenizer.c).
  */
 #include "text/utf8.h"
 
 #include <string.h>
 
-#include "text/tokenizer.h"
 #include "text/unicode_cpt.h"
 
 size_t utf8_validate(const char *s, size_t len)
@@ -42,10 +42,9 @@ static void utf8_out(char *out, size_t cap, size_t *o, const void *p, size_t n)
     }
 }
 
-size_t utf8_stream_push(utf8_stream *s, const tokenizer *t, int32_t id, char *out, size_t cap)
+size_t utf8_stream_push_bytes(utf8_stream *s, const char *p, size_t plen, char *out, size_t cap)
 {
-    size_t plen = 0, o = 0;
-    const char *p = tokenizer_piece(t, id, &plen);
+    size_t o = 0;
     size_t total = s->n_pending + plen;
     size_t pos = 0;
     while (pos < total) {

@@ -1,8 +1,10 @@
 /*
- * utf8.h - UTF-8 on the way out of the model: a streaming detokenizer that
- * turns token ids into text that is always complete, valid UTF-8 (bytes of a
- * character split across tokens wait for the next token), and a strict
- * validator (used on prompts before they are tokenized).
+ * utf8.h - UTF-8 on the way out of the model: a byte stream that gives back
+ * only complete, valid UTF-8 (bytes of a character split across pushes
+ * wait for the next push), and a strict validator (used on prompts before
+ * they are tokenized). A leaf of the text layer: it knows bytes, not
+ * tokens; the streaming detokenizer over it, utf8_stream_push (a token's
+ * piece into the stream), is the tokenizer's (text/tokenizer.h).
  */
 #ifndef SELFSPEC_UTF8_H
 #define SELFSPEC_UTF8_H
@@ -10,10 +12,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-struct tokenizer;   /* text/tokenizer.h */
-
-/* Streaming detokenizer state: feed tokens, get back only complete UTF-8
- * sequences; bytes of an incomplete character wait for the next token. */
+/* Stream state: push bytes, get back only complete UTF-8 sequences; bytes
+ * of an incomplete character wait for the next push. */
 typedef struct {
     unsigned char pending[8];
     size_t n_pending;
@@ -22,14 +22,12 @@ typedef struct {
 /* Start a stream with nothing pending. */
 void utf8_stream_init(utf8_stream *s);
 
-/* Appends the bytes of token id (tokenizer_piece; an out-of-range id adds
- * none) to the stream; writes to out (capacity cap) the longest prefix of
- * pending bytes that is complete UTF-8, returns its length. Invalid byte
- * sequences are emitted as U+FFFD. Characters that do not fit in cap are
- * dropped: cap >= 3 * (piece length + 8) is always enough (see
- * tokenizer_max_piece_len). */
-size_t utf8_stream_push(utf8_stream *s, const struct tokenizer *t, int32_t id, char *out,
-                        size_t cap);
+/* Appends bytes p[0..n) (p may be NULL when n is 0) to the stream; writes
+ * to out (capacity cap) the longest prefix of pending bytes that is
+ * complete UTF-8, returns its length. Invalid byte sequences are emitted
+ * as U+FFFD. Characters that do not fit in cap are dropped: cap >= 3 * (n
+ * + 8) is always enough. */
+size_t utf8_stream_push_bytes(utf8_stream *s, const char *p, size_t n, char *out, size_t cap);
 
 /* Flush whatever is left at the end (an incomplete sequence becomes one
  * U+FFFD; needs cap >= 3) and leave the stream empty. Returns the number of

@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <cjson/cJSON.h>
 
 #include "decode/generate.h"
 #include "decode/sampler.h"
@@ -383,12 +384,7 @@ static void cache_add(search_ctx *x, const char *bits, const search_score *sc)
 {
     if (x->n_cache == x->cap_cache) {
         x->cap_cache = x->cap_cache ? 2 * x->cap_cache : 256;
-        search_entry *n = realloc(x->cache, (size_t)x->cap_cache * sizeof *n);
-        if (!n) {
-            fprintf(stderr, "selfspec: out of memory in search\n");
-            exit(1);
-        }
-        x->cache = n;
+        x->cache = reallocCheck(x->cache, (size_t)x->cap_cache * sizeof *x->cache);
     }
     search_entry *e = &x->cache[x->n_cache++];
     snprintf(e->bits, sizeof e->bits, "%s", bits);
@@ -455,10 +451,7 @@ int search_state_read(const char *path, int32_t n_layers, search_entry **out)
         snprintf(e.bits, sizeof e.bits, "%s", bits);
         if (n == cap) {
             cap = cap ? 2 * cap : 256;
-            search_entry *nr = realloc(rows, (size_t)cap * sizeof *nr);
-            if (!nr)
-                break;
-            rows = nr;
+            rows = reallocCheck(rows, (size_t)cap * sizeof *rows);
         }
         rows[n++] = e;
     }
@@ -870,4 +863,80 @@ int search_tune(const calib_set *cs, const model *m, fwd_state *fs, const skip_s
     }
     calib_view_free(&both);
     return rc;
+}
+
+int search_report_print(const char *path, FILE *out, char *err, size_t errlen)
+{
+    size_t len;
+    char *text = util_read_file(path, &len, NULL, 0);
+    cJSON *r = text ? cJSON_ParseWithLength(text, len) : NULL;
+    free(text);
+    const cJSON *subs = cJSON_GetObjectItemCaseSensitive(r, "sublayers");
+    int L = cJSON_GetArraySize(subs) / 2;
+    int ok = cJSON_IsArray(subs);
+    for (int i = 0; ok && i < 2 * L; i++) {
+        const cJSON *e = cJSON_GetArrayItem(subs, i);
+        ok = cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(e, "match_alone")) &&
+             cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(e, "in_top"));
+    }
+    if (!ok) {
+        cJSON_Delete(r);
+        return util_err(err, errlen, "no report at %s (run the search first)", path);
+    }
+    const cJSON *fm = cJSON_GetObjectItemCaseSensitive(r, "full_match");
+    fprintf(out, "Per-sublayer skippability (draft top-1 match with the full model when only\n"
+            "that sublayer is skipped; nothing skipped = %.3f), and how often each\n"
+            "sublayer is skipped in the 10 best sets found.\n\n", cJSON_IsNumber(fm) ? fm->valuedouble : 1.0);
+    fprintf(out, "layer   attn match  attn in-best   mlp match  mlp in-best\n");
+    for (int l = 0; l < L; l++) {
+        const cJSON *a = cJSON_GetArrayItem(subs, l), *f = cJSON_GetArrayItem(subs, L + l);
+        fprintf(out, "%5d   %10.3f  %12.2f  %10.3f  %11.2f\n", l,
+                cJSON_GetObjectItemCaseSensitive(a, "match_alone")->valuedouble,
+                cJSON_GetObjectItemCaseSensitive(a, "in_top")->valuedouble,
+                cJSON_GetObjectItemCaseSensitive(f, "match_alone")->valuedouble,
+                cJSON_GetObjectItemCaseSensitive(f, "in_top")->valuedouble);
+    }
+    cJSON_Delete(r);
+    return 0;
+}
+
+int search_base_build(search_base *b, const model *m, fwd_state *fs, int32_t **prompts, const int32_t *prompt_len,
+                      int32_t n, int32_t n_new, int32_t head_size, FILE *log, char *err, size_t errlen)
+{
+    memset(b, 0, sizeof *b);
+    double t0 = util_now();
+    char e[384];
+    if (calib_build(&b->cs, m, fs, prompts, prompt_len, n, n_new, e, sizeof e) != 0)
+        return util_err(err, errlen, "calibration: %s", e);
+    if (log)
+        fprintf(log, "search: calibration done (%.0f s)\n", util_now() - t0);
+    skipset_init(&b->head_only, m->config.n_layers);
+    if (head_size > 0) {
+        search_head_tokens(&b->cs, m, head_size, &b->head_only);
+        if (qmat_gather(&m->w.output, b->head_only.head_tokens, b->head_only.n_head_tokens, &b->head) != 0) {
+            search_base_free(b);
+            return util_err(err, errlen, "cannot build the pruned head of %d tokens", head_size);
+        }
+    }
+    if (cost_measure(&b->cm, m, head_size > 0 ? &b->head : NULL, 12, 15, err, errlen) != 0) {
+        search_base_free(b);
+        return -1;
+    }
+    const cost_model *cm = &b->cm;
+    if (log)
+        fprintf(log, "search: cost model (ms, at %.0f s): full step %.2f; draft: base %.2f (pruned head %.2f) + %.3f "
+                "per attention + %.3f per MLP; verify k+1 tokens: k=1 %.2f, k=4 %.2f, k=8 %.2f, k=12 %.2f\n",
+                util_now() - t0, cm->verify[0] * 1e3, cm->base * 1e3, cm->base_pruned * 1e3, cm->attn * 1e3,
+                cm->mlp * 1e3, cm->verify[1] * 1e3, cm->verify[4] * 1e3, cm->verify[8] * 1e3, cm->verify[12] * 1e3);
+    return 0;
+}
+
+void search_base_free(search_base *b)
+{
+    if (b->head.rows)
+        qmat_free_owned(&b->head);
+    if (b->head_only.attn_skip)
+        skipset_free(&b->head_only);
+    calib_free(&b->cs);
+    memset(b, 0, sizeof *b);
 }

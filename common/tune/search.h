@@ -105,6 +105,29 @@ int search_run(const calib_set *cs, const model *m, fwd_state *fs, const cost_mo
                const spec_params *sp, const search_opts *o, skip_set *best, search_score *score,
                char **report_json, char *err, size_t errlen);
 
+/* Print the per-sublayer table of a search_run report (its JSON text, as
+ * written to OUT.report.json) at path to out. Returns 0, or -1 with err
+ * when there is no readable report there. */
+int search_report_print(const char *path, FILE *out, char *err, size_t errlen);
+
+/* What every step of `selfspec search` starts from: the calibration of the
+ * prompts (calib_build), the pruned draft head of head_size tokens
+ * (search_head_tokens' ranking; head_size 0: none) and the cost model
+ * measured with it (cost_measure, max_k 12, 15 reps). */
+typedef struct {
+    calib_set cs;
+    skip_set head_only;    /* no skips; head_tokens: the pruned head's vocabulary (NULL: none) */
+    qmat head;             /* the pruned head (rows 0: none) */
+    cost_model cm;
+} search_base;
+
+/* Build b for prompts[0..n) with n_new calibration tokens each; log:
+ * progress lines (the cost model), or NULL. Returns 0, or -1 with err
+ * (nothing left to free). */
+int search_base_build(search_base *b, const model *m, fwd_state *fs, int32_t **prompts, const int32_t *prompt_len,
+                      int32_t n, int32_t n_new, int32_t head_size, FILE *log, char *err, size_t errlen);
+void search_base_free(search_base *b);
+
 /* ---- Tuning the draft's constants for a chosen set ----
  *
  * The skip set fixed, a grid of pruned-head sizes x starting exit

@@ -30,6 +30,14 @@ void *util_calloc_check(size_t n, size_t size, const char *file, int line)
     return p;
 }
 
+void *util_realloc_check(void *p, size_t size, const char *file, int line)
+{
+    void *q = realloc(p, size ? size : 1);
+    if (!q)
+        util_oom(size, file, line);
+    return q;
+}
+
 void *util_aligned_check(size_t size, const char *file, int line)
 {
     void *p = NULL;
@@ -74,14 +82,7 @@ char *util_read_file(const char *path, size_t *len, char *err, size_t errlen)
     for (;;) {
         if (n + 1 >= cap) {
             cap *= 2;
-            char *nb = realloc(buf, cap);
-            if (!nb) {
-                free(buf);
-                fclose(f);
-                util_err(err, errlen, "out of memory reading '%s'", path);
-                return NULL;
-            }
-            buf = nb;
+            buf = reallocCheck(buf, cap);
         }
         size_t got = fread(buf + n, 1, cap - n - 1, f);
         n += got;

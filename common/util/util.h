@@ -1,7 +1,9 @@
 /*
  * util.h - small helpers shared by every module: checked allocation macros
  * that carry __FILE__/__LINE__ (in the spirit of llm.c's mallocCheck), a
- * monotonic clock, and bounded error-string formatting.
+ * monotonic clock, and bounded error-string formatting. Out of memory has
+ * one style everywhere: the *Check allocators print "out of memory
+ * allocating N bytes at FILE:LINE" and exit(1).
  *
  * Convention used across selfspec: functions that can fail take
  * (char *err, size_t errlen), return 0 on success and -1 on failure after
@@ -17,11 +19,15 @@
 
 void *util_malloc_check(size_t size, const char *file, int line);
 void *util_calloc_check(size_t n, size_t size, const char *file, int line);
+/* realloc(p, size) (size 0 counts as 1, so the result is never NULL and p is
+ * never freed by it); out of memory: the same message and exit as the others. */
+void *util_realloc_check(void *p, size_t size, const char *file, int line);
 /* 64-byte aligned allocation; free with free(). */
 void *util_aligned_check(size_t size, const char *file, int line);
 
 #define mallocCheck(size) util_malloc_check((size), __FILE__, __LINE__)
 #define callocCheck(n, size) util_calloc_check((n), (size), __FILE__, __LINE__)
+#define reallocCheck(p, size) util_realloc_check((p), (size), __FILE__, __LINE__)
 #define alignedCheck(size) util_aligned_check((size), __FILE__, __LINE__)
 
 /* Seconds from a monotonic clock. */

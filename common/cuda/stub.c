@@ -1,8 +1,10 @@
 /*
- * cuda_stub.c - the CUDA backend's API (cuda_backend.h) for builds without
+ * stub.c - the CUDA backend's API (model/cuda_backend.h) for builds without
  * nvcc: cuda_available() and cuda_device_count() return 0, everything else
  * fails with "built without CUDA". The Makefile compiles this file instead
- * of cuda_backend.cu / cuda_kernels.cu when nvcc is not found.
+ * of the .cu files of this folder when nvcc is not found (or `make NVCC=`).
+ * model/backend_cuda.c is built either way: over this stub,
+ * backend_cuda_open fails with the message below.
  */
 #include "model/cuda_backend.h"
 
@@ -72,7 +74,8 @@ cuda_kv *cuda_kv_paged(cuda_kv_pool *p, const int32_t *blocks, int32_t n_blocks,
 
 int cuda_kv_is_paged(const cuda_kv *kv) { return 0; }
 
-cuda_state *cuda_state_init(cuda_model *cm, int32_t max_tokens, int32_t ctx, char *err, size_t errlen)
+cuda_state *cuda_state_init(cuda_model *cm, int32_t max_tokens, int32_t ctx, int graphs, char *err,
+                            size_t errlen)
 {
     util_err(err, errlen, NO_CUDA);
     return NULL;
@@ -104,25 +107,6 @@ const float *cuda_state_logits(const cuda_state *s, int32_t *ld)
     if (ld)
         *ld = 0;
     return NULL;
-}
-
-int cuda_generate_plain(cuda_model *cm, cuda_state *s, cuda_kv *kv, const int32_t *prompt,
-                        int32_t n_prompt, int32_t max_new, int use_graph,
-                        cuda_stop_fn is_stop, const void *stop_ctx, cuda_emit_fn emit, void *emit_ctx,
-                        cuda_gen_stats *st, char *err, size_t errlen)
-{
-    memset(st, 0, sizeof *st);
-    return util_err(err, errlen, NO_CUDA);
-}
-
-int cuda_generate_selfspec(cuda_model *cm, cuda_state *s, cuda_kv *kv, cuda_kv *scratch,
-                           const layer_mask *mask, int32_t k, const int32_t *prompt,
-                           int32_t n_prompt, int32_t max_new, int use_graph,
-                           cuda_stop_fn is_stop, const void *stop_ctx, cuda_emit_fn emit, void *emit_ctx,
-                           cuda_gen_stats *st, char *err, size_t errlen)
-{
-    memset(st, 0, sizeof *st);
-    return util_err(err, errlen, NO_CUDA);
 }
 
 int cuda_time_step(cuda_model *cm, cuda_state *s, cuda_kv *kv, cuda_kv *scratch,
