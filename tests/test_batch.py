@@ -147,6 +147,8 @@ def test_bad_lines(model, tmp):
         json.dumps({"custom_id": "m1", "method": "GET", "url": "/v1/completions", "body": {"prompt": "x"}}),
         json.dumps({"custom_id": "s1", "method": "POST", "url": "/v1/completions", "body": {"prompt": "x", "stream": True}}),
         json.dumps({"custom_id": "c1", "method": "POST", "url": "/v1/chat/completions", "body": {"messages": []}}),
+        # a line longer than any request may be (3 MiB): one error line, not one per piece
+        json.dumps({"custom_id": "big", "method": "POST", "url": "/v1/completions", "body": {"prompt": "x" * 3000000}}),
         json.dumps({"custom_id": "good-2", "method": "POST", "url": "/v1/chat/completions",
                     "body": {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5, "temperature": 0}}),
     ]
@@ -164,7 +166,8 @@ def test_bad_lines(model, tmp):
           all(r["error"] and r["error"]["message"] for r in errs))
     msg = {r["custom_id"]: r["error"]["message"] for r in errs}
     check("messages name the problem", "top_p" in msg.get("r1", "") and "url" in msg.get("u1", "").lower() and
-          "context" in msg.get("ctx", "") and any("duplicate" in m for m in msg.values()), json.dumps(msg)[:500])
+          "context" in msg.get("ctx", "") and any("duplicate" in r["error"]["message"] for r in errs)
+          and any("over the limit" in r["error"]["message"] for r in errs), json.dumps(msg)[:500])
 
 
 def wait_lines(path, n, proc, limit=300):

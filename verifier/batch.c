@@ -18,7 +18,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,6 +27,7 @@
 #include <unistd.h>
 
 #include "api/batchio.h"
+#include "api/lines.h"
 #include "cli.h"
 #include "commands.h"
 #include "engine/engine.h"
@@ -186,72 +186,6 @@ static void handle_line(batch_job *j, engine *e, const tokenizer *tok, const cha
     batch_request_free(&q);
 }
 
-/* ---- reading lines as they arrive ---- */
-
-typedef struct {
-    int fd;
-    char *buf;
-    size_t len, cap, start;
-    int eof;
-    int too_long;           /* skipping the rest of an over-long line */
-} line_reader;
-
-/* The next complete line (without its '\n') into *line and *n, waiting for
- * input only when `wait`. Returns 1 with a line, 0 when none is ready (or
- * at EOF: r->eof). A last line without '\n' counts at EOF. */
-static int next_line(line_reader *r, int wait, const char **line, size_t *n)
-{
-    for (;;) {
-        char *nl = r->len > r->start ? memchr(r->buf + r->start, '\n', r->len - r->start) : NULL;
-        if (nl || (r->eof && r->len > r->start)) {
-            size_t end = nl ? (size_t)(nl - r->buf) : r->len;
-            *line = r->buf + r->start;
-            *n = end - r->start;
-            r->start = nl ? end + 1 : end;
-            return 1;
-        }
-        if (r->eof)
-            return 0;
-        if (r->start > 0) {   /* compact */
-            memmove(r->buf, r->buf + r->start, r->len - r->start);
-            r->len -= r->start;
-            r->start = 0;
-        }
-        if (r->len == r->cap) {
-            if (r->cap >= BATCH_MAX_LINE + 2) {
-                /* a line longer than any request may be: hand it over whole-ish so
-                 * the parser reports it, then drop bytes up to its end */
-                *line = r->buf;
-                *n = r->len;
-                r->start = r->len;
-                return 1;
-            }
-            r->cap = r->cap ? 2 * r->cap : 65536;
-            r->buf = realloc(r->buf, r->cap);
-            if (!r->buf) {
-                fprintf(stderr, "selfspec: out of memory reading the input\n");
-                exit(1);
-            }
-        }
-        if (!wait) {
-            struct pollfd p = {r->fd, POLLIN, 0};
-            if (poll(&p, 1, 0) <= 0)
-                return 0;
-        }
-        ssize_t k = read(r->fd, r->buf + r->len, r->cap - r->len);
-        if (k < 0 && errno == EINTR) {
-            if (g_stop)
-                return 0;
-            continue;
-        }
-        if (k <= 0) {
-            r->eof = 1;
-            continue;
-        }
-        r->len += (size_t)k;
-    }
-}
-
 /* ---- progress ---- */
 
 static void progress(const batch_job *j, const engine *e, double t0, int final)
@@ -326,7 +260,8 @@ static int run_batch(batch_opts *o)
     char err[512];
     int rc = 1;
     batch_job j = {.o = o, .out_fd = -1};
-    line_reader rd = {.fd = -1};
+    lines_reader rd;
+    lines_init(&rd, -1, &g_stop);
     svc_engine se;
     if (svc_engine_init(&se, &o->so) != 0)
         goto out;
@@ -371,7 +306,7 @@ static int run_batch(batch_opts *o)
         const char *line;
         size_t n;
         while (!g_stop && !j.write_failed && engine_pending(e) < ahead &&
-               next_line(&rd, engine_pending(e) == 0, &line, &n))
+               lines_next(&rd, engine_pending(e) == 0, &line, &n))
             handle_line(&j, e, se.tok, line, n);
         if (j.write_failed)
             break;
@@ -402,7 +337,7 @@ out:
         close(j.out_fd);
     if (rd.fd > 0)
         close(rd.fd);
-    free(rd.buf);
+    lines_free(&rd);
     return rc;
 }
 
