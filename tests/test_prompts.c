@@ -164,6 +164,34 @@ static void test_encode(void **state)
     tokenizer_free(tok);
 }
 
+/* generate's prompt: given or from a file, valid UTF-8 only (the offset of
+ * the first bad byte), a missing file named. */
+static void test_user_text(void **state)
+{
+    (void)state;
+    char err[256], path[] = "/tmp/selfspec-test-prompt-XXXXXX";
+    size_t len;
+    char *p = prompts_user_text(NULL, "caf\xc3\xa9", NULL, 0, NULL, &len, err, sizeof err);
+    assert_non_null(p);
+    assert_int_equal(len, 5);
+    assert_string_equal(p, "caf\xc3\xa9");
+    free(p);
+    assert_null(prompts_user_text(NULL, "ab\xff", NULL, 0, NULL, &len, err, sizeof err));
+    assert_non_null(strstr(err, "offset 2"));
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, "from a file\n", 12), 12);
+    close(fd);
+    p = prompts_user_text(NULL, NULL, path, 0, NULL, &len, err, sizeof err);
+    assert_non_null(p);
+    assert_int_equal(len, 12);
+    assert_memory_equal(p, "from a file\n", 12);
+    free(p);
+    unlink(path);
+    assert_null(prompts_user_text(NULL, NULL, path, 0, NULL, &len, err, sizeof err));
+    assert_non_null(strstr(err, path));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -172,6 +200,7 @@ int main(void)
         cmocka_unit_test(test_overflow_and_empty),
         cmocka_unit_test(test_repository_files),
         cmocka_unit_test(test_encode),
+        cmocka_unit_test(test_user_text),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -34,8 +34,8 @@
 #include "decode/skipset.h"
 #include "decode/spec.h"
 #include "text/chat.h"
+#include "text/prompts.h"
 #include "text/tokenizer.h"
-#include "text/utf8.h"
 #include "util/util.h"
 
 #define MAX_STOPS OUT_MAX_STOPS
@@ -254,45 +254,6 @@ static int is_eog_cb(const void *ctx, int32_t token)
     return tokenizer_is_eog((const tokenizer *)ctx, token);
 }
 
-/* ---- prompt ---- */
-
-static char *load_prompt(const gen_opts *o, const tokenizer *tok, size_t *len)
-{
-    char err[256];
-    char *raw;
-    if (o->prompt) {
-        raw = strdup(o->prompt);
-        *len = strlen(raw);
-    } else {
-        raw = util_read_file(strcmp(o->prompt_file, "-") ? o->prompt_file : "/dev/stdin", len, err, sizeof err);
-        if (!raw) {
-            fprintf(stderr, "selfspec: %s\n", err);
-            return NULL;
-        }
-    }
-    size_t bad = utf8_validate(raw, *len);
-    if (bad != *len) {
-        fprintf(stderr, "selfspec: the prompt is not valid UTF-8 (first bad byte at offset %zu)\n", bad);
-        free(raw);
-        return NULL;
-    }
-    if (!o->chat)
-        return raw;
-    if (o->system && utf8_validate(o->system, strlen(o->system)) != strlen(o->system)) {
-        fprintf(stderr, "selfspec: the system message is not valid UTF-8\n");
-        free(raw);
-        return NULL;
-    }
-    char *chat = tokenizer_chat_prompt(tok, o->system, raw, err, sizeof err);
-    free(raw);
-    if (!chat) {
-        fprintf(stderr, "selfspec: %s\n", err);
-        return NULL;
-    }
-    *len = strlen(chat);
-    return chat;
-}
-
 static void print_stats(const char *mode, const model *m, const gen_stats *st, const spec_stats *sp,
                         const char *skip_src, const pipe_params *pp, const pipe_stats *pst)
 {
@@ -363,8 +324,10 @@ static int run_generate(gen_opts *o)
         pipeline_loaded(shm_name);
     if (!(tok = cli_load_tokenizer(so->model_path)))
         goto free_model;
-    if (!(prompt = load_prompt(o, tok, &plen)))
+    if (!(prompt = prompts_user_text(tok, o->prompt, o->prompt_file, o->chat, o->system, &plen, err, sizeof err))) {
+        fprintf(stderr, "selfspec: %s\n", err);
         goto free_tok;
+    }
     if (tokenizer_encode(tok, prompt, plen, tokenizer_add_bos(tok), o->chat, &ids, &n_ids, err, sizeof err) != 0) {
         fprintf(stderr, "selfspec: cannot tokenize the prompt: %s\n", err);
         goto free_prompt;

@@ -8,6 +8,7 @@
 #include <cjson/cJSON.h>
 
 #include "text/chat.h"
+#include "text/utf8.h"
 #include "util/util.h"
 
 void prompts_free(char **texts, int n)
@@ -83,4 +84,36 @@ int prompts_encode(const tokenizer *tok, char *const *texts, int n, int chat, in
         lens[i] = (int32_t)nid;
     }
     return 0;
+}
+
+char *prompts_user_text(const tokenizer *tok, const char *text, const char *path, int chat, const char *system,
+                        size_t *len, char *err, size_t errlen)
+{
+    char *raw;
+    if (text) {
+        raw = strdup(text);
+        *len = strlen(raw);
+    } else {
+        raw = util_read_file(strcmp(path, "-") ? path : "/dev/stdin", len, err, errlen);
+        if (!raw)
+            return NULL;
+    }
+    size_t bad = utf8_validate(raw, *len);
+    if (bad != *len) {
+        util_err(err, errlen, "the prompt is not valid UTF-8 (first bad byte at offset %zu)", bad);
+        free(raw);
+        return NULL;
+    }
+    if (!chat)
+        return raw;
+    if (system && utf8_validate(system, strlen(system)) != strlen(system)) {
+        util_err(err, errlen, "the system message is not valid UTF-8");
+        free(raw);
+        return NULL;
+    }
+    char *out = tokenizer_chat_prompt(tok, system, raw, err, errlen);
+    free(raw);
+    if (out)
+        *len = strlen(out);
+    return out;
 }

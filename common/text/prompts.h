@@ -1,6 +1,7 @@
 /*
- * prompts.h - prompt files: JSONL with one {"prompt": "..."} object per
- * line (the files in configs/prompts/, `selfspec search -p`), read strictly, and
+ * prompts.h - prompts from the command line and from files: one prompt
+ * (`generate -p/-f`), JSONL with one {"prompt": "..."} object per line (the
+ * files in configs/prompts/, `selfspec search -p`), read strictly, and
  * their token ids (through the chat template or as they are).
  */
 #ifndef SELFSPEC_PROMPTS_H
@@ -31,5 +32,15 @@ void prompts_free(char **texts, int n);
  * free. */
 int prompts_encode(const tokenizer *tok, char *const *texts, int n, int chat, int32_t **ids, int32_t *lens,
                    char *err, size_t errlen);
+
+/* One prompt as `generate` takes it: text given (not NULL) or read from
+ * path ("-": standard input); it must be valid UTF-8 (as system, when
+ * given). With chat it becomes the user turn of the model's chat template
+ * (tokenizer_chat_prompt) with system as the system message (NULL: the
+ * template's). Returns the malloc'd prompt with its length in *len, or
+ * NULL with err (unreadable file, the offset of the first bad byte, a
+ * template that cannot render). */
+char *prompts_user_text(const tokenizer *tok, const char *text, const char *path, int chat, const char *system,
+                        size_t *len, char *err, size_t errlen);
 
 #endif
