@@ -13,6 +13,11 @@
  * rep, so their ratios are measured side by side. --blas adds the
  * dequantize + sgemm path (u8 weights).
  *
+ * --amx runs every form twice, interleaved rep by rep: the build's kernel
+ * (qmat_set_amx(0)) and the AMX kernel for every T (qmat_set_amx(1)), and
+ * prints the AMX column and the time ratio build / AMX per form (the CPU
+ * must have AMX).
+ *
  * Built with -DBENCH_OLD_QMAT against an older qmat.c (one without the fmt
  * and tier fields) it measures that kernel on u8 and u8n only: the way to
  * compare two kernels in one session, e.g.
@@ -130,8 +135,13 @@ static double bench_now(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-static double run_pass(const qmat *W, const float *X, int T, float *Y, void *scratch)
+/* amx: -1 leaves the setting alone, 0 the build's kernel, 1 AMX for every T */
+static double run_pass(const qmat *W, const float *X, int T, float *Y, void *scratch, int amx)
 {
+#ifndef BENCH_OLD_QMAT
+    if (amx >= 0)
+        qmat_set_amx(amx);
+#endif
     double t0 = bench_now();
     for (int k = 0; k < 121; k++)
         qmat_matmul(&W[k], X, W[k].cols, T, Y, W[k].rows, scratch);
@@ -140,11 +150,13 @@ static double run_pass(const qmat *W, const float *X, int T, float *Y, void *scr
 
 int main(int argc, char **argv)
 {
-    int use_blas = 0, pos = 0, threads = 0, reps = 5;
+    int use_blas = 0, use_amx = 0, pos = 0, threads = 0, reps = 5;
     int Ts[64] = {1, 2, 3, 4, 5, 8, 13, 16, 32, 64, 128, 256}, nT = 12;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--blas") == 0) {
             use_blas = 1;
+        } else if (strcmp(argv[i], "--amx") == 0) {
+            use_amx = 1;
         } else if (strcmp(argv[i], "--cpu") == 0) {
             use_cpu_time = 1;
         } else if (pos == 0) {
@@ -180,6 +192,10 @@ int main(int argc, char **argv)
 #else
     int nforms = N_FORMS;
     const char *kernel = "new";
+    if (use_amx && !qmat_amx_available()) {
+        fprintf(stderr, "--amx: this CPU (or OS) has no AMX\n");
+        return 2;
+    }
 #endif
     qmat *W[N_FORMS];
     size_t bytes[N_FORMS];
@@ -198,20 +214,29 @@ int main(int argc, char **argv)
     for (int f = 0; f < nforms; f++)
         printf("  %-4s weights %.1f MB per pass\n", form_name[f], bytes[f] / 1e6);
     printf("%4s", "T");
-    for (int f = 0; f < nforms; f++)
+    for (int f = 0; f < nforms; f++) {
         printf("  %7s %6s %6s", form_name[f], "GMAC/s", "GB/s");
+        if (use_amx)
+            printf("  %7s %6s %5s", "amx ms", "GMAC/s", "x");
+    }
     if (use_blas)
         printf("  %9s", "BLAS ms");
     printf("\n");
     double ms1[N_FORMS] = {0}, ms8[N_FORMS] = {0};
     for (int ti = 0; ti < nT; ti++) {
         int T = Ts[ti];
-        double tk[N_FORMS][99], tb[99];
-        for (int f = 0; f < nforms; f++)   /* warm-up */
-            run_pass(W[f], X, T, Y, scratch);
+        double tk[N_FORMS][99], ta[N_FORMS][99], tb[99];
+        for (int f = 0; f < nforms; f++) {   /* warm-up */
+            run_pass(W[f], X, T, Y, scratch, use_amx ? 0 : -1);
+            if (use_amx)
+                run_pass(W[f], X, T, Y, scratch, 1);
+        }
         for (int r = 0; r < reps; r++) {
-            for (int f = 0; f < nforms; f++)
-                tk[f][r] = run_pass(W[f], X, T, Y, scratch);
+            for (int f = 0; f < nforms; f++) {
+                tk[f][r] = run_pass(W[f], X, T, Y, scratch, use_amx ? 0 : -1);
+                if (use_amx)
+                    ta[f][r] = run_pass(W[f], X, T, Y, scratch, 1);
+            }
             if (use_blas) {
                 double t1 = bench_now();
                 for (int k = 0; k < 121; k++)
@@ -224,6 +249,11 @@ int main(int argc, char **argv)
             qsort(tk[f], (size_t)reps, sizeof tk[f][0], cmp_d);
             double t = tk[f][reps / 2];
             printf("  %7.2f %6.1f %6.1f", t * 1e3, macs * T / t / 1e9, bytes[f] / t / 1e9);
+            if (use_amx) {
+                qsort(ta[f], (size_t)reps, sizeof ta[f][0], cmp_d);
+                double a = ta[f][reps / 2];
+                printf("  %7.2f %6.1f %5.2f", a * 1e3, macs * T / a / 1e9, t / a);
+            }
             if (T == 1)
                 ms1[f] = t;
             if (T == 8)

@@ -373,6 +373,66 @@ static void test_batch_invariant_spec(void **state)
     tiny_close(&t);
 }
 
+/* Drafts from the whole job (decode/jobindex.h): the second half of the
+ * requests repeats the first half's prompts (greedy), so once a request has
+ * finished its twin can draft its output from the job's index. Forced
+ * context drafts (nominal costs: the same choices on every machine), then
+ * auto on a machine where verification is cheap: every output equals
+ * gen_plain alone, at one sequence at a time (the twins draft from the job,
+ * and with forced drafts they are accepted) and all at once (drafting from
+ * whatever finished before); with the index off, no job drafts. */
+static void test_job_index(void **state)
+{
+    (void)state;
+    tiny t;
+    tiny_open(&t);
+    req *r = calloc(N_REQ, sizeof *r);
+    make_requests(r, N_REQ, 0);
+    for (int i = N_REQ / 2; i < N_REQ; i++) {
+        int keep = r[i].gp.max_tokens;
+        r[i] = r[i - N_REQ / 2];
+        r[i].gp.max_tokens = keep;   /* another length: the twin's text is a prefix or runs past it */
+    }
+    reference(&t, r, N_REQ, NULL);
+    const int seqs[] = {1, N_REQ, 1, 1, N_REQ};
+    for (int k = 0; k < 5; k++) {
+        engine_params p;
+        base_params(&p, seqs[k], k < 3 ? ENGINE_SPEC : ENGINE_AUTO, NULL);
+        p.sp.draft = k < 3 ? SPEC_DRAFT_CONTEXT : SPEC_DRAFT_AUTO;
+        p.job_index_tokens = k == 2 ? 0 : 4096;
+        char err[256];
+        engine *e;
+        assert_int_equal(engine_init(&e, &t.m, &p, err, sizeof err), 0);
+        for (int32_t T = 1; T <= 64; T++) {
+            engine_cost_observe(e, 0, T, 1e-3);
+            engine_cost_observe(e, 1, T, 1e-4);
+        }
+        for (int i = 0; i < N_REQ; i++) {
+            r[i].n_out = 0;
+            r[i].done = 0;
+            engine_callbacks cb = {on_token, on_done, &r[i]};
+            assert_int_equal(engine_submit(e, r[i].prompt, r[i].n_prompt, &r[i].gp, &cb, err, sizeof err), 0);
+        }
+        while (engine_pending(e) > 0)
+            assert_true(engine_step(e, err, sizeof err) >= 0);
+        for (int i = 0; i < N_REQ; i++) {
+            assert_int_equal(r[i].n_out, r[i].n_ref);
+            assert_memory_equal(r[i].out, r[i].ref, (size_t)r[i].n_ref * sizeof(int32_t));
+        }
+        const spec_counts *c = &engine_get_totals(e)->spec;
+        printf("  %s, job index %s, max-seqs %d: job blocks %lld, accepted %lld of %lld\n",
+               k < 3 ? "forced context" : "auto", k == 2 ? "off" : "on", seqs[k], (long long)c->src_blocks[SPEC_SRC_JOB], (long long)c->src_accepted[SPEC_SRC_JOB],
+               (long long)c->src_drafted[SPEC_SRC_JOB]);
+        if (k == 0)
+            assert_true(c->src_blocks[SPEC_SRC_JOB] > 0 && c->src_accepted[SPEC_SRC_JOB] > 0);
+        if (k == 2)
+            assert_int_equal(c->src_blocks[SPEC_SRC_JOB], 0);
+        engine_free(e);
+    }
+    free(r);
+    tiny_close(&t);
+}
+
 /* Context drafts and chains in the engine: forced (ENGINE_SPEC) equals
  * gen_selfspec alone with the same draft source, greedy and sampled, at
  * every --max-seqs; auto equals gen_plain alone and does draft from context;
@@ -930,6 +990,7 @@ int main(void)
         cmocka_unit_test(test_batch_invariant_plain),
         cmocka_unit_test(test_batch_invariant_spec),
         cmocka_unit_test(test_batch_invariant_context),
+        cmocka_unit_test(test_job_index),
         cmocka_unit_test(test_admission),
         cmocka_unit_test(test_policy),
         cmocka_unit_test(test_remote_source),

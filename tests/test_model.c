@@ -426,12 +426,41 @@ static void check_matmul_rows(int max_level)
     free(m);
 }
 
+/* The kernel settings the qmat tests run under: the build's kernel alone
+ * (AMX off), the default (the build's kernel for T = 1, AMX from
+ * QMAT_AMX_MIN_T_DEFAULT tokens on, where the CPU has AMX: so a token alone
+ * and the same token in a block come from different kernels), and AMX for
+ * every T (1 included). Without AMX the last two are the first again:
+ * "skipped: no AMX" is printed once. */
+enum { KS_BUILD, KS_DEFAULT, KS_AMX_ALL, N_KSET };
+static const char *kset_name[N_KSET] = {"build kernel", "default (AMX from T >= QMAT_AMX_MIN_T_DEFAULT)", "AMX for every T"};
+
+/* Sets kernel setting k; returns 0 when it would repeat KS_BUILD (no AMX). */
+static int kset_apply(int k)
+{
+    static int said;
+    if (k != KS_BUILD && !qmat_amx_available()) {
+        if (!said++)
+            printf("  AMX kernel: skipped: no AMX on this CPU (or the OS refused the tile data)\n");
+        qmat_set_amx(QMAT_AMX_MIN_T_DEFAULT);
+        return 0;
+    }
+    qmat_set_amx(k == KS_BUILD ? 0 : k == KS_DEFAULT ? QMAT_AMX_MIN_T_DEFAULT : 1);
+    return 1;
+}
+
 static void test_matmul_rows_independent_of_T(void **state)
 {
     (void)state;
-    check_matmul_rows(255);
-    check_matmul_rows(127);
-    check_matmul_rows(15);
+    for (int k = 0; k < N_KSET; k++) {
+        if (!kset_apply(k))
+            continue;
+        printf("  qmat rows independent of T: %s\n", kset_name[k]);
+        check_matmul_rows(255);
+        check_matmul_rows(127);
+        check_matmul_rows(15);
+    }
+    qmat_set_amx(QMAT_AMX_MIN_T_DEFAULT);
 }
 
 /* ------------------------------------------------------------ skip mask */
@@ -961,7 +990,10 @@ static void test_shared_memory(void **state)
  *   U8, no promise, levels <= 15       U8, tier NIBBLE, levels <= 15
  *   U4 (packed), the same levels <= 15
  * every T = 1..70 (odd and even, windows of 70 strided tokens) of
- * qmat_matmul equals qmat_matmul_portable on all 70 tokens, bit for bit; the
+ * qmat_matmul equals qmat_matmul_portable on all 70 tokens, bit for bit,
+ * under every kernel setting (the build's kernel; the default; the AMX
+ * kernel for every T where the CPU has it, else "skipped: no AMX"), also at
+ * the models' widths (576, 1536, 8960 columns); the
  * three matrices holding levels <= 15 give the same bits as each other; the
  * U4 form reads back (qmat_get_row, qmat_dequant_row, qmat_gather) exactly
  * as the U8 form; qmat_scan_tier finds each matrix's tier. */
@@ -1000,16 +1032,22 @@ static uint64_t form_rng(uint64_t *x)
 static void test_matmul_forms_and_tiers(void **state)
 {
     (void)state;
-    enum { NTOK = 70, NV = 5 };
+    enum { NTOK = 70, NV = 5, NTRIAL = 7 };
     static const int32_t fmt[NV] = {QMAT_U8, QMAT_U8, QMAT_U8, QMAT_U8, QMAT_U4};
     static const int32_t tier[NV] = {QMAT_TIER_8BIT, QMAT_TIER_7BIT, QMAT_TIER_8BIT, QMAT_TIER_NIBBLE, QMAT_TIER_NIBBLE};
     static const int maxl[NV] = {255, 127, 15, 15, 15};
     static const int32_t scanned[NV] = {QMAT_TIER_8BIT, QMAT_TIER_7BIT, QMAT_TIER_NIBBLE, QMAT_TIER_NIBBLE, QMAT_TIER_NIBBLE};
     uint64_t x = 2024;
-    for (int trial = 0; trial < 4; trial++) {
+    /* trials 4..6: the models' block widths (SmolLM2 576 and 1536, Qwen2.5
+     * 1536 and 8960: 18, 48 and 280 blocks, so the AMX kernel's batches of 4
+     * blocks end full and partial), few rows (each 16-row group is alone) */
+    static const int32_t model_cols[NTRIAL] = {0, 0, 0, 0, 576, 1536, 8960};
+    for (int trial = 0; trial < NTRIAL; trial++) {
         int32_t rows = 16 * (int32_t)(1 + form_rng(&x) % 7), cols = 32 * (int32_t)(1 + form_rng(&x) % 11);
         if (trial == 0)
             rows = 16, cols = 32;   /* the smallest matrix */
+        if (model_cols[trial])
+            rows = 48, cols = model_cols[trial];
         int32_t nb = cols / QMAT_BLOCK, ldx = cols + 5, ldy = rows + 3;
         float *X = alignedCheck((size_t)NTOK * ldx * sizeof(float));   /* (NTOK, ldx) */
         for (int i = 0; i < NTOK * ldx; i++) {
@@ -1070,16 +1108,24 @@ static void test_matmul_forms_and_tiers(void **state)
             for (int t = 0; t < NTOK; t++)
                 if (memcmp(ref[v] + (size_t)t * ldy, ref[2] + (size_t)t * ldy, (size_t)rows * sizeof(float)) != 0)
                     fail_msg("%dx%d: portable product of variant %d differs from the same matrix as U8", rows, cols, v);
-        for (int v = 0; v < NV; v++)
-            for (int T = 1; T <= NTOK; T++) {
-                int t0 = (int)(form_rng(&x) % (uint64_t)(NTOK - T + 1));
-                qmat_matmul(&f[v].W, X + (size_t)t0 * ldx, ldx, T, Y, ldy, scratch);
-                for (int t = 0; t < T; t++)
-                    if (memcmp(Y + (size_t)t * ldy, ref[v] + (size_t)(t0 + t) * ldy, (size_t)rows * sizeof(float)) != 0)
-                        fail_msg("%dx%d variant %d (fmt %d tier %d), T=%d: token %d differs from the portable kernel (max diff %g)",
-                                 rows, cols, v, fmt[v], tier[v], T, t0 + t,
-                                 max_abs_diff(Y + (size_t)t * ldy, ref[v] + (size_t)(t0 + t) * ldy, (size_t)rows));
-            }
+        /* every kernel setting: the build's kernel, the default, AMX for every T */
+        for (int k = 0; k < N_KSET; k++) {
+            if (!kset_apply(k))
+                continue;
+            if (trial == 0)
+                printf("  qmat forms and tiers, T = 1..%d: %s\n", NTOK, kset_name[k]);
+            for (int v = 0; v < NV; v++)
+                for (int T = 1; T <= NTOK; T++) {
+                    int t0 = (int)(form_rng(&x) % (uint64_t)(NTOK - T + 1));
+                    qmat_matmul(&f[v].W, X + (size_t)t0 * ldx, ldx, T, Y, ldy, scratch);
+                    for (int t = 0; t < T; t++)
+                        if (memcmp(Y + (size_t)t * ldy, ref[v] + (size_t)(t0 + t) * ldy, (size_t)rows * sizeof(float)) != 0)
+                            fail_msg("%dx%d variant %d (fmt %d tier %d), %s, T=%d: token %d differs from the portable kernel (max diff %g)",
+                                     rows, cols, v, fmt[v], tier[v], kset_name[k], T, t0 + t,
+                                     max_abs_diff(Y + (size_t)t * ldy, ref[v] + (size_t)(t0 + t) * ldy, (size_t)rows));
+                }
+        }
+        qmat_set_amx(QMAT_AMX_MIN_T_DEFAULT);
         /* gather keeps the form: rows reversed, then the product row by row */
         int32_t *idx = mallocCheck((size_t)rows * sizeof(int32_t));
         for (int32_t r = 0; r < rows; r++)

@@ -105,6 +105,10 @@ int svc_parse_opt(svc_opts *o, int c, const char *optarg)
         if (cli_parse_int(optarg, "--ngram-max", 1, NGRAM_MAX_N, &v)) return -1;
         o->ep.sp.ngram_max = (int32_t)v;
         return 1;
+    case SVC_OPT_JOB_INDEX:
+        if (cli_parse_int(optarg, "--job-index", 0, 1 << 28, &v)) return -1;
+        o->ep.job_index_tokens = (int32_t)v;
+        return 1;
     case SVC_OPT_TOKEN_COST:
         if (cli_parse_float(optarg, "--token-cost", &o->ep.sp.token_cost)) return -1;
         return 1;

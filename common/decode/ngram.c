@@ -107,7 +107,8 @@ static void index_end(ngram_index *ix, int32_t e)
     }
 }
 
-void ngram_push(ngram_index *ix, int32_t tok)
+/* Append tok to the history (growing it). */
+static void append(ngram_index *ix, int32_t tok)
 {
     if (ix->len == ix->cap) {
         ix->cap = ix->cap ? 2 * ix->cap : 256;
@@ -118,8 +119,18 @@ void ngram_push(ngram_index *ix, int32_t tok)
         ix->toks = nt;
     }
     ix->toks[ix->len++] = tok;
+}
+
+void ngram_push(ngram_index *ix, int32_t tok)
+{
+    append(ix, tok);
     if (ix->len >= 2)   /* the n-grams ending at the previous token now have a successor */
         index_end(ix, ix->len - 2);
+}
+
+void ngram_push_boundary(ngram_index *ix, int32_t tok)
+{
+    append(ix, tok);
 }
 
 void ngram_push_many(ngram_index *ix, const int32_t *toks, int32_t n)
@@ -152,4 +163,11 @@ int32_t ngram_draft(const ngram_index *ix, int32_t k_max, int32_t *out, int32_t 
         return k_max;
     }
     return 0;
+}
+
+int32_t ngram_find(const ngram_index *ix, const int32_t *s, int32_t n)
+{
+    if (n < ix->n_min || n > ix->n_max)
+        return -1;
+    return ix->slot_end[find_slot(ix, s, n)];
 }

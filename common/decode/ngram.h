@@ -49,6 +49,11 @@ void ngram_free(ngram_index *ix);
 void ngram_push(ngram_index *ix, int32_t tok);
 void ngram_push_many(ngram_index *ix, const int32_t *toks, int32_t n);
 
+/* Append a boundary token (a value no token id takes, e.g. -1): the
+ * n-grams ending just before it get no successor, so no draft runs into
+ * it, and no query of token ids matches an n-gram containing it. */
+void ngram_push_boundary(ngram_index *ix, int32_t tok);
+
 /*
  * The context draft after the current history: for n = n_max down to
  * n_min, if the last n tokens occurred earlier (ending before the last
@@ -60,5 +65,9 @@ void ngram_push_many(ngram_index *ix, const int32_t *toks, int32_t n);
  * k_max <= 0).
  */
 int32_t ngram_draft(const ngram_index *ix, int32_t k_max, int32_t *out, int32_t *match_n, int32_t *n_hist);
+
+/* The end position of the most recent occurrence (with a successor) of the
+ * n tokens s[0..n) in the history, or -1 (n in [n_min, n_max]). */
+int32_t ngram_find(const ngram_index *ix, const int32_t *s, int32_t n);
 
 #endif

@@ -39,6 +39,7 @@ void engine_params_default(engine_params *p)
     p->mode = ENGINE_AUTO;
     spec_params_default(&p->sp);
     p->sp.draft = SPEC_DRAFT_AUTO;    /* every source, chosen per step by cost */
+    p->job_index_tokens = 1 << 17;
     p->calibrate = 1;
 }
 
@@ -101,6 +102,12 @@ int engine_init(engine **out, const model *m, const engine_params *params, char 
     e->can_layers = p->mode != ENGINE_PLAIN && p->ss != NULL && p->sp.draft != SPEC_DRAFT_CONTEXT && !p->remote;
     e->can_ctx = p->mode != ENGINE_PLAIN && p->sp.draft != SPEC_DRAFT_LAYERS && !p->remote;
     e->can_draft = e->can_layers || e->can_ctx || p->remote;
+    if (e->can_ctx && p->job_index_tokens > 0) {
+        /* longer matches than a sequence's own (NGRAM_MAX_N): across requests a
+         * short n-gram's most recent occurrence is often in unrelated text */
+        jobindex_init(&e->jix, p->sp.ngram_min, NGRAM_MAX_N, p->job_index_tokens < 64 ? 64 : p->job_index_tokens);
+        e->has_jix = 1;
+    }
     spec_nominal_costs(&p->sp, p->ss, &e->nominal);
     e->dwidth = m->config.vocab_size;
     if (e->can_layers) {
@@ -172,6 +179,8 @@ void engine_free(engine *e)
     free(e->seqs);
     fwd_state_free(&e->fs);
     kv_pool_free(&e->pool);
+    if (e->has_jix)
+        jobindex_free(&e->jix);
     free(e);
 }
 
@@ -322,6 +331,8 @@ static void finish(engine *e, eseq *s)
     s->res.final_gamma = s->ex.gamma;
     e->tot.requests_done++;
     e->tot.generation_tokens += s->res.generated_tokens;
+    if (e->has_jix && s->has_ng)   /* what it read and wrote, for later requests */
+        jobindex_add(&e->jix, s->ng.toks, s->ng.len);
     if (s->cb.on_done)
         s->cb.on_done(s->cb.user, &s->res);
     seq_release(e, s);

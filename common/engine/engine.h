@@ -97,13 +97,20 @@ typedef struct {
      * (e.g. backend_cuda_open, with its own KV budget) that outlives the
      * engine. The loop above it is the same. */
     model_backend *backend;
+    /* Drafts from the whole job (decode/jobindex.h): the finished requests'
+     * prompts and outputs, at most this many tokens (0: off). Greedy
+     * sequences that draft from context take its draft where it matches a
+     * longer suffix than their own history (n-grams up to NGRAM_MAX_N);
+     * sampled sequences draft from their own history only, so their draws
+     * never depend on other requests. */
+    int32_t job_index_tokens;
 } engine_params;
 
 /* The defaults of every command (the one place they are set): 32
  * sequences, 256 tokens a pass, 512 MiB of KV, the model's context capped
  * at ENGINE_DEFAULT_CTX (ctx 0 until engine_params_resolve), ENGINE_AUTO,
- * spec_params_default with every draft source (SPEC_DRAFT_AUTO), no skip
- * set. */
+ * spec_params_default with every draft source (SPEC_DRAFT_AUTO), a job
+ * index of 131072 tokens, no skip set. */
 #define ENGINE_DEFAULT_CTX 4096
 void engine_params_default(engine_params *p);
 

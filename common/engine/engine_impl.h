@@ -13,6 +13,7 @@
 #define SELFSPEC_ENGINE_IMPL_H
 
 #include "engine/engine.h"
+#include "decode/jobindex.h"
 #include "decode/ngram.h"
 #include "decode/sampler.h"
 #include "model/backend.h"
@@ -91,6 +92,8 @@ struct engine {
     int can_layers;            /* layer-skipping drafts (a skip set, sp.draft != context) */
     int can_ctx;               /* context drafts (sp.draft != layers) */
     spec_costs nominal;        /* forced mode's draft-source choice, as gen_selfspec */
+    job_index jix;             /* drafts from the job's finished requests, when has_jix */
+    int has_jix;
     layer_mask mask;
     qmat head;                 /* rows == 0: full head */
     const int32_t *head_tokens;

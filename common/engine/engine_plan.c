@@ -56,6 +56,20 @@ static int plan_context(engine *e, int32_t n_policy, int32_t n_other, int32_t t_
     return want;
 }
 
+/* The job's index against the sequence's own history (which matched own_n
+ * tokens, or none): the job's draft replaces it where its match is longer,
+ * or as long and with more tokens read from real text. */
+static void job_context(engine *e, eseq *s, int32_t lim, int32_t own_n)
+{
+    int32_t toks[SPEC_MAX_DRAFT], job_n = 0;
+    int32_t n = jobindex_draft(&e->jix, s->ng.toks, s->ng.len, lim, toks, &job_n);
+    if (n <= 0 || (s->ctx_avail > 0 && (job_n < own_n || (job_n == own_n && n <= s->ctx_hist))))
+        return;
+    memcpy(s->blk.tokens, toks, (size_t)n * sizeof(int32_t));
+    s->ctx_avail = s->ctx_hist = n;
+    s->blk.ctx_job = 1;
+}
+
 /* Decide each decoding sequence's draft cap (and context tokens) for this
  * step. */
 void plan_drafts(engine *e)
@@ -78,8 +92,12 @@ void plan_drafts(engine *e)
         s->k_max = s->spec_mode ? lim : 0;
         s->blk.n = 0;
         s->blk.n_ctx = 0;
+        s->blk.ctx_job = 0;
         s->ctx_hist = 0;
-        s->ctx_avail = s->has_ng ? ngram_draft(&s->ng, lim, s->blk.tokens, NULL, &s->ctx_hist) : 0;
+        int32_t own_n = 0;
+        s->ctx_avail = s->has_ng ? ngram_draft(&s->ng, lim, s->blk.tokens, &own_n, &s->ctx_hist) : 0;
+        if (e->has_jix && s->has_ng && s->gp.sampling.temperature == 0.0f)   /* greedy only: see jobindex.h */
+            job_context(e, s, lim, own_n);
         if (s->spec_mode == 2 && e->p.sp.draft != SPEC_DRAFT_LAYERS) {
             /* forced: the source by the nominal rule, exactly as gen_selfspec */
             spec_choice ch = spec_choose(e->p.sp.draft, &e->nominal, s->alpha_ctx, s->ex.ar, s->ctx_avail, s->ctx_hist,

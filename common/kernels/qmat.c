@@ -16,11 +16,17 @@
  * share it). (A dequantize + sgemm product, whose float sums come out in
  * an order that depends on T, is on no forward path: it lives in
  * scripts/bench_kernels.c, the one program that links BLAS.)
+ * Over whichever build, qmat_matmul takes the AMX kernel (qmat_amx.c, the
+ * same arithmetic, the same bits) at run time for T >= the qmat_set_amx
+ * setting where the CPU has AMX-INT8; the scratch then holds the scales in
+ * that kernel's layout (act_q.amx) and activation rows up to a multiple of
+ * 16 tokens (its tile loads read whole tiles).
  */
 #include "kernels/qmat.h"
 
 #include <assert.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <string.h>
 #include <omp.h>
 #if defined(__AVX512F__) || defined(__AVX2__)
@@ -33,6 +39,7 @@
 #endif
 
 #include "kernels/f16.h"
+#include "kernels/qmat_amx.h"
 #include "util/util.h"
 
 #define QMAT_VNNI_TILE 8  /* tokens sharing one pass over a weight panel (VNNI) */
@@ -216,11 +223,42 @@ void qmat_dequant_row(const qmat *W, int32_t r, float *out)
     }
 }
 
+/* T rounded up to whole AMX token tiles. */
+static inline int padded_tokens(int T)
+{
+    return (T + QMAT_AMX_TOKENS - 1) / QMAT_AMX_TOKENS * QMAT_AMX_TOKENS;
+}
+
+/* Bytes of the quantized activations of T tokens: rows up to the next
+ * multiple of QMAT_AMX_TOKENS, which the AMX kernel's tile loads read (the
+ * rows past T are never used for a result), 64-byte aligned. */
+static size_t xq_bytes(int32_t cols, int T)
+{
+    return ((size_t)padded_tokens(T) * (size_t)cols + 63) & ~(size_t)63;
+}
+
+/* xq, then sx and sxs (padded_tokens(T) x nb floats each: room for either
+ * layout), then isum (T x nb). */
 size_t qmat_scratch_bytes(int32_t cols, int T)
 {
     size_t nb = (size_t)(cols / QMAT_BLOCK);
-    size_t xq = ((size_t)T * cols + 63) & ~(size_t)63;
-    return xq + 2 * (size_t)T * nb * sizeof(float) + (size_t)T * nb * sizeof(int32_t);
+    return xq_bytes(cols, T) + 2 * (size_t)padded_tokens(T) * nb * sizeof(float) + (size_t)T * nb * sizeof(int32_t);
+}
+
+/* ------------------------------------------------------------------------ */
+/* The AMX switch (qmat.h): T from which qmat_matmul takes the AMX kernel,   */
+/* 0 for never. Atomic: set by the caller, read by every call.               */
+
+static _Atomic int amx_min_t = QMAT_AMX_MIN_T_DEFAULT;
+
+int qmat_set_amx(int min_t)
+{
+    return atomic_exchange_explicit(&amx_min_t, min_t > 0 ? min_t : 0, memory_order_relaxed);
+}
+
+int qmat_amx_available(void)
+{
+    return qmat_amx_usable();
 }
 
 /* ------------------------------------------------------------------------ */
@@ -228,10 +266,21 @@ size_t qmat_scratch_bytes(int32_t cols, int T)
 
 typedef struct {
     int8_t *xq;     /* (T, cols) */
-    float *sx;      /* (T, nb) block scale */
-    float *sxs;     /* (T, nb) block scale times the sum of the block's xq */
+    float *sx;      /* block scale: (T, nb), or the AMX layout (below) */
+    float *sxs;     /* block scale times the sum of the block's xq, laid out as sx */
     int32_t *isum;  /* (T, nb) the sum of the block's xq (AVX2 kernel's offset) */
+    int amx;        /* sx, sxs in the AMX kernel's layout: (ceil(T/16), nb, 16) */
 } act_q;
+
+/* Index of token t, block b in sx and sxs. The AMX layout puts the 16
+ * tokens of a token tile side by side per block, so the kernel's epilogue
+ * reads block b's scales for its tokens at one base address. */
+static inline size_t sx_index(const act_q *a, int32_t nb, size_t t, int32_t b)
+{
+    if (a->amx)
+        return ((t / QMAT_AMX_TOKENS) * (size_t)nb + (size_t)b) * QMAT_AMX_TOKENS + t % QMAT_AMX_TOKENS;
+    return t * (size_t)nb + (size_t)b;
+}
 
 /* The integer dot product of one 32-column block, |sum| <= 32 * 255 * 127,
  * converts to float exactly: every path's float operations then see the same
@@ -299,14 +348,14 @@ static inline void quantize_block(const float *x, int8_t *q, float *sx, float *s
     *isum = sum;
 }
 
-/* The scratch laid out for T tokens of cols inputs (qmat_scratch_bytes). */
-static act_q act_layout(int T, int32_t cols, void *scratch)
+/* The scratch laid out for T tokens of cols inputs (qmat_scratch_bytes);
+ * amx: the scales in the AMX kernel's layout. */
+static act_q act_layout(int T, int32_t cols, void *scratch, int amx)
 {
-    int32_t nb = cols / QMAT_BLOCK;
-    size_t xq_bytes = ((size_t)T * cols + 63) & ~(size_t)63;
-    act_q a = {scratch, (float *)((char *)scratch + xq_bytes), NULL, NULL};
-    a.sxs = a.sx + (size_t)T * nb;
-    a.isum = (int32_t *)(a.sxs + (size_t)T * nb);
+    size_t nsx = (size_t)padded_tokens(T) * (size_t)(cols / QMAT_BLOCK);
+    act_q a = {scratch, (float *)((char *)scratch + xq_bytes(cols, T)), NULL, NULL, amx};
+    a.sxs = a.sx + nsx;
+    a.isum = (int32_t *)(a.sxs + nsx);
     return a;
 }
 
@@ -315,15 +364,15 @@ static void quantize_token(const act_q *a, const float *X, int ldx, int t, int32
 {
     int32_t nb = cols / QMAT_BLOCK;
     for (int32_t b = 0; b < nb; b++) {
-        size_t i = (size_t)t * nb + b;
+        size_t i = sx_index(a, nb, (size_t)t, b);
         quantize_block(X + (size_t)t * ldx + b * QMAT_BLOCK, a->xq + (size_t)t * cols + b * QMAT_BLOCK,
-                       &a->sx[i], &a->sxs[i], &a->isum[i]);
+                       &a->sx[i], &a->sxs[i], &a->isum[(size_t)t * nb + b]);
     }
 }
 
-static act_q quantize_acts(const float *X, int ldx, int T, int32_t cols, void *scratch)
+static act_q quantize_acts(const float *X, int ldx, int T, int32_t cols, void *scratch, int amx)
 {
-    act_q a = act_layout(T, cols, scratch);
+    act_q a = act_layout(T, cols, scratch, amx);
     for (int t = 0; t < T; t++)
         quantize_token(&a, X, ldx, t, cols);
     return a;
@@ -650,6 +699,13 @@ static tiles_fn pick_tiles(const qmat *W)
 }
 #endif
 
+/* The AMX kernel over act_q (qmat_amx.c; the same bits as every kernel). */
+static void group_tiles_amx(const qmat *W, int32_t g, const act_q *a, int T, float *Y, int ldy)
+{
+    assert(a->amx);
+    qmat_amx_group(W, g, a->xq, a->sx, a->sxs, T, Y, ldy);
+}
+
 void qmat_matmul(const qmat *W, const float *X, int ldx, int T, float *Y, int ldy, void *scratch)
 {
     assert(W->cols % QMAT_BLOCK == 0 && W->rows % QMAT_ROWS == 0);
@@ -658,6 +714,10 @@ void qmat_matmul(const qmat *W, const float *X, int ldx, int T, float *Y, int ld
         return;
     int32_t groups = W->rows / QMAT_ROWS;
     tiles_fn tiles = pick_tiles(W);
+    int min_t = atomic_load_explicit(&amx_min_t, memory_order_relaxed);
+    int amx = min_t > 0 && T >= min_t && qmat_amx_usable();
+    if (amx)
+        tiles = group_tiles_amx;
     /* Groups are handed out in contiguous chunks, about 8 per thread: a
      * thread that runs late (a busy machine) leaves its chunks to the other,
      * and each thread still streams runs of consecutive groups (what the
@@ -666,13 +726,13 @@ void qmat_matmul(const qmat *W, const float *X, int ldx, int T, float *Y, int ld
     int chunk = groups / (8 * (omp_in_parallel() ? 1 : omp_get_max_threads()));
     chunk = chunk < 1 ? 1 : chunk;
     if (T < QMAT_PAR_QUANT_T) {   /* quantizing a few tokens costs less than a barrier */
-        act_q a = quantize_acts(X, ldx, T, W->cols, scratch);
+        act_q a = quantize_acts(X, ldx, T, W->cols, scratch, amx);
         #pragma omp parallel for schedule(dynamic, chunk) if (!omp_in_parallel())
         for (int32_t g = 0; g < groups; g++)
             tiles(W, g, &a, T, Y, ldy);
         return;
     }
-    act_q a = act_layout(T, W->cols, scratch);
+    act_q a = act_layout(T, W->cols, scratch, amx);
     #pragma omp parallel if (!omp_in_parallel())
     {
         #pragma omp for schedule(static)
@@ -690,7 +750,7 @@ void qmat_matmul_portable(const qmat *W, const float *X, int ldx, int T, float *
     assert(W->cols % QMAT_BLOCK == 0 && W->rows % QMAT_ROWS == 0);
     if (T <= 0)
         return;
-    act_q a = quantize_acts(X, ldx, T, W->cols, scratch);
+    act_q a = quantize_acts(X, ldx, T, W->cols, scratch, 0);
     for (int32_t g = 0; g < W->rows / QMAT_ROWS; g++)
         group_tile_portable(W, g, &a, 0, Y, ldy, T);
 }

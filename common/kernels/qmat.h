@@ -42,10 +42,14 @@
  *    saturation (qmat.c says how), tiles of at most 4 tokens x 8 rows (or
  *    2 tokens x 16 rows) so that the accumulators fit 16 ymm registers;
  *  - anything else: a portable loop (qmat_matmul_portable, also exposed so
- *    tests can hold the vector kernels to it).
+ *    tests can hold the vector kernels to it);
+ *  - and, chosen at run time over any of them (qmat_set_amx below), the
+ *    Intel AMX-INT8 kernel (kernels/qmat_amx.c): one 16-token x 16-row x
+ *    32-column tile product (tdpbsud) per block, where the CPU has it and
+ *    T is large enough to pay.
  * Each 32-column block's integer sum is exact whatever order it is added in
  * (and exact in float: |sum| < 2^24); the float combination of the blocks is
- * the same fixed sequence per (row, token) in all three:
+ * the same fixed sequence per (row, token) in all of them:
  *   for b = 0, 1, ...: acc = fma((float)ia_b, d_b * sx_b, acc);
  *                      acc = fma(m_b, sxs_b, acc)
  * So a token's output row does not depend on T or on the other tokens --
@@ -127,5 +131,24 @@ void qmat_matmul(const qmat *W, const float *X, int ldx, int T, float *Y, int ld
  * the same bits as qmat_matmul (tests compare them), one (row, token) at a
  * time, slow. */
 void qmat_matmul_portable(const qmat *W, const float *X, int ldx, int T, float *Y, int ldy, void *scratch);
+
+/* The AMX kernel (Intel AMX-INT8, kernels/qmat_amx.c): qmat_matmul takes
+ * it for calls of T >= min_t tokens when the CPU has AMX-INT8 and Linux
+ * grants this process the tile data (checked, and the permission requested,
+ * once per process on the first such call); otherwise the build's kernel
+ * (VNNI, AVX2, portable) as before. The same bits either way (qmat_amx.c
+ * says why). The setting is process-wide; min_t <= 0 turns AMX off; the
+ * default is QMAT_AMX_MIN_T_DEFAULT (T = 1 stays on the build's kernel,
+ * where AMX does not win: measured in docs/performance.md). Returns the
+ * previous setting. The library reads no environment: a caller that wants
+ * a switch maps its own flag to this call. */
+#ifndef QMAT_AMX_MIN_T_DEFAULT   /* a build may set it (-D), e.g. 1 to test AMX at every T */
+#define QMAT_AMX_MIN_T_DEFAULT 8
+#endif
+int qmat_set_amx(int min_t);
+
+/* 1 when the AMX kernel can run here (CPU and OS; requests the permission,
+ * once per process). */
+int qmat_amx_available(void);
 
 #endif
