@@ -715,7 +715,11 @@ void qmat_matmul(const qmat *W, const float *X, int ldx, int T, float *Y, int ld
     int32_t groups = W->rows / QMAT_ROWS;
     tiles_fn tiles = pick_tiles(W);
     int min_t = atomic_load_explicit(&amx_min_t, memory_order_relaxed);
-    int amx = min_t > 0 && T >= min_t && qmat_amx_usable();
+    /* AMX works in tiles of 16 tokens: a last tile of fewer than min_t
+     * tokens costs nearly a whole tile pass (17 tokens measured 0.93x VNNI),
+     * so such a T stays on the build's kernel (the same bits either way) */
+    int amx = min_t > 0 && T >= min_t && (T % QMAT_AMX_TOKENS == 0 || T % QMAT_AMX_TOKENS >= min_t) &&
+              qmat_amx_usable();
     if (amx)
         tiles = group_tiles_amx;
     /* Groups are handed out in contiguous chunks, about 8 per thread: a
