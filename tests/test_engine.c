@@ -241,6 +241,34 @@ static void add_repeats(req *r, int n)
     }
 }
 
+/* Every request through an engine with parameters p on a machine where
+ * speculation pays (flat costs: a verification block costs no more than a
+ * step); each output must equal its reference. Returns the engine, for its
+ * totals (the caller frees it). */
+static engine *run_flat(tiny *t, req *r, int n, const engine_params *p)
+{
+    char err[256];
+    engine *e;
+    assert_int_equal(engine_init(&e, &t->m, p, err, sizeof err), 0);
+    for (int32_t T = 1; T <= 64; T++) {
+        engine_cost_observe(e, 0, T, 1e-3);
+        engine_cost_observe(e, 1, T, 1e-4);
+    }
+    for (int i = 0; i < n; i++) {
+        r[i].n_out = 0;
+        r[i].done = 0;
+        engine_callbacks cb = {on_token, on_done, &r[i]};
+        assert_int_equal(engine_submit(e, r[i].prompt, r[i].n_prompt, &r[i].gp, &cb, err, sizeof err), 0);
+    }
+    while (engine_pending(e) > 0)
+        assert_true(engine_step(e, err, sizeof err) >= 0);
+    for (int i = 0; i < n; i++) {
+        assert_int_equal(r[i].n_out, r[i].n_ref);
+        assert_memory_equal(r[i].out, r[i].ref, (size_t)r[i].n_ref * sizeof(int32_t));
+    }
+    return e;
+}
+
 /* ---- tests ---- */
 
 static void test_paged_kv_same_logits(void **state)
@@ -347,26 +375,8 @@ static void test_batch_invariant_spec(void **state)
     reference(&t, r, N_REQ, NULL);
     engine_params p;
     base_params(&p, 4, ENGINE_AUTO, &ss);
-    char err[256];
-    engine *e;
-    assert_int_equal(engine_init(&e, &t.m, &p, err, sizeof err), 0);
-    for (int32_t T = 1; T <= 64; T++) {
-        engine_cost_observe(e, 0, T, 1e-3);
-        engine_cost_observe(e, 1, T, 1e-4);
-    }
-    for (int i = 0; i < N_REQ; i++) {
-        r[i].n_out = 0;
-        r[i].done = 0;
-        engine_callbacks cb = {on_token, on_done, &r[i]};
-        assert_int_equal(engine_submit(e, r[i].prompt, r[i].n_prompt, &r[i].gp, &cb, err, sizeof err), 0);
-    }
-    while (engine_pending(e) > 0)
-        assert_true(engine_step(e, err, sizeof err) >= 0);
+    engine *e = run_flat(&t, r, N_REQ, &p);
     assert_true(engine_get_totals(e)->spec.num_drafts > 0);   /* it did speculate */
-    for (int i = 0; i < N_REQ; i++) {
-        assert_int_equal(r[i].n_out, r[i].n_ref);
-        assert_memory_equal(r[i].out, r[i].ref, (size_t)r[i].n_ref * sizeof(int32_t));
-    }
     engine_free(e);
     skipset_free(&ss);
     free(r);
@@ -400,25 +410,7 @@ static void test_job_index(void **state)
         base_params(&p, seqs[k], k < 3 ? ENGINE_SPEC : ENGINE_AUTO, NULL);
         p.sp.draft = k < 3 ? SPEC_DRAFT_CONTEXT : SPEC_DRAFT_AUTO;
         p.job_index_tokens = k == 2 ? 0 : 4096;
-        char err[256];
-        engine *e;
-        assert_int_equal(engine_init(&e, &t.m, &p, err, sizeof err), 0);
-        for (int32_t T = 1; T <= 64; T++) {
-            engine_cost_observe(e, 0, T, 1e-3);
-            engine_cost_observe(e, 1, T, 1e-4);
-        }
-        for (int i = 0; i < N_REQ; i++) {
-            r[i].n_out = 0;
-            r[i].done = 0;
-            engine_callbacks cb = {on_token, on_done, &r[i]};
-            assert_int_equal(engine_submit(e, r[i].prompt, r[i].n_prompt, &r[i].gp, &cb, err, sizeof err), 0);
-        }
-        while (engine_pending(e) > 0)
-            assert_true(engine_step(e, err, sizeof err) >= 0);
-        for (int i = 0; i < N_REQ; i++) {
-            assert_int_equal(r[i].n_out, r[i].n_ref);
-            assert_memory_equal(r[i].out, r[i].ref, (size_t)r[i].n_ref * sizeof(int32_t));
-        }
+        engine *e = run_flat(&t, r, N_REQ, &p);
         const spec_counts *c = &engine_get_totals(e)->spec;
         printf("  %s, job index %s, max-seqs %d: job blocks %lld, accepted %lld of %lld\n",
                k < 3 ? "forced context" : "auto", k == 2 ? "off" : "on", seqs[k], (long long)c->src_blocks[SPEC_SRC_JOB], (long long)c->src_accepted[SPEC_SRC_JOB],
@@ -469,21 +461,7 @@ static void test_batch_invariant_context(void **state)
         engine_params p;
         base_params(&p, 4, ENGINE_AUTO, &ss);
         p.sp.draft = kinds[ki];
-        char err[256];
-        engine *e;
-        assert_int_equal(engine_init(&e, &t.m, &p, err, sizeof err), 0);
-        for (int32_t T = 1; T <= 64; T++) {
-            engine_cost_observe(e, 0, T, 1e-3);
-            engine_cost_observe(e, 1, T, 1e-4);
-        }
-        for (int i = 0; i < N_REQ; i++) {
-            r[i].n_out = 0;
-            r[i].done = 0;
-            engine_callbacks cb = {on_token, on_done, &r[i]};
-            assert_int_equal(engine_submit(e, r[i].prompt, r[i].n_prompt, &r[i].gp, &cb, err, sizeof err), 0);
-        }
-        while (engine_pending(e) > 0)
-            assert_true(engine_step(e, err, sizeof err) >= 0);
+        engine *e = run_flat(&t, r, N_REQ, &p);
         const engine_totals *tot = engine_get_totals(e);
         int64_t b = 0, d = 0, a = 0;
         for (int i = 0; i < SPEC_SRC_N; i++)
@@ -497,10 +475,6 @@ static void test_batch_invariant_context(void **state)
         assert_true(tot->spec.src_blocks[SPEC_SRC_CONTEXT] + tot->spec.src_blocks[SPEC_SRC_CHAIN] > 0);
         if (kinds[ki] == SPEC_DRAFT_CONTEXT)
             assert_int_equal(tot->spec.src_blocks[SPEC_SRC_LAYERS] + tot->spec.src_blocks[SPEC_SRC_CHAIN], 0);
-        for (int i = 0; i < N_REQ; i++) {
-            assert_int_equal(r[i].n_out, r[i].n_ref);
-            assert_memory_equal(r[i].out, r[i].ref, (size_t)r[i].n_ref * sizeof(int32_t));
-        }
         engine_free(e);
     }
     skipset_free(&ss);
