@@ -39,6 +39,7 @@ BLAS_LIBS := -lopenblas
 MODEL   ?= models/SmolLM2-135M-Instruct.Q4_1.gguf
 MODELS  ?= smollm2
 QWEN    ?= models/Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf
+GEMMA   ?= models/gemma-3-270m-q4_k_m.gguf
 
 LAYERS     := util format kernels model cuda text decode tune ipc api engine serve
 COMMON_SRC := $(wildcard $(patsubst %,common/%/*.c,$(LAYERS)))
@@ -77,7 +78,7 @@ TEST_SUPPORT := $(filter-out $(TEST_SRC) $(E2E_SRC),$(wildcard tests/*.c))
 TEST_SUPPORT_OBJ := $(patsubst %.c,$(BUILD)/tst/%.o,$(TEST_SUPPORT))
 TEST_SUPPORT_V3  := $(patsubst %.c,$(BUILD)/tst-v3/%.o,$(TEST_SUPPORT))
 
-.PHONY: all run check test test-qwen unit unit-v3 e2e fuzz setup clean bench layers gpu-check-test
+.PHONY: all run check test test-qwen test-gemma unit unit-v3 e2e fuzz setup clean bench layers gpu-check-test
 all: $(BIN)/selfspec $(BIN)/selfspec-drafter $(BIN)/selfspec-drafter-cuda
 
 setup:
@@ -228,6 +229,15 @@ QWEN_SUITES := 'qwen-tokenizer=SELFSPEC_MODEL=$(QWEN) SELFSPEC_TOKEN_FIXTURE=tes
 else
 QWEN_SUITES := 'qwen=echo "SKIPPING the Qwen2.5-Coder-1.5B checks: $(QWEN) not fetched (make setup MODELS=\"smollm2 qwen\")"'
 endif
+# Gemma-3-270M (gemma3: local sliding-window layers, GeGLU, Q5_0 weights)
+# against llama.cpp, and greedy self-spec == plain on it.
+ifneq ($(wildcard $(GEMMA)),)
+GEMMA_SUITES := 'gemma-tokenizer=SELFSPEC_MODEL=$(GEMMA) SELFSPEC_TOKEN_FIXTURE=tests/fixtures/gemma_tokens.json $(BUILD)/test/test_tokenizer' \
+                'gemma-logits=SELFSPEC_MODEL=$(GEMMA) SELFSPEC_LOGIT_FIXTURE=tests/fixtures/gemma_logits.json $(BUILD)/e2e/test_fixtures' \
+                'gemma-selfspec=SELFSPEC_MODEL=$(GEMMA) E2E_PROMPTS=2 E2E_EXTREME_PROMPTS=1 E2E_NEW=32 $(BUILD)/e2e/e2e_selfspec'
+else
+GEMMA_SUITES := 'gemma=echo "SKIPPING the Gemma-3-270M checks: $(GEMMA) not fetched (make setup MODELS=\"smollm2 qwen gemma3\")"'
+endif
 PY_SUITES := 'run_e2e.py=python3 tests/run_e2e.py --model $(MODEL)' \
              'test_pipeline.py=SELFSPEC_MODEL=$(MODEL) python3 tests/test_pipeline.py' \
              'test_batch.py=python3 tests/test_batch.py --model $(MODEL)' \
@@ -245,7 +255,7 @@ $(BUILD)/e2e/test_fixtures: $(BUILD)/rel/tests/test_fixtures.o $(BUILD)/libselfs
 
 test: all $(TEST_BIN) $(SEEDS_DIR)/.stamp $(V3_NEEDED) $(E2E_BIN) $(BUILD)/e2e/test_fixtures
 	@$(SUITES) --keep-going 'layers=python3 scripts/check_layers.py' $(UNIT_SUITES) $(V3_SUITES) \
-	    $(E2E_SUITES) $(QWEN_SUITES) $(PY_SUITES)
+	    $(E2E_SUITES) $(QWEN_SUITES) $(GEMMA_SUITES) $(PY_SUITES)
 
 # Parts of `make test` alone.
 unit: $(TEST_BIN) $(SEEDS_DIR)/.stamp
@@ -256,6 +266,8 @@ e2e: $(E2E_BIN)
 	@$(SUITES) $(E2E_SUITES)
 test-qwen: all $(BUILD)/test/test_tokenizer $(BUILD)/e2e/test_fixtures $(BUILD)/e2e/e2e_selfspec
 	@$(SUITES) $(QWEN_SUITES)
+test-gemma: all $(BUILD)/test/test_tokenizer $(BUILD)/e2e/test_fixtures $(BUILD)/e2e/e2e_selfspec
+	@$(SUITES) $(GEMMA_SUITES)
 gpu-check-test:
 	@$(SUITES) 'test_gpu_check.sh=bash tests/test_gpu_check.sh'
 

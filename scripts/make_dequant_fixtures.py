@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Generate tests/fixtures/dequant.json: raw tensor bytes + reference floats.
 
-For each supported tensor type (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K)
+For each supported tensor type (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1,
+Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS)
 this writes a few blocks of deterministic pseudo-random raw bytes and their
 dequantization by gguf-py (`gguf.quants.dequantize`), an implementation
 independent of common/gguf.c. The f16 scale fields of quantized blocks are
@@ -10,6 +11,8 @@ so that no inf/nan appears. tests/test_gguf.c compares gguf_dequantize
 against these values.
 
 Usage: python3 scripts/make_dequant_fixtures.py [out.json]
+(gguf-py: pip install gguf, or the copy in the llama-cpp-python sdist that
+scripts/build_llama_cpp.sh unpacks: PYTHONPATH=.deps/llama.cpp/src/vendor/llama.cpp/gguf-py)
 """
 import json
 import sys
@@ -28,6 +31,13 @@ GEOMETRY = {
     QT.Q4_1: (32, 20, [0, 2]),
     QT.Q4_K: (256, 144, [0, 2]),
     QT.Q6_K: (256, 210, [208]),
+    QT.Q5_0: (32, 22, [0]),
+    QT.Q5_1: (32, 24, [0, 2]),
+    QT.Q2_K: (256, 84, [80, 82]),
+    QT.Q3_K: (256, 110, [108]),
+    QT.Q5_K: (256, 176, [0, 2]),
+    QT.IQ4_NL: (32, 18, [0]),
+    QT.IQ4_XS: (256, 136, [0]),
 }
 
 
@@ -69,7 +79,8 @@ def main():
     rng = np.random.default_rng(SEED)
     cases = []
     plan = [(QT.F32, 64), (QT.F16, 64), (QT.BF16, 64), (QT.Q8_0, 4), (QT.Q4_0, 4),
-            (QT.Q4_1, 4), (QT.Q4_K, 3), (QT.Q6_K, 3)]
+            (QT.Q4_1, 4), (QT.Q4_K, 3), (QT.Q6_K, 3), (QT.Q5_0, 4), (QT.Q5_1, 4),
+            (QT.Q2_K, 3), (QT.Q3_K, 3), (QT.Q5_K, 3), (QT.IQ4_NL, 4), (QT.IQ4_XS, 3)]
     for qt, count in plan:
         if qt in GEOMETRY:
             raw, n = quant_case(rng, qt, count)

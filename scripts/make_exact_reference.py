@@ -27,7 +27,12 @@ The forward pass is written from the GGUF tensors alone, with weights
 dequantized by gguf-py (llama.cpp's own Python package, PyPI `gguf`): RMSNorm,
 Q/K/V (+ biases for qwen2), RoPE (NeoX pairs for qwen2, adjacent for llama),
 causal GQA attention, SwiGLU, float64 for the exact pass. Architectures:
-llama, qwen2.
+llama, qwen2, gemma3 (embeddings times sqrt(dim), per-head Q/K RMS norms,
+post-attention and post-MLP norms, GeGLU with tanh GELU, local layers with a
+512-token sliding window and their own RoPE base, head size from
+attention.key_length). The emulated pass quantizes each product's input as
+llama.cpp does for that weight's type: Q8_K (per 256) for K-quants, Q8_0
+(per 32) for the 32-wide types.
 
 Usage:
     python3 scripts/make_exact_reference.py -m models/Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf \\
@@ -38,6 +43,15 @@ import json
 import sys
 
 import numpy as np
+
+
+def q8_0(h):
+    """Activations as llama.cpp's quantize_row_q8_0 leaves them: per 32
+    values d = max|x| / 127, q = round(x / d)."""
+    b = h.reshape(h.shape[0], -1, 32)
+    d = np.abs(b).max(axis=2, keepdims=True) / 127.0
+    q = np.round(np.where(d > 0, b / np.where(d > 0, d, 1), 0))
+    return (q * d).reshape(h.shape)
 
 
 def q8k(h):
@@ -62,7 +76,7 @@ class Model:
         self.t = {t.name: t for t in self.r.tensors}
         f = self.r.fields
         self.arch = bytes(f["general.architecture"].parts[-1]).decode()
-        if self.arch not in ("llama", "qwen2"):
+        if self.arch not in ("llama", "qwen2", "gemma3"):
             raise SystemExit("unsupported architecture " + self.arch)
 
         def u(k, d=None):
@@ -76,10 +90,24 @@ class Model:
         self.n_heads = u("attention.head_count")
         self.n_kv = u("attention.head_count_kv", self.n_heads)
         self.dim = u("embedding_length")
-        self.hd = self.dim // self.n_heads
+        self.hd = u("attention.key_length", self.dim // self.n_heads)
         self.base = fl("rope.freq_base", 10000.0)
         self.eps = fl("attention.layer_norm_rms_epsilon", 1e-5)
-        self.neox = self.arch == "qwen2"
+        self.neox = self.arch in ("qwen2", "gemma3")
+        self.gemma = self.arch == "gemma3"
+        self.window = u("attention.sliding_window", 0) if self.gemma else 0
+        self.base_swa = fl("rope.freq_base_swa", 10000.0)
+
+    def local(self, l):
+        """Gemma 3: of every 6 layers the first 5 are local (sliding window)."""
+        return self.window > 0 and l % 6 < 5
+
+    def quant_for(self, quant, name):
+        """The activation rounding llama.cpp applies before weight `name`
+        (the emulated pass; quant is q8k there, the identity when exact)."""
+        if quant is q8k and self.t[name].tensor_type.name in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"):
+            return q8_0
+        return quant
 
     def w(self, name, dtype):
         from gguf.quants import dequantize
@@ -89,10 +117,10 @@ class Model:
     def has(self, name):
         return name in self.t
 
-    def rope(self, x, pos):
+    def rope(self, x, pos, base=None):
         # x (T, heads, hd)
         half = self.hd // 2
-        freq = self.base ** (-2.0 * np.arange(half) / self.hd)
+        freq = (base or self.base) ** (-2.0 * np.arange(half) / self.hd)
         ang = pos[:, None] * freq[None, :]
         c, s = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
         if self.neox:
@@ -111,17 +139,26 @@ class Model:
         identity for the exact pass)."""
         emb = self.w("token_embd.weight", np.float32)
         xs = [emb[np.array(ids)].astype(dt) for ids, _, dt in runs]
+        if self.gemma:
+            xs = [x * dt(np.sqrt(np.float32(self.dim))) for x, (_, _, dt) in zip(xs, runs)]
         del emb
         grp = self.n_heads // self.n_kv
 
         def rms(x, w):
             return x / np.sqrt((x * x).mean(axis=1, keepdims=True) + self.eps) * w.astype(x.dtype)
 
+        def gelu(a):
+            return 0.5 * a * (1 + np.tanh(np.sqrt(2 / np.pi) * (a + 0.044715 * a ** 3)))
+
         for l in range(self.n_layers):
-            W = {n: self.w("blk.%d.%s" % (l, n), np.float64)
-                 for n in ("attn_norm.weight", "ffn_norm.weight", "attn_q.weight", "attn_k.weight",
-                           "attn_v.weight", "attn_output.weight", "ffn_gate.weight", "ffn_up.weight",
-                           "ffn_down.weight")}
+            names = ["attn_norm.weight", "ffn_norm.weight", "attn_q.weight", "attn_k.weight",
+                     "attn_v.weight", "attn_output.weight", "ffn_gate.weight", "ffn_up.weight",
+                     "ffn_down.weight"]
+            if self.gemma:
+                names += ["attn_q_norm.weight", "attn_k_norm.weight", "post_attention_norm.weight",
+                          "post_ffw_norm.weight"]
+            W = {n: self.w("blk.%d.%s" % (l, n), np.float64) for n in names}
+            Q = lambda quant, n: self.quant_for(quant, "blk.%d.%s" % (l, n))  # noqa: E731
             bias = self.has("blk.%d.attn_q.bias" % l)
             if bias:
                 for n in ("attn_q.bias", "attn_k.bias", "attn_v.bias"):
@@ -131,12 +168,22 @@ class Model:
                 g = {n: w.astype(dt) for n, w in W.items()} if dt != np.float64 else W
                 pos = np.arange(T, dtype=np.float64)
                 mask = np.triu(np.full((T, T), -np.inf), 1)
-                h = quant(rms(x, g["attn_norm.weight"]))
-                q, k, v = h @ g["attn_q.weight"].T, h @ g["attn_k.weight"].T, h @ g["attn_v.weight"].T
+                if self.local(l):   # keys p - window < k <= p
+                    mask = mask + np.tril(np.full((T, T), -np.inf), -self.window)
+                h = rms(x, g["attn_norm.weight"])
+                q = Q(quant, "attn_q.weight")(h) @ g["attn_q.weight"].T
+                k = Q(quant, "attn_k.weight")(h) @ g["attn_k.weight"].T
+                v = Q(quant, "attn_v.weight")(h) @ g["attn_v.weight"].T
                 if bias:
                     q, k, v = q + g["attn_q.bias"], k + g["attn_k.bias"], v + g["attn_v.bias"]
-                q = self.rope(q.reshape(T, self.n_heads, self.hd), pos).astype(dt)
-                k = self.rope(k.reshape(T, self.n_kv, self.hd), pos).astype(dt)
+                q, k = q.reshape(T, self.n_heads, self.hd), k.reshape(T, self.n_kv, self.hd)
+                if self.gemma:
+                    def hrms(z, w):
+                        return z / np.sqrt((z * z).mean(axis=2, keepdims=True) + self.eps) * w.astype(z.dtype)
+                    q, k = hrms(q, g["attn_q_norm.weight"]), hrms(k, g["attn_k_norm.weight"])
+                base = self.base_swa if self.local(l) else self.base
+                q = self.rope(q, pos, base).astype(dt)
+                k = self.rope(k, pos, base).astype(dt)
                 v = v.reshape(T, self.n_kv, self.hd)
                 att = np.empty((T, self.n_heads, self.hd), dt)
                 for hh in range(self.n_heads):
@@ -144,16 +191,20 @@ class Model:
                     sc = q[:, hh] @ kh.T / np.sqrt(self.hd) + mask
                     sc = np.exp(sc - sc.max(axis=1, keepdims=True))
                     att[:, hh] = (sc / sc.sum(axis=1, keepdims=True)) @ vh
-                x = x + quant(att.reshape(T, -1)) @ g["attn_output.weight"].T
-                h = quant(rms(x, g["ffn_norm.weight"]))
-                a, u = h @ g["ffn_gate.weight"].T, h @ g["ffn_up.weight"].T
-                xs[r] = x + quant(a / (1 + np.exp(-a)) * u) @ g["ffn_down.weight"].T
+                o = Q(quant, "attn_output.weight")(att.reshape(T, -1)) @ g["attn_output.weight"].T
+                x = x + (rms(o, g["post_attention_norm.weight"]) if self.gemma else o)
+                h = rms(x, g["ffn_norm.weight"])
+                a = Q(quant, "ffn_gate.weight")(h) @ g["ffn_gate.weight"].T
+                u = Q(quant, "ffn_up.weight")(h) @ g["ffn_up.weight"].T
+                act = gelu(a) if self.gemma else a / (1 + np.exp(-a))
+                o = Q(quant, "ffn_down.weight")(act * u) @ g["ffn_down.weight"].T
+                xs[r] = x + (rms(o, g["post_ffw_norm.weight"]) if self.gemma else o)
             print("  layer %d/%d" % (l + 1, self.n_layers), file=sys.stderr, end="\r")
         head = "output.weight" if self.has("output.weight") else "token_embd.weight"
         hw = self.w(head, np.float32)
         nw = self.w("output_norm.weight", np.float64)
-        out = [quant(rms(x, nw)).astype(np.float64) @ hw.T.astype(np.float64)
-               if dt == np.float64 else quant(rms(x, nw)) @ hw.T
+        out = [self.quant_for(quant, head)(rms(x, nw)).astype(np.float64) @ hw.T.astype(np.float64)
+               if dt == np.float64 else self.quant_for(quant, head)(rms(x, nw)) @ hw.T
                for x, (_, quant, dt) in zip(xs, runs)]
         return out
 

@@ -8,9 +8,10 @@ decoding against an independent implementation.
 
 For each of a handful of prompts the fixture holds:
   * the prompt text and its token ids
-    (llm.tokenize(text.encode(), add_bos=False, special=True); the model's
-    tokenizer.ggml.add_bos_token is false, and special=True makes
-    "<|im_start|>" etc. map to their special ids);
+    (llm.tokenize(text.encode(), add_bos=<the model's
+    tokenizer.ggml.add_bos_token>, special=True); special=True makes
+    "<|im_start|>" etc. map to their special ids; a vocabulary with Gemma's
+    <start_of_turn> gets the chat prompt in Gemma's turn format);
   * the top-5 (token id, raw logit) at EVERY prompt position, from a single
     batched llm.eval(prompt_ids) on a fresh context with logits_all=True,
     plus the max |logit| over the full vocabulary at each position, and the
@@ -55,7 +56,10 @@ DEFAULT_MODEL = os.path.join(REPO, "models", "SmolLM2-135M-Instruct.Q4_1.gguf")
 DEFAULT_OUT = os.path.join(REPO, "tests", "fixtures", "logits.json")
 
 # (name, text).  Every prompt is tokenized with special=True, so the ChatML
-# markers in "chat" become single special tokens.
+# markers in "chat" become single special tokens.  A model whose vocabulary
+# has Gemma's turn markers gets "chat" in its own format instead (CHAT_GEMMA).
+CHAT_GEMMA = ("<start_of_turn>user\nWhat is the capital of France?<end_of_turn>\n"
+              "<start_of_turn>model\n")
 PROMPTS: list[tuple[str, str]] = [
     ("english",
      "The quick brown fox jumps over the lazy dog. Meanwhile, in a small "
@@ -104,9 +108,36 @@ def topk(row: np.ndarray, k: int) -> list[tuple[int, float]]:
     return [(int(i), float(row[i])) for i in idx]
 
 
+def long_text() -> str:
+    """About 700 tokens of varied text with facts stated early and asked about
+    late (--long): past a 512-token sliding window, so a model with local
+    attention layers (Gemma 3) is checked where the window matters."""
+    animals = ["otter", "heron", "badger", "lynx", "marten", "plover", "vole", "ibis"]
+    colors = ["amber", "slate", "crimson", "olive", "ivory", "teal", "ochre", "violet"]
+    lines = ["Field notes from the northern marsh survey."]
+    for i in range(56):
+        a, c = animals[i % 8], colors[(i * 3) % 8]
+        lines.append(f"Day {i + 1}: the {c} {a} was seen {i % 5 + 2} times near post {17 * i % 41}.")
+    lines.append("Question: on day 3, which animal was seen, and what color was it? Answer:")
+    return "\n".join(lines)
+
+
+def add_bos_of(llm) -> bool:
+    """The model's own tokenizer.ggml.add_bos_token (false when absent)."""
+    return str(llm.metadata.get("tokenizer.ggml.add_bos_token", "false")).lower() == "true"
+
+
+def prompts_for(llm, long: bool) -> list[tuple[str, str]]:
+    """PROMPTS, with "chat" in Gemma's turn format where the vocabulary has
+    it, and the long prompt with --long."""
+    gemma = len(llm.tokenize(b"<start_of_turn>", add_bos=False, special=True)) == 1
+    out = [(n, CHAT_GEMMA if gemma and n == "chat" else t) for n, t in PROMPTS]
+    return out + [("long", long_text())] if long else out
+
+
 def run_prompt(llm, text: str, eos_id: int, alt=None) -> dict:
     """Evaluate one prompt and its greedy continuation on a fresh context."""
-    ids = llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+    ids = llm.tokenize(text.encode("utf-8"), add_bos=add_bos_of(llm), special=True)
     llm.reset()  # n_tokens = 0; eval() drops the KV cache beyond n_tokens
     llm.eval(ids)
     n_vocab = llm.n_vocab()
@@ -212,7 +243,7 @@ def make_llm(model: str, kv: str):
                            type_k=GGML_TYPE[kv], type_v=GGML_TYPE[kv])
 
 
-def build(model: str, kv: str, compare: bool = True) -> tuple[dict, object]:
+def build(model: str, kv: str, compare: bool = True, long: bool = False) -> tuple[dict, object]:
     import llama_cpp
 
     llm = make_llm(model, kv)
@@ -220,7 +251,7 @@ def build(model: str, kv: str, compare: bool = True) -> tuple[dict, object]:
     alt = make_llm(model, alt_kv) if compare else None
     eos_id = llm.token_eos()
     prompts = {}
-    for name, text in PROMPTS:
+    for name, text in prompts_for(llm, long):
         prompts[name] = run_prompt(llm, text, eos_id, alt)
         p = prompts[name]
         print(f"{name:8s} prompt={p['n_tokens']:3d} tok  first_eos={p['gen_first_eos_index']}"
@@ -244,7 +275,7 @@ def build(model: str, kv: str, compare: bool = True) -> tuple[dict, object]:
         "kv_alt": (f"kv_alt_max_abs_diff compares against the same llama.cpp with a "
                    f"{alt_kv.upper()} KV cache (batched prompt eval, all positions, full vocab)"
                    if compare else None),
-        "tokenize": "llm.tokenize(text.encode('utf-8'), add_bos=False, special=True)",
+        "tokenize": f"llm.tokenize(text.encode('utf-8'), add_bos={add_bos_of(llm)}, special=True)",
         "prompt_logits": ("fresh context (llm.reset()), one batched llm.eval(ids); raw "
                           "pre-softmax logits from llm.scores[pos]; top-5 sorted by "
                           "logit desc then id asc"),
@@ -257,7 +288,7 @@ def build(model: str, kv: str, compare: bool = True) -> tuple[dict, object]:
         "n_vocab": llm.n_vocab(),
         "bos_id": llm.token_bos(),
         "eos_id": eos_id,
-        "add_bos": False,
+        "add_bos": add_bos_of(llm),
         "top_k": TOP_K,
         "n_gen": N_GEN,
         "logit_decimals": DECIMALS,
@@ -284,6 +315,9 @@ def main() -> int:
     ap.add_argument("--n-gen", type=int, default=64,
                     help="greedy continuation length (default: %(default)s; "
                          "tests/fixtures/qwen_logits.json uses 32)")
+    ap.add_argument("--long", action="store_true",
+                    help="add a ~700-token prompt (past Gemma 3's 512-token sliding window; "
+                         "tests/fixtures/gemma_logits.json has it)")
     ap.add_argument("--check", action="store_true",
                     help="build twice and fail if the two runs differ (determinism check)")
     args = ap.parse_args()
@@ -299,10 +333,10 @@ def main() -> int:
         return 1
 
     N_GEN_SET(args.n_gen)
-    data, llm = build(args.model, args.kv)
+    data, llm = build(args.model, args.kv, long=args.long)
     del llm
     if args.check:
-        again, llm = build(args.model, args.kv, compare=False)
+        again, llm = build(args.model, args.kv, compare=False, long=args.long)
         del llm
         strip = lambda d: {n: {k: v for k, v in p.items() if k != "kv_alt_max_abs_diff"}  # noqa: E731
                            for n, p in d["prompts"].items()}

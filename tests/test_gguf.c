@@ -798,7 +798,7 @@ static void test_bad_tensor_names(void **state)
 static void test_unknown_tensor_type(void **state)
 {
     uint64_t ne[1] = { 32 };
-    uint32_t bad[] = { 4, 5, 6, 7, 9, 10, 11, 13, 15, 29, 31, 1000, 0xffffffffu };
+    uint32_t bad[] = { 4, 5, 9, 15, 16, 17, 18, 19, 21, 22, 24, 29, 31, 1000, 0xffffffffu };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         tgguf *g = tgguf_new();
         tgguf_tensor(g, "weird", bad[i], 1, ne, NULL, 128);
@@ -942,6 +942,10 @@ static void test_type_geometry(void **state)
         { GGUF_TT_BF16, 1, 2, "BF16" }, { GGUF_TT_Q4_0, 32, 18, "Q4_0" },
         { GGUF_TT_Q4_1, 32, 20, "Q4_1" }, { GGUF_TT_Q8_0, 32, 34, "Q8_0" },
         { GGUF_TT_Q4_K, 256, 144, "Q4_K" }, { GGUF_TT_Q6_K, 256, 210, "Q6_K" },
+        { GGUF_TT_Q5_0, 32, 22, "Q5_0" }, { GGUF_TT_Q5_1, 32, 24, "Q5_1" },
+        { GGUF_TT_Q2_K, 256, 84, "Q2_K" }, { GGUF_TT_Q3_K, 256, 110, "Q3_K" },
+        { GGUF_TT_Q5_K, 256, 176, "Q5_K" }, { GGUF_TT_IQ4_NL, 32, 18, "IQ4_NL" },
+        { GGUF_TT_IQ4_XS, 256, 136, "IQ4_XS" },
     };
     for (size_t i = 0; i < sizeof tab / sizeof tab[0]; i++) {
         assert_int_equal(gguf_type_block(tab[i].t, &be, &bb), 0);
@@ -949,11 +953,11 @@ static void test_type_geometry(void **state)
         assert_int_equal(bb, tab[i].bb);
         assert_string_equal(gguf_type_name(tab[i].t), tab[i].name);
     }
-    assert_int_equal(gguf_type_block(7, &be, &bb), -1);
-    assert_string_equal(gguf_type_name(7), "unknown");
+    assert_int_equal(gguf_type_block(9, &be, &bb), -1);
+    assert_string_equal(gguf_type_name(9), "unknown");
     float y[64];
     uint8_t blk[64] = { 0 };
-    assert_int_equal(gguf_dequantize(7, blk, y, 32), -1);
+    assert_int_equal(gguf_dequantize(9, blk, y, 32), -1);
     assert_int_equal(gguf_dequantize(GGUF_TT_Q8_0, blk, y, 31), -1);
     assert_int_equal(gguf_dequantize(GGUF_TT_Q8_0, blk, y, 0), 0);
     assert_int_equal(gguf_dequantize(GGUF_TT_Q4_K, blk, y, 32), -1);
@@ -991,6 +995,37 @@ static char *read_text(const char *path)
 }
 
 /* Compare one fixture case; returns the number of mismatches. */
+/* A type's exact affine form (gguf_affine: level * d + m, as the engine
+ * stores its weights) equals its dequantized values y (to the last bit the
+ * float sum d * level + m keeps: the two are the same real number, computed
+ * with one rounding each), and its levels stay within the type's range. */
+static int check_affine(uint32_t type, const char *tname, const uint8_t *raw, const float *y, uint64_t n)
+{
+    int max_level = gguf_affine_max_level(type);
+    if (max_level < 0) {
+        assert_int_equal(gguf_affine(type, raw, NULL, NULL, NULL), -1);
+        return 0;
+    }
+    uint32_t be, bb;
+    assert_int_equal(gguf_type_block(type, &be, &bb), 0);
+    uint8_t lv[256];
+    float d[8], m[8];
+    int bad = 0;
+    for (uint64_t b = 0; b < n / be; b++) {
+        assert_int_equal(gguf_affine(type, raw + b * bb, lv, d, m), 0);
+        for (uint32_t i = 0; i < be; i++) {
+            double v = (double)d[i / 32] * lv[i] + (double)m[i / 32], want = y[b * be + i];
+            double tol = 6e-8 * (fabs(want) + fabs((double)m[i / 32]));
+            if (lv[i] > max_level || !(fabs(v - want) <= tol)) {
+                if (bad++ < 5)
+                    print_error("%s affine[%llu]: level %d -> %.9g, dequantized %.9g\n", tname,
+                                (unsigned long long)(b * be + i), lv[i], v, want);
+            }
+        }
+    }
+    return bad;
+}
+
 static int check_dequant_case(const cJSON *c)
 {
     const cJSON *jt = cJSON_GetObjectItem(c, "type_id"), *jn = cJSON_GetObjectItem(c, "n");
@@ -1023,6 +1058,7 @@ static int check_dequant_case(const cJSON *c)
                             (double)y[i], (double)want);
         }
     }
+    bad += check_affine(type, tname, raw, y, n);
     free(y);
     free(raw);
     return bad;
@@ -1043,7 +1079,7 @@ static void test_dequant_fixtures(void **state)
         bad += check_dequant_case(c);
         n_cases++;
     }
-    assert_int_equal(n_cases, 8);
+    assert_int_equal(n_cases, 15);
     assert_int_equal(bad, 0);
     cJSON_Delete(root);
     free(text);
@@ -1071,7 +1107,8 @@ static void test_quantize_roundtrip(void **state)
     }
     /* random blocks of every type dequantize to finite, bounded values */
     uint32_t all[] = { GGUF_TT_F32, GGUF_TT_F16, GGUF_TT_BF16, GGUF_TT_Q8_0, GGUF_TT_Q4_0,
-                       GGUF_TT_Q4_1, GGUF_TT_Q4_K, GGUF_TT_Q6_K };
+                       GGUF_TT_Q4_1, GGUF_TT_Q4_K, GGUF_TT_Q6_K, GGUF_TT_Q5_0, GGUF_TT_Q5_1,
+                       GGUF_TT_Q2_K, GGUF_TT_Q3_K, GGUF_TT_Q5_K, GGUF_TT_IQ4_NL, GGUF_TT_IQ4_XS };
     for (size_t t = 0; t < sizeof all / sizeof all[0]; t++) {
         uint8_t b1[N * 4], b2[N * 4];
         size_t nb = tgguf_random_blocks(all[t], 42, N, b1);

@@ -1357,7 +1357,7 @@ static void test_sampling_context(void **state)
     tmodel_spec ms = tmodel_default(GGUF_TT_Q8_0);
     ms.vocab = S_VOCAB;
     ms.n_layers = 4;
-    ms.seed = 2024;
+    ms.seed = 2026;   /* a model on which chained blocks and rejections both happen often (the checks below say so) */
     tiny_open(&f->t, &ms, 48);
     kv_open(&f->kv, &f->t.m, 48);
     /* the prompt: 4 tokens and the model's greedy continuation */

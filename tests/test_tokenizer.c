@@ -429,7 +429,7 @@ static void test_chat_render_model(void **state)
 {
     const model_state *st = *state;
     skip_without_model(st);
-    assert_int_equal(chat_template_of(st->tok), CHAT_TEMPLATE_CHATML);
+    assert_int_not_equal(chat_template_of(st->tok), CHAT_TEMPLATE_NONE);
     const cJSON *e;
     cJSON_ArrayForEach(e, cJSON_GetObjectItem(st->fixtures, "chat")) {
         char err[256] = "";
@@ -893,6 +893,32 @@ static void test_chat_llama3(void **state)
     tokenizer_free(t);
 }
 
+static void test_chat_gemma(void **state)
+{
+    (void)state;
+    tokenizer *t = build_gpt2("{{ bos_token }}{% for m in messages %}<start_of_turn>{{ m['role'] }}\n"
+                              "{{ m['content'] | trim }}<end_of_turn>\n{% endfor %}");
+    assert_int_equal(chat_template_of(t), CHAT_TEMPLATE_GEMMA);
+    static const chat_msg conv[] = {
+        {CHAT_SYSTEM, " S\n"}, {CHAT_USER, "q1 "}, {CHAT_ASSISTANT, "\ta1"}, {CHAT_USER, "q2"},
+    };
+    char *p = render_ok(t, conv, 4);
+    assert_string_equal(p, "<start_of_turn>user\nS\n\nq1<end_of_turn>\n"
+                           "<start_of_turn>model\na1<end_of_turn>\n"
+                           "<start_of_turn>user\nq2<end_of_turn>\n<start_of_turn>model\n");
+    free(p);
+    p = render_ok(t, conv + 1, 1);
+    assert_string_equal(p, "<start_of_turn>user\nq1<end_of_turn>\n<start_of_turn>model\n");
+    free(p);
+    expect_prompt_is_render(t, NULL, "hi");
+    expect_prompt_is_render(t, "sys", "hi");
+    /* turns must alternate, starting with the user */
+    static const chat_msg twice[] = {{CHAT_USER, "a"}, {CHAT_USER, "b"}};
+    render_fails(t, twice, 2, "chat: message 1: Gemma turns must alternate user/assistant, starting with user");
+    render_fails(t, conv + 2, 1, "chat: message 0: Gemma turns must alternate user/assistant, starting with user");
+    tokenizer_free(t);
+}
+
 static void test_chat_llama2(void **state)
 {
     (void)state;
@@ -940,7 +966,7 @@ static void test_chat_unrecognized(void **state)
     tokenizer *t = build_gpt2("{% for m in messages %}### {{ m.content }}{% endfor %}");
     assert_int_equal(chat_template_of(t), CHAT_TEMPLATE_NONE);
     static const chat_msg m[] = { {CHAT_USER, "hi"} };
-    render_fails(t, m, 1, "tokenizer: chat template not recognized (ChatML, Llama-2, Llama-3)");
+    render_fails(t, m, 1, "tokenizer: chat template not recognized (ChatML, Llama-2, Llama-3, Gemma)");
     tokenizer_free(t);
     t = build_gpt2(NULL);                            /* no template, no <|im_start|> token */
     assert_int_equal(chat_template_of(t), CHAT_TEMPLATE_NONE);
@@ -1018,6 +1044,7 @@ int main(void)
         cmocka_unit_test(test_chat_chatml),
         cmocka_unit_test(test_chat_llama3),
         cmocka_unit_test(test_chat_llama2),
+        cmocka_unit_test(test_chat_gemma),
         cmocka_unit_test(test_chat_unrecognized),
         cmocka_unit_test(test_build_errors),
     };

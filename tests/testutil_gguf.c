@@ -515,12 +515,19 @@ static void tgguf__random_block(uint32_t type, uint64_t *s, uint8_t *b, uint32_t
 {
     tgguf__rng_bytes(s, b, bb);
     switch (type) {
-    case GGUF_TT_Q4_0: case GGUF_TT_Q8_0:
+    case GGUF_TT_Q4_0: case GGUF_TT_Q8_0: case GGUF_TT_Q5_0: case GGUF_TT_IQ4_NL: case GGUF_TT_IQ4_XS:
         tgguf__put16(b, tgguf__rng_scale(s));
         break;
-    case GGUF_TT_Q4_1: case GGUF_TT_Q4_K:
+    case GGUF_TT_Q4_1: case GGUF_TT_Q4_K: case GGUF_TT_Q5_1: case GGUF_TT_Q5_K:
         tgguf__put16(b, tgguf__rng_scale(s));
         tgguf__put16(b + 2, tgguf__rng_scale(s));
+        break;
+    case GGUF_TT_Q2_K:
+        tgguf__put16(b + 80, tgguf__rng_scale(s));
+        tgguf__put16(b + 82, tgguf__rng_scale(s));
+        break;
+    case GGUF_TT_Q3_K:
+        tgguf__put16(b + 108, tgguf__rng_scale(s));
         break;
     case GGUF_TT_Q6_K:
         tgguf__put16(b + 208, tgguf__rng_scale(s));

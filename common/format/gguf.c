@@ -863,9 +863,16 @@ int gguf_type_block(uint32_t type, uint32_t *block_elems, uint32_t *block_bytes)
     case GGUF_TT_BF16: be = 1; bb = 2; break;
     case GGUF_TT_Q4_0: be = 32; bb = 18; break;
     case GGUF_TT_Q4_1: be = 32; bb = 20; break;
+    case GGUF_TT_Q5_0: be = 32; bb = 22; break;
+    case GGUF_TT_Q5_1: be = 32; bb = 24; break;
     case GGUF_TT_Q8_0: be = 32; bb = 34; break;
+    case GGUF_TT_Q2_K: be = 256; bb = 84; break;
+    case GGUF_TT_Q3_K: be = 256; bb = 110; break;
     case GGUF_TT_Q4_K: be = 256; bb = 144; break;
+    case GGUF_TT_Q5_K: be = 256; bb = 176; break;
     case GGUF_TT_Q6_K: be = 256; bb = 210; break;
+    case GGUF_TT_IQ4_NL: be = 32; bb = 18; break;
+    case GGUF_TT_IQ4_XS: be = 256; bb = 136; break;
     default: return -1;
     }
     if (block_elems)
@@ -883,9 +890,16 @@ const char *gguf_type_name(uint32_t type)
     case GGUF_TT_BF16: return "BF16";
     case GGUF_TT_Q4_0: return "Q4_0";
     case GGUF_TT_Q4_1: return "Q4_1";
+    case GGUF_TT_Q5_0: return "Q5_0";
+    case GGUF_TT_Q5_1: return "Q5_1";
     case GGUF_TT_Q8_0: return "Q8_0";
+    case GGUF_TT_Q2_K: return "Q2_K";
+    case GGUF_TT_Q3_K: return "Q3_K";
     case GGUF_TT_Q4_K: return "Q4_K";
+    case GGUF_TT_Q5_K: return "Q5_K";
     case GGUF_TT_Q6_K: return "Q6_K";
+    case GGUF_TT_IQ4_NL: return "IQ4_NL";
+    case GGUF_TT_IQ4_XS: return "IQ4_XS";
     default: return "unknown";
     }
 }
@@ -948,7 +962,176 @@ static float gguf__f16_at(const uint8_t *p)
     return gguf_f16_to_f32(gguf__le16(p));
 }
 
-/* Block dequantizers: b is one block, y receives its weights (ggml layouts). */
+/* 6-bit scale and min number j (0..7) of a Q4_K / Q5_K block's 12 packed
+ * bytes. */
+static void gguf__q4k_scale_min(int j, const uint8_t *q, uint8_t *sc, uint8_t *m)
+{
+    if (j < 4) {
+        *sc = q[j] & 63;
+        *m = q[j + 4] & 63;
+    } else {
+        *sc = (uint8_t)((q[j + 4] & 0xf) | ((q[j - 4] >> 6) << 4));
+        *m = (uint8_t)((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+    }
+}
+
+/* The 5-bit quants of a Q5_0 / Q5_1 block (qh: 32 high bits, qs: 16 bytes of
+ * nibble pairs): weight j has (qs[j] & 15) | bit j of qh << 4, weight j + 16
+ * (qs[j] >> 4) | bit j + 16 of qh << 4. */
+static void gguf__q5_levels(const uint8_t *qh4, const uint8_t *qs, uint8_t *lv)
+{
+    uint32_t qh = gguf__le32(qh4);
+    for (int j = 0; j < 16; j++) {
+        lv[j] = (uint8_t)((qs[j] & 0xf) | (((qh >> j) & 1) << 4));
+        lv[j + 16] = (uint8_t)((qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4));
+    }
+}
+
+/* Q4_K (144 bytes) and Q5_K (176 bytes): d, dmin, 12 bytes of 6-bit scales
+ * and mins, Q5_K's 32 bytes of high bits, 128 bytes of low nibbles. Weight
+ * 64i + l (l < 32) is the low nibble of qs[32i + l], 64i + 32 + l its high
+ * nibble; Q5_K adds 16 where bit 2i (resp. 2i + 1) of qh[l] is set. */
+static void gguf__k_affine(const uint8_t *b, int five, uint8_t *lv, float *d, float *m)
+{
+    float dd = gguf__f16_at(b), dmin = gguf__f16_at(b + 2);
+    const uint8_t *scales = b + 4, *qh = b + 16, *qs = b + (five ? 48 : 16);
+    for (int i = 0; i < 4; i++) {             /* 4 chunks of 64 weights */
+        for (int h = 0; h < 2; h++) {
+            uint8_t sc, mn;
+            gguf__q4k_scale_min(2 * i + h, scales, &sc, &mn);
+            d[2 * i + h] = dd * sc;
+            m[2 * i + h] = -(dmin * mn);
+        }
+        for (int l = 0; l < 32; l++) {
+            int hi0 = five ? ((qh[l] >> (2 * i)) & 1) << 4 : 0;
+            int hi1 = five ? ((qh[l] >> (2 * i + 1)) & 1) << 4 : 0;
+            lv[64 * i + l] = (uint8_t)((qs[32 * i + l] & 0xf) | hi0);
+            lv[64 * i + 32 + l] = (uint8_t)((qs[32 * i + l] >> 4) | hi1);
+        }
+    }
+}
+
+/* The 16 six-bit scales of a Q3_K block (12 packed bytes), each minus 32. */
+static void gguf__q3k_scales(const uint8_t *p, int sc[16])
+{
+    for (int j = 0; j < 16; j++) {
+        int lo = j < 8 ? (p[j] & 0xf) : (p[j - 8] >> 4);
+        int hi = (p[8 + j % 4] >> (2 * (j / 4))) & 3;
+        sc[j] = (lo | (hi << 4)) - 32;
+    }
+}
+
+/* Q3_K (110 bytes): hmask[32], qs[64], scales[12], d. Weight 128n + 32j +
+ * 16h + l has the 2-bit quant (qs[32n + 16h + l] >> 2j) & 3, minus 4 unless
+ * bit 4n + j of hmask[16h + l] is set, times d * scale[8n + 2j + h]. */
+static int gguf__q3k_quant(const uint8_t *b, int i)
+{
+    int n = i / 128, j = (i % 128) / 32, h = (i % 32) / 16, l = i % 16;
+    int q = (b[32 + 32 * n + 16 * h + l] >> (2 * j)) & 3;
+    return q - ((b[16 * h + l] >> (4 * n + j)) & 1 ? 0 : 4);
+}
+
+static const int8_t gguf__iq4nl_values[16] = {
+    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
+};
+
+/* The 6-bit scale (minus 32) of IQ4_XS sub-block ib (0..7). */
+static int gguf__iq4xs_scale(const uint8_t *b, int ib)
+{
+    int lo = (b[4 + ib / 2] >> (4 * (ib % 2))) & 0xf;
+    int hi = (gguf__le16(b + 2) >> (2 * ib)) & 3;
+    return (lo | (hi << 4)) - 32;
+}
+
+int gguf_affine_max_level(uint32_t type)
+{
+    switch (type) {
+    case GGUF_TT_Q4_0: case GGUF_TT_Q4_1: case GGUF_TT_Q4_K: return 15;
+    case GGUF_TT_Q5_0: case GGUF_TT_Q5_1: case GGUF_TT_Q5_K: return 31;
+    case GGUF_TT_Q8_0: case GGUF_TT_Q3_K: case GGUF_TT_IQ4_NL: case GGUF_TT_IQ4_XS: return 255;
+    default: return -1;
+    }
+}
+
+/* Each form keeps the type's own integers as levels, offset to be >= 0:
+ *   Q4_0 nibble, m = -8d        Q5_0 5-bit quant, m = -16d
+ *   Q4_1 / Q5_1 quant, m = the block's min
+ *   Q8_0 q + 128, m = -128d     IQ4 table value + 128, m = -128d
+ *   Q4_K / Q5_K quant, d = d*sc, m = -(dmin*min)
+ *   Q3_K scale*quant + 127 (-124..128 -> 3..255), d = d, m = -127d
+ * (Q3_K's two 16-weight halves of a sub-block have their own 6-bit scales;
+ * with the scale folded into the level they share d.) */
+int gguf_affine(uint32_t type, const uint8_t *b, uint8_t *lv, float *d, float *m)
+{
+    switch (type) {
+    case GGUF_TT_Q4_0:
+    case GGUF_TT_Q4_1: {
+        int has_min = type == GGUF_TT_Q4_1;
+        const uint8_t *qs = b + (has_min ? 4 : 2);
+        d[0] = gguf__f16_at(b);
+        m[0] = has_min ? gguf__f16_at(b + 2) : -8.0f * d[0];
+        for (int j = 0; j < 16; j++) {
+            lv[j] = qs[j] & 0xF;
+            lv[j + 16] = qs[j] >> 4;
+        }
+        return 0;
+    }
+    case GGUF_TT_Q5_0:
+        d[0] = gguf__f16_at(b);
+        m[0] = -16.0f * d[0];
+        gguf__q5_levels(b + 2, b + 6, lv);
+        return 0;
+    case GGUF_TT_Q5_1:
+        d[0] = gguf__f16_at(b);
+        m[0] = gguf__f16_at(b + 2);
+        gguf__q5_levels(b + 4, b + 8, lv);
+        return 0;
+    case GGUF_TT_Q8_0:
+        d[0] = gguf__f16_at(b);
+        m[0] = -128.0f * d[0];
+        for (int i = 0; i < 32; i++)
+            lv[i] = (uint8_t)((int)(int8_t)b[2 + i] + 128);
+        return 0;
+    case GGUF_TT_Q4_K:
+    case GGUF_TT_Q5_K:
+        gguf__k_affine(b, type == GGUF_TT_Q5_K, lv, d, m);
+        return 0;
+    case GGUF_TT_Q3_K: {
+        int sc[16];
+        gguf__q3k_scales(b + 96, sc);
+        float dd = gguf__f16_at(b + 108);
+        for (int i = 0; i < 256; i++) {
+            int n = i / 128, j = (i % 128) / 32, h = (i % 32) / 16;
+            lv[i] = (uint8_t)(sc[8 * n + 2 * j + h] * gguf__q3k_quant(b, i) + 127);
+        }
+        for (int s = 0; s < 8; s++) {
+            d[s] = dd;
+            m[s] = -127.0f * dd;
+        }
+        return 0;
+    }
+    case GGUF_TT_IQ4_NL:
+    case GGUF_TT_IQ4_XS: {
+        int xs = type == GGUF_TT_IQ4_XS, n_sub = xs ? 8 : 1;
+        const uint8_t *qs = b + (xs ? 8 : 2);
+        for (int s = 0; s < n_sub; s++, qs += 16) {
+            d[s] = xs ? gguf__f16_at(b) * (float)gguf__iq4xs_scale(b, s) : gguf__f16_at(b);
+            m[s] = -128.0f * d[s];
+            for (int j = 0; j < 16; j++) {
+                lv[32 * s + j] = (uint8_t)(gguf__iq4nl_values[qs[j] & 0xf] + 128);
+                lv[32 * s + j + 16] = (uint8_t)(gguf__iq4nl_values[qs[j] >> 4] + 128);
+            }
+        }
+        return 0;
+    }
+    default:
+        return -1;
+    }
+}
+
+/* Block dequantizers: b is one block, y receives its weights, with ggml's
+ * own float expressions (dequantize_row_* in ggml-quants.c), so that the
+ * values are bit for bit llama.cpp's. */
 static void gguf__deq_q4_0(const uint8_t *b, float *y)
 {
     float d = gguf__f16_at(b);
@@ -969,6 +1152,24 @@ static void gguf__deq_q4_1(const uint8_t *b, float *y)
     }
 }
 
+static void gguf__deq_q5_0(const uint8_t *b, float *y)
+{
+    uint8_t lv[32];
+    float d = gguf__f16_at(b);
+    gguf__q5_levels(b + 2, b + 6, lv);
+    for (int j = 0; j < 32; j++)
+        y[j] = (float)(lv[j] - 16) * d;
+}
+
+static void gguf__deq_q5_1(const uint8_t *b, float *y)
+{
+    uint8_t lv[32];
+    float d = gguf__f16_at(b), m = gguf__f16_at(b + 2);
+    gguf__q5_levels(b + 4, b + 8, lv);
+    for (int j = 0; j < 32; j++)
+        y[j] = (float)lv[j] * d + m;
+}
+
 static void gguf__deq_q8_0(const uint8_t *b, float *y)
 {
     float d = gguf__f16_at(b);
@@ -976,46 +1177,66 @@ static void gguf__deq_q8_0(const uint8_t *b, float *y)
         y[j] = (float)(int8_t)b[2 + j] * d;
 }
 
-/* 6-bit scale and min number j (0..7) of a Q4_K block's 12 packed bytes. */
-static void gguf__q4k_scale_min(int j, const uint8_t *q, uint8_t *sc, uint8_t *m)
-{
-    if (j < 4) {
-        *sc = q[j] & 63;
-        *m = q[j + 4] & 63;
-    } else {
-        *sc = (uint8_t)((q[j + 4] & 0xf) | ((q[j - 4] >> 6) << 4));
-        *m = (uint8_t)((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
-    }
-}
-
-void gguf_q4_k_affine(const uint8_t *b, uint8_t levels[256], float d[8], float m[8])
-{
-    float dd = gguf__f16_at(b), dmin = gguf__f16_at(b + 2);
-    const uint8_t *scales = b + 4, *qs = b + 16;
-    for (int i = 0; i < 4; i++) {             /* 4 chunks of 64 weights */
-        uint8_t sc0, m0, sc1, m1;
-        gguf__q4k_scale_min(2 * i, scales, &sc0, &m0);
-        gguf__q4k_scale_min(2 * i + 1, scales, &sc1, &m1);
-        d[2 * i] = dd * sc0;
-        m[2 * i] = -(dmin * m0);
-        d[2 * i + 1] = dd * sc1;
-        m[2 * i + 1] = -(dmin * m1);
-        for (int l = 0; l < 32; l++) {
-            levels[64 * i + l] = qs[l] & 0xf;
-            levels[64 * i + 32 + l] = qs[l] >> 4;
-        }
-        qs += 32;
-    }
-}
-
-/* y = level * d + m: the same float as d*sc*q - dmin*m (a - b == a + (-b)). */
-static void gguf__deq_q4_k(const uint8_t *b, float *y)
+/* Q4_K / Q5_K: y = level * d + m, the same float as d*sc*q - dmin*m
+ * (a - b == a + (-b)). */
+static void gguf__deq_k(const uint8_t *b, float *y, int five)
 {
     uint8_t lv[256];
     float d[8], m[8];
-    gguf_q4_k_affine(b, lv, d, m);
+    gguf__k_affine(b, five, lv, d, m);
     for (int i = 0; i < 256; i++)
         y[i] = d[i / 32] * (float)lv[i] + m[i / 32];
+}
+
+static void gguf__deq_q4_k(const uint8_t *b, float *y) { gguf__deq_k(b, y, 0); }
+static void gguf__deq_q5_k(const uint8_t *b, float *y) { gguf__deq_k(b, y, 1); }
+
+/* Q2_K (84 bytes): scales[16] (low nibble scale, high nibble min), qs[64],
+ * d, dmin; 16-weight groups. */
+static void gguf__deq_q2_k(const uint8_t *b, float *y)
+{
+    float d = gguf__f16_at(b + 80), mn = gguf__f16_at(b + 82);
+    for (int i = 0; i < 256; i++) {
+        int n = i / 128, j = (i % 128) / 32, h = (i % 32) / 16, l = i % 16;
+        uint8_t sc = b[8 * n + 2 * j + h];
+        int q = (b[16 + 32 * n + 16 * h + l] >> (2 * j)) & 3;
+        float dl = d * (float)(sc & 0xF), ml = mn * (float)(sc >> 4);
+        y[i] = dl * (float)q - ml;
+    }
+}
+
+static void gguf__deq_q3_k(const uint8_t *b, float *y)
+{
+    int sc[16];
+    gguf__q3k_scales(b + 96, sc);
+    float dd = gguf__f16_at(b + 108);
+    for (int i = 0; i < 256; i++) {
+        int n = i / 128, j = (i % 128) / 32, h = (i % 32) / 16;
+        float dl = dd * (float)sc[8 * n + 2 * j + h];
+        y[i] = dl * (float)gguf__q3k_quant(b, i);
+    }
+}
+
+static void gguf__deq_iq4_nl(const uint8_t *b, float *y)
+{
+    float d = gguf__f16_at(b);
+    for (int j = 0; j < 16; j++) {
+        y[j] = d * (float)gguf__iq4nl_values[b[2 + j] & 0xf];
+        y[j + 16] = d * (float)gguf__iq4nl_values[b[2 + j] >> 4];
+    }
+}
+
+static void gguf__deq_iq4_xs(const uint8_t *b, float *y)
+{
+    float d = gguf__f16_at(b);
+    for (int s = 0; s < 8; s++) {
+        float dl = d * (float)gguf__iq4xs_scale(b, s);
+        const uint8_t *qs = b + 8 + 16 * s;
+        for (int j = 0; j < 16; j++) {
+            y[32 * s + j] = dl * (float)gguf__iq4nl_values[qs[j] & 0xf];
+            y[32 * s + j + 16] = dl * (float)gguf__iq4nl_values[qs[j] >> 4];
+        }
+    }
 }
 
 static void gguf__deq_q6_k(const uint8_t *b, float *y)
@@ -1066,9 +1287,16 @@ int gguf_dequantize(uint32_t type, const void *src, float *dst, uint64_t n)
     switch (type) {
     case GGUF_TT_Q4_0: blk = gguf__deq_q4_0; break;
     case GGUF_TT_Q4_1: blk = gguf__deq_q4_1; break;
+    case GGUF_TT_Q5_0: blk = gguf__deq_q5_0; break;
+    case GGUF_TT_Q5_1: blk = gguf__deq_q5_1; break;
     case GGUF_TT_Q8_0: blk = gguf__deq_q8_0; break;
+    case GGUF_TT_Q2_K: blk = gguf__deq_q2_k; break;
+    case GGUF_TT_Q3_K: blk = gguf__deq_q3_k; break;
     case GGUF_TT_Q4_K: blk = gguf__deq_q4_k; break;
+    case GGUF_TT_Q5_K: blk = gguf__deq_q5_k; break;
     case GGUF_TT_Q6_K: blk = gguf__deq_q6_k; break;
+    case GGUF_TT_IQ4_NL: blk = gguf__deq_iq4_nl; break;
+    case GGUF_TT_IQ4_XS: blk = gguf__deq_iq4_xs; break;
     default:
         gguf__deq_plain(type, s, dst, n);
         return 0;

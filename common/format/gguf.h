@@ -29,7 +29,9 @@ enum gguf_vtype {
 /* Tensor types (ggml numbering). Only those listed are supported. */
 enum gguf_ttype {
     GGUF_TT_F32 = 0, GGUF_TT_F16 = 1, GGUF_TT_Q4_0 = 2, GGUF_TT_Q4_1 = 3,
-    GGUF_TT_Q8_0 = 8, GGUF_TT_Q4_K = 12, GGUF_TT_Q6_K = 14, GGUF_TT_BF16 = 30,
+    GGUF_TT_Q5_0 = 6, GGUF_TT_Q5_1 = 7, GGUF_TT_Q8_0 = 8, GGUF_TT_Q2_K = 10,
+    GGUF_TT_Q3_K = 11, GGUF_TT_Q4_K = 12, GGUF_TT_Q5_K = 13, GGUF_TT_Q6_K = 14,
+    GGUF_TT_IQ4_NL = 20, GGUF_TT_IQ4_XS = 23, GGUF_TT_BF16 = 30,
 };
 
 /* A string inside the mapping: NOT NUL-terminated. */
@@ -104,10 +106,19 @@ int gguf_get_str(const gguf_file *f, const char *key, gguf_str *out);
 int gguf_type_block(uint32_t type, uint32_t *block_elems, uint32_t *block_bytes);
 const char *gguf_type_name(uint32_t type);   /* "Q4_1", or "unknown" */
 
-/* One Q4_K super-block (144 bytes, 256 weights) as eight affine sub-blocks
- * of 32: weight 32j+i = levels[32j+i] * d[j] + m[j], levels 0..15. Exactly
- * the values gguf_dequantize gives (d[j] = d*sc_j, m[j] = -(dmin*min_j)). */
-void gguf_q4_k_affine(const uint8_t *block, uint8_t levels[256], float d[8], float m[8]);
+/* Exact affine form of a quantized type: every 32 consecutive weights
+ * (a "sub-block") as w = level * d + m, with integer levels 0..max_level,
+ * equal as real numbers to the weights gguf_dequantize gives (the engine's
+ * integer kernels then use the levels as they are: no re-quantization).
+ * The largest level of the type's affine form: 15 (Q4_0, Q4_1, Q4_K),
+ * 31 (Q5_0, Q5_1, Q5_K), 255 (Q8_0, Q3_K, IQ4_NL, IQ4_XS), or -1 where the
+ * type has none (floats, Q2_K, whose two 16-weight halves of a sub-block
+ * have their own offsets, and Q6_K, whose level range exceeds 8 bits). */
+int gguf_affine_max_level(uint32_t type);
+/* One block of `type` (block_elems weights, gguf_type_block) as
+ * block_elems / 32 sub-blocks: levels[block_elems], d and m[block_elems/32].
+ * Returns 0, or -1 where gguf_affine_max_level is -1. */
+int gguf_affine(uint32_t type, const uint8_t *block, uint8_t *levels, float *d, float *m);
 
 /* Dequantize n consecutive elements of a tensor of `type` starting at src
  * (which must be the start of a block; n a multiple of the block size) into

@@ -35,9 +35,11 @@
 /* Architectures and configuration from GGUF metadata                        */
 
 static const model_arch model_archs[] = {
-    /* name     qkv_bias rope_neox */
-    {"llama",   0,       0},
-    {"qwen2",   1,       1},
+    /* name     qkv_bias rope_neox qk_norm post_norms embd_scale mlp_act       swa_pattern */
+    {"llama",   0,       0,        0,      0,         0,         MODEL_MLP_SWIGLU, 0},
+    {"qwen2",   1,       1,        0,      0,         0,         MODEL_MLP_SWIGLU, 0},
+    {"qwen3",   0,       1,        1,      0,         0,         MODEL_MLP_SWIGLU, 0},
+    {"gemma3",  0,       1,        1,      1,         1,         MODEL_MLP_GEGLU,  6},
 };
 
 const model_arch *model_arch_find(const char *name)
@@ -57,7 +59,10 @@ static int cfg_u32(const gguf_file *g, const char *arch, const char *suffix, int
     if (gguf_get_u32(g, key, &v) != 0) {
         if (required)
             return util_err(err, errlen, "model metadata lacks '%s'", key);
-        v = dflt;
+        if (gguf_find_kv(g, key))
+            return util_err(err, errlen, "model metadata '%s' is not a whole number", key);
+        *out = (int32_t)dflt;   /* absent: the default, which may be 0 for "none" */
+        return 0;
     }
     if (v == 0 || v > (1u << 24))
         return util_err(err, errlen, "model metadata '%s' = %u is out of range", key, v);
@@ -84,6 +89,10 @@ static int config_read(model_config *c, const gguf_file *g, char *err, size_t er
     }
     c->qkv_bias = arch->qkv_bias;
     c->rope_neox = arch->rope_neox;
+    c->qk_norm = arch->qk_norm;
+    c->post_norms = arch->post_norms;
+    c->embd_scale = arch->embd_scale;
+    c->mlp_act = arch->mlp_act;
     if (gguf_get_str(g, "general.name", &s) == 0) {
         size_t n = s.len < sizeof c->name - 1 ? s.len : sizeof c->name - 1;
         memcpy(c->name, s.ptr, n);
@@ -105,14 +114,50 @@ static int config_read(model_config *c, const gguf_file *g, char *err, size_t er
         c->norm_eps = 1e-5f;
     if (!(c->rope_base > 0.0f) || !(c->norm_eps > 0.0f) || c->norm_eps > 1.0f)
         return util_err(err, errlen, "invalid rope.freq_base or rms epsilon");
-    if (c->dim % c->n_heads != 0 || c->n_heads % c->n_kv_heads != 0)
-        return util_err(err, errlen, "head counts (%d, %d) do not divide dim %d",
+    if (c->n_heads % c->n_kv_heads != 0)
+        return util_err(err, errlen, "head counts (%d, %d): the KV heads do not divide the query heads (dim %d)",
                         c->n_heads, c->n_kv_heads, c->dim);
-    c->head_dim = c->dim / c->n_heads;
+    /* the head size: attention.key_length where given (Gemma 3, Qwen3 may
+     * differ from dim / n_heads), else dim / n_heads */
+    int32_t key_len = 0, val_len = 0, window = 0, pattern = 0;
+    if (cfg_u32(g, a, "attention.key_length", 0, 0, &key_len, err, errlen) ||
+        cfg_u32(g, a, "attention.value_length", 0, 0, &val_len, err, errlen))
+        return -1;
+    if (arch->swa_pattern &&
+        (cfg_u32(g, a, "attention.sliding_window", 0, 0, &window, err, errlen) ||
+         cfg_u32(g, a, "attention.sliding_window_pattern", 0, 0, &pattern, err, errlen)))
+        return -1;
+    if (key_len == 0) {
+        if (c->dim % c->n_heads != 0)
+            return util_err(err, errlen, "head counts (%d, %d) do not divide dim %d",
+                            c->n_heads, c->n_kv_heads, c->dim);
+        key_len = c->dim / c->n_heads;
+    }
+    if (val_len != 0 && val_len != key_len)
+        return util_err(err, errlen, "attention.key_length %d != value_length %d: not supported", key_len, val_len);
+    if ((int64_t)c->n_heads * key_len > (1 << 20) || c->dim > (1 << 20) || c->hidden_dim > (1 << 22))
+        return util_err(err, errlen, "attention width %d x %d, dim %d or hidden %d too large",
+                        c->n_heads, key_len, c->dim, c->hidden_dim);
+    c->head_dim = key_len;
+    c->q_dim = c->n_heads * c->head_dim;
     c->kv_dim = c->n_kv_heads * c->head_dim;
-    if (c->head_dim % 16 != 0 || c->dim % QMAT_BLOCK != 0 || c->hidden_dim % QMAT_BLOCK != 0)
-        return util_err(err, errlen, "dim %d / hidden %d / head_dim %d not supported (need multiples of 32, head_dim a multiple of 16)",
-                        c->dim, c->hidden_dim, c->head_dim);
+    if (c->head_dim % 16 != 0 || c->head_dim > ATTN_MAX_HEAD_DIM || c->dim % QMAT_BLOCK != 0 ||
+        c->hidden_dim % QMAT_BLOCK != 0)
+        return util_err(err, errlen, "dim %d / hidden %d / head_dim %d not supported (need multiples of 32, head_dim a multiple of 16 up to %d)",
+                        c->dim, c->hidden_dim, c->head_dim, ATTN_MAX_HEAD_DIM);
+    /* local (sliding-window) layers, where the architecture has them (as
+     * llama.cpp, a window in another architecture's metadata is not used) */
+    if (window > 0) {
+        c->swa_window = window;
+        c->swa_pattern = pattern ? pattern : arch->swa_pattern;
+    }
+    c->rope_base_swa = 10000.0f;
+    snprintf(key, sizeof key, "%s.rope.freq_base_swa", a);
+    if (gguf_get_f32(g, key, &c->rope_base_swa) == 0 && !(c->rope_base_swa > 0.0f))
+        return util_err(err, errlen, "invalid %s", key);
+    snprintf(key, sizeof key, "%s.final_logit_softcapping", a);
+    if (gguf_get_f32(g, key, &c->final_softcap) == 0 && !(c->final_softcap >= 0.0f && c->final_softcap < 1e30f))
+        return util_err(err, errlen, "invalid %s", key);
     /* a huge block_count must not size anything before the tensors confirm it */
     char last[96];
     snprintf(last, sizeof last, "blk.%d.attn_norm.weight", c->n_layers - 1);
@@ -148,13 +193,14 @@ static void *arena_take(arena_cursor *ac, size_t bytes)
 
 /* The storage form of a matrix filled from the named GGUF tensors: QMAT_U4
  * (packed nibbles, half the bytes) when every one of them converts to
- * levels <= 15 exactly (row_from_q4, row_from_q4_k), else QMAT_U8. Decided
- * from the tensor types alone, so that sizing, filling and attaching agree. */
+ * levels <= 15 exactly (gguf_affine), else QMAT_U8. Decided from the tensor
+ * types alone, so that sizing, filling and attaching agree. */
 static int32_t qmat_form(const gguf_file *g, const char *const *names, int n)
 {
     for (int i = 0; i < n; i++) {
         const gguf_tensor *t = gguf_find_tensor(g, names[i]);
-        if (!t || (t->type != GGUF_TT_Q4_0 && t->type != GGUF_TT_Q4_1 && t->type != GGUF_TT_Q4_K))
+        int max_level = t ? gguf_affine_max_level(t->type) : -1;
+        if (max_level < 0 || max_level > 15)
             return QMAT_U8;
     }
     return QMAT_U4;
@@ -192,11 +238,16 @@ static void arena_plan(arena_cursor *ac, model *m, const gguf_file *g)
         for (int i = 0; i < 7; i++)
             snprintf(n[i], sizeof n[i], "blk.%d.%s.weight", l, suffix[i]);
         const char *qkv[] = {n[0], n[1], n[2]}, *o[] = {n[3]}, *gu[] = {n[4], n[5]}, *dn[] = {n[6]};
-        L->attn_norm = arena_take(ac, (size_t)c->dim * sizeof(float));
-        L->ffn_norm = arena_take(ac, (size_t)c->dim * sizeof(float));
-        plan_qmat(ac, &L->wqkv, c->dim + 2 * c->kv_dim, c->dim, qmat_form(g, qkv, 3));
-        L->bqkv = c->qkv_bias ? arena_take(ac, (size_t)(c->dim + 2 * c->kv_dim) * sizeof(float)) : NULL;
-        plan_qmat(ac, &L->wo, c->dim, c->dim, qmat_form(g, o, 1));
+        size_t vec = (size_t)c->dim * sizeof(float), head = (size_t)c->head_dim * sizeof(float);
+        L->attn_norm = arena_take(ac, vec);
+        L->ffn_norm = arena_take(ac, vec);
+        L->q_norm = c->qk_norm ? arena_take(ac, head) : NULL;
+        L->k_norm = c->qk_norm ? arena_take(ac, head) : NULL;
+        L->attn_post_norm = c->post_norms ? arena_take(ac, vec) : NULL;
+        L->ffn_post_norm = c->post_norms ? arena_take(ac, vec) : NULL;
+        plan_qmat(ac, &L->wqkv, c->q_dim + 2 * c->kv_dim, c->dim, qmat_form(g, qkv, 3));
+        L->bqkv = c->qkv_bias ? arena_take(ac, (size_t)(c->q_dim + 2 * c->kv_dim) * sizeof(float)) : NULL;
+        plan_qmat(ac, &L->wo, c->dim, c->q_dim, qmat_form(g, o, 1));
         plan_qmat(ac, &L->w_gate_up, 2 * c->hidden_dim, c->dim, qmat_form(g, gu, 2));
         plan_qmat(ac, &L->w_down, c->dim, c->hidden_dim, qmat_form(g, dn, 1));
     }
@@ -228,48 +279,18 @@ static const gguf_tensor *find_shaped(const gguf_file *g, const char *name, int6
     return t;
 }
 
-/* Q8_0 row to levels exactly: 34-byte blocks of f16 scale + 32 int8;
- * level = q + 128, m = -128 d. */
-static void row_from_q8_0(const uint8_t *src, int32_t cols, uint8_t *lv, float *d, float *m)
+/* A row of a type with an exact affine form (gguf_affine) to levels, block
+ * by block: no re-quantization. */
+static void row_from_affine(uint32_t type, const uint8_t *src, int32_t cols, uint8_t *lv, float *d, float *m)
 {
-    for (int32_t b = 0; b < cols / QMAT_BLOCK; b++) {
-        const uint8_t *blk = src + (size_t)b * 34;
-        uint16_t h;
-        memcpy(&h, blk, 2);
-        d[b] = gguf_f16_to_f32(h);
-        m[b] = -128.0f * d[b];
-        for (int i = 0; i < QMAT_BLOCK; i++)
-            lv[b * QMAT_BLOCK + i] = (uint8_t)((int)(int8_t)blk[2 + i] + 128);
+    uint32_t be, bb;
+    gguf_type_block(type, &be, &bb);
+    for (int32_t b = 0; b < cols / (int32_t)be; b++) {
+        int rc = gguf_affine(type, src + (size_t)b * bb, lv + (size_t)b * be, d + b * (be / QMAT_BLOCK),
+                             m + b * (be / QMAT_BLOCK));
+        assert(rc == 0);
+        (void)rc;
     }
-}
-
-/* Q4_0 / Q4_1 row to levels exactly: the nibble is the level, with
- * m = -8d (Q4_0) or the block's own min (Q4_1). */
-static void row_from_q4(const uint8_t *src, int32_t cols, int has_min, uint8_t *lv, float *d, float *m)
-{
-    size_t bsz = has_min ? 20 : 18;
-    for (int32_t b = 0; b < cols / QMAT_BLOCK; b++) {
-        const uint8_t *blk = src + (size_t)b * bsz;
-        uint16_t hd, hm = 0;
-        memcpy(&hd, blk, 2);
-        if (has_min)
-            memcpy(&hm, blk + 2, 2);
-        const uint8_t *qs = blk + (has_min ? 4 : 2);
-        d[b] = gguf_f16_to_f32(hd);
-        m[b] = has_min ? gguf_f16_to_f32(hm) : -8.0f * d[b];
-        for (int j = 0; j < 16; j++) {
-            lv[b * QMAT_BLOCK + j] = qs[j] & 0xF;
-            lv[b * QMAT_BLOCK + j + 16] = qs[j] >> 4;
-        }
-    }
-}
-
-/* Q4_K row to levels exactly: each 32-weight sub-block's 6-bit scale and
- * min times the super-block's d and dmin are its d and -m. */
-static void row_from_q4_k(const uint8_t *src, int32_t cols, uint8_t *lv, float *d, float *m)
-{
-    for (int32_t s = 0; s < cols / 256; s++)
-        gguf_q4_k_affine(src + (size_t)s * 144, lv + (size_t)s * 256, d + 8 * s, m + 8 * s);
 }
 
 /* Convert the rows of GGUF tensor t into rows row0.. of W. Returns -1 when
@@ -290,12 +311,8 @@ static int fill_qmat(const gguf_tensor *t, qmat *W, int32_t row0)
         #pragma omp for schedule(static) reduction(|:bad)
         for (int32_t r = 0; r < rows; r++) {
             const uint8_t *src = (const uint8_t *)t->data + (size_t)r * row_bytes;
-            if (t->type == GGUF_TT_Q8_0) {
-                row_from_q8_0(src, cols, lv, d, m);
-            } else if (t->type == GGUF_TT_Q4_0 || t->type == GGUF_TT_Q4_1) {
-                row_from_q4(src, cols, t->type == GGUF_TT_Q4_1, lv, d, m);
-            } else if (t->type == GGUF_TT_Q4_K) {
-                row_from_q4_k(src, cols, lv, d, m);
+            if (gguf_affine_max_level(t->type) >= 0) {
+                row_from_affine(t->type, src, cols, lv, d, m);
             } else {
                 gguf_dequantize(t->type, src, tmp, (uint64_t)cols);
                 qmat_quantize_row(tmp, cols, lv, d, m);
@@ -350,18 +367,26 @@ static int fill_layer(const gguf_file *g, const model_config *c, layer_weights *
 #define NAME(s) (snprintf(n, sizeof n, "blk.%d." s, l), n)
     if (fill_vec(g, NAME("attn_norm.weight"), c->dim, L->attn_norm, err, errlen) ||
         fill_vec(g, NAME("ffn_norm.weight"), c->dim, L->ffn_norm, err, errlen) ||
-        fill_mat(g, NAME("attn_q.weight"), &L->wqkv, 0, c->dim, err, errlen) ||
-        fill_mat(g, NAME("attn_k.weight"), &L->wqkv, c->dim, c->kv_dim, err, errlen) ||
-        fill_mat(g, NAME("attn_v.weight"), &L->wqkv, c->dim + c->kv_dim, c->kv_dim, err, errlen) ||
+        fill_mat(g, NAME("attn_q.weight"), &L->wqkv, 0, c->q_dim, err, errlen) ||
+        fill_mat(g, NAME("attn_k.weight"), &L->wqkv, c->q_dim, c->kv_dim, err, errlen) ||
+        fill_mat(g, NAME("attn_v.weight"), &L->wqkv, c->q_dim + c->kv_dim, c->kv_dim, err, errlen) ||
         fill_mat(g, NAME("attn_output.weight"), &L->wo, 0, c->dim, err, errlen) ||
         fill_mat(g, NAME("ffn_gate.weight"), &L->w_gate_up, 0, c->hidden_dim, err, errlen) ||
         fill_mat(g, NAME("ffn_up.weight"), &L->w_gate_up, c->hidden_dim, c->hidden_dim, err, errlen) ||
         fill_mat(g, NAME("ffn_down.weight"), &L->w_down, 0, c->dim, err, errlen))
         return -1;
     if (c->qkv_bias &&
-        (fill_vec(g, NAME("attn_q.bias"), c->dim, L->bqkv, err, errlen) ||
-         fill_vec(g, NAME("attn_k.bias"), c->kv_dim, L->bqkv + c->dim, err, errlen) ||
-         fill_vec(g, NAME("attn_v.bias"), c->kv_dim, L->bqkv + c->dim + c->kv_dim, err, errlen)))
+        (fill_vec(g, NAME("attn_q.bias"), c->q_dim, L->bqkv, err, errlen) ||
+         fill_vec(g, NAME("attn_k.bias"), c->kv_dim, L->bqkv + c->q_dim, err, errlen) ||
+         fill_vec(g, NAME("attn_v.bias"), c->kv_dim, L->bqkv + c->q_dim + c->kv_dim, err, errlen)))
+        return -1;
+    if (c->qk_norm &&
+        (fill_vec(g, NAME("attn_q_norm.weight"), c->head_dim, L->q_norm, err, errlen) ||
+         fill_vec(g, NAME("attn_k_norm.weight"), c->head_dim, L->k_norm, err, errlen)))
+        return -1;
+    if (c->post_norms &&
+        (fill_vec(g, NAME("post_attention_norm.weight"), c->dim, L->attn_post_norm, err, errlen) ||
+         fill_vec(g, NAME("post_ffw_norm.weight"), c->dim, L->ffn_post_norm, err, errlen)))
         return -1;
 #undef NAME
     return 0;
@@ -635,6 +660,19 @@ void kv_truncate(kv_cache *kv, int32_t len)
     kv->len = len;
 }
 
+/* RoPE angles of positions 0..ctx-1: cos and sin of p * base^(-2i/head_dim)
+ * for the head_dim/2 pairs i. */
+static void rope_table(float *cs, float *sn, int32_t ctx, int32_t head_dim, float base)
+{
+    int32_t half = head_dim / 2;
+    for (int32_t p = 0; p < ctx; p++)
+        for (int32_t i = 0; i < half; i++) {
+            double ang = p * pow((double)base, -2.0 * i / head_dim);
+            cs[(size_t)p * half + i] = (float)cos(ang);
+            sn[(size_t)p * half + i] = (float)sin(ang);
+        }
+}
+
 void fwd_state_init(fwd_state *s, const model_config *c, int32_t max_tokens, int32_t ctx)
 {
     memset(s, 0, sizeof *s);
@@ -642,8 +680,8 @@ void fwd_state_init(fwd_state *s, const model_config *c, int32_t max_tokens, int
     s->max_tokens = max_tokens;
     s->x = alignedCheck(T * c->dim * sizeof(float));
     s->xb = alignedCheck(T * c->dim * sizeof(float));
-    s->qkv = alignedCheck(T * (c->dim + 2 * c->kv_dim) * sizeof(float));
-    s->att = alignedCheck(T * c->dim * sizeof(float));
+    s->qkv = alignedCheck(T * (c->q_dim + 2 * c->kv_dim) * sizeof(float));
+    s->att = alignedCheck(T * c->q_dim * sizeof(float));
     s->hb = alignedCheck(T * 2 * c->hidden_dim * sizeof(float));
     s->score_threads = omp_get_max_threads();
     s->score_cap = (size_t)ctx * (c->n_heads / c->n_kv_heads);   /* a whole group's scores */
@@ -654,6 +692,8 @@ void fwd_state_init(fwd_state *s, const model_config *c, int32_t max_tokens, int
     int32_t half = c->head_dim / 2;
     s->rope_cap = ctx;
     int32_t maxc = c->hidden_dim > c->dim ? c->hidden_dim : c->dim;
+    if (c->q_dim > maxc)
+        maxc = c->q_dim;
     /* every product of up to max_tokens goes through the integer kernel */
     s->qscratch = alignedCheck(qmat_scratch_bytes(maxc, max_tokens));
     s->head_row = alignedCheck(((size_t)c->vocab_size + QMAT_ROWS) * sizeof(float));
@@ -661,13 +701,14 @@ void fwd_state_init(fwd_state *s, const model_config *c, int32_t max_tokens, int
     s->tok_pos = mallocCheck(T * sizeof(int32_t));
     s->rope_cos = alignedCheck((size_t)ctx * half * sizeof(float));
     s->rope_sin = alignedCheck((size_t)ctx * half * sizeof(float));
-    for (int32_t p = 0; p < ctx; p++)
-        for (int32_t i = 0; i < half; i++) {
-            double freq = pow((double)c->rope_base, -2.0 * i / c->head_dim);
-            double ang = p * freq;
-            s->rope_cos[(size_t)p * half + i] = (float)cos(ang);
-            s->rope_sin[(size_t)p * half + i] = (float)sin(ang);
-        }
+    rope_table(s->rope_cos, s->rope_sin, ctx, c->head_dim, c->rope_base);
+    s->rope_cos_swa = s->rope_cos;
+    s->rope_sin_swa = s->rope_sin;
+    if (c->swa_window > 0 && c->rope_base_swa != c->rope_base) {
+        s->rope_cos_swa = alignedCheck((size_t)ctx * half * sizeof(float));
+        s->rope_sin_swa = alignedCheck((size_t)ctx * half * sizeof(float));
+        rope_table(s->rope_cos_swa, s->rope_sin_swa, ctx, c->head_dim, c->rope_base_swa);
+    }
 }
 
 void fwd_state_free(fwd_state *s)
@@ -680,6 +721,10 @@ void fwd_state_free(fwd_state *s)
     free(s->scores);
     free(s->runs);
     free(s->rows);
+    if (s->rope_cos_swa != s->rope_cos) {
+        free(s->rope_cos_swa);
+        free(s->rope_sin_swa);
+    }
     free(s->rope_cos);
     free(s->rope_sin);
     free(s->tok_seq);
@@ -751,13 +796,13 @@ static inline kv_elem *kv_head_row(const fwd_seq *sq, int which, int32_t l, int3
     return (which ? kv->v : kv->k) + ((size_t)l * kv->cap + idx) * kv->kv_dim + (size_t)h * kv->head_dim;
 }
 
-/* Positions 0..n-1 of KV head h of layer l of sq as runs of consecutive rows
- * (a pool block, the contiguous cache, the draft scratch). Returns the
+/* Positions first..n-1 of KV head h of layer l of sq as runs of consecutive
+ * rows (a pool block, the contiguous cache, the draft scratch). Returns the
  * number of runs. */
-static int32_t kv_runs(const fwd_seq *sq, int32_t l, int32_t n, int32_t h, attn_run *runs)
+static int32_t kv_runs(const fwd_seq *sq, int32_t l, int32_t first, int32_t n, int32_t h, attn_run *runs)
 {
     int32_t nr = 0;
-    for (int32_t p = 0; p < n;) {
+    for (int32_t p = first; p < n;) {
         const kv_cache *kv = sq->kv;
         int32_t idx = p, end = n;
         if (sq->scratch && p >= sq->scratch_base) {
@@ -802,12 +847,13 @@ static int32_t attn_heads_per_task(const model_config *c, int32_t T, int threads
 
 /* Attention for every token of the batch, one task per (token, KV head,
  * slice of its query heads). qkv rows are (q | k | v); K/V of this block
- * were already written to the caches. */
+ * were already written to the caches. A local layer's query at position p
+ * sees the keys p - swa_window < k <= p (llama.cpp's standard window). */
 static void attention(const model *m, fwd_state *s, const fwd_seq *seqs, int32_t T, int32_t l)
 {
     const model_config *c = &m->config;
     int32_t hd = c->head_dim, group = c->n_heads / c->n_kv_heads;
-    int32_t qkv_w = c->dim + 2 * c->kv_dim;
+    int32_t qkv_w = c->q_dim + 2 * c->kv_dim, window = model_layer_local(c, l) ? c->swa_window : 0;
     float scale = 1.0f / sqrtf((float)hd);
     int32_t hpt = attn_heads_per_task(c, T, s->score_threads);
     int32_t per_group = (group + hpt - 1) / hpt, n_tasks = T * c->n_kv_heads * per_group;
@@ -817,14 +863,23 @@ static void attention(const model *m, fwd_state *s, const fwd_seq *seqs, int32_t
         int32_t kvh = rest / per_group, h0 = kvh * group + (rest % per_group) * hpt;
         int32_t nh = kvh * group + group - h0 < hpt ? kvh * group + group - h0 : hpt;
         const fwd_seq *sq = &seqs[s->tok_seq[t]];
-        int32_t n_keys = s->tok_pos[t] + 1;
+        int32_t end = s->tok_pos[t] + 1, first = window && end > window ? end - window : 0;
         int th = omp_get_thread_num();
         attn_run *runs = s->runs + (size_t)th * s->run_cap;
-        int32_t nr = kv_runs(sq, l, n_keys, kvh, runs);
+        int32_t nr = kv_runs(sq, l, first, end, kvh, runs);
         assert(nr <= s->run_cap);
-        attn_heads(s->qkv + (size_t)t * qkv_w + (size_t)h0 * hd, nh, hd, runs, nr, n_keys, scale,
-                   s->scores + (size_t)th * s->score_cap, s->rows + (size_t)th * s->score_cap, s->att + (size_t)t * c->dim + (size_t)h0 * hd);
+        attn_heads(s->qkv + (size_t)t * qkv_w + (size_t)h0 * hd, nh, hd, runs, nr, end - first, scale,
+                   s->scores + (size_t)th * s->score_cap, s->rows + (size_t)th * s->score_cap, s->att + (size_t)t * c->q_dim + (size_t)h0 * hd);
     }
+}
+
+/* x += post_norm(the sublayer's output in xb), or x += xb without one. */
+static void residual_add(const model_config *c, fwd_state *s, int32_t T, const float *post_norm)
+{
+    if (post_norm)
+        rmsnorm(s->xb, s->xb, post_norm, T, c->dim, c->norm_eps);
+    for (size_t i = 0; i < (size_t)T * c->dim; i++)
+        s->x[i] += s->xb[i];
 }
 
 static void attn_sublayer(const model *m, fwd_state *s, const fwd_seq *seqs, int32_t T,
@@ -832,24 +887,30 @@ static void attn_sublayer(const model *m, fwd_state *s, const fwd_seq *seqs, int
 {
     const model_config *c = &m->config;
     const layer_weights *L = &m->w.layers[l];
-    int32_t qkv_w = c->dim + 2 * c->kv_dim, half = c->head_dim / 2;
+    int32_t qkv_w = c->q_dim + 2 * c->kv_dim, half = c->head_dim / 2;
+    int local = model_layer_local(c, l);
+    const float *rcos = local ? s->rope_cos_swa : s->rope_cos, *rsin = local ? s->rope_sin_swa : s->rope_sin;
     rmsnorm(s->xb, s->x, L->attn_norm, T, c->dim, c->norm_eps);
     qmat_matmul(&L->wqkv, s->xb, c->dim, T, s->qkv, qkv_w, s->qscratch);
     for (int32_t t = 0; t < T; t++) {
-        float *q = s->qkv + (size_t)t * qkv_w;
+        float *q = s->qkv + (size_t)t * qkv_w, *k = q + c->q_dim;
         if (L->bqkv)
             for (int32_t i = 0; i < qkv_w; i++)
                 q[i] += L->bqkv[i];
-        const float *cs = s->rope_cos + (size_t)s->tok_pos[t] * half;
-        const float *sn = s->rope_sin + (size_t)s->tok_pos[t] * half;
+        if (L->q_norm) {   /* per head, before RoPE */
+            rmsnorm(q, q, L->q_norm, c->n_heads, c->head_dim, c->norm_eps);
+            rmsnorm(k, k, L->k_norm, c->n_kv_heads, c->head_dim, c->norm_eps);
+        }
+        const float *cs = rcos + (size_t)s->tok_pos[t] * half;
+        const float *sn = rsin + (size_t)s->tok_pos[t] * half;
         rope(q, c->n_heads, c->head_dim, cs, sn, c->rope_neox);
-        rope(q + c->dim, c->n_kv_heads, c->head_dim, cs, sn, c->rope_neox);
+        rope(k, c->n_kv_heads, c->head_dim, cs, sn, c->rope_neox);
         const fwd_seq *sq = &seqs[s->tok_seq[t]];
         for (int32_t h = 0; h < c->n_kv_heads; h++) {
             int32_t stride;
             kv_elem *kd = kv_head_row(sq, 0, l, s->tok_pos[t], h, &stride);
             kv_elem *vd = kv_head_row(sq, 1, l, s->tok_pos[t], h, &stride);
-            const float *kq = q + c->dim + (size_t)h * c->head_dim, *vq = kq + c->kv_dim;
+            const float *kq = k + (size_t)h * c->head_dim, *vq = kq + c->kv_dim;
             for (int32_t i = 0; i < c->head_dim; i++) {
                 kd[i] = f16_from_f32(kq[i]);
                 vd[i] = f16_from_f32(vq[i]);
@@ -857,9 +918,14 @@ static void attn_sublayer(const model *m, fwd_state *s, const fwd_seq *seqs, int
         }
     }
     attention(m, s, seqs, T, l);
-    qmat_matmul(&L->wo, s->att, c->dim, T, s->xb, c->dim, s->qscratch);
-    for (size_t i = 0; i < (size_t)T * c->dim; i++)
-        s->x[i] += s->xb[i];
+    qmat_matmul(&L->wo, s->att, c->q_dim, T, s->xb, c->dim, s->qscratch);
+    residual_add(c, s, T, L->attn_post_norm);
+}
+
+/* GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). */
+static inline float gelu_tanh(float x)
+{
+    return 0.5f * x * (1.0f + tanhf(0.7978845608f * (x + 0.044715f * x * x * x)));
 }
 
 static void mlp_sublayer(const model *m, fwd_state *s, int32_t T, int32_t l)
@@ -871,12 +937,15 @@ static void mlp_sublayer(const model *m, fwd_state *s, int32_t T, int32_t l)
     qmat_matmul(&L->w_gate_up, s->xb, c->dim, T, s->hb, 2 * H, s->qscratch);
     for (int32_t t = 0; t < T; t++) {
         float *g = s->hb + (size_t)t * 2 * H, *u = g + H;
-        for (int32_t i = 0; i < H; i++)
-            g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+        if (c->mlp_act == MODEL_MLP_GEGLU)
+            for (int32_t i = 0; i < H; i++)
+                g[i] = gelu_tanh(g[i]) * u[i];
+        else
+            for (int32_t i = 0; i < H; i++)
+                g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
     }
     qmat_matmul(&L->w_down, s->hb, 2 * H, T, s->xb, c->dim, s->qscratch);
-    for (size_t i = 0; i < (size_t)T * c->dim; i++)
-        s->x[i] += s->xb[i];
+    residual_add(c, s, T, L->ffn_post_norm);
 }
 
 /* logits (n_out, width) = xb (n_out, dim) . head^T, dropping the padding
@@ -902,14 +971,15 @@ static size_t qmat_bytes_of(const qmat *W)
 size_t model_step_bytes(const model *m, const layer_mask *mask, const qmat *head)
 {
     const model_config *c = &m->config;
-    size_t vec = (size_t)c->dim * sizeof(float), bias = (size_t)(c->dim + 2 * c->kv_dim) * sizeof(float);
+    size_t vec = (size_t)c->dim * sizeof(float), bias = (size_t)(c->q_dim + 2 * c->kv_dim) * sizeof(float);
+    size_t norms = (size_t)(c->post_norms ? 2 : 1) * vec, qk = (size_t)(c->qk_norm ? 2 * c->head_dim : 0) * sizeof(float);
     size_t n = qmat_bytes_of(head ? head : &m->w.output) + vec;
     for (int32_t l = 0; l < c->n_layers; l++) {
         const layer_weights *L = &m->w.layers[l];
         if (!mask || mask->attn[l])
-            n += vec + qmat_bytes_of(&L->wqkv) + qmat_bytes_of(&L->wo) + (L->bqkv ? bias : 0);
+            n += norms + qk + qmat_bytes_of(&L->wqkv) + qmat_bytes_of(&L->wo) + (L->bqkv ? bias : 0);
         if (!mask || mask->mlp[l])
-            n += vec + qmat_bytes_of(&L->w_gate_up) + qmat_bytes_of(&L->w_down);
+            n += norms + qmat_bytes_of(&L->w_gate_up) + qmat_bytes_of(&L->w_down);
     }
     return n;
 }
@@ -963,9 +1033,14 @@ int model_forward(const model *m, fwd_state *s, fwd_seq *seqs, int n_seqs,
     int32_t T = 0;
     if (batch_check(m, s, seqs, n_seqs, &T, err, errlen) != 0)
         return -1;
+    float embd_scale = c->embd_scale ? sqrtf((float)c->dim) : 1.0f;
     for (int32_t t = 0; t < T; t++) {
         const fwd_seq *sq = &seqs[s->tok_seq[t]];
-        qmat_dequant_row(&m->w.tok_embd, sq->tokens[s->tok_pos[t] - sq->pos], s->x + (size_t)t * c->dim);
+        float *xt = s->x + (size_t)t * c->dim;
+        qmat_dequant_row(&m->w.tok_embd, sq->tokens[s->tok_pos[t] - sq->pos], xt);
+        if (c->embd_scale)
+            for (int32_t i = 0; i < c->dim; i++)
+                xt[i] *= embd_scale;
     }
     for (int32_t l = 0; l < c->n_layers; l++) {
         if (!mask || mask->attn[l])
@@ -981,6 +1056,10 @@ int model_forward(const model *m, fwd_state *s, fwd_seq *seqs, int n_seqs,
                     m->w.out_norm, 1, c->dim, c->norm_eps);
     if (!head)
         head = &m->w.output;
-    logits_project(head, s, n_out, c->dim, head == &m->w.output ? c->vocab_size : head->rows, logits);
+    int32_t width = head == &m->w.output ? c->vocab_size : head->rows;
+    logits_project(head, s, n_out, c->dim, width, logits);
+    if (c->final_softcap > 0.0f)
+        for (size_t i = 0; i < (size_t)n_out * width; i++)
+            logits[i] = c->final_softcap * tanhf(logits[i] / c->final_softcap);
     return 0;
 }

@@ -5,7 +5,8 @@
  * Architectures are data (model_arch): what one has beyond the Llama block
  * (Q/K/V biases, RoPE pairing) is a field of its table entry, read once at
  * load into model_config; the forward pass tests those fields, never names.
- * Supported: "llama" (SmolLM2, Llama 2/3), "qwen2" (Qwen2 / Qwen2.5).
+ * Supported: "llama" (SmolLM2, Llama 2/3), "qwen2" (Qwen2 / Qwen2.5),
+ * "qwen3" (Qwen3 dense), "gemma3" (Gemma 3 text models).
  *
  * The forward pass takes a *batch*: blocks of tokens from one or more
  * sequences, each block at its own positions against its own KV cache, and
@@ -28,12 +29,23 @@
 #include "kernels/attn.h"
 #include "kernels/qmat.h"
 
+/* The MLP's gated activation: act(gate) * up. */
+enum { MODEL_MLP_SWIGLU = 0, MODEL_MLP_GEGLU = 1 };   /* SiLU; GELU (tanh approximation) */
+
 /* What an architecture has beyond the plain Llama block. */
 typedef struct {
     const char *name;     /* general.architecture */
     int qkv_bias;         /* Q, K and V projections add a bias (blk.N.attn_{q,k,v}.bias) */
     int rope_neox;        /* RoPE rotates the pairs (i, i + head_dim/2), as GPT-NeoX;
                              else adjacent pairs (2i, 2i+1), as llama.cpp's llama GGUFs */
+    int qk_norm;          /* each Q and K head RMS-normed before RoPE (blk.N.attn_{q,k}_norm) */
+    int post_norms;       /* each sublayer's output RMS-normed before the residual add
+                             (blk.N.post_attention_norm, blk.N.post_ffw_norm) */
+    int embd_scale;       /* token embeddings multiplied by sqrt(dim) */
+    int mlp_act;          /* MODEL_MLP_* */
+    int swa_pattern;      /* where the metadata gives a sliding window: of every
+                             swa_pattern layers the last is global, the rest local
+                             (window and their own RoPE base); 0 = every layer global */
 } model_arch;
 
 /* The table entry of an architecture name, or NULL when unsupported. */
@@ -45,7 +57,8 @@ typedef struct {
     int32_t n_layers;
     int32_t n_heads;
     int32_t n_kv_heads;
-    int32_t head_dim;     /* dim / n_heads */
+    int32_t head_dim;     /* attention.key_length, else dim / n_heads */
+    int32_t q_dim;        /* n_heads * head_dim (the attention's width; dim for Llama) */
     int32_t kv_dim;       /* n_kv_heads * head_dim */
     int32_t vocab_size;
     int32_t ctx_train;    /* llama.context_length */
@@ -55,14 +68,30 @@ typedef struct {
     char arch[32];        /* general.architecture */
     int32_t qkv_bias;     /* from the architecture table (model_arch) */
     int32_t rope_neox;
+    int32_t qk_norm, post_norms, embd_scale, mlp_act;
+    int32_t swa_window;   /* attention.sliding_window: a local layer's query at p sees
+                             keys p - swa_window < k <= p; 0 = no local layers */
+    int32_t swa_pattern;  /* see model_arch (0 when swa_window is 0) */
+    float rope_base_swa;  /* local layers' RoPE base (rope.freq_base_swa, else 10000) */
+    float final_softcap;  /* logits = c * tanh(logits / c) (final_logit_softcapping), 0 = none */
 } model_config;
+
+/* Is layer l a local (sliding-window) layer? */
+static inline int model_layer_local(const model_config *c, int32_t l)
+{
+    return c->swa_window > 0 && c->swa_pattern > 0 && l % c->swa_pattern < c->swa_pattern - 1;
+}
 
 typedef struct {
     const float *attn_norm;   /* (dim) */
-    qmat wqkv;                /* (dim + 2*kv_dim, dim): q, k, v rows stacked */
-    const float *bqkv;        /* (dim + 2*kv_dim) q, k, v biases, or NULL (config.qkv_bias) */
-    qmat wo;                  /* (dim, dim) */
+    qmat wqkv;                /* (q_dim + 2*kv_dim, dim): q, k, v rows stacked */
+    const float *bqkv;        /* (q_dim + 2*kv_dim) q, k, v biases, or NULL (config.qkv_bias) */
+    const float *q_norm;      /* (head_dim) or NULL (config.qk_norm) */
+    const float *k_norm;      /* (head_dim) or NULL */
+    qmat wo;                  /* (dim, q_dim) */
+    const float *attn_post_norm; /* (dim) or NULL (config.post_norms) */
     const float *ffn_norm;    /* (dim) */
+    const float *ffn_post_norm;  /* (dim) or NULL */
     qmat w_gate_up;           /* (2*hidden_dim, dim): gate rows, then up rows */
     qmat w_down;              /* (dim, hidden_dim) */
 } layer_weights;
@@ -154,8 +183,8 @@ typedef struct {
     int32_t max_tokens;
     float *x;       /* (T, dim) residual stream */
     float *xb;      /* (T, dim) normed input */
-    float *qkv;     /* (T, dim + 2*kv_dim) */
-    float *att;     /* (T, dim) attention output (heads concatenated) */
+    float *qkv;     /* (T, q_dim + 2*kv_dim) */
+    float *att;     /* (T, q_dim) attention output (heads concatenated) */
     float *hb;      /* (T, 2*hidden_dim) gate|up, then SwiGLU result */
     float *scores;  /* (threads, group * ctx) one task's attention scores per thread */
     size_t score_cap;
@@ -164,6 +193,8 @@ typedef struct {
     attn_run *runs;     /* (threads, run_cap) one task's KV runs per thread */
     int32_t run_cap;
     float *rope_cos, *rope_sin; /* (ctx, head_dim/2) */
+    float *rope_cos_swa, *rope_sin_swa; /* (ctx, head_dim/2) local layers' base, or
+                                           the same tables when it is the global one */
     int32_t rope_cap;
     int32_t *tok_seq;   /* (T) batch entry of each token */
     int32_t *tok_pos;   /* (T) position of each token */

@@ -24,8 +24,11 @@ chat_template_kind chat_template_of(const tokenizer *t)
 {
     const char *tmpl = tokenizer_chat_template(t);
     if (!tmpl) {
-        return tokenizer_token_id(t, "<|im_start|>", 12) >= 0 ? CHAT_TEMPLATE_CHATML
-                                                               : CHAT_TEMPLATE_NONE;
+        if (tokenizer_token_id(t, "<|im_start|>", 12) >= 0) {
+            return CHAT_TEMPLATE_CHATML;
+        }
+        return tokenizer_token_id(t, "<start_of_turn>", 15) >= 0 ? CHAT_TEMPLATE_GEMMA
+                                                                  : CHAT_TEMPLATE_NONE;
     }
     if (strstr(tmpl, "<|im_start|>")) {
         return CHAT_TEMPLATE_CHATML;
@@ -35,6 +38,9 @@ chat_template_kind chat_template_of(const tokenizer *t)
     }
     if (strstr(tmpl, "[INST]")) {
         return CHAT_TEMPLATE_LLAMA2;
+    }
+    if (strstr(tmpl, "<start_of_turn>")) {
+        return CHAT_TEMPLATE_GEMMA;
     }
     return CHAT_TEMPLATE_NONE;
 }
@@ -229,6 +235,54 @@ static void chat_render_llama3(chat_buf *b, const tokenizer *t, const chat_msg *
     chat_puts(b, "<|start_header_id|>assistant<|end_header_id|>\n\n");
 }
 
+/* Turns after the optional system message alternate user / assistant,
+ * starting with user (Llama-2, Gemma). Returns 0 / -1 + err. */
+static int chat_check_alternating(const chat_msg *msgs, size_t n, size_t first, const char *family,
+                                  char *err, size_t errlen)
+{
+    for (size_t i = first; i < n; i++) {
+        if (msgs[i].role != ((i - first) % 2 == 0 ? CHAT_USER : CHAT_ASSISTANT)) {
+            return util_err(err, errlen, "chat: message %zu: %s turns must alternate "
+                            "user/assistant, starting with user", i, family);
+        }
+    }
+    return 0;
+}
+
+/* s[0..len) without leading and trailing ASCII whitespace (Jinja's trim). */
+static void chat_put_trimmed(chat_buf *b, const char *s)
+{
+    size_t len = strlen(s);
+    while (len > 0 && strchr(" \t\n\r\f\v", s[0])) {
+        s++;
+        len--;
+    }
+    while (len > 0 && strchr(" \t\n\r\f\v", s[len - 1])) {
+        len--;
+    }
+    chat_put(b, s, len);
+}
+
+static int chat_render_gemma(chat_buf *b, const chat_msg *msgs, size_t n, char *err, size_t errlen)
+{
+    const char *system = n > 0 && msgs[0].role == CHAT_SYSTEM ? msgs[0].content : NULL;
+    size_t first = system ? 1 : 0;
+    if (chat_check_alternating(msgs, n, first, "Gemma", err, errlen) != 0) {
+        return -1;
+    }
+    for (size_t i = first; i < n; i++) {
+        chat_puts(b, msgs[i].role == CHAT_USER ? "<start_of_turn>user\n" : "<start_of_turn>model\n");
+        if (system && i == first) {
+            chat_put_trimmed(b, system);
+            chat_puts(b, "\n\n");
+        }
+        chat_put_trimmed(b, msgs[i].content);
+        chat_puts(b, "<end_of_turn>\n");
+    }
+    chat_puts(b, "<start_of_turn>model\n");
+    return 0;
+}
+
 static int chat_render_llama2(chat_buf *b, const tokenizer *t, const chat_msg *msgs, size_t n,
                               char *err, size_t errlen)
 {
@@ -237,11 +291,8 @@ static int chat_render_llama2(chat_buf *b, const tokenizer *t, const chat_msg *m
     if (n == first || msgs[n - 1].role != CHAT_USER) {
         return util_err(err, errlen, "chat: a Llama-2 conversation must end with a user message");
     }
-    for (size_t i = first; i < n; i++) {
-        if (msgs[i].role != ((i - first) % 2 == 0 ? CHAT_USER : CHAT_ASSISTANT)) {
-            return util_err(err, errlen, "chat: message %zu: Llama-2 turns must alternate "
-                            "user/assistant, starting with user", i);
-        }
+    if (chat_check_alternating(msgs, n, first, "Llama-2", err, errlen) != 0) {
+        return -1;
     }
     int bos = chat_template_uses(t, "bos_token");
     int eos = chat_template_uses(t, "eos_token");
@@ -275,7 +326,7 @@ char *chat_render(const tokenizer *t, const chat_msg *msgs, size_t n, char *err,
     chat_template_kind kind = chat_template_of(t);
     chat_buf b = {0};
     if (kind == CHAT_TEMPLATE_NONE) {
-        util_err(err, errlen, "tokenizer: chat template not recognized (ChatML, Llama-2, Llama-3)");
+        util_err(err, errlen, "tokenizer: chat template not recognized (ChatML, Llama-2, Llama-3, Gemma)");
         return NULL;
     }
     if (chat_check(msgs, n, err, errlen) != 0) {
@@ -287,6 +338,12 @@ char *chat_render(const tokenizer *t, const chat_msg *msgs, size_t n, char *err,
         break;
     case CHAT_TEMPLATE_LLAMA3:
         chat_render_llama3(&b, t, msgs, n);
+        break;
+    case CHAT_TEMPLATE_GEMMA:
+        if (chat_render_gemma(&b, msgs, n, err, errlen) != 0) {
+            free(b.v);
+            return NULL;
+        }
         break;
     default:
         if (chat_render_llama2(&b, t, msgs, n, err, errlen) != 0) {

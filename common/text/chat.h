@@ -7,7 +7,9 @@
  * The template family is recognized from the model's
  * tokenizer.chat_template (no Jinja is run): ChatML (<|im_start|>; also
  * chosen when the file has no template but the vocabulary has
- * <|im_start|>), Llama-3 (<|start_header_id|>) and Llama-2 ([INST]). A
+ * <|im_start|>), Llama-3 (<|start_header_id|>), Llama-2 ([INST]) and Gemma
+ * (<start_of_turn>; also chosen when the file has no template but the
+ * vocabulary has <start_of_turn>, as Gemma-3-270M's GGUF). A
  * ChatML template that writes a literal default system message (SmolLM2's
  * does) has it used when the conversation does not start with one.
  */
@@ -31,6 +33,7 @@ typedef enum {
     CHAT_TEMPLATE_CHATML,
     CHAT_TEMPLATE_LLAMA2,
     CHAT_TEMPLATE_LLAMA3,
+    CHAT_TEMPLATE_GEMMA,
 } chat_template_kind;
 
 /* The role named name ("system", "user", "assistant", as in OpenAI chat
@@ -56,8 +59,15 @@ chat_template_kind chat_template_of(const tokenizer *t);
  *             turn is BOS text + "[INST] " + CONTENT + " [/INST]" (the first
  *             one carries "<<SYS>>\nSYSTEM\n<</SYS>>\n\n" before CONTENT),
  *             an assistant turn " CONTENT " + EOS text (when the template
- *             writes eos_token).
- * Contents are copied as they are (not trimmed). */
+ *             writes eos_token);
+ *   Gemma:    user and assistant turns alternate, starting with a user
+ *             message; "<start_of_turn>ROLE\nCONTENT<end_of_turn>\n" per
+ *             turn, ROLE "user" or "model", CONTENT trimmed of ASCII
+ *             whitespace (the template's | trim), a system message's text
+ *             + "\n\n" put before the first user turn's content; then
+ *             "<start_of_turn>model\n". No BOS text: the vocabulary's
+ *             add_bos_token adds BOS when the prompt is tokenized.
+ * Other families' contents are copied as they are (not trimmed). */
 char *chat_render(const tokenizer *t, const chat_msg *msgs, size_t n, char *err, size_t errlen);
 
 /* One user message (and an optional system message; NULL gives the model's
