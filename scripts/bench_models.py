@@ -15,7 +15,7 @@ arena_bytes_per_token field of the stats line) x decode tokens/s, against the
 machine's read bandwidth measured by scripts/bench_plain.py's C probe.
 
 Usage:
-    python3 scripts/bench_models.py [--runs 5] [--threads 2] [--models smollm2,qwen]
+    python3 scripts/bench_models.py [--runs 5] [--threads 2] [--models smollm2,qwen,gemma3]
 Output: a table on stdout and build/bench_models.json.
 """
 import argparse
@@ -29,6 +29,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = {
     "smollm2": "models/SmolLM2-135M-Instruct.Q4_1.gguf",
     "qwen": "models/Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf",
+    "gemma3": "models/gemma-3-270m-q4_k_m.gguf",
 }
 LLAMA_BENCH = ".deps/llama.cpp/build/bin/llama-bench"
 PROMPT = ("The history of computing is a story of abstraction. " * 4 +

@@ -17,64 +17,19 @@
 #include <assert.h>
 #include <math.h>
 
+#include "kernels/expneg.h"
+
 #if defined(__AVX2__) && defined(__F16C__) && defined(__FMA__)
 #define ATTN_AVX2 1
 #include <immintrin.h>
 #endif
 
-/* e^x = 2^n * e^r, n = round(x / ln 2), |r| <= ln2 / 2, e^r by a degree-7
- * polynomial (relative error ~2e-7 in single precision); x is clamped to
- * [-87, 0] (softmax arguments are <= 0; below -87 the weight is < 2^-125).
- * Every step is an explicit fused or plain IEEE operation, so the vector
- * lanes below give the same bits. */
-#define EXP_LOG2E 1.44269504088896341f
-#define EXP_LN2_HI 0.693359375f
-#define EXP_LN2_LO -2.12194440e-4f
-#define EXP_P0 1.9875691500e-4f
-#define EXP_P1 1.3981999507e-3f
-#define EXP_P2 8.3334519073e-3f
-#define EXP_P3 4.1665795894e-2f
-#define EXP_P4 1.6666665459e-1f
-#define EXP_P5 5.0000001201e-1f
-
 float attn_exp(float x)
 {
-    x = fminf(fmaxf(x, -87.0f), 0.0f);
-    float n = rintf(x * EXP_LOG2E);
-    float r = fmaf(n, -EXP_LN2_HI, x);
-    r = fmaf(n, -EXP_LN2_LO, r);
-    float z = r * r;
-    float p = fmaf(EXP_P0, r, EXP_P1);
-    p = fmaf(p, r, EXP_P2);
-    p = fmaf(p, r, EXP_P3);
-    p = fmaf(p, r, EXP_P4);
-    p = fmaf(p, r, EXP_P5);
-    float y = fmaf(p, z, r) + 1.0f;
-    union {
-        uint32_t u;
-        float f;
-    } two = {(uint32_t)((int32_t)n + 127) << 23};
-    return y * two.f;
+    return expneg1(x);
 }
 
 #ifdef ATTN_AVX2
-static inline __m256 exp8(__m256 x)
-{
-    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_setzero_ps());
-    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(EXP_LOG2E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fmadd_ps(n, _mm256_set1_ps(-EXP_LN2_HI), x);
-    r = _mm256_fmadd_ps(n, _mm256_set1_ps(-EXP_LN2_LO), r);
-    __m256 z = _mm256_mul_ps(r, r);
-    __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(EXP_P0), r, _mm256_set1_ps(EXP_P1));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_P2));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_P3));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_P4));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_P5));
-    __m256 y = _mm256_add_ps(_mm256_fmadd_ps(p, z, r), _mm256_set1_ps(1.0f));
-    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
-}
-
 static inline float hsum8(__m256 s8)
 {
     __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
@@ -139,7 +94,7 @@ static float exp_sum(float *sc, int32_t n, float mx)
 #ifdef ATTN_AVX2
     __m256 acc = _mm256_setzero_ps(), m = _mm256_set1_ps(mx);
     for (; i + 8 <= n; i += 8) {
-        __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(sc + i), m));
+        __m256 e = expneg8(_mm256_sub_ps(_mm256_loadu_ps(sc + i), m));
         _mm256_storeu_ps(sc + i, e);
         acc = _mm256_add_ps(acc, e);
     }

@@ -25,6 +25,7 @@
 #include <unistd.h>
 #include <omp.h>
 
+#include "kernels/act.h"
 #include "kernels/f16.h"
 #include "util/util.h"
 
@@ -922,12 +923,6 @@ static void attn_sublayer(const model *m, fwd_state *s, const fwd_seq *seqs, int
     residual_add(c, s, T, L->attn_post_norm);
 }
 
-/* GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). */
-static inline float gelu_tanh(float x)
-{
-    return 0.5f * x * (1.0f + tanhf(0.7978845608f * (x + 0.044715f * x * x * x)));
-}
-
 static void mlp_sublayer(const model *m, fwd_state *s, int32_t T, int32_t l)
 {
     const model_config *c = &m->config;
@@ -935,14 +930,10 @@ static void mlp_sublayer(const model *m, fwd_state *s, int32_t T, int32_t l)
     int32_t H = c->hidden_dim;
     rmsnorm(s->xb, s->x, L->ffn_norm, T, c->dim, c->norm_eps);
     qmat_matmul(&L->w_gate_up, s->xb, c->dim, T, s->hb, 2 * H, s->qscratch);
+    int act = c->mlp_act == MODEL_MLP_GEGLU ? ACT_GELU_TANH : ACT_SILU;
     for (int32_t t = 0; t < T; t++) {
-        float *g = s->hb + (size_t)t * 2 * H, *u = g + H;
-        if (c->mlp_act == MODEL_MLP_GEGLU)
-            for (int32_t i = 0; i < H; i++)
-                g[i] = gelu_tanh(g[i]) * u[i];
-        else
-            for (int32_t i = 0; i < H; i++)
-                g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+        float *g = s->hb + (size_t)t * 2 * H;
+        act_gated(act, g, g + H, H);
     }
     qmat_matmul(&L->w_down, s->hb, 2 * H, T, s->xb, c->dim, s->qscratch);
     residual_add(c, s, T, L->ffn_post_norm);
