@@ -120,6 +120,15 @@ $(BUILD)/tst-v3/%.o: %.c | $(PROTO_H)
 	@mkdir -p $(dir $@)
 	$(CC) $(TCFLAGS_NOARCH) $(V3ARCH) -Itests -c $< -o $@
 
+# The test-model writers are compiled without FMA contraction, so that a
+# tiny model's bytes are the same from every build (release, sanitizer,
+# x86-64-v3) and CPU: tests/test_tiny_llama.c checks its models against the
+# hashes of the files llama.cpp was run on.
+TESTUTIL_FP := $(foreach d,rel tst tst-v3,$(BUILD)/$(d)/tests/testutil_model.o $(BUILD)/$(d)/tests/testutil_gguf.o)
+$(TESTUTIL_FP): CFLAGS += -ffp-contract=off
+$(TESTUTIL_FP): TCFLAGS += -ffp-contract=off
+$(TESTUTIL_FP): TCFLAGS_NOARCH += -ffp-contract=off
+
 $(BUILD)/cuda/%.o: %.cu
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVFLAGS) -c $< -o $@

@@ -27,7 +27,8 @@ The forward pass is written from the GGUF tensors alone, with weights
 dequantized by gguf-py (llama.cpp's own Python package, PyPI `gguf`): RMSNorm,
 Q/K/V (+ biases for qwen2), RoPE (NeoX pairs for qwen2, adjacent for llama),
 causal GQA attention, SwiGLU, float64 for the exact pass. Architectures:
-llama, qwen2, gemma3 (embeddings times sqrt(dim), per-head Q/K RMS norms,
+llama, qwen2, qwen3 (per-head Q/K RMS norms, no biases), gemma3
+(embeddings times sqrt(dim), per-head Q/K RMS norms,
 post-attention and post-MLP norms, GeGLU with tanh GELU, local layers with a
 512-token sliding window and their own RoPE base, head size from
 attention.key_length). The emulated pass quantizes each product's input as
@@ -76,7 +77,7 @@ class Model:
         self.t = {t.name: t for t in self.r.tensors}
         f = self.r.fields
         self.arch = bytes(f["general.architecture"].parts[-1]).decode()
-        if self.arch not in ("llama", "qwen2", "gemma3"):
+        if self.arch not in ("llama", "qwen2", "qwen3", "gemma3"):
             raise SystemExit("unsupported architecture " + self.arch)
 
         def u(k, d=None):
@@ -93,8 +94,9 @@ class Model:
         self.hd = u("attention.key_length", self.dim // self.n_heads)
         self.base = fl("rope.freq_base", 10000.0)
         self.eps = fl("attention.layer_norm_rms_epsilon", 1e-5)
-        self.neox = self.arch in ("qwen2", "gemma3")
+        self.neox = self.arch in ("qwen2", "qwen3", "gemma3")
         self.gemma = self.arch == "gemma3"
+        self.qk_norm = self.arch in ("qwen3", "gemma3")
         self.window = u("attention.sliding_window", 0) if self.gemma else 0
         self.base_swa = fl("rope.freq_base_swa", 10000.0)
 
@@ -154,9 +156,10 @@ class Model:
             names = ["attn_norm.weight", "ffn_norm.weight", "attn_q.weight", "attn_k.weight",
                      "attn_v.weight", "attn_output.weight", "ffn_gate.weight", "ffn_up.weight",
                      "ffn_down.weight"]
+            if self.qk_norm:
+                names += ["attn_q_norm.weight", "attn_k_norm.weight"]
             if self.gemma:
-                names += ["attn_q_norm.weight", "attn_k_norm.weight", "post_attention_norm.weight",
-                          "post_ffw_norm.weight"]
+                names += ["post_attention_norm.weight", "post_ffw_norm.weight"]
             W = {n: self.w("blk.%d.%s" % (l, n), np.float64) for n in names}
             Q = lambda quant, n: self.quant_for(quant, "blk.%d.%s" % (l, n))  # noqa: E731
             bias = self.has("blk.%d.attn_q.bias" % l)
@@ -177,7 +180,7 @@ class Model:
                 if bias:
                     q, k, v = q + g["attn_q.bias"], k + g["attn_k.bias"], v + g["attn_v.bias"]
                 q, k = q.reshape(T, self.n_heads, self.hd), k.reshape(T, self.n_kv, self.hd)
-                if self.gemma:
+                if self.qk_norm:
                     def hrms(z, w):
                         return z / np.sqrt((z * z).mean(axis=2, keepdims=True) + self.eps) * w.astype(z.dtype)
                     q, k = hrms(q, g["attn_q_norm.weight"]), hrms(k, g["attn_k_norm.weight"])

@@ -70,6 +70,60 @@ static void put16(uint8_t *p, uint16_t v)
     p[1] = (uint8_t)(v >> 8);
 }
 
+/* Byte offsets of the f16 scale fields in one block of a quantized type
+ * (n of them); 0 for a type without an entry. */
+static int scale_fields(uint32_t type, int off[2])
+{
+    switch (type) {
+    case GGUF_TT_Q5_0: case GGUF_TT_IQ4_NL: case GGUF_TT_IQ4_XS:
+        off[0] = 0;
+        return 1;
+    case GGUF_TT_Q5_1: case GGUF_TT_Q5_K:
+        off[0] = 0, off[1] = 2;
+        return 2;
+    case GGUF_TT_Q2_K:
+        off[0] = 80, off[1] = 82;
+        return 2;
+    case GGUF_TT_Q3_K:
+        off[0] = 108;
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/* Random valid blocks of a quantized type with every f16 scale field
+ * multiplied by one power of two, so that the tensor's rms is within a
+ * factor sqrt(2) of `rms` (a power of two: the product is exact, and a
+ * last-bit difference in the measured rms does not change the file). */
+static void add_random_blocks(tgguf *g, const tmodel_spec *sp, const char *name, const uint64_t ne[2],
+                              uint64_t n, float rms, uint64_t *rng)
+{
+    uint32_t be, bb;
+    int off[2], nf = scale_fields(sp->wtype, off);
+    if (gguf_type_block(sp->wtype, &be, &bb) != 0 || nf == 0 || n % be != 0) {
+        fprintf(stderr, "testutil_model: type %u not supported\n", sp->wtype);
+        abort();
+    }
+    size_t nb = tgguf_type_nbytes(sp->wtype, n);
+    uint8_t *buf = tm_xmalloc(nb);
+    float *y = tm_xmalloc(n * sizeof(float));
+    tgguf_random_blocks(sp->wtype, tmodel_rng(rng), n, buf);
+    gguf_dequantize(sp->wtype, buf, y, n);
+    double ss = 0.0;
+    for (uint64_t i = 0; i < n; i++)
+        ss += (double)y[i] * y[i];
+    float k = ldexpf(1.0f, (int)lround(log2(rms / sqrt(ss / (double)n))));
+    for (uint64_t b = 0; b < n / be; b++)
+        for (int f = 0; f < nf; f++) {
+            uint8_t *p = buf + b * bb + off[f];
+            put16(p, gguf_f32_to_f16(gguf_f16_to_f32((uint16_t)(p[0] | p[1] << 8)) * k));
+        }
+    tgguf_tensor(g, name, sp->wtype, 2, ne, buf, nb);
+    free(y);
+    free(buf);
+}
+
 /* A matrix (rows, cols) of type `type` with rms gain/sqrt(cols). */
 static void add_matrix(tgguf *g, const tmodel_spec *sp, const char *name, int64_t rows,
                        int64_t cols, float gain, uint64_t *rng)
@@ -102,6 +156,10 @@ static void add_matrix(tgguf *g, const tmodel_spec *sp, const char *name, int64_
         }
         tgguf_tensor(g, name, sp->wtype, 2, ne, buf, nb);
         free(buf);
+        return;
+    }
+    if (!(sp->wtype <= GGUF_TT_Q4_1 || sp->wtype == GGUF_TT_Q8_0 || sp->wtype == GGUF_TT_BF16)) {
+        add_random_blocks(g, sp, name, ne, n, rms, rng);
         return;
     }
     float *v = tm_xmalloc(n * sizeof(float));
@@ -203,13 +261,20 @@ int tmodel_write(const tmodel_spec *sp, const char *path)
     kv_u32_unless(g, sp, KEY("attention.head_count_kv"),
                   sp->meta_kv_heads_set ? (uint32_t)sp->meta_kv_heads : (uint32_t)sp->n_kv_heads);
     kv_u32_unless(g, sp, KEY("vocab_size"), (uint32_t)sp->vocab);
-    kv_u32_unless(g, sp, KEY("rope.dimension_count"), (uint32_t)(sp->dim / sp->n_heads));
+    int32_t head_dim = sp->head_dim ? sp->head_dim : sp->dim / sp->n_heads;
+    kv_u32_unless(g, sp, KEY("rope.dimension_count"), (uint32_t)head_dim);
+    if (sp->head_dim) {
+        tgguf_kv_u32(g, KEY("attention.key_length"), (uint32_t)sp->head_dim);
+        tgguf_kv_u32(g, KEY("attention.value_length"), (uint32_t)sp->head_dim);
+    }
+    if (sp->swa_window)
+        tgguf_kv_u32(g, KEY("attention.sliding_window"), (uint32_t)sp->swa_window);
     tgguf_kv_f32(g, KEY("rope.freq_base"), sp->rope_base);
     tgguf_kv_f32(g, KEY("attention.layer_norm_rms_epsilon"), sp->norm_eps);
 #undef KEY
     add_tokenizer(g, sp->vocab);
 
-    int32_t head_dim = sp->dim / sp->n_heads, kv_dim = sp->n_kv_heads * head_dim;
+    int32_t kv_dim = sp->n_kv_heads * head_dim, q_dim = sp->n_heads * head_dim;
     add_matrix(g, sp, "token_embd.weight", sp->vocab, sp->dim, 4.0f, &rng);
     add_norm(g, sp, "output_norm.weight", sp->dim, &rng);
     if (!sp->tied)
@@ -218,14 +283,22 @@ int tmodel_write(const tmodel_spec *sp, const char *path)
         char n[96];
 #define NAME(s) (snprintf(n, sizeof n, "blk.%d." s, l), n)
         add_norm(g, sp, NAME("attn_norm.weight"), sp->dim, &rng);
-        add_matrix(g, sp, NAME("attn_q.weight"), sp->dim, sp->dim, 1.0f, &rng);
+        add_matrix(g, sp, NAME("attn_q.weight"), q_dim, sp->dim, 1.0f, &rng);
         add_matrix(g, sp, NAME("attn_k.weight"), kv_dim, sp->dim, 1.0f, &rng);
         add_matrix(g, sp, NAME("attn_v.weight"), kv_dim, sp->dim, 1.0f, &rng);
-        add_matrix(g, sp, NAME("attn_output.weight"), sp->dim, sp->dim, 1.0f, &rng);
+        add_matrix(g, sp, NAME("attn_output.weight"), sp->dim, q_dim, 1.0f, &rng);
         add_norm(g, sp, NAME("ffn_norm.weight"), sp->dim, &rng);
         add_matrix(g, sp, NAME("ffn_gate.weight"), sp->hidden, sp->dim, 1.0f, &rng);
         add_matrix(g, sp, NAME("ffn_up.weight"), sp->hidden, sp->dim, 1.0f, &rng);
         add_matrix(g, sp, NAME("ffn_down.weight"), sp->dim, sp->hidden, 1.0f, &rng);
+        if (sp->qk_norm) {
+            add_norm(g, sp, NAME("attn_q_norm.weight"), head_dim, &rng);
+            add_norm(g, sp, NAME("attn_k_norm.weight"), head_dim, &rng);
+        }
+        if (sp->post_norms) {
+            add_norm(g, sp, NAME("post_attention_norm.weight"), sp->dim, &rng);
+            add_norm(g, sp, NAME("post_ffw_norm.weight"), sp->dim, &rng);
+        }
 #undef NAME
     }
     int rc = tgguf_write(g, path);

@@ -13,7 +13,10 @@
  * the embedding / output head have gain 4 so logits have an rms of a few
  * units. F32/F16/BF16/Q8_0/Q4_0/Q4_1 are quantized from floats with
  * tgguf_quantize; Q4_K/Q6_K (row length a multiple of 256) are random valid
- * blocks whose f16 scales are rewritten to give the same gains.
+ * blocks whose f16 scales are rewritten to give the same gains; the other
+ * quantized types (Q5_0, Q5_1, Q2_K, Q3_K, Q5_K, IQ4_NL, IQ4_XS) are random
+ * blocks whose f16 scale fields are all multiplied by one factor that
+ * brings the tensor's rms to the gain.
  *
  * The reference (tref_*) reads the GGUF file back with gguf_open, dequantizes
  * every tensor to float with gguf_dequantize, and runs plain loops in double
@@ -35,6 +38,12 @@ typedef struct {
     uint32_t wtype;          /* type of every matrix (token_embd, output, blk.*) */
     int tied;                /* no output.weight: the head is token_embd */
     uint64_t seed;
+
+    /* ---- architecture features (zero = the Llama block; set arch to match) ---- */
+    int32_t head_dim;        /* attention.key_length / value_length, else dim / n_heads */
+    int qk_norm;             /* blk.N.attn_{q,k}_norm.weight (qwen3, gemma3) */
+    int post_norms;          /* blk.N.post_attention_norm, post_ffw_norm (gemma3) */
+    int32_t swa_window;      /* attention.sliding_window (gemma3) */
 
     /* ---- hostile knobs (zero = off) ---- */
     const char *arch;        /* general.architecture (NULL: "llama") */
