@@ -77,7 +77,7 @@ class Model:
         self.t = {t.name: t for t in self.r.tensors}
         f = self.r.fields
         self.arch = bytes(f["general.architecture"].parts[-1]).decode()
-        if self.arch not in ("llama", "qwen2", "qwen3", "gemma3"):
+        if self.arch not in ("llama", "qwen2", "qwen3", "gemma3", "phi3"):
             raise SystemExit("unsupported architecture " + self.arch)
 
         def u(k, d=None):
@@ -94,7 +94,13 @@ class Model:
         self.hd = u("attention.key_length", self.dim // self.n_heads)
         self.base = fl("rope.freq_base", 10000.0)
         self.eps = fl("attention.layer_norm_rms_epsilon", 1e-5)
-        self.neox = self.arch in ("qwen2", "qwen3", "gemma3")
+        self.neox = self.arch in ("qwen2", "qwen3", "gemma3", "phi3")
+        scaling = f.get(self.arch + ".rope.scaling.type")
+        self.rope_scale = 1.0
+        if scaling is not None and bytes(scaling.parts[-1]).decode() == "linear":
+            self.rope_scale = 1.0 / fl("rope.scaling.factor", 1.0)
+        self.rope_freqs = (self.w("rope_freqs.weight", np.float64) if "rope_freqs.weight" in self.t
+                           else np.ones(self.hd // 2))
         self.gemma = self.arch == "gemma3"
         self.qk_norm = self.arch in ("qwen3", "gemma3")
         self.window = u("attention.sliding_window", 0) if self.gemma else 0
@@ -122,7 +128,7 @@ class Model:
     def rope(self, x, pos, base=None):
         # x (T, heads, hd)
         half = self.hd // 2
-        freq = (base or self.base) ** (-2.0 * np.arange(half) / self.hd)
+        freq = self.rope_scale * (base or self.base) ** (-2.0 * np.arange(half) / self.hd) / self.rope_freqs
         ang = pos[:, None] * freq[None, :]
         c, s = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
         if self.neox:
@@ -153,14 +159,22 @@ class Model:
             return 0.5 * a * (1 + np.tanh(np.sqrt(2 / np.pi) * (a + 0.044715 * a ** 3)))
 
         for l in range(self.n_layers):
-            names = ["attn_norm.weight", "ffn_norm.weight", "attn_q.weight", "attn_k.weight",
-                     "attn_v.weight", "attn_output.weight", "ffn_gate.weight", "ffn_up.weight",
+            fused = self.has("blk.%d.attn_qkv.weight" % l)
+            names = ["attn_norm.weight", "ffn_norm.weight", "attn_output.weight", "ffn_up.weight",
                      "ffn_down.weight"]
+            names += ["attn_qkv.weight"] if fused else ["attn_q.weight", "attn_k.weight", "attn_v.weight",
+                                                        "ffn_gate.weight"]
             if self.qk_norm:
                 names += ["attn_q_norm.weight", "attn_k_norm.weight"]
             if self.gemma:
                 names += ["post_attention_norm.weight", "post_ffw_norm.weight"]
             W = {n: self.w("blk.%d.%s" % (l, n), np.float64) for n in names}
+            if fused:   # Phi-3: Q, K, V rows stacked; gate rows, then up rows
+                qd, kd = self.n_heads * self.hd, self.n_kv * self.hd
+                qkv = W.pop("attn_qkv.weight")
+                W["attn_q.weight"], W["attn_k.weight"], W["attn_v.weight"] = qkv[:qd], qkv[qd:qd + kd], qkv[qd + kd:]
+                gu = W.pop("ffn_up.weight")
+                W["ffn_gate.weight"], W["ffn_up.weight"] = gu[:len(gu) // 2], gu[len(gu) // 2:]
             Q = lambda quant, n: self.quant_for(quant, "blk.%d.%s" % (l, n))  # noqa: E731
             bias = self.has("blk.%d.attn_q.bias" % l)
             if bias:

@@ -269,6 +269,10 @@ int tmodel_write(const tmodel_spec *sp, const char *path)
     }
     if (sp->swa_window)
         tgguf_kv_u32(g, KEY("attention.sliding_window"), (uint32_t)sp->swa_window);
+    if (sp->rope_linear > 0.0f) {
+        tgguf_kv_str(g, KEY("rope.scaling.type"), "linear");
+        tgguf_kv_f32(g, KEY("rope.scaling.factor"), sp->rope_linear);
+    }
     tgguf_kv_f32(g, KEY("rope.freq_base"), sp->rope_base);
     tgguf_kv_f32(g, KEY("attention.layer_norm_rms_epsilon"), sp->norm_eps);
 #undef KEY
@@ -277,19 +281,34 @@ int tmodel_write(const tmodel_spec *sp, const char *path)
     int32_t kv_dim = sp->n_kv_heads * head_dim, q_dim = sp->n_heads * head_dim;
     add_matrix(g, sp, "token_embd.weight", sp->vocab, sp->dim, 4.0f, &rng);
     add_norm(g, sp, "output_norm.weight", sp->dim, &rng);
+    if (sp->rope_freqs) {   /* factors 1 .. 8 over the pairs, as Llama 3.1's low frequencies */
+        uint64_t ne[1] = {(uint64_t)head_dim / 2};
+        float f[128];
+        for (int32_t i = 0; i < head_dim / 2; i++)
+            f[i] = 1.0f + 7.0f * (float)i / (float)(head_dim / 2);
+        tgguf_tensor_f32(g, "rope_freqs.weight", GGUF_TT_F32, 1, ne, f);
+    }
     if (!sp->tied)
         add_matrix(g, sp, "output.weight", sp->vocab, sp->dim, 4.0f, &rng);
     for (int32_t l = 0; l < sp->n_layers; l++) {
         char n[96];
 #define NAME(s) (snprintf(n, sizeof n, "blk.%d." s, l), n)
         add_norm(g, sp, NAME("attn_norm.weight"), sp->dim, &rng);
-        add_matrix(g, sp, NAME("attn_q.weight"), q_dim, sp->dim, 1.0f, &rng);
-        add_matrix(g, sp, NAME("attn_k.weight"), kv_dim, sp->dim, 1.0f, &rng);
-        add_matrix(g, sp, NAME("attn_v.weight"), kv_dim, sp->dim, 1.0f, &rng);
+        if (sp->fused) {
+            add_matrix(g, sp, NAME("attn_qkv.weight"), q_dim + 2 * kv_dim, sp->dim, 1.0f, &rng);
+        } else {
+            add_matrix(g, sp, NAME("attn_q.weight"), q_dim, sp->dim, 1.0f, &rng);
+            add_matrix(g, sp, NAME("attn_k.weight"), kv_dim, sp->dim, 1.0f, &rng);
+            add_matrix(g, sp, NAME("attn_v.weight"), kv_dim, sp->dim, 1.0f, &rng);
+        }
         add_matrix(g, sp, NAME("attn_output.weight"), sp->dim, q_dim, 1.0f, &rng);
         add_norm(g, sp, NAME("ffn_norm.weight"), sp->dim, &rng);
-        add_matrix(g, sp, NAME("ffn_gate.weight"), sp->hidden, sp->dim, 1.0f, &rng);
-        add_matrix(g, sp, NAME("ffn_up.weight"), sp->hidden, sp->dim, 1.0f, &rng);
+        if (sp->fused) {
+            add_matrix(g, sp, NAME("ffn_up.weight"), 2 * sp->hidden, sp->dim, 1.0f, &rng);
+        } else {
+            add_matrix(g, sp, NAME("ffn_gate.weight"), sp->hidden, sp->dim, 1.0f, &rng);
+            add_matrix(g, sp, NAME("ffn_up.weight"), sp->hidden, sp->dim, 1.0f, &rng);
+        }
         add_matrix(g, sp, NAME("ffn_down.weight"), sp->dim, sp->hidden, 1.0f, &rng);
         if (sp->qk_norm) {
             add_norm(g, sp, NAME("attn_q_norm.weight"), head_dim, &rng);

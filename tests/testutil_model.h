@@ -44,6 +44,9 @@ typedef struct {
     int qk_norm;             /* blk.N.attn_{q,k}_norm.weight (qwen3, gemma3) */
     int post_norms;          /* blk.N.post_attention_norm, post_ffw_norm (gemma3) */
     int32_t swa_window;      /* attention.sliding_window (gemma3) */
+    int fused;               /* blk.N.attn_qkv and an ffn_up of 2 * hidden rows, no ffn_gate (phi3) */
+    int rope_freqs;          /* a rope_freqs.weight tensor of per-pair factors (Llama 3.1) */
+    float rope_linear;       /* rope.scaling.type "linear" with this factor (0: none) */
 
     /* ---- hostile knobs (zero = off) ---- */
     const char *arch;        /* general.architecture (NULL: "llama") */

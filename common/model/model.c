@@ -41,6 +41,7 @@ static const model_arch model_archs[] = {
     {"qwen2",   1,       1,        0,      0,         0,         MODEL_MLP_SWIGLU, 0},
     {"qwen3",   0,       1,        1,      0,         0,         MODEL_MLP_SWIGLU, 0},
     {"gemma3",  0,       1,        1,      1,         1,         MODEL_MLP_GEGLU,  6},
+    {"phi3",    0,       1,        0,      0,         0,         MODEL_MLP_SWIGLU, 0},
 };
 
 const model_arch *model_arch_find(const char *name)
@@ -68,6 +69,44 @@ static int cfg_u32(const gguf_file *g, const char *arch, const char *suffix, int
     if (v == 0 || v > (1u << 24))
         return util_err(err, errlen, "model metadata '%s' = %u is out of range", key, v);
     *out = (int32_t)v;
+    return 0;
+}
+
+/* RoPE scaling: rope.scaling.type "linear" (positions divided by
+ * rope.scaling.factor), and per-pair frequency factors from the
+ * rope_freqs.weight tensor (llama.cpp's converter writes Llama 3.1's "llama3"
+ * scaling as that tensor). Other scalings (YaRN, Phi-3's long/short
+ * factors) are refused by name. */
+static int config_rope_scaling(model_config *c, const gguf_file *g, char *err, size_t errlen)
+{
+    char key[160];
+    gguf_str type = {"none", 4};
+    c->rope_scale = 1.0f;
+    snprintf(key, sizeof key, "%s.rope.scaling.type", c->arch);
+    gguf_get_str(g, key, &type);
+    if (type.len == 6 && memcmp(type.ptr, "linear", 6) == 0) {
+        float factor = 0.0f;
+        snprintf(key, sizeof key, "%s.rope.scaling.factor", c->arch);
+        if (gguf_get_f32(g, key, &factor) != 0 || !(factor >= 1.0f && factor <= 1024.0f))
+            return util_err(err, errlen, "linear RoPE scaling needs %s in [1, 1024]", key);
+        c->rope_scale = 1.0f / factor;
+    } else if (!(type.len == 4 && memcmp(type.ptr, "none", 4) == 0) &&
+               !(type.len == 6 && memcmp(type.ptr, "llama3", 6) == 0)) {
+        return util_err(err, errlen, "RoPE scaling '%.*s' is not supported (none, linear, llama3)",
+                        (int)(type.len < 32 ? type.len : 32), type.ptr);
+    }
+    if (gguf_find_tensor(g, "rope_factors_long.weight") || gguf_find_tensor(g, "rope_factors_short.weight"))
+        return util_err(err, errlen, "long/short RoPE factors (Phi-3 128k context) are not supported");
+    const gguf_tensor *t = gguf_find_tensor(g, "rope_freqs.weight");
+    if (!t)
+        return 0;
+    if (t->type != GGUF_TT_F32 || t->n_elements != (uint64_t)c->head_dim / 2)
+        return util_err(err, errlen, "rope_freqs.weight: expected %d F32 values", c->head_dim / 2);
+    gguf_dequantize(t->type, t->data, c->rope_freq, t->n_elements);
+    for (int32_t i = 0; i < c->head_dim / 2; i++)
+        if (!(c->rope_freq[i] > 0.0f && c->rope_freq[i] < 1e30f))
+            return util_err(err, errlen, "rope_freqs.weight[%d] = %g is not a positive factor", i, c->rope_freq[i]);
+    c->rope_factors = 1;
     return 0;
 }
 
@@ -156,6 +195,8 @@ static int config_read(model_config *c, const gguf_file *g, char *err, size_t er
     snprintf(key, sizeof key, "%s.rope.freq_base_swa", a);
     if (gguf_get_f32(g, key, &c->rope_base_swa) == 0 && !(c->rope_base_swa > 0.0f))
         return util_err(err, errlen, "invalid %s", key);
+    if (config_rope_scaling(c, g, err, errlen) != 0)
+        return -1;
     snprintf(key, sizeof key, "%s.final_logit_softcapping", a);
     if (gguf_get_f32(g, key, &c->final_softcap) == 0 && !(c->final_softcap >= 0.0f && c->final_softcap < 1e30f))
         return util_err(err, errlen, "invalid %s", key);
@@ -164,7 +205,7 @@ static int config_read(model_config *c, const gguf_file *g, char *err, size_t er
     snprintf(last, sizeof last, "blk.%d.attn_norm.weight", c->n_layers - 1);
     if (!gguf_find_tensor(g, last))
         return util_err(err, errlen, "%s.block_count = %d, but the model lacks tensor '%s'", a, c->n_layers, last);
-    if ((uint64_t)c->n_layers * 9 > gguf_tensor_count(g))
+    if ((uint64_t)c->n_layers * 6 > gguf_tensor_count(g))   /* 6: the fewest a layer has (fused Phi-3) */
         return util_err(err, errlen, "%s.block_count = %d, but the file holds only %llu tensors",
                         a, c->n_layers, (unsigned long long)gguf_tensor_count(g));
     const gguf_tensor *emb = gguf_find_tensor(g, "token_embd.weight");
@@ -234,11 +275,15 @@ static void arena_plan(arena_cursor *ac, model *m, const gguf_file *g)
         w->output = w->tok_embd;
     for (int32_t l = 0; l < c->n_layers; l++) {
         layer_weights *L = &w->layers[l];
-        char n[7][96];
-        const char *suffix[7] = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
-        for (int i = 0; i < 7; i++)
+        char n[8][96];
+        const char *suffix[8] = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down",
+                                 "attn_qkv"};
+        for (int i = 0; i < 8; i++)
             snprintf(n[i], sizeof n[i], "blk.%d.%s.weight", l, suffix[i]);
         const char *qkv[] = {n[0], n[1], n[2]}, *o[] = {n[3]}, *gu[] = {n[4], n[5]}, *dn[] = {n[6]};
+        if (gguf_find_tensor(g, n[7]))   /* fused Q/K/V (Phi-3) */
+            qkv[0] = n[7];
+        int fused_qkv = gguf_find_tensor(g, n[7]) != NULL, fused_gu = !gguf_find_tensor(g, n[4]);
         size_t vec = (size_t)c->dim * sizeof(float), head = (size_t)c->head_dim * sizeof(float);
         L->attn_norm = arena_take(ac, vec);
         L->ffn_norm = arena_take(ac, vec);
@@ -246,10 +291,10 @@ static void arena_plan(arena_cursor *ac, model *m, const gguf_file *g)
         L->k_norm = c->qk_norm ? arena_take(ac, head) : NULL;
         L->attn_post_norm = c->post_norms ? arena_take(ac, vec) : NULL;
         L->ffn_post_norm = c->post_norms ? arena_take(ac, vec) : NULL;
-        plan_qmat(ac, &L->wqkv, c->q_dim + 2 * c->kv_dim, c->dim, qmat_form(g, qkv, 3));
+        plan_qmat(ac, &L->wqkv, c->q_dim + 2 * c->kv_dim, c->dim, qmat_form(g, qkv, fused_qkv ? 1 : 3));
         L->bqkv = c->qkv_bias ? arena_take(ac, (size_t)(c->q_dim + 2 * c->kv_dim) * sizeof(float)) : NULL;
         plan_qmat(ac, &L->wo, c->dim, c->q_dim, qmat_form(g, o, 1));
-        plan_qmat(ac, &L->w_gate_up, 2 * c->hidden_dim, c->dim, qmat_form(g, gu, 2));
+        plan_qmat(ac, &L->w_gate_up, 2 * c->hidden_dim, c->dim, qmat_form(g, gu + fused_gu, fused_gu ? 1 : 2));
         plan_qmat(ac, &L->w_down, c->dim, c->hidden_dim, qmat_form(g, dn, 1));
     }
 }
@@ -366,14 +411,25 @@ static int fill_layer(const gguf_file *g, const model_config *c, layer_weights *
 {
     char n[96];
 #define NAME(s) (snprintf(n, sizeof n, "blk.%d." s, l), n)
+    int32_t qkv_rows = c->q_dim + 2 * c->kv_dim;
+    /* Q, K and V as one tensor (Phi-3's attn_qkv: the rows stacked as the
+     * engine keeps them), else three */
+    int fused_qkv = gguf_find_tensor(g, NAME("attn_qkv.weight")) != NULL;
+    if (fused_qkv ? fill_mat(g, NAME("attn_qkv.weight"), &L->wqkv, 0, qkv_rows, err, errlen)
+                  : (fill_mat(g, NAME("attn_q.weight"), &L->wqkv, 0, c->q_dim, err, errlen) ||
+                     fill_mat(g, NAME("attn_k.weight"), &L->wqkv, c->q_dim, c->kv_dim, err, errlen) ||
+                     fill_mat(g, NAME("attn_v.weight"), &L->wqkv, c->q_dim + c->kv_dim, c->kv_dim, err, errlen)))
+        return -1;
+    /* gate and up as one ffn_up of 2 * hidden rows, gate first (Phi-3: what
+     * llama.cpp's swiglu splits), where there is no ffn_gate */
+    int fused_gu = gguf_find_tensor(g, NAME("ffn_gate.weight")) == NULL;
+    if (fused_gu ? fill_mat(g, NAME("ffn_up.weight"), &L->w_gate_up, 0, 2 * c->hidden_dim, err, errlen)
+                 : (fill_mat(g, NAME("ffn_gate.weight"), &L->w_gate_up, 0, c->hidden_dim, err, errlen) ||
+                    fill_mat(g, NAME("ffn_up.weight"), &L->w_gate_up, c->hidden_dim, c->hidden_dim, err, errlen)))
+        return -1;
     if (fill_vec(g, NAME("attn_norm.weight"), c->dim, L->attn_norm, err, errlen) ||
         fill_vec(g, NAME("ffn_norm.weight"), c->dim, L->ffn_norm, err, errlen) ||
-        fill_mat(g, NAME("attn_q.weight"), &L->wqkv, 0, c->q_dim, err, errlen) ||
-        fill_mat(g, NAME("attn_k.weight"), &L->wqkv, c->q_dim, c->kv_dim, err, errlen) ||
-        fill_mat(g, NAME("attn_v.weight"), &L->wqkv, c->q_dim + c->kv_dim, c->kv_dim, err, errlen) ||
         fill_mat(g, NAME("attn_output.weight"), &L->wo, 0, c->dim, err, errlen) ||
-        fill_mat(g, NAME("ffn_gate.weight"), &L->w_gate_up, 0, c->hidden_dim, err, errlen) ||
-        fill_mat(g, NAME("ffn_up.weight"), &L->w_gate_up, c->hidden_dim, c->hidden_dim, err, errlen) ||
         fill_mat(g, NAME("ffn_down.weight"), &L->w_down, 0, c->dim, err, errlen))
         return -1;
     if (c->qkv_bias &&
@@ -661,14 +717,16 @@ void kv_truncate(kv_cache *kv, int32_t len)
     kv->len = len;
 }
 
-/* RoPE angles of positions 0..ctx-1: cos and sin of p * base^(-2i/head_dim)
- * for the head_dim/2 pairs i. */
-static void rope_table(float *cs, float *sn, int32_t ctx, int32_t head_dim, float base)
+/* RoPE angles of positions 0..ctx-1: cos and sin of p * scale *
+ * base^(-2i/head_dim) / factor_i for the head_dim/2 pairs i (c->rope_scale,
+ * c->rope_freq when c->rope_factors). */
+static void rope_table(float *cs, float *sn, int32_t ctx, const model_config *c, float base)
 {
-    int32_t half = head_dim / 2;
+    int32_t head_dim = c->head_dim, half = head_dim / 2;
     for (int32_t p = 0; p < ctx; p++)
         for (int32_t i = 0; i < half; i++) {
-            double ang = p * pow((double)base, -2.0 * i / head_dim);
+            double ang = p * (double)c->rope_scale * pow((double)base, -2.0 * i / head_dim) /
+                         (c->rope_factors ? (double)c->rope_freq[i] : 1.0);
             cs[(size_t)p * half + i] = (float)cos(ang);
             sn[(size_t)p * half + i] = (float)sin(ang);
         }
@@ -702,13 +760,13 @@ void fwd_state_init(fwd_state *s, const model_config *c, int32_t max_tokens, int
     s->tok_pos = mallocCheck(T * sizeof(int32_t));
     s->rope_cos = alignedCheck((size_t)ctx * half * sizeof(float));
     s->rope_sin = alignedCheck((size_t)ctx * half * sizeof(float));
-    rope_table(s->rope_cos, s->rope_sin, ctx, c->head_dim, c->rope_base);
+    rope_table(s->rope_cos, s->rope_sin, ctx, c, c->rope_base);
     s->rope_cos_swa = s->rope_cos;
     s->rope_sin_swa = s->rope_sin;
     if (c->swa_window > 0 && c->rope_base_swa != c->rope_base) {
         s->rope_cos_swa = alignedCheck((size_t)ctx * half * sizeof(float));
         s->rope_sin_swa = alignedCheck((size_t)ctx * half * sizeof(float));
-        rope_table(s->rope_cos_swa, s->rope_sin_swa, ctx, c->head_dim, c->rope_base_swa);
+        rope_table(s->rope_cos_swa, s->rope_sin_swa, ctx, c, c->rope_base_swa);
     }
 }
 

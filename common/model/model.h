@@ -73,6 +73,9 @@ typedef struct {
                              keys p - swa_window < k <= p; 0 = no local layers */
     int32_t swa_pattern;  /* see model_arch (0 when swa_window is 0) */
     float rope_base_swa;  /* local layers' RoPE base (rope.freq_base_swa, else 10000) */
+    float rope_scale;     /* positions times this: 1 / rope.scaling.factor for "linear" scaling, else 1 */
+    int32_t rope_factors; /* rope_freqs.weight given (Llama 3.1 and later): pair i's angle divided by rope_freq[i] */
+    float rope_freq[ATTN_MAX_HEAD_DIM / 2];
     float final_softcap;  /* logits = c * tanh(logits / c) (final_logit_softcapping), 0 = none */
 } model_config;
 
