@@ -11,6 +11,7 @@ scripts/build_llama_cpp.sh, f32 KV cache) on that sequence in one batched
 eval, and records in tests/fixtures/tiny_llama.json:
   fnv64                 the file's FNV-1a 64 hash (the test checks that it
                         writes the same file);
+  tokens                llama.cpp's ids for TEXTS (add_bos=False);
   top5[pos]             [[id, logit] x 5] at every position;
   kv_alt_max_abs_diff   the largest difference between those logits and
                         llama.cpp's own with an f16 KV cache (all positions,
@@ -41,6 +42,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(REPO, "tests", "fixtures", "tiny_llama.json")
 WRITER = os.path.join(REPO, "build", "check", "test_tiny_llama")
 N_GEN = 16
+# texts tokenized by llama.cpp for every model (the Qwen3 and Llama-3 models
+# have merges: digit runs, " the", "'s", "cat", newlines, spaces)
+TEXTS = ["123456789 12345", "the cat's 4567 the\n\n  cats", "I'm 78 the 1234567\r\n\t x",
+         "  the  123 'S 'll ca", "9\u00e9t\u00e9 123\u0661\u0662\u0663 45"]
 
 
 def fnv64(path):
@@ -81,8 +86,10 @@ def run_model(llama_cpp, path, ids):
         margin.append(round(float(row[o[0]] - row[o[1]]), 5))
         llm.eval([o[0]])
         row = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32, copy=True)
+    tokens = [{"text": t, "ids": llm.tokenize(t.encode(), add_bos=False, special=False)} for t in TEXTS]
     return {
         "fnv64": fnv64(path),
+        "tokens": tokens,
         "top5": top5,
         "kv_alt_max_abs_diff": round(float(np.max(np.abs(alt - scores))), 5),
         "gen_ids": gen,

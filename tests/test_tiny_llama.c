@@ -18,7 +18,10 @@
  * 16-token greedy continuation with its margins.
  *
  * Checks, per model: the file written here hashes as the fixture's (the
- * models are the ones llama.cpp saw); every top-5 logit within the model's
+ * models are the ones llama.cpp saw); its tokenizer gives llama.cpp's ids
+ * for a few texts (the Qwen3 and Llama-3 models carry merges and their
+ * pre-tokenizers, "qwen2" and "llama-bpe", so digit runs split as each
+ * family splits them); every top-5 logit within the model's
  * tolerance of llama.cpp's (TOL, or llama.cpp's own f32/f16-KV difference
  * where larger, plus REL_TOL of the logit) -- or, where llama.cpp's own activation rounding (Q8_K, one
  * scale per 256 values, for K-quants and IQ4_XS) puts it further from the
@@ -46,6 +49,7 @@
 
 #include "format/gguf.h"
 #include "model/model.h"
+#include "text/tokenizer.h"
 #include "decode/sampler.h"
 #include "testutil_model.h"
 #include "util/util.h"
@@ -111,9 +115,13 @@ static int tiny_models(tiny_model *out)
     phi3.seed = 303;
     phi3.fused = 1;
     out[n++] = (tiny_model){"phi3", phi3, 0};
+    out[n - 3].spec.pre = "qwen2";     /* Qwen3's pre-tokenizer, with room for the merged tokens */
+    out[n - 3].spec.vocab = 512;
     tmodel_spec l3 = tmodel_default(GGUF_TT_Q8_0);
     l3.seed = 304;
     l3.rope_freqs = 1;
+    l3.pre = "llama-bpe";             /* Llama 3's */
+    l3.vocab = 512;
     out[n++] = (tiny_model){"llama-rope-freqs", l3, 0};
     tmodel_spec lin = tmodel_default(GGUF_TT_Q8_0);
     lin.seed = 305;
@@ -148,6 +156,38 @@ static float num(const cJSON *a, int i)
     return (float)cJSON_GetArrayItem(a, i)->valuedouble;
 }
 
+/* The model's tokenizer against llama.cpp's ids for the fixture's texts
+ * (tokens: {text, ids}; the merges make the pre-tokenizer's splits show).
+ * Returns the number of texts that differ. */
+static int check_tokens(const tiny_model *tm, const char *path, const cJSON *fx)
+{
+    char err[256];
+    gguf_file *g = NULL;
+    tokenizer *tok = NULL;
+    if (gguf_open(path, &g, err, sizeof err) != 0 || tokenizer_build(&tok, g, err, sizeof err) != 0)
+        fail_msg("%s: tokenizer: %s", tm->name, err);
+    gguf_close(g);
+    int bad = 0, n = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, cJSON_GetObjectItem(fx, "tokens")) {
+        const char *text = cJSON_GetStringValue(cJSON_GetObjectItem(e, "text"));
+        const cJSON *want = cJSON_GetObjectItem(e, "ids");
+        int32_t *ids = NULL;
+        size_t nid = 0;
+        assert_int_equal(tokenizer_encode(tok, text, strlen(text), 0, 0, &ids, &nid, err, sizeof err), 0);
+        int same = (int)nid == cJSON_GetArraySize(want);
+        for (size_t i = 0; same && i < nid; i++)
+            same = ids[i] == (int32_t)num(want, (int)i);
+        if (!same && bad++ < 3)
+            printf("  %s: tokens of \"%s\" differ from llama.cpp's\n", tm->name, text);
+        free(ids);
+        n++;
+    }
+    assert_true(n > 0);
+    tokenizer_free(tok);
+    return bad;
+}
+
 /* One model against its fixture entry fx. Returns the number of failures. */
 static int check_model(const tiny_model *tm, const cJSON *fx)
 {
@@ -161,6 +201,7 @@ static int check_model(const tiny_model *tm, const cJSON *fx)
         fail_msg("%s: the model written here (fnv64 %s) is not the fixture's (%s): rerun "
                  "scripts/make_tiny_fixtures.py", tm->name, want_hash, fx_hash ? fx_hash : "none");
     }
+    int failures = check_tokens(tm, path, fx);
     model m;
     if (model_load(&m, path, NULL, err, sizeof err) != 0) {
         unlink(path);
@@ -185,7 +226,7 @@ static int check_model(const tiny_model *tm, const cJSON *fx)
     const cJSON *top5 = cJSON_GetObjectItem(fx, "top5"), *ex5 = cJSON_GetObjectItem(fx, "exact_top5");
     assert_int_equal(cJSON_GetArraySize(top5), N_SEQ);
     assert_int_equal(cJSON_GetArraySize(ex5), N_SEQ);
-    int failures = 0, by_exact = 0;
+    int by_exact = 0;
     float worst = 0.0f, worst_exact = 0.0f, llama_exact = 0.0f;
     for (int t = 0; t < N_SEQ; t++) {
         const float *l = logits + (size_t)t * V;

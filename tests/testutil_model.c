@@ -204,8 +204,19 @@ static int utf8_put(uint32_t cp, char *out)
     return 3;
 }
 
-/* gpt2-style byte vocabulary (bytes_to_unicode), then "<extra_i>" tokens. */
-static void add_tokenizer(tgguf *g, int32_t vocab)
+/* Merges (in the byte-mapped alphabet: \xc4\xa0 is the space) that make a
+ * pre-tokenizer's splits visible in the ids: digit runs, a space and a
+ * word, a contraction, newlines. Merge i makes token 256 + i. */
+static const char *const tmodel_merges[][2] = {
+    {"1", "2"}, {"12", "3"}, {"4", "5"}, {"45", "6"}, {"7", "8"}, {"78", "9"},
+    {"\xc4\xa0", "t"}, {"h", "e"}, {"\xc4\xa0t", "he"}, {"'", "s"}, {"\xc4\x8a", "\xc4\x8a"},
+    {"\xc4\xa0", "\xc4\xa0"}, {"c", "a"}, {"ca", "t"},
+};
+
+/* gpt2-style byte vocabulary (bytes_to_unicode), then "<extra_i>" tokens;
+ * with pre set, ids 256.. are tmodel_merges' tokens and the merges are
+ * written. */
+static void add_tokenizer(tgguf *g, int32_t vocab, const char *pre)
 {
     char **toks = tm_xmalloc((size_t)vocab * sizeof(char *));
     int32_t *types = tm_xmalloc((size_t)vocab * sizeof(int32_t));
@@ -218,16 +229,25 @@ static void add_tokenizer(tgguf *g, int32_t vocab)
             uint32_t cp = printable ? (uint32_t)i : 256 + extra++;
             int len = utf8_put(cp, toks[i]);
             toks[i][len] = 0;
+        } else if (pre && (size_t)(i - 256) < sizeof tmodel_merges / sizeof *tmodel_merges) {
+            snprintf(toks[i], 24, "%s%s", tmodel_merges[i - 256][0], tmodel_merges[i - 256][1]);
         } else {
             snprintf(toks[i], 24, "<extra_%d>", i);
             types[i] = 3;
         }
     }
+    size_t n_merges = pre ? sizeof tmodel_merges / sizeof *tmodel_merges : 0;
+    char merges[sizeof tmodel_merges / sizeof *tmodel_merges][24];
+    const char *mp[sizeof tmodel_merges / sizeof *tmodel_merges];
+    for (size_t i = 0; i < n_merges; i++) {
+        snprintf(merges[i], sizeof merges[i], "%s %s", tmodel_merges[i][0], tmodel_merges[i][1]);
+        mp[i] = merges[i];
+    }
     tgguf_kv_str(g, "tokenizer.ggml.model", "gpt2");
-    tgguf_kv_str(g, "tokenizer.ggml.pre", "default");
+    tgguf_kv_str(g, "tokenizer.ggml.pre", pre ? pre : "default");
     tgguf_kv_arr_str(g, "tokenizer.ggml.tokens", (const char *const *)toks, (size_t)vocab);
     tgguf_kv_arr_i32(g, "tokenizer.ggml.token_type", types, (size_t)vocab);
-    tgguf_kv_arr_str(g, "tokenizer.ggml.merges", NULL, 0);
+    tgguf_kv_arr_str(g, "tokenizer.ggml.merges", n_merges ? mp : NULL, n_merges);
     for (int32_t i = 0; i < vocab; i++)
         free(toks[i]);
     free(toks);
@@ -276,7 +296,7 @@ int tmodel_write(const tmodel_spec *sp, const char *path)
     tgguf_kv_f32(g, KEY("rope.freq_base"), sp->rope_base);
     tgguf_kv_f32(g, KEY("attention.layer_norm_rms_epsilon"), sp->norm_eps);
 #undef KEY
-    add_tokenizer(g, sp->vocab);
+    add_tokenizer(g, sp->vocab, sp->pre);
 
     int32_t kv_dim = sp->n_kv_heads * head_dim, q_dim = sp->n_heads * head_dim;
     add_matrix(g, sp, "token_embd.weight", sp->vocab, sp->dim, 4.0f, &rng);

@@ -47,6 +47,8 @@ typedef struct {
     int fused;               /* blk.N.attn_qkv and an ffn_up of 2 * hidden rows, no ffn_gate (phi3) */
     int rope_freqs;          /* a rope_freqs.weight tensor of per-pair factors (Llama 3.1) */
     float rope_linear;       /* rope.scaling.type "linear" with this factor (0: none) */
+    const char *pre;         /* tokenizer.ggml.pre (NULL: "default"); with it, ids 256.. are the
+                                merged tokens of a fixed merge list (tmodel_merges) */
 
     /* ---- hostile knobs (zero = off) ---- */
     const char *arch;        /* general.architecture (NULL: "llama") */

@@ -24,6 +24,9 @@ static const char *const upretok_digit_names[] = {
 static const char *const upretok_qwen2_names[] = {
     "qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2",
 };
+static const char *const upretok_llama3_names[] = {
+    "llama3", "llama-v3", "llama-bpe", "falcon3",
+};
 static const char *const upretok_gpt2_names[] = {
     "gpt2", "gpt-2", "phi-2", "roberta-bpe", "mpt", "olmo", "jais", "trillion",
 };
@@ -50,6 +53,11 @@ upretok_kind upretok_from_name(const char *name, size_t len, int *known)
     for (size_t i = 0; i < sizeof upretok_qwen2_names / sizeof *upretok_qwen2_names; i++) {
         if (upretok_name_is(name, len, upretok_qwen2_names[i])) {
             return UPRETOK_QWEN2;
+        }
+    }
+    for (size_t i = 0; i < sizeof upretok_llama3_names / sizeof *upretok_llama3_names; i++) {
+        if (upretok_name_is(name, len, upretok_llama3_names[i])) {
+            return UPRETOK_LLAMA3;
         }
     }
     if (upretok_name_is(name, len, "default")) {
@@ -276,7 +284,9 @@ static int upretok_is_newline(uint32_t c)
 }
 
 /* End of the Qwen2 regex match that starts at pos (< end). */
-static size_t upretok_qwen2_match(const uint32_t *cps, size_t pos, size_t end)
+/* The Qwen2 / Llama-3 regex (unicode_pretok.h), digits taken up to
+ * max_digits at a time (1: Qwen2's \p{N}; 3: Llama-3's \p{N}{1,3}). */
+static size_t upretok_qwen2_like(const uint32_t *cps, size_t pos, size_t end, size_t max_digits)
 {
     size_t len = upretok_contraction_ci(cps, pos, end);
     if (len) {
@@ -293,8 +303,12 @@ static size_t upretok_qwen2_match(const uint32_t *cps, size_t pos, size_t end)
         }
         return p;
     }
-    if (f & UCPT_NUMBER) {                  /* \p{N}: one digit */
-        return pos + 1;
+    if (f & UCPT_NUMBER) {                  /* \p{N}{1,max_digits} */
+        size_t p = pos + 1;
+        while (p - pos < max_digits && (upretok_flags_at(cps, p, end) & UCPT_NUMBER)) {
+            p++;
+        }
+        return p;
     }
     /*  ?[^\s\p{L}\p{N}]+[\r\n]* (the optional space needs a defined code point after it) */
     unsigned f2 = c == ' ' ? upretok_flags_at(cps, pos + 1, end) : f;
@@ -325,6 +339,16 @@ static size_t upretok_qwen2_match(const uint32_t *cps, size_t pos, size_t end)
         return pos + nws;
     }
     return pos + 1;                         /* no match: one code point */
+}
+
+static size_t upretok_qwen2_match(const uint32_t *cps, size_t pos, size_t end)
+{
+    return upretok_qwen2_like(cps, pos, end, 1);
+}
+
+static size_t upretok_llama3_match(const uint32_t *cps, size_t pos, size_t end)
+{
+    return upretok_qwen2_like(cps, pos, end, 3);
 }
 
 typedef size_t (*upretok_regex)(const uint32_t *cps, size_t pos, size_t end);
@@ -376,8 +400,10 @@ int upretok_split(upretok_kind kind, const uint32_t *cps, size_t n, upretok_piec
         }
         upretok_swap(p, &tmp);
     }
-    if (upretok_apply_regex(kind == UPRETOK_QWEN2 ? upretok_qwen2_match : upretok_gpt2_match,
-                            cps, p, &tmp) != 0) {
+    upretok_regex regex = kind == UPRETOK_QWEN2    ? upretok_qwen2_match
+                          : kind == UPRETOK_LLAMA3 ? upretok_llama3_match
+                                                   : upretok_gpt2_match;
+    if (upretok_apply_regex(regex, cps, p, &tmp) != 0) {
         goto cleanup;
     }
     upretok_swap(p, &tmp);

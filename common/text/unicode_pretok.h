@@ -15,6 +15,7 @@ typedef enum {
     UPRETOK_DEFAULT,   /* llama.cpp's "default": [\p{P}$+<=>^~|]+, GPT-2, \p{N}+, [0-9][0-9][0-9] */
     UPRETOK_QWEN2,     /* (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|
                           ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+  ("qwen2") */
+    UPRETOK_LLAMA3,    /* the same with \p{N}{1,3} for \p{N} ("llama-bpe": Llama 3) */
 } upretok_kind;
 
 /* Kind for a tokenizer.ggml.pre name (len bytes, not NUL-terminated).
