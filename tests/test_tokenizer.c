@@ -919,6 +919,29 @@ static void test_chat_gemma(void **state)
     tokenizer_free(t);
 }
 
+/* Phi-3's template, as its GGUFs carry it. */
+static void test_chat_phi3(void **state)
+{
+    (void)state;
+    tokenizer *t = build_gpt2("{% for message in messages %}{% if message['role'] == 'system' %}"
+                              "{{'<|system|>\n' + message['content'] + '<|end|>\n'}}{% elif message['role'] == "
+                              "'user' %}{{'<|user|>\n' + message['content'] + '<|end|>\n'}}{% elif "
+                              "message['role'] == 'assistant' %}{{'<|assistant|>\n' + message['content'] + "
+                              "'<|end|>\n'}}{% endif %}{% endfor %}{% if add_generation_prompt %}"
+                              "{{ '<|assistant|>\n' }}{% endif %}");
+    assert_int_equal(chat_template_of(t), CHAT_TEMPLATE_PHI3);
+    static const chat_msg conv[] = {
+        {CHAT_SYSTEM, "S"}, {CHAT_USER, "q1"}, {CHAT_ASSISTANT, "a1"}, {CHAT_USER, "q2"},
+    };
+    char *p = render_ok(t, conv, 4);
+    assert_string_equal(p, "<|system|>\nS<|end|>\n<|user|>\nq1<|end|>\n<|assistant|>\na1<|end|>\n"
+                           "<|user|>\nq2<|end|>\n<|assistant|>\n");
+    free(p);
+    expect_prompt_is_render(t, NULL, "hi");
+    expect_prompt_is_render(t, "sys", "hi");
+    tokenizer_free(t);
+}
+
 static void test_chat_llama2(void **state)
 {
     (void)state;
@@ -966,7 +989,7 @@ static void test_chat_unrecognized(void **state)
     tokenizer *t = build_gpt2("{% for m in messages %}### {{ m.content }}{% endfor %}");
     assert_int_equal(chat_template_of(t), CHAT_TEMPLATE_NONE);
     static const chat_msg m[] = { {CHAT_USER, "hi"} };
-    render_fails(t, m, 1, "tokenizer: chat template not recognized (ChatML, Llama-2, Llama-3, Gemma)");
+    render_fails(t, m, 1, "tokenizer: chat template not recognized (ChatML, Llama-2, Llama-3, Phi-3, Gemma)");
     tokenizer_free(t);
     t = build_gpt2(NULL);                            /* no template, no <|im_start|> token */
     assert_int_equal(chat_template_of(t), CHAT_TEMPLATE_NONE);
@@ -1045,6 +1068,7 @@ int main(void)
         cmocka_unit_test(test_chat_llama3),
         cmocka_unit_test(test_chat_llama2),
         cmocka_unit_test(test_chat_gemma),
+        cmocka_unit_test(test_chat_phi3),
         cmocka_unit_test(test_chat_unrecognized),
         cmocka_unit_test(test_build_errors),
     };

@@ -64,9 +64,9 @@ size_t weights_plan(cuda_model *cm, uint8_t *base)
 static int config_ok(const model_config *c, char *err, size_t errlen)
 {
     if (c->qk_norm || c->post_norms || c->embd_scale || c->mlp_act != MODEL_MLP_SWIGLU || c->swa_window > 0 ||
-        c->final_softcap > 0.0f || c->q_dim != c->dim)
+        c->final_softcap > 0.0f || c->q_dim != c->dim || c->rope_factors || c->rope_scale != 1.0f)
         return util_err(err, errlen, "the CUDA backend runs Llama-block models (llama, qwen2) only; "
-                        "'%s' (Q/K norms, post-norms, GeGLU, sliding windows or a separate head size) "
+                        "'%s' (Q/K norms, post-norms, GeGLU, sliding windows, a separate head size or RoPE scaling) "
                         "runs on the CPU backend", c->arch);
     if (c->dim <= 0 || c->n_heads <= 0 || c->n_kv_heads <= 0 || c->n_layers <= 0 || c->vocab_size <= 0 ||
         c->hidden_dim <= 0 || c->n_heads % c->n_kv_heads != 0 || c->head_dim * c->n_heads != c->dim ||

@@ -42,6 +42,9 @@ chat_template_kind chat_template_of(const tokenizer *t)
     if (strstr(tmpl, "<start_of_turn>")) {
         return CHAT_TEMPLATE_GEMMA;
     }
+    if (strstr(tmpl, "<|assistant|>") && strstr(tmpl, "<|end|>")) {
+        return CHAT_TEMPLATE_PHI3;
+    }
     return CHAT_TEMPLATE_NONE;
 }
 
@@ -263,6 +266,18 @@ static void chat_put_trimmed(chat_buf *b, const char *s)
     chat_put(b, s, len);
 }
 
+static void chat_render_phi3(chat_buf *b, const chat_msg *msgs, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        chat_puts(b, "<|");
+        chat_puts(b, chat_role_name(msgs[i].role));
+        chat_puts(b, "|>\n");
+        chat_puts(b, msgs[i].content);
+        chat_puts(b, "<|end|>\n");
+    }
+    chat_puts(b, "<|assistant|>\n");
+}
+
 static int chat_render_gemma(chat_buf *b, const chat_msg *msgs, size_t n, char *err, size_t errlen)
 {
     const char *system = n > 0 && msgs[0].role == CHAT_SYSTEM ? msgs[0].content : NULL;
@@ -326,7 +341,7 @@ char *chat_render(const tokenizer *t, const chat_msg *msgs, size_t n, char *err,
     chat_template_kind kind = chat_template_of(t);
     chat_buf b = {0};
     if (kind == CHAT_TEMPLATE_NONE) {
-        util_err(err, errlen, "tokenizer: chat template not recognized (ChatML, Llama-2, Llama-3, Gemma)");
+        util_err(err, errlen, "tokenizer: chat template not recognized (ChatML, Llama-2, Llama-3, Phi-3, Gemma)");
         return NULL;
     }
     if (chat_check(msgs, n, err, errlen) != 0) {
@@ -338,6 +353,9 @@ char *chat_render(const tokenizer *t, const chat_msg *msgs, size_t n, char *err,
         break;
     case CHAT_TEMPLATE_LLAMA3:
         chat_render_llama3(&b, t, msgs, n);
+        break;
+    case CHAT_TEMPLATE_PHI3:
+        chat_render_phi3(&b, msgs, n);
         break;
     case CHAT_TEMPLATE_GEMMA:
         if (chat_render_gemma(&b, msgs, n, err, errlen) != 0) {

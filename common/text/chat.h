@@ -7,7 +7,8 @@
  * The template family is recognized from the model's
  * tokenizer.chat_template (no Jinja is run): ChatML (<|im_start|>; also
  * chosen when the file has no template but the vocabulary has
- * <|im_start|>), Llama-3 (<|start_header_id|>), Llama-2 ([INST]) and Gemma
+ * <|im_start|>), Llama-3 (<|start_header_id|>), Llama-2 ([INST]), Phi-3
+ * (<|assistant|> with <|end|>) and Gemma
  * (<start_of_turn>; also chosen when the file has no template but the
  * vocabulary has <start_of_turn>, as Gemma-3-270M's GGUF). A
  * ChatML template that writes a literal default system message (SmolLM2's
@@ -34,6 +35,7 @@ typedef enum {
     CHAT_TEMPLATE_LLAMA2,
     CHAT_TEMPLATE_LLAMA3,
     CHAT_TEMPLATE_GEMMA,
+    CHAT_TEMPLATE_PHI3,
 } chat_template_kind;
 
 /* The role named name ("system", "user", "assistant", as in OpenAI chat
@@ -60,6 +62,8 @@ chat_template_kind chat_template_of(const tokenizer *t);
  *             one carries "<<SYS>>\nSYSTEM\n<</SYS>>\n\n" before CONTENT),
  *             an assistant turn " CONTENT " + EOS text (when the template
  *             writes eos_token);
+ *   Phi-3:    "<|ROLE|>\nCONTENT<|end|>\n" per message, ROLE system, user
+ *             or assistant; then "<|assistant|>\n";
  *   Gemma:    user and assistant turns alternate, starting with a user
  *             message; "<start_of_turn>ROLE\nCONTENT<end_of_turn>\n" per
  *             turn, ROLE "user" or "model", CONTENT trimmed of ASCII
