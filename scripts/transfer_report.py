@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Skippability of two models by normalized depth, side by side.
+"""Skippability of two or more models by normalized depth, side by side.
 
-    python3 scripts/transfer_report.py A.json.report.json B.json.report.json \
+    python3 scripts/transfer_report.py A.json.report.json B.json.report.json [C...] \
         [-o build/transfer.png] [--bins 4]
 
 Each report is the per-sublayer table `selfspec search` writes next to its
@@ -11,9 +11,9 @@ top-1 agreement with the full model when that sublayer alone is skipped
 mapping `selfspec search --seed-config` uses to carry a set between models.
 
 Prints, per depth bin and sublayer kind, each model's mean agreement and
-the Spearman rank correlation of the two curves (interpolated onto common
-depths), and draws one plot (two panels: attention, MLP) when matplotlib is
-installed.
+the Spearman rank correlation of each pair of curves (interpolated onto
+common depths), and draws one plot (two panels: attention, MLP) when
+matplotlib is installed.
 """
 import argparse
 import json
@@ -74,14 +74,16 @@ def spearman(a, b):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("reports", nargs=2)
+    ap.add_argument("reports", nargs="+")
     ap.add_argument("-o", "--out", default="build/transfer.png")
     ap.add_argument("--bins", type=int, default=4)
     a = ap.parse_args()
+    if len(a.reports) < 2:
+        ap.error("give two or more reports")
     models = [load(p) for p in a.reports]
     grid = [(i + 0.5) / 40 for i in range(40)]
     print(f"agreement with the full model, one sublayer skipped (mean per depth bin; "
-          f"full-model self-agreement {models[0][1]:.3f} / {models[1][1]:.3f})")
+          f"full-model self-agreement {' / '.join(f'{m[1]:.3f}' for m in models)})")
     print(f"{'kind':5} {'depth':11} " + " ".join(f"{m[0][:24]:>24}" for m in models))
     for kind in ("attn", "mlp"):
         for b in range(a.bins):
@@ -91,8 +93,12 @@ def main():
                 v = [y for x, y in c[kind] if lo <= x < hi]
                 cells.append(f"{sum(v) / len(v):24.3f}" if v else f"{'-':>24}")
             print(f"{kind:5} {lo:.2f}-{hi:.2f}  " + " ".join(cells))
-        rho = spearman([interp(models[0][2][kind], x) for x in grid], [interp(models[1][2][kind], x) for x in grid])
-        print(f"{kind:5} rank correlation of the two depth profiles: {rho:.2f}")
+        for i in range(len(models)):
+            for j in range(i + 1, len(models)):
+                rho = spearman([interp(models[i][2][kind], x) for x in grid],
+                               [interp(models[j][2][kind], x) for x in grid])
+                print(f"{kind:5} rank correlation of the depth profiles of {models[i][0]} and "
+                      f"{models[j][0]}: {rho:.2f}")
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -102,7 +108,7 @@ def main():
         return 0
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for ax, kind, title in zip(axes, ("attn", "mlp"), ("attention skipped alone", "MLP skipped alone")):
-        for (name, _, c), style in zip(models, ("o-", "s--")):
+        for (name, _, c), style in zip(models, ("o-", "s--", "^:", "d-.")):
             ax.plot([p[0] for p in c[kind]], [p[1] for p in c[kind]], style, ms=3, label=name)
         ax.set_title(title)
         ax.set_xlabel("normalized depth (layer + 0.5) / layers")
