@@ -239,11 +239,13 @@ else
 QWEN_SUITES := 'qwen=echo "SKIPPING the Qwen2.5-Coder-1.5B checks: $(QWEN) not fetched (make setup MODELS=\"smollm2 qwen\")"'
 endif
 # Gemma-3-270M (gemma3: local sliding-window layers, GeGLU, Q5_0 weights)
-# against llama.cpp, and greedy self-spec == plain on it.
+# against llama.cpp; greedy self-spec == plain on it; batch output (64
+# requests at max-seqs 1, 7, 64; plain, auto, self-spec) == generate alone.
 ifneq ($(wildcard $(GEMMA)),)
 GEMMA_SUITES := 'gemma-tokenizer=SELFSPEC_MODEL=$(GEMMA) SELFSPEC_TOKEN_FIXTURE=tests/fixtures/gemma_tokens.json $(BUILD)/test/test_tokenizer' \
                 'gemma-logits=SELFSPEC_MODEL=$(GEMMA) SELFSPEC_LOGIT_FIXTURE=tests/fixtures/gemma_logits.json $(BUILD)/e2e/test_fixtures' \
-                'gemma-selfspec=SELFSPEC_MODEL=$(GEMMA) E2E_PROMPTS=2 E2E_EXTREME_PROMPTS=1 E2E_NEW=32 $(BUILD)/e2e/e2e_selfspec'
+                'gemma-selfspec=SELFSPEC_MODEL=$(GEMMA) E2E_PROMPTS=2 E2E_EXTREME_PROMPTS=1 E2E_NEW=32 $(BUILD)/e2e/e2e_selfspec' \
+                'gemma-batch=python3 tests/test_batch.py --model $(GEMMA)'
 else
 GEMMA_SUITES := 'gemma=echo "SKIPPING the Gemma-3-270M checks: $(GEMMA) not fetched (make setup MODELS=\"smollm2 qwen gemma3\")"'
 endif
