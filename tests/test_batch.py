@@ -238,6 +238,69 @@ def test_stdin_pipe(model, tmp):
     check("-i -: both requests done, exit 0", p.returncode == 0 and sorted(res) == ["p-1", "p-2"], e.decode()[-300:])
 
 
+def test_logprobs(model, tmp):
+    """Greedy requests with logprobs (chat and completions, stop strings, EOS):
+    the choices (text, finish reason, log-probabilities) are identical across
+    --mode plain / self-spec / auto and --max-seqs 1 / 5 (the log-probabilities are the full model's,
+    never a draft's, and a token's logits do not depend on its batch); they
+    are well-formed and consistent (top-1 first, the chosen token's value
+    among the top when it is the argmax, probabilities <= 1, text offsets
+    rising through the text)."""
+    reqs = []
+    for i in range(10):
+        chat = i % 2 == 0
+        body = {"model": "m", "max_tokens": 12 + 3 * i, "temperature": 0}
+        if chat:
+            body["messages"] = [{"role": "user", "content": f"List {i + 2} fruits, one per line."}]
+            body["logprobs"] = True
+            body["top_logprobs"] = i % 4
+        else:
+            body["prompt"] = f"Counting: {i}, {i + 1}, {i + 2},"
+            body["logprobs"] = i % 6
+        if i % 3 == 1:
+            body["stop"] = ["\n"]
+        reqs.append({"custom_id": f"lp-{i}", "method": "POST",
+                     "url": "/v1/chat/completions" if chat else "/v1/completions", "body": body})
+    inp = os.path.join(tmp, "lp.jsonl")
+    write_jsonl(inp, reqs)
+    outs = {}
+    for seqs, mode in [(1, "plain"), (5, "plain"), (5, "self-spec"), (5, "auto")]:
+        out = os.path.join(tmp, f"lp-{seqs}-{mode}.jsonl")
+        rc, err = run_batch(model, inp, out, ["--max-seqs", str(seqs), "--mode", mode])
+        check(f"logprobs: batch --max-seqs {seqs} --mode {mode} exits 0", rc == 0, err[-400:])
+        if rc == 0:   # the choice as printed (the line's "created" is the run's start)
+            outs[(seqs, mode)] = {c: (v[0][1], json.dumps(v[0][0]["response"]["body"]["choices"]))
+                                  for c, v in read_results(out).items()}
+    ref = outs.get((1, "plain"), {})
+    for key, got in outs.items():
+        check(f"logprobs: max-seqs {key[0]} {key[1]}: every choice identical to plain's at max-seqs 1",
+              {c: v[1] for c, v in got.items()} == {c: v[1] for c, v in ref.items()},
+              str([c for c in ref if got.get(c, (0, 0))[1] != ref[c][1]][:3]))
+    ref = {c: v[0] for c, v in ref.items()}
+    ok, why = len(ref) == 10, ""
+    for cid, raw in sorted(ref.items()):
+        o = json.loads(raw)
+        body = o["response"]["body"]
+        lp = body["choices"][0]["logprobs"]
+        text = text_of(o)
+        if body["object"] == "chat.completion":
+            ents = lp["content"]
+            vals = [e["logprob"] for e in ents]
+            joined = b"".join(bytes(e["bytes"]) for e in ents).decode("utf-8", errors="replace")
+            good = all(len(e["top_logprobs"]) <= 3 and all(t["logprob"] <= 0 for t in e["top_logprobs"]) and
+                       (not e["top_logprobs"] or e["top_logprobs"][0]["logprob"] >= e["logprob"] - 1e-6)
+                       for e in ents) and text.startswith(joined[:len(text)]) and len(joined) >= len(text)
+        else:
+            vals = lp["token_logprobs"]
+            offs = lp["text_offset"]
+            good = (len(lp["tokens"]) == len(vals) == len(offs) == len(lp["top_logprobs"]) and
+                    offs == sorted(offs) and all(v <= 0 for v in vals) and
+                    all(not d or max(d.values()) >= v - 1e-6 for d, v in zip(lp["top_logprobs"], vals)))
+        if not (good and vals and all(v <= 1e-6 for v in vals)):
+            ok, why = False, f"{cid}: {json.dumps(lp)[:300]}"
+    check("logprobs: every response well-formed and consistent", ok, why)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="models/SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -253,6 +316,7 @@ def main():
         test_stdin_pipe(a.model, tmp)
         test_kill_and_resume(a.model, tmp)
         test_identical_to_generate(a.model, tmp)
+        test_logprobs(a.model, tmp)
     total = sum(1 for _ in FAILURES)
     print(f"test_batch: {'FAILED' if FAILURES else 'all passed'}")
     for f in FAILURES:

@@ -436,6 +436,83 @@ static const cJSON *get(const cJSON *o, const char *k)
     return v;
 }
 
+/* "logprobs" / "top_logprobs": parsed per endpoint, refused out of range
+ * or in the wrong place, and formatted as OpenAI's two shapes. */
+static void test_logprobs(void **state)
+{
+    (void)state;
+    static const char *head_c = "{\"custom_id\": \"c\", \"method\": \"POST\", \"url\": \"/v1/completions\", "
+                                "\"body\": {\"prompt\": \"x\", ";
+    static const char *head_h = "{\"custom_id\": \"h\", \"method\": \"POST\", \"url\": \"/v1/chat/completions\", "
+                                "\"body\": {\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], ";
+    struct { const char *head, *tail; int rc, want, top; const char *err; } cases[] = {
+        {head_c, "\"logprobs\": 3}}", 0, 1, 3, NULL},
+        {head_c, "\"logprobs\": 0}}", 0, 1, 0, NULL},
+        {head_c, "\"logprobs\": null}}", 0, 0, 0, NULL},
+        {head_c, "\"max_tokens\": 2}}", 0, 0, 0, NULL},
+        {head_c, "\"logprobs\": 21}}", -1, 0, 0, "body.logprobs must be <= 20"},
+        {head_c, "\"logprobs\": true}}", -1, 0, 0, "body.logprobs"},
+        {head_c, "\"top_logprobs\": 2}}", -1, 0, 0, "body.top_logprobs is a chat field"},
+        {head_h, "\"logprobs\": true, \"top_logprobs\": 5}}", 0, 1, 5, NULL},
+        {head_h, "\"logprobs\": true}}", 0, 1, 0, NULL},
+        {head_h, "\"logprobs\": false}}", 0, 0, 0, NULL},
+        {head_h, "\"top_logprobs\": 2}}", -1, 0, 0, "needs \"logprobs\": true"},
+        {head_h, "\"logprobs\": true, \"top_logprobs\": 21}}", -1, 0, 0, "body.top_logprobs must be <= 20"},
+        {head_h, "\"logprobs\": 1}}", -1, 0, 0, "body.logprobs"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char line[512], err[256] = "";
+        snprintf(line, sizeof line, "%s%s", cases[i].head, cases[i].tail);
+        batch_request r;
+        int rc = parse(line, &r, err, sizeof err);
+        if (rc != cases[i].rc || (rc == 0 && (r.want_logprobs != cases[i].want || r.top_logprobs != cases[i].top)) ||
+            (rc != 0 && !strstr(err, cases[i].err)))
+            fail_msg("case %zu: rc %d want %d top %d err \"%s\"\n  line: %s", i, rc, r.want_logprobs,
+                     r.top_logprobs, err, line);
+        batch_request_free(&r);
+    }
+    /* formatting: one token with two alternatives, one with none; a
+     * partial UTF-8 byte token shows as U+FFFD, its bytes exactly */
+    batch_logprob lp[2] = {
+        {.text = " Paris", .len = 6, .logprob = -0.25f, .text_offset = 0, .n_top = 2,
+         .top_text = {" Paris", " the"}, .top_len = {6, 4}, .top_lp = {-0.25f, -2.0f}},
+        {.text = "\xe2", .len = 1, .logprob = -1.5f, .text_offset = 6, .n_top = 0},
+    };
+    for (int chat = 0; chat <= 1; chat++) {
+        batch_result res = {.custom_id = "q", .kind = chat ? BATCH_CHAT : BATCH_COMPLETION, .created = 1,
+                            .text = " Paris", .finish = BATCH_FINISH_STOP, .prompt_tokens = 1,
+                            .completion_tokens = 2, .logprobs = lp, .n_logprobs = 2};
+        char err[128];
+        char *line = batch_format_result(&res, err, sizeof err);
+        assert_non_null(line);
+        cJSON *j = parse_output(line);
+        const cJSON *c0 = cJSON_GetArrayItem(get(get(get(j, "response"), "body"), "choices"), 0);
+        const cJSON *l = get(c0, "logprobs");
+        if (chat) {
+            const cJSON *content = get(l, "content"), *e0 = cJSON_GetArrayItem(content, 0);
+            const cJSON *e1 = cJSON_GetArrayItem(content, 1);
+            assert_int_equal(cJSON_GetArraySize(content), 2);
+            assert_string_equal(get(e0, "token")->valuestring, " Paris");
+            assert_true(get(e0, "logprob")->valuedouble == -0.25);
+            assert_int_equal(cJSON_GetArraySize(get(e0, "bytes")), 6);
+            assert_int_equal(cJSON_GetArraySize(get(e0, "top_logprobs")), 2);
+            assert_string_equal(get(cJSON_GetArrayItem(get(e0, "top_logprobs"), 1), "token")->valuestring, " the");
+            assert_string_equal(get(e1, "token")->valuestring, "\xef\xbf\xbd");
+            assert_int_equal(cJSON_GetArrayItem(get(e1, "bytes"), 0)->valueint, 0xe2);
+            assert_int_equal(cJSON_GetArraySize(get(e1, "top_logprobs")), 0);
+        } else {
+            assert_int_equal(cJSON_GetArraySize(get(l, "tokens")), 2);
+            assert_true(cJSON_GetArrayItem(get(l, "token_logprobs"), 1)->valuedouble == -1.5);
+            assert_int_equal(cJSON_GetArrayItem(get(l, "text_offset"), 1)->valueint, 6);
+            const cJSON *t0 = cJSON_GetArrayItem(get(l, "top_logprobs"), 0);
+            assert_true(get(t0, " the")->valuedouble == -2.0);
+            assert_int_equal(cJSON_GetArraySize(cJSON_GetArrayItem(get(l, "top_logprobs"), 1)), 0);
+        }
+        cJSON_Delete(j);
+        free(line);
+    }
+}
+
 static void test_format_completion(void **state)
 {
     batch_result res = { .custom_id = "req-1", .kind = BATCH_COMPLETION, .model = "smollm2",
@@ -923,6 +1000,7 @@ int main(void)
         cmocka_unit_test(test_format_error),
         cmocka_unit_test(test_format_bad_args),
         cmocka_unit_test(test_scan_resume),
+        cmocka_unit_test(test_logprobs),
         cmocka_unit_test(test_scan_garbage),
         cmocka_unit_test(test_scan_long_lines),
         cmocka_unit_test(test_seed_corpus),

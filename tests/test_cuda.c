@@ -1088,7 +1088,7 @@ static void engine_gpu_run(const model *m, ereq *r, int n, int32_t max_seqs, eng
     for (int i = 0; i < n; i++) {
         r[i].n_out = 0;
         r[i].done = 0;
-        engine_callbacks cb = {ereq_token, ereq_done, &r[i]};
+        engine_callbacks cb = {.on_token = ereq_token, .on_done = ereq_done, .user = &r[i]};
         if (engine_submit(e, r[i].prompt, r[i].n_prompt, &r[i].gp, &cb, err, sizeof err) != 0)
             fail_msg("submit: %s", err);
     }

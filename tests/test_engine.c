@@ -176,7 +176,7 @@ static void run_engine(tiny *t, req *r, int n, engine_params *p, const char *wha
     for (int i = 0; i < n; i++) {
         r[i].n_out = 0;
         r[i].done = 0;
-        engine_callbacks cb = {on_token, on_done, &r[i]};
+        engine_callbacks cb = {.on_token = on_token, .on_done = on_done, .user = &r[i]};
         if (engine_submit(e, r[i].prompt, r[i].n_prompt, &r[i].gp, &cb, err, sizeof err) != 0)
             fail_msg("submit %d: %s", i, err);
     }
@@ -257,7 +257,7 @@ static engine *run_flat(tiny *t, req *r, int n, const engine_params *p)
     for (int i = 0; i < n; i++) {
         r[i].n_out = 0;
         r[i].done = 0;
-        engine_callbacks cb = {on_token, on_done, &r[i]};
+        engine_callbacks cb = {.on_token = on_token, .on_done = on_done, .user = &r[i]};
         assert_int_equal(engine_submit(e, r[i].prompt, r[i].n_prompt, &r[i].gp, &cb, err, sizeof err), 0);
     }
     while (engine_pending(e) > 0)
@@ -504,7 +504,7 @@ static void test_admission(void **state)
     }
     reference(&t, r, N_REQ, NULL);
     for (int i = 0; i < N_REQ; i++) {
-        engine_callbacks cb = {on_token, on_done, &r[i]};
+        engine_callbacks cb = {.on_token = on_token, .on_done = on_done, .user = &r[i]};
         assert_int_equal(engine_submit(e, r[i].prompt, r[i].n_prompt, &r[i].gp, &cb, err, sizeof err), 0);
     }
     /* never fits: more than the context, more than the whole pool */

@@ -340,6 +340,46 @@ static void test_frequencies(void **state)
 
 /* ----------------------------------------------------- invalid parameters */
 
+/* sampler_logprobs: the log-softmax of the raw row (in double, checked here
+ * independently), the top N largest first with ties to the smaller id. */
+static void test_logprobs(void **state)
+{
+    (void)state;
+    enum { N = 300 };
+    float x[N];
+    for (int i = 0; i < N; i++)
+        x[i] = (float)((i * 37) % 101) * 0.05f - 2.0f;   /* many ties */
+    double mx = -1e30, sum = 0;
+    for (int i = 0; i < N; i++)
+        mx = x[i] > mx ? x[i] : mx;
+    for (int i = 0; i < N; i++)
+        sum += exp(x[i] - mx);
+    sampler_logprob lp;
+    sampler_logprobs(x, N, 7, 20, &lp);
+    assert_int_equal(lp.token, 7);
+    assert_true(fabs(lp.logprob - (x[7] - mx - log(sum))) < 1e-5);
+    assert_int_equal(lp.n_top, 20);
+    for (int k = 0; k < 20; k++) {
+        assert_true(fabs(lp.top_lps[k] - (x[lp.top_ids[k]] - mx - log(sum))) < 1e-5);
+        if (k > 0) {
+            float a = x[lp.top_ids[k - 1]], b = x[lp.top_ids[k]];
+            assert_true(a > b || (a == b && lp.top_ids[k - 1] < lp.top_ids[k]));
+        }
+    }
+    /* nothing outside the top is larger than its last, or equal with a smaller id */
+    float last = x[lp.top_ids[19]];
+    for (int i = 0; i < N; i++) {
+        int in = 0;
+        for (int k = 0; k < 20; k++)
+            in |= lp.top_ids[k] == i;
+        assert_true(in || x[i] < last || (x[i] == last && i > lp.top_ids[19]));
+    }
+    sampler_logprobs(x, N, 0, 0, &lp);
+    assert_int_equal(lp.n_top, 0);
+    sampler_logprobs(x, 5, 4, 20, &lp);   /* more asked than the row has */
+    assert_int_equal(lp.n_top, 5);
+}
+
 static void test_invalid_params(void **state)
 {
     (void)state;
@@ -384,6 +424,7 @@ int main(void)
         cmocka_unit_test(test_seed_reproducible),
         cmocka_unit_test(test_frequencies),
         cmocka_unit_test(test_invalid_params),
+        cmocka_unit_test(test_logprobs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

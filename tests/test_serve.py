@@ -157,6 +157,21 @@ def run(model):
               and last.usage.completion_tokens == whole.usage.completion_tokens
               and last.usage.prompt_tokens == whole.usage.prompt_tokens, str(last))
 
+        # logprobs through the openai client: chat (content entries) and
+        # completions (the legacy shape), the text unchanged; with stream: a 400
+        r = client.chat.completions.create(model="selfspec", messages=[{"role": "user", "content": PROMPTS[1][1]}],
+                                           max_tokens=MAX_TOKENS, temperature=0, logprobs=True, top_logprobs=3)
+        ents = r.choices[0].logprobs.content if r.choices[0].logprobs else []
+        check("openai client chat logprobs: an entry per token, top 3 each, the text unchanged",
+              r.choices[0].message.content == want[1] and ents and all(len(e.top_logprobs) == 3 and e.logprob <= 0 and
+              e.top_logprobs[0].logprob >= e.logprob - 1e-6 for e in ents), str(r.choices[0])[:500])
+        c = client.completions.create(model="selfspec", prompt=PROMPTS[0][1], max_tokens=MAX_TOKENS, temperature=0,
+                                      logprobs=2)
+        lp = c.choices[0].logprobs
+        check("openai client completion logprobs: tokens, token_logprobs, top_logprobs, text_offset",
+              c.choices[0].text == want[0] and lp and len(lp.tokens) == len(lp.token_logprobs) ==
+              len(lp.top_logprobs) == len(lp.text_offset) > 0, str(c.choices[0])[:500])
+
         # concurrent clients
         got = [None] * len(PROMPTS)
 
@@ -187,6 +202,9 @@ def run(model):
              {"prompt": "Hello", "max_tokens": 100000}, KEY, 400),
             ("prompt + max_tokens over the context (stream)", "POST", "/v1/completions",
              {"prompt": "Hello", "max_tokens": 100000, "stream": True}, KEY, 400),
+            ("logprobs with stream", "POST", "/v1/completions", dict(comp, logprobs=2, stream=True), KEY, 400),
+            ("top_logprobs over 20", "POST", "/v1/chat/completions",
+             {"messages": [{"role": "user", "content": "hi"}], "logprobs": True, "top_logprobs": 21}, KEY, 400),
             ("unknown path", "POST", "/v1/embeddings", comp, KEY, 404),
             ("wrong method", "GET", "/v1/completions", None, KEY, 405),
             ("body over --body-limit", "POST", "/v1/completions",

@@ -460,11 +460,38 @@ static int batchio_stop(const cJSON *s, batch_request *out, char *err, size_t er
     return 0;
 }
 
+/* "logprobs" (completions: null or an integer N in [0, 20]; chat: a
+ * boolean) and "top_logprobs" (chat only: [0, 20], needs logprobs true). */
+static int batchio_logprobs(const cJSON *lp, const cJSON *top, batch_request *out, char *err, size_t errlen)
+{
+    int64_t v = 0;
+    if (out->kind == BATCH_COMPLETION) {
+        if (top)
+            return util_err(err, errlen, "body.top_logprobs is a chat field (completions take \"logprobs\": N)");
+        if (lp && !cJSON_IsNull(lp)) {
+            if (batchio_int(lp, "body.logprobs", 0, BATCH_MAX_TOP_LOGPROBS, &v, err, errlen) < 0)
+                return -1;
+            out->want_logprobs = 1, out->top_logprobs = (int)v;
+        }
+        return 0;
+    }
+    if (lp && !cJSON_IsNull(lp) && batchio_bool(lp, "body.logprobs", &out->want_logprobs, err, errlen) < 0)
+        return -1;
+    if (top && !cJSON_IsNull(top)) {
+        if (batchio_int(top, "body.top_logprobs", 0, BATCH_MAX_TOP_LOGPROBS, &v, err, errlen) < 0)
+            return -1;
+        if (!out->want_logprobs)
+            return util_err(err, errlen, "body.top_logprobs needs \"logprobs\": true");
+        out->top_logprobs = (int)v;
+    }
+    return 0;
+}
+
 /* The body's common sampling fields. stream_out NULL: "stream": true is an
  * error (batch lines); else *stream_out receives it. */
 static int batchio_sampling(const cJSON *body, batch_request *out, int *stream_out, char *err, size_t errlen)
 {
-    const cJSON *mt, *mct, *temp, *top_p, *top_k, *seed, *stop, *n, *stream, *ieos, *model;
+    const cJSON *mt, *mct, *temp, *top_p, *top_k, *seed, *stop, *n, *stream, *ieos, *model, *lp, *top_lp;
     if (batchio_member(body, "body.", "max_tokens", &mt, err, errlen) < 0 ||
         batchio_member(body, "body.", "max_completion_tokens", &mct, err, errlen) < 0 ||
         batchio_member(body, "body.", "temperature", &temp, err, errlen) < 0 ||
@@ -475,7 +502,11 @@ static int batchio_sampling(const cJSON *body, batch_request *out, int *stream_o
         batchio_member(body, "body.", "n", &n, err, errlen) < 0 ||
         batchio_member(body, "body.", "stream", &stream, err, errlen) < 0 ||
         batchio_member(body, "body.", "ignore_eos", &ieos, err, errlen) < 0 ||
-        batchio_member(body, "body.", "model", &model, err, errlen) < 0)
+        batchio_member(body, "body.", "model", &model, err, errlen) < 0 ||
+        batchio_member(body, "body.", "logprobs", &lp, err, errlen) < 0 ||
+        batchio_member(body, "body.", "top_logprobs", &top_lp, err, errlen) < 0)
+        return -1;
+    if (batchio_logprobs(lp, top_lp, out, err, errlen) < 0)
         return -1;
     int64_t v = 0;
     out->max_tokens = out->kind == BATCH_CHAT ? BATCH_DEFAULT_MAX_TOKENS_CHAT
@@ -837,6 +868,92 @@ static int batchio_add_num(cJSON *o, const char *key, double d)
     return cJSON_AddNumberToObject(o, key, d) ? 0 : -1;
 }
 
+/* A token's bytes as a JSON string (invalid UTF-8 as U+FFFD). */
+static cJSON *batchio_token_str(const char *s, size_t len)
+{
+    char *z = mallocCheck(len + 1);
+    memcpy(z, s, len);
+    z[len] = '\0';
+    char *fixed = batchio_utf8_fix(z);
+    free(z);
+    cJSON *v = fixed ? cJSON_CreateString(fixed) : NULL;
+    free(fixed);
+    return v;
+}
+
+/* A chat logprob entry: {"token", "logprob", "bytes"}; top entries without
+ * their own "top_logprobs". */
+static cJSON *batchio_chat_entry(const char *s, size_t len, float lp)
+{
+    cJSON *o = cJSON_CreateObject(), *bytes = cJSON_CreateArray(), *tok = batchio_token_str(s, len);
+    int bad = !o || !bytes || !tok;
+    if (!bad) {
+        cJSON_AddItemToObject(o, "token", tok);
+        tok = NULL;
+        bad |= batchio_add_num(o, "logprob", lp);
+        for (size_t i = 0; i < len && !bad; i++)
+            bad |= cJSON_AddItemToArray(bytes, cJSON_CreateNumber((unsigned char)s[i])) ? 0 : 1;
+        cJSON_AddItemToObject(o, "bytes", bytes);
+        bytes = NULL;
+    }
+    cJSON_Delete(tok);
+    cJSON_Delete(bytes);
+    if (bad) {
+        cJSON_Delete(o);
+        return NULL;
+    }
+    return o;
+}
+
+/* The choice's "logprobs" member (batch_format_result's contract). */
+static int batchio_add_logprobs(cJSON *choice, const batch_result *r, int chat)
+{
+    cJSON *lp = cJSON_AddObjectToObject(choice, "logprobs");
+    if (!lp)
+        return -1;
+    int bad = 0;
+    if (chat) {
+        cJSON *content = cJSON_AddArrayToObject(lp, "content");
+        bad |= content ? 0 : -1;
+        for (int i = 0; i < r->n_logprobs && !bad; i++) {
+            const batch_logprob *t = &r->logprobs[i];
+            cJSON *e = batchio_chat_entry(t->text, t->len, t->logprob), *tops = cJSON_CreateArray();
+            bad |= e && tops ? 0 : -1;
+            for (int k = 0; k < t->n_top && !bad; k++) {
+                cJSON *te = batchio_chat_entry(t->top_text[k], t->top_len[k], t->top_lp[k]);
+                bad |= te && cJSON_AddItemToArray(tops, te) ? 0 : -1;
+            }
+            if (e && tops) {
+                cJSON_AddItemToObject(e, "top_logprobs", tops);
+                tops = NULL;
+            }
+            cJSON_Delete(tops);
+            bad |= e && cJSON_AddItemToArray(content, e) ? 0 : -1;
+        }
+        return bad;
+    }
+    cJSON *tokens = cJSON_AddArrayToObject(lp, "tokens"), *tlp = cJSON_AddArrayToObject(lp, "token_logprobs");
+    cJSON *tops = cJSON_AddArrayToObject(lp, "top_logprobs"), *off = cJSON_AddArrayToObject(lp, "text_offset");
+    bad |= tokens && tlp && tops && off ? 0 : -1;
+    for (int i = 0; i < r->n_logprobs && !bad; i++) {
+        const batch_logprob *t = &r->logprobs[i];
+        cJSON *ts = batchio_token_str(t->text, t->len), *d = cJSON_CreateObject();
+        bad |= ts && cJSON_AddItemToArray(tokens, ts) ? 0 : -1;
+        bad |= cJSON_AddItemToArray(tlp, cJSON_CreateNumber(t->logprob)) ? 0 : -1;
+        bad |= cJSON_AddItemToArray(off, cJSON_CreateNumber((double)t->text_offset)) ? 0 : -1;
+        /* the top N, keyed by token text (a later equal text keeps the first's value) */
+        for (int k = 0; k < t->n_top && d && !bad; k++) {
+            cJSON *key = batchio_token_str(t->top_text[k], t->top_len[k]);
+            if (key && !cJSON_GetObjectItemCaseSensitive(d, key->valuestring))
+                bad |= cJSON_AddNumberToObject(d, key->valuestring, t->top_lp[k]) ? 0 : -1;
+            bad |= key ? 0 : -1;
+            cJSON_Delete(key);
+        }
+        bad |= d && cJSON_AddItemToArray(tops, d) ? 0 : -1;
+    }
+    return bad;
+}
+
 /* root printed unformatted plus '\n', malloc'd; NULL (err) on failure. */
 static char *batchio_print(cJSON *root, char *err, size_t errlen)
 {
@@ -952,7 +1069,10 @@ char *batch_format_result(const batch_result *r, char *err, size_t errlen)
     } else {
         bad |= batchio_add_str(choice, "text", r->text);
     }
-    bad |= cJSON_AddNullToObject(choice, "logprobs") ? 0 : -1;
+    if (r->logprobs)
+        bad |= batchio_add_logprobs(choice, r, chat);
+    else
+        bad |= cJSON_AddNullToObject(choice, "logprobs") ? 0 : -1;
     bad |= batchio_add_str(choice, "finish_reason", r->finish == BATCH_FINISH_STOP ? "stop" : "length");
     cJSON *usage = cJSON_AddObjectToObject(body, "usage");
     bad |= usage ? 0 : -1;

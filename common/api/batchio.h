@@ -87,7 +87,24 @@ typedef struct {
     char *stop[BATCH_MAX_STOP]; /* non-empty strings */
     int n_stop;
     int ignore_eos;           /* vLLM extension */
+    int want_logprobs;        /* completions: "logprobs": N; chat: "logprobs": true */
+    int top_logprobs;         /* completions: N; chat: "top_logprobs" (0..BATCH_MAX_TOP_LOGPROBS) */
 } batch_request;
+
+/* The most alternatives a request may ask per token (OpenAI's chat limit). */
+#define BATCH_MAX_TOP_LOGPROBS 20
+
+/* One emitted token's log-probabilities, as the response reports them. */
+typedef struct {
+    const char *text;         /* the token's bytes (its piece; may be a partial UTF-8 sequence) */
+    size_t len;
+    float logprob;
+    size_t text_offset;       /* byte offset of the token in the text */
+    int n_top;
+    const char *top_text[BATCH_MAX_TOP_LOGPROBS];
+    size_t top_len[BATCH_MAX_TOP_LOGPROBS];
+    float top_lp[BATCH_MAX_TOP_LOGPROBS];
+} batch_logprob;
 
 /* Parse one input line (line[0..len), no NUL needed; a trailing "\n" or
  * "\r\n" is allowed) into *out, which is always (re)initialised first, so
@@ -150,6 +167,8 @@ typedef struct {
     batch_finish finish;
     int64_t prompt_tokens;    /* [0, 2^31) */
     int64_t completion_tokens;/* [0, 2^31) */
+    const batch_logprob *logprobs; /* (n_logprobs) when the request asked, else NULL */
+    int n_logprobs;
 } batch_result;
 
 /* One success line, malloc'd, ending in exactly one '\n' (the only newline
@@ -164,6 +183,11 @@ typedef struct {
  *   {"id":"chatcmpl-<hex>","object":"chat.completion","created":C,"model":M,
  *    "choices":[{"index":0,"message":{"role":"assistant","content":T},
  *    "logprobs":null,"finish_reason":F}],"usage":{...}}
+ * With logprobs, the choice's "logprobs" is, for completions (OpenAI's
+ * legacy format), {"tokens":[...],"token_logprobs":[...],"top_logprobs":
+ * [{token: logprob, ...}, ...],"text_offset":[...]} (text_offset in bytes),
+ * and for chat {"content":[{"token","logprob","bytes":[...],"top_logprobs":
+ * [{"token","logprob","bytes"}, ...]}, ...]}.
  * Invalid UTF-8 in text/model is replaced by U+FFFD (as a detokenizer with
  * errors="replace" would); control characters are escaped. The same
  * arguments always give the same bytes. NULL (reason in err) on a bad

@@ -23,6 +23,8 @@ typedef struct {
     int ignore_eos;            /* keep going past end-of-generation tokens */
     int (*is_eog)(const void *ctx, int32_t token);  /* NULL: never */
     const void *eog_ctx;
+    int want_logprobs;         /* report each emitted token's log-probability (sampler_logprobs) */
+    int32_t top_logprobs;      /* and the top N (<= SAMPLER_MAX_TOP_LOGPROBS) */
 } gen_params;
 
 typedef struct {

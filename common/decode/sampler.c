@@ -3,6 +3,8 @@
  */
 #include "decode/sampler.h"
 
+#include <assert.h>
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,6 +67,36 @@ float sampler_uniform(sampler *s)
 int32_t sampler_argmax(const float *logits, int32_t n)
 {
     return model_argmax(logits, n);
+}
+
+void sampler_logprobs(const float *logits, int32_t n, int32_t token, int32_t n_top, sampler_logprob *out)
+{
+    assert(token >= 0 && token < n && n_top >= 0 && n_top <= SAMPLER_MAX_TOP_LOGPROBS);
+    float mx = logits[model_argmax(logits, n)];
+    double sum = 0.0;
+    for (int32_t i = 0; i < n; i++)
+        sum += exp((double)logits[i] - mx);
+    double lse = mx + log(sum);
+    out->token = token;
+    out->logprob = (float)(logits[token] - lse);
+    if (n_top > n)
+        n_top = n;
+    out->n_top = n_top;
+    /* the n_top largest by insertion (n_top <= 20): larger first, ties to the smaller id */
+    int32_t k = 0;
+    for (int32_t i = 0; i < n && n_top > 0; i++) {
+        float v = logits[i];
+        if (k == n_top && !(v > logits[out->top_ids[k - 1]]))
+            continue;
+        int32_t j = k < n_top ? k++ : k - 1;
+        while (j > 0 && v > logits[out->top_ids[j - 1]]) {
+            out->top_ids[j] = out->top_ids[j - 1];
+            j--;
+        }
+        out->top_ids[j] = i;
+    }
+    for (int32_t j = 0; j < n_top; j++)
+        out->top_lps[j] = (float)(logits[out->top_ids[j]] - lse);
 }
 
 float sampler_top1_prob(const float *logits, int32_t n, int32_t *arg)

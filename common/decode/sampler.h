@@ -54,6 +54,22 @@ int32_t sampler_draw(sampler *s, const float *probs, int32_t n);
 /* Next token: argmax when greedy, else a draw from the warped distribution. */
 int32_t sampler_sample(sampler *s, const float *logits);
 
+/* Log-probabilities of one emitted token under the model's own
+ * distribution (log-softmax of the raw logits: temperature 1, no top-k /
+ * top-p, whatever the request samples with), and of the n_top most likely
+ * tokens (ties to the smaller id). A function of the row alone, summed in
+ * double in index order: the same row gives the same bits wherever it was
+ * computed (plain, verification block, batch). */
+#define SAMPLER_MAX_TOP_LOGPROBS 20
+typedef struct {
+    int32_t token;
+    float logprob;
+    int32_t n_top;                               /* <= SAMPLER_MAX_TOP_LOGPROBS */
+    int32_t top_ids[SAMPLER_MAX_TOP_LOGPROBS];   /* most likely first */
+    float top_lps[SAMPLER_MAX_TOP_LOGPROBS];
+} sampler_logprob;
+void sampler_logprobs(const float *logits, int32_t n, int32_t token, int32_t n_top, sampler_logprob *out);
+
 /* Uniform float in [0, 1). */
 float sampler_uniform(sampler *s);
 

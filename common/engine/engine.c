@@ -302,9 +302,16 @@ static int admit(engine *e, char *err, size_t errlen)
     return 0;
 }
 
-/* Emit one final token of s; returns 1 when s is finished. */
-static int emit(eseq *s, int32_t tok)
+/* Emit one final token of s, chosen from the full model's logits row `row`
+ * (NULL when the pass kept no logits); returns 1 when s is finished. */
+static int emit(eseq *s, int32_t tok, const float *row, int32_t V)
 {
+    if (s->gp.want_logprobs && s->cb.on_logprob) {
+        assert(row);
+        sampler_logprob lp;
+        sampler_logprobs(row, V, tok, s->gp.top_logprobs, &lp);
+        s->cb.on_logprob(s->cb.user, &lp);
+    }
     if (s->has_ng)
         ngram_push(&s->ng, tok);
     s->res.generated_tokens++;
@@ -450,15 +457,18 @@ int engine_step(engine *e, char *err, size_t errlen)
     }
     /* a pass whose output rows are all greedy needs only their argmax (a
      * device keeps its logits); a sampled sequence's rows need the logits */
-    int need_logits = 0;
-    for (int j = 0; j < n && !need_logits; j++) {
+    int need_logits = 0, want_lp = 0;
+    for (int j = 0; j < n; j++) {
         eseq *s = &e->seqs[e->bseq[j]];
-        need_logits = s->gp.sampling.temperature != 0.0f && e->batch[j].logits_from < e->batch[j].n_tokens;
+        int rows = e->batch[j].logits_from < e->batch[j].n_tokens;
+        need_logits |= s->gp.sampling.temperature != 0.0f && rows;
+        want_lp |= s->gp.want_logprobs && rows;   /* log-probabilities need the rows here */
     }
+    need_logits |= want_lp;
     /* a backend that samples (a device) draws the sampled rows of plain
      * steps and of first tokens itself: only ids come back. Speculative
      * sampling (a sampled sequence's draft block) needs the rows here. */
-    int dev_sample = need_logits && e->be->sample;
+    int dev_sample = need_logits && !want_lp && e->be->sample;
     for (int j = 0; j < n && dev_sample; j++) {   /* ... and tests draft tokens whose q it holds */
         eseq *s = &e->seqs[e->bseq[j]];
         dev_sample = !(s->state == SEQ_DECODE && s->gp.sampling.temperature != 0.0f && s->blk.n > s->blk.n_ctx &&
@@ -495,11 +505,12 @@ int engine_step(engine *e, char *err, size_t errlen)
             if (s->n_prefilled < s->n_prompt)
                 continue;   /* no logits row for a middle chunk */
             s->cur = need_logits ? sampler_sample(&s->smp, row) : *am;
+            const float *first_row = need_logits ? row : NULL;
             row += V;
             am++;
             af++;
             s->state = SEQ_DECODE;
-            if (emit(s, s->cur))
+            if (emit(s, s->cur, first_row, V))
                 finish(e, s);
             continue;
         }
@@ -516,6 +527,7 @@ int engine_step(engine *e, char *err, size_t errlen)
         } else {
             next = sampler_sample(&s->smp, row);   /* a plain step, as gen_plain */
         }
+        const float *rows = need_logits ? row : NULL;   /* row i chose the block's token i */
         row += (size_t)(1 + s->blk.n) * V;
         am += 1 + s->blk.n;
         af += 1 + s->blk.n;
@@ -526,7 +538,7 @@ int engine_step(engine *e, char *err, size_t errlen)
         s->kv.len += acc + 1;
         int done = 0;
         for (int32_t i = 0; i <= acc && !done; i++)
-            done = emit(s, i < acc ? s->blk.tokens[i] : next);
+            done = emit(s, i < acc ? s->blk.tokens[i] : next, rows ? rows + (size_t)i * V : NULL, V);
         s->cur = next;
         if (done) {
             finish(e, s);
@@ -593,7 +605,7 @@ int engine_run(const model *m, const engine_params *p, int n, const int32_t *pro
     double t0 = util_now();
     for (int i = 0; i < n && rc == 0; i++) {
         o[i] = (one_req){.emit = i ? NULL : emit, .ctx = emit_ctx, .t_submit = t0};
-        engine_callbacks cb = {one_token, one_done, &o[i]};
+        engine_callbacks cb = {.on_token = one_token, .on_done = one_done, .user = &o[i]};
         rc = engine_submit(e, prompt, n_prompt, gp, &cb, err, errlen);
     }
     while (rc == 0 && engine_pending(e) > 0 && !(should_stop && should_stop()))

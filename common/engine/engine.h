@@ -145,6 +145,10 @@ typedef struct {
     /* The request finished (always called once per accepted submit). */
     void (*on_done)(void *user, const engine_result *r);
     void *user;
+    /* Optional, with gp.want_logprobs: a final token's log-probability under
+     * the full model (the verifier's logits row that chose it, never a
+     * draft's), called just before on_token for that token. */
+    void (*on_logprob)(void *user, const sampler_logprob *lp);
 } engine_callbacks;
 
 /* What the engine did since it started. */

@@ -14,6 +14,8 @@
 #include "text/chat.h"
 #include "util/util.h"
 
+_Static_assert(BATCH_MAX_TOP_LOGPROBS == SAMPLER_MAX_TOP_LOGPROBS, "one limit on top_logprobs");
+
 typedef struct {
     job_hooks hooks;
     char *custom_id;
@@ -21,15 +23,48 @@ typedef struct {
     char *stops[BATCH_MAX_STOP];
     int n_stops;
     out_text text;
+    const tokenizer *tok;
+    int want_logprobs, ignore_eos;
+    sampler_logprob *lp;       /* (cap_lp) every emitted token's, when asked */
+    size_t *lp_off;            /* (cap_lp) the text's length when it was emitted */
+    int n_lp, cap_lp;
 } job;
 
 static void job_free(job *j)
 {
+    free(j->lp);
+    free(j->lp_off);
     out_text_free(&j->text);
     for (int i = 0; i < j->n_stops; i++)
         free(j->stops[i]);
     free(j->custom_id);
     free(j);
+}
+
+static void job_on_logprob(void *user, const sampler_logprob *lp)
+{
+    job *j = user;
+    if (j->n_lp == j->cap_lp) {
+        j->cap_lp = j->cap_lp ? 2 * j->cap_lp : 64;
+        j->lp = reallocCheck(j->lp, (size_t)j->cap_lp * sizeof *j->lp);
+        j->lp_off = reallocCheck(j->lp_off, (size_t)j->cap_lp * sizeof *j->lp_off);
+    }
+    j->lp[j->n_lp] = *lp;
+    j->lp_off[j->n_lp++] = j->text.len;
+}
+
+/* How many of the job's tokens the response reports log-probabilities for:
+ * those whose text starts before a stop string, and not a final
+ * end-of-generation token (its text is not output). */
+static int job_lp_count(const job *j)
+{
+    int n = j->n_lp;
+    if (j->text.stopped)
+        while (n > 0 && j->lp_off[n - 1] >= j->text.final)
+            n--;
+    else if (n > 0 && !j->ignore_eos && tokenizer_is_eog(j->tok, j->lp[n - 1].token))
+        n--;
+    return n;
 }
 
 static int job_on_token(void *user, int32_t token)
@@ -58,7 +93,8 @@ static void job_on_done(void *user, const engine_result *res)
     j->text.text[j->text.final] = '\0';   /* the text ends before any stop string */
     job_outcome o = {.custom_id = j->custom_id, .kind = j->kind, .text = j->text.text,
                      .finish = res->finish == ENGINE_FINISH_LENGTH ? BATCH_FINISH_LENGTH : BATCH_FINISH_STOP,
-                     .res = *res};
+                     .res = *res, .tok = j->tok, .want_logprobs = j->want_logprobs, .lp = j->lp,
+                     .lp_off = j->lp_off, .n_lp = j->want_logprobs ? job_lp_count(j) : 0};
     j->hooks.on_done(j->hooks.user, &o);
     job_free(j);
 }
@@ -89,7 +125,7 @@ int job_submit(engine *e, const tokenizer *tok, const batch_request *q, const jo
     if (!q->custom_id || !hooks || !hooks->on_done)
         return util_err(err, errlen, "job_submit: custom_id and on_done are required");
     gen_params gp = {.max_tokens = q->max_tokens, .ignore_eos = q->ignore_eos, .is_eog = job_is_eog,
-                     .eog_ctx = tok,
+                     .eog_ctx = tok, .want_logprobs = q->want_logprobs, .top_logprobs = q->top_logprobs,
                      .sampling = {.temperature = (float)q->temperature, .top_k = q->top_k, .top_p = (float)q->top_p,
                                   .seed = q->has_seed ? q->seed : 0}};
     if (sampler_params_check(&gp.sampling, err, errlen) != 0)
@@ -107,13 +143,17 @@ int job_submit(engine *e, const tokenizer *tok, const batch_request *q, const jo
     job *j = callocCheck(1, sizeof *j);
     j->hooks = *hooks;
     j->kind = q->kind;
+    j->tok = tok;
+    j->want_logprobs = q->want_logprobs;
+    j->ignore_eos = q->ignore_eos;
     j->custom_id = strdup(q->custom_id);
     j->n_stops = q->n_stop;
     for (int i = 0; i < q->n_stop; i++)
         j->stops[i] = strdup(q->stop[i]);
     rc = out_text_init(&j->text, tok, (const char *const *)j->stops, j->n_stops, q->ignore_eos, err, errlen);
     if (rc == 0) {
-        engine_callbacks cb = {job_on_token, job_on_done, j};
+        engine_callbacks cb = {.on_token = job_on_token, .on_done = job_on_done, .user = j,
+                               .on_logprob = job_on_logprob};
         rc = engine_submit(e, ids, (int32_t)n_ids, &gp, &cb, err, errlen);
     }
     free(ids);
@@ -129,7 +169,26 @@ char *job_format_result(const job_outcome *o, const char *model, int64_t created
     batch_result br = {.custom_id = o->custom_id, .kind = o->kind, .model = model, .created = created,
                        .text = o->text, .finish = o->finish, .prompt_tokens = o->res.prompt_tokens,
                        .completion_tokens = o->res.generated_tokens};
-    return batch_format_result(&br, err, errlen);
+    batch_logprob *lp = NULL;
+    if (o->want_logprobs) {   /* token ids to their bytes */
+        lp = callocCheck((size_t)(o->n_lp > 0 ? o->n_lp : 1), sizeof *lp);
+        for (int i = 0; i < o->n_lp; i++) {
+            const sampler_logprob *s = &o->lp[i];
+            lp[i].text = tokenizer_piece(o->tok, s->token, &lp[i].len);
+            lp[i].logprob = s->logprob;
+            lp[i].text_offset = o->lp_off[i];
+            lp[i].n_top = s->n_top;
+            for (int k = 0; k < s->n_top; k++) {
+                lp[i].top_text[k] = tokenizer_piece(o->tok, s->top_ids[k], &lp[i].top_len[k]);
+                lp[i].top_lp[k] = s->top_lps[k];
+            }
+        }
+        br.logprobs = lp;
+        br.n_logprobs = o->n_lp;
+    }
+    char *line = batch_format_result(&br, err, errlen);
+    free(lp);
+    return line;
 }
 
 char *job_format_body(const job_outcome *o, const char *model, int64_t created, char *err, size_t errlen)

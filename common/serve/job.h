@@ -31,6 +31,11 @@ typedef struct {
     const char *text;          /* the whole generated text, NUL-terminated */
     batch_finish finish;
     engine_result res;         /* token counts and times (util_now clock) */
+    const tokenizer *tok;
+    int want_logprobs;         /* the request asked: lp[0..n_lp) are its tokens' */
+    const sampler_logprob *lp; /* each token of the text (not a final EOG token, not past a stop string) */
+    const size_t *lp_off;      /* (n_lp) byte offset of each in the text */
+    int n_lp;
 } job_outcome;
 
 typedef struct {

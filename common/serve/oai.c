@@ -425,6 +425,14 @@ void oai_handle(void *ctx, const char *method, const char *url, const char *body
         oai_req_release(r);
         return;
     }
+    if (r->stream && r->q.want_logprobs) {   /* not silently dropped: refused by name */
+        if (s->mx)
+            metrics_request_failed(s->mx, "invalid");
+        httpd_error(out, 400, "body.logprobs with \"stream\": true is not supported yet (ask without stream)");
+        r->refs = 1;
+        oai_req_release(r);
+        return;
+    }
     if (r->stream) {   /* stream_options.include_usage (batchio does not know it) */
         cJSON *root = cJSON_ParseWithLength(body, len);
         const cJSON *so = root ? cJSON_GetObjectItemCaseSensitive(root, "stream_options") : NULL;
