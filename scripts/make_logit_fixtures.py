@@ -160,11 +160,15 @@ def run_prompt(llm, text: str, eos_id: int, alt=None) -> dict:
         "scores look softmaxed"
 
     # Greedy continuation: argmax ourselves, eval one token at a time.
-    gen, gen_top2, gen_margin, gen_maxabs = [], [], [], []
+    gen, gen_top2, gen_margin, gen_maxabs, gen_lp = [], [], [], [], []
     row = last
     for _ in range(N_GEN):
         (i1, l1), (i2, l2) = topk(row, 2)
         gen.append(i1)
+        # llama.cpp's log-softmax of the row (float64): the top 5 log-probabilities
+        r64 = row.astype(np.float64)
+        lse = float(r64.max() + np.log(np.exp(r64 - r64.max()).sum()))
+        gen_lp.append([[i, r(v - lse)] for i, v in topk(row, TOP_K)])
         gen_top2.append([i1, r(l1), i2, r(l2)])
         gen_margin.append(r(l1 - l2))
         gen_maxabs.append(r(np.max(np.abs(row))))
@@ -205,6 +209,8 @@ def run_prompt(llm, text: str, eos_id: int, alt=None) -> dict:
         # gen_top2[k] = [id1, logit1, id2, logit2] of the logits that chose gen_ids[k]
         "gen_top2": gen_top2,
         "gen_margin": gen_margin,
+        # gen_top5_logprobs[k] = [[id, log-probability] x5] of the logits that chose gen_ids[k]
+        "gen_top5_logprobs": gen_lp,
         "gen_max_abs_logit": gen_maxabs,
         "max_abs_logit": all_maxabs,
         # max |batched - token-by-token| logit over all prompt positions, full vocab

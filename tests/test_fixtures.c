@@ -17,6 +17,10 @@
  * SELFSPEC_LOGIT_FIXTURE says otherwise (tests/fixtures/qwen_logits.json
  * for Qwen2.5-Coder-1.5B, `make test-qwen`); the tests are skipped when the
  * model is absent. The greedy length is the fixture's header n_gen.
+ * Where the fixture has gen_top5_logprobs (llama.cpp's log-softmax along
+ * its greedy continuation), the log-probabilities a response reports
+ * (sampler_logprobs) of those 5 ids are held to them with the logit
+ * tolerance, at every step where the two continuations still agree.
  * Set SELFSPEC_FIXTURE_VERBOSE=1 for per-position details.
  *
  * A second reference, where the fixture has one (exact_top5 / exact_top1,
@@ -339,7 +343,8 @@ static void test_greedy(void **state)
         skip();
     const cJSON *prompts = cJSON_GetObjectItemCaseSensitive(ctx.root, "prompts");
     int32_t V = ctx.m.config.vocab_size;
-    int full = 0, failures = 0, n_prompts = 0;
+    int full = 0, failures = 0, n_prompts = 0, lp_n = 0;
+    float lp_worst = 0.0f;
     const cJSON *p;
     cJSON_ArrayForEach(p, prompts) {
         int n = 0, ng = 0, nm = 0;
@@ -361,10 +366,35 @@ static void test_greedy(void **state)
             fail_msg("model_forward: %s", err);
         kv.len = n;
         int agree = 0, checked_until = N_GEN, diverged = -1;
+        /* the log-probabilities a response reports (sampler_logprobs) against
+         * llama.cpp's log-softmax, where the fixture has them, while the two
+         * continuations agree */
+        const cJSON *glp = cJSON_GetObjectItemCaseSensitive(p, "gen_top5_logprobs");
+        const cJSON *kv_alt = cJSON_GetObjectItemCaseSensitive(p, "kv_alt_max_abs_diff");
+        float lp_tol = cJSON_IsNumber(kv_alt) && kv_alt->valuedouble > LOGIT_TOL ? (float)kv_alt->valuedouble : LOGIT_TOL;
         for (int i = 0; i < N_GEN; i++) {
             if (checked_until == N_GEN && gmargin[i] < MARGIN_TOL)
                 checked_until = i;   /* llama.cpp near a tie from here on */
             int32_t tok = sampler_argmax(logits, V);
+            if (glp && tok == gen[i]) {
+                sampler_logprob lp;
+                sampler_logprobs(logits, V, tok, 0, &lp);
+                const cJSON *row = cJSON_GetArrayItem(glp, i);
+                for (int k = 0; k < 5; k++) {
+                    const cJSON *pair = cJSON_GetArrayItem(row, k);
+                    int32_t id = (int32_t)cJSON_GetArrayItem(pair, 0)->valuedouble;
+                    sampler_logprob o;
+                    sampler_logprobs(logits, V, id, 0, &o);
+                    float d = fabsf(o.logprob - (float)cJSON_GetArrayItem(pair, 1)->valuedouble);
+                    lp_worst = d > lp_worst ? d : lp_worst;
+                    lp_n++;
+                    if (!(d <= lp_tol)) {
+                        failures++;
+                        printf("  %s step %d: log-probability of %d is %.4f, llama.cpp's %.4f\n", p->string, i, id,
+                               o.logprob, cJSON_GetArrayItem(pair, 1)->valuedouble);
+                    }
+                }
+            }
             if (tok != gen[i]) {
                 diverged = i;
                 printf("  %-8s diverges at step %d: ours %d, llama.cpp %d; llama.cpp margin %.4f, "
@@ -397,6 +427,9 @@ static void test_greedy(void **state)
         fwd_state_free(&s);
     }
     printf("  greedy: %d of %d prompts match all %d tokens\n", full, n_prompts, ctx.n_gen);
+    if (lp_n)
+        printf("  log-probabilities of llama.cpp's top-5 along the agreeing steps: %d checked, max |diff| %.4f\n",
+               lp_n, lp_worst);
     assert_int_equal(failures, 0);
 }
 
