@@ -460,6 +460,50 @@ static int batchio_stop(const cJSON *s, batch_request *out, char *err, size_t er
     return 0;
 }
 
+/* Fields selfspec does not implement yet: present with anything but their
+ * no-op value, the request gets a 400 naming the field, never silence.
+ * (The penalties at 0, an empty logit_bias or tool list, response_format
+ * "text", n and best_of 1, echo false are the defaults clients send and
+ * are accepted.) */
+static int batchio_unsupported(const cJSON *body, char *err, size_t errlen)
+{
+    static const char *const zero_ok[] = {"presence_penalty", "frequency_penalty", "min_tokens"};
+    static const char *const never[] = {"tools", "functions", "tool_choice", "function_call", "suffix",
+                                        "prediction", "audio", "modalities", "guided_json", "guided_regex",
+                                        "guided_choice", "guided_grammar"};
+    const cJSON *v;
+    for (size_t i = 0; i < sizeof zero_ok / sizeof *zero_ok; i++) {
+        if (batchio_member(body, "body.", zero_ok[i], &v, err, errlen) < 0)
+            return -1;
+        if (v && !(cJSON_IsNumber(v) && v->valuedouble == 0.0))
+            return util_err(err, errlen, "body.%s is not supported yet (only 0)", zero_ok[i]);
+    }
+    for (size_t i = 0; i < sizeof never / sizeof *never; i++) {
+        if (batchio_member(body, "body.", never[i], &v, err, errlen) < 0)
+            return -1;
+        if (v && !(cJSON_IsArray(v) && !v->child))   /* an empty list of tools is no tool */
+            return util_err(err, errlen, "body.%s is not supported", never[i]);
+    }
+    if (batchio_member(body, "body.", "logit_bias", &v, err, errlen) < 0)
+        return -1;
+    if (v && !(cJSON_IsObject(v) && !v->child))
+        return util_err(err, errlen, "body.logit_bias is not supported yet (only {})");
+    if (batchio_member(body, "body.", "response_format", &v, err, errlen) < 0)
+        return -1;
+    const cJSON *type = cJSON_IsObject(v) ? cJSON_GetObjectItemCaseSensitive(v, "type") : NULL;
+    if (v && !(cJSON_IsString(type) && strcmp(type->valuestring, "text") == 0))
+        return util_err(err, errlen, "body.response_format is not supported yet (only {\"type\": \"text\"})");
+    if (batchio_member(body, "body.", "best_of", &v, err, errlen) < 0)
+        return -1;
+    if (v && !(cJSON_IsNumber(v) && v->valuedouble == 1.0))
+        return util_err(err, errlen, "body.best_of must be 1 (one choice per request)");
+    if (batchio_member(body, "body.", "echo", &v, err, errlen) < 0)
+        return -1;
+    if (v && !cJSON_IsFalse(v))
+        return util_err(err, errlen, "body.echo is not supported (only false)");
+    return 0;
+}
+
 /* "logprobs" (completions: null or an integer N in [0, 20]; chat: a
  * boolean) and "top_logprobs" (chat only: [0, 20], needs logprobs true). */
 static int batchio_logprobs(const cJSON *lp, const cJSON *top, batch_request *out, char *err, size_t errlen)
@@ -506,7 +550,7 @@ static int batchio_sampling(const cJSON *body, batch_request *out, int *stream_o
         batchio_member(body, "body.", "logprobs", &lp, err, errlen) < 0 ||
         batchio_member(body, "body.", "top_logprobs", &top_lp, err, errlen) < 0)
         return -1;
-    if (batchio_logprobs(lp, top_lp, out, err, errlen) < 0)
+    if (batchio_logprobs(lp, top_lp, out, err, errlen) < 0 || batchio_unsupported(body, err, errlen) < 0)
         return -1;
     int64_t v = 0;
     out->max_tokens = out->kind == BATCH_CHAT ? BATCH_DEFAULT_MAX_TOKENS_CHAT
