@@ -105,6 +105,13 @@ int svc_parse_opt(svc_opts *o, int c, const char *optarg)
         if (cli_parse_int(optarg, "--ngram-max", 1, NGRAM_MAX_N, &v)) return -1;
         o->ep.sp.ngram_max = (int32_t)v;
         return 1;
+    case SVC_OPT_SERVED_NAME:
+        if (!optarg[0] || strlen(optarg) > 200) {
+            fprintf(stderr, "selfspec: --served-model-name must be 1 to 200 bytes\n");
+            return -1;
+        }
+        o->served_name = optarg;
+        return 1;
     case SVC_OPT_JOB_INDEX:
         if (cli_parse_int(optarg, "--job-index", 0, 1 << 28, &v)) return -1;
         o->ep.job_index_tokens = (int32_t)v;
@@ -143,7 +150,16 @@ int svc_engine_init(svc_engine *s, svc_opts *o)
     s->tok = cli_load_tokenizer(o->model_path);
     if (!s->tok)
         return -1;
-    s->model_name = s->m.config.name[0] ? s->m.config.name : "selfspec";
+    if (o->served_name) {
+        snprintf(s->model_name_buf, sizeof s->model_name_buf, "%s", o->served_name);
+    } else {   /* the file's base name: models/gemma-3-270m-q4_k_m.gguf -> gemma-3-270m-q4_k_m */
+        const char *base = strrchr(o->model_path, '/');
+        snprintf(s->model_name_buf, sizeof s->model_name_buf, "%s", base ? base + 1 : o->model_path);
+        size_t n = strlen(s->model_name_buf);
+        if (n > 5 && strcmp(s->model_name_buf + n - 5, ".gguf") == 0)
+            s->model_name_buf[n - 5] = '\0';
+    }
+    s->model_name = s->model_name_buf;
     engine_params_resolve(&o->ep, &s->m.config);
     cli_configs_dir(dir, sizeof dir);
     spec_want w = svc_spec_want(o);
