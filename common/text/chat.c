@@ -203,6 +203,22 @@ static int chat_check(const chat_msg *msgs, size_t n, char *err, size_t errlen)
     return 0;
 }
 
+/* The families that write every message the same way: open + ROLE + mid +
+ * CONTENT + close per message (ROLE system, user or assistant), then the
+ * assistant's turn opened (tail). */
+static void chat_render_turns(chat_buf *b, const chat_msg *msgs, size_t n, const char *open, const char *mid,
+                              const char *close, const char *tail)
+{
+    for (size_t i = 0; i < n; i++) {
+        chat_puts(b, open);
+        chat_puts(b, chat_role_name(msgs[i].role));
+        chat_puts(b, mid);
+        chat_puts(b, msgs[i].content);
+        chat_puts(b, close);
+    }
+    chat_puts(b, tail);
+}
+
 static void chat_render_chatml(chat_buf *b, const tokenizer *t, const chat_msg *msgs, size_t n)
 {
     const char *def;
@@ -213,14 +229,7 @@ static void chat_render_chatml(chat_buf *b, const tokenizer *t, const chat_msg *
         chat_put_unescaped(b, def, def_len);
         chat_puts(b, "<|im_end|>\n");
     }
-    for (size_t i = 0; i < n; i++) {
-        chat_puts(b, "<|im_start|>");
-        chat_puts(b, chat_role_name(msgs[i].role));
-        chat_puts(b, "\n");
-        chat_puts(b, msgs[i].content);
-        chat_puts(b, "<|im_end|>\n");
-    }
-    chat_puts(b, "<|im_start|>assistant\n");
+    chat_render_turns(b, msgs, n, "<|im_start|>", "\n", "<|im_end|>\n", "<|im_start|>assistant\n");
 }
 
 static void chat_render_llama3(chat_buf *b, const tokenizer *t, const chat_msg *msgs, size_t n)
@@ -228,14 +237,8 @@ static void chat_render_llama3(chat_buf *b, const tokenizer *t, const chat_msg *
     if (chat_template_uses(t, "bos_token")) {
         chat_put_token(b, t, tokenizer_bos(t));
     }
-    for (size_t i = 0; i < n; i++) {
-        chat_puts(b, "<|start_header_id|>");
-        chat_puts(b, chat_role_name(msgs[i].role));
-        chat_puts(b, "<|end_header_id|>\n\n");
-        chat_puts(b, msgs[i].content);
-        chat_puts(b, "<|eot_id|>");
-    }
-    chat_puts(b, "<|start_header_id|>assistant<|end_header_id|>\n\n");
+    chat_render_turns(b, msgs, n, "<|start_header_id|>", "<|end_header_id|>\n\n", "<|eot_id|>",
+                      "<|start_header_id|>assistant<|end_header_id|>\n\n");
 }
 
 /* Turns after the optional system message alternate user / assistant,
@@ -268,14 +271,7 @@ static void chat_put_trimmed(chat_buf *b, const char *s)
 
 static void chat_render_phi3(chat_buf *b, const chat_msg *msgs, size_t n)
 {
-    for (size_t i = 0; i < n; i++) {
-        chat_puts(b, "<|");
-        chat_puts(b, chat_role_name(msgs[i].role));
-        chat_puts(b, "|>\n");
-        chat_puts(b, msgs[i].content);
-        chat_puts(b, "<|end|>\n");
-    }
-    chat_puts(b, "<|assistant|>\n");
+    chat_render_turns(b, msgs, n, "<|", "|>\n", "<|end|>\n", "<|assistant|>\n");
 }
 
 static int chat_render_gemma(chat_buf *b, const chat_msg *msgs, size_t n, char *err, size_t errlen)
