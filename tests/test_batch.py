@@ -301,6 +301,38 @@ def test_logprobs(model, tmp):
     check("logprobs: every response well-formed and consistent", ok, why)
 
 
+def test_n_choices(model, tmp):
+    """n > 1: greedy choices are identical; sampled choice i is the request
+    with seed + i alone (distinct draws, each reproducible); usage sums the
+    choices' tokens; the same at --max-seqs 1 and 8."""
+    base = {"prompt": "Once upon a time", "max_tokens": 10, "temperature": 1.0}
+    reqs = [{"custom_id": "greedy", "method": "POST", "url": "/v1/chat/completions",
+             "body": {"messages": [{"role": "user", "content": "Name a color."}], "max_tokens": 10,
+                      "temperature": 0, "n": 3}},
+            {"custom_id": "sampled", "method": "POST", "url": "/v1/completions", "body": dict(base, seed=40, n=4)}]
+    reqs += [{"custom_id": f"alone-{i}", "method": "POST", "url": "/v1/completions", "body": dict(base, seed=40 + i)}
+             for i in range(4)]
+    inp = os.path.join(tmp, "n.jsonl")
+    write_jsonl(inp, reqs)
+    for seqs in (1, 8):
+        out = os.path.join(tmp, f"n-{seqs}.jsonl")
+        rc, err = run_batch(model, inp, out, ["--max-seqs", str(seqs)])
+        check(f"n > 1: batch --max-seqs {seqs} exits 0", rc == 0, err[-400:])
+        if rc != 0:
+            continue
+        res = {c: v[0][0]["response"]["body"] for c, v in read_results(out).items()}
+        g = [c["message"]["content"] for c in res["greedy"]["choices"]]
+        check(f"n > 1 (max-seqs {seqs}): 3 greedy choices, indexed, identical",
+              len(g) == 3 and len(set(g)) == 1 and [c["index"] for c in res["greedy"]["choices"]] == [0, 1, 2], str(g))
+        smp = [c["text"] for c in res["sampled"]["choices"]]
+        alone = [res[f"alone-{i}"]["choices"][0]["text"] for i in range(4)]
+        check(f"n > 1 (max-seqs {seqs}): sampled choice i is the request with seed + i alone, and they differ",
+              smp == alone and len(set(smp)) > 1, f"{smp} vs {alone}")
+        check(f"n > 1 (max-seqs {seqs}): usage counts every choice's tokens",
+              res["sampled"]["usage"]["completion_tokens"] == sum(res[f"alone-{i}"]["usage"]["completion_tokens"]
+                                                                   for i in range(4)))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="models/SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -317,6 +349,7 @@ def main():
         test_kill_and_resume(a.model, tmp)
         test_identical_to_generate(a.model, tmp)
         test_logprobs(a.model, tmp)
+        test_n_choices(a.model, tmp)
     total = sum(1 for _ in FAILURES)
     print(f"test_batch: {'FAILED' if FAILURES else 'all passed'}")
     for f in FAILURES:

@@ -284,14 +284,14 @@ static const bad_case BAD[] = {
     { CB("\"stop\":[\"a\",\"\"]"), "body.stop[1] must not be empty", "r1" },
     { CB("\"stop\":[\"1\",\"2\",\"3\",\"4\",\"5\",\"6\",\"7\",\"8\",\"9\"]"),
       "body.stop holds 9 strings; at most 8 are supported", "r1" },
-    { CB("\"n\":2"), "body.n must be 1 (one choice per request), got 2", "r1" },
-    { CB("\"n\":0"), "body.n must be 1 (one choice per request), got 0", "r1" },
+    { CB("\"n\":17"), "body.n must be <= 16", "r1" },
+    { CB("\"n\":0"), "body.n must be >= 1", "r1" },
     { CB("\"n\":1.5"), "body.n must be an integer", "r1" },
     { CB("\"stream\":true"), "body.stream must be false (batch output is not streamed)", "r1" },
     { CB("\"top_p\":0.5,\"top_p\":0.6"), "duplicate key body.top_p", "r1" },
     /* the same checks on a chat body */
     { H_HEAD "{\"messages\":[" USER "],\"temperature\":3}}", "body.temperature must be in [0, 2], got 3", "r2" },
-    { H_HEAD "{\"messages\":[" USER "],\"n\":2}}", "body.n must be 1", "r2" },
+    { H_HEAD "{\"messages\":[" USER "],\"n\":-2}}", "body.n must be >= 1", "r2" },
     { H_HEAD "{\"messages\":[" USER "],\"stream\":true}}", "body.stream must be false", "r2" },
     /* \u0000 would cut a string short: refused, and custom_id not trusted */
     { C_HEAD "{\"prompt\":\"a\\u0000b\"}}", "strings may not hold \\u0000", NULL },

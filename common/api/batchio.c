@@ -597,12 +597,11 @@ static int batchio_sampling(const cJSON *body, batch_request *out, int *stream_o
     }
     if (batchio_stop(stop, out, err, errlen) < 0)
         return -1;
+    out->n = 1;
     if (n) {
-        if (batchio_int(n, "body.n", INT_MIN, INT_MAX, &v, err, errlen) < 0)
+        if (batchio_int(n, "body.n", 1, BATCH_MAX_N, &v, err, errlen) < 0)
             return -1;
-        if (v != 1)
-            return util_err(err, errlen, "body.n must be 1 (one choice per request), got %lld",
-                            (long long)v);
+        out->n = (int)v;
     }
     if (stream) {
         int b = 0;
@@ -950,7 +949,7 @@ static cJSON *batchio_chat_entry(const char *s, size_t len, float lp)
 }
 
 /* The choice's "logprobs" member (batch_format_result's contract). */
-static int batchio_add_logprobs(cJSON *choice, const batch_result *r, int chat)
+static int batchio_add_logprobs(cJSON *choice, const batch_logprob *lps, int n_lps, int chat)
 {
     cJSON *lp = cJSON_AddObjectToObject(choice, "logprobs");
     if (!lp)
@@ -959,8 +958,8 @@ static int batchio_add_logprobs(cJSON *choice, const batch_result *r, int chat)
     if (chat) {
         cJSON *content = cJSON_AddArrayToObject(lp, "content");
         bad |= content ? 0 : -1;
-        for (int i = 0; i < r->n_logprobs && !bad; i++) {
-            const batch_logprob *t = &r->logprobs[i];
+        for (int i = 0; i < n_lps && !bad; i++) {
+            const batch_logprob *t = &lps[i];
             cJSON *e = batchio_chat_entry(t->text, t->len, t->logprob), *tops = cJSON_CreateArray();
             bad |= e && tops ? 0 : -1;
             for (int k = 0; k < t->n_top && !bad; k++) {
@@ -979,8 +978,8 @@ static int batchio_add_logprobs(cJSON *choice, const batch_result *r, int chat)
     cJSON *tokens = cJSON_AddArrayToObject(lp, "tokens"), *tlp = cJSON_AddArrayToObject(lp, "token_logprobs");
     cJSON *tops = cJSON_AddArrayToObject(lp, "top_logprobs"), *off = cJSON_AddArrayToObject(lp, "text_offset");
     bad |= tokens && tlp && tops && off ? 0 : -1;
-    for (int i = 0; i < r->n_logprobs && !bad; i++) {
-        const batch_logprob *t = &r->logprobs[i];
+    for (int i = 0; i < n_lps && !bad; i++) {
+        const batch_logprob *t = &lps[i];
         cJSON *ts = batchio_token_str(t->text, t->len), *d = cJSON_CreateObject();
         bad |= ts && cJSON_AddItemToArray(tokens, ts) ? 0 : -1;
         bad |= cJSON_AddItemToArray(tlp, cJSON_CreateNumber(t->logprob)) ? 0 : -1;
@@ -1054,8 +1053,15 @@ static cJSON *batchio_envelope(const char *custom_id, int status,
 
 char *batch_format_result(const batch_result *r, char *err, size_t errlen)
 {
-    if (!r || !r->custom_id || !r->text) {
-        util_err(err, errlen, "batch_format_result: custom_id and text are required");
+    batch_choice one = {r ? r->text : NULL, r ? r->finish : BATCH_FINISH_STOP, r ? r->logprobs : NULL,
+                        r ? r->n_logprobs : 0};
+    const batch_choice *chs = r && r->n_choices > 0 ? r->choices : &one;
+    int n_ch = r && r->n_choices > 0 ? r->n_choices : 1;
+    int texts_ok = r && r->n_choices <= BATCH_MAX_N;
+    for (int i = 0; i < n_ch && texts_ok; i++)
+        texts_ok = chs[i].text && (chs[i].finish == BATCH_FINISH_STOP || chs[i].finish == BATCH_FINISH_LENGTH);
+    if (!r || !r->custom_id || !texts_ok) {
+        util_err(err, errlen, "batch_format_result: custom_id, each choice's text and finish reason are required");
         return NULL;
     }
     if (r->kind != BATCH_COMPLETION && r->kind != BATCH_CHAT) {
@@ -1069,10 +1075,6 @@ char *batch_format_result(const batch_result *r, char *err, size_t errlen)
     if (r->prompt_tokens < 0 || r->completion_tokens < 0 || r->prompt_tokens > INT32_MAX ||
         r->completion_tokens > INT32_MAX) {
         util_err(err, errlen, "batch_format_result: token counts out of range");
-        return NULL;
-    }
-    if (r->finish != BATCH_FINISH_STOP && r->finish != BATCH_FINISH_LENGTH) {
-        util_err(err, errlen, "batch_format_result: unknown finish reason %d", (int)r->finish);
         return NULL;
     }
     char hex[17], id[40];
@@ -1096,28 +1098,31 @@ char *batch_format_result(const batch_result *r, char *err, size_t errlen)
     bad |= batchio_add_num(body, "created", (double)r->created);
     bad |= batchio_add_str(body, "model", r->model ? r->model : "");
     cJSON *choices = cJSON_AddArrayToObject(body, "choices");
-    cJSON *choice = cJSON_CreateObject();
-    if (!choices || !choice || !cJSON_AddItemToArray(choices, choice)) {
-        cJSON_Delete(choice);
-        bad = -1;
-        goto out;
-    }
-    bad |= batchio_add_num(choice, "index", 0);
-    if (chat) {
-        cJSON *msg = cJSON_AddObjectToObject(choice, "message");
-        bad |= msg ? 0 : -1;
-        if (msg) {
-            bad |= batchio_add_str(msg, "role", "assistant");
-            bad |= batchio_add_str(msg, "content", r->text);
+    for (int i = 0; i < n_ch && !bad; i++) {
+        const batch_choice *ch = &chs[i];
+        cJSON *choice = cJSON_CreateObject();
+        if (!choices || !choice || !cJSON_AddItemToArray(choices, choice)) {
+            cJSON_Delete(choice);
+            bad = -1;
+            goto out;
         }
-    } else {
-        bad |= batchio_add_str(choice, "text", r->text);
+        bad |= batchio_add_num(choice, "index", i);
+        if (chat) {
+            cJSON *msg = cJSON_AddObjectToObject(choice, "message");
+            bad |= msg ? 0 : -1;
+            if (msg) {
+                bad |= batchio_add_str(msg, "role", "assistant");
+                bad |= batchio_add_str(msg, "content", ch->text);
+            }
+        } else {
+            bad |= batchio_add_str(choice, "text", ch->text);
+        }
+        if (ch->logprobs)
+            bad |= batchio_add_logprobs(choice, ch->logprobs, ch->n_logprobs, chat);
+        else
+            bad |= cJSON_AddNullToObject(choice, "logprobs") ? 0 : -1;
+        bad |= batchio_add_str(choice, "finish_reason", ch->finish == BATCH_FINISH_STOP ? "stop" : "length");
     }
-    if (r->logprobs)
-        bad |= batchio_add_logprobs(choice, r, chat);
-    else
-        bad |= cJSON_AddNullToObject(choice, "logprobs") ? 0 : -1;
-    bad |= batchio_add_str(choice, "finish_reason", r->finish == BATCH_FINISH_STOP ? "stop" : "length");
     cJSON *usage = cJSON_AddObjectToObject(body, "usage");
     bad |= usage ? 0 : -1;
     if (usage) {

@@ -87,9 +87,13 @@ typedef struct {
     char *stop[BATCH_MAX_STOP]; /* non-empty strings */
     int n_stop;
     int ignore_eos;           /* vLLM extension */
+    int n;                    /* choices: 1..BATCH_MAX_N ("n") */
     int want_logprobs;        /* completions: "logprobs": N; chat: "logprobs": true */
     int top_logprobs;         /* completions: N; chat: "top_logprobs" (0..BATCH_MAX_TOP_LOGPROBS) */
 } batch_request;
+
+/* The most choices one request may ask ("n"). */
+#define BATCH_MAX_N 16
 
 /* The most alternatives a request may ask per token (OpenAI's chat limit). */
 #define BATCH_MAX_TOP_LOGPROBS 20
@@ -169,7 +173,19 @@ typedef struct {
     int64_t completion_tokens;/* [0, 2^31) */
     const batch_logprob *logprobs; /* (n_logprobs) when the request asked, else NULL */
     int n_logprobs;
+    /* n > 1: every choice (index i = choices[i]), text/finish/logprobs above
+     * unused; 0: the one choice above */
+    const struct batch_choice *choices;
+    int n_choices;
 } batch_result;
+
+/* One of several choices of a result (n > 1). */
+typedef struct batch_choice {
+    const char *text;
+    batch_finish finish;
+    const batch_logprob *logprobs;  /* (n_logprobs), or NULL */
+    int n_logprobs;
+} batch_choice;
 
 /* One success line, malloc'd, ending in exactly one '\n' (the only newline
  * in it), NUL-terminated:

@@ -6,6 +6,7 @@
 #include "serve/job.h"
 
 #include <cjson/cJSON.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -119,15 +120,14 @@ char *job_prompt_text(const tokenizer *tok, const batch_request *q, char *err, s
     return s;
 }
 
-int job_submit(engine *e, const tokenizer *tok, const batch_request *q, const job_hooks *hooks, char *err,
-               size_t errlen)
+/* One engine request for choice `index` of q (its seed: the request's + index). */
+static int job_submit_one(engine *e, const tokenizer *tok, const batch_request *q, const job_hooks *hooks, int index,
+                          char *err, size_t errlen)
 {
-    if (!q->custom_id || !hooks || !hooks->on_done)
-        return util_err(err, errlen, "job_submit: custom_id and on_done are required");
     gen_params gp = {.max_tokens = q->max_tokens, .ignore_eos = q->ignore_eos, .is_eog = job_is_eog,
                      .eog_ctx = tok, .want_logprobs = q->want_logprobs, .top_logprobs = q->top_logprobs,
                      .sampling = {.temperature = (float)q->temperature, .top_k = q->top_k, .top_p = (float)q->top_p,
-                                  .seed = q->has_seed ? q->seed : 0}};
+                                  .seed = (q->has_seed ? q->seed : 0) + (uint64_t)index}};
     if (sampler_params_check(&gp.sampling, err, errlen) != 0)
         return -1;
     char *text = job_prompt_text(tok, q, err, errlen);
@@ -164,30 +164,172 @@ int job_submit(engine *e, const tokenizer *tok, const batch_request *q, const jo
     return 0;
 }
 
+/* ---- n > 1: one engine request per choice, one outcome when all are done ---- */
+
+typedef struct job_group job_group;
+
+typedef struct {
+    job_group *g;
+    int index;
+} job_member;
+
+struct job_group {
+    job_hooks hooks;           /* the caller's */
+    int n, n_submitted, n_done;
+    char *custom_id;
+    batch_kind kind;
+    const tokenizer *tok;
+    int want_logprobs;
+    engine_result res;         /* choice 0's, the generated tokens summed */
+    job_member *members;       /* (n) */
+    struct {
+        char *text;
+        batch_finish finish;
+        sampler_logprob *lp;
+        size_t *lp_off;
+        int n_lp;
+    } *c;                      /* (n) */
+};
+
+static void *job_memdup(const void *p, size_t n)
+{
+    void *q = mallocCheck(n ? n : 1);
+    if (n)
+        memcpy(q, p, n);
+    return q;
+}
+
+static void group_free(job_group *g)
+{
+    for (int i = 0; i < g->n; i++) {
+        free(g->c[i].text);
+        free(g->c[i].lp);
+        free(g->c[i].lp_off);
+    }
+    free(g->c);
+    free(g->members);
+    free(g->custom_id);
+    free(g);
+}
+
+static int group_should_stop(void *user)
+{
+    job_member *m = user;
+    return m->g->hooks.should_stop && m->g->hooks.should_stop(m->g->hooks.user);
+}
+
+static void group_on_done(void *user, const job_outcome *o)
+{
+    job_member *m = user;
+    job_group *g = m->g;
+    g->c[m->index].text = strdup(o->text);
+    g->c[m->index].finish = o->finish;
+    g->c[m->index].n_lp = o->n_lp;
+    g->c[m->index].lp = job_memdup(o->lp, (size_t)o->n_lp * sizeof *o->lp);
+    g->c[m->index].lp_off = job_memdup(o->lp_off, (size_t)o->n_lp * sizeof *o->lp_off);
+    if (m->index == 0) {
+        int64_t gen = g->res.generated_tokens;
+        g->res = o->res;
+        g->res.generated_tokens += gen;
+    } else {
+        g->res.generated_tokens += o->res.generated_tokens;
+    }
+    if (++g->n_done < g->n_submitted)
+        return;
+    job_choice *ch = callocCheck((size_t)g->n_submitted, sizeof *ch);
+    for (int i = 0; i < g->n_submitted; i++)
+        ch[i] = (job_choice){g->c[i].text, g->c[i].finish, g->c[i].lp, g->c[i].lp_off, g->c[i].n_lp};
+    job_outcome all = {.custom_id = g->custom_id, .kind = g->kind, .text = ch[0].text, .finish = ch[0].finish,
+                       .res = g->res, .tok = g->tok, .want_logprobs = g->want_logprobs, .lp = ch[0].lp,
+                       .lp_off = ch[0].lp_off, .n_lp = ch[0].n_lp, .choices = ch, .n_choices = g->n_submitted};
+    g->hooks.on_done(g->hooks.user, &all);
+    free(ch);
+    group_free(g);
+}
+
+int job_submit(engine *e, const tokenizer *tok, const batch_request *q, const job_hooks *hooks, char *err,
+               size_t errlen)
+{
+    if (!q->custom_id || !hooks || !hooks->on_done)
+        return util_err(err, errlen, "job_submit: custom_id and on_done are required");
+    if (q->n <= 1)
+        return job_submit_one(e, tok, q, hooks, 0, err, errlen);
+    job_group *g = callocCheck(1, sizeof *g);
+    g->hooks = *hooks;
+    g->n = q->n;
+    g->custom_id = strdup(q->custom_id);
+    g->kind = q->kind;
+    g->tok = tok;
+    g->want_logprobs = q->want_logprobs;
+    g->members = callocCheck((size_t)q->n, sizeof *g->members);
+    g->c = callocCheck((size_t)q->n, sizeof *g->c);
+    for (int i = 0; i < q->n; i++) {
+        g->members[i] = (job_member){g, i};
+        job_hooks mh = {.should_stop = group_should_stop, .on_done = group_on_done, .user = &g->members[i]};
+        if (job_submit_one(e, tok, q, &mh, i, err, errlen) != 0) {
+            if (i == 0) {   /* nothing in flight: the request fails as a whole */
+                group_free(g);
+                return -1;
+            }
+            /* the same request was accepted i times: the engine's checks do
+             * not depend on the seed, so this is out of memory or shutdown */
+            fprintf(stderr, "selfspec: '%s': choice %d of %d not started (%s); answering with %d\n",
+                    q->custom_id, i, q->n, err, i);
+            break;
+        }
+        g->n_submitted = i + 1;
+    }
+    return 0;
+}
+
+/* The response's log-probability entries of one choice (token bytes from
+ * the tokenizer), malloc'd. */
+static batch_logprob *job_logprobs(const tokenizer *tok, const sampler_logprob *in, const size_t *off, int n)
+{
+    batch_logprob *lp = callocCheck((size_t)(n > 0 ? n : 1), sizeof *lp);
+    for (int i = 0; i < n; i++) {
+        lp[i].text = tokenizer_piece(tok, in[i].token, &lp[i].len);
+        lp[i].logprob = in[i].logprob;
+        lp[i].text_offset = off[i];
+        lp[i].n_top = in[i].n_top;
+        for (int k = 0; k < in[i].n_top; k++) {
+            lp[i].top_text[k] = tokenizer_piece(tok, in[i].top_ids[k], &lp[i].top_len[k]);
+            lp[i].top_lp[k] = in[i].top_lps[k];
+        }
+    }
+    return lp;
+}
+
 char *job_format_result(const job_outcome *o, const char *model, int64_t created, char *err, size_t errlen)
 {
     batch_result br = {.custom_id = o->custom_id, .kind = o->kind, .model = model, .created = created,
                        .text = o->text, .finish = o->finish, .prompt_tokens = o->res.prompt_tokens,
                        .completion_tokens = o->res.generated_tokens};
-    batch_logprob *lp = NULL;
-    if (o->want_logprobs) {   /* token ids to their bytes */
-        lp = callocCheck((size_t)(o->n_lp > 0 ? o->n_lp : 1), sizeof *lp);
-        for (int i = 0; i < o->n_lp; i++) {
-            const sampler_logprob *s = &o->lp[i];
-            lp[i].text = tokenizer_piece(o->tok, s->token, &lp[i].len);
-            lp[i].logprob = s->logprob;
-            lp[i].text_offset = o->lp_off[i];
-            lp[i].n_top = s->n_top;
-            for (int k = 0; k < s->n_top; k++) {
-                lp[i].top_text[k] = tokenizer_piece(o->tok, s->top_ids[k], &lp[i].top_len[k]);
-                lp[i].top_lp[k] = s->top_lps[k];
-            }
+    int n_ch = o->n_choices > 0 ? o->n_choices : 1;
+    job_choice one = {o->text, o->finish, o->lp, o->lp_off, o->n_lp};
+    const job_choice *jc = o->n_choices > 0 ? o->choices : &one;
+    batch_choice *bc = callocCheck((size_t)n_ch, sizeof *bc);
+    batch_logprob **lps = callocCheck((size_t)n_ch, sizeof *lps);
+    for (int c = 0; c < n_ch; c++) {
+        bc[c] = (batch_choice){.text = jc[c].text, .finish = jc[c].finish};
+        if (o->want_logprobs) {   /* token ids to their bytes */
+            lps[c] = job_logprobs(o->tok, jc[c].lp, jc[c].lp_off, jc[c].n_lp);
+            bc[c].logprobs = lps[c];
+            bc[c].n_logprobs = jc[c].n_lp;
         }
-        br.logprobs = lp;
-        br.n_logprobs = o->n_lp;
+    }
+    br.text = bc[0].text;
+    br.logprobs = bc[0].logprobs;
+    br.n_logprobs = bc[0].n_logprobs;
+    if (o->n_choices > 0) {
+        br.choices = bc;
+        br.n_choices = n_ch;
     }
     char *line = batch_format_result(&br, err, errlen);
-    free(lp);
+    for (int c = 0; c < n_ch; c++)
+        free(lps[c]);
+    free(lps);
+    free(bc);
     return line;
 }
 

@@ -24,6 +24,15 @@
 #include "engine/engine.h"
 #include "text/tokenizer.h"
 
+/* One choice of a request with n > 1. */
+typedef struct {
+    const char *text;
+    batch_finish finish;
+    const sampler_logprob *lp;
+    const size_t *lp_off;
+    int n_lp;
+} job_choice;
+
 /* What a finished job reports to its hook (valid during the call only). */
 typedef struct {
     const char *custom_id;
@@ -36,6 +45,10 @@ typedef struct {
     const sampler_logprob *lp; /* each token of the text (not a final EOG token, not past a stop string) */
     const size_t *lp_off;      /* (n_lp) byte offset of each in the text */
     int n_lp;
+    /* n > 1: every choice (text, finish and lp above are choice 0's; res
+     * sums the generated tokens of all, the prompt counted once) */
+    const job_choice *choices;
+    int n_choices;
 } job_outcome;
 
 typedef struct {

@@ -425,10 +425,11 @@ void oai_handle(void *ctx, const char *method, const char *url, const char *body
         oai_req_release(r);
         return;
     }
-    if (r->stream && r->q.want_logprobs) {   /* not silently dropped: refused by name */
+    if (r->stream && (r->q.want_logprobs || r->q.n > 1)) {   /* not silently dropped: refused by name */
         if (s->mx)
             metrics_request_failed(s->mx, "invalid");
-        httpd_error(out, 400, "body.logprobs with \"stream\": true is not supported yet (ask without stream)");
+        httpd_error(out, 400, r->q.n > 1 ? "body.n > 1 with \"stream\": true is not supported yet (ask without stream)"
+                                         : "body.logprobs with \"stream\": true is not supported yet (ask without stream)");
         r->refs = 1;
         oai_req_release(r);
         return;
