@@ -488,11 +488,6 @@ static int batchio_unsupported(const cJSON *body, char *err, size_t errlen)
         return -1;
     if (v && !(cJSON_IsObject(v) && !v->child))
         return util_err(err, errlen, "body.logit_bias is not supported yet (only {})");
-    if (batchio_member(body, "body.", "response_format", &v, err, errlen) < 0)
-        return -1;
-    const cJSON *type = cJSON_IsObject(v) ? cJSON_GetObjectItemCaseSensitive(v, "type") : NULL;
-    if (v && !(cJSON_IsString(type) && strcmp(type->valuestring, "text") == 0))
-        return util_err(err, errlen, "body.response_format is not supported yet (only {\"type\": \"text\"})");
     if (batchio_member(body, "body.", "best_of", &v, err, errlen) < 0)
         return -1;
     if (v && !(cJSON_IsNumber(v) && v->valuedouble == 1.0))
@@ -501,6 +496,55 @@ static int batchio_unsupported(const cJSON *body, char *err, size_t errlen)
         return -1;
     if (v && !cJSON_IsFalse(v))
         return util_err(err, errlen, "body.echo is not supported (only false)");
+    return 0;
+}
+
+/* "response_format": {"type": "text"}, {"type": "json_object"} or
+ * {"type": "json_schema", "json_schema": {"name", "schema", "strict",
+ * "description"}} (OpenAI's shape; a missing schema is any JSON object). */
+static int batchio_response_format(const cJSON *body, batch_request *out, char *err, size_t errlen)
+{
+    const cJSON *v, *type, *js, *name, *schema, *strict;
+    if (batchio_member(body, "body.", "response_format", &v, err, errlen) < 0)
+        return -1;
+    if (!v)
+        return 0;
+    if (!cJSON_IsObject(v))
+        return util_err(err, errlen, "body.response_format must be an object");
+    if (batchio_member(v, "body.response_format.", "type", &type, err, errlen) < 0)
+        return -1;
+    if (!cJSON_IsString(type))
+        return util_err(err, errlen, "body.response_format.type must be a string");
+    if (!strcmp(type->valuestring, "text"))
+        return 0;
+    if (!strcmp(type->valuestring, "json_object")) {
+        out->response_format = BATCH_JSON_OBJECT;
+        return 0;
+    }
+    if (strcmp(type->valuestring, "json_schema") != 0)
+        return util_err(err, errlen, "body.response_format.type must be \"text\", \"json_object\" or \"json_schema\"");
+    if (batchio_member(v, "body.response_format.", "json_schema", &js, err, errlen) < 0)
+        return -1;
+    if (!cJSON_IsObject(js))
+        return util_err(err, errlen, "body.response_format.json_schema must be an object");
+    if (batchio_member(js, "body.response_format.json_schema.", "name", &name, err, errlen) < 0 ||
+        batchio_member(js, "body.response_format.json_schema.", "schema", &schema, err, errlen) < 0 ||
+        batchio_member(js, "body.response_format.json_schema.", "strict", &strict, err, errlen) < 0)
+        return -1;
+    if (!cJSON_IsString(name) || !name->valuestring[0] || strlen(name->valuestring) > 64)
+        return util_err(err, errlen, "body.response_format.json_schema.name must be a string of 1 to 64 characters");
+    if (strict && !cJSON_IsBool(strict) && !cJSON_IsNull(strict))
+        return util_err(err, errlen, "body.response_format.json_schema.strict must be a boolean");
+    if (!schema) {
+        out->response_format = BATCH_JSON_OBJECT;
+        return 0;
+    }
+    if (!cJSON_IsObject(schema) && !cJSON_IsBool(schema))
+        return util_err(err, errlen, "body.response_format.json_schema.schema must be an object");
+    out->json_schema = cJSON_PrintUnformatted(schema);
+    if (!out->json_schema)
+        return util_err(err, errlen, "out of memory");
+    out->response_format = BATCH_JSON_SCHEMA;
     return 0;
 }
 
@@ -550,7 +594,8 @@ static int batchio_sampling(const cJSON *body, batch_request *out, int *stream_o
         batchio_member(body, "body.", "logprobs", &lp, err, errlen) < 0 ||
         batchio_member(body, "body.", "top_logprobs", &top_lp, err, errlen) < 0)
         return -1;
-    if (batchio_logprobs(lp, top_lp, out, err, errlen) < 0 || batchio_unsupported(body, err, errlen) < 0)
+    if (batchio_logprobs(lp, top_lp, out, err, errlen) < 0 || batchio_unsupported(body, err, errlen) < 0 ||
+        batchio_response_format(body, out, err, errlen) < 0)
         return -1;
     int64_t v = 0;
     out->max_tokens = out->kind == BATCH_CHAT ? BATCH_DEFAULT_MAX_TOKENS_CHAT
@@ -796,6 +841,7 @@ void batch_request_free(batch_request *r)
     free(r->custom_id);
     free(r->model);
     free(r->prompt);
+    free(r->json_schema);
     if (r->messages)
         for (int i = 0; i < r->n_messages; i++)
             free(r->messages[i].content);

@@ -52,6 +52,14 @@ typedef enum {
     BATCH_CHAT = 1,           /* POST /v1/chat/completions */
 } batch_kind;
 
+/* "response_format".type (decode/jschema.h says what a schema may hold;
+ * the schema is compiled where the request is run: serve/job.c). */
+typedef enum {
+    BATCH_TEXT = 0,
+    BATCH_JSON_OBJECT = 1,    /* any JSON object */
+    BATCH_JSON_SCHEMA = 2,    /* a JSON value the schema accepts */
+} batch_format;
+
 typedef enum {
     BATCH_ROLE_SYSTEM = 0,
     BATCH_ROLE_USER = 1,
@@ -90,6 +98,8 @@ typedef struct {
     int n;                    /* choices: 1..BATCH_MAX_N ("n") */
     int want_logprobs;        /* completions: "logprobs": N; chat: "logprobs": true */
     int top_logprobs;         /* completions: N; chat: "top_logprobs" (0..BATCH_MAX_TOP_LOGPROBS) */
+    batch_format response_format;   /* "response_format": text, json_object, json_schema */
+    char *json_schema;        /* BATCH_JSON_SCHEMA: json_schema.schema as compact JSON text */
 } batch_request;
 
 /* The most choices one request may ask ("n"). */

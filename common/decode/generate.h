@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "model/model.h"
+#include "decode/grammar.h"
 #include "decode/sampler.h"
 
 /* Called once per final token, in order. Return nonzero to stop generation
@@ -25,6 +26,8 @@ typedef struct {
     const void *eog_ctx;
     int want_logprobs;         /* report each emitted token's log-probability (sampler_logprobs) */
     int32_t top_logprobs;      /* and the top N (<= SAMPLER_MAX_TOP_LOGPROBS) */
+    const gram *gram;          /* output constrained to a JSON schema (decode/grammar.h), or NULL;
+                                  the engine only: it must outlive the request */
 } gen_params;
 
 typedef struct {

@@ -147,6 +147,7 @@ static void seq_release(engine *e, eseq *s)
     free(s->q);
     if (s->has_ng)
         ngram_free(&s->ng);
+    free(s->gst);
     memset(s, 0, sizeof *s);
 }
 
@@ -166,6 +167,9 @@ void engine_free(engine *e)
         qmat_free_owned(&e->head);
     free(e->dlogits);
     free(e->logits);
+    free(e->graw);
+    gram_scratch_free(e->gsc);
+    gram_vocab_free(e->gv);
     free(e->am);
     free(e->srq);
     free(e->acc);
@@ -213,6 +217,8 @@ int engine_submit(engine *e, const int32_t *prompt, int32_t n_prompt, const gen_
             return util_err(err, errlen, "token id %d out of range", prompt[i]);
     if (sampler_params_check(&gp->sampling, err, errlen) != 0)
         return -1;
+    if (gp->gram && gram_vocab_size(gp->gram->gv) != e->m->config.vocab_size)
+        return util_err(err, errlen, "the constraint's vocabulary is not the model's");
     if (e->n_wait == e->cap_wait) {   /* grow the ring, keeping FIFO order */
         int32_t nc = e->cap_wait ? 2 * e->cap_wait : 64;
         ewait *nw = mallocCheck((size_t)nc * sizeof *nw);
@@ -231,6 +237,25 @@ int engine_submit(engine *e, const int32_t *prompt, int32_t n_prompt, const gen_
     w->cb = *cb;
     w->t_submit = util_now();
     return 0;
+}
+
+const gram_vocab *engine_gram_vocab(engine *e, const tokenizer *tok, char *err, size_t errlen)
+{
+    if (e->gv && e->gv_tok != tok) {
+        util_err(err, errlen, "engine_gram_vocab: another tokenizer than the first one");
+        return NULL;
+    }
+    if (!e->gv) {
+        if (tokenizer_vocab_size(tok) != e->m->config.vocab_size) {
+            util_err(err, errlen, "the tokenizer has %d tokens, the model %d", tokenizer_vocab_size(tok),
+                     e->m->config.vocab_size);
+            return NULL;
+        }
+        if (gram_vocab_build(&e->gv, tok, err, errlen) != 0)
+            return NULL;
+        e->gv_tok = tok;
+    }
+    return e->gv;
 }
 
 int engine_pending(const engine *e) { return e->n_live + e->n_wait; }
@@ -272,6 +297,11 @@ static int admit(engine *e, char *err, size_t errlen)
         }
         int greedy = w->gp.sampling.temperature == 0.0f;
         s->spec_mode = !e->can_draft ? 0 : e->p.remote ? 2 * greedy : e->p.mode == ENGINE_SPEC ? 2 : greedy ? 1 : 0;
+        if (w->gp.gram) {   /* constrained: sampled ones take only the forced tokens as drafts */
+            s->spec_mode = greedy ? s->spec_mode : 0;
+            s->gst = mallocCheck(sizeof *s->gst);
+            js_start(w->gp.gram->js, s->gst);
+        }
         if (s->spec_mode && e->can_layers) {
             if (e->be->kv_open(e->be, &s->scratch, e->p.sp.max_draft + 1, 1, err, errlen) != 0) {
                 seq_release(e, s);
@@ -314,6 +344,11 @@ static int emit(eseq *s, int32_t tok, const float *row, int32_t V)
     }
     if (s->has_ng)
         ngram_push(&s->ng, tok);
+    int gram_end = 0;   /* a constrained document ends at end of generation, ignore_eos or not */
+    if (s->gst) {
+        gram_end = s->gp.is_eog && s->gp.is_eog(s->gp.eog_ctx, tok);
+        gram_end |= !gram_advance(s->gp.gram, s->gst, tok);
+    }
     s->res.generated_tokens++;
     if (s->res.generated_tokens == 1)
         s->res.t_first = util_now();
@@ -321,7 +356,7 @@ static int emit(eseq *s, int32_t tok, const float *row, int32_t V)
         s->res.finish = ENGINE_FINISH_STOP;
         return 1;
     }
-    if (gen_is_stop(&s->gp, tok)) {
+    if (gen_is_stop(&s->gp, tok) || gram_end) {
         s->res.finish = ENGINE_FINISH_STOP;
         return 1;
     }
@@ -344,6 +379,71 @@ static void finish(engine *e, eseq *s)
         s->cb.on_done(s->cb.user, &s->res);
     seq_release(e, s);
     e->n_live--;
+}
+
+/* The engine's scratch for full walks of a vocabulary trie (made for the
+ * first constrained sequence, remade for another vocabulary). */
+static gram_scratch *engine_gram_scratch(engine *e, const gram_vocab *gv)
+{
+    if (!gram_scratch_fits(e->gsc, gv)) {
+        gram_scratch_free(e->gsc);
+        e->gsc = gram_scratch_new(gv);
+    }
+    return e->gsc;
+}
+
+/* A constrained sequence's choice over the n + 1 full-model rows of its
+ * block [cur, d1..dn] (n = 0: one row, a plain step or a first token):
+ * row i under the schema in the state after d1..di (the draft tokens are
+ * all allowed: gram_trim_draft). Greedy: the constrained argmax of each row
+ * (am: the raw argmaxes, hints) until one differs from the draft. Sampled
+ * (its drafts are forced tokens only): each row masked in place and drawn
+ * from until a draw differs from the draft; the raw rows go to *lp_rows
+ * first when log-probabilities are asked. */
+static void gram_choose(engine *e, eseq *s, float *rows, const int32_t *am, int32_t n, int32_t *acc, int32_t *next,
+                        const float **lp_rows)
+{
+    const gram *g = s->gp.gram;
+    const int32_t V = e->m->config.vocab_size;
+    gram_scratch *sc = engine_gram_scratch(e, g->gv);
+    js_state st;
+    js_copy(&st, s->gst);
+    *lp_rows = rows;
+    if (s->gp.sampling.temperature == 0.0f) {
+        int32_t i = 0, c;
+        for (;; i++) {
+            c = gram_best(g, &st, rows + (size_t)i * V, V, am[i], sc);
+            if (c < 0)
+                c = am[i];   /* a vocabulary without an end token: the sequence ends on it */
+            if (i == n || c != s->blk.tokens[i])
+                break;
+            gram_advance(g, &st, c);
+        }
+        *acc = i;
+        *next = c;
+        return;
+    }
+    if (s->gp.want_logprobs) {
+        if (!e->graw)
+            e->graw = mallocCheck((size_t)(e->p.sp.max_draft + 1) * V * sizeof(float));
+        memcpy(e->graw, rows, (size_t)(n + 1) * V * sizeof(float));
+        *lp_rows = e->graw;
+    }
+    /* each row draws as a plain step would (one uniform of the sequence's
+     * own generator); a forced token is accepted when the draw is that
+     * token: exact for a point-mass draft, and the same draws as plain
+     * decoding, so the output does not depend on speculating */
+    int32_t i = 0, c;
+    for (;; i++) {
+        float *r = rows + (size_t)i * V;
+        gram_mask(g, &st, r, V, sc);
+        c = sampler_sample(&s->smp, r);
+        if (i == n || c != s->blk.tokens[i])
+            break;
+        gram_advance(g, &st, c);
+    }
+    *acc = i;
+    *next = c;
 }
 
 /* Record a verification of s that accepted acc of its blk.n draft tokens. */
@@ -412,6 +512,9 @@ int engine_step(engine *e, char *err, size_t errlen)
         return -1;
     if (e->p.remote)
         remote_drafts(e);
+    for (int32_t i = 0; i < e->p.max_seqs; i++)
+        if (e->seqs[i].state == SEQ_DECODE && e->seqs[i].gst)
+            gram_trim_draft(&e->seqs[i]);
     /* the full pass: decode blocks first, then prompt chunks in the budget left */
     int n = 0, any_draft = 0;
     int32_t T = 0;
@@ -463,6 +566,7 @@ int engine_step(engine *e, char *err, size_t errlen)
         int rows = e->batch[j].logits_from < e->batch[j].n_tokens;
         need_logits |= s->gp.sampling.temperature != 0.0f && rows;
         want_lp |= s->gp.want_logprobs && rows;   /* log-probabilities need the rows here */
+        want_lp |= s->gst != NULL && rows;        /* so does a constraint (and on the host) */
     }
     need_logits |= want_lp;
     /* a backend that samples (a device) draws the sampled rows of plain
@@ -504,8 +608,13 @@ int engine_step(engine *e, char *err, size_t errlen)
             e->tot.prompt_tokens += sq->n_tokens;
             if (s->n_prefilled < s->n_prompt)
                 continue;   /* no logits row for a middle chunk */
-            s->cur = need_logits ? sampler_sample(&s->smp, row) : *am;
             const float *first_row = need_logits ? row : NULL;
+            if (s->gst) {
+                int32_t acc0;
+                gram_choose(e, s, row, am, 0, &acc0, &s->cur, &first_row);
+            } else {
+                s->cur = need_logits ? sampler_sample(&s->smp, row) : *am;
+            }
             row += V;
             am++;
             af++;
@@ -515,7 +624,10 @@ int engine_step(engine *e, char *err, size_t errlen)
             continue;
         }
         int32_t acc = 0, next;
-        if (dev_sample && s->gp.sampling.temperature != 0.0f) {   /* the device's verdicts */
+        const float *rows = need_logits ? row : NULL;   /* row i chose the block's token i */
+        if (s->gst) {   /* constrained: the schema's choice per position */
+            gram_choose(e, s, row, am, s->blk.n, &acc, &next, &rows);
+        } else if (dev_sample && s->gp.sampling.temperature != 0.0f) {   /* the device's verdicts */
             while (acc < s->blk.n && af[acc])
                 acc++;
             next = am[acc];
@@ -527,7 +639,6 @@ int engine_step(engine *e, char *err, size_t errlen)
         } else {
             next = sampler_sample(&s->smp, row);   /* a plain step, as gen_plain */
         }
-        const float *rows = need_logits ? row : NULL;   /* row i chose the block's token i */
         row += (size_t)(1 + s->blk.n) * V;
         am += 1 + s->blk.n;
         af += 1 + s->blk.n;

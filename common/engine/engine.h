@@ -179,6 +179,12 @@ int engine_submit(engine *e, const int32_t *prompt, int32_t n_prompt, const gen_
  * the engine should not be stepped again). */
 int engine_step(engine *e, char *err, size_t errlen);
 
+/* The vocabulary trie constrained requests of this engine use
+ * (decode/grammar.h), built from tok at the first call and kept until
+ * engine_free (so it outlives every request); later calls must pass the
+ * same tokenizer. NULL with err when it cannot be built. */
+const gram_vocab *engine_gram_vocab(engine *e, const tokenizer *tok, char *err, size_t errlen);
+
 /* Requests live + waiting; live; waiting. */
 int engine_pending(const engine *e);
 int engine_live(const engine *e);

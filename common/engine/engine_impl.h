@@ -48,6 +48,10 @@ typedef struct {
     int32_t ctx_hist;          /* ... of them read from the history itself */
     int32_t plan_ctx, plan_n;  /* this step (ENGINE_AUTO): the choice, context tokens and block length */
     int32_t dtok[SPEC_MAX_DRAFT + 1];   /* a chained draft's first pass: [cur, ctx...] */
+    /* a constrained request (gp.gram): where its output is in the schema */
+    js_state *gst;
+    gram_scratch *gsc;         /* its full-mask scratch, made when first needed */
+    int plan_forced;           /* this step's block is the constraint's forced tokens */
     engine_result res;
 } eseq;
 
@@ -100,6 +104,10 @@ struct engine {
     int32_t dwidth;
     float *dlogits;            /* (max_seqs, dwidth) */
     float *logits;             /* (max_batch_tokens, vocab) */
+    float *graw;               /* (max_draft + 1, vocab) a constrained sampled block's raw rows (logprobs) */
+    gram_scratch *gsc;         /* full walks of a constrained sequence's vocabulary trie */
+    gram_vocab *gv;            /* engine_gram_vocab's, of tokenizer gv_tok */
+    const tokenizer *gv_tok;
     int32_t *am;               /* (max_batch_tokens) argmax of each output row of a full pass */
     samp_req *srq;             /* (max_batch_tokens) their sampling requests (a backend that samples) */
     uint8_t *acc;              /* (max_batch_tokens) test rows: accepted (a backend that samples) */
@@ -146,5 +154,7 @@ int draft(engine *e, char *err, size_t errlen);
 void remote_drafts(engine *e);
 /* The q slot of draft row `step` of the sequence in slot i (a device's q store). */
 int32_t q_slot(const engine *e, int32_t i, int32_t step);
+/* A constrained sequence's draft cut at its first token the schema does not allow. */
+void gram_trim_draft(eseq *s);
 
 #endif

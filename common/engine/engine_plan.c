@@ -41,7 +41,7 @@ static int plan_context(engine *e, int32_t n_policy, int32_t n_other, int32_t t_
     int want = 0;
     for (int32_t i = 0; i < e->p.max_seqs; i++) {
         eseq *s = &e->seqs[i];
-        if (s->state != SEQ_DECODE || s->spec_mode != 1)
+        if (s->state != SEQ_DECODE || s->spec_mode != 1 || s->plan_forced)
             continue;
         int32_t cap = s->k_max < budget ? s->k_max : budget;
         if (cap < 0)
@@ -93,11 +93,33 @@ void plan_drafts(engine *e)
         s->blk.n = 0;
         s->blk.n_ctx = 0;
         s->blk.ctx_job = 0;
+        s->blk.forced = 0;
         s->ctx_hist = 0;
+        s->ctx_avail = 0;
+        s->plan_forced = 0;
+        if (s->gst && e->p.mode != ENGINE_PLAIN && !e->p.remote) {
+            /* the schema leaves one text: its tokens are this step's draft,
+             * free (no draft pass), greedy or sampled, whatever the policy */
+            int32_t nf = gram_forced(s->gp.gram, s->gst, s->blk.tokens, lim);
+            if (nf > 0) {
+                s->blk.n = s->blk.n_ctx = nf;
+                s->blk.forced = 1;
+                s->k_max = nf;
+                s->plan_forced = 1;
+                n_other++;
+                dec_other += 1 + nf;
+                continue;
+            }
+        }
         int32_t own_n = 0;
         s->ctx_avail = s->has_ng ? ngram_draft(&s->ng, lim, s->blk.tokens, &own_n, &s->ctx_hist) : 0;
         if (e->has_jix && s->has_ng && s->gp.sampling.temperature == 0.0f)   /* greedy only: see jobindex.h */
             job_context(e, s, lim, own_n);
+        if (s->gst && s->ctx_avail > 0) {   /* a context draft only as far as the schema allows it */
+            s->ctx_avail = gram_valid_prefix(s->gp.gram, s->gst, s->blk.tokens, s->ctx_avail);
+            if (s->ctx_hist > s->ctx_avail)
+                s->ctx_hist = s->ctx_avail;
+        }
         if (s->spec_mode == 2 && e->p.sp.draft != SPEC_DRAFT_LAYERS) {
             /* forced: the source by the nominal rule, exactly as gen_selfspec */
             spec_choice ch = spec_choose(e->p.sp.draft, &e->nominal, s->alpha_ctx, s->ex.ar, s->ctx_avail, s->ctx_hist,
@@ -149,7 +171,7 @@ void plan_drafts(engine *e)
         k = 0;
     for (int32_t i = 0; i < e->p.max_seqs; i++) {
         eseq *s = &e->seqs[i];
-        if (s->state != SEQ_DECODE || s->spec_mode != 1)
+        if (s->state != SEQ_DECODE || s->spec_mode != 1 || s->plan_forced)
             continue;
         if (!ctx_policy) {
             if (s->k_max > k)
@@ -162,6 +184,16 @@ void plan_drafts(engine *e)
         }
         if (ctx_policy && s->ctx_avail > 0 && s->blk.n_ctx == 0)
             ctx_idle(e, s);
+    }
+}
+
+void gram_trim_draft(eseq *s)
+{
+    int32_t n = gram_valid_prefix(s->gp.gram, s->gst, s->blk.tokens, s->blk.n);
+    if (n < s->blk.n) {
+        s->blk.n = n;
+        if (s->blk.n_ctx > n)
+            s->blk.n_ctx = n;
     }
 }
 

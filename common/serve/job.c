@@ -26,6 +26,8 @@ typedef struct {
     out_text text;
     const tokenizer *tok;
     int want_logprobs, ignore_eos;
+    gram gram;                 /* response_format: the engine's vocabulary and this request's schema */
+    jschema *js;
     sampler_logprob *lp;       /* (cap_lp) every emitted token's, when asked */
     size_t *lp_off;            /* (cap_lp) the text's length when it was emitted */
     int n_lp, cap_lp;
@@ -35,6 +37,7 @@ static void job_free(job *j)
 {
     free(j->lp);
     free(j->lp_off);
+    jschema_free(j->js);
     out_text_free(&j->text);
     for (int i = 0; i < j->n_stops; i++)
         free(j->stops[i]);
@@ -141,6 +144,18 @@ static int job_submit_one(engine *e, const tokenizer *tok, const batch_request *
     if (rc != 0)
         return -1;
     job *j = callocCheck(1, sizeof *j);
+    if (q->response_format != BATCH_TEXT) {   /* the schema, compiled for this request */
+        const char *sch = q->json_schema ? q->json_schema : "";
+        j->gram.gv = engine_gram_vocab(e, tok, err, errlen);
+        if (!j->gram.gv ||
+            jschema_compile(&j->js, sch, strlen(sch), q->response_format == BATCH_JSON_OBJECT, err, errlen) != 0) {
+            free(ids);
+            job_free(j);
+            return -1;
+        }
+        j->gram.js = j->js;
+        gp.gram = &j->gram;
+    }
     j->hooks = *hooks;
     j->kind = q->kind;
     j->tok = tok;

@@ -421,6 +421,11 @@ static int tok_special_cmp(const void *a, const void *b)
     return (x->id > y->id) - (x->id < y->id);
 }
 
+int tokenizer_is_special(const tokenizer *t, int32_t id)
+{
+    return id >= 0 && id < t->n_vocab && tok_is_special_type(t->ttype[id]);
+}
+
 /* Collect the special tokens, longest text first. */
 static int tok_build_specials(tokenizer *t, char *err, size_t errlen)
 {

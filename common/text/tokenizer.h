@@ -36,6 +36,10 @@ int tokenizer_add_bos(const tokenizer *t);      /* tokenizer.ggml.add_bos_token 
  * 0 for an out-of-range id. */
 int tokenizer_is_eog(const tokenizer *t, int32_t id);
 
+/* Is id a special token (control, user-defined or unknown: the tokens
+ * parse_special matches in text)? 0 for an out-of-range id. */
+int tokenizer_is_special(const tokenizer *t, int32_t id);
+
 /* Encode len bytes of UTF-8 text. When parse_special is set, the text of
  * control/special tokens (e.g. "<|im_start|>") is matched and emitted as that
  * token, as llama.cpp does with parse_special=true. When add_bos is set and
