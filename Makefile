@@ -301,6 +301,12 @@ $(BUILD)/fuzz/fuzz_oaibody: tests/fuzz/fuzz_oaibody.c $(FUZZ_API_LIB) common/ser
 	@mkdir -p $(BUILD)/fuzz
 	clang $(FUZZ_CFLAGS) -pthread $< $(FUZZ_API_LIB) common/serve/redisq.c -lcjson -lhiredis -lm -o $@
 
+# Random documents of the JSON matcher, validated by tests/test_schema.py
+# with the jsonschema package (sanitizer build).
+$(BUILD)/test/schema_walk: $(BUILD)/tst/tests/tools/schema_walk.o $(BUILD)/libselfspec-test.a
+	@mkdir -p $(dir $@)
+	$(CC) $(TCFLAGS) $^ $(LIBS) -o $@
+
 bench: all
 	python3 scripts/bench_plain.py
 

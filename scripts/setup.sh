@@ -18,7 +18,7 @@ libhiredis-dev libmicrohttpd-dev redis-server"
 # Python packages the worker/server tests and scripts use (selfspec_queue.py,
 # test_serve.py) and the benchmark and report scripts (numpy: bench_plain.py,
 # bench_models.py; matplotlib: skip_report.py, transfer_report.py plots)
-PY_PKGS="openai redis numpy matplotlib"
+PY_PKGS="openai redis numpy matplotlib jsonschema"
 MODELS=${MODELS:-smollm2}
 
 missing=""

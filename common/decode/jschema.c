@@ -1098,10 +1098,15 @@ int js_accepting(const jschema *s, const js_state *st)
 
 int js_finished(const jschema *s, const js_state *st)
 {
-    for (int i = 0; i < st->n; i++)
-        if (st->c[i].depth != 0)
+    if (!js_accepting(s, st))
+        return 0;
+    js_state t;
+    for (int b = 0; b < 256; b++) {
+        js_copy(&t, st);
+        if (js_step(s, &t, (uint8_t)b))
             return 0;
-    return st->n > 0;
+    }
+    return 1;
 }
 
 size_t js_forced(const jschema *s, const js_state *st0, char *out, size_t cap)
