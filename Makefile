@@ -253,7 +253,8 @@ PY_SUITES := 'run_e2e.py=python3 tests/run_e2e.py --model $(MODEL)' \
              'test_pipeline.py=SELFSPEC_MODEL=$(MODEL) python3 tests/test_pipeline.py' \
              'test_batch.py=python3 tests/test_batch.py --model $(MODEL)' \
              'test_serve.py=python3 tests/test_serve.py --model $(MODEL)' \
-             'test_worker.py=python3 tests/test_worker.py --model $(MODEL)'
+             'test_worker.py=python3 tests/test_worker.py --model $(MODEL)' \
+             'test_schema.py=python3 tests/test_schema.py --model $(MODEL)'
 
 # End-to-end checks on the real model: release build, no sanitizers.
 $(BUILD)/e2e/%: $(BUILD)/rel/tests/%.o $(BUILD)/rel/tests/oracle.o $(BUILD)/libselfspec.a
@@ -264,7 +265,7 @@ $(BUILD)/e2e/test_fixtures: $(BUILD)/rel/tests/test_fixtures.o $(BUILD)/libselfs
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $^ $(LIBS) -lcmocka -o $@
 
-test: all $(TEST_BIN) $(SEEDS_DIR)/.stamp $(V3_NEEDED) $(E2E_BIN) $(BUILD)/e2e/test_fixtures
+test: all $(TEST_BIN) $(SEEDS_DIR)/.stamp $(V3_NEEDED) $(E2E_BIN) $(BUILD)/e2e/test_fixtures $(BUILD)/test/schema_walk
 	@$(SUITES) --keep-going 'layers=python3 scripts/check_layers.py' $(UNIT_SUITES) $(V3_SUITES) \
 	    $(E2E_SUITES) $(QWEN_SUITES) $(GEMMA_SUITES) $(PY_SUITES)
 
@@ -284,7 +285,8 @@ gpu-check-test:
 
 # Each fuzzer links the layers it exercises, nothing above them: the GGUF
 # fuzzer util+format, the batch-line fuzzer (fuzz_batchline) util+api, the
-# request-body / redis-URL fuzzer (fuzz_oaibody) util+api+serve/redisq.
+# request-body / redis-URL fuzzer (fuzz_oaibody) util+api+serve/redisq, the
+# schema fuzzer (fuzz_schema) util+decode/jschema.
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_LIB := $(wildcard common/util/*.c common/format/*.c)
 FUZZ_API_LIB := $(wildcard common/util/*.c common/api/*.c)
@@ -306,6 +308,11 @@ $(BUILD)/fuzz/fuzz_oaibody: tests/fuzz/fuzz_oaibody.c $(FUZZ_API_LIB) common/ser
 $(BUILD)/test/schema_walk: $(BUILD)/tst/tests/tools/schema_walk.o $(BUILD)/libselfspec-test.a
 	@mkdir -p $(dir $@)
 	$(CC) $(TCFLAGS) $^ $(LIBS) -o $@
+
+# the JSON Schema compiler and matcher: util + decode/jschema
+$(BUILD)/fuzz/fuzz_schema: tests/fuzz/fuzz_schema.c tests/fuzz/schema_walk.h common/decode/jschema.c $(wildcard common/util/*.c)
+	@mkdir -p $(BUILD)/fuzz
+	clang $(FUZZ_CFLAGS) -Itests $< common/decode/jschema.c $(wildcard common/util/*.c) -lcjson -lm -o $@
 
 bench: all
 	python3 scripts/bench_plain.py

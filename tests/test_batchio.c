@@ -465,7 +465,7 @@ static void test_logprobs(void **state)
         {"\"frequency_penalty\": 0.5}}", "body.frequency_penalty is not supported"},
         {"\"presence_penalty\": -1}}", "body.presence_penalty is not supported"},
         {"\"logit_bias\": {\"5\": 1}}}", "body.logit_bias is not supported"},
-        {"\"response_format\": {\"type\": \"json_object\"}}}", "body.response_format is not supported"},
+        {"\"response_format\": {\"type\": \"yaml\"}}}", "body.response_format.type must be"},
         {"\"tools\": [{\"type\": \"function\"}]}}", "body.tools is not supported"},
         {"\"min_tokens\": 3}}", "body.min_tokens is not supported"},
         {"\"best_of\": 2}}", "body.best_of must be 1"},
@@ -1003,6 +1003,49 @@ static void test_seed_corpus(void **state)
     assert_true(ok > 0);
 }
 
+/* response_format: text, json_object, json_schema (the schema kept as
+ * compact text for the job to compile), and every malformed shape. */
+static void test_response_format(void **state)
+{
+    (void)state;
+    const char *head = "{\"custom_id\": \"c\", \"method\": \"POST\", \"url\": \"/v1/chat/completions\", \"body\": "
+                       "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"response_format\": ";
+    static const struct {
+        const char *rf;
+        int rc;
+        batch_format fmt;
+        const char *schema_or_err;
+    } cases[] = {
+        {"{\"type\": \"text\"}", 0, BATCH_TEXT, NULL},
+        {"{\"type\": \"json_object\"}", 0, BATCH_JSON_OBJECT, NULL},
+        {"{\"type\": \"json_schema\", \"json_schema\": {\"name\": \"p\", \"strict\": true, "
+         "\"schema\": {\"type\": \"object\", \"properties\": {\"a\": {\"type\": \"integer\"}}}}}",
+         0, BATCH_JSON_SCHEMA, "{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"integer\"}}}"},
+        {"{\"type\": \"json_schema\", \"json_schema\": {\"name\": \"p\"}}", 0, BATCH_JSON_OBJECT, NULL},
+        {"null", 0, BATCH_TEXT, NULL},
+        {"\"json\"", -1, 0, "body.response_format must be an object"},
+        {"{}", -1, 0, "body.response_format.type must be a string"},
+        {"{\"type\": \"json_schema\"}", -1, 0, "json_schema must be an object"},
+        {"{\"type\": \"json_schema\", \"json_schema\": {\"schema\": {}}}", -1, 0, "name must be a string"},
+        {"{\"type\": \"json_schema\", \"json_schema\": {\"name\": \"p\", \"schema\": 3}}", -1, 0,
+         "schema must be an object"},
+        {"{\"type\": \"json_schema\", \"json_schema\": {\"name\": \"p\", \"strict\": 1, \"schema\": {}}}", -1, 0,
+         "strict must be a boolean"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char line[1024], err[256] = "";
+        snprintf(line, sizeof line, "%s%s}}", head, cases[i].rf);
+        batch_request r;
+        int rc = parse(line, &r, err, sizeof err);
+        if (rc != cases[i].rc || (rc == 0 && r.response_format != cases[i].fmt) ||
+            (rc == 0 && cases[i].schema_or_err && (!r.json_schema || strcmp(r.json_schema, cases[i].schema_or_err))) ||
+            (rc != 0 && !strstr(err, cases[i].schema_or_err)))
+            fail_msg("case %zu: rc %d format %d schema %s err \"%s\"\n  line: %s", i, rc, (int)r.response_format,
+                     r.json_schema ? r.json_schema : "-", err, line);
+        batch_request_free(&r);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1020,6 +1063,7 @@ int main(void)
         cmocka_unit_test(test_format_bad_args),
         cmocka_unit_test(test_scan_resume),
         cmocka_unit_test(test_logprobs),
+        cmocka_unit_test(test_response_format),
         cmocka_unit_test(test_scan_garbage),
         cmocka_unit_test(test_scan_long_lines),
         cmocka_unit_test(test_seed_corpus),

@@ -5,7 +5,11 @@
  * request's text does not depend on what shares its batch; job_format_result
  * is batch_format_result of the same fields and job_format_body its
  * response.body; should_stop ends a request early; requests that can never
- * run are refused with a reason and call no hook.
+ * run are refused with a reason and call no hook. response_format: the
+ * constrained text is the same in plain, self-spec (forced, context, layer
+ * and chained drafts) and auto, alone and batched, and is in the schema;
+ * gram_best's shortcuts equal the argmax of the fully masked row; a schema
+ * outside the subset is refused at submit.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -20,6 +24,9 @@
 #include <unistd.h>
 
 #include "api/batchio.h"
+#include "decode/grammar.h"
+#include "decode/sampler.h"
+#include "decode/skipset.h"
 #include "engine/engine.h"
 #include "format/gguf.h"
 #include "model/model.h"
@@ -250,11 +257,189 @@ static void test_should_stop_and_refusals(void **state)
     tiny_close(&t);
 }
 
+/* ---- response_format ---- */
+
+static engine *tiny_engine_mode(const tiny *t, int32_t max_seqs, engine_mode mode, const skip_set *ss,
+                                int32_t draft)
+{
+    engine_params p;
+    engine_params_default(&p);
+    p.max_seqs = max_seqs;
+    p.ctx = 256;
+    p.kv_mem = (size_t)8 << 20;
+    p.mode = mode;
+    p.ss = ss;
+    p.sp.draft = draft;
+    p.calibrate = 0;
+    engine *e = NULL;
+    char err[256];
+    if (engine_init(&e, &t->m, &p, err, sizeof err) != 0)
+        fail_msg("engine_init: %s", err);
+    return e;
+}
+
+#define PERSON "{\"type\": \"object\", \"properties\": {\"name\": {\"type\": \"string\", \"maxLength\": 6}, " \
+               "\"age\": {\"type\": \"integer\"}, \"ok\": {\"type\": \"boolean\"}, \"kind\": {\"enum\": " \
+               "[\"alpha\", \"beta\", \"gamma\"]}}, \"required\": [\"name\", \"age\", \"ok\", \"kind\"], " \
+               "\"additionalProperties\": false}"
+
+/* Request i: a schema or json_object, greedy or sampled. */
+static void schema_line(char *buf, size_t n, int i)
+{
+    const char *rf = i % 3 == 2 ? "{\"type\": \"json_object\"}"
+                                : "{\"type\": \"json_schema\", \"json_schema\": {\"name\": \"p\", \"schema\": " PERSON "}}";
+    snprintf(buf, n,
+             "{\"custom_id\": \"s%d\", \"method\": \"POST\", \"url\": \"/v1/completions\", \"body\": "
+             "{\"prompt\": \"record %d:\", \"max_tokens\": 90, \"temperature\": %s, \"seed\": %d, "
+             "\"response_format\": %s}}",
+             i, i, i % 4 == 3 ? "0.9" : "0", 50 + i, rf);
+}
+
+/* Constrained output through the engine: the same text in plain, forced
+ * self-spec (forced and context drafts; layer drafts with a skip set) and
+ * auto, alone and together; every text a prefix the matcher accepts, a
+ * complete document where the request stopped by itself. */
+static void test_constrained_modes(void **state)
+{
+    (void)state;
+    tiny t;
+    tiny_open(&t);
+    enum { N = 8 };
+    skip_set ss;
+    skipset_init(&ss, t.m.config.n_layers);
+    for (int32_t l = 0; l < ss.n_layers; l += 2)
+        ss.mlp_skip[l] = 1;
+    struct {
+        engine_mode mode;
+        const skip_set *ss;
+        int32_t draft, seqs;
+    } cfg[] = {{ENGINE_PLAIN, NULL, SPEC_DRAFT_AUTO, 1}, {ENGINE_PLAIN, NULL, SPEC_DRAFT_AUTO, 4},
+               {ENGINE_SPEC, NULL, SPEC_DRAFT_CONTEXT, 1}, {ENGINE_SPEC, &ss, SPEC_DRAFT_LAYERS, 3},
+               {ENGINE_SPEC, &ss, SPEC_DRAFT_CHAIN, 8}, {ENGINE_AUTO, &ss, SPEC_DRAFT_AUTO, 4}};
+    enum { NC = sizeof cfg / sizeof *cfg };
+    static rec r[NC][N];
+    memset(r, 0, sizeof r);
+    char line[2048], err[256];
+    for (int c = 0; c < NC; c++) {
+        engine *e = tiny_engine_mode(&t, cfg[c].seqs, cfg[c].mode, cfg[c].ss, cfg[c].draft);
+        for (int i = 0; i < N; i++) {
+            schema_line(line, sizeof line, i);
+            if (submit_line(e, &t, line, &r[c][i], err, sizeof err) != 0)
+                fail_msg("submit: %s", err);
+        }
+        run_all(e);
+        engine_free(e);
+    }
+    jschema *person, *obj;
+    assert_int_equal(jschema_compile(&person, PERSON, strlen(PERSON), 0, err, sizeof err), 0);
+    assert_int_equal(jschema_compile(&obj, "", 0, 1, err, sizeof err), 0);
+    static js_state st;
+    int complete = 0;
+    for (int i = 0; i < N; i++) {
+        for (int c = 1; c < NC; c++)
+            if (strcmp(r[c][i].text, r[0][i].text) != 0)
+                fail_msg("request %d, config %d: '%s' != plain alone '%s'", i, c, r[c][i].text, r[0][i].text);
+        const jschema *js = i % 3 == 2 ? obj : person;
+        js_start(js, &st);
+        if (!js_feed(js, &st, r[0][i].text, strlen(r[0][i].text)))
+            fail_msg("request %d: '%s' is not in the schema", i, r[0][i].text);
+        if (r[0][i].finish == BATCH_FINISH_STOP) {
+            assert_true(js_accepting(js, &st));
+            complete++;
+        }
+    }
+    print_message("%d of %d constrained requests complete documents, e.g. %s\n", complete, N, r[0][0].text);
+    assert_true(complete >= 1);
+    for (int c = 0; c < NC; c++)
+        for (int i = 0; i < N; i++)
+            rec_free(&r[c][i]);
+    jschema_free(person);
+    jschema_free(obj);
+    skipset_free(&ss);
+    tiny_close(&t);
+}
+
+/* gram_best's shortcuts (the raw argmax, the top candidates) agree with
+ * the argmax of the fully masked row, from many states, on random rows;
+ * gram_forced's tokens are allowed in order. */
+static void test_gram_best(void **state)
+{
+    (void)state;
+    tiny t;
+    tiny_open(&t);
+    char err[256];
+    gram_vocab *gv;
+    assert_int_equal(gram_vocab_build(&gv, t.tok, err, sizeof err), 0);
+    const int32_t V = gram_vocab_size(gv);
+    gram_scratch *sc = gram_scratch_new(gv);
+    jschema *js;
+    assert_int_equal(jschema_compile(&js, PERSON, strlen(PERSON), 0, err, sizeof err), 0);
+    gram g = {gv, js};
+    float *row = malloc((size_t)V * sizeof(float)), *masked = malloc((size_t)V * sizeof(float));
+    uint64_t rng = 12345;
+    static js_state st;
+    int checked = 0, forced_seen = 0;
+    for (int walk = 0; walk < 40; walk++) {
+        js_start(js, &st);
+        for (int step = 0; step < 64 && !gram_done(&g, &st); step++) {
+            for (int32_t i = 0; i < V; i++) {
+                rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
+                row[i] = (float)((rng >> 40) % 1000) / 100.0f;   /* ties happen */
+            }
+            memcpy(masked, row, (size_t)V * sizeof(float));
+            int32_t n_ok = gram_mask(&g, &st, masked, V, sc);
+            assert_true(n_ok > 0);
+            int32_t want = sampler_argmax(masked, V);
+            int32_t got = gram_best(&g, &st, row, V, -1, sc);
+            if (got != want)
+                fail_msg("walk %d step %d: gram_best %d, masked argmax %d", walk, step, got, want);
+            int32_t f[16];
+            int32_t nf = gram_forced(&g, &st, f, 16);
+            forced_seen += nf > 0;
+            assert_int_equal(gram_valid_prefix(&g, &st, f, nf), nf);
+            checked++;
+            assert_true(gram_advance(&g, &st, got));
+        }
+    }
+    print_message("%d rows checked, %d with forced tokens\n", checked, forced_seen);
+    assert_true(checked > 500 && forced_seen > 0);
+    free(row);
+    free(masked);
+    jschema_free(js);
+    gram_scratch_free(sc);
+    gram_vocab_free(gv);
+    tiny_close(&t);
+}
+
+/* A schema the subset refuses fails the submit with the reason, no hook. */
+static void test_constrained_refused(void **state)
+{
+    (void)state;
+    tiny t;
+    tiny_open(&t);
+    engine *e = tiny_engine(&t, 2);
+    rec r;
+    memset(&r, 0, sizeof r);
+    char err[256] = "";
+    const char *line = "{\"custom_id\": \"x\", \"method\": \"POST\", \"url\": \"/v1/completions\", \"body\": "
+                       "{\"prompt\": \"a\", \"response_format\": {\"type\": \"json_schema\", \"json_schema\": "
+                       "{\"name\": \"n\", \"schema\": {\"type\": \"string\", \"pattern\": \"^a\"}}}}}";
+    assert_int_equal(submit_line(e, &t, line, &r, err, sizeof err), -1);
+    assert_non_null(strstr(err, "'pattern' is not supported"));
+    assert_int_equal(engine_pending(e), 0);
+    assert_false(r.done);
+    engine_free(e);
+    tiny_close(&t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_texts_lines_and_batch_invariance),
         cmocka_unit_test(test_should_stop_and_refusals),
+        cmocka_unit_test(test_constrained_modes),
+        cmocka_unit_test(test_gram_best),
+        cmocka_unit_test(test_constrained_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

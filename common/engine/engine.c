@@ -399,7 +399,8 @@ static gram_scratch *engine_gram_scratch(engine *e, const gram_vocab *gv)
  * (am: the raw argmaxes, hints) until one differs from the draft. Sampled
  * (its drafts are forced tokens only): each row masked in place and drawn
  * from until a draw differs from the draft; the raw rows go to *lp_rows
- * first when log-probabilities are asked. */
+ * first when log-probabilities are asked. *next < 0: no token is allowed
+ * (a complete document in a vocabulary without an end token). */
 static void gram_choose(engine *e, eseq *s, float *rows, const int32_t *am, int32_t n, int32_t *acc, int32_t *next,
                         const float **lp_rows)
 {
@@ -413,9 +414,7 @@ static void gram_choose(engine *e, eseq *s, float *rows, const int32_t *am, int3
         int32_t i = 0, c;
         for (;; i++) {
             c = gram_best(g, &st, rows + (size_t)i * V, V, am[i], sc);
-            if (c < 0)
-                c = am[i];   /* a vocabulary without an end token: the sequence ends on it */
-            if (i == n || c != s->blk.tokens[i])
+            if (i == n || c != s->blk.tokens[i])   /* c < 0: nothing allowed (no end token): the end */
                 break;
             gram_advance(g, &st, c);
         }
@@ -436,8 +435,7 @@ static void gram_choose(engine *e, eseq *s, float *rows, const int32_t *am, int3
     int32_t i = 0, c;
     for (;; i++) {
         float *r = rows + (size_t)i * V;
-        gram_mask(g, &st, r, V, sc);
-        c = sampler_sample(&s->smp, r);
+        c = gram_mask(g, &st, r, V, sc) > 0 ? sampler_sample(&s->smp, r) : -1;
         if (i == n || c != s->blk.tokens[i])
             break;
         gram_advance(g, &st, c);
@@ -619,7 +617,9 @@ int engine_step(engine *e, char *err, size_t errlen)
             am++;
             af++;
             s->state = SEQ_DECODE;
-            if (emit(s, s->cur, first_row, V))
+            if (s->cur < 0)   /* a constraint allows nothing at all */
+                s->res.finish = ENGINE_FINISH_STOP;
+            if (s->cur < 0 || emit(s, s->cur, first_row, V))
                 finish(e, s);
             continue;
         }
@@ -648,8 +648,14 @@ int engine_step(engine *e, char *err, size_t errlen)
         record(e, s, acc);
         s->kv.len += acc + 1;
         int done = 0;
-        for (int32_t i = 0; i <= acc && !done; i++)
+        for (int32_t i = 0; i <= acc && !done; i++) {
+            if (i == acc && next < 0) {   /* a constraint allows nothing more: the end */
+                s->res.finish = ENGINE_FINISH_STOP;
+                done = 1;
+                break;
+            }
             done = emit(s, i < acc ? s->blk.tokens[i] : next, rows ? rows + (size_t)i * V : NULL, V);
+        }
         s->cur = next;
         if (done) {
             finish(e, s);
