@@ -11,6 +11,9 @@ requests share their instructions and much of their output.
 
 Records are generated from small word lists with a seeded RNG (nothing is
 taken from a public benchmark). Greedy chat requests, max_tokens 96.
+--response-format schema adds the kind's JSON schema (extract: the five
+keys; label: the label set and a reason) as response_format json_schema,
+object adds {"type": "json_object"}.
 """
 import argparse
 import json
@@ -55,6 +58,18 @@ def docstring(rng, i):
             "in a code block:\n\ndef " + name + "(" + args + "):\n    " + body)
 
 
+SCHEMAS = {
+    "extract": {"type": "object", "properties": {
+        "name": {"type": "string", "maxLength": 40}, "age": {"type": "integer"},
+        "city": {"type": "string", "maxLength": 30}, "occupation": {"type": "string", "maxLength": 30},
+        "email": {"type": "string", "maxLength": 60}},
+        "required": ["name", "age", "city", "occupation", "email"], "additionalProperties": False},
+    "label": {"type": "object", "properties": {
+        "label": {"enum": ["positive", "negative", "neutral"]}, "reason": {"type": "string", "maxLength": 200}},
+        "required": ["label", "reason"], "additionalProperties": False},
+}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--kind", choices=["extract", "label", "docstring"], default="extract")
@@ -62,6 +77,7 @@ def main():
     ap.add_argument("--max-tokens", type=int, default=96)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("-o", "--output", required=True)
+    ap.add_argument("--response-format", choices=["none", "schema", "object"], default="none")
     a = ap.parse_args()
     rng = random.Random(a.seed)
     make = {"extract": extract, "label": label, "docstring": docstring}[a.kind]
@@ -69,6 +85,13 @@ def main():
         for i in range(a.n):
             body = {"messages": [{"role": "user", "content": make(rng, i)}], "max_tokens": a.max_tokens,
                     "temperature": 0}
+            if a.response_format == "object":
+                body["response_format"] = {"type": "json_object"}
+            elif a.response_format == "schema":
+                if a.kind not in SCHEMAS:
+                    ap.error(f"no schema for --kind {a.kind}")
+                body["response_format"] = {"type": "json_schema", "json_schema": {
+                    "name": a.kind, "schema": SCHEMAS[a.kind], "strict": True}}
             f.write(json.dumps({"custom_id": f"{a.kind}-{i}", "method": "POST", "url": "/v1/chat/completions",
                                 "body": body}) + "\n")
 

@@ -116,6 +116,13 @@ int svc_parse_opt(svc_opts *o, int c, const char *optarg)
         if (cli_parse_int(optarg, "--job-index", 0, 1 << 28, &v)) return -1;
         o->ep.job_index_tokens = (int32_t)v;
         return 1;
+    case SVC_OPT_FORCED_DRAFTS:
+        if (strcmp(optarg, "on") != 0 && strcmp(optarg, "off") != 0) {
+            fprintf(stderr, "selfspec: --forced-drafts takes on or off, got '%s'\n", optarg);
+            return -1;
+        }
+        o->ep.forced_drafts = optarg[1] == 'n';
+        return 1;
     case SVC_OPT_TOKEN_COST:
         if (cli_parse_float(optarg, "--token-cost", &o->ep.sp.token_cost)) return -1;
         return 1;

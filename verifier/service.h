@@ -36,7 +36,7 @@ typedef struct {
 enum { SVC_OPT_FIRST = 300, SVC_OPT_MAX_SEQS = SVC_OPT_FIRST, SVC_OPT_MAX_BATCH_TOKENS, SVC_OPT_KV_MEM,
        SVC_OPT_MODE, SVC_OPT_SKIP, SVC_OPT_DRAFT_HEAD, SVC_OPT_DRAFT_MAX, SVC_OPT_DEVICE, SVC_OPT_GAMMA,
        SVC_OPT_GAMMA_STEP, SVC_OPT_AR_TARGET, SVC_OPT_DRAFT, SVC_OPT_NGRAM_MIN, SVC_OPT_NGRAM_MAX,
-       SVC_OPT_TOKEN_COST, SVC_OPT_JOB_INDEX, SVC_OPT_SERVED_NAME, SVC_OPT_LAST };
+       SVC_OPT_TOKEN_COST, SVC_OPT_JOB_INDEX, SVC_OPT_SERVED_NAME, SVC_OPT_FORCED_DRAFTS, SVC_OPT_LAST };
 #define SVC_SPEC_LONG_OPTIONS                                                                                 \
     {"model", required_argument, 0, 'm'}, {"ctx", required_argument, 0, 'c'},                                 \
         {"threads", required_argument, 0, 't'}, {"device", required_argument, 0, SVC_OPT_DEVICE},             \
@@ -53,6 +53,7 @@ enum { SVC_OPT_FIRST = 300, SVC_OPT_MAX_SEQS = SVC_OPT_FIRST, SVC_OPT_MAX_BATCH_
         {"max-batch-tokens", required_argument, 0, SVC_OPT_MAX_BATCH_TOKENS},                                 \
         {"kv-mem", required_argument, 0, SVC_OPT_KV_MEM}, {"quiet", no_argument, 0, 'q'},                  \
         {"job-index", required_argument, 0, SVC_OPT_JOB_INDEX},                                              \
+        {"forced-drafts", required_argument, 0, SVC_OPT_FORCED_DRAFTS},                                      \
         {"served-model-name", required_argument, 0, SVC_OPT_SERVED_NAME}
 #define SVC_LONG_OPTIONS SVC_SPEC_LONG_OPTIONS, SVC_BATCH_LONG_OPTIONS
 
@@ -82,6 +83,7 @@ enum { SVC_OPT_FIRST = 300, SVC_OPT_MAX_SEQS = SVC_OPT_FIRST, SVC_OPT_MAX_BATCH_
     "      --max-batch-tokens N  tokens in one forward pass at most (default 256)\n"                         \
     "      --kv-mem MB        KV memory in MiB (default 512)\n"                                              \
     "      --job-index N      drafts from the job's finished requests: tokens kept (default 131072; 0 off)\n" \
+    "      --forced-drafts on|off  response_format: the schema's forced text as free drafts (on)\n"      \
     "      --served-model-name NAME  the model id in responses and /v1/models (default: the\n"              \
     "                         model file's name without directory and .gguf)\n"                              \
     "  -q, --quiet            no progress on stderr\n"

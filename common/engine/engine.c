@@ -40,6 +40,7 @@ void engine_params_default(engine_params *p)
     spec_params_default(&p->sp);
     p->sp.draft = SPEC_DRAFT_AUTO;    /* every source, chosen per step by cost */
     p->job_index_tokens = 1 << 17;
+    p->forced_drafts = 1;
     p->calibrate = 1;
 }
 

@@ -104,13 +104,18 @@ typedef struct {
      * sampled sequences draft from their own history only, so their draws
      * never depend on other requests. */
     int32_t job_index_tokens;
+    /* Constrained requests (gen_params.gram): where the schema leaves one
+     * text, its tokens are the step's draft (no draft pass; greedy or
+     * sampled), in every mode but ENGINE_PLAIN (1). 0: they draft as
+     * unconstrained requests do, trimmed to what the schema allows. */
+    int forced_drafts;
 } engine_params;
 
 /* The defaults of every command (the one place they are set): 32
  * sequences, 256 tokens a pass, 512 MiB of KV, the model's context capped
  * at ENGINE_DEFAULT_CTX (ctx 0 until engine_params_resolve), ENGINE_AUTO,
  * spec_params_default with every draft source (SPEC_DRAFT_AUTO), a job
- * index of 131072 tokens, no skip set. */
+ * index of 131072 tokens, forced drafts on, no skip set. */
 #define ENGINE_DEFAULT_CTX 4096
 void engine_params_default(engine_params *p);
 

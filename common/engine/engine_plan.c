@@ -97,7 +97,7 @@ void plan_drafts(engine *e)
         s->ctx_hist = 0;
         s->ctx_avail = 0;
         s->plan_forced = 0;
-        if (s->gst && e->p.mode != ENGINE_PLAIN && !e->p.remote) {
+        if (s->gst && e->p.forced_drafts && e->p.mode != ENGINE_PLAIN && !e->p.remote) {
             /* the schema leaves one text: its tokens are this step's draft,
              * free (no draft pass), greedy or sampled, whatever the policy */
             int32_t nf = gram_forced(s->gp.gram, s->gst, s->blk.tokens, lim);
