@@ -333,6 +333,50 @@ def test_n_choices(model, tmp):
                                                                    for i in range(4)))
 
 
+def test_processors(model, tmp):
+    """presence/frequency penalties, logit_bias and min_tokens: the same
+    bytes in plain, auto and self-spec at --max-seqs 1 and 8; a frequency
+    penalty changes a repetitive continuation; min_tokens holds off the end
+    of a reply that ends early without it; a +100 logit_bias forces its token."""
+    chat = [{"role": "user", "content": "Say OK."}]
+    reqs = [
+        {"custom_id": "rep", "method": "POST", "url": "/v1/completions",
+         "body": {"prompt": "1, 2, 1, 2, 1, 2, 1, 2,", "max_tokens": 24, "temperature": 0}},
+        {"custom_id": "rep-pen", "method": "POST", "url": "/v1/completions",
+         "body": {"prompt": "1, 2, 1, 2, 1, 2, 1, 2,", "max_tokens": 24, "temperature": 0,
+                  "frequency_penalty": 1.5, "presence_penalty": 0.3}},
+        {"custom_id": "short", "method": "POST", "url": "/v1/chat/completions",
+         "body": {"messages": chat, "max_tokens": 40, "temperature": 0}},
+        {"custom_id": "short-min", "method": "POST", "url": "/v1/chat/completions",
+         "body": {"messages": chat, "max_tokens": 40, "temperature": 0, "min_tokens": 30}},
+        {"custom_id": "bias", "method": "POST", "url": "/v1/completions",
+         "body": {"prompt": "The sky is", "max_tokens": 6, "temperature": 0, "logit_bias": {"28": 100}}},
+        {"custom_id": "sampled-pen", "method": "POST", "url": "/v1/completions",
+         "body": {"prompt": "Here is a list of fruits:", "max_tokens": 24, "temperature": 0.8, "seed": 9,
+                  "frequency_penalty": 1.0, "logit_bias": {"28": -5}}},
+    ]
+    inp = os.path.join(tmp, "proc.jsonl")
+    write_jsonl(inp, reqs)
+    outs = {}
+    for mode in ("plain", "auto", "self-spec"):
+        for seqs in (1, 8):
+            out = os.path.join(tmp, f"proc-{mode}-{seqs}.jsonl")
+            rc, err = run_batch(model, inp, out, ["--mode", mode, "--max-seqs", str(seqs)])
+            check(f"processors: batch --mode {mode} --max-seqs {seqs} exits 0", rc == 0, err[-400:])
+            outs[(mode, seqs)] = sorted(open(out, "rb").readlines()) if rc == 0 else []
+    ref = outs[("plain", 1)]
+    check("processors: the same bytes in plain/auto/self-spec at max-seqs 1 and 8",
+          ref and all(v == ref for v in outs.values()), str([k for k, v in outs.items() if v != ref]))
+    res = {c: v[0][0] for c, v in read_results(os.path.join(tmp, "proc-plain-1.jsonl")).items()}
+    check("processors: a frequency penalty changes a repetitive continuation",
+          text_of(res["rep"]) != text_of(res["rep-pen"]), f"{text_of(res['rep'])!r}")
+    u = lambda c: res[c]["response"]["body"]["usage"]["completion_tokens"]
+    check("processors: min_tokens holds off the end of a short reply",
+          u("short") < 30 and u("short-min") >= 30, f"{u('short')} / {u('short-min')}")
+    check("processors: a +100 logit_bias makes its token the only one chosen",
+          u("bias") == 6 and len(set(text_of(res["bias"]))) <= 2, repr(text_of(res["bias"])))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="models/SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -350,6 +394,7 @@ def main():
         test_identical_to_generate(a.model, tmp)
         test_logprobs(a.model, tmp)
         test_n_choices(a.model, tmp)
+        test_processors(a.model, tmp)
     total = sum(1 for _ in FAILURES)
     print(f"test_batch: {'FAILED' if FAILURES else 'all passed'}")
     for f in FAILURES:

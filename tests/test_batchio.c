@@ -462,12 +462,8 @@ static void test_logprobs(void **state)
     };
     /* fields not implemented: a 400 naming them unless at their no-op value */
     static const char *unsupported[][2] = {
-        {"\"frequency_penalty\": 0.5}}", "body.frequency_penalty is not supported"},
-        {"\"presence_penalty\": -1}}", "body.presence_penalty is not supported"},
-        {"\"logit_bias\": {\"5\": 1}}}", "body.logit_bias is not supported"},
         {"\"response_format\": {\"type\": \"yaml\"}}}", "body.response_format.type must be"},
         {"\"tools\": [{\"type\": \"function\"}]}}", "body.tools is not supported"},
-        {"\"min_tokens\": 3}}", "body.min_tokens is not supported"},
         {"\"best_of\": 2}}", "body.best_of must be 1"},
         {"\"echo\": true}}", "body.echo is not supported"},
     };
@@ -1046,6 +1042,42 @@ static void test_response_format(void **state)
     }
 }
 
+/* The logits processors: penalties, logit_bias, min_tokens parsed and
+ * range-checked. */
+static void test_processors(void **state)
+{
+    (void)state;
+    const char *head = "{\"custom_id\": \"c\", \"method\": \"POST\", \"url\": \"/v1/completions\", \"body\": "
+                       "{\"prompt\": \"x\", \"max_tokens\": 10, ";
+    char line[1024], err[256];
+    batch_request r;
+    snprintf(line, sizeof line, "%s%s", head,
+             "\"presence_penalty\": 0.5, \"frequency_penalty\": -1.5, \"min_tokens\": 4, "
+             "\"logit_bias\": {\"5\": 1, \"70000\": -100}}}");
+    assert_int_equal(parse(line, &r, err, sizeof err), 0);
+    assert_true(r.presence_penalty == 0.5 && r.frequency_penalty == -1.5 && r.min_tokens == 4);
+    assert_int_equal(r.n_bias, 2);
+    assert_true(r.bias_ids[0] == 5 && r.bias_vals[0] == 1.0f && r.bias_ids[1] == 70000 && r.bias_vals[1] == -100.0f);
+    batch_request_free(&r);
+    static const char *const bad[][2] = {
+        {"\"presence_penalty\": 2.5}}", "body.presence_penalty must be in [-2, 2]"},
+        {"\"frequency_penalty\": \"a\"}}", "body.frequency_penalty"},
+        {"\"min_tokens\": 11}}", "must not exceed max_tokens"},
+        {"\"min_tokens\": -1}}", "body.min_tokens"},
+        {"\"logit_bias\": {\"x\": 1}}}", "keys must be token ids"},
+        {"\"logit_bias\": {\"-3\": 1}}}", "keys must be token ids"},
+        {"\"logit_bias\": {\"3\": 101}}}", "values must be in [-100, 100]"},
+        {"\"logit_bias\": [1]}}", "must be an object"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        snprintf(line, sizeof line, "%s%s", head, bad[i][0]);
+        err[0] = '\0';
+        if (parse(line, &r, err, sizeof err) != -1 || !strstr(err, bad[i][1]))
+            fail_msg("bad %zu: err \"%s\"\n  line: %s", i, err, line);
+        batch_request_free(&r);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1064,6 +1096,7 @@ int main(void)
         cmocka_unit_test(test_scan_resume),
         cmocka_unit_test(test_logprobs),
         cmocka_unit_test(test_response_format),
+        cmocka_unit_test(test_processors),
         cmocka_unit_test(test_scan_garbage),
         cmocka_unit_test(test_scan_long_lines),
         cmocka_unit_test(test_seed_corpus),

@@ -411,6 +411,65 @@ static void test_gram_best(void **state)
     tiny_close(&t);
 }
 
+/* Logits processors (penalties, logit_bias, min_tokens) and a schema with
+ * them: the same text in every mode and batch size, alone and together; a
+ * +100 bias makes its token the only one chosen. */
+static void test_processors_modes(void **state)
+{
+    (void)state;
+    tiny t;
+    tiny_open(&t);
+    enum { N = 6 };
+    skip_set ss;
+    skipset_init(&ss, t.m.config.n_layers);
+    for (int32_t l = 0; l < ss.n_layers; l += 2)
+        ss.mlp_skip[l] = 1;
+    static const char *const extra[N] = {
+        "\"frequency_penalty\": 1.5, \"presence_penalty\": 0.5",
+        "\"presence_penalty\": -1.0, \"logit_bias\": {\"65\": 3.5, \"66\": -2}",
+        "\"frequency_penalty\": 0.7, \"top_p\": 0.9, \"seed\": 3",
+        "\"min_tokens\": 20, \"frequency_penalty\": 2",
+        "\"frequency_penalty\": 1.0, \"response_format\": {\"type\": \"json_object\"}",
+        "\"logit_bias\": {\"97\": 100}",
+    };
+    struct {
+        engine_mode mode;
+        const skip_set *ss;
+        int32_t draft, seqs;
+    } cfg[] = {{ENGINE_PLAIN, NULL, SPEC_DRAFT_AUTO, 1}, {ENGINE_PLAIN, NULL, SPEC_DRAFT_AUTO, 4},
+               {ENGINE_SPEC, NULL, SPEC_DRAFT_CONTEXT, 2}, {ENGINE_SPEC, &ss, SPEC_DRAFT_CHAIN, 6},
+               {ENGINE_AUTO, &ss, SPEC_DRAFT_AUTO, 3}};
+    enum { NC = sizeof cfg / sizeof *cfg };
+    static rec r[NC][N];
+    memset(r, 0, sizeof r);
+    char line[1024], err[256];
+    for (int c = 0; c < NC; c++) {
+        engine *e = tiny_engine_mode(&t, cfg[c].seqs, cfg[c].mode, cfg[c].ss, cfg[c].draft);
+        for (int i = 0; i < N; i++) {
+            snprintf(line, sizeof line,
+                     "{\"custom_id\": \"p%d\", \"method\": \"POST\", \"url\": \"/v1/completions\", \"body\": "
+                     "{\"prompt\": \"abab abab %d\", \"max_tokens\": 40, \"temperature\": %s, %s}}", i, i,
+                     i == 2 ? "0.9" : "0", extra[i]);
+            if (submit_line(e, &t, line, &r[c][i], err, sizeof err) != 0)
+                fail_msg("submit %d: %s", i, err);
+        }
+        run_all(e);
+        engine_free(e);
+    }
+    for (int i = 0; i < N; i++)
+        for (int c = 1; c < NC; c++)
+            if (strcmp(r[c][i].text, r[0][i].text) != 0)
+                fail_msg("request %d, config %d: '%s' != plain alone '%s'", i, c, r[c][i].text, r[0][i].text);
+    for (const char *p = r[0][5].text; *p; p++)   /* token 97 is the byte 'a' */
+        assert_int_equal(*p, 'a');
+    assert_int_equal(strlen(r[0][5].text), 40);
+    for (int c = 0; c < NC; c++)
+        for (int i = 0; i < N; i++)
+            rec_free(&r[c][i]);
+    skipset_free(&ss);
+    tiny_close(&t);
+}
+
 /* A schema the subset refuses fails the submit with the reason, no hook. */
 static void test_constrained_refused(void **state)
 {
@@ -440,6 +499,7 @@ int main(void)
         cmocka_unit_test(test_constrained_modes),
         cmocka_unit_test(test_gram_best),
         cmocka_unit_test(test_constrained_refused),
+        cmocka_unit_test(test_processors_modes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -460,34 +460,22 @@ static int batchio_stop(const cJSON *s, batch_request *out, char *err, size_t er
     return 0;
 }
 
-/* Fields selfspec does not implement yet: present with anything but their
+/* Fields selfspec does not implement: present with anything but their
  * no-op value, the request gets a 400 naming the field, never silence.
- * (The penalties at 0, an empty logit_bias or tool list, response_format
- * "text", n and best_of 1, echo false are the defaults clients send and
- * are accepted.) */
+ * (An empty tool list, best_of 1, echo false are the defaults clients send
+ * and are accepted.) */
 static int batchio_unsupported(const cJSON *body, char *err, size_t errlen)
 {
-    static const char *const zero_ok[] = {"presence_penalty", "frequency_penalty", "min_tokens"};
     static const char *const never[] = {"tools", "functions", "tool_choice", "function_call", "suffix",
                                         "prediction", "audio", "modalities", "guided_json", "guided_regex",
                                         "guided_choice", "guided_grammar"};
     const cJSON *v;
-    for (size_t i = 0; i < sizeof zero_ok / sizeof *zero_ok; i++) {
-        if (batchio_member(body, "body.", zero_ok[i], &v, err, errlen) < 0)
-            return -1;
-        if (v && !(cJSON_IsNumber(v) && v->valuedouble == 0.0))
-            return util_err(err, errlen, "body.%s is not supported yet (only 0)", zero_ok[i]);
-    }
     for (size_t i = 0; i < sizeof never / sizeof *never; i++) {
         if (batchio_member(body, "body.", never[i], &v, err, errlen) < 0)
             return -1;
         if (v && !(cJSON_IsArray(v) && !v->child))   /* an empty list of tools is no tool */
             return util_err(err, errlen, "body.%s is not supported", never[i]);
     }
-    if (batchio_member(body, "body.", "logit_bias", &v, err, errlen) < 0)
-        return -1;
-    if (v && !(cJSON_IsObject(v) && !v->child))
-        return util_err(err, errlen, "body.logit_bias is not supported yet (only {})");
     if (batchio_member(body, "body.", "best_of", &v, err, errlen) < 0)
         return -1;
     if (v && !(cJSON_IsNumber(v) && v->valuedouble == 1.0))
@@ -496,6 +484,59 @@ static int batchio_unsupported(const cJSON *body, char *err, size_t errlen)
         return -1;
     if (v && !cJSON_IsFalse(v))
         return util_err(err, errlen, "body.echo is not supported (only false)");
+    return 0;
+}
+
+/* The logits processors: "presence_penalty", "frequency_penalty" ([-2, 2]),
+ * "min_tokens" (vLLM's, [0, max_tokens]: checked by the caller, after
+ * max_tokens), "logit_bias" ({"token id": value in [-100, 100]}). */
+static int batchio_processors(const cJSON *body, batch_request *out, char *err, size_t errlen)
+{
+    const cJSON *pp, *fp, *mt, *lb;
+    if (batchio_member(body, "body.", "presence_penalty", &pp, err, errlen) < 0 ||
+        batchio_member(body, "body.", "frequency_penalty", &fp, err, errlen) < 0 ||
+        batchio_member(body, "body.", "min_tokens", &mt, err, errlen) < 0 ||
+        batchio_member(body, "body.", "logit_bias", &lb, err, errlen) < 0)
+        return -1;
+    const cJSON *pen[2] = {pp, fp};
+    double *dst[2] = {&out->presence_penalty, &out->frequency_penalty};
+    static const char *const name[2] = {"body.presence_penalty", "body.frequency_penalty"};
+    for (int i = 0; i < 2; i++) {
+        if (!pen[i])
+            continue;
+        if (batchio_number(pen[i], name[i], dst[i], err, errlen) < 0)
+            return -1;
+        if (!(*dst[i] >= -2.0 && *dst[i] <= 2.0))
+            return util_err(err, errlen, "%s must be in [-2, 2], got %g", name[i], *dst[i]);
+    }
+    int64_t v = 0;
+    if (mt) {
+        if (batchio_int(mt, "body.min_tokens", 0, INT_MAX, &v, err, errlen) < 0)
+            return -1;
+        out->min_tokens = (int)v;
+    }
+    if (!lb)
+        return 0;
+    if (!cJSON_IsObject(lb))
+        return util_err(err, errlen, "body.logit_bias must be an object of token id -> bias");
+    int n = cJSON_GetArraySize(lb);
+    if (n > BATCH_MAX_LOGIT_BIAS)
+        return util_err(err, errlen, "body.logit_bias has %d entries, over the limit of %d", n, BATCH_MAX_LOGIT_BIAS);
+    out->bias_ids = mallocCheck((size_t)(n ? n : 1) * sizeof(int32_t));
+    out->bias_vals = mallocCheck((size_t)(n ? n : 1) * sizeof(float));
+    for (const cJSON *e = lb->child; e; e = e->next) {
+        char *end = NULL;
+        long id = strtol(e->string, &end, 10);
+        if (!e->string[0] || *end || id < 0 || id > INT32_MAX || (e->string[0] == '0' && e->string[1]))
+            return util_err(err, errlen, "body.logit_bias keys must be token ids (non-negative integers)");
+        double d = 0;
+        if (batchio_number(e, "body.logit_bias value", &d, err, errlen) < 0)
+            return -1;
+        if (!(d >= -100.0 && d <= 100.0))
+            return util_err(err, errlen, "body.logit_bias values must be in [-100, 100], got %g", d);
+        out->bias_ids[out->n_bias] = (int32_t)id;
+        out->bias_vals[out->n_bias++] = (float)d;
+    }
     return 0;
 }
 
@@ -595,7 +636,7 @@ static int batchio_sampling(const cJSON *body, batch_request *out, int *stream_o
         batchio_member(body, "body.", "top_logprobs", &top_lp, err, errlen) < 0)
         return -1;
     if (batchio_logprobs(lp, top_lp, out, err, errlen) < 0 || batchio_unsupported(body, err, errlen) < 0 ||
-        batchio_response_format(body, out, err, errlen) < 0)
+        batchio_response_format(body, out, err, errlen) < 0 || batchio_processors(body, out, err, errlen) < 0)
         return -1;
     int64_t v = 0;
     out->max_tokens = out->kind == BATCH_CHAT ? BATCH_DEFAULT_MAX_TOKENS_CHAT
@@ -659,6 +700,9 @@ static int batchio_sampling(const cJSON *body, batch_request *out, int *stream_o
     }
     if (ieos && batchio_bool(ieos, "body.ignore_eos", &out->ignore_eos, err, errlen) < 0)
         return -1;
+    if (out->min_tokens > out->max_tokens)
+        return util_err(err, errlen, "body.min_tokens (%d) must not exceed max_tokens (%d)", out->min_tokens,
+                        out->max_tokens);
     if (model && !(out->model = batchio_dup_string(model, "body.model", err, errlen)))
         return -1;
     return 0;
@@ -842,6 +886,8 @@ void batch_request_free(batch_request *r)
     free(r->model);
     free(r->prompt);
     free(r->json_schema);
+    free(r->bias_ids);
+    free(r->bias_vals);
     if (r->messages)
         for (int i = 0; i < r->n_messages; i++)
             free(r->messages[i].content);

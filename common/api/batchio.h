@@ -100,7 +100,16 @@ typedef struct {
     int top_logprobs;         /* completions: N; chat: "top_logprobs" (0..BATCH_MAX_TOP_LOGPROBS) */
     batch_format response_format;   /* "response_format": text, json_object, json_schema */
     char *json_schema;        /* BATCH_JSON_SCHEMA: json_schema.schema as compact JSON text */
+    double presence_penalty;  /* [-2, 2] */
+    double frequency_penalty; /* [-2, 2] */
+    int min_tokens;           /* vLLM's: [0, max_tokens] */
+    int32_t *bias_ids;        /* logit_bias: (n_bias) token ids (checked against the vocabulary later), */
+    float *bias_vals;         /* their values in [-100, 100] */
+    int n_bias;
 } batch_request;
+
+/* Most logit_bias entries (OpenAI's limit is 300). */
+#define BATCH_MAX_LOGIT_BIAS 1024
 
 /* The most choices one request may ask ("n"). */
 #define BATCH_MAX_N 16

@@ -28,7 +28,22 @@ typedef struct {
     int32_t top_logprobs;      /* and the top N (<= SAMPLER_MAX_TOP_LOGPROBS) */
     const gram *gram;          /* output constrained to a JSON schema (decode/grammar.h), or NULL;
                                   the engine only: it must outlive the request */
+    /* Logits processors (the engine only), applied to the full model's rows
+     * before the choice, per position of a block (OpenAI's semantics): */
+    float presence_penalty;    /* minus this for every token already generated, [-2, 2] */
+    float frequency_penalty;   /* minus this times its count in the generated tokens, [-2, 2] */
+    const int32_t *bias_ids;   /* logit_bias: (n_bias) token ids, their values added */
+    const float *bias_vals;    /* (n_bias) in [-100, 100]; both outlive the request */
+    int32_t n_bias;
+    int32_t min_tokens;        /* end-of-generation tokens are not chosen before this many */
 } gen_params;
+
+/* Does gp change the full model's rows before the choice (penalties,
+ * logit_bias, min_tokens)? */
+static inline int gen_has_processors(const gen_params *gp)
+{
+    return gp->presence_penalty != 0.0f || gp->frequency_penalty != 0.0f || gp->n_bias > 0 || gp->min_tokens > 0;
+}
 
 typedef struct {
     int32_t prompt_tokens;

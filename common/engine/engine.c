@@ -149,6 +149,9 @@ static void seq_release(engine *e, eseq *s)
     if (s->has_ng)
         ngram_free(&s->ng);
     free(s->gst);
+    free(s->pen_count);
+    free(s->pen_ids);
+    free(s->eog_ids);
     memset(s, 0, sizeof *s);
 }
 
@@ -220,6 +223,17 @@ int engine_submit(engine *e, const int32_t *prompt, int32_t n_prompt, const gen_
         return -1;
     if (gp->gram && gram_vocab_size(gp->gram->gv) != e->m->config.vocab_size)
         return util_err(err, errlen, "the constraint's vocabulary is not the model's");
+    if (!(fabsf(gp->presence_penalty) <= 2.0f) || !(fabsf(gp->frequency_penalty) <= 2.0f))
+        return util_err(err, errlen, "presence_penalty and frequency_penalty must be in [-2, 2]");
+    if (gp->min_tokens < 0 || gp->min_tokens > gp->max_tokens)
+        return util_err(err, errlen, "min_tokens must be in [0, max_tokens], got %d", gp->min_tokens);
+    for (int32_t k = 0; k < gp->n_bias; k++) {
+        if (gp->bias_ids[k] < 0 || gp->bias_ids[k] >= e->m->config.vocab_size)
+            return util_err(err, errlen, "logit_bias: token id %d is not in the vocabulary (%d tokens)",
+                            gp->bias_ids[k], e->m->config.vocab_size);
+        if (!(fabsf(gp->bias_vals[k]) <= 100.0f))
+            return util_err(err, errlen, "logit_bias values must be in [-100, 100]");
+    }
     if (e->n_wait == e->cap_wait) {   /* grow the ring, keeping FIFO order */
         int32_t nc = e->cap_wait ? 2 * e->cap_wait : 64;
         ewait *nw = mallocCheck((size_t)nc * sizeof *nw);
@@ -298,10 +312,23 @@ static int admit(engine *e, char *err, size_t errlen)
         }
         int greedy = w->gp.sampling.temperature == 0.0f;
         s->spec_mode = !e->can_draft ? 0 : e->p.remote ? 2 * greedy : e->p.mode == ENGINE_SPEC ? 2 : greedy ? 1 : 0;
-        if (w->gp.gram) {   /* constrained: sampled ones take only the forced tokens as drafts */
-            s->spec_mode = greedy ? s->spec_mode : 0;
+        s->proc = w->gp.gram || gen_has_processors(&w->gp);
+        if (s->proc && !greedy)   /* processed rows, sampled: drafts are forced text only (proc_choose) */
+            s->spec_mode = 0;
+        if (w->gp.gram) {
             s->gst = mallocCheck(sizeof *s->gst);
             js_start(w->gp.gram->js, s->gst);
+        }
+        if (w->gp.presence_penalty != 0.0f || w->gp.frequency_penalty != 0.0f) {
+            s->pen_count = callocCheck((size_t)e->m->config.vocab_size, sizeof(int32_t));
+            s->pen_ids = mallocCheck((size_t)e->m->config.vocab_size * sizeof(int32_t));
+        }
+        if (w->gp.min_tokens > 0 && w->gp.is_eog) {
+            for (int32_t t = 0; t < e->m->config.vocab_size; t++)
+                if (w->gp.is_eog(w->gp.eog_ctx, t)) {
+                    s->eog_ids = reallocCheck(s->eog_ids, (size_t)(s->n_eog + 1) * sizeof(int32_t));
+                    s->eog_ids[s->n_eog++] = t;
+                }
         }
         if (s->spec_mode && e->can_layers) {
             if (e->be->kv_open(e->be, &s->scratch, e->p.sp.max_draft + 1, 1, err, errlen) != 0) {
@@ -333,6 +360,20 @@ static int admit(engine *e, char *err, size_t errlen)
     return 0;
 }
 
+/* The penalties' count of one more (d = 1) or one fewer (d = -1) token;
+ * pen_ids keeps the distinct tokens in order of first use. */
+static void pen_count(eseq *s, int32_t tok, int d)
+{
+    if (!s->pen_count)
+        return;
+    if (d > 0 && s->pen_count[tok]++ == 0)
+        s->pen_ids[s->n_pen_ids++] = tok;
+    if (d < 0 && --s->pen_count[tok] == 0) {
+        assert(s->n_pen_ids > 0 && s->pen_ids[s->n_pen_ids - 1] == tok);   /* undone in reverse order */
+        s->n_pen_ids--;
+    }
+}
+
 /* Emit one final token of s, chosen from the full model's logits row `row`
  * (NULL when the pass kept no logits); returns 1 when s is finished. */
 static int emit(eseq *s, int32_t tok, const float *row, int32_t V)
@@ -345,6 +386,7 @@ static int emit(eseq *s, int32_t tok, const float *row, int32_t V)
     }
     if (s->has_ng)
         ngram_push(&s->ng, tok);
+    pen_count(s, tok, 1);
     int gram_end = 0;   /* a constrained document ends at end of generation, ignore_eos or not */
     if (s->gst) {
         gram_end = s->gp.is_eog && s->gp.is_eog(s->gp.eog_ctx, tok);
@@ -393,54 +435,73 @@ static gram_scratch *engine_gram_scratch(engine *e, const gram_vocab *gv)
     return e->gsc;
 }
 
-/* A constrained sequence's choice over the n + 1 full-model rows of its
- * block [cur, d1..dn] (n = 0: one row, a plain step or a first token):
- * row i under the schema in the state after d1..di (the draft tokens are
- * all allowed: gram_trim_draft). Greedy: the constrained argmax of each row
- * (am: the raw argmaxes, hints) until one differs from the draft. Sampled
- * (its drafts are forced tokens only): each row masked in place and drawn
- * from until a draw differs from the draft; the raw rows go to *lp_rows
- * first when log-probabilities are asked. *next < 0: no token is allowed
- * (a complete document in a vocabulary without an end token). */
-static void gram_choose(engine *e, eseq *s, float *rows, const int32_t *am, int32_t n, int32_t *acc, int32_t *next,
+/* The logits processors on row i of s's block (its tokens before i
+ * already counted): logit_bias, then the presence and frequency penalties
+ * over the generated tokens, then min_tokens (end-of-generation tokens out
+ * while fewer than min_tokens would precede them). */
+static void proc_row(const eseq *s, float *row, int32_t i)
+{
+    const gen_params *gp = &s->gp;
+    for (int32_t k = 0; k < gp->n_bias; k++)
+        row[gp->bias_ids[k]] += gp->bias_vals[k];
+    for (int32_t k = 0; k < s->n_pen_ids; k++) {
+        int32_t t = s->pen_ids[k];
+        row[t] -= gp->presence_penalty + gp->frequency_penalty * (float)s->pen_count[t];
+    }
+    if (s->res.generated_tokens + i < gp->min_tokens)
+        for (int32_t k = 0; k < s->n_eog; k++)
+            row[s->eog_ids[k]] = -INFINITY;
+}
+
+/* A processed sequence's choice (s->proc: a constraint, logits processors)
+ * over the n + 1 full-model rows of its block [cur, d1..dn] (n = 0: one
+ * row, a plain step or a first token): row i is judged after the block's
+ * tokens before it (the schema state, the penalties' counts; the draft
+ * tokens are all allowed: gram_trim_draft). Greedy: the argmax of each
+ * processed row -- under a schema the constrained argmax, the raw argmax
+ * when it is allowed (am: the raw argmaxes, hints for unmodified rows) --
+ * until one differs from the draft. Sampled (its drafts are forced text
+ * only): each row processed (masked) in place and drawn from as a plain
+ * step draws (one uniform of its own generator) until a draw differs from
+ * the draft: exact for point-mass drafts, and the draws of plain decoding.
+ * Rows the processors change are copied to *lp_rows first when
+ * log-probabilities are asked (they are the raw model's). *next < 0: no
+ * token is allowed (a complete document in a vocabulary without an end
+ * token). */
+static void proc_choose(engine *e, eseq *s, float *rows, const int32_t *am, int32_t n, int32_t *acc, int32_t *next,
                         const float **lp_rows)
 {
     const gram *g = s->gp.gram;
     const int32_t V = e->m->config.vocab_size;
-    gram_scratch *sc = engine_gram_scratch(e, g->gv);
+    const int greedy = s->gp.sampling.temperature == 0.0f;
+    const int modify = gen_has_processors(&s->gp) || (g && !greedy);
+    gram_scratch *sc = g ? engine_gram_scratch(e, g->gv) : NULL;
     js_state st;
-    js_copy(&st, s->gst);
+    if (g)
+        js_copy(&st, s->gst);
     *lp_rows = rows;
-    if (s->gp.sampling.temperature == 0.0f) {
-        int32_t i = 0, c;
-        for (;; i++) {
-            c = gram_best(g, &st, rows + (size_t)i * V, V, am[i], sc);
-            if (i == n || c != s->blk.tokens[i])   /* c < 0: nothing allowed (no end token): the end */
-                break;
-            gram_advance(g, &st, c);
-        }
-        *acc = i;
-        *next = c;
-        return;
-    }
-    if (s->gp.want_logprobs) {
+    if (modify && s->gp.want_logprobs) {
         if (!e->graw)
             e->graw = mallocCheck((size_t)(e->p.sp.max_draft + 1) * V * sizeof(float));
         memcpy(e->graw, rows, (size_t)(n + 1) * V * sizeof(float));
         *lp_rows = e->graw;
     }
-    /* each row draws as a plain step would (one uniform of the sequence's
-     * own generator); a forced token is accepted when the draw is that
-     * token: exact for a point-mass draft, and the same draws as plain
-     * decoding, so the output does not depend on speculating */
     int32_t i = 0, c;
     for (;; i++) {
         float *r = rows + (size_t)i * V;
-        c = gram_mask(g, &st, r, V, sc) > 0 ? sampler_sample(&s->smp, r) : -1;
+        proc_row(s, r, i);
+        if (greedy)
+            c = g ? gram_best(g, &st, r, V, modify ? -1 : am[i], sc) : sampler_argmax(r, V);
+        else
+            c = !g || gram_mask(g, &st, r, V, sc) > 0 ? sampler_sample(&s->smp, r) : -1;
         if (i == n || c != s->blk.tokens[i])
             break;
-        gram_advance(g, &st, c);
+        if (g)
+            gram_advance(g, &st, c);
+        pen_count(s, c, 1);
     }
+    for (int32_t k = i - 1; k >= 0; k--)   /* emit counts them for good */
+        pen_count(s, s->blk.tokens[k], -1);
     *acc = i;
     *next = c;
 }
@@ -565,7 +626,7 @@ int engine_step(engine *e, char *err, size_t errlen)
         int rows = e->batch[j].logits_from < e->batch[j].n_tokens;
         need_logits |= s->gp.sampling.temperature != 0.0f && rows;
         want_lp |= s->gp.want_logprobs && rows;   /* log-probabilities need the rows here */
-        want_lp |= s->gst != NULL && rows;        /* so does a constraint (and on the host) */
+        want_lp |= s->proc && rows;               /* so do processed rows (and on the host) */
     }
     need_logits |= want_lp;
     /* a backend that samples (a device) draws the sampled rows of plain
@@ -608,9 +669,9 @@ int engine_step(engine *e, char *err, size_t errlen)
             if (s->n_prefilled < s->n_prompt)
                 continue;   /* no logits row for a middle chunk */
             const float *first_row = need_logits ? row : NULL;
-            if (s->gst) {
+            if (s->proc) {
                 int32_t acc0;
-                gram_choose(e, s, row, am, 0, &acc0, &s->cur, &first_row);
+                proc_choose(e, s, row, am, 0, &acc0, &s->cur, &first_row);
             } else {
                 s->cur = need_logits ? sampler_sample(&s->smp, row) : *am;
             }
@@ -626,8 +687,8 @@ int engine_step(engine *e, char *err, size_t errlen)
         }
         int32_t acc = 0, next;
         const float *rows = need_logits ? row : NULL;   /* row i chose the block's token i */
-        if (s->gst) {   /* constrained: the schema's choice per position */
-            gram_choose(e, s, row, am, s->blk.n, &acc, &next, &rows);
+        if (s->proc) {   /* a schema or logits processors: the choice per position */
+            proc_choose(e, s, row, am, s->blk.n, &acc, &next, &rows);
         } else if (dev_sample && s->gp.sampling.temperature != 0.0f) {   /* the device's verdicts */
             while (acc < s->blk.n && af[acc])
                 acc++;

@@ -50,8 +50,14 @@ typedef struct {
     int32_t dtok[SPEC_MAX_DRAFT + 1];   /* a chained draft's first pass: [cur, ctx...] */
     /* a constrained request (gp.gram): where its output is in the schema */
     js_state *gst;
-    gram_scratch *gsc;         /* its full-mask scratch, made when first needed */
     int plan_forced;           /* this step's block is the constraint's forced tokens */
+    /* rows chosen from by proc_choose: a constraint or logits processors */
+    int proc;
+    int32_t *pen_count;        /* (vocab) generated tokens' counts (penalties), or NULL */
+    int32_t *pen_ids;          /* (vocab) the distinct tokens among them, in order */
+    int32_t n_pen_ids;
+    int32_t *eog_ids;          /* min_tokens: the end-of-generation ids */
+    int32_t n_eog;
     engine_result res;
 } eseq;
 

@@ -28,6 +28,8 @@ typedef struct {
     int want_logprobs, ignore_eos;
     gram gram;                 /* response_format: the engine's vocabulary and this request's schema */
     jschema *js;
+    int32_t *bias_ids;         /* logit_bias: the engine reads them until on_done */
+    float *bias_vals;
     sampler_logprob *lp;       /* (cap_lp) every emitted token's, when asked */
     size_t *lp_off;            /* (cap_lp) the text's length when it was emitted */
     int n_lp, cap_lp;
@@ -38,6 +40,8 @@ static void job_free(job *j)
     free(j->lp);
     free(j->lp_off);
     jschema_free(j->js);
+    free(j->bias_ids);
+    free(j->bias_vals);
     out_text_free(&j->text);
     for (int i = 0; i < j->n_stops; i++)
         free(j->stops[i]);
@@ -123,6 +127,14 @@ char *job_prompt_text(const tokenizer *tok, const batch_request *q, char *err, s
     return s;
 }
 
+static void *job_memdup(const void *p, size_t n)
+{
+    void *q = mallocCheck(n ? n : 1);
+    if (n)
+        memcpy(q, p, n);
+    return q;
+}
+
 /* One engine request for choice `index` of q (its seed: the request's + index). */
 static int job_submit_one(engine *e, const tokenizer *tok, const batch_request *q, const job_hooks *hooks, int index,
                           char *err, size_t errlen)
@@ -130,7 +142,9 @@ static int job_submit_one(engine *e, const tokenizer *tok, const batch_request *
     gen_params gp = {.max_tokens = q->max_tokens, .ignore_eos = q->ignore_eos, .is_eog = job_is_eog,
                      .eog_ctx = tok, .want_logprobs = q->want_logprobs, .top_logprobs = q->top_logprobs,
                      .sampling = {.temperature = (float)q->temperature, .top_k = q->top_k, .top_p = (float)q->top_p,
-                                  .seed = (q->has_seed ? q->seed : 0) + (uint64_t)index}};
+                                  .seed = (q->has_seed ? q->seed : 0) + (uint64_t)index},
+                     .presence_penalty = (float)q->presence_penalty, .frequency_penalty = (float)q->frequency_penalty,
+                     .min_tokens = q->min_tokens, .n_bias = q->n_bias};
     if (sampler_params_check(&gp.sampling, err, errlen) != 0)
         return -1;
     char *text = job_prompt_text(tok, q, err, errlen);
@@ -155,6 +169,12 @@ static int job_submit_one(engine *e, const tokenizer *tok, const batch_request *
         }
         j->gram.js = j->js;
         gp.gram = &j->gram;
+    }
+    if (q->n_bias > 0) {
+        j->bias_ids = job_memdup(q->bias_ids, (size_t)q->n_bias * sizeof(int32_t));
+        j->bias_vals = job_memdup(q->bias_vals, (size_t)q->n_bias * sizeof(float));
+        gp.bias_ids = j->bias_ids;
+        gp.bias_vals = j->bias_vals;
     }
     j->hooks = *hooks;
     j->kind = q->kind;
@@ -206,13 +226,6 @@ struct job_group {
     } *c;                      /* (n) */
 };
 
-static void *job_memdup(const void *p, size_t n)
-{
-    void *q = mallocCheck(n ? n : 1);
-    if (n)
-        memcpy(q, p, n);
-    return q;
-}
 
 static void group_free(job_group *g)
 {
