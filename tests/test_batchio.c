@@ -574,8 +574,20 @@ static void test_format_completion(void **state)
              "\"request_id\":\"req_%s\",\"body\":{\"id\":\"cmpl-%s\",\"object\":\"text_completion\","
              "\"created\":1700000000,\"model\":\"smollm2\",\"choices\":[{\"index\":0,\"text\":\" there was\","
              "\"logprobs\":null,\"finish_reason\":\"length\"}],\"usage\":{\"prompt_tokens\":3,"
-             "\"completion_tokens\":16,\"total_tokens\":19}}},\"error\":null}\n", hex, hex, hex);
+             "\"completion_tokens\":16,\"total_tokens\":19},\"system_fingerprint\":null}},\"error\":null}\n", hex,
+             hex, hex);
     assert_string_equal(line, want);
+    /* a fingerprint, and usage details when asked */
+    res.system_fingerprint = "fp_0123456789abcdef";
+    res.usage_details = 1;
+    res.accepted_prediction_tokens = 9;
+    res.rejected_prediction_tokens = 4;
+    char *det = batch_format_result(&res, err, sizeof err);
+    assert_non_null(strstr(det, "\"total_tokens\":19,\"completion_tokens_details\":{\"accepted_prediction_tokens\":9,"
+                                "\"rejected_prediction_tokens\":4}},\"system_fingerprint\":\"fp_0123456789abcdef\"}"));
+    free(det);
+    res.system_fingerprint = NULL;
+    res.usage_details = 0;
     /* determinism: same inputs, same bytes; another custom_id, another id */
     char *again = batch_format_result(&res, err, sizeof err);
     assert_string_equal(line, again);

@@ -90,9 +90,11 @@ typedef struct {
     int32_t prompt_tokens, generated_tokens;
 } rec;
 
-static void on_text(void *user, const char *s, size_t n)
+static void on_text(void *user, const job_delta *d)
 {
     rec *r = user;
+    const char *s = d->text;
+    size_t n = d->n;
     assert_true(r->n_streamed + n < sizeof r->streamed);
     memcpy(r->streamed + r->n_streamed, s, n);
     r->n_streamed += n;
@@ -117,8 +119,9 @@ static void on_done(void *user, const job_outcome *o)
     r->finish = o->finish;
     r->prompt_tokens = o->res.prompt_tokens;
     r->generated_tokens = o->res.generated_tokens;
-    r->line = job_format_result(o, "tiny", 1700000000, err, sizeof err);
-    r->body = job_format_body(o, "tiny", 1700000000, err, sizeof err);
+    job_format_opts f = {.model = "tiny", .created = 1700000000, .fingerprint = "fp_test"};
+    r->line = job_format_result(o, &f, err, sizeof err);
+    r->body = job_format_body(o, &f, err, sizeof err);
     assert_non_null(r->line);
     assert_non_null(r->body);
 }
@@ -195,7 +198,8 @@ static void test_texts_lines_and_batch_invariance(void **state)
         /* the line is batch_format_result's, the body its response.body */
         batch_result br = {.custom_id = a->custom_id, .kind = BATCH_COMPLETION, .model = "tiny",
                            .created = 1700000000, .text = a->text, .finish = a->finish,
-                           .prompt_tokens = a->prompt_tokens, .completion_tokens = a->generated_tokens};
+                           .prompt_tokens = a->prompt_tokens, .completion_tokens = a->generated_tokens,
+                           .system_fingerprint = "fp_test"};
         char *want = batch_format_result(&br, err, sizeof err);
         assert_non_null(want);
         assert_string_equal(a->line, want);

@@ -158,7 +158,7 @@ def run(model):
               and last.usage.prompt_tokens == whole.usage.prompt_tokens, str(last))
 
         # logprobs through the openai client: chat (content entries) and
-        # completions (the legacy shape), the text unchanged; with stream: a 400
+        # completions (the legacy shape), the text unchanged
         r = client.chat.completions.create(model="selfspec", messages=[{"role": "user", "content": PROMPTS[1][1]}],
                                            max_tokens=MAX_TOKENS, temperature=0, logprobs=True, top_logprobs=3)
         ents = r.choices[0].logprobs.content if r.choices[0].logprobs else []
@@ -171,6 +171,34 @@ def run(model):
         check("openai client completion logprobs: tokens, token_logprobs, top_logprobs, text_offset",
               c.choices[0].text == want[0] and lp and len(lp.tokens) == len(lp.token_logprobs) ==
               len(lp.top_logprobs) == len(lp.text_offset) > 0, str(c.choices[0])[:500])
+
+        # streamed: the same log-probabilities, chunk by chunk; n > 1 with
+        # indexed choices; every response and chunk with system_fingerprint
+        msgs = [{"role": "user", "content": PROMPTS[1][1]}]
+        chunks = list(client.chat.completions.create(model="selfspec", messages=msgs, max_tokens=MAX_TOKENS,
+                                                     temperature=0, logprobs=True, top_logprobs=3, stream=True))
+        sents = [e for ch in chunks if ch.choices and ch.choices[0].logprobs for e in ch.choices[0].logprobs.content]
+        check("streamed chat logprobs: the entries of the whole response, in order, across the chunks",
+              [(e.token, e.logprob) for e in sents] == [(e.token, e.logprob) for e in ents]
+              and "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == want[1],
+              f"{len(sents)} vs {len(ents)}")
+        sc = list(client.completions.create(model="selfspec", prompt=PROMPTS[0][1], max_tokens=MAX_TOKENS,
+                                            temperature=0, logprobs=2, stream=True))
+        stoks = [t for ch in sc if ch.choices and ch.choices[0].logprobs for t in ch.choices[0].logprobs.tokens]
+        check("streamed completion logprobs: the tokens of the whole response", stoks == lp.tokens,
+              f"{stoks} vs {lp.tokens}")
+        nch = list(client.chat.completions.create(model="selfspec", messages=msgs, max_tokens=MAX_TOKENS,
+                                                  temperature=0, n=3, stream=True))
+        texts = {}
+        for ch in nch:
+            for c in ch.choices:
+                texts[c.index] = texts.get(c.index, "") + (c.delta.content or "")
+        fins = sorted(c.index for ch in nch for c in ch.choices if c.finish_reason)
+        check("streamed n = 3: three indexed choices, each the greedy text, each finished",
+              texts == {0: want[1], 1: want[1], 2: want[1]} and fins == [0, 1, 2], str(texts))
+        check("system_fingerprint on responses and chunks",
+              r.system_fingerprint and r.system_fingerprint.startswith("fp_")
+              and all(ch.system_fingerprint == r.system_fingerprint for ch in chunks), str(r.system_fingerprint))
 
         # concurrent clients
         got = [None] * len(PROMPTS)
@@ -202,7 +230,6 @@ def run(model):
              {"prompt": "Hello", "max_tokens": 100000}, KEY, 400),
             ("prompt + max_tokens over the context (stream)", "POST", "/v1/completions",
              {"prompt": "Hello", "max_tokens": 100000, "stream": True}, KEY, 400),
-            ("logprobs with stream", "POST", "/v1/completions", dict(comp, logprobs=2, stream=True), KEY, 400),
             ("top_logprobs over 20", "POST", "/v1/chat/completions",
              {"messages": [{"role": "user", "content": "hi"}], "logprobs": True, "top_logprobs": 21}, KEY, 400),
             ("unknown path", "POST", "/v1/embeddings", comp, KEY, 404),

@@ -46,8 +46,7 @@ typedef struct {
 /* The job: everything the per-request callbacks need. */
 typedef struct {
     const batch_opts *o;
-    const char *model_name;
-    int64_t created;
+    job_format_opts fmt;       /* the served name, created (the input's time), fingerprint */
     int out_fd;
     batch_idset *done;      /* complete in the output file before this run */
     batch_idset *seen;      /* custom_ids read in this run */
@@ -142,7 +141,7 @@ static void on_done(void *user, const job_outcome *o)
 {
     batch_job *j = user;
     char err[256];
-    char *line = job_format_result(o, j->model_name, j->created, err, sizeof err);
+    char *line = job_format_result(o, &j->fmt, err, sizeof err);
     if (!line)
         fprintf(stderr, "selfspec: cannot format the result of '%s': %s\n", o->custom_id, err);
     write_line(j, line);
@@ -266,7 +265,8 @@ static int run_batch(batch_opts *o)
     if (svc_engine_init(&se, &o->so) != 0)
         goto out;
     engine *e = se.e;
-    j.model_name = se.model_name;
+    j.fmt = (job_format_opts){.model = se.model_name, .fingerprint = se.fingerprint,
+                              .usage_details = o->so.usage_details};
     /* output, resuming a killed job */
     j.done = batch_idset_new();
     j.seen = batch_idset_new();
@@ -295,10 +295,10 @@ static int run_batch(batch_opts *o)
             fprintf(stderr, "selfspec: cannot open '%s': %s\n", o->in_path, strerror(errno));
             goto out;
         }
-        j.created = fstat(rd.fd, &st) == 0 ? (int64_t)st.st_mtime : 0;
+        j.fmt.created = fstat(rd.fd, &st) == 0 ? (int64_t)st.st_mtime : 0;
     } else {
         rd.fd = 0;
-        j.created = (int64_t)time(NULL);
+        j.fmt.created = (int64_t)time(NULL);
     }
     double t0 = util_now(), t_prog = t0;
     int32_t ahead = 2 * o->so.ep.max_seqs;

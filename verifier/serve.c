@@ -106,7 +106,8 @@ int cmd_serve(int argc, char **argv)
     if (svc_engine_init(&se, &so) != 0)
         goto out;
     mx = metrics_new("selfspec:", se.model_name);
-    oai_config oc = {.model_name = se.model_name, .max_seqs = so.ep.max_seqs, .queue_cap = (int32_t)queue,
+    oai_config oc = {.model_name = se.model_name, .fingerprint = se.fingerprint, .usage_details = so.usage_details,
+                     .max_seqs = so.ep.max_seqs, .queue_cap = (int32_t)queue,
                      .stall_s = (double)stall};
     os = oai_new(se.e, se.tok, mx, &oc);
     httpd_config hc = {.host = host, .port = (int)port, .metrics = mx, .health = oai_health,

@@ -7,6 +7,7 @@
 #include <limits.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <omp.h>
 
 #include "cli.h"
@@ -14,6 +15,7 @@
 #include "gen_cuda.h"
 #include "model/backend.h"
 #include "model/cuda_backend.h"
+#include "serve/job.h"
 
 void svc_opts_default(svc_opts *o)
 {
@@ -123,6 +125,9 @@ int svc_parse_opt(svc_opts *o, int c, const char *optarg)
         }
         o->ep.forced_drafts = optarg[1] == 'n';
         return 1;
+    case SVC_OPT_USAGE_DETAILS:
+        o->usage_details = 1;
+        return 1;
     case SVC_OPT_TOKEN_COST:
         if (cli_parse_float(optarg, "--token-cost", &o->ep.sp.token_cost)) return -1;
         return 1;
@@ -167,6 +172,8 @@ int svc_engine_init(svc_engine *s, svc_opts *o)
             s->model_name_buf[n - 5] = '\0';
     }
     s->model_name = s->model_name_buf;
+    struct stat stt;
+    job_fingerprint(&s->m.config, stat(o->model_path, &stt) == 0 ? (uint64_t)stt.st_size : 0, s->fingerprint);
     engine_params_resolve(&o->ep, &s->m.config);
     cli_configs_dir(dir, sizeof dir);
     spec_want w = svc_spec_want(o);

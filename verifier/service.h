@@ -29,6 +29,7 @@ typedef struct {
     int quiet;
     int device;                /* --device: -1 the CPU, else the CUDA device */
     const char *served_name;   /* --served-model-name: NULL = the model file's base name */
+    int usage_details;         /* --usage-details: usage.completion_tokens_details in results */
 } svc_opts;
 
 /* The long options (ids from SVC_OPT_FIRST), to append to a command's own;
@@ -36,7 +37,8 @@ typedef struct {
 enum { SVC_OPT_FIRST = 300, SVC_OPT_MAX_SEQS = SVC_OPT_FIRST, SVC_OPT_MAX_BATCH_TOKENS, SVC_OPT_KV_MEM,
        SVC_OPT_MODE, SVC_OPT_SKIP, SVC_OPT_DRAFT_HEAD, SVC_OPT_DRAFT_MAX, SVC_OPT_DEVICE, SVC_OPT_GAMMA,
        SVC_OPT_GAMMA_STEP, SVC_OPT_AR_TARGET, SVC_OPT_DRAFT, SVC_OPT_NGRAM_MIN, SVC_OPT_NGRAM_MAX,
-       SVC_OPT_TOKEN_COST, SVC_OPT_JOB_INDEX, SVC_OPT_SERVED_NAME, SVC_OPT_FORCED_DRAFTS, SVC_OPT_LAST };
+       SVC_OPT_TOKEN_COST, SVC_OPT_JOB_INDEX, SVC_OPT_SERVED_NAME, SVC_OPT_FORCED_DRAFTS, SVC_OPT_USAGE_DETAILS,
+       SVC_OPT_LAST };
 #define SVC_SPEC_LONG_OPTIONS                                                                                 \
     {"model", required_argument, 0, 'm'}, {"ctx", required_argument, 0, 'c'},                                 \
         {"threads", required_argument, 0, 't'}, {"device", required_argument, 0, SVC_OPT_DEVICE},             \
@@ -54,6 +56,7 @@ enum { SVC_OPT_FIRST = 300, SVC_OPT_MAX_SEQS = SVC_OPT_FIRST, SVC_OPT_MAX_BATCH_
         {"kv-mem", required_argument, 0, SVC_OPT_KV_MEM}, {"quiet", no_argument, 0, 'q'},                  \
         {"job-index", required_argument, 0, SVC_OPT_JOB_INDEX},                                              \
         {"forced-drafts", required_argument, 0, SVC_OPT_FORCED_DRAFTS},                                      \
+        {"usage-details", no_argument, 0, SVC_OPT_USAGE_DETAILS},                                            \
         {"served-model-name", required_argument, 0, SVC_OPT_SERVED_NAME}
 #define SVC_LONG_OPTIONS SVC_SPEC_LONG_OPTIONS, SVC_BATCH_LONG_OPTIONS
 
@@ -84,6 +87,8 @@ enum { SVC_OPT_FIRST = 300, SVC_OPT_MAX_SEQS = SVC_OPT_FIRST, SVC_OPT_MAX_BATCH_
     "      --kv-mem MB        KV memory in MiB (default 512)\n"                                              \
     "      --job-index N      drafts from the job's finished requests: tokens kept (default 131072; 0 off)\n" \
     "      --forced-drafts on|off  response_format: the schema's forced text as free drafts (on)\n"      \
+    "      --usage-details    usage.completion_tokens_details: accepted and rejected draft tokens\n"     \
+    "                         (they depend on speculation and timing: results then differ by mode)\n"  \
     "      --served-model-name NAME  the model id in responses and /v1/models (default: the\n"              \
     "                         model file's name without directory and .gguf)\n"                              \
     "  -q, --quiet            no progress on stderr\n"
@@ -109,6 +114,7 @@ typedef struct {
     model_backend *be;         /* --device cuda: the engine's backend */
     const char *model_name;    /* --served-model-name, else the file's base name */
     char model_name_buf[256];
+    char fingerprint[24];      /* system_fingerprint (job_fingerprint) */
     int loaded;
 } svc_engine;
 

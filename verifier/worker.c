@@ -218,6 +218,8 @@ static int run_worker(worker_opts *o)
     }
     q.max_jobs = o->so.ep.max_seqs;
     q.model_name = se.model_name;
+    q.fingerprint = se.fingerprint;
+    q.usage_details = o->so.usage_details;
     mx = metrics_new("selfspec:", se.model_name);
     if (o->metrics_port) {
         httpd_config hc = {.host = o->metrics_host, .port = (int)o->metrics_port, .metrics = mx,

@@ -1089,6 +1089,16 @@ static int batchio_add_logprobs(cJSON *choice, const batch_logprob *lps, int n_l
     return bad;
 }
 
+char *batch_format_logprobs(const batch_logprob *lps, int n_lps, int chat)
+{
+    cJSON *holder = cJSON_CreateObject();
+    char *s = NULL;
+    if (holder && batchio_add_logprobs(holder, lps, n_lps, chat) == 0)
+        s = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(holder, "logprobs"));
+    cJSON_Delete(holder);
+    return s;
+}
+
 /* root printed unformatted plus '\n', malloc'd; NULL (err) on failure. */
 static char *batchio_print(cJSON *root, char *err, size_t errlen)
 {
@@ -1221,7 +1231,17 @@ char *batch_format_result(const batch_result *r, char *err, size_t errlen)
         bad |= batchio_add_num(usage, "prompt_tokens", r->prompt_tokens);
         bad |= batchio_add_num(usage, "completion_tokens", r->completion_tokens);
         bad |= batchio_add_num(usage, "total_tokens", (double)r->prompt_tokens + r->completion_tokens);
+        cJSON *det = r->usage_details ? cJSON_AddObjectToObject(usage, "completion_tokens_details") : NULL;
+        bad |= r->usage_details && !det ? -1 : 0;
+        if (det) {
+            bad |= batchio_add_num(det, "accepted_prediction_tokens", (double)r->accepted_prediction_tokens);
+            bad |= batchio_add_num(det, "rejected_prediction_tokens", (double)r->rejected_prediction_tokens);
+        }
     }
+    if (r->system_fingerprint)
+        bad |= batchio_add_str(body, "system_fingerprint", r->system_fingerprint);
+    else
+        bad |= cJSON_AddNullToObject(body, "system_fingerprint") ? 0 : -1;
 out:
     if (bad) {
         cJSON_Delete(root);

@@ -196,6 +196,12 @@ typedef struct {
      * unused; 0: the one choice above */
     const struct batch_choice *choices;
     int n_choices;
+    const char *system_fingerprint; /* the body's "system_fingerprint"; NULL -> null */
+    /* usage.completion_tokens_details (only when usage_details): the draft
+     * tokens the verifier accepted and rejected (OpenAI's names for the
+     * tokens of a predicted output that were and were not used) */
+    int usage_details;
+    int64_t accepted_prediction_tokens, rejected_prediction_tokens;
 } batch_result;
 
 /* One of several choices of a result (n > 1). */
@@ -213,7 +219,10 @@ typedef struct batch_choice {
  * where <completion> is
  *   {"id":"cmpl-<hex>","object":"text_completion","created":C,"model":M,
  *    "choices":[{"index":0,"text":T,"logprobs":null,"finish_reason":F}],
- *    "usage":{"prompt_tokens":P,"completion_tokens":N,"total_tokens":P+N}}
+ *    "usage":{"prompt_tokens":P,"completion_tokens":N,"total_tokens":P+N},
+ *    "system_fingerprint":FP}
+ * (usage_details: usage also has "completion_tokens_details":
+ *  {"accepted_prediction_tokens":A,"rejected_prediction_tokens":R})
  * or for chat
  *   {"id":"chatcmpl-<hex>","object":"chat.completion","created":C,"model":M,
  *    "choices":[{"index":0,"message":{"role":"assistant","content":T},
@@ -241,6 +250,11 @@ char *batch_format_result(const batch_result *r, char *err, size_t errlen);
  * or out of memory. */
 char *batch_format_error(const char *custom_id, size_t line_no, int status_code,
                          const char *message);
+
+/* The "logprobs" object of a choice (the shape batch_format_result
+ * writes: legacy for completions, "content" entries for chat) as compact
+ * JSON text, malloc'd; NULL on out of memory. For streamed chunks. */
+char *batch_format_logprobs(const batch_logprob *lps, int n_lps, int chat);
 
 /* ---- resume ---- */
 

@@ -26,6 +26,8 @@ typedef struct {
     out_text text;
     const tokenizer *tok;
     int want_logprobs, ignore_eos;
+    int index;                 /* the choice (n > 1) */
+    int n_lp_sent;             /* log-probabilities already streamed */
     gram gram;                 /* response_format: the engine's vocabulary and this request's schema */
     jschema *js;
     int32_t *bias_ids;         /* logit_bias: the engine reads them until on_done */
@@ -75,16 +77,63 @@ static int job_lp_count(const job *j)
     return n;
 }
 
+/* The response's log-probability entries of one choice (token bytes from
+ * the tokenizer), malloc'd. */
+static batch_logprob *job_logprobs(const tokenizer *tok, const sampler_logprob *in, const size_t *off, int n)
+{
+    batch_logprob *lp = callocCheck((size_t)(n > 0 ? n : 1), sizeof *lp);
+    for (int i = 0; i < n; i++) {
+        lp[i].text = tokenizer_piece(tok, in[i].token, &lp[i].len);
+        lp[i].logprob = in[i].logprob;
+        lp[i].text_offset = off[i];
+        lp[i].n_top = in[i].n_top;
+        for (int k = 0; k < in[i].n_top; k++) {
+            lp[i].top_text[k] = tokenizer_piece(tok, in[i].top_ids[k], &lp[i].top_len[k]);
+            lp[i].top_lp[k] = in[i].top_lps[k];
+        }
+    }
+    return lp;
+}
+
+/* Hand the text that became final (and, when asked, the log-probabilities
+ * of the tokens it starts; last: all that are left) to on_text. */
+static void job_stream(job *j, int last)
+{
+    const char *s;
+    size_t n = out_text_take(&j->text, &s);
+    int upto = j->n_lp_sent;
+    if (j->want_logprobs) {
+        size_t end = j->text.final;   /* bytes final so far */
+        int lim = last ? job_lp_count(j) : j->n_lp;
+        while (upto < lim && (last || j->lp_off[upto] < end))
+            upto++;
+    }
+    if (!n && upto == j->n_lp_sent && !last)
+        return;
+    char *lp_json = NULL;
+    if (j->want_logprobs) {
+        batch_logprob *lp = job_logprobs(j->tok, j->lp + j->n_lp_sent, j->lp_off + j->n_lp_sent,
+                                         upto - j->n_lp_sent);
+        lp_json = batch_format_logprobs(lp, upto - j->n_lp_sent, j->kind == BATCH_CHAT);
+        free(lp);
+        if (!lp_json) {
+            fprintf(stderr, "selfspec: out of memory (streamed log-probabilities)\n");
+            exit(1);
+        }
+        j->n_lp_sent = upto;
+    }
+    job_delta d = {.index = j->index, .text = s, .n = n, .logprobs_json = lp_json};
+    if (n || lp_json || last)
+        j->hooks.on_text(j->hooks.user, &d);
+    cJSON_free(lp_json);
+}
+
 static int job_on_token(void *user, int32_t token)
 {
     job *j = user;
     int stop = out_text_push(&j->text, token);
-    if (j->hooks.on_text) {
-        const char *s;
-        size_t n = out_text_take(&j->text, &s);
-        if (n)
-            j->hooks.on_text(j->hooks.user, s, n);
-    }
+    if (j->hooks.on_text)
+        job_stream(j, 0);
     return stop || (j->hooks.should_stop && j->hooks.should_stop(j->hooks.user));
 }
 
@@ -92,12 +141,8 @@ static void job_on_done(void *user, const engine_result *res)
 {
     job *j = user;
     out_text_finish(&j->text);
-    if (j->hooks.on_text) {
-        const char *s;
-        size_t n = out_text_take(&j->text, &s);
-        if (n)
-            j->hooks.on_text(j->hooks.user, s, n);
-    }
+    if (j->hooks.on_text)
+        job_stream(j, 1);
     j->text.text[j->text.final] = '\0';   /* the text ends before any stop string */
     job_outcome o = {.custom_id = j->custom_id, .kind = j->kind, .text = j->text.text,
                      .finish = res->finish == ENGINE_FINISH_LENGTH ? BATCH_FINISH_LENGTH : BATCH_FINISH_STOP,
@@ -240,6 +285,14 @@ static void group_free(job_group *g)
     free(g);
 }
 
+static void group_on_text(void *user, const job_delta *d)
+{
+    job_member *m = user;
+    job_delta md = *d;
+    md.index = m->index;
+    m->g->hooks.on_text(m->g->hooks.user, &md);
+}
+
 static int group_should_stop(void *user)
 {
     job_member *m = user;
@@ -293,7 +346,8 @@ int job_submit(engine *e, const tokenizer *tok, const batch_request *q, const jo
     g->c = callocCheck((size_t)q->n, sizeof *g->c);
     for (int i = 0; i < q->n; i++) {
         g->members[i] = (job_member){g, i};
-        job_hooks mh = {.should_stop = group_should_stop, .on_done = group_on_done, .user = &g->members[i]};
+        job_hooks mh = {.on_text = hooks->on_text ? group_on_text : NULL, .should_stop = group_should_stop,
+                        .on_done = group_on_done, .user = &g->members[i]};
         if (job_submit_one(e, tok, q, &mh, i, err, errlen) != 0) {
             if (i == 0) {   /* nothing in flight: the request fails as a whole */
                 group_free(g);
@@ -310,29 +364,14 @@ int job_submit(engine *e, const tokenizer *tok, const batch_request *q, const jo
     return 0;
 }
 
-/* The response's log-probability entries of one choice (token bytes from
- * the tokenizer), malloc'd. */
-static batch_logprob *job_logprobs(const tokenizer *tok, const sampler_logprob *in, const size_t *off, int n)
-{
-    batch_logprob *lp = callocCheck((size_t)(n > 0 ? n : 1), sizeof *lp);
-    for (int i = 0; i < n; i++) {
-        lp[i].text = tokenizer_piece(tok, in[i].token, &lp[i].len);
-        lp[i].logprob = in[i].logprob;
-        lp[i].text_offset = off[i];
-        lp[i].n_top = in[i].n_top;
-        for (int k = 0; k < in[i].n_top; k++) {
-            lp[i].top_text[k] = tokenizer_piece(tok, in[i].top_ids[k], &lp[i].top_len[k]);
-            lp[i].top_lp[k] = in[i].top_lps[k];
-        }
-    }
-    return lp;
-}
 
-char *job_format_result(const job_outcome *o, const char *model, int64_t created, char *err, size_t errlen)
+char *job_format_result(const job_outcome *o, const job_format_opts *f, char *err, size_t errlen)
 {
-    batch_result br = {.custom_id = o->custom_id, .kind = o->kind, .model = model, .created = created,
+    batch_result br = {.custom_id = o->custom_id, .kind = o->kind, .model = f->model, .created = f->created,
                        .text = o->text, .finish = o->finish, .prompt_tokens = o->res.prompt_tokens,
-                       .completion_tokens = o->res.generated_tokens};
+                       .completion_tokens = o->res.generated_tokens, .system_fingerprint = f->fingerprint,
+                       .usage_details = f->usage_details, .accepted_prediction_tokens = o->res.accepted_tokens,
+                       .rejected_prediction_tokens = o->res.draft_tokens - o->res.accepted_tokens};
     int n_ch = o->n_choices > 0 ? o->n_choices : 1;
     job_choice one = {o->text, o->finish, o->lp, o->lp_off, o->n_lp};
     const job_choice *jc = o->n_choices > 0 ? o->choices : &one;
@@ -361,9 +400,9 @@ char *job_format_result(const job_outcome *o, const char *model, int64_t created
     return line;
 }
 
-char *job_format_body(const job_outcome *o, const char *model, int64_t created, char *err, size_t errlen)
+char *job_format_body(const job_outcome *o, const job_format_opts *f, char *err, size_t errlen)
 {
-    char *line = job_format_result(o, model, created, err, errlen);
+    char *line = job_format_result(o, f, err, errlen);
     if (!line)
         return NULL;
     /* the line's response.body, printed again: the same fields and order */
@@ -376,6 +415,16 @@ char *job_format_body(const job_outcome *o, const char *model, int64_t created, 
     if (!s)
         util_err(err, errlen, "out of memory formatting a response body");
     return s;
+}
+
+void job_fingerprint(const model_config *c, uint64_t file_size, char out[24])
+{
+    /* bump the leading version when selfspec's output for a request changes */
+    char key[256], hex[17];
+    snprintf(key, sizeof key, "selfspec-output-1|%llu|%d|%d|%d|%d|%d", (unsigned long long)file_size, c->vocab_size,
+             c->n_layers, c->dim, c->hidden_dim, c->n_heads);
+    batch_output_hex(key, 0, hex);
+    snprintf(out, 24, "fp_%s", hex);
 }
 
 void job_metrics_snapshot(const engine *e, metrics_engine *out)

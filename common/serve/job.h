@@ -51,9 +51,21 @@ typedef struct {
     int n_choices;
 } job_outcome;
 
+/* Text of one choice that became final (streaming). */
 typedef struct {
-    /* Optional: n bytes of text became final (streaming). */
-    void (*on_text)(void *user, const char *s, size_t n);
+    int index;                 /* the choice: 0, or 0..n-1 with n > 1 */
+    const char *text;          /* n bytes (may be 0 with logprobs) */
+    size_t n;
+    /* when the request asked: the choice's "logprobs" object (the shape of
+     * batch_format_logprobs) for the tokens whose text starts in these
+     * bytes -- the last delta of a choice carries the rest -- else NULL */
+    const char *logprobs_json;
+} job_delta;
+
+typedef struct {
+    /* Optional: text became final (streaming). The last delta of every
+     * choice comes before on_done. */
+    void (*on_text)(void *user, const job_delta *d);
     /* Optional: nonzero to end the job now (its client went away); the job
      * then finishes as if a stop string had been found. */
     int (*should_stop)(void *user);
@@ -78,14 +90,29 @@ char *job_prompt_text(const tokenizer *tok, const batch_request *q, char *err, s
 int job_submit(engine *e, const tokenizer *tok, const batch_request *q, const job_hooks *hooks, char *err,
                size_t errlen);
 
+/* How a front end formats its results: every front end of one model and
+ * set of options writes the same bytes for the same request and created. */
+typedef struct {
+    const char *model;         /* the served model id ("model", /v1/models) */
+    int64_t created;           /* Unix seconds */
+    const char *fingerprint;   /* "system_fingerprint" (NULL: null) */
+    int usage_details;         /* usage.completion_tokens_details: accepted and rejected draft
+                                  tokens (they vary with speculation and timing, so they make
+                                  lines differ between modes and runs: off by default) */
+} job_format_opts;
+
 /* The batch output line of a finished job (malloc'd, ending in '\n'), as
- * batch_format_result gives it for model name `model` and `created`; NULL
- * with err on failure. */
-char *job_format_result(const job_outcome *o, const char *model, int64_t created, char *err, size_t errlen);
+ * batch_format_result gives it with f's fields; NULL with err on failure. */
+char *job_format_result(const job_outcome *o, const job_format_opts *f, char *err, size_t errlen);
 
 /* The OpenAI response body alone (the "body" member of that line, one line,
  * no '\n'), malloc'd; NULL with err on failure. */
-char *job_format_body(const job_outcome *o, const char *model, int64_t created, char *err, size_t errlen);
+char *job_format_body(const job_outcome *o, const job_format_opts *f, char *err, size_t errlen);
+
+/* The system_fingerprint of an engine: "fp_" and 16 hex digits of a hash
+ * of what decides its output (selfspec's output format version, the model
+ * file's size and shape), into out[24]. */
+void job_fingerprint(const model_config *c, uint64_t file_size, char out[24]);
 
 /* The engine's gauges and speculation counters now, for metrics_set_engine. */
 void job_metrics_snapshot(const engine *e, metrics_engine *out);

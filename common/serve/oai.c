@@ -47,7 +47,8 @@ struct oai_req {
     int64_t created;
     double t_arrival;
     /* guarded by s->mu */
-    int accepted, done, cancelled, sent_role;
+    int accepted, done, cancelled;
+    uint32_t sent_role;           /* chat: the choices whose first chunk (with the role) went out */
     int status;                   /* 0 until known; 200 or the error */
     char *error;                  /* status != 200 */
     char *body;                   /* a whole response */
@@ -90,8 +91,9 @@ static void oai_sse_append(oai_req *r, const char *s, size_t n)
     r->sse_len += n;
 }
 
-/* One SSE chunk: text (may be NULL) and finish reason (NULL: not the end). */
-static void oai_sse_chunk(oai_req *r, const char *text, size_t n, const char *finish)
+/* One SSE chunk of choice `index`: text (may be NULL), its logprobs object
+ * as JSON text (NULL: null) and finish reason (NULL: not the end). */
+static void oai_sse_chunk(oai_req *r, int index, const char *text, size_t n, const char *logprobs, const char *finish)
 {
     const oai_server *s = r->s;
     int chat = r->q.kind == BATCH_CHAT;
@@ -102,19 +104,21 @@ static void oai_sse_chunk(oai_req *r, const char *text, size_t n, const char *fi
     cJSON_AddStringToObject(root, "object", chat ? "chat.completion.chunk" : "text_completion");
     cJSON_AddNumberToObject(root, "created", (double)r->created);
     cJSON_AddStringToObject(root, "model", s->cfg.model_name);
+    if (s->cfg.fingerprint)
+        cJSON_AddStringToObject(root, "system_fingerprint", s->cfg.fingerprint);
     cJSON *choices = cJSON_AddArrayToObject(root, "choices");
     cJSON *c = cJSON_CreateObject();
     cJSON_AddItemToArray(choices, c);
-    cJSON_AddNumberToObject(c, "index", 0);
+    cJSON_AddNumberToObject(c, "index", index);
     char *t = mallocCheck(n + 1);
     if (n)
         memcpy(t, text, n);
     t[n] = '\0';
     if (chat) {
         cJSON *d = cJSON_AddObjectToObject(c, "delta");
-        if (!r->sent_role) {
+        if (!(r->sent_role >> index & 1)) {
             cJSON_AddStringToObject(d, "role", "assistant");
-            r->sent_role = 1;
+            r->sent_role |= 1u << index;
         }
         if (n || !finish)
             cJSON_AddStringToObject(d, "content", t);
@@ -122,7 +126,11 @@ static void oai_sse_chunk(oai_req *r, const char *text, size_t n, const char *fi
         cJSON_AddStringToObject(c, "text", t);
     }
     free(t);
-    cJSON_AddNullToObject(c, "logprobs");
+    cJSON *lp = logprobs ? cJSON_Parse(logprobs) : NULL;
+    if (lp)
+        cJSON_AddItemToObject(c, "logprobs", lp);
+    else
+        cJSON_AddNullToObject(c, "logprobs");
     if (finish)
         cJSON_AddStringToObject(c, "finish_reason", finish);
     else
@@ -150,6 +158,8 @@ static void oai_sse_usage(oai_req *r, int64_t prompt, int64_t completion)
     cJSON_AddStringToObject(root, "object", chat ? "chat.completion.chunk" : "text_completion");
     cJSON_AddNumberToObject(root, "created", (double)r->created);
     cJSON_AddStringToObject(root, "model", r->s->cfg.model_name);
+    if (r->s->cfg.fingerprint)
+        cJSON_AddStringToObject(root, "system_fingerprint", r->s->cfg.fingerprint);
     cJSON_AddArrayToObject(root, "choices");
     cJSON *u = cJSON_AddObjectToObject(root, "usage");
     cJSON_AddNumberToObject(u, "prompt_tokens", (double)prompt);
@@ -169,13 +179,13 @@ static void oai_sse_usage(oai_req *r, int64_t prompt, int64_t completion)
 
 /* ---- engine-thread hooks ---- */
 
-static void oai_on_text(void *user, const char *t, size_t n)
+static void oai_on_text(void *user, const job_delta *d)
 {
     oai_req *r = user;
     if (!r->stream)
         return;
     pthread_mutex_lock(&r->s->mu);
-    oai_sse_chunk(r, t, n, NULL);
+    oai_sse_chunk(r, d->index, d->text, d->n, d->logprobs_json, NULL);
     pthread_cond_broadcast(&r->cv);
     pthread_mutex_unlock(&r->s->mu);
 }
@@ -194,13 +204,18 @@ static void oai_on_done(void *user, const job_outcome *o)
     oai_req *r = user;
     oai_server *s = r->s;
     char err[256];
-    char *body = r->stream ? NULL : job_format_body(o, s->cfg.model_name, r->created, err, sizeof err);
+    job_format_opts f = {.model = s->cfg.model_name, .created = r->created, .fingerprint = s->cfg.fingerprint,
+                         .usage_details = s->cfg.usage_details};
+    char *body = r->stream ? NULL : job_format_body(o, &f, err, sizeof err);
     if (s->mx)
         metrics_request_done(s->mx, o->finish == BATCH_FINISH_LENGTH, o->res.prompt_tokens, o->res.generated_tokens,
                              o->res.t_first > 0 ? o->res.t_first - r->t_arrival : -1, o->res.t_done - r->t_arrival);
     pthread_mutex_lock(&s->mu);
     if (r->stream) {
-        oai_sse_chunk(r, NULL, 0, o->finish == BATCH_FINISH_LENGTH ? "length" : "stop");
+        for (int i = 0; i < (o->n_choices > 0 ? o->n_choices : 1); i++) {
+            batch_finish fin = o->n_choices > 0 ? o->choices[i].finish : o->finish;
+            oai_sse_chunk(r, i, NULL, 0, NULL, fin == BATCH_FINISH_LENGTH ? "length" : "stop");
+        }
         if (r->include_usage)
             oai_sse_usage(r, o->res.prompt_tokens, o->res.generated_tokens);
         oai_sse_append(r, "data: [DONE]\n\n", 14);
@@ -421,15 +436,6 @@ void oai_handle(void *ctx, const char *method, const char *url, const char *body
         if (s->mx)
             metrics_request_failed(s->mx, "invalid");
         httpd_error(out, 400, err);
-        r->refs = 1;
-        oai_req_release(r);
-        return;
-    }
-    if (r->stream && (r->q.want_logprobs || r->q.n > 1)) {   /* not silently dropped: refused by name */
-        if (s->mx)
-            metrics_request_failed(s->mx, "invalid");
-        httpd_error(out, 400, r->q.n > 1 ? "body.n > 1 with \"stream\": true is not supported yet (ask without stream)"
-                                         : "body.logprobs with \"stream\": true is not supported yet (ask without stream)");
         r->refs = 1;
         oai_req_release(r);
         return;

@@ -35,6 +35,8 @@
 
 typedef struct {
     const char *model_name;   /* /v1/models and every response's "model" */
+    const char *fingerprint;  /* every response's "system_fingerprint" (job_fingerprint), or NULL */
+    int usage_details;        /* usage.completion_tokens_details (job_format_opts) */
     int32_t max_seqs;         /* the engine's */
     int32_t queue_cap;        /* requests waiting beyond max_seqs before 503 */
     double stall_s;           /* /health: no step for this long with work = stuck */

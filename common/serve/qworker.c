@@ -113,7 +113,9 @@ static void qworker_on_done(void *user, const job_outcome *o)
     qjob *j = user;
     qworker *w = j->w;
     char err[256];
-    j->line = job_format_result(o, w->o->model_name, j->created, err, sizeof err);
+    job_format_opts f = {.model = w->o->model_name, .created = j->created, .fingerprint = w->o->fingerprint,
+                         .usage_details = w->o->usage_details};
+    j->line = job_format_result(o, &f, err, sizeof err);
     if (!j->line) {
         j->state = QJOB_DEAD;
         snprintf(j->reason, sizeof j->reason, "cannot format the result: %s", err);

@@ -37,6 +37,8 @@ typedef struct {
     int64_t max_deliveries;       /* >= 1 */
     int32_t max_jobs;             /* jobs in flight at most (the engine's max_seqs) */
     const char *model_name;       /* echoed in results */
+    const char *fingerprint;      /* results' "system_fingerprint" (job_fingerprint), or NULL */
+    int usage_details;            /* usage.completion_tokens_details (job_format_opts) */
     double drain_timeout_s;       /* Redis down while draining: give up after this */
     int quiet;
 } qworker_opts;
