@@ -375,6 +375,17 @@ def test_processors(model, tmp):
           u("short") < 30 and u("short-min") >= 30, f"{u('short')} / {u('short-min')}")
     check("processors: a +100 logit_bias makes its token the only one chosen",
           u("bias") == 6 and len(set(text_of(res["bias"]))) <= 2, repr(text_of(res["bias"])))
+    # --usage-details: the draft tokens accepted and rejected, in usage
+    out = os.path.join(tmp, "proc-details.jsonl")
+    rc, err = run_batch(model, inp, out, ["--mode", "self-spec", "--usage-details"])
+    dets = [v[0][0]["response"]["body"] for v in read_results(out).values()] if rc == 0 else []
+    check("--usage-details: completion_tokens_details with accepted/rejected draft tokens; a fingerprint",
+          dets and all(0 <= b["usage"]["completion_tokens_details"]["accepted_prediction_tokens"]
+                       <= b["usage"]["completion_tokens"] and
+                       b["usage"]["completion_tokens_details"]["rejected_prediction_tokens"] >= 0 and
+                       b["system_fingerprint"].startswith("fp_") for b in dets)
+          and sum(b["usage"]["completion_tokens_details"]["accepted_prediction_tokens"] for b in dets) > 0,
+          str(dets[:1])[:400])
 
 
 def main():
