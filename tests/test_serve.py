@@ -27,6 +27,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -199,6 +200,26 @@ def run(model):
         check("system_fingerprint on responses and chunks",
               r.system_fingerprint and r.system_fingerprint.startswith("fp_")
               and all(ch.system_fingerprint == r.system_fingerprint for ch in chunks), str(r.system_fingerprint))
+
+        # the rest of the body through the client: penalties, logit_bias,
+        # max_completion_tokens, 4 stop strings, seed, user, min_tokens and
+        # ignore_eos (extra_body): the same message as batch gives
+        body = {"messages": [{"role": "user", "content": "List five animals."}], "max_completion_tokens": 30,
+                "temperature": 0.7, "seed": 5, "frequency_penalty": 0.8, "presence_penalty": 0.4,
+                "logit_bias": {"28": -3.0, "30": 2.0}, "stop": ["zebra", "Zebra", "###", "\n\n\n"], "user": "u-1"}
+        extra = {"min_tokens": 6, "ignore_eos": False}
+        got_full = client.chat.completions.create(model="selfspec", extra_body=extra, **body)
+        with tempfile.TemporaryDirectory() as tmpd:
+            inp, outp = os.path.join(tmpd, "in.jsonl"), os.path.join(tmpd, "out.jsonl")
+            with open(inp, "w") as f:
+                f.write(json.dumps({"custom_id": "x", "method": "POST", "url": "/v1/chat/completions",
+                                    "body": dict(body, **extra)}) + "\n")
+            subprocess.run([BIN, "batch", "-m", model, "-i", inp, "-o", outp, "-q", "-t", "1"], timeout=300)
+            with open(outp) as f:
+                bline = json.loads(f.read())["response"]["body"]["choices"][0]["message"]["content"]
+        check("penalties, logit_bias, max_completion_tokens, stop, seed, user, min_tokens through the client "
+              "= batch", got_full.choices[0].message.content == bline, f"{got_full.choices[0].message.content!r} "
+              f"vs {bline!r}")
 
         # concurrent clients
         got = [None] * len(PROMPTS)
