@@ -833,6 +833,42 @@ static void test_spec_rule(void **state)
     assert_int_equal(a, 0);
 }
 
+/* (f) Log-probabilities on the device (k_logprobs, its rule
+ * lp_reference_row): for rows with many ties and -inf entries, the top N
+ * ids are sampler_logprobs' (the same tie rule: the lower id first), their
+ * log-probabilities and a candidate's agree within float rounding (the
+ * device sums in float, the host in double), for N = 0, 1, 5 and 20. */
+static void test_logprob_rule(void **state)
+{
+    (void)state;
+    enum { V = 5000 };
+    static float x[V];
+    uint64_t rng = 11;
+    int tops[] = {0, 1, 5, 20};
+    for (int c = 0; c < 24; c++) {
+        for (int32_t i = 0; i < V; i++) {
+            rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+            int q = (int)((rng >> 33) % 64);   /* few distinct values: ties everywhere */
+            x[i] = c % 3 == 2 && q == 0 ? -INFINITY : (float)q * 0.25f - 8.0f + (c % 2 ? (float)c : 0.0f);
+        }
+        int32_t n_top = tops[c % 4], cand[2] = {(int32_t)(rng % V), c % 5 ? (int32_t)((rng >> 20) % V) : -1};
+        lp_row d;
+        lp_reference_row(x, V, n_top, cand, &d);
+        sampler_logprob h;
+        sampler_logprobs(x, V, cand[0], n_top, &h);
+        assert_int_equal(d.n_top, h.n_top);
+        for (int k = 0; k < n_top; k++) {
+            assert_int_equal(d.top_ids[k], h.top_ids[k]);
+            assert_true(fabsf((d.top_logit[k] - d.lse) - h.top_lps[k]) < 1e-4f);
+        }
+        assert_true(fabsf((d.cand_logit[0] - d.lse) - h.logprob) < 1e-4f);
+        if (cand[1] < 0)
+            assert_true(isnan(d.cand_logit[1]));
+        else
+            assert_true(d.cand_logit[1] == x[cand[1]]);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -841,6 +877,7 @@ int main(void)
         cmocka_unit_test(test_attention_order),
         cmocka_unit_test(test_sample_rule),
         cmocka_unit_test(test_spec_rule),
+        cmocka_unit_test(test_logprob_rule),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -778,6 +778,19 @@ static int cnt_draft_take(model_backend *b, const samp_req *rq, const int32_t *s
     return 0;
 }
 
+/* ... and one that computes log-probabilities: lp_reference_row over the
+ * CPU backend's kept rows. */
+static int cnt_logprobs(model_backend *b, const int32_t *cand, int32_t n_rows, int32_t n_top, lp_row *out, char *err,
+                        size_t errlen)
+{
+    counting_backend *c = (counting_backend *)b;
+    int32_t V = c->cpu.m->config.vocab_size;
+    assert_true((size_t)n_rows * V <= c->cpu.cap_rows);
+    for (int32_t i = 0; i < n_rows; i++)
+        lp_reference_row(c->cpu.rows + (size_t)i * V, V, n_top, cand + 2 * i, &out[i]);
+    return 0;
+}
+
 /* A counting backend over the CPU backend, with its own pool and forward
  * state sized for p; sampling: also a stand-in device sampler (cnt_sample),
  * and with sampling 2 one that takes draft tokens too (cnt_draft_take; no
@@ -802,6 +815,127 @@ static void counting_open(counting_backend *cb, tiny *t, engine_params *p, kv_po
  * logits; each draw takes its sequence's own uniforms, so a request's
  * tokens are the same alone and in batches of 3 and 7, and greedy requests
  * keep plain decoding's tokens. */
+/* One request's log-probabilities (on_logprob). */
+typedef struct {
+    req *r;
+    sampler_logprob lp[MAX_OUT];
+    int n;
+} lp_rec;
+
+static int lp_on_token(void *user, int32_t tok)
+{
+    lp_rec *l = user;
+    l->r->out[l->r->n_out++] = tok;
+    return 0;
+}
+
+static void lp_on_done(void *user, const engine_result *res)
+{
+    lp_rec *l = user;
+    l->r->done = 1;
+    l->r->res = *res;
+}
+
+static void lp_on_logprob(void *user, const sampler_logprob *lp)
+{
+    lp_rec *l = user;
+    assert_true(l->n < MAX_OUT);
+    l->lp[l->n++] = *lp;
+}
+
+/* Run r[0..n) with log-probabilities asked (top 5) on p; into l. */
+static void run_logprobs(tiny *t, req *r, lp_rec *l, int n, engine_params *p)
+{
+    char err[256];
+    engine *e;
+    if (engine_init(&e, &t->m, p, err, sizeof err) != 0)
+        fail_msg("engine_init: %s", err);
+    for (int i = 0; i < n; i++) {
+        r[i].n_out = 0;
+        r[i].done = 0;
+        r[i].gp.want_logprobs = 1;
+        r[i].gp.top_logprobs = 5;
+        l[i] = (lp_rec){.r = &r[i]};
+        engine_callbacks cb = {.on_token = lp_on_token, .on_done = lp_on_done, .on_logprob = lp_on_logprob,
+                               .user = &l[i]};
+        if (engine_submit(e, r[i].prompt, r[i].n_prompt, &r[i].gp, &cb, err, sizeof err) != 0)
+            fail_msg("submit %d: %s", i, err);
+    }
+    while (engine_pending(e) > 0)
+        assert_true(engine_step(e, err, sizeof err) >= 0);
+    engine_free(e);
+}
+
+/* Log-probabilities on the device (a backend with .logprobs): no logits
+ * row comes back, and every emitted token's log-probability and top 5 are
+ * the host's (sampler_logprobs over the CPU engine's rows: the same ids,
+ * values within float rounding), for greedy and sampled requests, plain
+ * and speculative (layer, context and chained drafts: the emitted token is
+ * a row's draft token or its chosen one), at 1 and 4 sequences. */
+static void test_device_logprobs(void **state)
+{
+    (void)state;
+    tiny t;
+    tiny_open(&t);
+    req *r = calloc(N_REQ, sizeof *r), *d = calloc(N_REQ, sizeof *d);
+    lp_rec *lh = calloc(N_REQ, sizeof *lh), *ld = calloc(N_REQ, sizeof *ld);
+    make_requests(r, N_REQ, 1);
+    add_repeats(r, N_REQ);
+    skip_set ss;
+    half_skip(&ss, t.m.config.n_layers);
+    struct { engine_mode mode; const skip_set *ss; int32_t draft; int seqs; } cfg[] = {
+        {ENGINE_PLAIN, NULL, SPEC_DRAFT_LAYERS, 1}, {ENGINE_PLAIN, NULL, SPEC_DRAFT_LAYERS, 4},
+        {ENGINE_SPEC, &ss, SPEC_DRAFT_CHAIN, 4}, {ENGINE_SPEC, NULL, SPEC_DRAFT_CONTEXT, 1}};
+    for (size_t c = 0; c < sizeof cfg / sizeof *cfg; c++) {
+        memcpy(d, r, N_REQ * sizeof *r);
+        engine_params p;
+        base_params(&p, cfg[c].seqs, cfg[c].mode, cfg[c].ss);
+        p.sp.draft = cfg[c].draft;
+        run_logprobs(&t, r, lh, N_REQ, &p);   /* the CPU engine: rows on the host */
+        engine_params pd;
+        base_params(&pd, cfg[c].seqs, cfg[c].mode, cfg[c].ss);
+        pd.sp.draft = cfg[c].draft;
+        kv_pool pool;
+        fwd_state fs;
+        counting_backend cb;
+        counting_open(&cb, &t, &pd, &pool, &fs, 2);
+        cb.b.pruned_head = 0;
+        cb.b.logprobs = cnt_logprobs;
+        run_logprobs(&t, d, ld, N_REQ, &pd);
+        assert_int_equal(cb.argmax_only, cb.forwards);   /* no logits row ever came back */
+        for (int i = 0; i < N_REQ; i++) {
+            if (r[i].gp.sampling.temperature == 0.0f) {   /* greedy: the same tokens */
+                assert_int_equal(d[i].n_out, r[i].n_out);
+                assert_memory_equal(d[i].out, r[i].out, (size_t)r[i].n_out * sizeof(int32_t));
+            }
+            assert_int_equal(ld[i].n, d[i].n_out);
+            for (int k = 0; k < ld[i].n; k++) {   /* the device's numbers = the host rule on the same row */
+                const sampler_logprob *a = &ld[i].lp[k];
+                assert_int_equal(a->token, d[i].out[k]);
+                assert_true(a->logprob <= 1e-5f && a->n_top == 5);
+                if (r[i].gp.sampling.temperature == 0.0f) {
+                    const sampler_logprob *h = &lh[i].lp[k];
+                    assert_int_equal(a->token, h->token);
+                    if (fabsf(a->logprob - h->logprob) > 1e-4f)
+                        fail_msg("config %zu request %d token %d: device %f host %f", c, i, k, a->logprob,
+                                 h->logprob);
+                    assert_memory_equal(a->top_ids, h->top_ids, 5 * sizeof(int32_t));
+                }
+            }
+        }
+        backend_cpu_free(&cb.cpu);
+        free(cb.qs);
+        fwd_state_free(&fs);
+        kv_pool_free(&pool);
+    }
+    skipset_free(&ss);
+    free(r);
+    free(d);
+    free(lh);
+    free(ld);
+    tiny_close(&t);
+}
+
 static void test_device_sampling(void **state)
 {
     (void)state;
@@ -970,6 +1104,7 @@ int main(void)
         cmocka_unit_test(test_remote_source),
         cmocka_unit_test(test_backend_interface),
         cmocka_unit_test(test_device_sampling),
+        cmocka_unit_test(test_device_logprobs),
         cmocka_unit_test(test_device_spec_sampling),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

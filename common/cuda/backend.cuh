@@ -116,6 +116,8 @@ struct cuda_state {
     uint8_t *samp_acc;            /* device: (max_tokens) test rows: accepted */
     int32_t *samp_slot;           /* device: (max_tokens) draft rows' q slots */
     float *samp_conf;             /* device: (max_tokens) draft rows' top-1 probabilities */
+    int32_t *lp_cand;             /* device: (max_tokens, 2) log-probability rows' candidate tokens */
+    lp_row *lp_out;               /* device: (max_tokens) their numbers (cuda_logprob_rows) */
     float *qstore;                /* device: (q_slots, vocab_size) sampled drafts' warped distributions */
     int32_t q_slots;
     uint8_t *q_filled;            /* host: (q_slots) a draft has filled the slot */

@@ -53,6 +53,8 @@ static int state_alloc(cuda_state *s, char *err, size_t errlen)
     cudaCheck(cudaMalloc((void **)&s->samp_acc, T));
     cudaCheck(cudaMalloc((void **)&s->samp_slot, T * sizeof(int32_t)));
     cudaCheck(cudaMalloc((void **)&s->samp_conf, T * sizeof(float)));
+    cudaCheck(cudaMalloc((void **)&s->lp_cand, 2 * T * sizeof(int32_t)));
+    cudaCheck(cudaMalloc((void **)&s->lp_out, T * sizeof(lp_row)));
     size_t o_pos, o_seq, o_out, o_seqs;
     s->meta_bytes = meta_layout(s->max_tokens, &o_pos, &o_seq, &o_out, &o_seqs);
     cudaCheck(cudaMalloc(&s->meta_d, s->meta_bytes));
@@ -121,7 +123,8 @@ extern "C" void cuda_state_free(cuda_state *s)
         for (int t = 0; t < STEP_GRAPH_T; t++)
             graph_reset(&s->g_step[m][t]);
     void *dev[] = {s->x,  s->qkv,      s->hb,   s->logits,   s->xb,       s->att,       s->hs,     s->am,  s->meta_d,
-                   s->rope, s->att_part, s->samp, s->samp_ids, s->samp_acc, s->samp_slot, s->samp_conf, s->qstore};
+                   s->rope, s->att_part, s->samp, s->samp_ids, s->samp_acc, s->samp_slot, s->samp_conf, s->qstore,
+                   s->lp_cand, s->lp_out};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
         if (dev[i])
             cudaFree(dev[i]);

@@ -212,3 +212,85 @@ void launch_draft(cudaStream_t st, const float *logits, int ld, int V, int rows,
 {
     k_draft<<<rows, SAMP_THREADS, 0, st>>>(logits, ld, V, rq, slot, am, qs, qld, out, conf);
 }
+
+/* One block per output row: the row's log-sum-exp, its n_top largest
+ * logits and the logits of its two candidate tokens (the lp_row rule of
+ * kernels/cuda_sample.h; sums in the block's fixed tree, so a row gives
+ * the same numbers whatever shares the pass). */
+__global__ void __launch_bounds__(SAMP_THREADS) k_logprobs(const float *logits, int ld, int V, int n_top,
+                                                           const int32_t *cand, lp_row *out)
+{
+    __shared__ float red[32];
+    __shared__ int cnt[SAMP_THREADS];
+    __shared__ int32_t col_id[LP_COLLECT];
+    __shared__ float col_x[LP_COLLECT];
+    __shared__ int n_col;
+    const int r = blockIdx.x;
+    const float *x = logits + (size_t)r * ld;
+    float m = -INFINITY;
+    for (int i = threadIdx.x; i < V; i += blockDim.x)
+        m = fmaxf(m, x[i]);
+    m = block_max(m, red);
+    float z = 0.0f;
+    for (int i = threadIdx.x; i < V; i += blockDim.x)
+        z += isnan(x[i]) ? 0.0f : expf(x[i] - m);
+    z = block_sum(z, red);
+    uint32_t t = 0;
+    for (int bit = 31; bit >= 0 && n_top > 0; bit--) {
+        uint32_t c = t | (1u << bit);
+        float n = 0.0f;
+        for (int i = threadIdx.x; i < V; i += blockDim.x)
+            n += !isnan(x[i]) && samp_key(x[i]) >= c;
+        t = samp_search_step(t, bit, block_sum(n, red), (float)n_top);
+    }
+    /* the entries at or above the threshold, in index order: each thread
+     * counts its chunk, thread 0 turns the counts into offsets */
+    const int C = samp_chunk(V), lo = threadIdx.x * C, hi = lo + C < V ? lo + C : V;
+    int mine = 0;
+    for (int i = lo; i < hi && n_top > 0; i++)
+        mine += !isnan(x[i]) && samp_key(x[i]) >= t;
+    cnt[threadIdx.x] = mine;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int off = 0;
+        for (int j = 0; j < SAMP_THREADS; j++) {
+            int c = cnt[j];
+            cnt[j] = off;
+            off += c;
+        }
+        n_col = off < LP_COLLECT ? off : LP_COLLECT;
+    }
+    __syncthreads();
+    for (int i = lo, at = cnt[threadIdx.x]; i < hi && at < LP_COLLECT && n_top > 0; i++)
+        if (!isnan(x[i]) && samp_key(x[i]) >= t) {
+            col_id[at] = i;
+            col_x[at] = x[i];
+            at++;
+        }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        lp_row o;
+        o.lse = m + logf(z);
+        int32_t ids[LP_MAX_TOP];
+        float xs[LP_MAX_TOP];
+        int n = 0;
+        for (int k = 0; k < n_col; k++)
+            n = lp_insert(ids, xs, n, n_top, col_id[k], col_x[k]);
+        o.n_top = n;
+        for (int k = 0; k < n; k++) {
+            o.top_ids[k] = ids[k];
+            o.top_logit[k] = xs[k];
+        }
+        for (int k = 0; k < 2; k++) {
+            int c = cand[2 * r + k];
+            o.cand_logit[k] = c >= 0 && c < V ? x[c] : NAN;
+        }
+        out[r] = o;
+    }
+}
+
+void launch_logprobs(cudaStream_t st, const float *logits, int ld, int V, int rows, int n_top, const int32_t *cand,
+                     lp_row *out)
+{
+    k_logprobs<<<rows, SAMP_THREADS, 0, st>>>(logits, ld, V, n_top, cand, out);
+}

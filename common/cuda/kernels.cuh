@@ -78,6 +78,10 @@ void launch_sample(cudaStream_t st, const float *logits, int ld, int V, int rows
  * sampled row its warped distribution into slot slot[row] of qs. */
 void launch_draft(cudaStream_t st, const float *logits, int ld, int V, int rows, const samp_req *rq,
                   const int32_t *slot, const int32_t *am, float *qs, size_t qld, int32_t *out, float *conf);
+/* k_logprobs: per output row, its log-sum-exp, n_top largest logits and
+ * two candidates' logits (kernels/cuda_sample.h: lp_row). */
+void launch_logprobs(cudaStream_t st, const float *logits, int ld, int V, int rows, int n_top, const int32_t *cand,
+                     lp_row *out);
 
 /* ---- k_fill.cu: random fills (synthetic weights) ---- */
 

@@ -52,6 +52,24 @@ extern "C" int cuda_sample_rows(cuda_state *s, const samp_req *rq, int32_t n_row
     return 0;
 }
 
+extern "C" int cuda_logprob_rows(cuda_state *s, const int32_t *cand, int32_t n_rows, int32_t n_top, lp_row *out,
+                                 char *err, size_t errlen)
+{
+    if (n_rows <= 0 || n_rows > s->last_out)
+        return util_err(err, errlen, "cuda_logprob_rows: %d rows, the last pass left %d", n_rows, s->last_out);
+    if (n_top < 0 || n_top > LP_MAX_TOP)
+        return util_err(err, errlen, "cuda_logprob_rows: n_top %d not in [0, %d]", n_top, LP_MAX_TOP);
+    cuda_model *cm = s->cm;
+    cudaCheck(cudaSetDevice(cm->device));
+    cudaCheck(cudaMemcpyAsync(s->lp_cand, cand, 2 * (size_t)n_rows * sizeof(int32_t), cudaMemcpyHostToDevice,
+                              cm->stream));
+    launch_logprobs(cm->stream, s->logits, cm->vrows, cm->c.vocab_size, n_rows, n_top, s->lp_cand, s->lp_out);
+    launchCheck();
+    cudaCheck(cudaMemcpyAsync(out, s->lp_out, (size_t)n_rows * sizeof(lp_row), cudaMemcpyDeviceToHost, cm->stream));
+    cudaCheck(cudaStreamSynchronize(cm->stream));
+    return 0;
+}
+
 /* Room for slots [0, n) in the q store, what is there kept (the stream is
  * idle). */
 static int qstore_reserve(cuda_state *s, int32_t n, char *err, size_t errlen)

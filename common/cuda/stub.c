@@ -166,3 +166,9 @@ int cuda_draft_rows(cuda_state *s, const samp_req *rq, const int32_t *slot, int3
 {
     return util_err(err, errlen, NO_CUDA);
 }
+
+int cuda_logprob_rows(cuda_state *s, const int32_t *cand, int32_t n_rows, int32_t n_top, lp_row *out, char *err,
+                      size_t errlen)
+{
+    return util_err(err, errlen, NO_CUDA);
+}

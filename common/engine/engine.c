@@ -100,6 +100,8 @@ int engine_init(engine **out, const model *m, const engine_params *params, char 
     e->am = mallocCheck((size_t)e->p.max_batch_tokens * sizeof(int32_t));
     e->srq = mallocCheck((size_t)e->p.max_batch_tokens * sizeof(samp_req));
     e->acc = mallocCheck((size_t)e->p.max_batch_tokens);
+    e->dcand = mallocCheck((size_t)e->p.max_batch_tokens * 2 * sizeof(int32_t));
+    e->dlp = mallocCheck((size_t)e->p.max_batch_tokens * sizeof(lp_row));
     e->can_layers = p->mode != ENGINE_PLAIN && p->ss != NULL && p->sp.draft != SPEC_DRAFT_CONTEXT && !p->remote;
     e->can_ctx = p->mode != ENGINE_PLAIN && p->sp.draft != SPEC_DRAFT_LAYERS && !p->remote;
     e->can_draft = e->can_layers || e->can_ctx || p->remote;
@@ -177,6 +179,8 @@ void engine_free(engine *e)
     free(e->am);
     free(e->srq);
     free(e->acc);
+    free(e->dcand);
+    free(e->dlp);
     free(e->drq);
     free(e->dslot);
     free(e->dids);
@@ -374,14 +378,33 @@ static void pen_count(eseq *s, int32_t tok, int d)
     }
 }
 
+/* A token's log-probabilities from a device's numbers for its row (dl,
+ * with the row's candidates dc: tok is one of them). */
+static void lp_from_device(const lp_row *dl, const int32_t *dc, int32_t tok, int32_t n_top, sampler_logprob *out)
+{
+    assert(tok == dc[0] || tok == dc[1]);
+    out->token = tok;
+    out->logprob = (tok == dc[0] ? dl->cand_logit[0] : dl->cand_logit[1]) - dl->lse;
+    out->n_top = n_top < dl->n_top ? n_top : dl->n_top;
+    for (int32_t k = 0; k < out->n_top; k++) {
+        out->top_ids[k] = dl->top_ids[k];
+        out->top_lps[k] = dl->top_logit[k] - dl->lse;
+    }
+}
+
 /* Emit one final token of s, chosen from the full model's logits row `row`
- * (NULL when the pass kept no logits); returns 1 when s is finished. */
-static int emit(eseq *s, int32_t tok, const float *row, int32_t V)
+ * (NULL when the pass kept no logits: then dl, dc are its row's numbers
+ * from a device, when log-probabilities are asked); returns 1 when s is
+ * finished. */
+static int emit(eseq *s, int32_t tok, const float *row, const lp_row *dl, const int32_t *dc, int32_t V)
 {
     if (s->gp.want_logprobs && s->cb.on_logprob) {
-        assert(row);
+        assert(row || dl);
         sampler_logprob lp;
-        sampler_logprobs(row, V, tok, s->gp.top_logprobs, &lp);
+        if (row)
+            sampler_logprobs(row, V, tok, s->gp.top_logprobs, &lp);
+        else
+            lp_from_device(dl, dc, tok, s->gp.top_logprobs, &lp);
         s->cb.on_logprob(s->cb.user, &lp);
     }
     if (s->has_ng)
@@ -559,6 +582,25 @@ static int sample_on_device(engine *e, int n, char *err, size_t errlen)
     return rows ? e->be->sample(e->be, e->srq, rows, e->am, e->acc, err, errlen) : 0;
 }
 
+/* Log-probabilities of every output row of the last pass from the device
+ * (engine_params.backend with .logprobs) into e->dlp: its candidates are
+ * the row's draft token (a decode block's row i < n) and the token the
+ * pass gave it (e->am: the argmax, or the device's draw); the token a row
+ * emits is one of the two. */
+static int logprobs_on_device(engine *e, int n, int32_t n_top, char *err, size_t errlen)
+{
+    int32_t rows = 0;
+    for (int j = 0; j < n; j++) {
+        eseq *s = &e->seqs[e->bseq[j]];
+        const fwd_seq *sq = &e->batch[j];
+        for (int32_t t = sq->logits_from; t < sq->n_tokens; t++, rows++) {
+            e->dcand[2 * rows] = s->state == SEQ_DECODE && t < s->blk.n ? s->blk.tokens[t] : -1;
+            e->dcand[2 * rows + 1] = e->am[rows];
+        }
+    }
+    return rows ? e->be->logprobs(e->be, e->dcand, rows, n_top, e->dlp, err, errlen) : 0;
+}
+
 int engine_step(engine *e, char *err, size_t errlen)
 {
     if (admit(e, err, errlen) != 0)
@@ -620,19 +662,26 @@ int engine_step(engine *e, char *err, size_t errlen)
     }
     /* a pass whose output rows are all greedy needs only their argmax (a
      * device keeps its logits); a sampled sequence's rows need the logits */
-    int need_logits = 0, want_lp = 0;
+    int need_logits = 0, want_lp = 0, any_proc = 0, lp_top = 0;
     for (int j = 0; j < n; j++) {
         eseq *s = &e->seqs[e->bseq[j]];
         int rows = e->batch[j].logits_from < e->batch[j].n_tokens;
         need_logits |= s->gp.sampling.temperature != 0.0f && rows;
-        want_lp |= s->gp.want_logprobs && rows;   /* log-probabilities need the rows here */
-        want_lp |= s->proc && rows;               /* so do processed rows (and on the host) */
+        any_proc |= s->proc && rows;              /* processed rows are chosen on the host */
+        if (s->gp.want_logprobs && rows) {
+            want_lp = 1;
+            lp_top = s->gp.top_logprobs > lp_top ? s->gp.top_logprobs : lp_top;
+        }
     }
-    need_logits |= want_lp;
+    /* log-probabilities: from a device that computes them (only their
+     * numbers come back), else from the rows here */
+    int dev_lp = want_lp && !any_proc && e->be->logprobs;
+    int host_rows = any_proc || (want_lp && !dev_lp);
+    need_logits |= host_rows;
     /* a backend that samples (a device) draws the sampled rows of plain
      * steps and of first tokens itself: only ids come back. Speculative
      * sampling (a sampled sequence's draft block) needs the rows here. */
-    int dev_sample = need_logits && !want_lp && e->be->sample;
+    int dev_sample = need_logits && !host_rows && e->be->sample;
     for (int j = 0; j < n && dev_sample; j++) {   /* ... and tests draft tokens whose q it holds */
         eseq *s = &e->seqs[e->bseq[j]];
         dev_sample = !(s->state == SEQ_DECODE && s->gp.sampling.temperature != 0.0f && s->blk.n > s->blk.n_ctx &&
@@ -645,6 +694,9 @@ int engine_step(engine *e, char *err, size_t errlen)
         rc = sample_on_device(e, n, err, errlen);
         need_logits = 0;   /* e->am holds every output row's token */
     }
+    int use_dlp = dev_lp && !need_logits;   /* no rows came back: the device's numbers */
+    if (rc == 0 && use_dlp)
+        rc = logprobs_on_device(e, n, lp_top, err, errlen);
     double dt = util_now() - t0;
     free(blocks);
     if (rc != 0)
@@ -669,6 +721,7 @@ int engine_step(engine *e, char *err, size_t errlen)
             if (s->n_prefilled < s->n_prompt)
                 continue;   /* no logits row for a middle chunk */
             const float *first_row = need_logits ? row : NULL;
+            const size_t ri = (size_t)(am - e->am);   /* the output row */
             if (s->proc) {
                 int32_t acc0;
                 proc_choose(e, s, row, am, 0, &acc0, &s->cur, &first_row);
@@ -681,12 +734,13 @@ int engine_step(engine *e, char *err, size_t errlen)
             s->state = SEQ_DECODE;
             if (s->cur < 0)   /* a constraint allows nothing at all */
                 s->res.finish = ENGINE_FINISH_STOP;
-            if (s->cur < 0 || emit(s, s->cur, first_row, V))
+            if (s->cur < 0 || emit(s, s->cur, first_row, use_dlp ? &e->dlp[ri] : NULL, &e->dcand[2 * ri], V))
                 finish(e, s);
             continue;
         }
         int32_t acc = 0, next;
         const float *rows = need_logits ? row : NULL;   /* row i chose the block's token i */
+        const size_t r0 = (size_t)(am - e->am);           /* the block's first output row */
         if (s->proc) {   /* a schema or logits processors: the choice per position */
             proc_choose(e, s, row, am, s->blk.n, &acc, &next, &rows);
         } else if (dev_sample && s->gp.sampling.temperature != 0.0f) {   /* the device's verdicts */
@@ -716,7 +770,8 @@ int engine_step(engine *e, char *err, size_t errlen)
                 done = 1;
                 break;
             }
-            done = emit(s, i < acc ? s->blk.tokens[i] : next, rows ? rows + (size_t)i * V : NULL, V);
+            done = emit(s, i < acc ? s->blk.tokens[i] : next, rows ? rows + (size_t)i * V : NULL,
+                        use_dlp ? &e->dlp[r0 + i] : NULL, &e->dcand[2 * (r0 + i)], V);
         }
         s->cur = next;
         if (done) {

@@ -117,6 +117,8 @@ struct engine {
     int32_t *am;               /* (max_batch_tokens) argmax of each output row of a full pass */
     samp_req *srq;             /* (max_batch_tokens) their sampling requests (a backend that samples) */
     uint8_t *acc;              /* (max_batch_tokens) test rows: accepted (a backend that samples) */
+    int32_t *dcand;            /* (max_batch_tokens, 2) device log-probabilities: candidates per row */
+    lp_row *dlp;               /* (max_batch_tokens) ... and their numbers (a backend with .logprobs) */
     int dev_draft;             /* draft tokens are taken on the device (backend.draft_take) */
     samp_req *drq;             /* (max_seqs) a draft pass's requests, */
     int32_t *dslot, *dids;     /* (max_seqs) q slots and tokens, */

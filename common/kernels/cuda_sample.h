@@ -44,6 +44,15 @@
  *   the bonus row after a block is a plain draw.
  * Each test row takes two uniforms and every row is decided by its own
  * logits, q row and uniforms, so acceptance is batch-invariant too.
+ *
+ * Log-probabilities on the device (k_logprobs, cuda_logprob_rows): for a
+ * row and N <= LP_MAX_TOP, the log-sum-exp lse = m + log sum_i exp(x_i - m),
+ * the N largest logits (the threshold key found bit by bit as top-k's;
+ * the entries at or above it collected in index order, at most LP_COLLECT,
+ * then ordered by logit, the lower id first on ties) and the logits of two
+ * candidate tokens (the row's draft token and its chosen one: the emitted
+ * token is one of them). Only these numbers leave the device; the host
+ * subtracts lse (lp_to_sampler). NaN entries count for nothing.
  */
 #ifndef SELFSPEC_CUDA_SAMPLE_H
 #define SELFSPEC_CUDA_SAMPLE_H
@@ -275,6 +284,74 @@ static inline int32_t samp_draft_reference(const float *x, int32_t V, const samp
     for (int32_t i = 0; i < V; i++)
         q_out[i] = samp_kept_weight(x[i], &w) / tot;
     return samp_ref_walk(x, V, &w, NULL, -1, 0.0f, q->u, am);
+}
+
+/* ---- log-probabilities ---- */
+
+#define LP_MAX_TOP 20
+#define LP_COLLECT 256
+
+/* What one row's log-probabilities need from the device. */
+typedef struct {
+    float lse;                     /* log sum_i exp(x_i) */
+    int32_t n_top;
+    int32_t top_ids[LP_MAX_TOP];   /* the largest logits, the lower id first on ties */
+    float top_logit[LP_MAX_TOP];
+    float cand_logit[2];           /* x[cand[0]], x[cand[1]] (NaN for a candidate of -1) */
+} lp_row;
+
+/* Insert (xi, i) into the list (ids, xs) of n entries kept by (logit desc,
+ * id asc); returns the new count (at most cap). */
+CO_FN int lp_insert(int32_t *ids, float *xs, int n, int cap, int32_t i, float xi)
+{
+    int j = n < cap ? n : cap - 1;
+    if (n == cap && !(xi > xs[cap - 1] || (xi == xs[cap - 1] && i < ids[cap - 1])))
+        return n;
+    while (j > 0 && (xi > xs[j - 1] || (xi == xs[j - 1] && i < ids[j - 1]))) {
+        ids[j] = ids[j - 1];
+        xs[j] = xs[j - 1];
+        j--;
+    }
+    ids[j] = i;
+    xs[j] = xi;
+    return n < cap ? n + 1 : n;
+}
+
+/* The rule in plain sequential C (sums in index order): the reference the
+ * tests compare the device with, and a stand-in device for engine tests.
+ * cand: two token ids or -1. */
+static inline void lp_reference_row(const float *x, int32_t V, int32_t n_top, const int32_t cand[2], lp_row *out)
+{
+    float m = -INFINITY;
+    for (int32_t i = 0; i < V; i++)
+        m = fmaxf(m, x[i]);
+    float z = 0.0f;
+    for (int32_t i = 0; i < V; i++)
+        z += isnan(x[i]) ? 0.0f : expf(x[i] - m);
+    out->lse = m + logf(z);
+    uint32_t t = 0;
+    for (int bit = 31; bit >= 0 && n_top > 0; bit--) {
+        uint32_t c = t | (1u << bit);
+        float n = 0.0f;
+        for (int32_t i = 0; i < V; i++)
+            n += !isnan(x[i]) && samp_key(x[i]) >= c;
+        t = samp_search_step(t, bit, n, (float)n_top);
+    }
+    int32_t ids[LP_MAX_TOP];
+    float xs[LP_MAX_TOP];
+    int n = 0, seen = 0;
+    for (int32_t i = 0; i < V && n_top > 0 && seen < LP_COLLECT; i++)
+        if (!isnan(x[i]) && samp_key(x[i]) >= t) {
+            n = lp_insert(ids, xs, n, n_top, i, x[i]);
+            seen++;
+        }
+    out->n_top = n;
+    for (int k = 0; k < n; k++) {
+        out->top_ids[k] = ids[k];
+        out->top_logit[k] = xs[k];
+    }
+    for (int k = 0; k < 2; k++)
+        out->cand_logit[k] = cand[k] >= 0 && cand[k] < V ? x[cand[k]] : NAN;
 }
 
 #endif

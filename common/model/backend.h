@@ -71,6 +71,14 @@ struct model_backend {
      * sample() test row. Returns 0, or -1 with err. */
     int (*draft_take)(model_backend *b, const samp_req *rq, const int32_t *slot, int32_t n_rows, int32_t *ids,
                       float *conf, char *err, size_t errlen);
+    /* Optional (NULL: log-probabilities come from logits rows on the host):
+     * for output rows [0, n_rows) of the last forward (called with argmax
+     * and no logits), each row's log-sum-exp, its n_top largest logits and
+     * the logits of its candidates cand[2 row], cand[2 row + 1] (lp_row,
+     * kernels/cuda_sample.h). Only those numbers come back. Returns 0, or
+     * -1 with err. */
+    int (*logprobs)(model_backend *b, const int32_t *cand, int32_t n_rows, int32_t n_top, lp_row *out, char *err,
+                    size_t errlen);
 };
 
 /* The CPU backend. */

@@ -199,6 +199,12 @@ static int cuda_b_draft_take(model_backend *b, const samp_req *rq, const int32_t
     return cuda_draft_rows(((cuda_engine_backend *)b)->st, rq, slot, n_rows, ids, conf, err, errlen);
 }
 
+static int cuda_b_logprobs(model_backend *b, const int32_t *cand, int32_t n_rows, int32_t n_top, lp_row *out,
+                           char *err, size_t errlen)
+{
+    return cuda_logprob_rows(((cuda_engine_backend *)b)->st, cand, n_rows, n_top, out, err, errlen);
+}
+
 model_backend *backend_cuda_open_params(const model *m, const backend_cuda_params *p, char *err, size_t errlen)
 {
     cuda_model *cm = p->cm;
@@ -220,7 +226,8 @@ model_backend *backend_cuda_open_params(const model *m, const backend_cuda_param
     cb->b = (model_backend){.name = cb->name, .pruned_head = 0, .kv_open = cuda_b_kv_open,
                             .kv_close = cuda_b_kv_close, .kv_max = cuda_b_kv_max, .kv_usage = cuda_b_kv_usage,
                             .forward = cuda_b_forward,
-                            .sample = cuda_b_sample, .draft_take = cuda_b_draft_take};
+                            .sample = cuda_b_sample, .draft_take = cuda_b_draft_take,
+                            .logprobs = cuda_b_logprobs};
     cb->c = c;
     cb->cm = cm;
     cb->own_cm = cm != p->cm;

@@ -261,6 +261,16 @@ int cuda_sample_rows(cuda_state *s, const samp_req *rq, int32_t n_rows, int32_t 
 int cuda_draft_rows(cuda_state *s, const samp_req *rq, const int32_t *slot, int32_t n_rows, int32_t *ids,
                     float *conf, char *err, size_t errlen);
 
+/*
+ * Log-probabilities on the device: for output rows [0, n_rows) of the last
+ * cuda_forward on s, the row's log-sum-exp, its n_top (<= LP_MAX_TOP)
+ * largest logits and the logits of cand[2 row], cand[2 row + 1] (-1: none)
+ * (kernels/cuda_sample.h: lp_row). Only those numbers come back. Returns 0,
+ * or -1 with err.
+ */
+int cuda_logprob_rows(cuda_state *s, const int32_t *cand, int32_t n_rows, int32_t n_top, lp_row *out, char *err,
+                      size_t errlen);
+
 /* ---- CUDA IPC (verifier <-> drafter) ---- */
 
 /* Size of the opaque blobs below: cudaIpcMemHandle_t of the weight
