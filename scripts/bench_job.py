@@ -29,17 +29,21 @@ import tempfile
 BIN = os.path.join("bin", "selfspec")
 
 
-def run(model, inp, seqs, flags, threads):
+def run(model, inp, seqs, flags, threads, lines=None):
+    """One batch run: its JSON summary and the digest of its output lines
+    (sorted: lines are written as requests finish); lines (a list), when
+    given, receives them."""
     with tempfile.TemporaryDirectory() as d:
         out = os.path.join(d, "out.jsonl")
         p = subprocess.run([BIN, "batch", "-m", model, "-i", inp, "-o", out, "--max-seqs", str(seqs),
                             "-t", str(threads)] + flags, capture_output=True, timeout=7200)
         if p.returncode != 0:
             raise RuntimeError(p.stderr.decode(errors="replace")[-500:])
-        summary = json.loads(p.stderr.decode().strip().splitlines()[-1])
-        # lines are written as requests finish: compare them in custom_id order
-        digest = hashlib.sha256(b"".join(sorted(open(out, "rb").readlines()))).hexdigest()
-    return summary, digest
+        summary = json.loads(p.stderr.decode().strip().split("\n")[-1])
+        got = sorted(open(out, "rb").read().split(b"\n")[:-1])
+        if lines is not None:
+            lines.extend(got)
+    return summary, hashlib.sha256(b"\n".join(got)).hexdigest()
 
 
 def main():

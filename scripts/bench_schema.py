@@ -19,7 +19,6 @@ write the same bytes (checked; exit 1 otherwise); so must free/plain with
 itself.
 """
 import argparse
-import hashlib
 import json
 import os
 import statistics
@@ -27,27 +26,22 @@ import subprocess
 import sys
 import tempfile
 
-BIN = os.path.join("bin", "selfspec")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_job  # noqa: E402 - the shared batch runner
 
 
 def run(model, inp, seqs, flags, threads):
-    with tempfile.TemporaryDirectory() as d:
-        out = os.path.join(d, "out.jsonl")
-        p = subprocess.run([BIN, "batch", "-m", model, "-i", inp, "-o", out, "--max-seqs", str(seqs),
-                            "-t", str(threads)] + flags, capture_output=True, timeout=7200)
-        if p.returncode != 0:
-            raise RuntimeError(p.stderr.decode(errors="replace")[-500:])
-        summary = json.loads(p.stderr.decode().strip().split("\n")[-1])
-        lines = sorted(open(out, "rb").read().split(b"\n")[:-1])
-        valid = 0
-        for l in lines:
-            try:
-                c = json.loads(l)["response"]["body"]["choices"][0]["message"]["content"]
-                json.loads(c)
-                valid += 1
-            except (ValueError, TypeError, KeyError):
-                pass
-    return summary, hashlib.sha256(b"\n".join(lines)).hexdigest(), valid
+    """bench_job's run, and how many answers parse as JSON."""
+    lines = []
+    summary, digest = bench_job.run(model, inp, seqs, flags, threads, lines)
+    valid = 0
+    for l in lines:
+        try:
+            json.loads(json.loads(l)["response"]["body"]["choices"][0]["message"]["content"])
+            valid += 1
+        except (ValueError, TypeError, KeyError):
+            pass
+    return summary, digest, valid
 
 
 def main():

@@ -299,50 +299,71 @@ static void schema_line(char *buf, size_t n, int i)
              i, i, i % 4 == 3 ? "0.9" : "0", 50 + i, rf);
 }
 
-/* Constrained output through the engine: the same text in plain, forced
- * self-spec (forced and context drafts; layer drafts with a skip set) and
- * auto, alone and together; every text a prefix the matcher accepts, a
- * complete document where the request stopped by itself. */
+/* Every request line through an engine of each configuration: plain at
+ * 1 and 4 sequences, forced self-spec with context drafts (forced text
+ * included), with layer drafts and chained drafts over a skip set, and
+ * auto; r[c][i] is line i's record in configuration c, and every text must
+ * equal plain alone's (configuration 0). */
+enum { MODE_CFGS = 6, MODE_MAX_REQ = 8 };
+static void run_mode_configs(tiny *t, char lines[][1024], int n, rec r[MODE_CFGS][MODE_MAX_REQ])
+{
+    assert_true(n <= MODE_MAX_REQ);
+    skip_set ss;
+    skipset_init(&ss, t->m.config.n_layers);
+    for (int32_t l = 0; l < ss.n_layers; l += 2)
+        ss.mlp_skip[l] = 1;
+    const struct {
+        engine_mode mode;
+        const skip_set *ss;
+        int32_t draft, seqs;
+    } cfg[MODE_CFGS] = {{ENGINE_PLAIN, NULL, SPEC_DRAFT_AUTO, 1}, {ENGINE_PLAIN, NULL, SPEC_DRAFT_AUTO, 4},
+                        {ENGINE_SPEC, NULL, SPEC_DRAFT_CONTEXT, 1}, {ENGINE_SPEC, &ss, SPEC_DRAFT_LAYERS, 3},
+                        {ENGINE_SPEC, &ss, SPEC_DRAFT_CHAIN, 8}, {ENGINE_AUTO, &ss, SPEC_DRAFT_AUTO, 4}};
+    memset(r, 0, MODE_CFGS * sizeof r[0]);
+    char err[256];
+    for (int c = 0; c < MODE_CFGS; c++) {
+        engine *e = tiny_engine_mode(t, cfg[c].seqs, cfg[c].mode, cfg[c].ss, cfg[c].draft);
+        for (int i = 0; i < n; i++)
+            if (submit_line(e, t, lines[i], &r[c][i], err, sizeof err) != 0)
+                fail_msg("submit %d: %s", i, err);
+        run_all(e);
+        engine_free(e);
+    }
+    for (int i = 0; i < n; i++)
+        for (int c = 1; c < MODE_CFGS; c++)
+            if (strcmp(r[c][i].text, r[0][i].text) != 0)
+                fail_msg("request %d, config %d: '%s' != plain alone '%s'", i, c, r[c][i].text, r[0][i].text);
+    skipset_free(&ss);
+}
+
+static void free_mode_configs(rec r[MODE_CFGS][MODE_MAX_REQ], int n)
+{
+    for (int c = 0; c < MODE_CFGS; c++)
+        for (int i = 0; i < n; i++)
+            rec_free(&r[c][i]);
+}
+
+/* Constrained output through the engine: the same text in every
+ * configuration of run_mode_configs; every text a prefix the matcher
+ * accepts, a complete document where the request stopped by itself. */
 static void test_constrained_modes(void **state)
 {
     (void)state;
     tiny t;
     tiny_open(&t);
     enum { N = 8 };
-    skip_set ss;
-    skipset_init(&ss, t.m.config.n_layers);
-    for (int32_t l = 0; l < ss.n_layers; l += 2)
-        ss.mlp_skip[l] = 1;
-    struct {
-        engine_mode mode;
-        const skip_set *ss;
-        int32_t draft, seqs;
-    } cfg[] = {{ENGINE_PLAIN, NULL, SPEC_DRAFT_AUTO, 1}, {ENGINE_PLAIN, NULL, SPEC_DRAFT_AUTO, 4},
-               {ENGINE_SPEC, NULL, SPEC_DRAFT_CONTEXT, 1}, {ENGINE_SPEC, &ss, SPEC_DRAFT_LAYERS, 3},
-               {ENGINE_SPEC, &ss, SPEC_DRAFT_CHAIN, 8}, {ENGINE_AUTO, &ss, SPEC_DRAFT_AUTO, 4}};
-    enum { NC = sizeof cfg / sizeof *cfg };
-    static rec r[NC][N];
-    memset(r, 0, sizeof r);
-    char line[2048], err[256];
-    for (int c = 0; c < NC; c++) {
-        engine *e = tiny_engine_mode(&t, cfg[c].seqs, cfg[c].mode, cfg[c].ss, cfg[c].draft);
-        for (int i = 0; i < N; i++) {
-            schema_line(line, sizeof line, i);
-            if (submit_line(e, &t, line, &r[c][i], err, sizeof err) != 0)
-                fail_msg("submit: %s", err);
-        }
-        run_all(e);
-        engine_free(e);
-    }
+    static char lines[N][1024];
+    static rec r[MODE_CFGS][MODE_MAX_REQ];
+    for (int i = 0; i < N; i++)
+        schema_line(lines[i], sizeof lines[i], i);
+    run_mode_configs(&t, lines, N, r);
+    char err[256];
     jschema *person, *obj;
     assert_int_equal(jschema_compile(&person, PERSON, strlen(PERSON), 0, err, sizeof err), 0);
     assert_int_equal(jschema_compile(&obj, "", 0, 1, err, sizeof err), 0);
     static js_state st;
     int complete = 0;
     for (int i = 0; i < N; i++) {
-        for (int c = 1; c < NC; c++)
-            if (strcmp(r[c][i].text, r[0][i].text) != 0)
-                fail_msg("request %d, config %d: '%s' != plain alone '%s'", i, c, r[c][i].text, r[0][i].text);
         const jschema *js = i % 3 == 2 ? obj : person;
         js_start(js, &st);
         if (!js_feed(js, &st, r[0][i].text, strlen(r[0][i].text)))
@@ -354,12 +375,9 @@ static void test_constrained_modes(void **state)
     }
     print_message("%d of %d constrained requests complete documents, e.g. %s\n", complete, N, r[0][0].text);
     assert_true(complete >= 1);
-    for (int c = 0; c < NC; c++)
-        for (int i = 0; i < N; i++)
-            rec_free(&r[c][i]);
+    free_mode_configs(r, N);
     jschema_free(person);
     jschema_free(obj);
-    skipset_free(&ss);
     tiny_close(&t);
 }
 
@@ -416,18 +434,14 @@ static void test_gram_best(void **state)
 }
 
 /* Logits processors (penalties, logit_bias, min_tokens) and a schema with
- * them: the same text in every mode and batch size, alone and together; a
- * +100 bias makes its token the only one chosen. */
+ * them: the same text in every configuration of run_mode_configs; a +100
+ * bias makes its token the only one chosen. */
 static void test_processors_modes(void **state)
 {
     (void)state;
     tiny t;
     tiny_open(&t);
     enum { N = 6 };
-    skip_set ss;
-    skipset_init(&ss, t.m.config.n_layers);
-    for (int32_t l = 0; l < ss.n_layers; l += 2)
-        ss.mlp_skip[l] = 1;
     static const char *const extra[N] = {
         "\"frequency_penalty\": 1.5, \"presence_penalty\": 0.5",
         "\"presence_penalty\": -1.0, \"logit_bias\": {\"65\": 3.5, \"66\": -2}",
@@ -436,41 +450,18 @@ static void test_processors_modes(void **state)
         "\"frequency_penalty\": 1.0, \"response_format\": {\"type\": \"json_object\"}",
         "\"logit_bias\": {\"97\": 100}",
     };
-    struct {
-        engine_mode mode;
-        const skip_set *ss;
-        int32_t draft, seqs;
-    } cfg[] = {{ENGINE_PLAIN, NULL, SPEC_DRAFT_AUTO, 1}, {ENGINE_PLAIN, NULL, SPEC_DRAFT_AUTO, 4},
-               {ENGINE_SPEC, NULL, SPEC_DRAFT_CONTEXT, 2}, {ENGINE_SPEC, &ss, SPEC_DRAFT_CHAIN, 6},
-               {ENGINE_AUTO, &ss, SPEC_DRAFT_AUTO, 3}};
-    enum { NC = sizeof cfg / sizeof *cfg };
-    static rec r[NC][N];
-    memset(r, 0, sizeof r);
-    char line[1024], err[256];
-    for (int c = 0; c < NC; c++) {
-        engine *e = tiny_engine_mode(&t, cfg[c].seqs, cfg[c].mode, cfg[c].ss, cfg[c].draft);
-        for (int i = 0; i < N; i++) {
-            snprintf(line, sizeof line,
-                     "{\"custom_id\": \"p%d\", \"method\": \"POST\", \"url\": \"/v1/completions\", \"body\": "
-                     "{\"prompt\": \"abab abab %d\", \"max_tokens\": 40, \"temperature\": %s, %s}}", i, i,
-                     i == 2 ? "0.9" : "0", extra[i]);
-            if (submit_line(e, &t, line, &r[c][i], err, sizeof err) != 0)
-                fail_msg("submit %d: %s", i, err);
-        }
-        run_all(e);
-        engine_free(e);
-    }
+    static char lines[N][1024];
+    static rec r[MODE_CFGS][MODE_MAX_REQ];
     for (int i = 0; i < N; i++)
-        for (int c = 1; c < NC; c++)
-            if (strcmp(r[c][i].text, r[0][i].text) != 0)
-                fail_msg("request %d, config %d: '%s' != plain alone '%s'", i, c, r[c][i].text, r[0][i].text);
+        snprintf(lines[i], sizeof lines[i],
+                 "{\"custom_id\": \"p%d\", \"method\": \"POST\", \"url\": \"/v1/completions\", \"body\": "
+                 "{\"prompt\": \"abab abab %d\", \"max_tokens\": 40, \"temperature\": %s, %s}}", i, i,
+                 i == 2 ? "0.9" : "0", extra[i]);
+    run_mode_configs(&t, lines, N, r);
     for (const char *p = r[0][5].text; *p; p++)   /* token 97 is the byte 'a' */
         assert_int_equal(*p, 'a');
     assert_int_equal(strlen(r[0][5].text), 40);
-    for (int c = 0; c < NC; c++)
-        for (int i = 0; i < N; i++)
-            rec_free(&r[c][i]);
-    skipset_free(&ss);
+    free_mode_configs(r, N);
     tiny_close(&t);
 }
 

@@ -205,20 +205,12 @@ def test_logprobs(model, tmp):
 
 def test_serve(model, reqs, by_id):
     import openai
-    from test_serve import KEY, free_port, raw
+    from test_serve import KEY, free_port, raw, wait_up
     port = free_port()
     srv = subprocess.Popen([BIN, "serve", "-m", model, "--port", str(port), "--api-key", KEY, "-t", "1",
                             "--max-seqs", "8"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        up = False
-        for _ in range(300):
-            try:
-                if raw(port, "GET", "/health", key=None, timeout=2)[0] == 200:
-                    up = True
-                    break
-            except OSError:
-                pass
-            time.sleep(0.1)
+        up = wait_up(port)
         check("serve starts", up)
         if not up:
             return

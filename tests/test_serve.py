@@ -85,6 +85,18 @@ def raw(port, method, path, body=None, headers=None, key=KEY, timeout=60):
     return r.status, data
 
 
+def wait_up(port, tries=300):
+    """True once /health answers 200 (the server loaded its model)."""
+    for _ in range(tries):
+        try:
+            if raw(port, "GET", "/health", key=None, timeout=2)[0] == 200:
+                return True
+        except OSError:
+            pass
+        time.sleep(0.1)
+    return False
+
+
 def ask(client, kind, prompt, stream):
     if kind == "completion":
         if stream:
@@ -112,15 +124,7 @@ def run(model):
                             "--max-seqs", "8", "--queue", "4", "--body-limit", "65536", "--timeout", "2"],
                            stdout=subprocess.DEVNULL, stderr=log)
     try:
-        up = False
-        for _ in range(300):
-            try:
-                if raw(port, "GET", "/health", key=None, timeout=2)[0] == 200:
-                    up = True
-                    break
-            except OSError:
-                pass
-            time.sleep(0.1)
+        up = wait_up(port)
         check("serve starts, /health 200", up)
         if not up:
             return

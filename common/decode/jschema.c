@@ -724,6 +724,15 @@ static void feed_value(const jschema *s, js_cfg *c, uint8_t b, js_out *o)
     }
 }
 
+/* Only the byte `want` may come: it moves the top frame to sub-state next. */
+static void expect(js_cfg *c, js_out *o, uint8_t b, uint8_t want, uint8_t next)
+{
+    if (b == want) {
+        top(c)->sub = next;
+        out_add(o, c);
+    }
+}
+
 /* A key's first byte after '"' is next: the key frame (typed) or a string. */
 static void begin_key(const jschema *s, js_cfg *c, js_out *o)
 {
@@ -784,10 +793,7 @@ static void feed_obj(const jschema *s, js_cfg *c, uint8_t b, js_out *o)
         return;
     }
     case O_COLON:
-        if (b == ':') {
-            f->sub = O_COLON_SP;
-            out_add(o, c);
-        }
+        expect(c, o, b, ':', O_COLON_SP);
         return;
     case O_COLON_SP:
         if (b == ' ') {
@@ -809,10 +815,7 @@ static void feed_obj(const jschema *s, js_cfg *c, uint8_t b, js_out *o)
         }
         return;
     case O_COMMA_SP:
-        if (b == ' ') {
-            f->sub = O_KEYQ;
-            out_add(o, c);
-        }
+        expect(c, o, b, ' ', O_KEYQ);
         return;
     }
 }
