@@ -382,8 +382,9 @@ static void test_constrained_modes(void **state)
 }
 
 /* gram_best's shortcuts (the raw argmax, the top candidates) agree with
- * the argmax of the fully masked row, from many states, on random rows;
- * gram_forced's tokens are allowed in order. */
+ * the argmax of the fully masked row, and the mask with gram_allows token
+ * by token, from many states (strings with and without maxLength), on
+ * random rows; gram_forced's tokens are allowed in order. */
 static void test_gram_best(void **state)
 {
     (void)state;
@@ -394,14 +395,16 @@ static void test_gram_best(void **state)
     assert_int_equal(gram_vocab_build(&gv, t.tok, err, sizeof err), 0);
     const int32_t V = gram_vocab_size(gv);
     gram_scratch *sc = gram_scratch_new(gv);
-    jschema *js;
-    assert_int_equal(jschema_compile(&js, PERSON, strlen(PERSON), 0, err, sizeof err), 0);
-    gram g = {gv, js};
+    jschema *person, *obj;   /* strings with maxLength; any object: keys and strings without */
+    assert_int_equal(jschema_compile(&person, PERSON, strlen(PERSON), 0, err, sizeof err), 0);
+    assert_int_equal(jschema_compile(&obj, "", 0, 1, err, sizeof err), 0);
     float *row = malloc((size_t)V * sizeof(float)), *masked = malloc((size_t)V * sizeof(float));
     uint64_t rng = 12345;
     static js_state st;
     int checked = 0, forced_seen = 0;
     for (int walk = 0; walk < 40; walk++) {
+        jschema *js = walk % 2 ? obj : person;
+        gram g = {gv, js};
         js_start(js, &st);
         for (int step = 0; step < 64 && !gram_done(&g, &st); step++) {
             for (int32_t i = 0; i < V; i++) {
@@ -411,6 +414,10 @@ static void test_gram_best(void **state)
             memcpy(masked, row, (size_t)V * sizeof(float));
             int32_t n_ok = gram_mask(&g, &st, masked, V, sc);
             assert_true(n_ok > 0);
+            for (int32_t i = 0; i < V; i++)   /* the mask (trie walks, the plain-string shortcut) = token by token */
+                if (gram_allows(&g, &st, i) != (masked[i] != -INFINITY))
+                    fail_msg("walk %d step %d token %d: mask %d, gram_allows %d", walk, step, i,
+                             masked[i] != -INFINITY, gram_allows(&g, &st, i));
             int32_t want = sampler_argmax(masked, V);
             int32_t got = gram_best(&g, &st, row, V, -1, sc);
             if (got != want)
@@ -427,7 +434,8 @@ static void test_gram_best(void **state)
     assert_true(checked > 500 && forced_seen > 0);
     free(row);
     free(masked);
-    jschema_free(js);
+    jschema_free(person);
+    jschema_free(obj);
     gram_scratch_free(sc);
     gram_vocab_free(gv);
     tiny_close(&t);

@@ -13,18 +13,31 @@
 #include "decode/sampler.h"
 #include "util/util.h"
 
-struct gram_vocab {
-    const tokenizer *tok;
-    int32_t V;
-    uint8_t *kind;             /* (V) TK_* */
-    /* the trie in preorder: node i spells byte[i] at depth[i] (1-based);
-     * skip[i] is the first node after its subtree; first[i] the first
-     * token whose piece ends there (then next_tok[...]), or -1 */
+/* Token pieces in a trie laid out in preorder: node i spells byte[i] at
+ * depth[i] (1-based); skip[i] is the first node after its subtree; first[i]
+ * the first token whose piece ends there (then next[...]), or -1. */
+typedef struct {
     int32_t n_nodes;
     uint8_t *byte;
     uint16_t *depth;
     int32_t *skip, *first;
-    int32_t *next_tok;         /* (V) */
+    int32_t *next;             /* (V) */
+} gram_trie;
+
+struct gram_vocab {
+    const tokenizer *tok;
+    int32_t V;
+    uint8_t *kind;             /* (V) TK_* */
+    gram_trie all;             /* every text token */
+    /* plain string text: tokens of whole UTF-8 characters, none of them a
+     * quote, a backslash or a control character -- inside a JSON string
+     * each is allowed exactly when its code points fit (cps) -- and the
+     * trie of the other text tokens, the only ones a string state walks */
+    uint8_t *plain;            /* (V) */
+    uint16_t *cps;             /* (V) code points of a plain token */
+    int32_t *plain_ids;        /* the plain tokens */
+    int32_t n_plain;
+    gram_trie rest;
     int32_t max_depth;
     int32_t *eog;              /* the end-of-generation ids */
     int32_t n_eog;
@@ -56,42 +69,19 @@ static int piece_cmp(const void *a, const void *b)
     return (x->id > y->id) - (x->id < y->id);
 }
 
-int gram_vocab_build(gram_vocab **out, const tokenizer *tok, char *err, size_t errlen)
+/* The trie of keys[0..n) (sorted by piece_cmp) over a vocabulary of V. */
+static void trie_build(gram_trie *t, const piece_key *keys, int32_t n, int32_t V)
 {
-    *out = NULL;
-    int32_t V = tokenizer_vocab_size(tok);
-    if (V <= 0)
-        return util_err(err, errlen, "the vocabulary is empty");
-    gram_vocab *gv = callocCheck(1, sizeof *gv);
-    gv->tok = tok;
-    gv->V = V;
-    gv->kind = callocCheck((size_t)V, 1);
-    gv->next_tok = mallocCheck((size_t)V * sizeof(int32_t));
-    gv->eog = mallocCheck((size_t)V * sizeof(int32_t));
-    piece_key *keys = mallocCheck((size_t)V * sizeof *keys);
-    int32_t n = 0;
     size_t total = 0;
-    for (int32_t id = 0; id < V; id++) {
-        gv->next_tok[id] = -1;
-        if (tokenizer_is_eog(tok, id)) {
-            gv->kind[id] = TK_EOG;
-            gv->eog[gv->n_eog++] = id;
-            continue;
-        }
-        size_t len = 0;
-        const char *p = tokenizer_piece(tok, id, &len);
-        if (!p || len == 0 || len > 65535 || tokenizer_is_special(tok, id))
-            continue;
-        gv->kind[id] = TK_TEXT;
-        keys[n++] = (piece_key){p, len, id};
-        total += len;
-    }
-    qsort(keys, (size_t)n, sizeof *keys, piece_cmp);
-    /* at most one node per byte of every piece */
-    gv->byte = mallocCheck(total + 1);
-    gv->depth = mallocCheck((total + 1) * sizeof(uint16_t));
-    gv->skip = mallocCheck((total + 1) * sizeof(int32_t));
-    gv->first = mallocCheck((total + 1) * sizeof(int32_t));
+    for (int32_t i = 0; i < n; i++)
+        total += keys[i].len;
+    t->byte = mallocCheck(total + 1);   /* at most one node per byte of every piece */
+    t->depth = mallocCheck((total + 1) * sizeof(uint16_t));
+    t->skip = mallocCheck((total + 1) * sizeof(int32_t));
+    t->first = mallocCheck((total + 1) * sizeof(int32_t));
+    t->next = mallocCheck((size_t)V * sizeof(int32_t));
+    for (int32_t i = 0; i < V; i++)
+        t->next[i] = -1;
     int32_t *path = mallocCheck((65536 + 1) * sizeof(int32_t));   /* node at each depth of the current piece */
     int32_t *last_tok = mallocCheck((total + 1) * sizeof(int32_t));
     int32_t nn = 0;
@@ -103,35 +93,118 @@ int gram_vocab_build(gram_vocab **out, const tokenizer *tok, char *err, size_t e
             while (lcp < prev->len && lcp < k->len && prev->p[lcp] == k->p[lcp])
                 lcp++;
         for (size_t d = lcp; d < k->len; d++) {
-            gv->byte[nn] = (uint8_t)k->p[d];
-            gv->depth[nn] = (uint16_t)(d + 1);
-            gv->first[nn] = -1;
+            t->byte[nn] = (uint8_t)k->p[d];
+            t->depth[nn] = (uint16_t)(d + 1);
+            t->first[nn] = -1;
             last_tok[nn] = -1;
             path[d + 1] = nn++;
         }
         int32_t at = path[k->len];
-        if (gv->first[at] < 0)
-            gv->first[at] = k->id;
+        if (t->first[at] < 0)
+            t->first[at] = k->id;
         else
-            gv->next_tok[last_tok[at]] = k->id;
+            t->next[last_tok[at]] = k->id;
         last_tok[at] = k->id;
-        if ((int32_t)k->len > gv->max_depth)
-            gv->max_depth = (int32_t)k->len;
         prev = k;
     }
-    gv->n_nodes = nn;
-    /* skip[i]: the next node at a depth <= depth[i] */
-    int32_t sp = 0;
+    t->n_nodes = nn;
+    int32_t sp = 0;   /* skip[i]: the next node at a depth <= depth[i] */
     for (int32_t i = 0; i < nn; i++) {
-        while (sp > 0 && gv->depth[path[sp - 1]] >= gv->depth[i])
-            gv->skip[path[--sp]] = i;
+        while (sp > 0 && t->depth[path[sp - 1]] >= t->depth[i])
+            t->skip[path[--sp]] = i;
         path[sp++] = i;
     }
     while (sp > 0)
-        gv->skip[path[--sp]] = nn;
+        t->skip[path[--sp]] = nn;
     free(path);
     free(last_tok);
+}
+
+static void trie_free(gram_trie *t)
+{
+    free(t->byte);
+    free(t->depth);
+    free(t->skip);
+    free(t->first);
+    free(t->next);
+}
+
+/* Code points of p[0..len) when it is plain string text (whole UTF-8
+ * characters, well formed, no '"', '\\' or control character), else -1. */
+static int32_t plain_cps(const uint8_t *p, size_t len)
+{
+    int32_t n = 0;
+    for (size_t i = 0; i < len; n++) {
+        uint8_t b = p[i], lo = 0x80, hi = 0xbf;
+        size_t k;   /* continuation bytes */
+        if (b < 0x80) {
+            if (b < 0x20 || b == 0x7f || b == '"' || b == '\\')
+                return -1;
+            k = 0;
+        } else if (b >= 0xc2 && b <= 0xdf) {
+            k = 1;
+        } else if (b >= 0xe0 && b <= 0xef) {
+            k = 2, lo = b == 0xe0 ? 0xa0 : 0x80, hi = b == 0xed ? 0x9f : 0xbf;
+        } else if (b >= 0xf0 && b <= 0xf4) {
+            k = 3, lo = b == 0xf0 ? 0x90 : 0x80, hi = b == 0xf4 ? 0x8f : 0xbf;
+        } else {
+            return -1;
+        }
+        if (i + k >= len)
+            return -1;   /* a character cut off */
+        for (size_t j = 1; j <= k; j++, lo = 0x80, hi = 0xbf)
+            if (p[i + j] < lo || p[i + j] > hi)
+                return -1;
+        i += k + 1;
+    }
+    return n;
+}
+
+int gram_vocab_build(gram_vocab **out, const tokenizer *tok, char *err, size_t errlen)
+{
+    *out = NULL;
+    int32_t V = tokenizer_vocab_size(tok);
+    if (V <= 0)
+        return util_err(err, errlen, "the vocabulary is empty");
+    gram_vocab *gv = callocCheck(1, sizeof *gv);
+    gv->tok = tok;
+    gv->V = V;
+    gv->kind = callocCheck((size_t)V, 1);
+    gv->plain = callocCheck((size_t)V, 1);
+    gv->cps = callocCheck((size_t)V, sizeof(uint16_t));
+    gv->plain_ids = mallocCheck((size_t)V * sizeof(int32_t));
+    gv->eog = mallocCheck((size_t)V * sizeof(int32_t));
+    piece_key *keys = mallocCheck((size_t)V * sizeof *keys), *rest = mallocCheck((size_t)V * sizeof *rest);
+    int32_t n = 0, n_rest = 0;
+    for (int32_t id = 0; id < V; id++) {
+        if (tokenizer_is_eog(tok, id)) {
+            gv->kind[id] = TK_EOG;
+            gv->eog[gv->n_eog++] = id;
+            continue;
+        }
+        size_t len = 0;
+        const char *p = tokenizer_piece(tok, id, &len);
+        if (!p || len == 0 || len > 65535 || tokenizer_is_special(tok, id))
+            continue;
+        gv->kind[id] = TK_TEXT;
+        keys[n++] = (piece_key){p, len, id};
+        if (len > (size_t)gv->max_depth)
+            gv->max_depth = (int32_t)len;
+        int32_t c = plain_cps((const uint8_t *)p, len);
+        if (c > 0) {
+            gv->plain[id] = 1;
+            gv->cps[id] = (uint16_t)(c > 65535 ? 65535 : c);
+            gv->plain_ids[gv->n_plain++] = id;
+        } else {
+            rest[n_rest++] = (piece_key){p, len, id};
+        }
+    }
+    qsort(keys, (size_t)n, sizeof *keys, piece_cmp);
+    qsort(rest, (size_t)n_rest, sizeof *rest, piece_cmp);
+    trie_build(&gv->all, keys, n, V);
+    trie_build(&gv->rest, rest, n_rest, V);
     free(keys);
+    free(rest);
     *out = gv;
     return 0;
 }
@@ -141,12 +214,12 @@ void gram_vocab_free(gram_vocab *gv)
     if (!gv)
         return;
     free(gv->kind);
-    free(gv->next_tok);
+    free(gv->plain);
+    free(gv->cps);
+    free(gv->plain_ids);
     free(gv->eog);
-    free(gv->byte);
-    free(gv->depth);
-    free(gv->skip);
-    free(gv->first);
+    trie_free(&gv->all);
+    trie_free(&gv->rest);
     free(gv);
 }
 
@@ -211,7 +284,27 @@ int gram_advance(const gram *g, js_state *st, int32_t tok)
     return js_feed(g->js, st, p, len);
 }
 
-/* Every allowed token of st flagged in sc->ok; returns how many. */
+/* The tokens of trie t that st allows, flagged in sc->ok; returns how many. */
+static int32_t walk_trie(const gram *g, const gram_trie *t, const js_state *st, gram_scratch *sc)
+{
+    int32_t n = 0;
+    js_copy(&sc->path[0], st);
+    for (int32_t i = 0; i < t->n_nodes;) {
+        int32_t d = t->depth[i];
+        if (!js_step_into(g->js, &sc->path[d - 1], &sc->path[d], t->byte[i])) {
+            i = t->skip[i];
+            continue;
+        }
+        for (int32_t k = t->first[i]; k >= 0; k = t->next[k], n++)
+            sc->ok[k] = 1;
+        i++;
+    }
+    return n;
+}
+
+/* Every allowed token of st flagged in sc->ok; returns how many. Inside a
+ * string's text the plain tokens are decided by their code points alone
+ * (js_string_room) and only the rest walk the trie. */
 static int32_t walk(const gram *g, const js_state *st, gram_scratch *sc)
 {
     const gram_vocab *gv = g->gv;
@@ -221,18 +314,17 @@ static int32_t walk(const gram *g, const js_state *st, gram_scratch *sc)
     if (js_accepting(g->js, st))
         for (int32_t i = 0; i < gv->n_eog; i++, n++)
             sc->ok[gv->eog[i]] = 1;
-    js_copy(&sc->path[0], st);
-    for (int32_t i = 0; i < gv->n_nodes;) {
-        int32_t d = gv->depth[i];
-        if (!js_step_into(g->js, &sc->path[d - 1], &sc->path[d], gv->byte[i])) {
-            i = gv->skip[i];
-            continue;
+    uint32_t room;
+    if (!js_string_room(g->js, st, &room))
+        return n + walk_trie(g, &gv->all, st, sc);
+    for (int32_t k = 0; k < gv->n_plain; k++) {
+        int32_t id = gv->plain_ids[k];
+        if (gv->cps[id] <= room) {
+            sc->ok[id] = 1;
+            n++;
         }
-        for (int32_t t = gv->first[i]; t >= 0; t = gv->next_tok[t], n++)
-            sc->ok[t] = 1;
-        i++;
     }
-    return n;
+    return n + walk_trie(g, &gv->rest, st, sc);
 }
 
 int32_t gram_mask(const gram *g, const js_state *st, float *row, int32_t V, gram_scratch *sc)

@@ -6,7 +6,9 @@
  * detokenized piece: byte-level BPE mapping undone, SentencePiece's
  * U+2581 as a space, <0xNN> as the byte) in a trie laid out in preorder,
  * so that one linear scan with subtree skips walks every token a state
- * allows (gram_mask). Special tokens (control, user-defined, unknown) are
+ * allows (gram_mask); inside a string's text the tokens of whole plain
+ * characters are decided by their code points and only the rest are
+ * walked (their own trie). Special tokens (control, user-defined, unknown) are
  * never allowed; end-of-generation tokens are allowed exactly where the
  * document is complete, and there they are the only tokens allowed.
  *

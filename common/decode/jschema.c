@@ -1099,6 +1099,18 @@ int js_accepting(const jschema *s, const js_state *st)
     return 0;
 }
 
+int js_string_room(const jschema *s, const js_state *st, uint32_t *room)
+{
+    if (st->n != 1 || st->c[0].depth == 0)
+        return 0;
+    const js_frame *f = &st->c[0].f[st->c[0].depth - 1];
+    if (f->mode != M_STR || f->sub != S_CHARS)
+        return 0;
+    const js_node *nd = &s->nodes[f->node];
+    *room = nd->hi < 0 ? UINT32_MAX : (uint32_t)nd->hi - f->pos;
+    return 1;
+}
+
 int js_finished(const jschema *s, const js_state *st)
 {
     if (!js_accepting(s, st))

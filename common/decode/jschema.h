@@ -109,6 +109,12 @@ int js_accepting(const jschema *s, const js_state *st);
 /* 1 when no byte may follow (the document is complete and cannot grow). */
 int js_finished(const jschema *s, const js_state *st);
 
+/* 1 when st is inside one string's text (one configuration, between
+ * characters): then any whole UTF-8 characters other than '"', '\\' and
+ * control characters are allowed, up to *room more code points
+ * (UINT32_MAX: no maxLength), and leave st inside the string. */
+int js_string_room(const jschema *s, const js_state *st, uint32_t *room);
+
 /* The forced continuation: the longest text (at most cap bytes) such that
  * at each byte exactly one byte is allowed and the document cannot end
  * there. Returns its length (0: a choice is next). */
