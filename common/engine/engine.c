@@ -539,6 +539,8 @@ static void record(engine *e, eseq *s, int32_t acc)
     s->res.drafts++;
     s->res.draft_tokens += k;
     s->res.accepted_tokens += acc;
+    if (s->blk.forced)
+        return;   /* a schema's forced text: not evidence about any draft source */
     /* the exit threshold and alpha_ctx as gen_selfspec (spec_record_block);
      * the layer-skip estimate only from its tokens, when they were tested */
     spec_src_state st = {s->alpha_ctx};
