@@ -365,8 +365,11 @@ def test_processors(model, tmp):
             rc, err = run_batch(model, inp, out, ["--mode", mode, "--max-seqs", str(seqs)])
             check(f"processors: batch --mode {mode} --max-seqs {seqs} exits 0", rc == 0, err[-400:])
             outs[(mode, seqs)] = sorted(open(out, "rb").readlines()) if rc == 0 else []
+    out = os.path.join(tmp, "proc-noamx.jsonl")   # the build's kernel instead of AMX: the same bits
+    rc, err = run_batch(model, inp, out, ["--mode", "auto", "--max-seqs", "8", "--amx", "off"])
+    outs[("auto", "amx off")] = sorted(open(out, "rb").readlines()) if rc == 0 else []
     ref = outs[("plain", 1)]
-    check("processors: the same bytes in plain/auto/self-spec at max-seqs 1 and 8",
+    check("processors: the same bytes in plain/auto/self-spec at max-seqs 1 and 8, and with --amx off",
           ref and all(v == ref for v in outs.values()), str([k for k, v in outs.items() if v != ref]))
     res = {c: v[0][0] for c, v in read_results(os.path.join(tmp, "proc-plain-1.jsonl")).items()}
     check("processors: a frequency penalty changes a repetitive continuation",

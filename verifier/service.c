@@ -15,6 +15,7 @@
 #include "gen_cuda.h"
 #include "model/backend.h"
 #include "model/cuda_backend.h"
+#include "kernels/qmat.h"
 #include "serve/job.h"
 
 void svc_opts_default(svc_opts *o)
@@ -124,6 +125,16 @@ int svc_parse_opt(svc_opts *o, int c, const char *optarg)
             return -1;
         }
         o->ep.forced_drafts = optarg[1] == 'n';
+        return 1;
+    case SVC_OPT_AMX:
+        if (!strcmp(optarg, "auto")) {
+            qmat_set_amx(QMAT_AMX_MIN_T_DEFAULT);
+        } else if (!strcmp(optarg, "off")) {
+            qmat_set_amx(0);
+        } else {
+            if (cli_parse_int(optarg, "--amx", 1, 1 << 16, &v)) return -1;
+            qmat_set_amx((int)v);
+        }
         return 1;
     case SVC_OPT_USAGE_DETAILS:
         o->usage_details = 1;

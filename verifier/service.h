@@ -38,7 +38,7 @@ enum { SVC_OPT_FIRST = 300, SVC_OPT_MAX_SEQS = SVC_OPT_FIRST, SVC_OPT_MAX_BATCH_
        SVC_OPT_MODE, SVC_OPT_SKIP, SVC_OPT_DRAFT_HEAD, SVC_OPT_DRAFT_MAX, SVC_OPT_DEVICE, SVC_OPT_GAMMA,
        SVC_OPT_GAMMA_STEP, SVC_OPT_AR_TARGET, SVC_OPT_DRAFT, SVC_OPT_NGRAM_MIN, SVC_OPT_NGRAM_MAX,
        SVC_OPT_TOKEN_COST, SVC_OPT_JOB_INDEX, SVC_OPT_SERVED_NAME, SVC_OPT_FORCED_DRAFTS, SVC_OPT_USAGE_DETAILS,
-       SVC_OPT_LAST };
+       SVC_OPT_AMX, SVC_OPT_LAST };
 #define SVC_SPEC_LONG_OPTIONS                                                                                 \
     {"model", required_argument, 0, 'm'}, {"ctx", required_argument, 0, 'c'},                                 \
         {"threads", required_argument, 0, 't'}, {"device", required_argument, 0, SVC_OPT_DEVICE},             \
@@ -46,6 +46,7 @@ enum { SVC_OPT_FIRST = 300, SVC_OPT_MAX_SEQS = SVC_OPT_FIRST, SVC_OPT_MAX_BATCH_
         {"draft", required_argument, 0, SVC_OPT_DRAFT}, {"ngram-min", required_argument, 0, SVC_OPT_NGRAM_MIN}, \
         {"ngram-max", required_argument, 0, SVC_OPT_NGRAM_MAX},                                               \
         {"token-cost", required_argument, 0, SVC_OPT_TOKEN_COST},                                             \
+        {"amx", required_argument, 0, SVC_OPT_AMX},                                                           \
         {"draft-head", required_argument, 0, SVC_OPT_DRAFT_HEAD},                                             \
         {"draft-max", required_argument, 0, SVC_OPT_DRAFT_MAX}, {"gamma", required_argument, 0, SVC_OPT_GAMMA}, \
         {"gamma-step", required_argument, 0, SVC_OPT_GAMMA_STEP},                                             \
@@ -72,6 +73,8 @@ enum { SVC_OPT_FIRST = 300, SVC_OPT_MAX_SEQS = SVC_OPT_FIRST, SVC_OPT_MAX_BATCH_
     "                         (layer-skipping draft), context (what followed the last tokens\n"             \
     "                         earlier in the prompt or output), chain (context, then layers)\n"             \
     "      --ngram-max N      context drafts: longest suffix matched (3); --ngram-min N (1)\n"              \
+    "      --amx auto|off|T   Intel AMX for passes of at least T tokens (auto: the measured default;\n"   \
+    "                         off: the build's kernel everywhere; same output either way)\n"            \
     "      --token-cost C     what one more verified token costs, a share of a step, where the\n"           \
     "                         choice must not depend on timings (0.2; auto measures its own)\n"            \
     "      --skip FILE|none   skip-set config (default: the model's config in configs/;\n"                   \
