@@ -62,20 +62,30 @@ static void tiny_close(tiny *t)
     unlink(t->path);
 }
 
-static engine *tiny_engine(const tiny *t, int32_t max_seqs)
+/* An engine over the tiny model: mode, skip set, draft sources, context
+ * and KV MiB as given; no calibration. */
+static engine *tiny_engine_with(const tiny *t, int32_t max_seqs, engine_mode mode, const skip_set *ss, int32_t draft,
+                                int32_t ctx, size_t kv_mib)
 {
     engine_params p;
     engine_params_default(&p);
     p.max_seqs = max_seqs;
-    p.ctx = 128;
-    p.kv_mem = (size_t)4 << 20;
-    p.mode = ENGINE_PLAIN;
+    p.ctx = ctx;
+    p.kv_mem = kv_mib << 20;
+    p.mode = mode;
+    p.ss = ss;
+    p.sp.draft = draft;
     p.calibrate = 0;
     engine *e = NULL;
     char err[256];
     if (engine_init(&e, &t->m, &p, err, sizeof err) != 0)
         fail_msg("engine_init: %s", err);
     return e;
+}
+
+static engine *tiny_engine(const tiny *t, int32_t max_seqs)
+{
+    return tiny_engine_with(t, max_seqs, ENGINE_PLAIN, NULL, SPEC_DRAFT_AUTO, 128, 4);
 }
 
 /* One request's record. */
@@ -266,20 +276,7 @@ static void test_should_stop_and_refusals(void **state)
 static engine *tiny_engine_mode(const tiny *t, int32_t max_seqs, engine_mode mode, const skip_set *ss,
                                 int32_t draft)
 {
-    engine_params p;
-    engine_params_default(&p);
-    p.max_seqs = max_seqs;
-    p.ctx = 256;
-    p.kv_mem = (size_t)8 << 20;
-    p.mode = mode;
-    p.ss = ss;
-    p.sp.draft = draft;
-    p.calibrate = 0;
-    engine *e = NULL;
-    char err[256];
-    if (engine_init(&e, &t->m, &p, err, sizeof err) != 0)
-        fail_msg("engine_init: %s", err);
-    return e;
+    return tiny_engine_with(t, max_seqs, mode, ss, draft, 256, 8);
 }
 
 #define PERSON "{\"type\": \"object\", \"properties\": {\"name\": {\"type\": \"string\", \"maxLength\": 6}, " \

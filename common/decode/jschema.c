@@ -671,6 +671,17 @@ static void end_and_feed(const jschema *s, js_cfg *c, uint8_t b, js_out *o)
 
 static int is_digit(uint8_t b) { return b >= '0' && b <= '9'; }
 
+/* A container or string starts with its byte `want`: the value frame
+ * becomes mode's, in sub-state sub. */
+static void open_frame(js_cfg *c, js_out *o, uint8_t b, uint8_t want, uint8_t mode, uint8_t sub)
+{
+    if (b == want) {
+        js_frame *f = top(c);
+        *f = (js_frame){.node = f->node, .mode = mode, .sub = sub};
+        out_add(o, c);
+    }
+}
+
 static void feed_value(const jschema *s, js_cfg *c, uint8_t b, js_out *o)
 {
     js_frame *f = top(c);
@@ -692,22 +703,13 @@ static void feed_value(const jschema *s, js_cfg *c, uint8_t b, js_out *o)
         return;
     }
     case K_OBJECT:
-        if (b == '{') {
-            *f = (js_frame){.node = f->node, .mode = M_OBJ, .sub = O_FIRST};
-            out_add(o, c);
-        }
+        open_frame(c, o, b, '{', M_OBJ, O_FIRST);
         return;
     case K_ARRAY:
-        if (b == '[') {
-            *f = (js_frame){.node = f->node, .mode = M_ARR, .sub = A_FIRST};
-            out_add(o, c);
-        }
+        open_frame(c, o, b, '[', M_ARR, A_FIRST);
         return;
     case K_STRING:
-        if (b == '"') {
-            *f = (js_frame){.node = f->node, .mode = M_STR, .sub = S_CHARS};
-            out_add(o, c);
-        }
+        open_frame(c, o, b, '"', M_STR, S_CHARS);
         return;
     case K_NUMBER:
     case K_INTEGER:
