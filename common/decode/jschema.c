@@ -413,6 +413,19 @@ static int32_t compile_ref(js_compiler *c, const cJSON *ref, const char *path, i
     return id;
 }
 
+/* An anyOf node over the alternatives alts[0..n). */
+static int32_t anyof_node(js_compiler *c, const int32_t *alts, int32_t n, const char *path)
+{
+    int32_t id = new_node(c, K_ANYOF, path);
+    if (id < 0)
+        return -1;
+    c->s->nodes[id].first = c->s->n_alts;
+    c->s->nodes[id].n = n;
+    for (int32_t i = 0; i < n; i++)
+        push_alt(c->s, alts[i]);
+    return id;
+}
+
 static int32_t compile_node(js_compiler *c, const cJSON *sch, const char *path, int depth)
 {
     if (depth >= JS_MAX_DEPTH - 1)
@@ -465,14 +478,7 @@ static int32_t compile_node(js_compiler *c, const cJSON *sch, const char *path, 
             if ((tmp[i] = compile_node(c, a, sub, depth + 1)) < 0)
                 return -1;
         }
-        int32_t id = new_node(c, K_ANYOF, path);
-        if (id < 0)
-            return -1;
-        c->s->nodes[id].first = c->s->n_alts;
-        c->s->nodes[id].n = na;
-        for (i = 0; i < na; i++)
-            push_alt(c->s, tmp[i]);
-        return id;
+        return anyof_node(c, tmp, na, path);
     }
     if (cJSON_IsString(type))
         return compile_typed(c, sch, type->valuestring, path, depth);
@@ -489,14 +495,7 @@ static int32_t compile_node(js_compiler *c, const cJSON *sch, const char *path, 
         }
         if (na == 1)
             return tmp[0];
-        int32_t id = new_node(c, K_ANYOF, path);
-        if (id < 0)
-            return -1;
-        c->s->nodes[id].first = c->s->n_alts;
-        c->s->nodes[id].n = na;
-        for (i = 0; i < na; i++)
-            push_alt(c->s, tmp[i]);
-        return id;
+        return anyof_node(c, tmp, na, path);
     }
     if (type)
         return util_err(c->err, c->errlen, "%s.type must be a string or a list of strings", path);
