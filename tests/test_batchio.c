@@ -460,7 +460,7 @@ static void test_logprobs(void **state)
         {head_h, "\"logprobs\": true, \"top_logprobs\": 21}}", -1, 0, 0, "body.top_logprobs must be <= 20"},
         {head_h, "\"logprobs\": 1}}", -1, 0, 0, "body.logprobs"},
     };
-    /* fields not implemented: a 400 naming them unless at their no-op value */
+    /* fields selfspec does not support: a 400 naming them unless at their no-op value */
     static const char *unsupported[][2] = {
         {"\"response_format\": {\"type\": \"yaml\"}}}", "body.response_format.type must be"},
         {"\"tools\": [{\"type\": \"function\"}]}}", "body.tools is not supported"},
