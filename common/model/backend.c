@@ -39,6 +39,12 @@ static void cpu_kv_usage(const model_backend *b, int32_t *used, int32_t *total)
     *total = p->n_blocks;
 }
 
+static void cpu_kv_copy(model_backend *b, kv_cache *kv, int32_t from, int32_t to)
+{
+    (void)b;
+    kv_copy_slot(kv, from, to);
+}
+
 static int cpu_forward(model_backend *b, fwd_seq *seqs, int n_seqs, const layer_mask *mask, const qmat *head,
                        float *logits, int32_t *argmax, char *err, size_t errlen)
 {
@@ -66,7 +72,8 @@ static int cpu_forward(model_backend *b, fwd_seq *seqs, int n_seqs, const layer_
 model_backend *backend_cpu_init(cpu_backend *cb, const model *m, fwd_state *fs, kv_pool *p)
 {
     *cb = (cpu_backend){.b = {.name = "cpu", .pruned_head = 1, .kv_open = cpu_kv_open, .kv_close = cpu_kv_close,
-                              .kv_max = cpu_kv_max, .kv_usage = cpu_kv_usage, .forward = cpu_forward},
+                              .kv_max = cpu_kv_max, .kv_usage = cpu_kv_usage, .forward = cpu_forward,
+                              .kv_copy = cpu_kv_copy},
                         .m = m, .fs = fs, .pool = p};
     return &cb->b;
 }

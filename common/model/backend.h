@@ -71,6 +71,11 @@ struct model_backend {
      * sample() test row. Returns 0, or -1 with err. */
     int (*draft_take)(model_backend *b, const samp_req *rq, const int32_t *slot, int32_t n_rows, int32_t *ids,
                       float *conf, char *err, size_t errlen);
+    /* Optional (NULL: the engine verifies chains only): copy slot `from` of
+     * a cache to slot `to` (kv_copy_slot's contract), which forward's token
+     * trees (fwd_seq.parent) need to keep an accepted path. The CPU backend
+     * has it; the CUDA backend has not, and rejects tree blocks. */
+    void (*kv_copy)(model_backend *b, kv_cache *kv, int32_t from, int32_t to);
     /* Optional (NULL: log-probabilities come from logits rows on the host):
      * for output rows [0, n_rows) of the last forward (called with argmax
      * and no logits), each row's log-sum-exp, its n_top largest logits and

@@ -176,6 +176,8 @@ static int cuda_b_forward(model_backend *b, fwd_seq *seqs, int n_seqs, const lay
         dev_cache *kv = q->kv ? q->kv->dev : NULL, *sc = q->scratch ? q->scratch->dev : NULL;
         if (!kv || (q->scratch && !sc))
             return util_err(err, errlen, "block %d: a cache that is not on the device", i);
+        if (q->parent)   /* the engine asks only backends with kv_copy_slot (backend.h) */
+            return util_err(err, errlen, "block %d: token trees are not built for the CUDA backend", i);
         /* the device cache's verified length follows the engine's */
         cuda_kv_set_len(kv->kv, q->kv->len);
         cb->seqs[i] = (cuda_seq){.tokens = q->tokens, .n_tokens = q->n_tokens, .pos = q->pos, .kv = kv->kv,

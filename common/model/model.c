@@ -746,7 +746,8 @@ void fwd_state_init(fwd_state *s, const model_config *c, int32_t max_tokens, int
     s->score_cap = (size_t)ctx * (c->n_heads / c->n_kv_heads);   /* a whole group's scores */
     s->scores = alignedCheck((size_t)s->score_threads * s->score_cap * sizeof(float));
     s->rows = mallocCheck((size_t)s->score_threads * s->score_cap * sizeof(f16_t *));
-    s->run_cap = ctx / KV_BLOCK + 3;   /* pool blocks, plus the scratch's and a partial one */
+    s->run_cap = ctx / KV_BLOCK + 3 + FWD_TREE_MAX;   /* pool blocks, the scratch's, a partial one,
+                                                          a tree token's ancestors */
     s->runs = mallocCheck((size_t)s->score_threads * s->run_cap * sizeof(attn_run));
     int32_t half = c->head_dim / 2;
     s->rope_cap = ctx;
@@ -758,6 +759,7 @@ void fwd_state_init(fwd_state *s, const model_config *c, int32_t max_tokens, int
     s->head_row = alignedCheck(((size_t)c->vocab_size + QMAT_ROWS) * sizeof(float));
     s->tok_seq = mallocCheck(T * sizeof(int32_t));
     s->tok_pos = mallocCheck(T * sizeof(int32_t));
+    s->tok_slot = mallocCheck(T * sizeof(int32_t));
     s->rope_cos = alignedCheck((size_t)ctx * half * sizeof(float));
     s->rope_sin = alignedCheck((size_t)ctx * half * sizeof(float));
     rope_table(s->rope_cos, s->rope_sin, ctx, c, c->rope_base);
@@ -788,6 +790,7 @@ void fwd_state_free(fwd_state *s)
     free(s->rope_sin);
     free(s->tok_seq);
     free(s->tok_pos);
+    free(s->tok_slot);
     free(s->qscratch);
     free(s->head_row);
     memset(s, 0, sizeof *s);
@@ -881,6 +884,41 @@ static int32_t kv_runs(const fwd_seq *sq, int32_t l, int32_t first, int32_t n, i
     return nr;
 }
 
+/* The keys of tree token j of sq (fwd_seq.parent) from position first on:
+ * the cache's positions before sq->pos, then j's ancestors and j itself in
+ * position order, one row each. The same keys in the same order as the
+ * chain of those tokens, so the same arithmetic (attn.h). */
+static int32_t tree_runs(const fwd_seq *sq, int32_t l, int32_t first, int32_t j, int32_t h, attn_run *runs)
+{
+    int32_t path[FWD_TREE_MAX], depth = 0;
+    for (int32_t a = j; a >= 0; a = sq->parent[a])
+        path[depth++] = a;   /* j, its parent, ..., the root: positions pos + depth - 1 down to pos */
+    int32_t nr = first < sq->pos ? kv_runs(sq, l, first, sq->pos, h, runs) : 0;
+    for (int32_t d = 0; d < depth; d++) {
+        if (sq->pos + d < first)
+            continue;   /* outside a local layer's window */
+        int32_t slot = sq->pos + path[depth - 1 - d], stride;
+        const kv_elem *k = kv_head_row(sq, 0, l, slot, h, &stride), *v = kv_head_row(sq, 1, l, slot, h, &stride);
+        runs[nr++] = (attn_run){k, v, 1, stride};
+    }
+    return nr;
+}
+
+void kv_copy_slot(kv_cache *kv, int32_t from, int32_t to)
+{
+    assert(from >= 0 && to >= 0 && from < kv->cap && to < kv->cap && kv->head_dim > 0);
+    if (from == to)
+        return;
+    const fwd_seq sq = {.kv = kv};
+    for (int32_t l = 0; l < kv->n_layers; l++)
+        for (int32_t h = 0; h < kv->kv_dim / kv->head_dim; h++)
+            for (int which = 0; which < 2; which++) {
+                int32_t stride;
+                const kv_elem *src = kv_head_row(&sq, which, l, from, h, &stride);
+                memcpy(kv_head_row(&sq, which, l, to, h, &stride), src, (size_t)kv->head_dim * sizeof(kv_elem));
+            }
+}
+
 int32_t model_argmax(const float *x, int32_t n)
 {
     int32_t best = 0;
@@ -925,7 +963,8 @@ static void attention(const model *m, fwd_state *s, const fwd_seq *seqs, int32_t
         int32_t end = s->tok_pos[t] + 1, first = window && end > window ? end - window : 0;
         int th = omp_get_thread_num();
         attn_run *runs = s->runs + (size_t)th * s->run_cap;
-        int32_t nr = kv_runs(sq, l, first, end, kvh, runs);
+        int32_t nr = sq->parent ? tree_runs(sq, l, first, s->tok_slot[t] - sq->pos, kvh, runs)
+                                : kv_runs(sq, l, first, end, kvh, runs);
         assert(nr <= s->run_cap);
         attn_heads(s->qkv + (size_t)t * qkv_w + (size_t)h0 * hd, nh, hd, runs, nr, end - first, scale,
                    s->scores + (size_t)th * s->score_cap, s->rows + (size_t)th * s->score_cap, s->att + (size_t)t * c->q_dim + (size_t)h0 * hd);
@@ -967,8 +1006,8 @@ static void attn_sublayer(const model *m, fwd_state *s, const fwd_seq *seqs, int
         const fwd_seq *sq = &seqs[s->tok_seq[t]];
         for (int32_t h = 0; h < c->n_kv_heads; h++) {
             int32_t stride;
-            kv_elem *kd = kv_head_row(sq, 0, l, s->tok_pos[t], h, &stride);
-            kv_elem *vd = kv_head_row(sq, 1, l, s->tok_pos[t], h, &stride);
+            kv_elem *kd = kv_head_row(sq, 0, l, s->tok_slot[t], h, &stride);
+            kv_elem *vd = kv_head_row(sq, 1, l, s->tok_slot[t], h, &stride);
             const float *kq = k + (size_t)h * c->head_dim, *vq = kq + c->kv_dim;
             for (int32_t i = 0; i < c->head_dim; i++) {
                 kd[i] = f16_from_f32(kq[i]);
@@ -1053,6 +1092,18 @@ int model_check_block(const model_config *c, int i, const int32_t *tokens, int32
     return 0;
 }
 
+/* A tree block's shape (fwd_seq.parent): at most FWD_TREE_MAX tokens, the
+ * root first, every other token after its parent; no draft scratch. */
+static int tree_check(const fwd_seq *sq, int i, char *err, size_t errlen)
+{
+    if (sq->scratch || sq->n_tokens > FWD_TREE_MAX || sq->parent[0] != -1)
+        return util_err(err, errlen, "batch entry %d: bad tree block", i);
+    for (int32_t j = 1; j < sq->n_tokens; j++)
+        if (sq->parent[j] < 0 || sq->parent[j] >= j)
+            return util_err(err, errlen, "batch entry %d: tree token %d has parent %d", i, j, sq->parent[j]);
+    return 0;
+}
+
 /* Validate a batch and fill the per-token sequence and position tables. */
 static int batch_check(const model *m, fwd_state *s, const fwd_seq *seqs, int n_seqs,
                        int32_t *T_out, char *err, size_t errlen)
@@ -1065,9 +1116,15 @@ static int batch_check(const model *m, fwd_state *s, const fwd_seq *seqs, int n_
             return -1;
         if (T + sq->n_tokens > s->max_tokens)
             return util_err(err, errlen, "batch of more than %d tokens", s->max_tokens);
+        if (sq->parent && tree_check(sq, i, err, errlen) != 0)
+            return -1;
         for (int32_t j = 0; j < sq->n_tokens; j++) {
+            int32_t depth = 0;
+            for (int32_t a = j; sq->parent && sq->parent[a] >= 0; a = sq->parent[a])
+                depth++;
             s->tok_seq[T + j] = i;
-            s->tok_pos[T + j] = sq->pos + j;
+            s->tok_pos[T + j] = sq->pos + (sq->parent ? depth : j);
+            s->tok_slot[T + j] = sq->pos + j;
         }
         T += sq->n_tokens;
     }
@@ -1086,7 +1143,7 @@ int model_forward(const model *m, fwd_state *s, fwd_seq *seqs, int n_seqs,
     for (int32_t t = 0; t < T; t++) {
         const fwd_seq *sq = &seqs[s->tok_seq[t]];
         float *xt = s->x + (size_t)t * c->dim;
-        qmat_dequant_row(&m->w.tok_embd, sq->tokens[s->tok_pos[t] - sq->pos], xt);
+        qmat_dequant_row(&m->w.tok_embd, sq->tokens[s->tok_slot[t] - sq->pos], xt);
         if (c->embd_scale)
             for (int32_t i = 0; i < c->dim; i++)
                 xt[i] *= embd_scale;

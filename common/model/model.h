@@ -177,7 +177,16 @@ typedef struct {
                                  index pos - scratch_base (draft scratch) */
     int32_t scratch_base;
     int32_t logits_from;      /* logits for tokens[logits_from..n-1] */
+    const int32_t *parent;    /* optional (n_tokens), a token tree (no scratch):
+                                 parent[0] = -1 and 0 <= parent[j] < j; token j
+                                 sits at position pos + depth(j), its KV at slot
+                                 pos + j, and it attends to the positions
+                                 before pos and its own ancestors only. NULL:
+                                 a chain (parent[j] = j - 1). */
 } fwd_seq;
+
+/* The most tokens of a tree block (fwd_seq.parent). */
+#define FWD_TREE_MAX 64
 
 /* Per-call activation buffers, sized for up to max_tokens tokens in a batch.
  * One fwd_state per thread of control; model_forward is reentrant given
@@ -200,7 +209,8 @@ typedef struct {
                                            the same tables when it is the global one */
     int32_t rope_cap;
     int32_t *tok_seq;   /* (T) batch entry of each token */
-    int32_t *tok_pos;   /* (T) position of each token */
+    int32_t *tok_pos;   /* (T) position of each token (RoPE, attention) */
+    int32_t *tok_slot;  /* (T) cache slot written: the position, or pos + j in a tree */
     void *qscratch;     /* activation quantization scratch (qmat.h) */
     float *head_row;    /* (vocab rounded up to 16) one padded logits row */
 } fwd_state;
@@ -242,6 +252,10 @@ int32_t kv_blocks_for(int32_t cap);
 int kv_init_paged(kv_cache *kv, kv_pool *p, int32_t cap);
 /* Drop every position >= len (len <= kv->len). */
 void kv_truncate(kv_cache *kv, int32_t len);
+/* Copy the keys and values of slot `from` (every layer and head) to slot
+ * `to` of a host cache: how a tree block's accepted path (fwd_seq.parent)
+ * moves to consecutive positions. */
+void kv_copy_slot(kv_cache *kv, int32_t from, int32_t to);
 
 /* Buffers for forward passes of up to max_tokens tokens over positions
  * < ctx. Allocation failure aborts (mallocCheck), so this cannot fail. */
