@@ -120,11 +120,13 @@ int svc_parse_opt(svc_opts *o, int c, const char *optarg)
         o->ep.job_index_tokens = (int32_t)v;
         return 1;
     case SVC_OPT_FORCED_DRAFTS:
+    case SVC_OPT_TREES:
         if (strcmp(optarg, "on") != 0 && strcmp(optarg, "off") != 0) {
-            fprintf(stderr, "selfspec: --forced-drafts takes on or off, got '%s'\n", optarg);
+            fprintf(stderr, "selfspec: --%s takes on or off, got '%s'\n",
+                    c == SVC_OPT_TREES ? "trees" : "forced-drafts", optarg);
             return -1;
         }
-        o->ep.forced_drafts = optarg[1] == 'n';
+        *(c == SVC_OPT_TREES ? &o->ep.trees : &o->ep.forced_drafts) = optarg[1] == 'n';
         return 1;
     case SVC_OPT_AMX:
         if (!strcmp(optarg, "auto")) {

@@ -42,6 +42,7 @@ void ngram_free(ngram_index *ix)
     free(ix->toks);
     free(ix->slot_end);
     free(ix->slot_n);
+    free(ix->prev);
     memset(ix, 0, sizeof *ix);
 }
 
@@ -102,6 +103,7 @@ static void index_end(ngram_index *ix, int32_t e)
         int32_t j = find_slot(ix, ix->toks + e - n + 1, n);
         if (ix->slot_end[j] < 0)
             ix->n_used++;
+        ix->prev[(size_t)e * (ix->n_max - ix->n_min + 1) + (n - ix->n_min)] = ix->slot_end[j];
         ix->slot_end[j] = e;
         ix->slot_n[j] = (uint8_t)n;
     }
@@ -112,11 +114,17 @@ static void append(ngram_index *ix, int32_t tok)
 {
     if (ix->len == ix->cap) {
         ix->cap = ix->cap ? 2 * ix->cap : 256;
+        size_t w = (size_t)(ix->n_max - ix->n_min + 1);
         int32_t *nt = mallocCheck((size_t)ix->cap * sizeof(int32_t));
-        if (ix->len)
+        int32_t *np = mallocCheck((size_t)ix->cap * w * sizeof(int32_t));
+        if (ix->len) {
             memcpy(nt, ix->toks, (size_t)ix->len * sizeof(int32_t));
+            memcpy(np, ix->prev, (size_t)ix->len * w * sizeof(int32_t));
+        }
         free(ix->toks);
+        free(ix->prev);
         ix->toks = nt;
+        ix->prev = np;
     }
     ix->toks[ix->len++] = tok;
 }
@@ -170,4 +178,13 @@ int32_t ngram_find(const ngram_index *ix, const int32_t *s, int32_t n)
     if (n < ix->n_min || n > ix->n_max)
         return -1;
     return ix->slot_end[find_slot(ix, s, n)];
+}
+
+int32_t ngram_occurrences(const ngram_index *ix, const int32_t *s, int32_t n, int32_t max, int32_t *ends)
+{
+    int32_t k = 0;
+    for (int32_t e = ngram_find(ix, s, n); e >= 0 && k < max;
+         e = ix->prev[(size_t)e * (ix->n_max - ix->n_min + 1) + (n - ix->n_min)])
+        ends[k++] = e;
+    return k;
 }

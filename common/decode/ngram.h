@@ -35,6 +35,8 @@ typedef struct {
     int32_t *slot_end;         /* (n_slots) end position of the n-gram, -1 empty */
     uint8_t *slot_n;           /* (n_slots) its length */
     int32_t n_slots, n_used;   /* n_slots a power of two, n_used <= n_slots / 2 */
+    int32_t *prev;             /* (cap, n_max - n_min + 1) for the n-gram of length n
+                                  ending at e: the end of its previous occurrence, -1 */
 } ngram_index;
 
 /* Check n_min <= n_max, both in [1, NGRAM_MAX_N]. Returns 0 or -1 with err. */
@@ -69,5 +71,9 @@ int32_t ngram_draft(const ngram_index *ix, int32_t k_max, int32_t *out, int32_t 
 /* The end position of the most recent occurrence (with a successor) of the
  * n tokens s[0..n) in the history, or -1 (n in [n_min, n_max]). */
 int32_t ngram_find(const ngram_index *ix, const int32_t *s, int32_t n);
+
+/* The end positions of the most recent occurrences (with a successor) of
+ * s[0..n), newest first, at most max of them, into ends. Returns how many. */
+int32_t ngram_occurrences(const ngram_index *ix, const int32_t *s, int32_t n, int32_t max, int32_t *ends);
 
 #endif

@@ -356,7 +356,7 @@ void spec_counts_add(spec_counts *c, const spec_block *b, int32_t accepted)
     c->num_drafts++;
     c->num_draft_tokens += b->n;
     c->num_accepted_tokens += accepted;
-    for (int32_t i = 0; i < b->n; i++)
+    for (int32_t i = 0; i < (b->tree_depth > 0 ? b->tree_depth : b->n); i++)   /* a tree: by depth */
         c->drafted_per_pos[i]++;
     for (int32_t i = 0; i < accepted; i++)
         c->accepted_per_pos[i]++;
@@ -401,7 +401,7 @@ spec_choice spec_choose(int32_t kind, const spec_costs *c, float alpha_ctx, floa
                         int32_t n_ctx_avail, int32_t n_ctx_hist, int32_t k_layers, int32_t lim, int can_layers,
                         int force)
 {
-    spec_choice best = {0, 0};
+    spec_choice best = {0, 0, 0.0};
     if (lim < 0)
         lim = 0;
     n_ctx_avail = n_ctx_avail < 0 ? 0 : n_ctx_avail > lim ? lim : n_ctx_avail;
@@ -420,7 +420,7 @@ spec_choice spec_choose(int32_t kind, const spec_costs *c, float alpha_ctx, floa
                     best_rate = r, best.n_ctx = x, r0 = 1;
             }
         } else {   /* chain: the tokens the history shows, then the drafter */
-            best = (spec_choice){n_ctx_hist, lim - n_ctx_hist};
+            best = (spec_choice){n_ctx_hist, lim - n_ctx_hist, 0.0};
         }
         return best;
     }
@@ -431,21 +431,22 @@ spec_choice spec_choose(int32_t kind, const spec_costs *c, float alpha_ctx, floa
         /* x context tokens alone (for a chain: its k = 0) */
         double e_ctx = spec_expected_tokens(alpha_ctx, x), r = (more + e_ctx) / (c->base + c->extra[x]);
         if (r > best_rate)
-            best_rate = r, best = (spec_choice){x, 0};
+            best_rate = r, best = (spec_choice){x, 0, 0.0};
         /* then k drafted tokens, tested only when all x were accepted */
         double all = pow(alpha_ctx, x);
         for (int32_t k = 1; chain_ok && k <= k_layers && x + k <= lim; k++) {
             double e = e_ctx + all * (spec_expected_tokens(alpha_layers, k) - 1.0);
             r = (more + e) / (c->base + c->extra[x + k] + k * c->draft);
             if (r > best_rate)
-                best_rate = r, best = (spec_choice){x, k};
+                best_rate = r, best = (spec_choice){x, k, 0.0};
         }
     }
     for (int32_t k = 1; lay_ok && k <= k_layers; k++) {
         double r = (more + spec_expected_tokens(alpha_layers, k)) / (c->base + c->extra[k] + k * c->draft);
         if (r > best_rate)
-            best_rate = r, best = (spec_choice){0, k};
+            best_rate = r, best = (spec_choice){0, k, 0.0};
     }
+    best.rate = best_rate;
     return best;
 }
 

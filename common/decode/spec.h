@@ -74,13 +74,13 @@ int spec_parse_draft(const char *s, int32_t *out);
 const char *spec_draft_name(int32_t kind);
 
 /* The source of one block, for statistics: what its tokens came from. */
-typedef enum { SPEC_SRC_LAYERS, SPEC_SRC_CONTEXT, SPEC_SRC_CHAIN, SPEC_SRC_JOB, SPEC_SRC_GRAMMAR, SPEC_SRC_N } spec_source;
+typedef enum { SPEC_SRC_LAYERS, SPEC_SRC_CONTEXT, SPEC_SRC_CHAIN, SPEC_SRC_JOB, SPEC_SRC_GRAMMAR, SPEC_SRC_TREE, SPEC_SRC_N } spec_source;
 /* Inline, so that a layer linked without decode's objects (the metrics
  * exposition in its fuzzer) can name sources too. */
 static inline const char *spec_source_name(int32_t src)
 {
     return src == SPEC_SRC_CONTEXT ? "context" : src == SPEC_SRC_CHAIN ? "chain" : src == SPEC_SRC_JOB ? "job"
-         : src == SPEC_SRC_GRAMMAR ? "grammar" : "layers";
+         : src == SPEC_SRC_GRAMMAR ? "grammar" : src == SPEC_SRC_TREE ? "tree" : "layers";
 }
 
 void spec_params_default(spec_params *p);
@@ -164,14 +164,16 @@ typedef struct {
     int32_t n_ctx;
     int32_t ctx_job;                   /* the context tokens came from the job's index (jobindex.h) */
     int32_t forced;                    /* the tokens are a constraint's forced text (grammar.h) */
+    int32_t tree_depth;                /* > 0: a token tree of context tokens (dtree.h), this deep */
     int32_t tokens[SPEC_MAX_DRAFT];
+    int32_t parent[SPEC_MAX_DRAFT];    /* a tree's: block row of token i's parent (0: the current token) */
     int32_t q_index[SPEC_MAX_DRAFT];   /* index of each token in its q row */
 } spec_block;
 
 static inline int32_t spec_block_source(const spec_block *b)
 {
     return b->n_ctx == 0 ? SPEC_SRC_LAYERS : b->n_ctx < b->n ? SPEC_SRC_CHAIN
-         : b->forced ? SPEC_SRC_GRAMMAR : b->ctx_job ? SPEC_SRC_JOB : SPEC_SRC_CONTEXT;
+         : b->tree_depth > 0 ? SPEC_SRC_TREE : b->forced ? SPEC_SRC_GRAMMAR : b->ctx_job ? SPEC_SRC_JOB : SPEC_SRC_CONTEXT;
 }
 
 /* Count one verified block b of which `accepted` tokens were accepted (an
@@ -329,6 +331,8 @@ typedef struct {
 } spec_costs;
 typedef struct {
     int32_t n_ctx, k_layers;
+    double rate;   /* its expected tokens per unit of cost (plain: the plain rate
+                      times SPEC_PAY_MARGIN, the bar a draft must beat) */
 } spec_choice;
 spec_choice spec_choose(int32_t kind, const spec_costs *c, float alpha_ctx, float alpha_layers,
                         int32_t n_ctx_avail, int32_t n_ctx_hist, int32_t k_layers, int32_t lim, int can_layers,

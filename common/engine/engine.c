@@ -41,6 +41,7 @@ void engine_params_default(engine_params *p)
     p->sp.draft = SPEC_DRAFT_AUTO;    /* every source, chosen per step by cost */
     p->job_index_tokens = 1 << 17;
     p->forced_drafts = 1;
+    p->trees = 1;
     p->calibrate = 1;
 }
 
@@ -105,6 +106,7 @@ int engine_init(engine **out, const model *m, const engine_params *params, char 
     e->can_layers = p->mode != ENGINE_PLAIN && p->ss != NULL && p->sp.draft != SPEC_DRAFT_CONTEXT && !p->remote;
     e->can_ctx = p->mode != ENGINE_PLAIN && p->sp.draft != SPEC_DRAFT_LAYERS && !p->remote;
     e->can_draft = e->can_layers || e->can_ctx || p->remote;
+    e->can_tree = e->can_ctx && p->trees && e->be->kv_copy != NULL;
     if (e->can_ctx && p->job_index_tokens > 0) {
         /* longer matches than a sequence's own (NGRAM_MAX_N): across requests a
          * short n-gram's most recent occurrence is often in unrelated text */
@@ -544,7 +546,9 @@ static void record(engine *e, eseq *s, int32_t acc)
     /* the exit threshold and alpha_ctx as gen_selfspec (spec_record_block);
      * the layer-skip estimate only from its tokens, when they were tested */
     spec_src_state st = {s->alpha_ctx};
-    spec_record_block(NULL, &s->ex, &st, &e->p.sp, &s->blk, acc);
+    spec_block path = {.n = s->blk.tree_depth, .n_ctx = s->blk.tree_depth};
+    /* a tree: evidence about the context as a chain as deep as the tree */
+    spec_record_block(NULL, &s->ex, &st, &e->p.sp, s->blk.tree_depth > 0 ? &path : &s->blk, acc);
     s->alpha_ctx = st.alpha_ctx;
     if (k > c && acc >= c)
         s->alpha = spec_alpha_update(s->alpha, k - c, acc - c);
@@ -650,8 +654,9 @@ int engine_step(engine *e, char *err, size_t errlen)
         e->bseq[n++] = i;
         T += chunk;
     }
-    /* decode blocks read [cur, d1..dk]: gather them into one array */
-    int32_t *blocks = mallocCheck((size_t)T * sizeof(int32_t));
+    /* decode blocks read [cur, d1..dk]: gather them into one array (a
+     * tree's parents beside them: [-1, its parent rows]) */
+    int32_t *blocks = mallocCheck((size_t)2 * T * sizeof(int32_t)), *parents = blocks + T;
     int32_t off = 0;
     for (int j = 0; j < n; j++) {
         eseq *s = &e->seqs[e->bseq[j]];
@@ -659,6 +664,12 @@ int engine_step(engine *e, char *err, size_t errlen)
             blocks[off] = s->cur;
             memcpy(blocks + off + 1, s->blk.tokens, (size_t)s->blk.n * sizeof(int32_t));
             e->batch[j].tokens = blocks + off;
+            if (s->blk.tree_depth > 0) {
+                assert(s->blk.n == s->blk.n_ctx && s->gp.sampling.temperature == 0.0f && !s->proc);
+                parents[off] = -1;
+                memcpy(parents + off + 1, s->blk.parent, (size_t)s->blk.n * sizeof(int32_t));
+                e->batch[j].parent = parents + off;
+            }
         }
         off += e->batch[j].n_tokens;
     }
@@ -743,7 +754,18 @@ int engine_step(engine *e, char *err, size_t errlen)
         int32_t acc = 0, next;
         const float *rows = need_logits ? row : NULL;   /* row i chose the block's token i */
         const size_t r0 = (size_t)(am - e->am);           /* the block's first output row */
-        if (s->proc) {   /* a schema or logits processors: the choice per position */
+        const int32_t *acc_toks = s->blk.tokens;          /* the accepted tokens, in order */
+        int32_t path_toks[SPEC_MAX_DRAFT];
+        if (s->blk.tree_depth > 0) {   /* greedy: the longest path the argmax rows agree with */
+            int32_t path[SPEC_MAX_DRAFT];
+            spec_accept_tree(am, &s->blk, &acc, path, &next);
+            for (int32_t d = 0; d < acc; d++) {   /* its KV to consecutive slots (path[d] >= d) */
+                e->be->kv_copy(e->be, &s->kv, s->kv.len + 1 + path[d], s->kv.len + 1 + d);
+                path_toks[d] = s->blk.tokens[path[d]];
+            }
+            acc_toks = path_toks;
+            rows = NULL;   /* no row is read: no log-probabilities for tree sequences (plan_tree) */
+        } else if (s->proc) {   /* a schema or logits processors: the choice per position */
             proc_choose(e, s, row, am, s->blk.n, &acc, &next, &rows);
         } else if (dev_sample && s->gp.sampling.temperature != 0.0f) {   /* the device's verdicts */
             while (acc < s->blk.n && af[acc])
@@ -772,7 +794,7 @@ int engine_step(engine *e, char *err, size_t errlen)
                 done = 1;
                 break;
             }
-            done = emit(s, i < acc ? s->blk.tokens[i] : next, rows ? rows + (size_t)i * V : NULL,
+            done = emit(s, i < acc ? acc_toks[i] : next, rows ? rows + (size_t)i * V : NULL,
                         use_dlp ? &e->dlp[r0 + i] : NULL, &e->dcand[2 * (r0 + i)], V);
         }
         s->cur = next;

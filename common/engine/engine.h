@@ -109,13 +109,19 @@ typedef struct {
      * sampled), in every mode but ENGINE_PLAIN (1). 0: they draft as
      * unconstrained requests do, trimmed to what the schema allows. */
     int forced_drafts;
+    /* Token trees (decode/dtree.h): a greedy sequence drafting from context
+     * (its own history or the job's index) may verify a tree of the
+     * continuations its match had, when the measured cost model says the
+     * tree pays more than the chain (1). Needs a backend with kv_copy (the
+     * CPU's); never with a remote source. 0: chains only. */
+    int trees;
 } engine_params;
 
 /* The defaults of every command (the one place they are set): 32
  * sequences, 256 tokens a pass, 512 MiB of KV, the model's context capped
  * at ENGINE_DEFAULT_CTX (ctx 0 until engine_params_resolve), ENGINE_AUTO,
  * spec_params_default with every draft source (SPEC_DRAFT_AUTO), a job
- * index of 131072 tokens, forced drafts on, no skip set. */
+ * index of 131072 tokens, forced drafts and token trees on, no skip set. */
 #define ENGINE_DEFAULT_CTX 4096
 void engine_params_default(engine_params *p);
 

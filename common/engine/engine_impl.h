@@ -13,6 +13,7 @@
 #define SELFSPEC_ENGINE_IMPL_H
 
 #include "engine/engine.h"
+#include "decode/dtree.h"
 #include "decode/jobindex.h"
 #include "decode/ngram.h"
 #include "decode/sampler.h"
@@ -47,6 +48,8 @@ typedef struct {
     int32_t ctx_avail;         /* this step: context tokens proposed */
     int32_t ctx_hist;          /* ... of them read from the history itself */
     int32_t plan_ctx, plan_n;  /* this step (ENGINE_AUTO): the choice, context tokens and block length */
+    dtree tree;                /* this step's candidate tree (has_tree), from the context's matches */
+    int has_tree;
     int32_t dtok[SPEC_MAX_DRAFT + 1];   /* a chained draft's first pass: [cur, ctx...] */
     /* a constrained request (gp.gram): where its output is in the schema */
     js_state *gst;
@@ -104,6 +107,7 @@ struct engine {
     spec_costs nominal;        /* forced mode's draft-source choice, as gen_selfspec */
     job_index jix;             /* drafts from the job's finished requests, when has_jix */
     int has_jix;
+    int can_tree;              /* greedy context drafts may be token trees (engine_params.trees) */
     layer_mask mask;
     qmat head;                 /* rows == 0: full head */
     const int32_t *head_tokens;

@@ -48,6 +48,17 @@ static int plan_context(engine *e, int32_t n_policy, int32_t n_other, int32_t t_
             cap = 0;
         spec_choice ch = spec_choose(e->p.sp.draft, &c, s->alpha_ctx, s->alpha, s->ctx_avail, s->ctx_hist, k, cap,
                                      e->can_layers && k > 0, 0);
+        spec_block tb;
+        /* a tree holds the context's chain with the frequencies of its
+         * matches: it competes with the choices that draft no context */
+        double bar = s->has_tree ? spec_choose(e->p.sp.draft, &c, s->alpha_ctx, s->alpha, 0, 0, k, cap,
+                                               e->can_layers && k > 0, 0).rate : 0.0;
+        if (s->has_tree && dtree_choose(&s->tree, &c, s->alpha_ctx, cap, bar, &tb) > 0) {
+            memcpy(s->blk.tokens, tb.tokens, (size_t)tb.n * sizeof(int32_t));
+            memcpy(s->blk.parent, tb.parent, (size_t)tb.n * sizeof(int32_t));
+            s->blk.tree_depth = tb.tree_depth;
+            ch = (spec_choice){.n_ctx = tb.n};
+        }
         s->plan_ctx = ch.n_ctx;
         s->plan_n = ch.n_ctx + ch.k_layers;
         budget -= s->plan_n;
@@ -58,16 +69,35 @@ static int plan_context(engine *e, int32_t n_policy, int32_t n_other, int32_t t_
 
 /* The job's index against the sequence's own history (which matched own_n
  * tokens, or none): the job's draft replaces it where its match is longer,
- * or as long and with more tokens read from real text. */
-static void job_context(engine *e, eseq *s, int32_t lim, int32_t own_n)
+ * or as long and with more tokens read from real text. Returns the length
+ * of the match the step's context draft comes from (0: none). */
+static int32_t job_context(engine *e, eseq *s, int32_t lim, int32_t own_n)
 {
     int32_t toks[SPEC_MAX_DRAFT], job_n = 0;
     int32_t n = jobindex_draft(&e->jix, s->ng.toks, s->ng.len, lim, toks, &job_n);
     if (n <= 0 || (s->ctx_avail > 0 && (job_n < own_n || (job_n == own_n && n <= s->ctx_hist))))
-        return;
+        return s->ctx_avail > 0 ? own_n : 0;
     memcpy(s->blk.tokens, toks, (size_t)n * sizeof(int32_t));
     s->ctx_avail = s->ctx_hist = n;
     s->blk.ctx_job = 1;
+    return job_n;
+}
+
+/* The candidate tree of a greedy policy sequence whose context draft came
+ * from a match of n tokens: every occurrence of that match in the same
+ * source (the job's index, or its own history), merged (dtree.h). Only
+ * where the occurrences are several; requests that want log-probabilities
+ * or choose their rows on the host (a schema, processors) keep chains. */
+static void plan_tree(engine *e, eseq *s, int32_t n)
+{
+    s->has_tree = 0;
+    if (!e->can_tree || s->spec_mode != 1 || n <= 0 || s->proc || s->gst || s->gp.want_logprobs ||
+        s->gp.sampling.temperature != 0.0f)
+        return;
+    const ngram_index *ix = s->blk.ctx_job ? &e->jix.ix : &s->ng;
+    dtree_reset(&s->tree);
+    dtree_from_index(&s->tree, ix, s->ng.toks + s->ng.len - n, n, JOBINDEX_SEP);
+    s->has_tree = s->tree.n_occ > 1;
 }
 
 /* Decide each decoding sequence's draft cap (and context tokens) for this
@@ -94,6 +124,8 @@ void plan_drafts(engine *e)
         s->blk.n_ctx = 0;
         s->blk.ctx_job = 0;
         s->blk.forced = 0;
+        s->blk.tree_depth = 0;
+        s->has_tree = 0;
         s->ctx_hist = 0;
         s->ctx_avail = 0;
         s->plan_forced = 0;
@@ -113,8 +145,10 @@ void plan_drafts(engine *e)
         }
         int32_t own_n = 0;
         s->ctx_avail = s->has_ng ? ngram_draft(&s->ng, lim, s->blk.tokens, &own_n, &s->ctx_hist) : 0;
+        int32_t match_n = s->ctx_avail > 0 ? own_n : 0;
         if (e->has_jix && s->has_ng && s->gp.sampling.temperature == 0.0f)   /* greedy only: see jobindex.h */
-            job_context(e, s, lim, own_n);
+            match_n = job_context(e, s, lim, own_n);
+        plan_tree(e, s, match_n);
         if (s->gst && s->ctx_avail > 0) {   /* a context draft only as far as the schema allows it */
             s->ctx_avail = gram_valid_prefix(s->gp.gram, s->gst, s->blk.tokens, s->ctx_avail);
             if (s->ctx_hist > s->ctx_avail)
@@ -178,6 +212,7 @@ void plan_drafts(engine *e)
                 s->k_max = k;
         } else if (!want) {
             s->k_max = 0;
+            s->blk.tree_depth = 0;
         } else {
             s->blk.n = s->blk.n_ctx = s->plan_ctx;
             s->k_max = s->plan_n;
