@@ -425,6 +425,59 @@ static void test_job_index(void **state)
     tiny_close(&t);
 }
 
+/* Token trees (decode/dtree.h, engine_params.trees): near-duplicate
+ * requests (the first half's prompts again with the last token changed, so
+ * the job's index and the histories hold matches that went on in several
+ * ways) and prompts with repeats, greedy and sampled, forced context
+ * drafts and auto on a machine where verification is cheap. With trees on,
+ * the engine verifies trees (source "tree") and every output equals
+ * gen_plain alone, at one sequence and at all at once; with trees off it
+ * verifies none. */
+static void test_trees(void **state)
+{
+    (void)state;
+    tiny t;
+    tiny_open(&t);
+    req *r = calloc(N_REQ, sizeof *r);
+    make_requests(r, N_REQ, 1);
+    add_repeats(r, N_REQ);
+    for (int i = N_REQ / 2; i < N_REQ; i++) {
+        int keep = r[i].gp.max_tokens;
+        r[i] = r[i - N_REQ / 2];
+        r[i].prompt[r[i].n_prompt - 1] = (r[i].prompt[r[i].n_prompt - 1] + 1) % 256;
+        r[i].gp.max_tokens = keep;
+    }
+    const int seqs[] = {1, N_REQ, 1, N_REQ, 1};
+    int64_t tree_blocks = 0, tree_acc = 0;
+    for (int k = 0; k < 5; k++) {   /* forced context drafts (nominal costs), then auto */
+        if (k == 0)   /* sampled requests: gen_selfspec's context drafts alone */
+            reference_draft(&t, r, N_REQ, NULL, SPEC_DRAFT_CONTEXT);
+        if (k == 3)   /* auto: sampled requests decode plainly */
+            reference(&t, r, N_REQ, NULL);
+        engine_params p;
+        base_params(&p, seqs[k], k < 3 ? ENGINE_SPEC : ENGINE_AUTO, NULL);
+        p.sp.draft = SPEC_DRAFT_CONTEXT;
+        p.sp.max_draft = 12;
+        p.trees = k != 2;
+        engine *e = run_flat(&t, r, N_REQ, &p);
+        const spec_counts *c = &engine_get_totals(e)->spec;
+        printf("  trees %s, max-seqs %d: tree blocks %lld, accepted %lld of %lld; chains %lld + %lld\n",
+               p.trees ? "on" : "off", seqs[k], (long long)c->src_blocks[SPEC_SRC_TREE],
+               (long long)c->src_accepted[SPEC_SRC_TREE], (long long)c->src_drafted[SPEC_SRC_TREE],
+               (long long)c->src_blocks[SPEC_SRC_CONTEXT], (long long)c->src_blocks[SPEC_SRC_JOB]);
+        if (p.trees) {
+            tree_blocks += c->src_blocks[SPEC_SRC_TREE];
+            tree_acc += c->src_accepted[SPEC_SRC_TREE];
+        } else {
+            assert_int_equal(c->src_blocks[SPEC_SRC_TREE], 0);
+        }
+        engine_free(e);
+    }
+    assert_true(tree_blocks > 0 && tree_acc > 0);   /* the test exercised trees */
+    free(r);
+    tiny_close(&t);
+}
+
 /* Context drafts and chains in the engine: forced (ENGINE_SPEC) equals
  * gen_selfspec alone with the same draft source, greedy and sampled, at
  * every --max-seqs; auto equals gen_plain alone and does draft from context;
@@ -1099,6 +1152,7 @@ int main(void)
         cmocka_unit_test(test_batch_invariant_spec),
         cmocka_unit_test(test_batch_invariant_context),
         cmocka_unit_test(test_job_index),
+        cmocka_unit_test(test_trees),
         cmocka_unit_test(test_admission),
         cmocka_unit_test(test_policy),
         cmocka_unit_test(test_remote_source),

@@ -11,7 +11,11 @@
  *  - against a brute-force rescan (the definition) on thousands of random
  *    histories over small vocabularies, after every push, for several
  *    (n_min, n_max), with the hash table growing many times; and with a huge
- *    vocabulary of ids (no collision can fake a match).
+ *    vocabulary of ids (no collision can fake a match);
+ *  - every occurrence, newest first (ngram_occurrences), against a rescan;
+ *  - draft trees (decode/dtree.h): counts, the choice by expected tokens per
+ *    unit of cost (a bar it must beat, the main path first, parents before
+ *    children), and the greedy walk (a side branch, every branch rejected).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -22,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "decode/dtree.h"
 #include "decode/ngram.h"
 
 /* The definition, by rescan: for n = n_max..n_min (n <= len - 1), the
@@ -201,12 +206,121 @@ static void test_against_rescan(void **state)
     assert_true(matches < checks);       /* ... and misses */
 }
 
+/* ngram_occurrences lists every earlier occurrence, newest first, as a
+ * rescan finds them; random histories over 3 symbols, n = 1..3. */
+static void test_occurrences(void **state)
+{
+    (void)state;
+    uint32_t rng = 5;
+    ngram_index ix;
+    ngram_init(&ix, 1, 3);
+    int32_t h[400];
+    for (int32_t len = 0; len < 400; len++) {
+        rng = rng * 1103515245u + 12345u;
+        h[len] = (int32_t)(rng >> 16) % 3;
+        ngram_push(&ix, h[len]);
+        for (int32_t n = 1; n <= 3 && n <= len + 1; n++) {
+            int32_t ends[64], want[64], k = ngram_occurrences(&ix, h + len + 1 - n, n, 64, ends), w = 0;
+            for (int32_t e = len - 1; e >= n - 1 && w < 64; e--)   /* with a successor: e < len */
+                if (!memcmp(h + e - n + 1, h + len + 1 - n, (size_t)n * sizeof(int32_t)))
+                    want[w++] = e;
+            assert_int_equal(k, w);
+            assert_memory_equal(ends, want, (size_t)k * sizeof(int32_t));
+        }
+    }
+    ngram_free(&ix);
+}
+
+static void test_dtree(void **state)
+{
+    (void)state;
+    /* three occurrences: "a b c" twice, "a d" once */
+    dtree t;
+    dtree_reset(&t);
+    const int32_t abc[] = {10, 11, 12}, ad[] = {10, 13};
+    dtree_add(&t, abc, 3);
+    dtree_add(&t, ad, 2);
+    dtree_add(&t, abc, 3);
+    assert_int_equal(t.n_occ, 3);
+    assert_int_equal(t.n, 4);   /* a, b, c, d */
+    assert_int_equal(t.count[0], 3);
+    assert_int_equal(t.count[1], 2);
+    assert_int_equal(t.depth[2], 3);
+    assert_int_equal(t.parent[3], 0);
+    /* free verification (extra 0): every node pays; the main path first */
+    spec_costs c;
+    memset(&c, 0, sizeof c);
+    c.base = c.n_base = 1.0;
+    spec_block b;
+    assert_int_equal(dtree_choose(&t, &c, 1.0f, 8, 0.0, &b), 4);
+    const int32_t want_tok[] = {10, 11, 12, 13}, want_par[] = {0, 1, 2, 1};
+    assert_memory_equal(b.tokens, want_tok, sizeof want_tok);
+    assert_memory_equal(b.parent, want_par, sizeof want_par);
+    assert_int_equal(b.tree_depth, 3);
+    assert_int_equal(b.n, 4);
+    assert_int_equal(b.n_ctx, 4);
+    /* at most 2 nodes: a and the better child b, one path: a chain */
+    assert_int_equal(dtree_choose(&t, &c, 1.0f, 2, 0.0, &b), 2);
+    assert_int_equal(b.tree_depth, 0);
+    assert_int_equal(b.tokens[1], 11);
+    /* tokens that cost 0.4 of a step each: a (estimate 1), b and c (2/3
+     * each) raise the rate, d (1/3) would lower it: the chain a b c */
+    for (int32_t x = 0; x <= SPEC_MAX_DRAFT; x++)
+        c.extra[x] = 0.4 * x;
+    assert_int_equal(dtree_choose(&t, &c, 1.0f, 8, 0.0, &b), 3);
+    assert_int_equal(b.tree_depth, 0);
+    /* a bar no choice reaches: nothing (b untouched) */
+    b.n = 77;
+    assert_int_equal(dtree_choose(&t, &c, 1.0f, 8, 100.0, &b), 0);
+    assert_int_equal(b.n, 77);
+    /* the walk: the argmax rows of [cur, a, b, c, d] */
+    memset(&c, 0, sizeof c);
+    c.base = c.n_base = 1.0;
+    assert_int_equal(dtree_choose(&t, &c, 1.0f, 8, 0.0, &b), 4);
+    int32_t acc, next, path[8];
+    const int32_t side[] = {10, 13, 99, 99, 42};   /* a, then d (row 1's argmax), then d's row says 42 */
+    spec_accept_tree(side, &b, &acc, path, &next);
+    assert_int_equal(acc, 2);
+    assert_int_equal(path[0], 0);
+    assert_int_equal(path[1], 3);
+    assert_int_equal(next, 42);
+    const int32_t main_path[] = {10, 11, 12, 7, 0};
+    spec_accept_tree(main_path, &b, &acc, path, &next);
+    assert_int_equal(acc, 3);
+    assert_int_equal(path[2], 2);
+    assert_int_equal(next, 7);
+    const int32_t none[] = {5, 11, 12, 7, 0};   /* every branch rejected */
+    spec_accept_tree(none, &b, &acc, path, &next);
+    assert_int_equal(acc, 0);
+    assert_int_equal(next, 5);
+    /* from an index: the continuations up to the separator, newest first */
+    ngram_index ix;
+    ngram_init(&ix, 1, 2);
+    const int32_t doc[] = {1, 2, 3, -1, 1, 2, 4, 5, -1, 1, 2, 3, 6};
+    for (size_t i = 0; i < sizeof doc / sizeof doc[0]; i++)
+        if (doc[i] < 0)
+            ngram_push_boundary(&ix, doc[i]);
+        else
+            ngram_push(&ix, doc[i]);
+    const int32_t q[] = {1, 2};
+    dtree_reset(&t);
+    assert_int_equal(dtree_from_index(&t, &ix, q, 2, -1), 3);
+    assert_int_equal(t.n_occ, 3);
+    assert_int_equal(t.tok[0], 3);     /* the newest occurrence first: 3 6 */
+    assert_int_equal(t.count[0], 2);   /* 3 twice */
+    assert_int_equal(t.tok[2], 4);
+    assert_int_equal(t.n, 4);          /* 3, 6, 4, 5: nothing past a separator */
+    ngram_free(&ix);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_edges),
         cmocka_unit_test(test_repeats),
         cmocka_unit_test(test_against_rescan),
+        cmocka_unit_test(test_occurrences),
+        cmocka_unit_test(test_dtree),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -20,6 +20,21 @@ static void ctx_idle(engine *e, eseq *s)
     s->alpha_ctx = st.alpha_ctx;
 }
 
+/* The tree of s (has_tree) by dtree_choose against costs c, at most lim
+ * nodes, when it beats bar: its tokens and parents into s->blk (whose n the
+ * plan sets), its size into s->plan_ctx. Returns whether it is taken. */
+static int use_tree(eseq *s, const spec_costs *c, int32_t lim, double bar)
+{
+    spec_block tb;
+    if (dtree_choose(&s->tree, c, s->alpha_ctx, lim, bar, &tb) <= 0)
+        return 0;
+    memcpy(s->blk.tokens, tb.tokens, (size_t)tb.n * sizeof(int32_t));
+    memcpy(s->blk.parent, tb.parent, (size_t)tb.n * sizeof(int32_t));
+    s->blk.tree_depth = tb.tree_depth;
+    s->plan_ctx = tb.n;
+    return 1;
+}
+
 /* Context-draft choice for the policy sequences of an ENGINE_AUTO step,
  * from the measured cost model: per sequence, spec_choose with the step's
  * plain cost as the base (n_policy tokens), what more tokens add to the
@@ -48,17 +63,12 @@ static int plan_context(engine *e, int32_t n_policy, int32_t n_other, int32_t t_
             cap = 0;
         spec_choice ch = spec_choose(e->p.sp.draft, &c, s->alpha_ctx, s->alpha, s->ctx_avail, s->ctx_hist, k, cap,
                                      e->can_layers && k > 0, 0);
-        spec_block tb;
         /* a tree holds the context's chain with the frequencies of its
          * matches: it competes with the choices that draft no context */
         double bar = s->has_tree ? spec_choose(e->p.sp.draft, &c, s->alpha_ctx, s->alpha, 0, 0, k, cap,
                                                e->can_layers && k > 0, 0).rate : 0.0;
-        if (s->has_tree && dtree_choose(&s->tree, &c, s->alpha_ctx, cap, bar, &tb) > 0) {
-            memcpy(s->blk.tokens, tb.tokens, (size_t)tb.n * sizeof(int32_t));
-            memcpy(s->blk.parent, tb.parent, (size_t)tb.n * sizeof(int32_t));
-            s->blk.tree_depth = tb.tree_depth;
-            ch = (spec_choice){.n_ctx = tb.n};
-        }
+        if (s->has_tree && use_tree(s, &c, cap, bar))
+            ch = (spec_choice){.n_ctx = s->plan_ctx};
         s->plan_ctx = ch.n_ctx;
         s->plan_n = ch.n_ctx + ch.k_layers;
         budget -= s->plan_n;
@@ -91,7 +101,7 @@ static int32_t job_context(engine *e, eseq *s, int32_t lim, int32_t own_n)
 static void plan_tree(engine *e, eseq *s, int32_t n)
 {
     s->has_tree = 0;
-    if (!e->can_tree || s->spec_mode != 1 || n <= 0 || s->proc || s->gst || s->gp.want_logprobs ||
+    if (!e->can_tree || !s->spec_mode || n <= 0 || s->proc || s->gst || s->gp.want_logprobs ||
         s->gp.sampling.temperature != 0.0f)
         return;
     const ngram_index *ix = s->blk.ctx_job ? &e->jix.ix : &s->ng;
@@ -155,11 +165,15 @@ void plan_drafts(engine *e)
                 s->ctx_hist = s->ctx_avail;
         }
         if (s->spec_mode == 2 && e->p.sp.draft != SPEC_DRAFT_LAYERS) {
-            /* forced: the source by the nominal rule, exactly as gen_selfspec */
+            /* forced: the source by the nominal rule, as gen_selfspec; a
+             * context draft with a candidate tree takes the tree's best
+             * nodes under the same nominal costs */
             spec_choice ch = spec_choose(e->p.sp.draft, &e->nominal, s->alpha_ctx, s->ex.ar, s->ctx_avail, s->ctx_hist,
                                          lim, lim, e->can_layers, 1);
             s->blk.n = s->blk.n_ctx = ch.n_ctx;
             s->k_max = ch.n_ctx + ch.k_layers;
+            if (s->has_tree && ch.n_ctx > 0 && ch.k_layers == 0 && use_tree(s, &e->nominal, lim, 0.0))
+                s->blk.n = s->blk.n_ctx = s->k_max = s->plan_ctx;
             if (s->ctx_avail > 0 && ch.n_ctx == 0)
                 ctx_idle(e, s);
         }
