@@ -100,7 +100,8 @@ typedef struct {
     /* Drafts from the whole job (decode/jobindex.h): the finished requests'
      * prompts and outputs, at most this many tokens (0: off). Greedy
      * sequences that draft from context take its draft where it matches a
-     * longer suffix than their own history (n-grams up to NGRAM_MAX_N);
+     * longer suffix than their own history (n-grams up to NGRAM_MAX_N), or
+     * from a request in flight whose history matches longer still;
      * sampled sequences draft from their own history only, so their draws
      * never depend on other requests. */
     int32_t job_index_tokens;

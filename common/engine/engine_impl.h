@@ -48,6 +48,7 @@ typedef struct {
     int32_t ctx_avail;         /* this step: context tokens proposed */
     int32_t ctx_hist;          /* ... of them read from the history itself */
     int32_t plan_ctx, plan_n;  /* this step (ENGINE_AUTO): the choice, context tokens and block length */
+    const ngram_index *ctx_ix; /* this step: the index its context draft came from (own, job's, another's) */
     dtree tree;                /* this step's candidate tree (has_tree), from the context's matches */
     int has_tree;
     int32_t dtok[SPEC_MAX_DRAFT + 1];   /* a chained draft's first pass: [cur, ctx...] */

@@ -90,12 +90,44 @@ static int32_t job_context(engine *e, eseq *s, int32_t lim, int32_t own_n)
     memcpy(s->blk.tokens, toks, (size_t)n * sizeof(int32_t));
     s->ctx_avail = s->ctx_hist = n;
     s->blk.ctx_job = 1;
+    s->ctx_ix = &e->jix.ix;
     return job_n;
+}
+
+/* The requests in flight: where another live sequence's history (its
+ * prompt and the tokens it has emitted so far) holds a longer match of s's
+ * last tokens than the step's draft came from (match_n tokens), what
+ * followed there is the draft (counted as the job's). Their indexes keep
+ * n-grams up to --ngram-max, so this matters most before any request of
+ * the job has finished. Returns the length of the match now used. */
+static int32_t live_context(engine *e, eseq *s, int32_t lim, int32_t match_n)
+{
+    for (int32_t i = 0; i < e->p.max_seqs; i++) {
+        const eseq *o = &e->seqs[i];
+        if (o == s || o->state != SEQ_DECODE || !o->has_ng)
+            continue;
+        for (int32_t n = o->ng.n_max; n > match_n && n >= o->ng.n_min && n <= s->ng.len; n--) {
+            int32_t end = ngram_find(&o->ng, s->ng.toks + s->ng.len - n, n), k = 0;
+            if (end < 0)
+                continue;
+            while (k < lim && end + 1 + k < o->ng.len) {   /* an indexed n-gram has a successor */
+                s->blk.tokens[k] = o->ng.toks[end + 1 + k];
+                k++;
+            }
+            s->ctx_avail = s->ctx_hist = k;
+            s->blk.ctx_job = 1;
+            s->ctx_ix = &o->ng;
+            match_n = n;
+            break;
+        }
+    }
+    return match_n;
 }
 
 /* The candidate tree of a greedy policy sequence whose context draft came
  * from a match of n tokens: every occurrence of that match in the same
- * source (the job's index, or its own history), merged (dtree.h). Only
+ * source (s->ctx_ix: the job's index, a request in flight, or its own
+ * history), merged (dtree.h). Only
  * where the occurrences are several; requests that want log-probabilities
  * or choose their rows on the host (a schema, processors) keep chains. */
 static void plan_tree(engine *e, eseq *s, int32_t n)
@@ -104,9 +136,8 @@ static void plan_tree(engine *e, eseq *s, int32_t n)
     if (!e->can_tree || !s->spec_mode || n <= 0 || s->proc || s->gst || s->gp.want_logprobs ||
         s->gp.sampling.temperature != 0.0f)
         return;
-    const ngram_index *ix = s->blk.ctx_job ? &e->jix.ix : &s->ng;
     dtree_reset(&s->tree);
-    dtree_from_index(&s->tree, ix, s->ng.toks + s->ng.len - n, n, JOBINDEX_SEP);
+    dtree_from_index(&s->tree, s->ctx_ix, s->ng.toks + s->ng.len - n, n, JOBINDEX_SEP);
     s->has_tree = s->tree.n_occ > 1;
 }
 
@@ -156,8 +187,11 @@ void plan_drafts(engine *e)
         int32_t own_n = 0;
         s->ctx_avail = s->has_ng ? ngram_draft(&s->ng, lim, s->blk.tokens, &own_n, &s->ctx_hist) : 0;
         int32_t match_n = s->ctx_avail > 0 ? own_n : 0;
-        if (e->has_jix && s->has_ng && s->gp.sampling.temperature == 0.0f)   /* greedy only: see jobindex.h */
+        s->ctx_ix = &s->ng;
+        if (e->has_jix && s->has_ng && s->gp.sampling.temperature == 0.0f && lim > 0) {   /* greedy only: see jobindex.h */
             match_n = job_context(e, s, lim, own_n);
+            match_n = live_context(e, s, lim, match_n);
+        }
         plan_tree(e, s, match_n);
         if (s->gst && s->ctx_avail > 0) {   /* a context draft only as far as the schema allows it */
             s->ctx_avail = gram_valid_prefix(s->gp.gram, s->gst, s->blk.tokens, s->ctx_avail);
