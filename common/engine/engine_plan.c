@@ -21,12 +21,14 @@ static void ctx_idle(engine *e, eseq *s)
 }
 
 /* The tree of s (has_tree) by dtree_choose against costs c, at most lim
- * nodes, when it beats bar: its tokens and parents into s->blk (whose n the
- * plan sets), its size into s->plan_ctx. Returns whether it is taken. */
+ * nodes, when it beats bar and branches: its tokens and parents into s->blk
+ * (whose n the plan sets), its size into s->plan_ctx. Returns whether it is
+ * taken. A choice that is one path is left to the chain choice, whose
+ * draft may run on past the match's text (ngram.h). */
 static int use_tree(eseq *s, const spec_costs *c, int32_t lim, double bar)
 {
     spec_block tb;
-    if (dtree_choose(&s->tree, c, s->alpha_ctx, lim, bar, &tb) <= 0)
+    if (dtree_choose(&s->tree, c, s->alpha_ctx, lim, bar, &tb) <= 0 || tb.tree_depth == 0)
         return 0;
     memcpy(s->blk.tokens, tb.tokens, (size_t)tb.n * sizeof(int32_t));
     memcpy(s->blk.parent, tb.parent, (size_t)tb.n * sizeof(int32_t));
@@ -128,7 +130,7 @@ static int32_t live_context(engine *e, eseq *s, int32_t lim, int32_t match_n)
  * from a match of n tokens: every occurrence of that match in the same
  * source (s->ctx_ix: the job's index, a request in flight, or its own
  * history), merged (dtree.h). Only
- * where the occurrences are several; requests that want log-probabilities
+ * where their continuations differ; requests that want log-probabilities
  * or choose their rows on the host (a schema, processors) keep chains. */
 static void plan_tree(engine *e, eseq *s, int32_t n)
 {
@@ -138,7 +140,10 @@ static void plan_tree(engine *e, eseq *s, int32_t n)
         return;
     dtree_reset(&s->tree);
     dtree_from_index(&s->tree, s->ctx_ix, s->ng.toks + s->ng.len - n, n, JOBINDEX_SEP);
-    s->has_tree = s->tree.n_occ > 1;
+    int32_t deepest = 0;   /* a trie with more nodes than its depth branches somewhere */
+    for (int32_t i = 0; i < s->tree.n; i++)
+        deepest = s->tree.depth[i] > deepest ? s->tree.depth[i] : deepest;
+    s->has_tree = s->tree.n > deepest;
 }
 
 /* Decide each decoding sequence's draft cap (and context tokens) for this
