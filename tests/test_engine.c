@@ -478,6 +478,85 @@ static void test_trees(void **state)
     tiny_close(&t);
 }
 
+/* The prefix cache (engine/prefix.h): requests that share long prompt
+ * prefixes (several blocks, a prompt that is exactly whole blocks, exact
+ * repeats, and a prompt that is a prefix of another), greedy and sampled:
+ * every output equals the request alone with the cache on, at one sequence
+ * and at several, cached tokens are found, and every block a sequence held
+ * comes back (run_engine). With a pool that holds little more than one
+ * request, idle cached blocks are given back for room (evictions) and the
+ * outputs stay the same; with the cache off nothing is cached. */
+static void test_prefix_cache(void **state)
+{
+    (void)state;
+    tiny t;
+    tiny_open(&t);
+    req *r = calloc(N_REQ, sizeof *r);
+    make_requests(r, N_REQ, 1);
+    uint64_t rng = 7;
+    int32_t common[48];
+    for (int j = 0; j < 48; j++)
+        common[j] = (int32_t)(tmodel_rng(&rng) % 256);
+    for (int i = 0; i < N_REQ; i++) {
+        int32_t head = i % 3 == 0 ? 48 : i % 3 == 1 ? 32 : 20;   /* 3 blocks, 2 blocks, 1 and a part */
+        int32_t tail = i == 4 ? 0 : 3 + (int32_t)(tmodel_rng(&rng) % 9);
+        memcpy(r[i].prompt, common, (size_t)head * sizeof(int32_t));
+        for (int32_t j = 0; j < tail; j++)
+            r[i].prompt[head + j] = (int32_t)(tmodel_rng(&rng) % 256);
+        r[i].n_prompt = head + tail;
+    }
+    r[N_REQ - 1] = r[0];   /* an exact repeat */
+    reference(&t, r, N_REQ, NULL);
+    const int seqs[] = {1, 3, N_REQ, 1, 1};
+    for (int k = 0; k < 5; k++) {
+        engine_params p;
+        base_params(&p, seqs[k], ENGINE_AUTO, NULL);
+        p.prefix_cache = k != 4;
+        if (k == 3) {   /* room for the largest request alone: cached blocks must make way */
+            int32_t most = 0;
+            for (int i = 0; i < N_REQ; i++)
+                if (kv_blocks_for(r[i].n_prompt + r[i].gp.max_tokens + 1) > most)
+                    most = kv_blocks_for(r[i].n_prompt + r[i].gp.max_tokens + 1);
+            p.kv_mem = kv_pool_block_bytes(&t.m.config) * (size_t)most;
+        }
+        char err[256], what[64];
+        snprintf(what, sizeof what, "prefix cache %s, max-seqs %d", p.prefix_cache ? "on" : "off", seqs[k]);
+        engine *e;
+        assert_int_equal(engine_init(&e, &t.m, &p, err, sizeof err), 0);
+        engine_free(e);
+        run_engine(&t, r, N_REQ, &p, what);
+        /* the totals of a second engine run the same way */
+        assert_int_equal(engine_init(&e, &t.m, &p, err, sizeof err), 0);
+        for (int i = 0; i < N_REQ; i++) {
+            engine_callbacks cb = {.on_token = on_token, .on_done = on_done, .user = &r[i]};
+            r[i].n_out = 0;
+            r[i].done = 0;
+            assert_int_equal(engine_submit(e, r[i].prompt, r[i].n_prompt, &r[i].gp, &cb, err, sizeof err), 0);
+        }
+        while (engine_pending(e) > 0)
+            assert_true(engine_step(e, err, sizeof err) >= 0);
+        const engine_totals *tot = engine_get_totals(e);
+        printf("  %s: cached %lld of %lld prompt tokens, evictions %lld\n", what, (long long)tot->cached_prompt_tokens,
+               (long long)tot->prompt_tokens, (long long)tot->prefix_evictions);
+        int64_t want = 0;
+        for (int i = 0; i < N_REQ; i++)
+            want += r[i].n_prompt;
+        assert_int_equal(tot->prompt_tokens, want);
+        if (k == 4)
+            assert_int_equal(tot->cached_prompt_tokens, 0);
+        else if (seqs[k] == 1)
+            assert_true(tot->cached_prompt_tokens >= KV_BLOCK * (N_REQ - 1));   /* each after the first: its first block at least */
+        if (k == 3)
+            assert_true(tot->prefix_evictions > 0);
+        int32_t used, total;
+        engine_kv_usage(e, &used, &total);
+        assert_int_equal(used, 0);
+        engine_free(e);
+    }
+    free(r);
+    tiny_close(&t);
+}
+
 /* Context drafts and chains in the engine: forced (ENGINE_SPEC) equals
  * gen_selfspec alone with the same draft source, greedy and sampled, at
  * every --max-seqs; auto equals gen_plain alone and does draft from context;
@@ -1153,6 +1232,7 @@ int main(void)
         cmocka_unit_test(test_batch_invariant_context),
         cmocka_unit_test(test_job_index),
         cmocka_unit_test(test_trees),
+        cmocka_unit_test(test_prefix_cache),
         cmocka_unit_test(test_admission),
         cmocka_unit_test(test_policy),
         cmocka_unit_test(test_remote_source),

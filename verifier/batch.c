@@ -221,12 +221,13 @@ static void print_summary(const batch_job *j, const engine *e, double secs, cons
     const engine_totals *t = engine_get_totals(e);
     fprintf(stderr,
             "{\"requests\": %lld, \"succeeded\": %lld, \"failed\": %lld, \"skipped_done\": %lld, \"seconds\": %.3f, "
-            "\"requests_per_s\": %.3f, \"prompt_tokens\": %lld, \"output_tokens\": %lld, "
+            "\"requests_per_s\": %.3f, \"prompt_tokens\": %lld, \"cached_prompt_tokens\": %lld, \"output_tokens\": %lld, "
             "\"prompt_tokens_per_s\": %.2f, \"output_tokens_per_s\": %.2f, \"mode\": \"%s\", \"skip_config\": \"%s\", "
             "\"steps\": %lld, \"spec_steps\": %lld, \"num_drafts\": %lld, \"num_draft_tokens\": %lld, "
             "\"num_accepted_tokens\": %lld, \"mean_acceptance_length\": %.3f, \"num_accepted_tokens_per_pos\": [",
             (long long)j->n_read, (long long)j->n_ok, (long long)j->n_err, (long long)j->n_skipped, secs,
-            secs > 0 ? (j->n_ok + j->n_err) / secs : 0.0, (long long)j->prompt_tokens, (long long)j->output_tokens,
+            secs > 0 ? (j->n_ok + j->n_err) / secs : 0.0, (long long)j->prompt_tokens, (long long)t->cached_prompt_tokens,
+            (long long)j->output_tokens,
             secs > 0 ? j->prompt_tokens / secs : 0.0, secs > 0 ? j->output_tokens / secs : 0.0,
             engine_mode_name(j->o->so.ep.mode), skip_src, (long long)t->steps, (long long)t->spec_steps,
             (long long)t->spec.num_drafts, (long long)t->spec.num_draft_tokens, (long long)t->spec.num_accepted_tokens,

@@ -121,12 +121,14 @@ int svc_parse_opt(svc_opts *o, int c, const char *optarg)
         return 1;
     case SVC_OPT_FORCED_DRAFTS:
     case SVC_OPT_TREES:
+    case SVC_OPT_PREFIX_CACHE:
         if (strcmp(optarg, "on") != 0 && strcmp(optarg, "off") != 0) {
             fprintf(stderr, "selfspec: --%s takes on or off, got '%s'\n",
-                    c == SVC_OPT_TREES ? "trees" : "forced-drafts", optarg);
+                    c == SVC_OPT_TREES ? "trees" : c == SVC_OPT_PREFIX_CACHE ? "prefix-cache" : "forced-drafts", optarg);
             return -1;
         }
-        *(c == SVC_OPT_TREES ? &o->ep.trees : &o->ep.forced_drafts) = optarg[1] == 'n';
+        *(c == SVC_OPT_TREES ? &o->ep.trees : c == SVC_OPT_PREFIX_CACHE ? &o->ep.prefix_cache : &o->ep.forced_drafts) =
+            optarg[1] == 'n';
         return 1;
     case SVC_OPT_AMX:
         if (!strcmp(optarg, "auto")) {

@@ -38,7 +38,7 @@ enum { SVC_OPT_FIRST = 300, SVC_OPT_MAX_SEQS = SVC_OPT_FIRST, SVC_OPT_MAX_BATCH_
        SVC_OPT_MODE, SVC_OPT_SKIP, SVC_OPT_DRAFT_HEAD, SVC_OPT_DRAFT_MAX, SVC_OPT_DEVICE, SVC_OPT_GAMMA,
        SVC_OPT_GAMMA_STEP, SVC_OPT_AR_TARGET, SVC_OPT_DRAFT, SVC_OPT_NGRAM_MIN, SVC_OPT_NGRAM_MAX,
        SVC_OPT_TOKEN_COST, SVC_OPT_JOB_INDEX, SVC_OPT_SERVED_NAME, SVC_OPT_FORCED_DRAFTS, SVC_OPT_USAGE_DETAILS,
-       SVC_OPT_AMX, SVC_OPT_TREES, SVC_OPT_LAST };
+       SVC_OPT_AMX, SVC_OPT_TREES, SVC_OPT_PREFIX_CACHE, SVC_OPT_LAST };
 #define SVC_SPEC_LONG_OPTIONS                                                                                 \
     {"model", required_argument, 0, 'm'}, {"ctx", required_argument, 0, 'c'},                                 \
         {"threads", required_argument, 0, 't'}, {"device", required_argument, 0, SVC_OPT_DEVICE},             \
@@ -58,6 +58,7 @@ enum { SVC_OPT_FIRST = 300, SVC_OPT_MAX_SEQS = SVC_OPT_FIRST, SVC_OPT_MAX_BATCH_
         {"job-index", required_argument, 0, SVC_OPT_JOB_INDEX},                                              \
         {"forced-drafts", required_argument, 0, SVC_OPT_FORCED_DRAFTS},                                      \
         {"trees", required_argument, 0, SVC_OPT_TREES},                                                       \
+        {"prefix-cache", required_argument, 0, SVC_OPT_PREFIX_CACHE},                                         \
         {"usage-details", no_argument, 0, SVC_OPT_USAGE_DETAILS},                                            \
         {"served-model-name", required_argument, 0, SVC_OPT_SERVED_NAME}
 #define SVC_LONG_OPTIONS SVC_SPEC_LONG_OPTIONS, SVC_BATCH_LONG_OPTIONS
@@ -93,6 +94,8 @@ enum { SVC_OPT_FIRST = 300, SVC_OPT_MAX_SEQS = SVC_OPT_FIRST, SVC_OPT_MAX_BATCH_
     "      --forced-drafts on|off  response_format: the schema's forced text as free drafts (on)\n"      \
     "      --trees on|off     greedy context drafts: verify a tree of the match's continuations\n"      \
     "                         where the cost model says it pays (on; the CPU backend only)\n"          \
+    "      --prefix-cache on|off  keep computed prompt blocks for later prompts that start\n"      \
+    "                         the same way (on; the CPU backend only; same output)\n"                \
     "      --usage-details    usage.completion_tokens_details: accepted and rejected draft tokens\n"     \
     "                         (they depend on speculation and timing: results then differ by mode)\n"  \
     "      --served-model-name NAME  the model id in responses and /v1/models (default: the\n"              \

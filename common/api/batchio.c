@@ -1231,6 +1231,10 @@ char *batch_format_result(const batch_result *r, char *err, size_t errlen)
         bad |= batchio_add_num(usage, "prompt_tokens", r->prompt_tokens);
         bad |= batchio_add_num(usage, "completion_tokens", r->completion_tokens);
         bad |= batchio_add_num(usage, "total_tokens", (double)r->prompt_tokens + r->completion_tokens);
+        cJSON *pdet = r->usage_details ? cJSON_AddObjectToObject(usage, "prompt_tokens_details") : NULL;
+        bad |= r->usage_details && !pdet ? -1 : 0;
+        if (pdet)
+            bad |= batchio_add_num(pdet, "cached_tokens", (double)r->cached_tokens);
         cJSON *det = r->usage_details ? cJSON_AddObjectToObject(usage, "completion_tokens_details") : NULL;
         bad |= r->usage_details && !det ? -1 : 0;
         if (det) {

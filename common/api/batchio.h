@@ -202,6 +202,7 @@ typedef struct {
      * tokens of a predicted output that were and were not used) */
     int usage_details;
     int64_t accepted_prediction_tokens, rejected_prediction_tokens;
+    int64_t cached_tokens;       /* usage.prompt_tokens_details.cached_tokens (usage_details) */
 } batch_result;
 
 /* One of several choices of a result (n > 1). */
@@ -221,7 +222,8 @@ typedef struct batch_choice {
  *    "choices":[{"index":0,"text":T,"logprobs":null,"finish_reason":F}],
  *    "usage":{"prompt_tokens":P,"completion_tokens":N,"total_tokens":P+N},
  *    "system_fingerprint":FP}
- * (usage_details: usage also has "completion_tokens_details":
+ * (usage_details: usage also has "prompt_tokens_details":
+ *  {"cached_tokens":C} and "completion_tokens_details":
  *  {"accepted_prediction_tokens":A,"rejected_prediction_tokens":R})
  * or for chat
  *   {"id":"chatcmpl-<hex>","object":"chat.completion","created":C,"model":M,

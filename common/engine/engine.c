@@ -42,6 +42,7 @@ void engine_params_default(engine_params *p)
     p->job_index_tokens = 1 << 17;
     p->forced_drafts = 1;
     p->trees = 1;
+    p->prefix_cache = 1;
     p->calibrate = 1;
 }
 
@@ -94,6 +95,10 @@ int engine_init(engine **out, const model *m, const engine_params *params, char 
     e->p.max_batch_tokens = engine_pass_tokens(p);
     fwd_state_init(&e->fs, &m->config, e->p.max_batch_tokens, p->ctx + SPEC_MAX_DRAFT + 2);
     e->be = p->backend ? p->backend : backend_cpu_init(&e->cpu, m, &e->fs, &e->pool);
+    if (p->prefix_cache && !p->backend && !p->slot_kv) {
+        prefix_init(&e->pc, &e->pool);
+        e->has_pc = 1;
+    }
     e->seqs = callocCheck((size_t)p->max_seqs, sizeof(eseq));
     e->batch = callocCheck((size_t)p->max_seqs, sizeof(fwd_seq));
     e->bseq = callocCheck((size_t)p->max_seqs, sizeof(int32_t));
@@ -187,6 +192,8 @@ void engine_free(engine *e)
     free(e->dslot);
     free(e->dids);
     free(e->dconf);
+    if (e->has_pc)
+        prefix_free(&e->pc);
     backend_cpu_free(&e->cpu);
     free(e->batch);
     free(e->bseq);
@@ -287,6 +294,30 @@ const engine_totals *engine_get_totals(const engine *e) { return &e->tot; }
 void engine_kv_usage(const engine *e, int32_t *used, int32_t *total)
 {
     e->be->kv_usage(e->be, used, total);
+    if (e->has_pc)   /* blocks only the prefix cache holds are free on demand */
+        *used -= prefix_idle_blocks(&e->pc);
+}
+
+/* A paged cache of cap positions for a prompt, its first full blocks taken
+ * from the prefix cache where they are there (at least the last prompt
+ * token is computed: its logits row chooses the first token), idle cached
+ * blocks given back while the pool lacks room. Returns the positions it
+ * starts with (>= 0), or -1 when the pool has no room now (nothing taken). */
+static int32_t open_with_prefix(engine *e, kv_cache *kv, int32_t cap, const int32_t *prompt, int32_t n_prompt)
+{
+    int32_t n_blocks = kv_blocks_for(cap), shared[ENGINE_MAX_PREFIX_BLOCKS];
+    int32_t want = (n_prompt - 1) / KV_BLOCK;
+    if (want > ENGINE_MAX_PREFIX_BLOCKS)
+        want = ENGINE_MAX_PREFIX_BLOCKS;
+    int32_t got = prefix_match(&e->pc, prompt, want, shared);
+    for (int32_t i = 0; i < got; i++)   /* ours while the pool makes room */
+        kv_block_hold(&e->pool, shared[i]);
+    while (e->pool.n_free < n_blocks - got && prefix_evict(&e->pc))
+        e->tot.prefix_evictions++;
+    int rc = kv_init_paged_shared(kv, &e->pool, cap, shared, got);
+    for (int32_t i = 0; i < got; i++)
+        kv_block_drop(&e->pool, shared[i]);
+    return rc == 0 ? got * KV_BLOCK : -1;
 }
 
 /* ---- one step ---- */
@@ -301,10 +332,15 @@ static int admit(engine *e, char *err, size_t errlen)
             slot++;
         assert(slot < e->p.max_seqs);
         eseq *s = &e->seqs[slot];
+        int32_t cached = 0;   /* prompt positions the prefix cache holds */
         if (e->p.slot_kv) {
             s->kv = e->p.slot_kv[slot];
             s->kv.len = 0;
             s->borrowed_kv = 1;
+        } else if (e->has_pc) {
+            cached = open_with_prefix(e, &s->kv, seq_cap(w->n_prompt, w->gp.max_tokens), w->prompt, w->n_prompt);
+            if (cached < 0)
+                break;   /* wait for a running sequence to return its KV */
         } else {
             int o = e->be->kv_open(e->be, &s->kv, seq_cap(w->n_prompt, w->gp.max_tokens), 0, err, errlen);
             if (o < 0)
@@ -353,12 +389,17 @@ static int admit(engine *e, char *err, size_t errlen)
         s->state = SEQ_PREFILL;
         s->prompt = w->prompt;
         s->n_prompt = w->n_prompt;
-        s->n_prefilled = 0;
+        s->n_prefilled = cached;
+        s->kv.len = cached;
         s->gp = w->gp;
         s->cb = w->cb;
         s->ex = (spec_exit){e->p.sp.gamma_init, e->p.sp.ar_init};
         s->alpha = e->p.ss && e->p.ss->speedup > 0 ? 0.8f : 0.7f;
-        s->res = (engine_result){.prompt_tokens = w->n_prompt, .t_submit = w->t_submit};
+        s->res = (engine_result){.prompt_tokens = w->n_prompt, .cached_tokens = cached, .t_submit = w->t_submit};
+        e->tot.cached_prompt_tokens += cached;
+        e->tot.prompt_tokens += cached;   /* the rest is counted as it is computed */
+        if (e->has_pc)
+            e->pc.hit_tokens += cached;
         e->head_wait = (e->head_wait + 1) % e->cap_wait;
         e->n_wait--;
         e->n_live++;
@@ -733,6 +774,8 @@ int engine_step(engine *e, char *err, size_t errlen)
             e->tot.prompt_tokens += sq->n_tokens;
             if (s->n_prefilled < s->n_prompt)
                 continue;   /* no logits row for a middle chunk */
+            if (e->has_pc)   /* its full prompt blocks, for later prompts */
+                prefix_insert(&e->pc, s->prompt, s->n_prompt / KV_BLOCK, s->kv.blocks);
             const float *first_row = need_logits ? row : NULL;
             const size_t ri = (size_t)(am - e->am);   /* the output row */
             if (s->proc) {

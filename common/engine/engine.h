@@ -116,13 +116,19 @@ typedef struct {
      * tree pays more than the chain (1). Needs a backend with kv_copy (the
      * CPU's); never with a remote source. 0: chains only. */
     int trees;
+    /* The prefix cache (engine/prefix.h): full blocks of computed prompt KV
+     * are kept after their request and reused by a later prompt that starts
+     * with the same tokens (1). CPU backend with the engine's own pool only;
+     * output is the same either way. 0: off. */
+    int prefix_cache;
 } engine_params;
 
 /* The defaults of every command (the one place they are set): 32
  * sequences, 256 tokens a pass, 512 MiB of KV, the model's context capped
  * at ENGINE_DEFAULT_CTX (ctx 0 until engine_params_resolve), ENGINE_AUTO,
  * spec_params_default with every draft source (SPEC_DRAFT_AUTO), a job
- * index of 131072 tokens, forced drafts and token trees on, no skip set. */
+ * index of 131072 tokens, forced drafts, token trees and the prefix cache
+ * on, no skip set. */
 #define ENGINE_DEFAULT_CTX 4096
 void engine_params_default(engine_params *p);
 
@@ -142,6 +148,7 @@ typedef enum { ENGINE_FINISH_LENGTH, ENGINE_FINISH_STOP } engine_finish;
 
 typedef struct {
     int32_t prompt_tokens;
+    int32_t cached_tokens;     /* of them: found in the prefix cache (not computed) */
     int32_t generated_tokens;
     engine_finish finish;      /* STOP: EOG token or a stop string; LENGTH: max_tokens */
     int64_t drafts, draft_tokens, accepted_tokens;
@@ -168,6 +175,8 @@ typedef struct {
     spec_counts spec;                         /* speculation counters (decode/spec.h) */
     int64_t steps, spec_steps;                /* forward passes; of them with drafts */
     int64_t prompt_tokens, generation_tokens;
+    int64_t cached_prompt_tokens;             /* of prompt_tokens: found in the prefix cache */
+    int64_t prefix_evictions;                 /* cached blocks given back for room */
     int64_t requests_done;
     double forward_seconds, draft_seconds;
 } engine_totals;

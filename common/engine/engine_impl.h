@@ -14,12 +14,16 @@
 
 #include "engine/engine.h"
 #include "decode/dtree.h"
+#include "engine/prefix.h"
 #include "decode/jobindex.h"
 #include "decode/ngram.h"
 #include "decode/sampler.h"
 #include "model/backend.h"
 
 enum { SEQ_FREE, SEQ_PREFILL, SEQ_DECODE };
+
+/* The longest prompt prefix looked up in the prefix cache, in blocks. */
+#define ENGINE_MAX_PREFIX_BLOCKS 1024
 
 /* One live sequence. */
 typedef struct {
@@ -109,6 +113,8 @@ struct engine {
     job_index jix;             /* drafts from the job's finished requests, when has_jix */
     int has_jix;
     int can_tree;              /* greedy context drafts may be token trees (engine_params.trees) */
+    prefix_cache pc;           /* computed prompt blocks kept for later prompts, when has_pc */
+    int has_pc;
     layer_mask mask;
     qmat head;                 /* rows == 0: full head */
     const int32_t *head_tokens;

@@ -625,10 +625,8 @@ void kv_free(kv_cache *kv)
 {
     if (kv->pool) {
         int32_t n = kv_blocks_for(kv->cap);
-        for (int32_t i = 0; i < n; i++) {
-            assert(kv->pool->n_free < kv->pool->n_blocks);
-            kv->pool->free_ids[kv->pool->n_free++] = kv->blocks[i];
-        }
+        for (int32_t i = 0; i < n; i++)
+            kv_block_drop(kv->pool, kv->blocks[i]);
         free(kv->blocks);
     } else {
         free(kv->k);
@@ -647,9 +645,25 @@ int32_t kv_blocks_for(int32_t cap)
     return (cap + KV_BLOCK - 1) / KV_BLOCK;
 }
 
+void kv_block_hold(kv_pool *p, int32_t id)
+{
+    assert(id >= 0 && id < p->n_blocks && p->refs[id] > 0);
+    p->refs[id]++;
+}
+
+void kv_block_drop(kv_pool *p, int32_t id)
+{
+    assert(id >= 0 && id < p->n_blocks && p->refs[id] > 0);
+    if (--p->refs[id] == 0) {
+        assert(p->n_free < p->n_blocks);
+        p->free_ids[p->n_free++] = id;
+    }
+}
+
 /* Every block free, block 0 handed out first. */
 static void pool_ids_init(kv_pool *p, const model_config *c, int32_t n)
 {
+    p->refs = callocCheck((size_t)n, sizeof(int32_t));
     p->n_blocks = p->n_free = n;
     for (int32_t i = 0; i < n; i++)
         p->free_ids[i] = n - 1 - i;
@@ -691,18 +705,31 @@ void kv_pool_free(kv_pool *p)
     free(p->k);
     free(p->v);
     free(p->free_ids);
+    free(p->refs);
     memset(p, 0, sizeof *p);
 }
 
 int kv_init_paged(kv_cache *kv, kv_pool *p, int32_t cap)
 {
+    return kv_init_paged_shared(kv, p, cap, NULL, 0);
+}
+
+int kv_init_paged_shared(kv_cache *kv, kv_pool *p, int32_t cap, const int32_t *shared, int32_t n_shared)
+{
     memset(kv, 0, sizeof *kv);
     int32_t n = kv_blocks_for(cap);
-    if (cap <= 0 || n > p->n_free)
+    if (cap <= 0 || n_shared < 0 || n_shared > n || n - n_shared > p->n_free)
         return -1;
     kv->blocks = mallocCheck((size_t)n * sizeof(int32_t));
-    for (int32_t i = 0; i < n; i++)
+    for (int32_t i = 0; i < n_shared; i++) {
+        kv_block_hold(p, shared[i]);
+        kv->blocks[i] = shared[i];
+    }
+    for (int32_t i = n_shared; i < n; i++) {
         kv->blocks[i] = p->free_ids[--p->n_free];
+        assert(p->refs[kv->blocks[i]] == 0);
+        p->refs[kv->blocks[i]] = 1;
+    }
     kv->pool = p;
     kv->cap = n * KV_BLOCK;
     kv->n_layers = p->n_layers;
@@ -858,6 +885,16 @@ static inline kv_elem *kv_head_row(const fwd_seq *sq, int which, int32_t l, int3
     return (which ? kv->v : kv->k) + ((size_t)l * kv->cap + idx) * kv->kv_dim + (size_t)h * kv->head_dim;
 }
 
+/* Whether slot p of sq's cache may be written: a draft scratch's, a
+ * contiguous cache's, or in a pool block no one else holds (a shared prompt
+ * prefix is read-only). For asserts. */
+static inline int kv_slot_private(const fwd_seq *sq, int32_t p)
+{
+    if ((sq->scratch && p >= sq->scratch_base) || !sq->kv->pool)
+        return 1;
+    return sq->kv->pool->refs[sq->kv->blocks[p / KV_BLOCK]] == 1;
+}
+
 /* Positions first..n-1 of KV head h of layer l of sq as runs of consecutive
  * rows (a pool block, the contiguous cache, the draft scratch). Returns the
  * number of runs. */
@@ -910,6 +947,7 @@ void kv_copy_slot(kv_cache *kv, int32_t from, int32_t to)
     if (from == to)
         return;
     const fwd_seq sq = {.kv = kv};
+    assert(kv_slot_private(&sq, to));
     for (int32_t l = 0; l < kv->n_layers; l++)
         for (int32_t h = 0; h < kv->kv_dim / kv->head_dim; h++)
             for (int which = 0; which < 2; which++) {
@@ -1004,6 +1042,7 @@ static void attn_sublayer(const model *m, fwd_state *s, const fwd_seq *seqs, int
         rope(q, c->n_heads, c->head_dim, cs, sn, c->rope_neox);
         rope(k, c->n_kv_heads, c->head_dim, cs, sn, c->rope_neox);
         const fwd_seq *sq = &seqs[s->tok_seq[t]];
+        assert(kv_slot_private(sq, s->tok_slot[t]));
         for (int32_t h = 0; h < c->n_kv_heads; h++) {
             int32_t stride;
             kv_elem *kd = kv_head_row(sq, 0, l, s->tok_slot[t], h, &stride);

@@ -146,6 +146,8 @@ typedef struct {
     int32_t n_blocks;
     int32_t n_free;           /* blocks not held by any cache */
     int32_t *free_ids;        /* (n_blocks) the free blocks are free_ids[0..n_free) */
+    int32_t *refs;            /* (n_blocks) holders of each block: the caches it is in,
+                                 plus a prefix cache's hold (kv_block_hold); 0: free */
     int32_t n_layers, kv_dim, head_dim;
 } kv_pool;
 
@@ -250,6 +252,15 @@ int32_t kv_blocks_for(int32_t cap);
 /* A paged cache of cap positions (rounded up to whole blocks) from pool p.
  * Returns 0, or -1 when the pool has too few free blocks (nothing taken). */
 int kv_init_paged(kv_cache *kv, kv_pool *p, int32_t cap);
+/* The same, whose first n_shared blocks are the given blocks of p (held
+ * once more: a prompt prefix another sequence computed, read-only here;
+ * its len is left 0, the caller sets it), the rest fresh. Positions in a
+ * block held by more than one holder are never written (asserted). */
+int kv_init_paged_shared(kv_cache *kv, kv_pool *p, int32_t cap, const int32_t *shared, int32_t n_shared);
+/* One more / one fewer holder of block id of p; the last one's drop
+ * returns the block to the free list. */
+void kv_block_hold(kv_pool *p, int32_t id);
+void kv_block_drop(kv_pool *p, int32_t id);
 /* Drop every position >= len (len <= kv->len). */
 void kv_truncate(kv_cache *kv, int32_t len);
 /* Copy the keys and values of slot `from` (every layer and head) to slot

@@ -371,7 +371,8 @@ char *job_format_result(const job_outcome *o, const job_format_opts *f, char *er
                        .text = o->text, .finish = o->finish, .prompt_tokens = o->res.prompt_tokens,
                        .completion_tokens = o->res.generated_tokens, .system_fingerprint = f->fingerprint,
                        .usage_details = f->usage_details, .accepted_prediction_tokens = o->res.accepted_tokens,
-                       .rejected_prediction_tokens = o->res.draft_tokens - o->res.accepted_tokens};
+                       .rejected_prediction_tokens = o->res.draft_tokens - o->res.accepted_tokens,
+                       .cached_tokens = o->res.cached_tokens};
     int n_ch = o->n_choices > 0 ? o->n_choices : 1;
     job_choice one = {o->text, o->finish, o->lp, o->lp_off, o->n_lp};
     const job_choice *jc = o->n_choices > 0 ? o->choices : &one;
