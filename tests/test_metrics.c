@@ -37,6 +37,9 @@ static void test_names_and_values(void **state)
     assert_non_null(m);
     metrics_request_done(m, 0, 10, 5, 0.05, 0.45);   /* tpot (0.45-0.05)/4 = 0.1 */
     metrics_request_done(m, 1, 7, 1, 0.002, 0.002);
+    metrics_prefix_cache(m, 10, 0);
+    metrics_prefix_cache(m, 7, 16);   /* more than asked: counted as given */
+    metrics_prefix_cache(m, -1, -1);  /* nothing */
     metrics_request_failed(m, "invalid");
     metrics_request_failed(m, "invalid");
     metrics_request_failed(m, "Bad Reason!");        /* only [a-z_] kept: "adeason" */
@@ -60,6 +63,8 @@ static void test_names_and_values(void **state)
     assert_true(sample(t, S("selfspec:kv_cache_usage_perc{%s}", L)) == 0.25);
     assert_true(sample(t, S("selfspec:prompt_tokens_total{%s}", L)) == 17);
     assert_true(sample(t, S("selfspec:generation_tokens_total{%s}", L)) == 6);
+    assert_true(sample(t, S("selfspec:prefix_cache_queries_total{%s}", L)) == 17);
+    assert_true(sample(t, S("selfspec:prefix_cache_hits_total{%s}", L)) == 16);
     assert_true(sample(t, S("selfspec:request_success_total{finished_reason=\"stop\",%s}", L)) == 1);
     assert_true(sample(t, S("selfspec:request_success_total{finished_reason=\"length\",%s}", L)) == 1);
     assert_true(sample(t, S("selfspec:request_failure_total{reason=\"invalid\",%s}", L)) == 2);

@@ -46,6 +46,7 @@ struct metrics {
     char prefix[METRICS_NAME_MAX];
     char *model_label;                      /* escaped label value */
     int64_t prompt_tokens, generation_tokens;
+    int64_t cache_queries, cache_hits;      /* prefix cache, in prompt tokens */
     int64_t success_stop, success_length;
     char reasons[METRICS_MAX_REASONS][32];
     int64_t reason_counts[METRICS_MAX_REASONS];
@@ -152,6 +153,14 @@ void metrics_request_done(metrics *m, int finish_length, int64_t prompt_tokens, 
         metrics_hist_observe(&m->e2e, e2e);
     if (ttft >= 0 && e2e >= ttft && gen_tokens > 1)
         metrics_hist_observe(&m->tpot, (e2e - ttft) / (double)(gen_tokens - 1));
+    pthread_mutex_unlock(&m->mu);
+}
+
+void metrics_prefix_cache(metrics *m, int64_t queried, int64_t hit)
+{
+    pthread_mutex_lock(&m->mu);
+    m->cache_queries += queried > 0 ? queried : 0;
+    m->cache_hits += hit > 0 ? hit : 0;
     pthread_mutex_unlock(&m->mu);
 }
 
@@ -319,6 +328,10 @@ char *metrics_render(metrics *m)
                    (double)m->prompt_tokens);
     metrics_scalar(&b, m, "generation_tokens_total", "counter", "Number of generation tokens processed.",
                    (double)m->generation_tokens);
+    metrics_scalar(&b, m, "prefix_cache_queries_total", "counter",
+                   "Prompt tokens looked up in the prefix cache.", (double)m->cache_queries);
+    metrics_scalar(&b, m, "prefix_cache_hits_total", "counter", "Prompt tokens found in the prefix cache.",
+                   (double)m->cache_hits);
     metrics_head(&b, m, "request_success_total", "counter", "Count of successfully processed requests.");
     metrics_printf(&b, "%srequest_success_total{finished_reason=\"stop\",model_name=\"%s\"} %lld\n", m->prefix,
                    m->model_label, (long long)m->success_stop);

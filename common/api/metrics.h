@@ -65,6 +65,10 @@ void metrics_free(metrics *m);
 void metrics_request_done(metrics *m, int finish_length, int64_t prompt_tokens, int64_t gen_tokens,
                           double ttft, double e2e);
 
+/* A finished request's prompt: queried tokens looked up in the prefix
+ * cache, hit of them found there (vLLM's prefix_cache_queries / _hits). */
+void metrics_prefix_cache(metrics *m, int64_t queried, int64_t hit);
+
 /* A request failed (invalid, rejected, aborted, ...): counted under the
  * label reason ([a-z_]+; anything past METRICS_MAX_REASONS distinct
  * reasons is counted as "other"). */

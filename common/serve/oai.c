@@ -207,9 +207,11 @@ static void oai_on_done(void *user, const job_outcome *o)
     job_format_opts f = {.model = s->cfg.model_name, .created = r->created, .fingerprint = s->cfg.fingerprint,
                          .usage_details = s->cfg.usage_details};
     char *body = r->stream ? NULL : job_format_body(o, &f, err, sizeof err);
-    if (s->mx)
+    if (s->mx) {
         metrics_request_done(s->mx, o->finish == BATCH_FINISH_LENGTH, o->res.prompt_tokens, o->res.generated_tokens,
                              o->res.t_first > 0 ? o->res.t_first - r->t_arrival : -1, o->res.t_done - r->t_arrival);
+        metrics_prefix_cache(s->mx, o->res.prompt_tokens, o->res.cached_tokens);
+    }
     pthread_mutex_lock(&s->mu);
     if (r->stream) {
         for (int i = 0; i < (o->n_choices > 0 ? o->n_choices : 1); i++) {

@@ -124,10 +124,12 @@ static void qworker_on_done(void *user, const job_outcome *o)
     j->state = QJOB_FINISHED;
     w->st->prompt_tokens += o->res.prompt_tokens;
     w->st->output_tokens += o->res.generated_tokens;
-    if (w->mx)
+    if (w->mx) {
         metrics_request_done(w->mx, o->finish == BATCH_FINISH_LENGTH, o->res.prompt_tokens, o->res.generated_tokens,
                              o->res.t_first > 0 ? o->res.t_first - o->res.t_submit : -1,
                              o->res.t_done - o->res.t_submit);
+        metrics_prefix_cache(w->mx, o->res.prompt_tokens, o->res.cached_tokens);
+    }
 }
 
 /* One entry read or claimed: into the engine, or dead. */
