@@ -43,7 +43,7 @@ static int cmp_d(const void *a, const void *b)
 int main(int argc, char **argv)
 {
     if (argc < 2) {
-        fprintf(stderr, "usage: %s MODEL [threads] [reps] [ctx] [default|off|N|cmp] [prefill T list]\n", argv[0]);
+        fprintf(stderr, "usage: %s MODEL [threads] [reps] [ctx] [default|off|N|cmp|cmp:N] [prefill T list]\n", argv[0]);
         return 2;
     }
     if (argc > 2)
@@ -57,12 +57,12 @@ int main(int argc, char **argv)
     /* the kernel settings to run: one, or (cmp) off and the default */
     int amx_set[2] = {-1, -1}, n_set = 1;
     const char *amx_arg = argc > 5 ? argv[5] : "default";
-    if (strcmp(amx_arg, "cmp") == 0) {
+    if (strncmp(amx_arg, "cmp", 3) == 0) {   /* cmp: off against the default; cmp:N: against AMX from N */
         if (!qmat_amx_available()) {
             fprintf(stderr, "cmp: this CPU (or OS) has no AMX\n");
             return 2;
         }
-        amx_set[0] = 0, amx_set[1] = QMAT_AMX_MIN_T_DEFAULT, n_set = 2;
+        amx_set[0] = 0, amx_set[1] = amx_arg[3] == ':' ? atoi(amx_arg + 4) : QMAT_AMX_MIN_T_DEFAULT, n_set = 2;
     } else if (strcmp(amx_arg, "off") == 0) {
         amx_set[0] = 0;
     } else if (strcmp(amx_arg, "default") != 0) {

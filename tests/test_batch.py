@@ -382,7 +382,7 @@ def test_processors(model, tmp):
           u("bias") == 6 and len(btoks) == 6 and len(set(btoks)) == 1, repr(btoks))
     # --usage-details: the draft tokens accepted and rejected, in usage
     out = os.path.join(tmp, "proc-details.jsonl")
-    rc, err = run_batch(model, inp, out, ["--mode", "self-spec", "--usage-details"])
+    rc, err = run_batch(model, inp, out, ["--mode", "self-spec", "--usage-details", "--max-seqs", "1"])
     dets = [v[0][0]["response"]["body"] for v in read_results(out).values()] if rc == 0 else []
     check("--usage-details: completion_tokens_details with accepted/rejected draft tokens; a fingerprint",
           dets and all(0 <= b["usage"]["completion_tokens_details"]["accepted_prediction_tokens"]
@@ -391,6 +391,12 @@ def test_processors(model, tmp):
                        b["system_fingerprint"].startswith("fp_") for b in dets)
           and sum(b["usage"]["completion_tokens_details"]["accepted_prediction_tokens"] for b in dets) > 0,
           str(dets[:1])[:400])
+    # one request after another: the two with the same chat start from the prefix cache
+    check("--usage-details: prompt_tokens_details.cached_tokens, > 0 where prompts repeat",
+          dets and all(0 <= b["usage"]["prompt_tokens_details"]["cached_tokens"] < b["usage"]["prompt_tokens"]
+                       for b in dets)
+          and sum(b["usage"]["prompt_tokens_details"]["cached_tokens"] for b in dets) >= 16,
+          str([b["usage"] for b in dets])[:400])
 
 
 def main():

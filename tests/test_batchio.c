@@ -582,8 +582,10 @@ static void test_format_completion(void **state)
     res.usage_details = 1;
     res.accepted_prediction_tokens = 9;
     res.rejected_prediction_tokens = 4;
+    res.cached_tokens = 2;
     char *det = batch_format_result(&res, err, sizeof err);
-    assert_non_null(strstr(det, "\"total_tokens\":19,\"completion_tokens_details\":{\"accepted_prediction_tokens\":9,"
+    assert_non_null(strstr(det, "\"total_tokens\":19,\"prompt_tokens_details\":{\"cached_tokens\":2},"
+                                "\"completion_tokens_details\":{\"accepted_prediction_tokens\":9,"
                                 "\"rejected_prediction_tokens\":4}},\"system_fingerprint\":\"fp_0123456789abcdef\"}"));
     free(det);
     res.system_fingerprint = NULL;

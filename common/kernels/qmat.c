@@ -237,12 +237,20 @@ static size_t xq_bytes(int32_t cols, int T)
     return ((size_t)padded_tokens(T) * (size_t)cols + 63) & ~(size_t)63;
 }
 
-/* xq, then sx and sxs (padded_tokens(T) x nb floats each: room for either
- * layout), then isum (T x nb). */
-size_t qmat_scratch_bytes(int32_t cols, int T)
+/* Bytes before the AMX kernel's paired layout in the scratch (64-aligned). */
+static size_t pair_offset(int32_t cols, int T)
 {
     size_t nb = (size_t)(cols / QMAT_BLOCK);
-    return xq_bytes(cols, T) + 2 * (size_t)padded_tokens(T) * nb * sizeof(float) + (size_t)T * nb * sizeof(int32_t);
+    size_t n = xq_bytes(cols, T) + 2 * (size_t)padded_tokens(T) * nb * sizeof(float) + (size_t)T * nb * sizeof(int32_t);
+    return (n + 63) & ~(size_t)63;
+}
+
+/* xq, then sx and sxs (padded_tokens(T) x nb floats each: room for either
+ * layout), then isum (T x nb), then the AMX kernel's paired layout (for
+ * T <= QMAT_AMX_PAIR_T). */
+size_t qmat_scratch_bytes(int32_t cols, int T)
+{
+    return pair_offset(cols, T) + (T <= QMAT_AMX_PAIR_T ? QMAT_AMX_PAIR_BYTES(cols) : 0);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -270,6 +278,7 @@ typedef struct {
     float *sxs;     /* block scale times the sum of the block's xq, laid out as sx */
     int32_t *isum;  /* (T, nb) the sum of the block's xq (AVX2 kernel's offset) */
     int amx;        /* sx, sxs in the AMX kernel's layout: (ceil(T/16), nb, 16) */
+    int8_t *xp;     /* the AMX kernel's paired layout of xq (qmat_amx.h), or NULL */
 } act_q;
 
 /* Index of token t, block b in sx and sxs. The AMX layout puts the 16
@@ -359,9 +368,11 @@ static inline void quantize_block(const float *x, int8_t *q, float *sx, float *s
 static act_q act_layout(int T, int32_t cols, void *scratch, int amx)
 {
     size_t nsx = (size_t)padded_tokens(T) * (size_t)(cols / QMAT_BLOCK);
-    act_q a = {scratch, (float *)((char *)scratch + xq_bytes(cols, T)), NULL, NULL, amx};
+    act_q a = {scratch, (float *)((char *)scratch + xq_bytes(cols, T)), NULL, NULL, amx, NULL};
     a.sxs = a.sx + nsx;
     a.isum = (int32_t *)(a.sxs + nsx);
+    if (amx && T <= QMAT_AMX_PAIR_T && cols % (2 * QMAT_BLOCK) == 0)
+        a.xp = (int8_t *)((char *)scratch + pair_offset(cols, T));
     return a;
 }
 
@@ -381,6 +392,8 @@ static act_q quantize_acts(const float *X, int ldx, int T, int32_t cols, void *s
     act_q a = act_layout(T, cols, scratch, amx);
     for (int t = 0; t < T; t++)
         quantize_token(&a, X, ldx, t, cols);
+    if (a.xp)
+        qmat_amx_pair_layout(a.xq, T, cols, a.xp);
     return a;
 }
 
@@ -709,7 +722,7 @@ static tiles_fn pick_tiles(const qmat *W)
 static void group_tiles_amx(const qmat *W, int32_t g, const act_q *a, int T, float *Y, int ldy)
 {
     assert(a->amx);
-    qmat_amx_group(W, g, a->xq, a->sx, a->sxs, T, Y, ldy);
+    qmat_amx_group(W, g, a->xq, a->xp, a->sx, a->sxs, T, Y, ldy);
 }
 
 void qmat_matmul(const qmat *W, const float *X, int ldx, int T, float *Y, int ldy, void *scratch)

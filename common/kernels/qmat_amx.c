@@ -50,6 +50,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 /* Checks that must hold whatever the build (NDEBUG too): report and abort. */
 #define AMX_CHECK(cond)                                                                   \
@@ -97,8 +98,11 @@ typedef struct {
 _Static_assert(sizeof(amx_tilecfg) == 64, "the tile configuration is 64 bytes");
 
 /* amx_cfg[n]: A and C tiles of n token rows (n = 1..16), written once by
- * amx_probe. A call of T < 16 tokens loads and stores T rows only. */
+ * amx_probe. A call of T < 16 tokens loads and stores T rows only.
+ * amx_cfg_pair[n] (n = 1..8): the paired layout's tiles (K = 64: A and C
+ * of 2n rows x 64 bytes, B of 16 rows x 64 bytes). */
 static amx_tilecfg amx_cfg[QMAT_AMX_TOKENS + 1];
+static amx_tilecfg amx_cfg_pair[QMAT_AMX_PAIR_T + 1];
 
 static uint64_t amx_xgetbv0(void)
 {
@@ -134,6 +138,14 @@ static void amx_probe(void)
             c->rows[t] = (uint8_t)(t >= 6 ? 8 : n);
         }
     }
+    for (int n = 1; n <= QMAT_AMX_PAIR_T; n++) {
+        amx_tilecfg *c = &amx_cfg_pair[n];
+        c->palette = 1;
+        for (int t = 0; t < 8; t++) {
+            c->colsb[t] = 64;
+            c->rows[t] = (uint8_t)(t >= 6 ? 16 : 2 * n);
+        }
+    }
     amx_ok = 1;
 }
 
@@ -141,6 +153,21 @@ int qmat_amx_usable(void)
 {
     AMX_CHECK(pthread_once(&amx_once, amx_probe) == 0);
     return amx_ok;
+}
+
+void qmat_amx_pair_layout(const int8_t *xq, int T, int32_t cols, int8_t *xp)
+{
+    AMX_CHECK(T >= 1 && T <= QMAT_AMX_PAIR_T && cols % 64 == 0);
+    const int32_t np = cols / 64;
+    for (int32_t p = 0; p < np; p++) {
+        int8_t *tile = xp + (size_t)p * 1024;   /* 16 rows x 64 bytes */
+        memset(tile, 0, 1024);
+        for (int j = 0; j < T; j++) {
+            const int8_t *x = xq + (size_t)j * cols + (size_t)p * 64;
+            memcpy(tile + (2 * j) * 64, x, 32);
+            memcpy(tile + (2 * j + 1) * 64 + 32, x + 32, 32);
+        }
+    }
 }
 
 #define AMX_FN __attribute__((target("amx-tile,amx-int8,avx512f,avx512bw,avx512vl,avx512dq,fma")))
@@ -272,6 +299,75 @@ AMX_INLINE void amx_tile(const qmat *W, int32_t g, const int8_t *xq, const float
         _mm512_storeu_ps(Y + (size_t)(t0 + j) * ldy + (size_t)g * AMX_ROWS, acc[j]);
 }
 
+/* Paired layout (T <= QMAT_AMX_PAIR_T, an even number of blocks): one
+ * tile product per pair of blocks p = (2p, 2p + 1), K = 64. The A tile is
+ * xp's pair p (qmat_amx.h): rows 2j and 2j + 1 hold token j's block 2p
+ * then zeros, and zeros then its block 2p + 1; the B tile is the group's
+ * two blocks as they lie (16 rows of 64 bytes: column quads 0..7 of block
+ * 2p, then of block 2p + 1). So C row 2j is token j's integer sum of block
+ * 2p and row 2j + 1 that of block 2p + 1, each exact and apart, and the
+ * epilogue combines them in block order as every kernel does: the same
+ * bits, with half the tile products and stores of a tile of T <= 8 rows. */
+AMX_INLINE void amx_tile_pair(const qmat *W, int32_t g, const int8_t *xp, const float *sx, const float *sxs,
+                              float *Y, int ldy, const int NT, const int32_t fmt)
+{
+    const int32_t nb = W->cols / AMX_BLOCK, np = nb / 2;
+    const size_t bbytes = fmt == QMAT_U4 ? AMX_ROWS * AMX_BLOCK / 2 : AMX_ROWS * AMX_BLOCK;
+    const uint8_t *qg = W->q + (size_t)g * nb * bbytes;
+    const float *dg = W->d + (size_t)g * nb * AMX_ROWS, *mg = W->m + (size_t)g * nb * AMX_ROWS;
+    int32_t cbuf[2][2 * QMAT_AMX_PAIR_T][AMX_ROWS] __attribute__((aligned(64)));
+    uint8_t wbuf[2][2 * AMX_ROWS * AMX_BLOCK] __attribute__((aligned(64)));   /* U4: a pair unpacked */
+    __m512 acc[QMAT_AMX_PAIR_T];
+    for (int j = 0; j < NT; j++)
+        acc[j] = _mm512_setzero_ps();
+    /* pair p's product into C tile p & 1 (tiles 0, 1), stored to cbuf[p & 1] */
+#define AMX_PAIR_ISSUE(p)                                                                          \
+    do {                                                                                           \
+        const uint8_t *w_ = qg + (size_t)(2 * (p)) * bbytes;                                       \
+        if (fmt == QMAT_U4) {                                                                      \
+            amx_unpack_u4(w_, wbuf[(p) & 1]);                                                      \
+            amx_unpack_u4(w_ + bbytes, wbuf[(p) & 1] + AMX_ROWS * AMX_BLOCK);                      \
+            w_ = wbuf[(p) & 1];                                                                    \
+        }                                                                                          \
+        if ((p) & 1) {                                                                             \
+            AMX_PRODUCT(1, 5, 7, xp + (size_t)(p) * 1024, 64, w_);                                 \
+            _tile_stored(1, cbuf[1], 64);                                                          \
+        } else {                                                                                   \
+            AMX_PRODUCT(0, 4, 6, xp + (size_t)(p) * 1024, 64, w_);                                 \
+            _tile_stored(0, cbuf[0], 64);                                                          \
+        }                                                                                          \
+    } while (0)
+    AMX_PAIR_ISSUE(0);
+    for (int32_t p = 0; p < np; p++) {
+        if (p + 1 < np)
+            AMX_PAIR_ISSUE(p + 1);
+        const int32_t(*c)[AMX_ROWS] = cbuf[p & 1];
+        for (int k = 0; k < 2; k++) {   /* blocks 2p, 2p + 1, in order */
+            const int32_t b = 2 * p + k;
+            const __m512 dv = _mm512_load_ps(dg + (size_t)b * AMX_ROWS);
+            const __m512 mv = _mm512_load_ps(mg + (size_t)b * AMX_ROWS);
+            const float *sxb = sx + (size_t)b * QMAT_AMX_TOKENS, *sxsb = sxs + (size_t)b * QMAT_AMX_TOKENS;
+            for (int j = 0; j < NT; j++) {
+                __m512 ia = _mm512_cvtepi32_ps(_mm512_load_si512((const void *)c[2 * j + k]));
+                __m512 scale = _mm512_mul_ps(dv, _mm512_set1_ps(sxb[j]));
+                acc[j] = _mm512_fmadd_ps(ia, scale, acc[j]);
+                acc[j] = _mm512_fmadd_ps(mv, _mm512_set1_ps(sxsb[j]), acc[j]);
+            }
+        }
+    }
+#undef AMX_PAIR_ISSUE
+    for (int j = 0; j < NT; j++)
+        _mm512_storeu_ps(Y + (size_t)j * ldy + (size_t)g * AMX_ROWS, acc[j]);
+}
+
+#define AMX_PAIR_CASE(n)                                                     \
+    case n:                                                                  \
+        if (W->fmt == QMAT_U4)                                               \
+            amx_tile_pair(W, g, xp, sx, sxs, Y, ldy, n, QMAT_U4);            \
+        else                                                                 \
+            amx_tile_pair(W, g, xp, sx, sxs, Y, ldy, n, QMAT_U8);            \
+        break
+
 #define AMX_CASE(n)                                                          \
     case n:                                                                  \
         if (W->fmt == QMAT_U4)                                               \
@@ -280,9 +376,24 @@ AMX_INLINE void amx_tile(const qmat *W, int32_t g, const int8_t *xq, const float
             amx_tile(W, g, xq, sx, sxs, t0, Y, ldy, n, QMAT_U8);             \
         break
 
-AMX_FN void qmat_amx_group(const qmat *W, int32_t g, const int8_t *xq, const float *sx, const float *sxs,
-                           int T, float *Y, int ldy)
+AMX_FN void qmat_amx_group(const qmat *W, int32_t g, const int8_t *xq, const int8_t *xp, const float *sx,
+                           const float *sxs, int T, float *Y, int ldy)
 {
+    if (xp) {   /* the paired layout: T <= QMAT_AMX_PAIR_T, an even number of blocks */
+        AMX_CHECK(T >= 1 && T <= QMAT_AMX_PAIR_T && (W->cols / AMX_BLOCK) % 2 == 0);
+        if (amx_thread_rows != 100 + T) {
+            AMX_CHECK(qmat_amx_usable());
+            _tile_loadconfig(&amx_cfg_pair[T]);
+            amx_thread_rows = 100 + T;
+        }
+        switch (T) {
+            AMX_PAIR_CASE(1); AMX_PAIR_CASE(2); AMX_PAIR_CASE(3); AMX_PAIR_CASE(4);
+            AMX_PAIR_CASE(5); AMX_PAIR_CASE(6); AMX_PAIR_CASE(7);
+        default:
+            AMX_PAIR_CASE(8);
+        }
+        return;
+    }
     /* tiles of T rows for a single token tile, else of 16 (the last tile's
      * rows past T are computed and dropped) */
     const int rows = T < QMAT_AMX_TOKENS ? T : QMAT_AMX_TOKENS;
@@ -308,8 +419,13 @@ int qmat_amx_usable(void)
     return 0;
 }
 
-void qmat_amx_group(const qmat *W, int32_t g, const int8_t *xq, const float *sx, const float *sxs,
-                    int T, float *Y, int ldy)
+void qmat_amx_group(const qmat *W, int32_t g, const int8_t *xq, const int8_t *xp, const float *sx,
+                    const float *sxs, int T, float *Y, int ldy)
+{
+    AMX_CHECK(!"AMX kernel reached in a build without it");
+}
+
+void qmat_amx_pair_layout(const int8_t *xq, int T, int32_t cols, int8_t *xp)
 {
     AMX_CHECK(!"AMX kernel reached in a build without it");
 }

@@ -39,7 +39,18 @@ int qmat_amx_usable(void);
  * ((t / 16) * nb + b) * 16 + t % 16. Requires
  * qmat_amx_usable() == 1. The calling thread loads its tile configuration
  * on its first call. */
-void qmat_amx_group(const qmat *W, int32_t g, const int8_t *xq, const float *sx, const float *sxs,
-                    int T, float *Y, int ldy);
+void qmat_amx_group(const qmat *W, int32_t g, const int8_t *xq, const int8_t *xp, const float *sx,
+                    const float *sxs, int T, float *Y, int ldy);
+
+/* The paired layout, for T <= QMAT_AMX_PAIR_T tokens and cols a multiple of
+ * 64 (an even number of blocks): per pair of blocks p, one A tile of 16
+ * rows x 64 bytes, row 2j = token j's block 2p then 32 zero bytes, row
+ * 2j + 1 = 32 zero bytes then its block 2p + 1 (rows past 2T zero), so one
+ * K = 64 tile product gives the two blocks' sums apart. xp receives
+ * cols * 16 bytes (QMAT_AMX_PAIR_BYTES). qmat_amx_group with xp non-NULL
+ * takes this layout (xq unused). */
+#define QMAT_AMX_PAIR_T 8
+#define QMAT_AMX_PAIR_BYTES(cols) ((size_t)(cols) * 16)
+void qmat_amx_pair_layout(const int8_t *xq, int T, int32_t cols, int8_t *xp);
 
 #endif
