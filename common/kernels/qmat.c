@@ -246,11 +246,13 @@ static size_t pair_offset(int32_t cols, int T)
 }
 
 /* xq, then sx and sxs (padded_tokens(T) x nb floats each: room for either
- * layout), then isum (T x nb), then the AMX kernel's paired layout (for
- * T <= QMAT_AMX_PAIR_T). */
+ * layout), then isum (T x nb), then the AMX kernel's paired layout (used
+ * for T <= QMAT_AMX_PAIR_T; always reserved, so that a scratch sized for
+ * the most tokens and columns serves every smaller call: the size grows
+ * with both). */
 size_t qmat_scratch_bytes(int32_t cols, int T)
 {
-    return pair_offset(cols, T) + (T <= QMAT_AMX_PAIR_T ? QMAT_AMX_PAIR_BYTES(cols) : 0);
+    return pair_offset(cols, T) + QMAT_AMX_PAIR_BYTES(cols);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -734,10 +736,12 @@ void qmat_matmul(const qmat *W, const float *X, int ldx, int T, float *Y, int ld
     int32_t groups = W->rows / QMAT_ROWS;
     tiles_fn tiles = pick_tiles(W);
     int min_t = atomic_load_explicit(&amx_min_t, memory_order_relaxed);
-    /* AMX works in tiles of 16 tokens: a last tile of fewer than min_t
-     * tokens costs nearly a whole tile pass (17 tokens measured 0.93x VNNI),
-     * so such a T stays on the build's kernel (the same bits either way) */
-    int amx = min_t > 0 && T >= min_t && (T % QMAT_AMX_TOKENS == 0 || T % QMAT_AMX_TOKENS >= min_t) &&
+    /* AMX works in tiles of 16 tokens (up to 8 in the paired layout): a
+     * last tile of fewer than 8 tokens after whole ones costs nearly a whole
+     * tile pass (17 tokens measured 0.93x VNNI), so such a T stays on the
+     * build's kernel (the same bits either way) */
+    int tail = T % QMAT_AMX_TOKENS, tail_min = min_t > 8 ? min_t : 8;
+    int amx = min_t > 0 && T >= min_t && (T <= QMAT_AMX_TOKENS || tail == 0 || tail >= tail_min) &&
               qmat_amx_usable();
     if (amx)
         tiles = group_tiles_amx;

@@ -138,12 +138,16 @@ void qmat_matmul_portable(const qmat *W, const float *X, int ldx, int T, float *
  * once per process on the first such call); otherwise the build's kernel
  * (VNNI, AVX2, portable) as before. The same bits either way (qmat_amx.c
  * says why). The setting is process-wide; min_t <= 0 turns AMX off; the
- * default is QMAT_AMX_MIN_T_DEFAULT (T = 1 stays on the build's kernel,
- * where AMX does not win: measured in docs/performance.md). Returns the
+ * default is QMAT_AMX_MIN_T_DEFAULT (T = 1 and 2 stay on the build's
+ * kernel, where AMX does not win; T <= 8 tokens take its paired layout,
+ * two blocks per tile product: measured in docs/performance.md). A pass
+ * of more than 16 tokens whose last tile would hold fewer than
+ * max(min_t, 8) tokens stays on the build's kernel (that tile costs nearly
+ * a whole pass). Returns the
  * previous setting. The library reads no environment: a caller that wants
  * a switch maps its own flag to this call. */
 #ifndef QMAT_AMX_MIN_T_DEFAULT   /* a build may set it (-D), e.g. 1 to test AMX at every T */
-#define QMAT_AMX_MIN_T_DEFAULT 8
+#define QMAT_AMX_MIN_T_DEFAULT 3
 #endif
 int qmat_set_amx(int min_t);
 

@@ -31,6 +31,11 @@
  * other tokens in its tile (the rows of A past T are whatever the scratch
  * holds and their C rows are dropped).
  *
+ * Passes of T <= 8 tokens (an even number of blocks) take the paired
+ * layout instead (amx_tile_pair): one K = 64 product per two blocks, their
+ * sums kept apart by zero halves in the A rows (qmat_amx.h), so such a
+ * pass costs half the tile products and stores of a 16-row tile.
+ *
  * Where the time goes: per (16-token tile, block, group) one tile product
  * (16 x 16 x 32) and, per token, the float epilogue (cvt, mul, 2 fma on a
  * 16-row vector) -- the epilogue, not the tile unit, is the bound. Blocks

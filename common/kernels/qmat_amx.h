@@ -6,7 +6,8 @@
  * (row, token), for blocks b = 0, 1, ... in order,
  *   acc = fma((float)ia_b, d_b * sx_b, acc); acc = fma(m_b, sxs_b, acc)
  * with ia_b the exact integer dot product of block b, here from one AMX
- * tile product per block (tdpbsud, K = 32). Its rows equal
+ * tile product per block (tdpbsud, K = 32), or per two blocks in the
+ * paired layout (K = 64, T <= 8; below). Its rows equal
  * qmat_matmul_portable's bit for bit, for every T.
  *
  * It is compiled for its own functions only (target attributes), so a
