@@ -167,7 +167,7 @@ static void on_done(void *user, const engine_result *res)
 /* Run every request through one engine and compare with the references. */
 /* Run the requests through one engine; with check, each output must equal
  * its reference (ref); requests with n_ref < 0 take their output as it. */
-static void run_engine(tiny *t, req *r, int n, engine_params *p, const char *what)
+static void run_engine(tiny *t, req *r, int n, engine_params *p, const char *what, engine_totals *tot)
 {
     char err[256];
     engine *e;
@@ -204,6 +204,8 @@ static void run_engine(tiny *t, req *r, int n, engine_params *p, const char *wha
         assert_int_equal(r[i].res.generated_tokens, r[i].n_out);
         assert_int_equal(r[i].res.prompt_tokens, r[i].n_prompt);
     }
+    if (tot)
+        *tot = *engine_get_totals(e);
     engine_free(e);
 }
 
@@ -345,7 +347,7 @@ static void test_batch_invariant_plain(void **state)
             base_params(&p, seqs[k], modes[mi], NULL);
             char what[64];
             snprintf(what, sizeof what, "%s, max-seqs %d", engine_mode_name(modes[mi]), seqs[k]);
-            run_engine(&t, r, N_REQ, &p, what);
+            run_engine(&t, r, N_REQ, &p, what, NULL);
         }
     free(r);
     tiny_close(&t);
@@ -368,7 +370,7 @@ static void test_batch_invariant_spec(void **state)
         base_params(&p, seqs[k], ENGINE_SPEC, &ss);
         char what[64];
         snprintf(what, sizeof what, "self-spec, max-seqs %d", seqs[k]);
-        run_engine(&t, r, N_REQ, &p, what);
+        run_engine(&t, r, N_REQ, &p, what, NULL);
     }
     /* auto: greedy sequences may speculate, sampled ones decode plainly;
      * both equal gen_plain alone. Make the policy speculate: flat cost. */
@@ -519,23 +521,11 @@ static void test_prefix_cache(void **state)
                     most = kv_blocks_for(r[i].n_prompt + r[i].gp.max_tokens + 1);
             p.kv_mem = kv_pool_block_bytes(&t.m.config) * (size_t)most;
         }
-        char err[256], what[64];
+        char what[64];
         snprintf(what, sizeof what, "prefix cache %s, max-seqs %d", p.prefix_cache ? "on" : "off", seqs[k]);
-        engine *e;
-        assert_int_equal(engine_init(&e, &t.m, &p, err, sizeof err), 0);
-        engine_free(e);
-        run_engine(&t, r, N_REQ, &p, what);
-        /* the totals of a second engine run the same way */
-        assert_int_equal(engine_init(&e, &t.m, &p, err, sizeof err), 0);
-        for (int i = 0; i < N_REQ; i++) {
-            engine_callbacks cb = {.on_token = on_token, .on_done = on_done, .user = &r[i]};
-            r[i].n_out = 0;
-            r[i].done = 0;
-            assert_int_equal(engine_submit(e, r[i].prompt, r[i].n_prompt, &r[i].gp, &cb, err, sizeof err), 0);
-        }
-        while (engine_pending(e) > 0)
-            assert_true(engine_step(e, err, sizeof err) >= 0);
-        const engine_totals *tot = engine_get_totals(e);
+        engine_totals totals;
+        run_engine(&t, r, N_REQ, &p, what, &totals);   /* outputs, and every block back */
+        const engine_totals *tot = &totals;
         printf("  %s: cached %lld of %lld prompt tokens, evictions %lld\n", what, (long long)tot->cached_prompt_tokens,
                (long long)tot->prompt_tokens, (long long)tot->prefix_evictions);
         int64_t want = 0;
@@ -548,10 +538,6 @@ static void test_prefix_cache(void **state)
             assert_true(tot->cached_prompt_tokens >= KV_BLOCK * (N_REQ - 1));   /* each after the first: its first block at least */
         if (k == 3)
             assert_true(tot->prefix_evictions > 0);
-        int32_t used, total;
-        engine_kv_usage(e, &used, &total);
-        assert_int_equal(used, 0);
-        engine_free(e);
     }
     free(r);
     tiny_close(&t);
@@ -583,7 +569,7 @@ static void test_batch_invariant_context(void **state)
             char what[96];
             snprintf(what, sizeof what, "self-spec, draft %s%s, max-seqs %d", spec_draft_name(kinds[ki]),
                      use ? "" : " (no skip set)", seqs[k]);
-            run_engine(&t, r, N_REQ, &p, what);
+            run_engine(&t, r, N_REQ, &p, what, NULL);
         }
     }
     /* auto: greedy sequences choose their source by the measured costs
@@ -795,7 +781,7 @@ static void test_remote_source(void **state)
             }
             char what[64];
             snprintf(what, sizeof what, "remote source, %s KV, max-seqs %d", own ? "caller's" : "paged", seqs[k]);
-            run_engine(&t, r, N_REQ, &p, what);
+            run_engine(&t, r, N_REQ, &p, what, NULL);
             assert_true(f.proposed > 0 && f.verified > 0 && f.accepted > 0);
             print_message("  %s: proposed %lld, accepted %lld\n", what, (long long)f.proposed, (long long)f.accepted);
             if (own)
@@ -1093,7 +1079,7 @@ static void test_device_sampling(void **state)
         fwd_state fs;
         counting_backend cb;
         counting_open(&cb, &t, &p, &pool, &fs, 1);
-        run_engine(&t, r, N_REQ, &p, "device sampling");
+        run_engine(&t, r, N_REQ, &p, "device sampling", NULL);
         assert_int_equal(cb.argmax_only, cb.forwards);   /* no logits ever came back */
         assert_true(cb.samples > 0 && cb.sampled_rows > 0);
         backend_cpu_free(&cb.cpu);
@@ -1155,7 +1141,7 @@ static void test_device_spec_sampling(void **state)
             fwd_state fs;
             counting_backend cb;
             counting_open(&cb, &t, &p, &pool, &fs, 2);
-            run_engine(&t, r, N_REQ, &p, "device speculative sampling");
+            run_engine(&t, r, N_REQ, &p, "device speculative sampling", NULL);
             assert_int_equal(cb.argmax_only, cb.forwards);   /* no logits ever came back */
             assert_true(cb.tests > 0 && cb.accepted > 0 && cb.accepted < cb.tests);
             assert_true(kinds[d] == SPEC_DRAFT_CONTEXT ? cb.drafts == 0 : cb.drafts > 0);
@@ -1200,7 +1186,7 @@ static void test_backend_interface(void **state)
         fwd_state fs;
         counting_backend cb;
         counting_open(&cb, &t, &p, &pool, &fs, 0);
-        run_engine(&t, r, N_REQ, &p, modes[mi] == ENGINE_SPEC ? "backend, self-spec" : "backend, auto");
+        run_engine(&t, r, N_REQ, &p, modes[mi] == ENGINE_SPEC ? "backend, self-spec" : "backend, auto", NULL);
         assert_true(cb.forwards > 0);
         if (modes[mi] == ENGINE_AUTO)   /* passes of greedy sequences ask for ids, not logits */
             assert_true(cb.argmax_only > 0);
