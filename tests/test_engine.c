@@ -485,8 +485,8 @@ static void test_trees(void **state)
  * repeats, and a prompt that is a prefix of another), greedy and sampled:
  * every output equals the request alone with the cache on, at one sequence
  * and at several, cached tokens are found, and every block a sequence held
- * comes back (run_engine). With a pool that holds little more than one
- * request, idle cached blocks are given back for room (evictions) and the
+ * comes back (run_engine). With a pool that holds the largest request
+ * alone, idle cached blocks are given back for room (evictions) and the
  * outputs stay the same; with the cache off nothing is cached. */
 static void test_prefix_cache(void **state)
 {
