@@ -68,9 +68,10 @@ VERIFIER_OBJ := $(patsubst %.c,$(BUILD)/rel/%.o,$(wildcard verifier/*.c))
 DRAFTER_OBJ  := $(patsubst %.c,$(BUILD)/rel/%.o,$(wildcard drafter/*.c))
 TEST_SRC   := $(wildcard tests/test_*.c)
 TEST_BIN   := $(patsubst tests/%.c,$(BUILD)/test/%,$(TEST_SRC))
-# The tests that assert "a token's logits do not depend on its block", run a
-# second time from the -march=x86-64-v3 build.
-V3_TESTS   := test_model test_spec test_engine
+# The tests that assert "a token's logits do not depend on its block" (and the
+# attention kernel's grouping), run a second time from the -march=x86-64-v3
+# build.
+V3_TESTS   := test_model test_spec test_engine test_attn
 V3_BIN     := $(patsubst %,$(BUILD)/test-v3/%,$(V3_TESTS))
 E2E_SRC    := $(wildcard tests/e2e_*.c)
 E2E_BIN    := $(patsubst tests/%.c,$(BUILD)/e2e/%,$(E2E_SRC))

@@ -1,8 +1,10 @@
 /*
  * test_attn.c - the attention kernel (kernels/attn.c): close to a
  * double-precision softmax attention, and bit-identical however its keys are
- * split into runs and however many heads one call takes (what makes a
- * token's attention independent of its batch and of the cache's layout).
+ * split into runs, however many heads one call takes and however many
+ * tokens share a call with their own key ranges (what makes a token's
+ * attention independent of its batch, its verification block and the
+ * cache's layout).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -84,7 +86,7 @@ static void test_attention(void **state)
             float scale = 1.0f / sqrtf((float)hd);
             attn_run runs[512];
             float *scores = malloc((size_t)nh * n * sizeof(float));
-            const f16_t **rows = malloc((size_t)n * sizeof(*rows));
+            const f16_t **rows = malloc((size_t)2 * n * sizeof(*rows));
             float *out = malloc((size_t)nh * hd * sizeof(float));
             float *alt = malloc((size_t)nh * hd * sizeof(float));
             /* one run of everything, all heads in one call */
@@ -138,11 +140,68 @@ static void test_attention(void **state)
         }
 }
 
+/* attn_block: nt tokens times nh heads with their own key ranges (causal
+ * prefixes, windows, disjoint ranges) against each query alone through
+ * attn_heads over its own keys: same bits. */
+static void test_block(void **state)
+{
+    (void)state;
+    const int32_t hds[] = {16, 64, 80, 128, 256}, nhs[] = {1, 3, 6};
+    unsigned seed = 5u;
+    for (size_t a = 0; a < sizeof hds / sizeof hds[0]; a++)
+        for (size_t b = 0; b < sizeof nhs / sizeof nhs[0]; b++)
+            for (int32_t nt = 1; nt <= 5; nt++)
+                for (int shape = 0; shape < 4; shape++) {
+                    int32_t hd = hds[a], nh = nhs[b], n0 = 1 + (int32_t)(seed % 70), n = n0 + nt;
+                    int32_t stride = nh * hd + 8, lo[5], hi[5];
+                    for (int32_t i = 0; i < nt; i++) {
+                        hi[i] = n0 + i + 1;   /* causal: token i sees its prefix and itself */
+                        lo[i] = 0;
+                        if (shape == 1)   /* a window of 7 keys */
+                            lo[i] = hi[i] > 7 ? hi[i] - 7 : 0;
+                        if (shape == 2)   /* ranges that may share nothing */
+                            lo[i] = hi[i] - 1 - (int32_t)((seed >> (4 * i)) % 3);
+                        if (shape == 3 && i % 2)   /* every other token sees only itself */
+                            lo[i] = hi[i] - 1;
+                        lo[i] = lo[i] < 0 ? 0 : lo[i];
+                    }
+                    kvbuf kv;
+                    kv_fill(&kv, n, stride, 4, hd, seed, 3.0f);
+                    int32_t q_stride = nh * hd + 16, out_stride = nh * hd + 32;
+                    float *q = malloc((size_t)nt * q_stride * sizeof(float));
+                    float *out = calloc((size_t)nt * out_stride, sizeof(float));
+                    float *alt = malloc((size_t)hd * sizeof(float));
+                    for (int32_t i = 0; i < nt * q_stride; i++)
+                        q[i] = frand(&seed);
+                    float *scores = malloc((size_t)nt * nh * n * sizeof(float));
+                    const f16_t **rows = malloc((size_t)2 * n * sizeof(*rows));
+                    attn_run runs[512];
+                    int32_t odd[] = {3, 16, 1, 5};
+                    int32_t nr = make_runs(&kv, odd, 4, runs);
+                    attn_queries qs = {.q = q, .out = out, .q_stride = q_stride, .out_stride = out_stride,
+                                       .nt = nt, .nh = nh, .lo = lo, .hi = hi};
+                    float scale = 1.0f / sqrtf((float)hd);
+                    attn_block(&qs, hd, runs, nr, n, scale, scores, rows);
+                    for (int32_t i = 0; i < nt; i++)
+                        for (int32_t h = 0; h < nh; h++) {
+                            attn_run own = {kv.k + (size_t)lo[i] * stride + 4, kv.v + (size_t)lo[i] * stride + 4,
+                                            hi[i] - lo[i], stride};
+                            attn_heads(q + (size_t)i * q_stride + (size_t)h * hd, 1, hd, &own, 1, hi[i] - lo[i],
+                                       scale, scores, rows, alt);
+                            assert_memory_equal(out + (size_t)i * out_stride + (size_t)h * hd, alt,
+                                                (size_t)hd * sizeof(float));
+                        }
+                    seed = seed * 1103515245u + 12345u;
+                    free(q), free(out), free(alt), free(scores), free(rows), free(kv.k), free(kv.v);
+                }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_exp),
         cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_block),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

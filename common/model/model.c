@@ -759,6 +759,13 @@ static void rope_table(float *cs, float *sn, int32_t ctx, const model_config *c,
         }
 }
 
+/* One attention task: heads h0..h0+nh-1 of KV head kvh's group for the
+ * tokens t0..t0+nt-1 of one sequence (consecutive positions of a chain; a
+ * tree token alone). */
+struct fwd_attn_task {
+    int32_t t0, nt, kvh, h0, nh;
+};
+
 void fwd_state_init(fwd_state *s, const model_config *c, int32_t max_tokens, int32_t ctx)
 {
     memset(s, 0, sizeof *s);
@@ -770,9 +777,12 @@ void fwd_state_init(fwd_state *s, const model_config *c, int32_t max_tokens, int
     s->att = alignedCheck(T * c->q_dim * sizeof(float));
     s->hb = alignedCheck(T * 2 * c->hidden_dim * sizeof(float));
     s->score_threads = omp_get_max_threads();
-    s->score_cap = (size_t)ctx * (c->n_heads / c->n_kv_heads);   /* a whole group's scores */
+    /* a task's scores: up to FWD_ATTN_TOKENS tokens times a whole group */
+    s->score_cap = (size_t)ctx * FWD_ATTN_TOKENS * (c->n_heads / c->n_kv_heads);
     s->scores = alignedCheck((size_t)s->score_threads * s->score_cap * sizeof(float));
-    s->rows = mallocCheck((size_t)s->score_threads * s->score_cap * sizeof(f16_t *));
+    s->row_cap = 2 * ctx;
+    s->rows = mallocCheck((size_t)s->score_threads * s->row_cap * sizeof(f16_t *));
+    s->attn_tasks = mallocCheck(T * c->n_heads * sizeof(struct fwd_attn_task));
     s->run_cap = ctx / KV_BLOCK + 3 + FWD_TREE_MAX;   /* pool blocks, the scratch's, a partial one,
                                                           a tree token's ancestors */
     s->runs = mallocCheck((size_t)s->score_threads * s->run_cap * sizeof(attn_run));
@@ -809,6 +819,7 @@ void fwd_state_free(fwd_state *s)
     free(s->scores);
     free(s->runs);
     free(s->rows);
+    free(s->attn_tasks);
     if (s->rope_cos_swa != s->rope_cos) {
         free(s->rope_cos_swa);
         free(s->rope_sin_swa);
@@ -966,46 +977,80 @@ int32_t model_argmax(const float *x, int32_t n)
     return best;
 }
 
-/* Heads per attention task: a whole group of query heads shares its key and
- * value rows, but a batch of few tokens splits the groups so that every
- * thread has work. The split does not change any head's arithmetic. */
-static int32_t attn_heads_per_task(const model_config *c, int32_t T, int threads)
+/* Split the batch's attention into tasks (s->attn_tasks), once per call.
+ * A chain's tokens go FWD_ATTN_TOKENS to a task, which reads each key once
+ * for all of them; fewer when that leaves some of the threads idle, and
+ * with few tokens a group's heads split too. No split changes any query's
+ * arithmetic (attn.h). */
+static void attn_plan(const model_config *c, fwd_state *s, const fwd_seq *seqs, int32_t T)
 {
-    int32_t group = c->n_heads / c->n_kv_heads, tasks = T * c->n_kv_heads;
-    int32_t split = (4 * threads + tasks - 1) / tasks;
-    if (split > group)
-        split = group;
-    if (split < 1)
-        split = 1;
-    return (group + split - 1) / split;
+    int32_t group = c->n_heads / c->n_kv_heads, want = 4 * s->score_threads;
+    int32_t per = FWD_ATTN_TOKENS, n_units = 0;
+    for (; per >= 1; per--) {   /* tokens per task: the most that leaves every thread work */
+        n_units = 0;
+        for (int32_t t = 0; t < T;) {
+            int32_t len = 1;
+            while (t + len < T && len < per && !seqs[s->tok_seq[t]].parent && s->tok_seq[t + len] == s->tok_seq[t])
+                len++;
+            n_units++, t += len;
+        }
+        if (n_units * c->n_kv_heads >= want)
+            break;
+    }
+    if (per < 1)
+        per = 1;
+    int32_t split = (want + n_units * c->n_kv_heads - 1) / (n_units * c->n_kv_heads);
+    split = split > group ? group : split < 1 ? 1 : split;
+    int32_t hpt = (group + split - 1) / split;   /* heads per task */
+    int32_t n = 0;
+    for (int32_t t = 0; t < T;) {
+        int32_t len = 1;
+        while (t + len < T && len < per && !seqs[s->tok_seq[t]].parent && s->tok_seq[t + len] == s->tok_seq[t])
+            len++;
+        for (int32_t kvh = 0; kvh < c->n_kv_heads; kvh++)
+            for (int32_t h0 = kvh * group; h0 < (kvh + 1) * group; h0 += hpt)
+                s->attn_tasks[n++] = (struct fwd_attn_task){t, len, kvh, h0,
+                                                            (kvh + 1) * group - h0 < hpt ? (kvh + 1) * group - h0 : hpt};
+        t += len;
+    }
+    assert(n <= s->max_tokens * c->n_heads);
+    s->n_attn_tasks = n;
 }
 
-/* Attention for every token of the batch, one task per (token, KV head,
- * slice of its query heads). qkv rows are (q | k | v); K/V of this block
- * were already written to the caches. A local layer's query at position p
- * sees the keys p - swa_window < k <= p (llama.cpp's standard window). */
-static void attention(const model *m, fwd_state *s, const fwd_seq *seqs, int32_t T, int32_t l)
+/* Attention for every token of the batch, one attn_block call per task of
+ * attn_plan. qkv rows are (q | k | v); K/V of this block were already
+ * written to the caches. A local layer's query at position p sees the keys
+ * p - swa_window < k <= p (llama.cpp's standard window). */
+static void attention(const model *m, fwd_state *s, const fwd_seq *seqs, int32_t l)
 {
     const model_config *c = &m->config;
-    int32_t hd = c->head_dim, group = c->n_heads / c->n_kv_heads;
-    int32_t qkv_w = c->q_dim + 2 * c->kv_dim, window = model_layer_local(c, l) ? c->swa_window : 0;
+    int32_t hd = c->head_dim, qkv_w = c->q_dim + 2 * c->kv_dim, window = model_layer_local(c, l) ? c->swa_window : 0;
     float scale = 1.0f / sqrtf((float)hd);
-    int32_t hpt = attn_heads_per_task(c, T, s->score_threads);
-    int32_t per_group = (group + hpt - 1) / hpt, n_tasks = T * c->n_kv_heads * per_group;
     #pragma omp parallel for schedule(dynamic, 1) num_threads(s->score_threads)
-    for (int32_t task = 0; task < n_tasks; task++) {
-        int32_t t = task / (c->n_kv_heads * per_group), rest = task % (c->n_kv_heads * per_group);
-        int32_t kvh = rest / per_group, h0 = kvh * group + (rest % per_group) * hpt;
-        int32_t nh = kvh * group + group - h0 < hpt ? kvh * group + group - h0 : hpt;
-        const fwd_seq *sq = &seqs[s->tok_seq[t]];
-        int32_t end = s->tok_pos[t] + 1, first = window && end > window ? end - window : 0;
+    for (int32_t k = 0; k < s->n_attn_tasks; k++) {
+        const struct fwd_attn_task *a = &s->attn_tasks[k];
+        const fwd_seq *sq = &seqs[s->tok_seq[a->t0]];
+        /* token i sees positions lo[i]..hi[i]-1 counted from the task's first key */
+        int32_t lo[FWD_ATTN_TOKENS], hi[FWD_ATTN_TOKENS], first = 0;
+        for (int32_t i = 0; i < a->nt; i++) {
+            int32_t end = s->tok_pos[a->t0 + i] + 1;
+            lo[i] = window && end > window ? end - window : 0;
+            hi[i] = end;
+            if (i == 0)
+                first = lo[0];
+        }
+        for (int32_t i = 0; i < a->nt; i++)
+            lo[i] -= first, hi[i] -= first;
         int th = omp_get_thread_num();
         attn_run *runs = s->runs + (size_t)th * s->run_cap;
-        int32_t nr = sq->parent ? tree_runs(sq, l, first, s->tok_slot[t] - sq->pos, kvh, runs)
-                                : kv_runs(sq, l, first, end, kvh, runs);
-        assert(nr <= s->run_cap);
-        attn_heads(s->qkv + (size_t)t * qkv_w + (size_t)h0 * hd, nh, hd, runs, nr, end - first, scale,
-                   s->scores + (size_t)th * s->score_cap, s->rows + (size_t)th * s->score_cap, s->att + (size_t)t * c->q_dim + (size_t)h0 * hd);
+        int32_t nr = sq->parent ? tree_runs(sq, l, first, s->tok_slot[a->t0] - sq->pos, a->kvh, runs)
+                                : kv_runs(sq, l, first, first + hi[a->nt - 1], a->kvh, runs);
+        assert(nr <= s->run_cap && hi[a->nt - 1] <= s->row_cap / 2);
+        attn_queries qs = {.q = s->qkv + (size_t)a->t0 * qkv_w + (size_t)a->h0 * hd,
+                           .out = s->att + (size_t)a->t0 * c->q_dim + (size_t)a->h0 * hd,
+                           .q_stride = qkv_w, .out_stride = c->q_dim, .nt = a->nt, .nh = a->nh, .lo = lo, .hi = hi};
+        attn_block(&qs, hd, runs, nr, hi[a->nt - 1], scale, s->scores + (size_t)th * s->score_cap,
+                   s->rows + (size_t)th * s->row_cap);
     }
 }
 
@@ -1054,7 +1099,7 @@ static void attn_sublayer(const model *m, fwd_state *s, const fwd_seq *seqs, int
             }
         }
     }
-    attention(m, s, seqs, T, l);
+    attention(m, s, seqs, l);
     qmat_matmul(&L->wo, s->att, c->q_dim, T, s->xb, c->dim, s->qscratch);
     residual_add(c, s, T, L->attn_post_norm);
 }
@@ -1178,6 +1223,7 @@ int model_forward(const model *m, fwd_state *s, fwd_seq *seqs, int n_seqs,
     int32_t T = 0;
     if (batch_check(m, s, seqs, n_seqs, &T, err, errlen) != 0)
         return -1;
+    attn_plan(c, s, seqs, T);
     float embd_scale = c->embd_scale ? sqrtf((float)c->dim) : 1.0f;
     for (int32_t t = 0; t < T; t++) {
         const fwd_seq *sq = &seqs[s->tok_seq[t]];

@@ -187,6 +187,10 @@ typedef struct {
                                  a chain (parent[j] = j - 1). */
 } fwd_seq;
 
+/* The most tokens of one sequence whose attention one task computes together
+ * (attn_block), sharing each key and value row's reads. */
+#define FWD_ATTN_TOKENS 4
+
 /* The most tokens of a tree block (fwd_seq.parent). */
 #define FWD_TREE_MAX 64
 
@@ -200,10 +204,14 @@ typedef struct {
     float *qkv;     /* (T, q_dim + 2*kv_dim) */
     float *att;     /* (T, q_dim) attention output (heads concatenated) */
     float *hb;      /* (T, 2*hidden_dim) gate|up, then SwiGLU result */
-    float *scores;  /* (threads, group * ctx) one task's attention scores per thread */
+    float *scores;  /* (threads, FWD_ATTN_TOKENS * group * ctx) one attention task's
+                       scores per thread */
     size_t score_cap;
     int score_threads;  /* threads at init (attention uses no more) */
-    const f16_t **rows; /* (threads, score_cap) one task's key rows per thread */
+    const f16_t **rows; /* (threads, 2 * ctx) one task's key and value rows per thread */
+    int32_t row_cap;
+    struct fwd_attn_task *attn_tasks; /* (max_tokens * n_heads) this call's attention tasks */
+    int32_t n_attn_tasks;
     attn_run *runs;     /* (threads, run_cap) one task's KV runs per thread */
     int32_t run_cap;
     float *rope_cos, *rope_sin; /* (ctx, head_dim/2) */
