@@ -23,6 +23,11 @@ Runs are interleaved (for each repetition: every selfspec config, then one
 llama-batched-bench invocation covering all B) so all configs see the same
 machine noise; the table reports medians over --runs repetitions.
 
+Whole work is also reported: (prompt + output tokens) over the same seconds
+for selfspec, llama-batched-bench's S column (all tokens over its total
+time) for llama.cpp, and with --base-bin PATH the same for a second selfspec
+binary (an older commit's build) run interleaved with the same modes.
+
 Floors checked (pass/fail lines at the end):
   * selfspec (auto, the default mode) >= 2x llama.cpp S_TG at B=32 (goal 3x);
   * auto within 3% of plain (auto/plain >= 0.97) at every max-seqs;
@@ -35,6 +40,7 @@ Usage:
     python3 scripts/bench_batch.py --modes plain,auto,self-spec
     python3 scripts/bench_batch.py --quick --runs 1 --seqs 1,4   # smoke test
     python3 scripts/bench_batch.py --no-llama           # selfspec only
+    python3 scripts/bench_batch.py --seqs 32 --base-bin /tmp/base/bin/selfspec   # against an older build
 """
 from __future__ import annotations
 
@@ -234,11 +240,11 @@ def git_rev() -> str | None:
 # ----------------------------------------------------------------------------
 # selfspec
 
-def run_selfspec(args, in_path: str, tmp: str, mode: str, seqs: int, n_req: int) -> dict:
+def run_selfspec(args, in_path: str, tmp: str, mode: str, seqs: int, n_req: int, binary: str | None = None) -> dict:
     out_path = os.path.join(tmp, f"out-{mode}-{seqs}.jsonl")
     if os.path.exists(out_path):
         os.remove(out_path)   # batch resumes from an existing output file
-    cmd = [args.bin, "batch", "-m", args.model, "-i", in_path, "-o", out_path, "--max-seqs", str(seqs),
+    cmd = [binary or args.bin, "batch", "-m", args.model, "-i", in_path, "-o", out_path, "--max-seqs", str(seqs),
            "--mode", mode, "-t", str(args.threads)]
     if args.max_batch_tokens:
         cmd += ["--max-batch-tokens", str(args.max_batch_tokens)]
@@ -265,6 +271,7 @@ def run_selfspec(args, in_path: str, tmp: str, mode: str, seqs: int, n_req: int)
     rec["summary"] = summary
     secs = summary.get("seconds") or 0
     rec["tok_s"] = summary["output_tokens"] / secs if secs else None
+    rec["total_s"] = (summary["output_tokens"] + summary.get("prompt_tokens", 0)) / secs if secs else None
     want = n_req * args.max_tokens
     if summary.get("output_tokens") != want or summary.get("succeeded", n_req) != n_req:
         rec["warning"] = (f"expected {n_req} requests x {args.max_tokens} tokens = {want}, got "
@@ -354,6 +361,9 @@ def main() -> int:
     ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--bin", default=DEFAULT_BIN, help="selfspec binary")
     ap.add_argument("--llama-bin", default=DEFAULT_LLAMA, help="llama-batched-bench binary")
+    ap.add_argument("--base-bin", default=None,
+                    help="a second selfspec binary (e.g. an older commit's) run with the same modes, interleaved; "
+                         "its total tokens/s is the baseline of the total-throughput table")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per run at most")
     args = ap.parse_args()
 
@@ -374,7 +384,11 @@ def main() -> int:
               "skipping llama.cpp", file=sys.stderr)
         use_llama = False
 
+    if args.base_bin and not os.access(args.base_bin, os.X_OK):
+        print(f"bench_batch: no selfspec binary at {args.base_bin}", file=sys.stderr)
+        return 1
     configs = [(m, s) for s in seqs for m in modes]
+    base_configs = [(m, s) for s in seqs for m in modes] if args.base_bin else []
     # the max-seqs 1 floor compares auto with self-spec, so run self-spec at 1 too
     if 1 in seqs and "auto" in modes and "self-spec" not in modes:
         configs.append(("self-spec", 1))
@@ -406,6 +420,13 @@ def main() -> int:
                 print(f"  run {rep + 1}/{args.runs} selfspec {mode:<9} max-seqs {s:>3}: "
                       f"{fmt(r['tok_s'])} tok/s{extra}" + (f"  ERROR {r['error']}" if r.get("error") else "")
                       + (f"  WARNING {r['warning']}" if r.get("warning") else ""), flush=True)
+            for mode, s in base_configs:
+                r = run_selfspec(args, in_path, tmp, mode, s, n_req, args.base_bin)
+                r["rep"], r["engine"] = rep, "base"
+                results.append(r)
+                print(f"  run {rep + 1}/{args.runs} base     {mode:<9} max-seqs {s:>3}: {fmt(r['tok_s'])} tok/s, "
+                      f"total {fmt(r.get('total_s'))} tok/s" + (f"  ERROR {r['error']}" if r.get("error") else ""),
+                      flush=True)
             if use_llama:
                 r = run_llama(args, seqs)
                 r["rep"] = rep
@@ -454,6 +475,37 @@ def main() -> int:
     if ("self-spec", 1) in configs and not has_ss:
         print(f"(self-spec at max-seqs 1: {fmt(med[1].get('self-spec'))} tok/s)")
 
+    # whole work: prompt + output tokens over the same seconds, against the
+    # base binary and against llama-batched-bench's S column (total tokens
+    # over its total time)
+    def tot(engine, mode, s):
+        return median([r.get("total_s") for r in results if r["engine"] == engine and r.get("mode") == mode
+                       and r.get("max_seqs") == s])
+
+    tmed = {s: {m: tot("selfspec", m, s) for m in modes} for s in seqs}
+    bmed = {s: {m: tot("base", m, s) for m in modes} for s in seqs}
+    lls = {s: median([r["rows"].get(str(s), {}).get("s") for r in results if r["engine"] == "llama.cpp"])
+           for s in seqs} if use_llama else {s: None for s in seqs}
+    print()
+    print(f"whole work: (prompt + output tokens) / seconds, median of {args.runs}"
+          + (f"; base = {args.base_bin}" if args.base_bin else "") + "; llama.cpp: S t/s (total)")
+    hdr = ["max-seqs"] + [f"{m} total" for m in modes] + ([f"base {m}" for m in modes] + ["best/base"]
+                                                         if args.base_bin else []) + ["llama.cpp S", "best/llama.cpp"]
+    rows = []
+    for s in seqs:
+        best = max([x for x in tmed[s].values() if x is not None], default=None)
+        bbest = max([x for x in bmed[s].values() if x is not None], default=None)
+        row = [str(s)] + [fmt(tmed[s][m]) for m in modes]
+        if args.base_bin:
+            row += [fmt(bmed[s][m]) for m in modes] + [fmt(ratio(best, bbest), "{:.2f}x")]
+        row += [fmt(lls[s]), fmt(ratio(best, lls[s]), "{:.2f}x")]
+        rows.append(row)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(hdr)]
+    print(" | ".join(h.rjust(w) for h, w in zip(hdr, widths)))
+    print("-|-".join("-" * w for w in widths))
+    for r in rows:
+        print(" | ".join(c.rjust(w) for c, w in zip(r, widths)))
+
     # floors
     print()
     checks = []
@@ -471,6 +523,17 @@ def main() -> int:
               f" = {fmt(r, '{:.2f}x')}" + ("" if r is None else ("; goal 3x met" if r >= 3.0 else "; goal 3x not met")))
     else:
         check("selfspec >= 2x llama.cpp at B=32 (goal 3x)", None, "needs max-seqs 32 and llama.cpp")
+    if 32 in seqs and args.base_bin:
+        best = max([x for x in tmed[32].values() if x is not None], default=None)
+        bbest = max([x for x in bmed[32].values() if x is not None], default=None)
+        r = ratio(best, bbest)
+        check("whole work >= 2x the base binary at max-seqs 32", None if r is None else r >= 2.0,
+              f"{fmt(best)} / {fmt(bbest)} total tok/s = {fmt(r, '{:.2f}x')}")
+    if 32 in seqs and use_llama:
+        best = max([x for x in tmed[32].values() if x is not None], default=None)
+        r = ratio(best, lls[32])
+        check("whole work >= 6x llama.cpp at B=32 (total over total time)", None if r is None else r >= 6.0,
+              f"{fmt(best)} / llama.cpp S {fmt(lls[32])} = {fmt(r, '{:.2f}x')}")
     if "plain" in modes and "auto" in modes:
         for s in seqs:
             r = ratio(med[s]["auto"], med[s]["plain"])
@@ -494,6 +557,9 @@ def main() -> int:
                        "configs": configs, "results": results,
                        "medians": {"selfspec": {str(s): med[s] for s in seqs},
                                    "llama_cpp_s_tg": {str(s): llm[s] for s in seqs},
+                                   "selfspec_total": {str(s): tmed[s] for s in seqs},
+                                   "base_total": {str(s): bmed[s] for s in seqs},
+                                   "llama_cpp_s": {str(s): lls[s] for s in seqs},
                                    "mean_prompt_tokens": prompt_tok},
                        "checks": checks}, f, indent=1)
         print(f"# raw figures in {args.json}")

@@ -1272,6 +1272,45 @@ static void test_tree_block(void **state)
     tiny_close(&t);
 }
 
+/* model_argmax against the plain loop's rule (the first index holding the
+ * largest value; NaNs after the first element never win) for lengths around
+ * the vector width, ties, signed zeros and NaNs. */
+static int32_t argmax_ref(const float *x, int32_t n)
+{
+    int32_t best = 0;
+    for (int32_t i = 1; i < n; i++)
+        if (x[i] > x[best])
+            best = i;
+    return best;
+}
+
+static void test_argmax(void **state)
+{
+    (void)state;
+    unsigned seed = 3u;
+    float *x = malloc(300 * sizeof(float));
+    for (int32_t n = 1; n <= 300; n += (n < 70 ? 1 : 23))
+        for (int kind = 0; kind < 6; kind++) {
+            for (int32_t i = 0; i < n; i++) {
+                seed = seed * 1103515245u + 12345u;
+                x[i] = (float)((seed >> 8) % 7) - 3.0f;   /* many ties */
+            }
+            if (kind == 1)
+                x[n - 1] = 9.0f;   /* the maximum in the tail */
+            if (kind == 2)
+                for (int32_t i = 0; i < n; i++)
+                    x[i] = (i % 3) ? -0.0f : 0.0f;   /* signed zeros tie */
+            if (kind == 3)
+                x[n / 2] = NAN;
+            if (kind == 4)
+                x[0] = NAN;
+            if (kind == 5)
+                x[n / 3] = -INFINITY, x[(2 * n) / 3] = INFINITY;
+            assert_int_equal(model_argmax(x, n), argmax_ref(x, n));
+        }
+    free(x);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1287,6 +1326,7 @@ int main(void)
         cmocka_unit_test(test_forward_errors),
         cmocka_unit_test(test_hostile_models),
         cmocka_unit_test(test_shared_memory),
+        cmocka_unit_test(test_argmax),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -24,6 +24,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include <omp.h>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
 
 #include "kernels/act.h"
 #include "kernels/f16.h"
@@ -970,8 +973,30 @@ void kv_copy_slot(kv_cache *kv, int32_t from, int32_t to)
 
 int32_t model_argmax(const float *x, int32_t n)
 {
-    int32_t best = 0;
-    for (int32_t i = 1; i < n; i++)
+    int32_t best = 0, i = 1;
+#ifdef __AVX512F__
+    /* the largest value by 16-lane maxima, then its first index; a NaN
+     * anywhere (which max would not see the scalar way) takes the loop */
+    if (n >= 32) {
+        __m512 m = _mm512_loadu_ps(x);
+        __mmask16 nan = _mm512_cmp_ps_mask(m, m, _CMP_UNORD_Q);
+        int32_t j = 16;
+        for (; j + 16 <= n; j += 16) {
+            __m512 v = _mm512_loadu_ps(x + j);
+            nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+            m = _mm512_max_ps(m, v);
+        }
+        if (!nan) {
+            float mx = _mm512_reduce_max_ps(m);
+            for (; j < n; j++)
+                mx = x[j] > mx ? x[j] : mx;
+            for (best = 0; !(x[best] == mx); best++)
+                ;
+            return best;
+        }
+    }
+#endif
+    for (; i < n; i++)
         if (x[i] > x[best])
             best = i;
     return best;
