@@ -855,6 +855,20 @@ static void rmsnorm(float *out, const float *x, const float *w, int32_t T, int32
     }
 }
 
+/* The per-token loops of a pass (norms, RoPE and the KV writes, the gated
+ * activation) are shared out among the threads from this many tokens on;
+ * below it a fork costs more than the work. Each token's arithmetic is its
+ * own, so the split changes no bits. */
+#define FWD_PAR_TOKENS 8
+
+/* rmsnorm of T token rows, the rows shared out among the threads */
+static void rmsnorm_tokens(float *out, const float *x, const float *w, int32_t T, int32_t dim, float eps)
+{
+    #pragma omp parallel for schedule(static) if (T >= FWD_PAR_TOKENS)
+    for (int32_t t = 0; t < T; t++)
+        rmsnorm(out + (size_t)t * dim, x + (size_t)t * dim, w, 1, dim, eps);
+}
+
 /* Rotate each head's pairs by the position's angles: adjacent pairs
  * (2i, 2i+1) (GGUF "normal" RoPE, llama.cpp's llama), or with neox the
  * pairs (i, i + head_dim/2) (llama.cpp's qwen2). */
@@ -1085,7 +1099,7 @@ static void attention(const model *m, fwd_state *s, const fwd_seq *seqs, int32_t
 static void residual_add(const model_config *c, fwd_state *s, int32_t T, const float *post_norm)
 {
     if (post_norm)
-        rmsnorm(s->xb, s->xb, post_norm, T, c->dim, c->norm_eps);
+        rmsnorm_tokens(s->xb, s->xb, post_norm, T, c->dim, c->norm_eps);
     for (size_t i = 0; i < (size_t)T * c->dim; i++)
         s->x[i] += s->xb[i];
 }
@@ -1098,8 +1112,9 @@ static void attn_sublayer(const model *m, fwd_state *s, const fwd_seq *seqs, int
     int32_t qkv_w = c->q_dim + 2 * c->kv_dim, half = c->head_dim / 2;
     int local = model_layer_local(c, l);
     const float *rcos = local ? s->rope_cos_swa : s->rope_cos, *rsin = local ? s->rope_sin_swa : s->rope_sin;
-    rmsnorm(s->xb, s->x, L->attn_norm, T, c->dim, c->norm_eps);
+    rmsnorm_tokens(s->xb, s->x, L->attn_norm, T, c->dim, c->norm_eps);
     qmat_matmul(&L->wqkv, s->xb, c->dim, T, s->qkv, qkv_w, s->qscratch);
+    #pragma omp parallel for schedule(static) if (T >= FWD_PAR_TOKENS)
     for (int32_t t = 0; t < T; t++) {
         float *q = s->qkv + (size_t)t * qkv_w, *k = q + c->q_dim;
         if (L->bqkv)
@@ -1136,9 +1151,10 @@ static void mlp_sublayer(const model *m, fwd_state *s, int32_t T, int32_t l)
     const model_config *c = &m->config;
     const layer_weights *L = &m->w.layers[l];
     int32_t H = c->hidden_dim;
-    rmsnorm(s->xb, s->x, L->ffn_norm, T, c->dim, c->norm_eps);
+    rmsnorm_tokens(s->xb, s->x, L->ffn_norm, T, c->dim, c->norm_eps);
     qmat_matmul(&L->w_gate_up, s->xb, c->dim, T, s->hb, 2 * H, s->qscratch);
     int act = c->mlp_act == MODEL_MLP_GEGLU ? ACT_GELU_TANH : ACT_SILU;
+    #pragma omp parallel for schedule(static) if (T >= FWD_PAR_TOKENS)
     for (int32_t t = 0; t < T; t++) {
         float *g = s->hb + (size_t)t * 2 * H;
         act_gated(act, g, g + H, H);
