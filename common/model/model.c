@@ -1023,18 +1023,24 @@ int32_t model_argmax(const float *x, int32_t n)
  * share each key row's reads, which is worth more than the balance (one
  * token at 2048 positions, SmolLM2, 2 threads: 10.5 -> 9.9 ms a step).
  * No split changes any query's arithmetic (attn.h). */
+/* Tokens from t on that one task takes: up to per consecutive tokens of
+ * t's sequence, 1 for a tree token (its keys are its own ancestors). */
+static int32_t attn_task_len(const fwd_state *s, const fwd_seq *seqs, int32_t T, int32_t t, int32_t per)
+{
+    int32_t len = 1;
+    while (t + len < T && len < per && !seqs[s->tok_seq[t]].parent && s->tok_seq[t + len] == s->tok_seq[t])
+        len++;
+    return len;
+}
+
 static void attn_plan(const model_config *c, fwd_state *s, const fwd_seq *seqs, int32_t T)
 {
     int32_t group = c->n_heads / c->n_kv_heads, want = 4 * s->score_threads;
     int32_t per = FWD_ATTN_TOKENS, n_units = 0;
     for (; per >= 1; per--) {   /* tokens per task: the most that leaves every thread work */
         n_units = 0;
-        for (int32_t t = 0; t < T;) {
-            int32_t len = 1;
-            while (t + len < T && len < per && !seqs[s->tok_seq[t]].parent && s->tok_seq[t + len] == s->tok_seq[t])
-                len++;
-            n_units++, t += len;
-        }
+        for (int32_t t = 0; t < T; t += attn_task_len(s, seqs, T, t, per))
+            n_units++;
         if (n_units * c->n_kv_heads >= want)
             break;
     }
@@ -1044,15 +1050,13 @@ static void attn_plan(const model_config *c, fwd_state *s, const fwd_seq *seqs, 
     split = split > group ? group : split < 1 ? 1 : split;
     int32_t hpt = (group + split - 1) / split;   /* heads per task */
     int32_t n = 0;
-    for (int32_t t = 0; t < T;) {
-        int32_t len = 1;
-        while (t + len < T && len < per && !seqs[s->tok_seq[t]].parent && s->tok_seq[t + len] == s->tok_seq[t])
-            len++;
+    for (int32_t t = 0, len; t < T; t += len) {
+        len = attn_task_len(s, seqs, T, t, per);
         for (int32_t kvh = 0; kvh < c->n_kv_heads; kvh++)
-            for (int32_t h0 = kvh * group; h0 < (kvh + 1) * group; h0 += hpt)
-                s->attn_tasks[n++] = (struct fwd_attn_task){t, len, kvh, h0,
-                                                            (kvh + 1) * group - h0 < hpt ? (kvh + 1) * group - h0 : hpt};
-        t += len;
+            for (int32_t h0 = kvh * group; h0 < (kvh + 1) * group; h0 += hpt) {
+                int32_t nh = (kvh + 1) * group - h0 < hpt ? (kvh + 1) * group - h0 : hpt;
+                s->attn_tasks[n++] = (struct fwd_attn_task){t, len, kvh, h0, nh};
+            }
     }
     assert(n <= s->max_tokens * c->n_heads);
     s->n_attn_tasks = n;
