@@ -205,6 +205,15 @@ def fmt(x, spec="{:.1f}"):
     return spec.format(x) if x is not None else "-"
 
 
+def print_table(hdr: list[str], rows: list[list[str]]) -> None:
+    """A plain-text table, columns right-aligned to their widest cell."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(hdr)]
+    print(" | ".join(h.rjust(w) for h, w in zip(hdr, widths)))
+    print("-|-".join("-" * w for w in widths))
+    for r in rows:
+        print(" | ".join(c.rjust(w) for c, w in zip(r, widths)))
+
+
 def machine_info() -> dict:
     info = {"cpu": platform.processor() or platform.machine(), "avx2": None, "avx512f": None,
             "cores": os.cpu_count(), "platform": platform.platform()}
@@ -467,11 +476,7 @@ def main() -> int:
             row.append(fmt(med[s].get("self-spec")))
         row += [fmt(llm[s]), fmt(ratio(p, llm[s]), "{:.2f}x"), fmt(ratio(a, llm[s]), "{:.2f}x")]
         rows.append(row)
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(hdr)]
-    print(" | ".join(h.rjust(w) for h, w in zip(hdr, widths)))
-    print("-|-".join("-" * w for w in widths))
-    for r in rows:
-        print(" | ".join(c.rjust(w) for c, w in zip(r, widths)))
+    print_table(hdr, rows)
     if ("self-spec", 1) in configs and not has_ss:
         print(f"(self-spec at max-seqs 1: {fmt(med[1].get('self-spec'))} tok/s)")
 
@@ -500,11 +505,7 @@ def main() -> int:
             row += [fmt(bmed[s][m]) for m in modes] + [fmt(ratio(best, bbest), "{:.2f}x")]
         row += [fmt(lls[s]), fmt(ratio(best, lls[s]), "{:.2f}x")]
         rows.append(row)
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(hdr)]
-    print(" | ".join(h.rjust(w) for h, w in zip(hdr, widths)))
-    print("-|-".join("-" * w for w in widths))
-    for r in rows:
-        print(" | ".join(c.rjust(w) for c, w in zip(r, widths)))
+    print_table(hdr, rows)
 
     # floors
     print()
