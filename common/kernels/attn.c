@@ -174,6 +174,8 @@ static void score_one(const float *q, float *sc, int32_t lo, int32_t hi, const f
  * acc, 64 lanes in registers at a time. */
 static void value_one(float *acc, const float *w, const f16_t *const *vrows, int32_t a, int32_t b, int32_t hd)
 {
+    if (a >= b)
+        return;
     for (int32_t j0 = 0; j0 < hd; j0 += 64) {
         int32_t width = hd - j0 < 64 ? hd - j0 : 64;
 #ifdef ATTN_AVX2
@@ -341,12 +343,11 @@ void attn_block(const attn_queries *qs, int32_t hd, const attn_run *runs, int32_
     /* every key row, then every value row, in position order */
     const f16_t **krows = rows, **vrows = rows + n_keys;
     int32_t n = 0;
-    for (int32_t r = 0; r < n_runs; r++) {
+    for (int32_t r = 0; r < n_runs; r++)
         for (int32_t j = 0; j < runs[r].n; j++, n++) {
             krows[n] = runs[r].k + (size_t)j * runs[r].stride;
             vrows[n] = runs[r].v + (size_t)j * runs[r].stride;
         }
-    }
     assert(n == n_keys);
     int32_t n_q = qs->nt * qs->nh;
     for (int32_t m0 = 0; m0 < n_q; m0 += ATTN_QB) {

@@ -1016,13 +1016,6 @@ int32_t model_argmax(const float *x, int32_t n)
     return best;
 }
 
-/* Split the batch's attention into tasks (s->attn_tasks), once per call.
- * A chain's tokens go FWD_ATTN_TOKENS to a task, which reads each key once
- * for all of them; fewer while that leaves under four tasks per thread. A
- * group's heads split only while there are fewer tasks than threads: they
- * share each key row's reads, which is worth more than the balance (one
- * token at 2048 positions, SmolLM2, 2 threads: 10.5 -> 9.9 ms a step).
- * No split changes any query's arithmetic (attn.h). */
 /* Tokens from t on that one task takes: up to per consecutive tokens of
  * t's sequence, 1 for a tree token (its keys are its own ancestors). */
 static int32_t attn_task_len(const fwd_state *s, const fwd_seq *seqs, int32_t T, int32_t t, int32_t per)
@@ -1033,6 +1026,13 @@ static int32_t attn_task_len(const fwd_state *s, const fwd_seq *seqs, int32_t T,
     return len;
 }
 
+/* Split the batch's attention into tasks (s->attn_tasks), once per call.
+ * A chain's tokens go FWD_ATTN_TOKENS to a task, which reads each key once
+ * for all of them; fewer while that leaves under four tasks per thread. A
+ * group's heads split only while there are fewer tasks than threads: they
+ * share each key row's reads, which is worth more than the balance (one
+ * token at 2048 positions, SmolLM2, 2 threads: 10.5 -> 9.9 ms a step).
+ * No split changes any query's arithmetic (attn.h). */
 static void attn_plan(const model_config *c, fwd_state *s, const fwd_seq *seqs, int32_t T)
 {
     int32_t group = c->n_heads / c->n_kv_heads, want = 4 * s->score_threads;
@@ -1076,16 +1076,13 @@ static void attention(const model *m, fwd_state *s, const fwd_seq *seqs, int32_t
         const struct fwd_attn_task *a = &s->attn_tasks[k];
         const fwd_seq *sq = &seqs[s->tok_seq[a->t0]];
         /* token i sees positions lo[i]..hi[i]-1 counted from the task's first key */
-        int32_t lo[FWD_ATTN_TOKENS], hi[FWD_ATTN_TOKENS], first = 0;
+        int32_t lo[FWD_ATTN_TOKENS], hi[FWD_ATTN_TOKENS];
+        int32_t end0 = s->tok_pos[a->t0] + 1, first = window && end0 > window ? end0 - window : 0;
         for (int32_t i = 0; i < a->nt; i++) {
             int32_t end = s->tok_pos[a->t0 + i] + 1;
-            lo[i] = window && end > window ? end - window : 0;
-            hi[i] = end;
-            if (i == 0)
-                first = lo[0];
+            lo[i] = (window && end > window ? end - window : 0) - first;
+            hi[i] = end - first;
         }
-        for (int32_t i = 0; i < a->nt; i++)
-            lo[i] -= first, hi[i] -= first;
         int th = omp_get_thread_num();
         attn_run *runs = s->runs + (size_t)th * s->run_cap;
         int32_t nr = sq->parent ? tree_runs(sq, l, first, s->tok_slot[a->t0] - sq->pos, a->kvh, runs)
